@@ -1,0 +1,79 @@
+//! clap commands. Exit codes: 0 ok, 1 the model or data has errors, 2 usage or I/O.
+
+mod compile;
+
+use clap::{Parser, Subcommand};
+use mtl::diagnostics::{Diagnostic, SourceMap};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "mtl", version, about = "A declarative model-graph compiler for multi-task, multi-modal deep learning")]
+pub struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Parse, resolve and shape-check model files.
+    Check(compile::CheckArgs),
+    /// A Keras-like table of layers, shapes and parameter counts.
+    Summary(compile::SummaryArgs),
+    /// Show a compilation stage: ast, ir-raw, ir, dot, stats.
+    Compile(compile::CompileArgs),
+}
+
+/// A failure the CLI reports: exit code and message (already rendered).
+pub struct Fail {
+    pub code: i32,
+    pub message: String,
+}
+
+impl Fail {
+    pub fn usage(message: impl Into<String>) -> Self {
+        Fail { code: 2, message: message.into() }
+    }
+    pub fn model(message: impl Into<String>) -> Self {
+        Fail { code: 1, message: message.into() }
+    }
+}
+
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Check(a) => compile::check(a),
+        Cmd::Summary(a) => compile::summary(a),
+        Cmd::Compile(a) => compile::compile(a),
+    };
+    match r {
+        Ok(code) => code,
+        Err(f) => {
+            eprintln!("{}", f.message.trim_end());
+            f.code
+        }
+    }
+}
+
+pub fn color() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+/// Renders diagnostics for a terminal.
+pub fn rendered(ds: &[Diagnostic], sources: &SourceMap) -> String {
+    mtl::render::render_all(ds, sources, color(), 100)
+}
+
+/// Compiles a model file; errors (rendered) become a `Fail`, warnings are printed.
+pub fn load(path: &PathBuf, opts: &mtl::Options) -> Result<(mtl::ir::Graph, mtl::Compiled), Fail> {
+    let c = mtl::compile_file(path, opts).map_err(|e| Fail::usage(format!("error: cannot read {}: {e}", path.display())))?;
+    if c.has_errors() {
+        return Err(Fail::model(rendered(&c.diagnostics, &c.sources)));
+    }
+    let warnings: Vec<Diagnostic> = c.diagnostics.clone();
+    if !warnings.is_empty() {
+        eprintln!("{}", rendered(&warnings, &c.sources));
+    }
+    let g = c.graph.clone().ok_or_else(|| Fail::model("error: compilation produced no graph"))?;
+    Ok((g, c))
+}

@@ -1,0 +1,974 @@
+//! AST → IR: names resolved, blocks expanded, shared layers bound to one
+//! parameter set, heads and auxiliary losses as graph outputs.
+
+pub mod args;
+mod props;
+
+use crate::diagnostics::{did_you_mean, Diagnostic, Span};
+use crate::ir::{
+    Act, AuxLoss, Ew, Graph, Head, InputKind, LossKind, Node, Op, ParamId, ParamSet, Padding,
+    PoolKind, RnnCell,
+};
+use crate::syntax::ast::{self, BlockDef, Call, Expr, ExprKind, Item};
+use args::{bind, eval_const, fusion_sig, layer_sig, RawArg, Sig, Value, FUSIONS, LAYERS};
+use petgraph::stable_graph::NodeIndex;
+use std::collections::HashMap;
+
+pub use props::{HEAD_KEYS, TRAIN_KEYS};
+
+#[derive(Clone)]
+enum Binding {
+    Value(NodeIndex),
+    /// A value whose definition failed: uses are silent, to avoid cascades.
+    Poisoned,
+    Shared(String),
+    Block,
+    Loss,
+}
+
+struct SharedDef {
+    body: Vec<Call>,
+    /// Parameter sets by layer position inside the shared body.
+    params: HashMap<usize, ParamId>,
+    uses: usize,
+}
+
+/// Names layers of the item being elaborated: `item.k`, or the `as` name.
+struct Namer {
+    item: String,
+    counter: usize,
+    /// Second and later uses of a shared layer get `#use` appended to node names.
+    suffix: String,
+    /// Set while instantiating a shared body: position → parameter set.
+    shared: Option<String>,
+}
+
+struct Elab<'a> {
+    g: Graph,
+    errs: Vec<Diagnostic>,
+    blocks: HashMap<String, &'a BlockDef>,
+    scope: HashMap<String, (Binding, Span)>,
+    /// Every name the model defines, for "used before its definition".
+    defined_later: HashMap<String, Span>,
+    shared: HashMap<String, SharedDef>,
+    aliases: HashMap<String, Span>,
+    block_stack: Vec<String>,
+    namer: Namer,
+}
+
+/// Elaborates the single model of a parsed file. `blocks` are the file's own
+/// and its imports' block definitions.
+pub fn elaborate(model: &ast::Model, blocks: &[&BlockDef]) -> (Graph, Vec<Diagnostic>) {
+    let mut e = Elab {
+        g: Graph::new(model.name.name.clone()),
+        errs: vec![],
+        blocks: HashMap::new(),
+        scope: HashMap::new(),
+        defined_later: HashMap::new(),
+        shared: HashMap::new(),
+        aliases: HashMap::new(),
+        block_stack: vec![],
+        namer: Namer {
+            item: String::new(),
+            counter: 0,
+            suffix: String::new(),
+            shared: None,
+        },
+    };
+    let mut block_spans: HashMap<String, Span> = HashMap::new();
+    for b in blocks.iter().copied().chain(model.items.iter().filter_map(|i| match i {
+        Item::Block(b) => Some(b),
+        _ => None,
+    })) {
+        if let Some(prev) = block_spans.insert(b.name.name.clone(), b.name.span) {
+            e.errs.push(duplicate(&b.name.name, b.name.span, prev));
+        }
+        e.blocks.insert(b.name.name.clone(), b);
+        e.scope.insert(b.name.name.clone(), (Binding::Block, b.name.span));
+    }
+    for item in &model.items {
+        if let Some(n) = item_name(item) {
+            e.defined_later.entry(n.name.clone()).or_insert(n.span);
+        }
+    }
+    let mut saw_train = None::<Span>;
+    for item in &model.items {
+        e.item(item, &mut saw_train);
+    }
+    if e.g.heads.is_empty() {
+        e.errs.push(
+            Diagnostic::error("mtl::no-heads", format!("model `{}` has no head", model.name.name))
+                .label(model.name.span, "this model has no output")
+                .help("add a task output: `head NAME = VALUE -> dense(N) { loss: cross_entropy }`"),
+        );
+    }
+    (e.g, e.errs)
+}
+
+fn item_name(item: &Item) -> Option<&ast::Ident> {
+    match item {
+        Item::Input { name, .. }
+        | Item::Let { name, .. }
+        | Item::Shared { name, .. }
+        | Item::Head { name, .. }
+        | Item::Loss { name, .. } => Some(name),
+        _ => None,
+    }
+}
+
+fn duplicate(name: &str, span: Span, prev: Span) -> Diagnostic {
+    Diagnostic::error("mtl::duplicate-name", format!("`{name}` is defined twice"))
+        .label(span, "defined again here")
+        .label(prev, "first defined here")
+        .help("give each input, value, layer and head its own name")
+}
+
+impl<'a> Elab<'a> {
+    fn define(&mut self, name: &ast::Ident, b: Binding) {
+        if let Some((_, prev)) = self.scope.get(&name.name) {
+            self.errs.push(duplicate(&name.name, name.span, *prev));
+            return;
+        }
+        self.scope.insert(name.name.clone(), (b, name.span));
+    }
+
+    fn item(&mut self, item: &'a Item, saw_train: &mut Option<Span>) {
+        if let Some(n) = item_name(item) {
+            self.namer = Namer {
+                item: n.name.clone(),
+                counter: 0,
+                suffix: String::new(),
+                shared: None,
+            };
+        }
+        match item {
+            Item::Input { name, ty } => {
+                let kind = match ty.kind {
+                    ast::InputKind::Image => InputKind::Image,
+                    ast::InputKind::F32 => InputKind::F32,
+                    ast::InputKind::Tokens { vocab } => InputKind::Tokens { vocab },
+                };
+                let node = self.g.add_node(
+                    Node {
+                        op: Op::Input {
+                            name: name.name.clone(),
+                            kind,
+                        },
+                        name: name.name.clone(),
+                        span: name.span.to(ty.span),
+                        ty: None,
+                        param: None,
+                    },
+                    &[],
+                );
+                self.g.inputs.push(node);
+                crate::ir::shape::set_input_type(&mut self.g, node, ty, &mut self.errs);
+                self.define(name, Binding::Value(node));
+            }
+            Item::Let { name, value } => {
+                let b = match self.expr(value) {
+                    Some(n) => Binding::Value(n),
+                    None => Binding::Poisoned,
+                };
+                self.define(name, b);
+            }
+            Item::Shared { name, body } => {
+                self.shared.insert(
+                    name.name.clone(),
+                    SharedDef {
+                        body: body.clone(),
+                        params: HashMap::new(),
+                        uses: 0,
+                    },
+                );
+                // Check the body's layers now, so errors show even if unused.
+                for c in body {
+                    if self.blocks.contains_key(&c.callee.name) || layer_sig(&c.callee.name).is_some() {
+                        continue;
+                    }
+                    self.errs.push(self.unknown_callee(c));
+                }
+                self.define(name, Binding::Shared(name.name.clone()));
+            }
+            Item::Block(_) => {}
+            Item::Head {
+                name,
+                value,
+                props,
+                props_span,
+            } => {
+                let node = self.expr(value);
+                let p = props::head_props(props, &mut self.errs);
+                let loss = match p.loss {
+                    Some((l, _)) => Some(l),
+                    None => {
+                        self.errs.push(
+                            Diagnostic::error("mtl::missing-loss", format!("head `{}` has no loss", name.name))
+                                .label(*props_span, "no `loss:` here")
+                                .help(format!("add `loss: NAME`, one of: {}", LossKind::NAMES.join(", "))),
+                        );
+                        None
+                    }
+                };
+                self.define(name, node.map_or(Binding::Poisoned, Binding::Value));
+                if let (Some(node), Some(loss)) = (node, loss) {
+                    self.g.heads.push(Head {
+                        name: name.name.clone(),
+                        node,
+                        loss,
+                        weight: p.weight,
+                        metrics: p.metrics.iter().map(|(m, _)| *m).collect(),
+                        metric_spans: p.metrics.iter().map(|(_, s)| *s).collect(),
+                        label: p.label.unwrap_or_else(|| name.name.clone()),
+                        span: name.span,
+                        label_type: None,
+                    });
+                }
+            }
+            Item::Loss { name, call, props } => self.aux_loss(name, call, props),
+            Item::Train { props, span } => {
+                if let Some(prev) = saw_train {
+                    self.errs.push(
+                        Diagnostic::error("mtl::duplicate-train", "the model has two `train` blocks")
+                            .label(*span, "second one here")
+                            .label(*prev, "first one here"),
+                    );
+                }
+                *saw_train = Some(*span);
+                self.g.train = props::train_props(props, &mut self.errs);
+            }
+            Item::Import { span, .. } => self.errs.push(
+                Diagnostic::error("mtl::import-in-model", "`import` belongs at the top of the file")
+                    .label(*span, "inside a model")
+                    .help("move the `import` line above `model`"),
+            ),
+        }
+    }
+
+    fn aux_loss(&mut self, name: &ast::Ident, call: &Call, props: &[ast::Prop]) {
+        let kind = LossKind::from_name(&call.callee.name);
+        let mut operands = vec![];
+        for a in call.args.iter().flatten() {
+            if let Some(n) = self.expr(&a.value) {
+                operands.push(n);
+            }
+        }
+        let mut weight = 1.0;
+        for p in props {
+            match p.key.name.as_str() {
+                "weight" => match eval_const(&p.value, &HashMap::new()) {
+                    Ok(Value::Int(i)) => weight = i as f64,
+                    Ok(Value::Float(f)) => weight = f,
+                    _ => self.errs.push(
+                        Diagnostic::error("mtl::property-type", "`weight` must be a number")
+                            .label(p.value.span, "here"),
+                    ),
+                },
+                k => self.errs.push(
+                    Diagnostic::error("mtl::unknown-property", format!("unknown loss property `{k}`"))
+                        .label(p.key.span, "not a known property")
+                        .help("a `loss` item takes only `weight`"),
+                ),
+            }
+        }
+        self.define(name, Binding::Loss);
+        let Some(kind) = kind else {
+            self.errs.push(
+                Diagnostic::error("mtl::unknown-loss", format!("unknown loss `{}`", call.callee.name))
+                    .label(call.callee.span, "not a loss")
+                    .help(did_you_mean(&call.callee.name, LossKind::NAMES, "loss")),
+            );
+            return;
+        };
+        if kind == LossKind::CrossEntropy || kind == LossKind::BinaryCrossEntropy {
+            self.errs.push(
+                Diagnostic::error("mtl::aux-loss-kind", "an auxiliary loss compares two values: use mse, mae or huber")
+                    .label(call.callee.span, "classification loss here")
+                    .help("cross-entropy needs labels; put it on a `head`"),
+            );
+            return;
+        }
+        if call.args.as_ref().map_or(0, |a| a.len()) != 2 {
+            self.errs.push(
+                Diagnostic::error("mtl::arity", format!("`{}` as an auxiliary loss takes two values", call.callee.name))
+                    .label(call.span, "here")
+                    .help("write e.g. `loss aux = mse(depth, depth_aux) { weight: 0.1 }`"),
+            );
+            return;
+        }
+        if operands.len() == 2 {
+            self.g.losses.push(AuxLoss {
+                name: name.name.clone(),
+                kind,
+                operands,
+                weight,
+                span: name.span.to(call.span),
+            });
+        }
+    }
+
+    /// Elaborates a value expression; `None` after reporting an error.
+    fn expr(&mut self, e: &Expr) -> Option<NodeIndex> {
+        match &e.kind {
+            ExprKind::Number { .. } | ExprKind::Str(_) | ExprKind::List(_) => {
+                self.errs.push(
+                    Diagnostic::error("mtl::not-a-tensor", "expected a tensor value")
+                        .label(e.span, "this is a constant")
+                        .help("values are inputs, `let` names, heads, or layers applied with `->`"),
+                );
+                None
+            }
+            ExprKind::Add(terms) => {
+                let ops: Vec<Option<NodeIndex>> = terms.iter().map(|t| self.expr(t)).collect();
+                let ops: Vec<NodeIndex> = ops.into_iter().collect::<Option<_>>()?;
+                Some(self.node(Op::Elementwise(Ew::Add), e.span, None, &ops, None))
+            }
+            ExprKind::Pipe { source, stages } => {
+                let mut cur = self.expr(source)?;
+                for s in stages {
+                    cur = self.apply(s, cur, &HashMap::new())?;
+                }
+                Some(cur)
+            }
+            ExprKind::Call(c) => self.primary(c),
+        }
+    }
+
+    /// A call or name in value position.
+    fn primary(&mut self, c: &Call) -> Option<NodeIndex> {
+        let name = &c.callee.name;
+        if let Some(fusion) = fusion_sig(name) {
+            let mut operands = vec![];
+            let mut raw = vec![];
+            let mut ok = true;
+            for a in c.args.iter().flatten() {
+                if a.name.is_none() {
+                    match self.expr(&a.value) {
+                        Some(n) => operands.push(n),
+                        None => ok = false,
+                    }
+                } else {
+                    raw.push(a);
+                }
+            }
+            return self.fusion(c, fusion, operands, &raw, ok);
+        }
+        match self.scope.get(name).cloned() {
+            Some((Binding::Value(n), _)) if c.args.is_none() => {
+                if let Some(alias) = &c.alias {
+                    self.errs.push(
+                        Diagnostic::error("mtl::alias-on-value", "`as` names a layer, not a value")
+                            .label(alias.span, "nothing to name here")
+                            .help("use `let NAME = ...` to name a value"),
+                    );
+                }
+                Some(n)
+            }
+            Some((Binding::Value(_), _)) => {
+                self.errs.push(
+                    Diagnostic::error("mtl::not-callable", format!("`{name}` is a value, not a layer"))
+                        .label(c.span, "cannot be called")
+                        .help(format!("feed it into a layer instead: `{name} -> dense(N)`")),
+                );
+                None
+            }
+            Some((Binding::Poisoned, _)) => None,
+            Some((Binding::Shared(_) | Binding::Block, _)) => {
+                // `f(x)` is `x -> f`; block arguments follow the input.
+                let args = c.args.as_deref().unwrap_or(&[]);
+                let Some(first) = args.first().filter(|a| a.name.is_none()) else {
+                    self.errs.push(
+                        Diagnostic::error("mtl::missing-input", format!("`{name}` needs an input"))
+                            .label(c.span, "applied to nothing")
+                            .help(format!("write `x -> {name}` or `{name}(x)`")),
+                    );
+                    return None;
+                };
+                let input = self.expr(&first.value)?;
+                let rest = Call {
+                    callee: c.callee.clone(),
+                    args: Some(args[1..].to_vec()),
+                    alias: c.alias.clone(),
+                    span: c.span,
+                };
+                self.apply(&rest, input, &HashMap::new())
+            }
+            Some((Binding::Loss, _)) => {
+                self.errs.push(
+                    Diagnostic::error("mtl::not-a-tensor", format!("`{name}` is a loss, not a value"))
+                        .label(c.span, "losses cannot be used as values"),
+                );
+                None
+            }
+            None if layer_sig(name).is_some() => {
+                self.errs.push(
+                    Diagnostic::error("mtl::missing-input", format!("layer `{name}` needs an input"))
+                        .label(c.span, "applied to nothing")
+                        .help(format!("feed a value into it: `x -> {}`", self_text(c))),
+                );
+                None
+            }
+            None => {
+                self.errs.push(self.unknown_value(c));
+                None
+            }
+        }
+    }
+
+    fn unknown_value(&self, c: &Call) -> Diagnostic {
+        let name = &c.callee.name;
+        if let Some(def) = self.defined_later.get(name) {
+            return Diagnostic::error("mtl::use-before-definition", format!("`{name}` is used before its definition"))
+                .label(c.callee.span, "used here")
+                .label(*def, "defined later here")
+                .help(format!("move the definition of `{name}` above this line"));
+        }
+        let candidates: Vec<&str> = self
+            .scope
+            .iter()
+            .filter(|(_, (b, _))| matches!(b, Binding::Value(_) | Binding::Poisoned))
+            .map(|(k, _)| k.as_str())
+            .collect();
+        Diagnostic::error("mtl::unknown-name", format!("unknown name `{name}`"))
+            .label(c.callee.span, "not defined")
+            .help(did_you_mean(name, &candidates, "value"))
+    }
+
+    fn unknown_callee(&self, c: &Call) -> Diagnostic {
+        let name = &c.callee.name;
+        let mut candidates: Vec<&str> = LAYERS.to_vec();
+        candidates.extend(FUSIONS);
+        for (k, (b, _)) in &self.scope {
+            if matches!(b, Binding::Shared(_) | Binding::Block) {
+                candidates.push(k);
+            }
+        }
+        if self.scope.contains_key(name) {
+            return Diagnostic::error("mtl::not-callable", format!("`{name}` is a value, not a layer"))
+                .label(c.callee.span, "cannot be applied")
+                .help("combine values with a fusion such as `concat(a, b)` or `a + b`");
+        }
+        if let Some(def) = self.defined_later.get(name) {
+            return Diagnostic::error("mtl::use-before-definition", format!("`{name}` is used before its definition"))
+                .label(c.callee.span, "used here")
+                .label(*def, "defined later here")
+                .help(format!("move the definition of `{name}` above this line"));
+        }
+        Diagnostic::error("mtl::unknown-layer", format!("unknown layer `{name}`"))
+            .label(c.callee.span, "not a layer, shared layer or block")
+            .help(did_you_mean(name, &candidates, "layer"))
+    }
+
+    /// Applies one pipeline stage to `input`; `env` holds block parameters.
+    fn apply(
+        &mut self,
+        c: &Call,
+        input: NodeIndex,
+        env: &HashMap<String, (Value, Span)>,
+    ) -> Option<NodeIndex> {
+        let name = c.callee.name.as_str();
+        // A name bound by an enclosing block parameter cannot be a layer.
+        if let Some(sig) = layer_sig(name) {
+            let raw = self.raw_args(c, env)?;
+            let op = self.layer_op(c, name, sig, &raw, input)?;
+            return Some(self.layer_node(op, c, &[input]));
+        }
+        if let Some(fusion) = fusion_sig(name) {
+            // `a -> concat(b)` is `concat(a, b)`.
+            let mut operands = vec![input];
+            let mut raw = vec![];
+            let mut ok = true;
+            for a in c.args.iter().flatten() {
+                if a.name.is_none() {
+                    match self.expr(&a.value) {
+                        Some(n) => operands.push(n),
+                        None => ok = false,
+                    }
+                } else {
+                    raw.push(a);
+                }
+            }
+            return self.fusion(c, fusion, operands, &raw, ok);
+        }
+        match self.scope.get(name).cloned() {
+            Some((Binding::Shared(s), _)) => self.apply_shared(c, &s, input),
+            Some((Binding::Block, _)) => self.apply_block(c, input, env),
+            _ => {
+                self.errs.push(self.unknown_callee(c));
+                None
+            }
+        }
+    }
+
+    fn raw_args(&mut self, c: &Call, env: &HashMap<String, (Value, Span)>) -> Option<Vec<RawArg>> {
+        let mut out = vec![];
+        let mut ok = true;
+        for a in c.args.iter().flatten() {
+            match eval_const(&a.value, env) {
+                Ok(v) => out.push(RawArg {
+                    name: a.name.as_ref().map(|n| (n.name.clone(), n.span)),
+                    value: v,
+                    span: a.value.span,
+                }),
+                Err(d) => {
+                    self.errs.push(d);
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn apply_shared(&mut self, c: &Call, name: &str, input: NodeIndex) -> Option<NodeIndex> {
+        if c.args.as_ref().is_some_and(|a| !a.is_empty()) {
+            self.errs.push(
+                Diagnostic::error("mtl::arity", format!("shared layer `{name}` takes no arguments"))
+                    .label(c.span, "arguments given here")
+                    .help(format!("apply it with `x -> {name}` or `{name}(x)`")),
+            );
+            return None;
+        }
+        let def = self.shared.get_mut(name)?;
+        let body = def.body.clone();
+        let use_no = def.uses;
+        def.uses += 1;
+        let saved = std::mem::replace(
+            &mut self.namer,
+            Namer {
+                item: name.to_string(),
+                counter: 0,
+                suffix: if use_no == 0 { String::new() } else { format!("#{use_no}") },
+                shared: Some(name.to_string()),
+            },
+        );
+        let mut cur = Some(input);
+        for s in &body {
+            cur = cur.and_then(|x| self.apply(s, x, &HashMap::new()));
+        }
+        self.namer = saved;
+        cur
+    }
+
+    fn apply_block(
+        &mut self,
+        c: &Call,
+        input: NodeIndex,
+        outer: &HashMap<String, (Value, Span)>,
+    ) -> Option<NodeIndex> {
+        let block = *self.blocks.get(&c.callee.name)?;
+        if self.block_stack.contains(&block.name.name) {
+            let chain = self.block_stack.join(" → ");
+            self.errs.push(
+                Diagnostic::error("mtl::block-recursion", format!("block `{}` uses itself", block.name.name))
+                    .label(c.callee.span, "recursive use here")
+                    .label(block.name.span, "block defined here")
+                    .help(format!("blocks are expanded inline and cannot recurse ({chain} → {})", block.name.name)),
+            );
+            return None;
+        }
+        if let Some(alias) = &c.alias {
+            self.errs.push(
+                Diagnostic::error("mtl::alias-on-block", "`as` names a single layer, not a block")
+                    .label(alias.span, "cannot name a block use")
+                    .help("name the layers inside the block, or use a `shared` layer"),
+            );
+        }
+        let raw = self.raw_args(c, outer)?;
+        let mut env: HashMap<String, (Value, Span)> = HashMap::new();
+        let mut positional = 0;
+        let mut ok = true;
+        for a in raw {
+            let pname = match &a.name {
+                Some((n, nspan)) => {
+                    if !block.params.iter().any(|p| &p.name.name == n) {
+                        let names: Vec<&str> = block.params.iter().map(|p| p.name.name.as_str()).collect();
+                        self.errs.push(
+                            Diagnostic::error("mtl::unknown-argument", format!("block `{}` has no parameter `{n}`", block.name.name))
+                                .label(*nspan, "unknown parameter")
+                                .help(did_you_mean(n, &names, "parameter")),
+                        );
+                        ok = false;
+                        continue;
+                    }
+                    n.clone()
+                }
+                None => {
+                    let Some(p) = block.params.get(positional) else {
+                        self.errs.push(
+                            Diagnostic::error("mtl::arity", format!("block `{}` takes {} argument{}", block.name.name, block.params.len(), if block.params.len() == 1 { "" } else { "s" }))
+                                .label(a.span, "unexpected argument")
+                                .label(block.name.span, "block defined here"),
+                        );
+                        ok = false;
+                        continue;
+                    };
+                    positional += 1;
+                    p.name.name.clone()
+                }
+            };
+            env.insert(pname, (a.value, a.span));
+        }
+        for p in &block.params {
+            if env.contains_key(&p.name.name) {
+                continue;
+            }
+            match &p.default {
+                Some(d) => match eval_const(d, &HashMap::new()) {
+                    Ok(v) => {
+                        env.insert(p.name.name.clone(), (v, d.span));
+                    }
+                    Err(e) => {
+                        self.errs.push(e);
+                        ok = false;
+                    }
+                },
+                None => {
+                    self.errs.push(
+                        Diagnostic::error("mtl::missing-argument", format!("block `{}` needs its parameter `{}`", block.name.name, p.name.name))
+                            .label(c.span, format!("`{}` missing", p.name.name))
+                            .label(p.name.span, "parameter declared here"),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        if !ok {
+            return None;
+        }
+        self.block_stack.push(block.name.name.clone());
+        let mut cur = Some(input);
+        for s in &block.body {
+            cur = cur.and_then(|x| self.apply(s, x, &env));
+        }
+        self.block_stack.pop();
+        cur
+    }
+
+    fn fusion(
+        &mut self,
+        c: &Call,
+        specs: &'static [args::ParamSpec],
+        operands: Vec<NodeIndex>,
+        named: &[&ast::Arg],
+        ok: bool,
+    ) -> Option<NodeIndex> {
+        let name = c.callee.name.as_str();
+        let mut raw = vec![];
+        for a in named {
+            match eval_const(&a.value, &HashMap::new()) {
+                Ok(v) => raw.push(RawArg {
+                    name: a.name.as_ref().map(|n| (n.name.clone(), n.span)),
+                    value: v,
+                    span: a.value.span,
+                }),
+                Err(d) => self.errs.push(d),
+            }
+        }
+        let bound = match bind(name, c.span, specs, &raw) {
+            Ok(b) => b,
+            Err(es) => {
+                self.errs.extend(es);
+                return None;
+            }
+        };
+        if !ok {
+            return None;
+        }
+        if operands.len() < 2 {
+            self.errs.push(
+                Diagnostic::error("mtl::arity", format!("`{name}` fuses two or more values"))
+                    .label(c.span, format!("{} value given", operands.len()))
+                    .help(format!("write `{name}(a, b)`")),
+            );
+            return None;
+        }
+        let op = match name {
+            "concat" => Op::Concat {
+                axis: bound.signed("axis"),
+            },
+            "add" => Op::Elementwise(Ew::Add),
+            "mul" => Op::Elementwise(Ew::Mul),
+            "max" => Op::Elementwise(Ew::Max),
+            "min" => Op::Elementwise(Ew::Min),
+            "mean" => Op::Elementwise(Ew::Mean),
+            "gated" => {
+                if operands.len() != 2 {
+                    self.errs.push(
+                        Diagnostic::error("mtl::arity", "`gated` fuses exactly two values")
+                            .label(c.span, format!("{} values given", operands.len())),
+                    );
+                    return None;
+                }
+                Op::Gated
+            }
+            _ => {
+                let w = bound.floats("weights");
+                if !w.is_empty() && w.len() != operands.len() {
+                    self.errs.push(
+                        Diagnostic::error("mtl::weights-count", format!("`weighted` has {} values but {} weights", operands.len(), w.len()))
+                            .label(c.span, "here")
+                            .help("give one weight per value, or none to learn them"),
+                    );
+                    return None;
+                }
+                Op::Weighted {
+                    fixed: (!w.is_empty()).then_some(w),
+                }
+            }
+        };
+        Some(self.layer_node(op, c, &operands))
+    }
+
+    fn layer_op(
+        &mut self,
+        c: &Call,
+        name: &str,
+        sig: Sig,
+        raw: &[RawArg],
+        input: NodeIndex,
+    ) -> Option<Op> {
+        let b = match sig {
+            Sig::IntVariadic => {
+                let mut v = vec![];
+                for a in raw {
+                    match (&a.name, &a.value) {
+                        (None, Value::Int(i)) => v.push(*i),
+                        _ => {
+                            self.errs.push(
+                                Diagnostic::error("mtl::argument-type", format!("`{name}` takes integers"))
+                                    .label(a.span, format!("found {}", a.value.describe())),
+                            );
+                            return None;
+                        }
+                    }
+                }
+                if v.is_empty() {
+                    self.errs.push(
+                        Diagnostic::error("mtl::missing-argument", format!("`{name}` needs the target axes"))
+                            .label(c.span, "no axes given")
+                            .help(format!("e.g. `{name}(2, 1)`")),
+                    );
+                    return None;
+                }
+                return Some(if name == "reshape" {
+                    Op::Reshape { shape: v }
+                } else {
+                    Op::Permute {
+                        axes: v.iter().map(|x| (*x).max(0) as usize).collect(),
+                    }
+                });
+            }
+            Sig::Fixed(specs) => match bind(name, c.span, specs, raw) {
+                Ok(b) => b,
+                Err(es) => {
+                    self.errs.extend(es);
+                    return None;
+                }
+            },
+        };
+        let pad = |b: &args::Bound| {
+            if b.sym("padding") == "same" {
+                Padding::Same
+            } else {
+                Padding::Valid
+            }
+        };
+        Some(match name {
+            "dense" => Op::Dense {
+                units: b.int("units"),
+            },
+            "conv1d" | "conv2d" => {
+                let rank = if name == "conv1d" { 1 } else { 2 };
+                let expand = |v: Vec<usize>| if v.len() == 1 { vec![v[0]; rank] } else { v };
+                let kernel = expand(b.ints("kernel"));
+                if kernel.len() != rank {
+                    self.errs.push(
+                        Diagnostic::error("mtl::argument-type", format!("`{name}` takes a kernel of {rank} size{}", if rank == 1 { "" } else { "s" }))
+                            .label(c.span, "here"),
+                    );
+                    return None;
+                }
+                Op::Conv {
+                    filters: b.int("filters"),
+                    kernel,
+                    stride: expand(b.ints("stride")),
+                    padding: pad(&b),
+                    dilation: expand(b.ints("dilation")),
+                    groups: b.int("groups"),
+                }
+            }
+            "conv_transpose2d" => Op::ConvTranspose2d {
+                filters: b.int("filters"),
+                kernel: b.int("kernel"),
+                stride: b.int("stride"),
+                padding: pad(&b),
+            },
+            "upsample" => Op::Upsample {
+                scale: b.int("scale"),
+            },
+            "max_pool" | "avg_pool" => {
+                let size = b.ints("size");
+                let stride = match b.ints("stride").as_slice() {
+                    [0] => size.clone(),
+                    s => s.to_vec(),
+                };
+                Op::Pool {
+                    kind: if name == "max_pool" { PoolKind::Max } else { PoolKind::Avg },
+                    size,
+                    stride,
+                }
+            }
+            "global_avg_pool" => Op::GlobalPool { kind: PoolKind::Avg },
+            "global_max_pool" => Op::GlobalPool { kind: PoolKind::Max },
+            "flatten" => Op::Flatten,
+            "embedding" => {
+                let vocab = match &self.g.g[input].op {
+                    Op::Input {
+                        kind: InputKind::Tokens { vocab },
+                        ..
+                    } => *vocab,
+                    _ => {
+                        let found = self.g.g[input].name.clone();
+                        self.errs.push(
+                            Diagnostic::error("mtl::embedding-input", "`embedding` applies to a token input")
+                                .label(c.span, "embedding here")
+                                .label(self.g.g[input].span, format!("`{found}` is not a `tokens[...] vocab N` input"))
+                                .help("declare the input as `tokens[T] vocab V` and apply embedding to it directly"),
+                        );
+                        return None;
+                    }
+                };
+                Op::Embedding {
+                    dim: b.int("dim"),
+                    vocab,
+                }
+            }
+            "lstm" | "gru" => Op::Rnn {
+                cell: if name == "lstm" { RnnCell::Lstm } else { RnnCell::Gru },
+                units: b.int("units"),
+                return_sequences: b.bool("return_sequences"),
+                bidirectional: b.bool("bidirectional"),
+                hoisted: false,
+            },
+            "dropout" => {
+                let rate = b.float("rate");
+                if !(0.0..1.0).contains(&rate) {
+                    self.errs.push(
+                        Diagnostic::error("mtl::argument-type", "dropout rate must be in [0, 1)")
+                            .label(c.span, format!("rate = {rate}")),
+                    );
+                    return None;
+                }
+                Op::Dropout { rate }
+            }
+            "batch_norm" => Op::BatchNorm {
+                eps: b.float("eps"),
+                momentum: b.float("momentum"),
+            },
+            "layer_norm" => Op::LayerNorm { eps: b.float("eps") },
+            "relu" => Op::Act(Act::Relu),
+            "gelu" => Op::Act(Act::Gelu),
+            "silu" => Op::Act(Act::Silu),
+            "tanh" => Op::Act(Act::Tanh),
+            "sigmoid" => Op::Act(Act::Sigmoid),
+            "softmax" => Op::Act(Act::Softmax),
+            "identity" => Op::Act(Act::Identity),
+            "leaky_relu" => Op::Act(Act::LeakyRelu(b.float("alpha"))),
+            _ => return None,
+        })
+    }
+
+    /// Adds a layer node, naming it and binding its parameters.
+    fn layer_node(&mut self, op: Op, c: &Call, operands: &[NodeIndex]) -> NodeIndex {
+        let has_params = op_has_params(&op);
+        let position = self.namer.counter;
+        self.namer.counter += 1;
+        let prefix = match &c.alias {
+            Some(a) => {
+                if self.namer.suffix.is_empty() {
+                    if let Some(prev) = self.aliases.insert(a.name.clone(), a.span) {
+                        self.errs.push(
+                            Diagnostic::error("mtl::duplicate-name", format!("layer name `{}` is used twice", a.name))
+                                .label(a.span, "named again here")
+                                .label(prev, "first named here")
+                                .help("`as` names are checkpoint prefixes and must be unique"),
+                        );
+                    }
+                }
+                a.name.clone()
+            }
+            None => format!("{}.{}", self.namer.item, position),
+        };
+        let name = format!("{prefix}{}", self.namer.suffix);
+        let param = has_params.then(|| self.param_for(&prefix, position, c.span));
+        self.node(op, c.span, Some(name), operands, param)
+    }
+
+    fn param_for(&mut self, prefix: &str, position: usize, span: Span) -> ParamId {
+        if let Some(s) = self.namer.shared.clone() {
+            if let Some(p) = self.shared.get(&s).and_then(|d| d.params.get(&position)) {
+                return *p;
+            }
+            let id = self.new_params(prefix, span);
+            if let Some(d) = self.shared.get_mut(&s) {
+                d.params.insert(position, id);
+            }
+            return id;
+        }
+        self.new_params(prefix, span)
+    }
+
+    fn new_params(&mut self, prefix: &str, span: Span) -> ParamId {
+        self.g.params.push(ParamSet {
+            prefix: prefix.to_string(),
+            span,
+            tensors: vec![],
+        });
+        ParamId(self.g.params.len() - 1)
+    }
+
+    fn node(
+        &mut self,
+        op: Op,
+        span: Span,
+        name: Option<String>,
+        operands: &[NodeIndex],
+        param: Option<ParamId>,
+    ) -> NodeIndex {
+        let name = name.unwrap_or_else(|| {
+            let n = format!("{}.{}{}", self.namer.item, self.namer.counter, self.namer.suffix);
+            self.namer.counter += 1;
+            n
+        });
+        self.g.add_node(
+            Node {
+                op,
+                name,
+                span,
+                ty: None,
+                param,
+            },
+            operands,
+        )
+    }
+}
+
+fn self_text(c: &Call) -> String {
+    c.callee.name.clone() + if c.args.is_some() { "(...)" } else { "" }
+}
+
+/// Whether an op owns weights (and so a checkpoint prefix).
+pub fn op_has_params(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Dense { .. }
+            | Op::Conv { .. }
+            | Op::ConvTranspose2d { .. }
+            | Op::Embedding { .. }
+            | Op::Rnn { .. }
+            | Op::BatchNorm { .. }
+            | Op::LayerNorm { .. }
+            | Op::Gated
+            | Op::Weighted { fixed: None }
+    )
+}

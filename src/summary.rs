@@ -1,0 +1,118 @@
+//! `mtl summary`: a Keras-like table of layers, shapes and parameter counts.
+
+use crate::ir::{shape_str, Graph};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::fmt::Write;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerRow {
+    pub name: String,
+    pub op: String,
+    /// One shape per use (a shared layer has several).
+    pub output_shape: Vec<String>,
+    pub params: usize,
+    pub inputs: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HeadRow {
+    pub name: String,
+    pub loss: String,
+    pub weight: f64,
+    pub output_shape: String,
+    pub label: String,
+    pub label_shape: String,
+    pub metrics: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub model: String,
+    pub total_params: usize,
+    pub trainable_params: usize,
+    pub non_trainable_params: usize,
+    pub layers: Vec<LayerRow>,
+    pub heads: Vec<HeadRow>,
+}
+
+pub fn summarize(g: &Graph) -> Summary {
+    let mut rows: Vec<LayerRow> = vec![];
+    let mut by_param: HashMap<usize, usize> = HashMap::new();
+    for n in g.topo_order() {
+        let node = &g.g[n];
+        let shape = node.ty.as_ref().map(shape_str).unwrap_or_else(|| "?".into());
+        let inputs: Vec<String> = g.operands(n).iter().map(|o| g.g[*o].name.clone()).collect();
+        if let Some(p) = node.param {
+            if let Some(&row) = by_param.get(&p.0) {
+                rows[row].output_shape.push(shape);
+                rows[row].inputs.extend(inputs);
+                continue;
+            }
+            by_param.insert(p.0, rows.len());
+            let set = &g.params[p.0];
+            rows.push(LayerRow { name: set.prefix.clone(), op: node.op.kind_name(), output_shape: vec![shape], params: set.count(true) + set.count(false), inputs });
+        } else {
+            rows.push(LayerRow { name: node.name.clone(), op: node.op.kind_name(), output_shape: vec![shape], params: 0, inputs });
+        }
+    }
+    let (total, trainable, non) = g.param_counts();
+    let heads = g
+        .heads
+        .iter()
+        .map(|h| HeadRow {
+            name: h.name.clone(),
+            loss: h.loss.name().into(),
+            weight: h.weight,
+            output_shape: g.g[h.node].ty.as_ref().map(shape_str).unwrap_or_default(),
+            label: h.label.clone(),
+            label_shape: h.label_type.as_ref().map(|t| t.to_string()).unwrap_or_default(),
+            metrics: h.metrics.iter().map(|m| m.name()).collect(),
+        })
+        .collect();
+    Summary { model: g.name.clone(), total_params: total, trainable_params: trainable, non_trainable_params: non, layers: rows, heads }
+}
+
+fn group(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The table as text.
+pub fn render(s: &Summary) -> String {
+    let mut rows: Vec<[String; 4]> = vec![["Layer (op)".into(), "Output shape".into(), "Params".into(), "Connected to".into()]];
+    for l in &s.layers {
+        let mut shapes = l.output_shape.clone();
+        shapes.dedup();
+        rows.push([format!("{} ({})", l.name, l.op), shapes.join(", "), group(l.params), l.inputs.join(", ")]);
+    }
+    let w: Vec<usize> = (0..4).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    let total_w = w.iter().sum::<usize>() + 6;
+    let mut out = String::new();
+    let _ = writeln!(out, "Model: \"{}\"", s.model);
+    let rule = |c: char| c.to_string().repeat(total_w);
+    let _ = writeln!(out, "{}", rule('━'));
+    for (i, r) in rows.iter().enumerate() {
+        let _ = writeln!(out, "{:<w0$}  {:<w1$}  {:>w2$}  {}", r[0], r[1], r[2], r[3], w0 = w[0], w1 = w[1], w2 = w[2]).map(|_| ());
+        if i == 0 {
+            let _ = writeln!(out, "{}", rule('━'));
+        }
+    }
+    let _ = writeln!(out, "{}", rule('━'));
+    let _ = writeln!(out, " Total params: {}", group(s.total_params));
+    let _ = writeln!(out, " Trainable params: {}", group(s.trainable_params));
+    let _ = writeln!(out, " Non-trainable params: {}", group(s.non_trainable_params));
+    let _ = writeln!(out, "{}", rule('─'));
+    for h in &s.heads {
+        let m = if h.metrics.is_empty() { String::new() } else { format!(", metrics: {}", h.metrics.join(", ")) };
+        let _ = writeln!(out, " head {}: {} {} (weight {}), label `{}` {}{m}", h.name, h.output_shape, h.loss, h.weight, h.label, h.label_shape);
+    }
+    out.lines().map(|l| l.trim_end()).collect::<Vec<_>>().join("\n") + "\n"
+}
