@@ -157,7 +157,7 @@ pub fn compile(a: CompileArgs) -> Result<i32, Fail> {
             });
             println!("{}", serde_json::to_string_pretty(&stats).unwrap_or_default());
         }
-        Emit::Plan => return Err(Fail::usage("error: --emit plan needs the lowering stage")),
+        Emit::Plan => print!("{}", mtl::lower::lower(&g, mode).render()),
     }
     Ok(0)
 }

@@ -1,6 +1,7 @@
 //! clap commands. Exit codes: 0 ok, 1 the model or data has errors, 2 usage or I/O.
 
 mod compile;
+mod run;
 
 use clap::{Parser, Subcommand};
 use mtl::diagnostics::{Diagnostic, SourceMap};
@@ -22,6 +23,10 @@ enum Cmd {
     Summary(compile::SummaryArgs),
     /// Show a compilation stage: ast, ir-raw, ir, dot, stats.
     Compile(compile::CompileArgs),
+    /// Run a model on tensors: one per input in, one per head out.
+    Predict(run::PredictArgs),
+    /// Write fresh weights with Keras's default initializers.
+    Init(run::InitArgs),
 }
 
 /// A failure the CLI reports: exit code and message (already rendered).
@@ -45,6 +50,8 @@ pub fn main() -> i32 {
         Cmd::Check(a) => compile::check(a),
         Cmd::Summary(a) => compile::summary(a),
         Cmd::Compile(a) => compile::compile(a),
+        Cmd::Predict(a) => run::predict(a),
+        Cmd::Init(a) => run::init(a),
     };
     match r {
         Ok(code) => code,

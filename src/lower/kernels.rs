@@ -1,0 +1,237 @@
+//! The candle calls behind each op, and our own kernels where candle lacks
+//! one (Keras-style RNNs, asymmetric `same` padding, fused gates).
+
+use super::Pads;
+use crate::ir::{Act, Ew, Op, Padding, PoolKind, RnnCell};
+use crate::passes::Mode;
+use candle_core::{DType, Result, Tensor, D};
+
+pub fn kernel_name(op: &Op, mode: Mode, pads: &Pads) -> &'static str {
+    let train = mode == Mode::Train;
+    match op {
+        Op::Input { .. } => "input",
+        Op::Dense { .. } => "matmul+bias",
+        Op::Conv { kernel, .. } => match (kernel.len(), pads.iter().any(|(a, b)| a != b)) {
+            (1, false) => "candle.conv1d",
+            (1, true) => "pad+candle.conv1d",
+            (_, false) => "candle.conv2d",
+            (_, true) => "pad+candle.conv2d",
+        },
+        Op::ConvTranspose2d { .. } => "candle.conv_transpose2d",
+        Op::Upsample { .. } => "candle.upsample_nearest",
+        Op::Pool { kind: PoolKind::Max, .. } => "candle.max_pool2d",
+        Op::Pool { kind: PoolKind::Avg, .. } => "candle.avg_pool2d",
+        Op::GlobalPool { kind: PoolKind::Max } => "max(spatial)",
+        Op::GlobalPool { kind: PoolKind::Avg } => "mean(spatial)",
+        Op::Flatten | Op::Reshape { .. } => "reshape",
+        Op::Permute { .. } => "permute",
+        Op::Embedding { .. } => "index_select",
+        Op::Rnn { cell: RnnCell::Lstm, hoisted: true, .. } => "mtl.lstm(hoisted)",
+        Op::Rnn { cell: RnnCell::Lstm, hoisted: false, .. } => "mtl.lstm(per-step)",
+        Op::Rnn { cell: RnnCell::Gru, hoisted: true, .. } => "mtl.gru(hoisted)",
+        Op::Rnn { cell: RnnCell::Gru, hoisted: false, .. } => "mtl.gru(per-step)",
+        Op::Dropout { .. } if train => "mtl.dropout(seeded)",
+        Op::Dropout { .. } => "identity",
+        Op::BatchNorm { .. } if train => "mtl.batch_norm(batch stats)",
+        Op::BatchNorm { .. } => "mtl.batch_norm(running stats)",
+        Op::LayerNorm { .. } if train => "mtl.layer_norm(differentiable)",
+        Op::LayerNorm { .. } => "candle_nn.layer_norm(fast)",
+        Op::Act(Act::Softmax) if train => "candle_nn.softmax(differentiable)",
+        Op::Act(Act::Softmax) => "candle_nn.softmax_last_dim(fast)",
+        Op::Act(Act::Relu) => "relu",
+        Op::Act(Act::Gelu) => "gelu_erf",
+        Op::Act(Act::Silu) => "silu",
+        Op::Act(Act::Tanh) => "tanh",
+        Op::Act(Act::Sigmoid) => "candle_nn.sigmoid",
+        Op::Act(Act::LeakyRelu(_)) => "leaky_relu",
+        Op::Act(Act::Identity) => "identity",
+        Op::Concat { .. } => "cat",
+        Op::Elementwise(Ew::Add) => "broadcast_add",
+        Op::Elementwise(Ew::Mul) => "broadcast_mul",
+        Op::Elementwise(Ew::Max) => "broadcast_maximum",
+        Op::Elementwise(Ew::Min) => "broadcast_minimum",
+        Op::Elementwise(Ew::Mean) => "sum/n",
+        Op::Weighted { fixed: Some(_) } => "weighted_sum(fixed)",
+        Op::Weighted { fixed: None } => "weighted_sum(softmax(logits))",
+        Op::Gated => "mtl.gated",
+    }
+}
+
+/// `x @ w^T + b` over the last axis, for any rank.
+pub fn dense(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let i = dims[dims.len() - 1];
+    let x2 = if dims.len() == 2 { x.clone() } else { x.reshape(((), i))? };
+    let y = x2.matmul(&w.t()?)?.broadcast_add(b)?;
+    if dims.len() == 2 {
+        Ok(y)
+    } else {
+        let mut out = dims[..dims.len() - 1].to_vec();
+        out.push(w.dim(0)?);
+        y.reshape(out)
+    }
+}
+
+pub fn conv(x: &Tensor, w: &Tensor, b: &Tensor, op: &Op, pads: &Pads) -> Result<Tensor> {
+    let Op::Conv { stride, dilation, groups, padding, .. } = op else {
+        candle_core::bail!("conv kernel on a non-conv op")
+    };
+    let symmetric = pads.iter().all(|(a, c)| a == c);
+    let mut x = x.clone();
+    let mut pad = 0;
+    if *padding == Padding::Same {
+        if symmetric && pads.iter().all(|p| p.0 == pads[0].0) {
+            pad = pads[0].0;
+        } else {
+            for (a, (before, after)) in pads.iter().enumerate() {
+                x = x.pad_with_zeros(a + 2, *before, *after)?;
+            }
+        }
+    }
+    if stride.iter().any(|s| *s != stride[0]) || dilation.iter().any(|d| *d != dilation[0]) {
+        candle_core::bail!("per-axis strides or dilations that differ are not supported by candle's conv")
+    }
+    let y = if w.rank() == 3 {
+        x.conv1d(w, pad, stride[0], dilation[0], *groups)?
+    } else {
+        x.conv2d(w, pad, stride[0], dilation[0], *groups)?
+    };
+    let mut bshape = vec![1, b.dim(0)?];
+    bshape.extend(std::iter::repeat_n(1, w.rank() - 2));
+    y.broadcast_add(&b.reshape(bshape)?)
+}
+
+pub fn conv_transpose2d(x: &Tensor, w: &Tensor, b: &Tensor, kernel: usize, stride: usize, padding: Padding) -> Result<Tensor> {
+    let (pad, out_pad) = match padding {
+        Padding::Valid if kernel >= stride => (0, 0),
+        Padding::Valid => (0, stride - kernel),
+        Padding::Same if kernel >= stride => ((kernel - stride).div_ceil(2), (kernel - stride) % 2),
+        Padding::Same => (0, stride - kernel),
+    };
+    let y = x.conv_transpose2d(w, pad, out_pad, stride, 1)?;
+    y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)
+}
+
+pub fn pool(x: &Tensor, kind: PoolKind, size: &[usize], stride: &[usize]) -> Result<Tensor> {
+    let one_d = x.rank() == 3;
+    let x4 = if one_d { x.unsqueeze(2)? } else { x.clone() };
+    let (k, s) = if one_d {
+        ((1, size[0]), (1, stride[0]))
+    } else {
+        let e = |v: &[usize]| if v.len() == 1 { (v[0], v[0]) } else { (v[0], v[1]) };
+        (e(size), e(stride))
+    };
+    let y = match kind {
+        PoolKind::Max => x4.max_pool2d_with_stride(k, s)?,
+        PoolKind::Avg => x4.avg_pool2d_with_stride(k, s)?,
+    };
+    if one_d {
+        y.squeeze(2)
+    } else {
+        Ok(y)
+    }
+}
+
+pub fn act(x: &Tensor, a: Act, train: bool) -> Result<Tensor> {
+    match a {
+        Act::Relu => x.relu(),
+        Act::Gelu => x.gelu_erf(),
+        Act::Silu => x.silu(),
+        Act::Tanh => x.tanh(),
+        Act::Sigmoid => candle_nn::ops::sigmoid(x),
+        Act::Softmax if train => candle_nn::ops::softmax(x, D::Minus1),
+        Act::Softmax => candle_nn::ops::softmax_last_dim(&x.contiguous()?),
+        Act::LeakyRelu(alpha) => candle_nn::ops::leaky_relu(x, alpha),
+        Act::Identity => Ok(x.clone()),
+    }
+}
+
+/// Layer norm over the last axis; the differentiable form for training.
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64, train: bool) -> Result<Tensor> {
+    if !train {
+        return candle_nn::ops::layer_norm(&x.contiguous()?, w, b, eps as f32);
+    }
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    xc.broadcast_div(&(var + eps)?.sqrt()?)?.broadcast_mul(w)?.broadcast_add(b)
+}
+
+/// Batch norm over the channel axis 1. Returns the output and, in training,
+/// the batch (mean, biased variance) for the running statistics.
+pub fn batch_norm(x: &Tensor, w: &Tensor, b: &Tensor, rm: &Tensor, rv: &Tensor, eps: f64, train: bool) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
+    let c = x.dim(1)?;
+    let mut bshape = vec![1, c];
+    bshape.extend(std::iter::repeat_n(1, x.rank() - 2));
+    let (mean, var, stats) = if train {
+        let flat = x.transpose(0, 1)?.flatten_from(1)?; // [C, B·N]
+        let mean = flat.mean_keepdim(1)?;
+        let var = flat.broadcast_sub(&mean)?.sqr()?.mean_keepdim(1)?;
+        let (m, v) = (mean.flatten_all()?, var.flatten_all()?);
+        (m.reshape(bshape.clone())?, v.reshape(bshape.clone())?, Some((m.detach(), v.detach())))
+    } else {
+        (rm.reshape(bshape.clone())?, rv.reshape(bshape.clone())?, None)
+    };
+    let y = x.broadcast_sub(&mean)?.broadcast_div(&(var + eps)?.sqrt()?)?;
+    Ok((y.broadcast_mul(&w.reshape(bshape.clone())?)?.broadcast_add(&b.reshape(bshape)?)?, stats))
+}
+
+/// One recurrent direction's weights.
+pub struct RnnWeights<'a> {
+    pub w_ih: &'a Tensor,
+    pub w_hh: &'a Tensor,
+    /// LSTM: one bias; GRU: input bias.
+    pub b_ih: &'a Tensor,
+    /// GRU only: recurrent bias (Keras `reset_after`).
+    pub b_hh: Option<&'a Tensor>,
+}
+
+/// Runs one direction over x [B, T, I]; returns every step's h [B, T, H] in
+/// time order when `sequences`, else the final h [B, H].
+pub fn rnn(x: &Tensor, cell: RnnCell, units: usize, w: &RnnWeights, hoisted: bool, reverse: bool, sequences: bool) -> Result<Tensor> {
+    let (b, t, i) = x.dims3()?;
+    let w_ih_t = w.w_ih.t()?;
+    let w_hh_t = w.w_hh.t()?;
+    // The hoisted form: one GEMM for the input projection of all steps.
+    let xw = if hoisted { Some(x.reshape((b * t, i))?.matmul(&w_ih_t)?.broadcast_add(w.b_ih)?.reshape((b, t, ()))?) } else { None };
+    let mut h = Tensor::zeros((b, units), DType::F32, x.device())?;
+    let mut c = h.clone();
+    let mut outs: Vec<Option<Tensor>> = vec![None; if sequences { t } else { 0 }];
+    for step in 0..t {
+        let ts = if reverse { t - 1 - step } else { step };
+        let xt = match &xw {
+            Some(xw) => xw.narrow(1, ts, 1)?.squeeze(1)?,
+            None => x.narrow(1, ts, 1)?.squeeze(1)?.matmul(&w_ih_t)?.broadcast_add(w.b_ih)?,
+        };
+        match cell {
+            RnnCell::Lstm => {
+                let gates = (xt + h.matmul(&w_hh_t)?)?;
+                let ig = candle_nn::ops::sigmoid(&gates.narrow(1, 0, units)?)?;
+                let fg = candle_nn::ops::sigmoid(&gates.narrow(1, units, units)?)?;
+                let gg = gates.narrow(1, 2 * units, units)?.tanh()?;
+                let og = candle_nn::ops::sigmoid(&gates.narrow(1, 3 * units, units)?)?;
+                c = ((fg * &c)? + (ig * gg)?)?;
+                h = (og * c.tanh()?)?;
+            }
+            RnnCell::Gru => {
+                let mut hw = h.matmul(&w_hh_t)?;
+                if let Some(bh) = w.b_hh {
+                    hw = hw.broadcast_add(bh)?;
+                }
+                let r = candle_nn::ops::sigmoid(&(xt.narrow(1, 0, units)? + hw.narrow(1, 0, units)?)?)?;
+                let z = candle_nn::ops::sigmoid(&(xt.narrow(1, units, units)? + hw.narrow(1, units, units)?)?)?;
+                let n = (xt.narrow(1, 2 * units, units)? + (r * hw.narrow(1, 2 * units, units)?)?)?.tanh()?;
+                h = ((z.ones_like()? - &z)? * n)?.add(&(z * &h)?)?;
+            }
+        }
+        if sequences {
+            outs[ts] = Some(h.clone());
+        }
+    }
+    if sequences {
+        let hs: Vec<Tensor> = outs.into_iter().flatten().collect();
+        Tensor::stack(&hs, 1)
+    } else {
+        Ok(h)
+    }
+}

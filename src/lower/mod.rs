@@ -1,0 +1,140 @@
+//! Lowering: the optimized IR becomes an ordered list of steps, each a candle
+//! call (or one of our kernels) over named parameters. Built once, run many times.
+
+mod exec;
+mod kernels;
+mod params;
+
+pub use exec::{head_output, Forward, RunError};
+pub use params::{init_params, save_atomic, Params};
+
+use crate::ir::{shape::same_padding, Graph, Head, LossKind, Op, Padding, Type};
+use crate::passes::Mode;
+use petgraph::stable_graph::NodeIndex;
+use std::collections::HashMap;
+use std::fmt::Write;
+
+/// Padding chosen at lowering time: (before, after) per spatial axis.
+pub type Pads = Vec<(usize, usize)>;
+
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// The IR node's name.
+    pub name: String,
+    pub op: Op,
+    /// Concrete padding for `same` convolutions.
+    pub pads: Pads,
+    /// The candle op or own kernel that runs this step (shown in the plan).
+    pub kernel: &'static str,
+    /// Slots of operand values, and of the result.
+    pub args: Vec<usize>,
+    pub out: usize,
+    /// Checkpoint prefix of the layer's parameters.
+    pub params: Option<String>,
+    pub ty: Type,
+}
+
+#[derive(Debug, Clone)]
+pub struct Program {
+    pub mode: Mode,
+    pub steps: Vec<Step>,
+    /// (input name, value slot, per-sample type).
+    pub inputs: Vec<(String, usize, Type)>,
+    /// Heads: (head, value slot).
+    pub heads: Vec<(Head, usize)>,
+    /// Auxiliary losses: (name, kind, weight, operand slots).
+    pub losses: Vec<(String, LossKind, f64, Vec<usize>)>,
+    /// Parameter tensors: key → (shape, trainable, init).
+    pub param_specs: Vec<(String, crate::ir::ParamTensor)>,
+    pub n_values: usize,
+}
+
+/// Lowers a typed graph. `mode` picks differentiable forms (train) or fast paths (infer).
+pub fn lower(g: &Graph, mode: Mode) -> Program {
+    let mut slot: HashMap<NodeIndex, usize> = HashMap::new();
+    let mut steps = vec![];
+    let mut inputs = vec![];
+    for n in g.topo_order() {
+        let node = &g.g[n];
+        let s = slot.len();
+        slot.insert(n, s);
+        let ty = node.ty.clone().unwrap_or_else(|| Type::f32(vec![]));
+        if let Op::Input { name, .. } = &node.op {
+            inputs.push((name.clone(), s, ty));
+            continue;
+        }
+        let args: Vec<usize> = g.operands(n).iter().map(|o| slot[o]).collect();
+        let in_ty = g.operands(n).first().and_then(|o| g.g[*o].ty.clone());
+        let pads = match (&node.op, &in_ty) {
+            (Op::Conv { kernel, stride, padding: Padding::Same, dilation, .. }, Some(t)) => (0..kernel.len())
+                .map(|a| same_padding(t.shape[a + 1].fixed().unwrap_or(1), kernel[a], stride[a], dilation[a]))
+                .collect(),
+            _ => vec![],
+        };
+        steps.push(Step {
+            name: node.name.clone(),
+            kernel: kernels::kernel_name(&node.op, mode, &pads),
+            op: node.op.clone(),
+            pads,
+            args,
+            out: s,
+            params: node.param.map(|p| g.params[p.0].prefix.clone()),
+            ty,
+        });
+    }
+    let mut param_specs = vec![];
+    let mut used: Vec<usize> = g.g.node_weights().filter_map(|n| n.param.map(|p| p.0)).collect();
+    used.sort_unstable();
+    used.dedup();
+    for p in used {
+        let set = &g.params[p];
+        for t in &set.tensors {
+            param_specs.push((format!("{}.{}", set.prefix, t.name), t.clone()));
+        }
+    }
+    param_specs.sort_by(|a, b| a.0.cmp(&b.0));
+    Program {
+        mode,
+        steps,
+        inputs,
+        heads: g.heads.iter().map(|h| (h.clone(), slot[&h.node])).collect(),
+        losses: g.losses.iter().map(|l| (l.name.clone(), l.kind, l.weight, l.operands.iter().map(|o| slot[o]).collect())).collect(),
+        param_specs,
+        n_values: slot.len(),
+    }
+}
+
+impl Program {
+    /// The plan as deterministic text: one line per step.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "plan ({})", if self.mode == Mode::Train { "train" } else { "infer" });
+        for (name, slot, ty) in &self.inputs {
+            let _ = writeln!(s, "  v{slot} = input `{name}` : {ty}");
+        }
+        let shapes: HashMap<&str, &Vec<usize>> = self.param_specs.iter().map(|(k, t)| (k.as_str(), &t.shape)).collect();
+        for st in &self.steps {
+            let out = st.out;
+            let args: Vec<String> = st.args.iter().map(|a| format!("v{a}")).collect();
+            let _ = write!(s, "  v{out} = {} ({}) : {}  # {}", st.kernel, args.join(", "), st.ty, st.name);
+            if let Some(p) = &st.params {
+                let keys: Vec<String> = self
+                    .param_specs
+                    .iter()
+                    .filter(|(k, _)| k.strip_prefix(p.as_str()).is_some_and(|r| r.starts_with('.')))
+                    .map(|(k, _)| format!("{k}{:?}", shapes[k.as_str()]))
+                    .collect();
+                let _ = write!(s, "  [{}]", keys.join(", "));
+            }
+            s.push('\n');
+        }
+        for (h, slot) in &self.heads {
+            let _ = writeln!(s, "  head {} = v{slot} ({})", h.name, h.loss.name());
+        }
+        for (name, kind, w, slots) in &self.losses {
+            let a: Vec<String> = slots.iter().map(|x| format!("v{x}")).collect();
+            let _ = writeln!(s, "  loss {name} = {}({}) * {w}", kind.name(), a.join(", "));
+        }
+        s
+    }
+}

@@ -1,0 +1,48 @@
+//! Batched inference over whole input tensors: one tensor per head out.
+
+use crate::lower::{head_output, Params, Program, RunError};
+use candle_core::{Device, Tensor};
+use rand::SeedableRng;
+use std::collections::HashMap;
+
+/// Runs `prog` over all samples of `inputs` in batches of `batch_size`;
+/// returns one tensor per head: probabilities for classification heads.
+pub fn predict(prog: &Program, params: &Params, inputs: &HashMap<String, Tensor>, batch_size: usize, device: &Device) -> Result<HashMap<String, Tensor>, RunError> {
+    let n = prog.inputs.first().and_then(|(name, _, _)| inputs.get(name)).and_then(|t| t.dims().first().copied()).unwrap_or(0);
+    let mut outs: HashMap<String, Vec<Tensor>> = HashMap::new();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let bs = batch_size.max(1);
+    let mut start = 0;
+    while start < n {
+        let len = bs.min(n - start);
+        let batch: HashMap<String, Tensor> = inputs
+            .iter()
+            .map(|(k, t)| t.narrow(0, start, len).map(|x| (k.clone(), x)).map_err(|e| RunError::Input(format!("tensor `{k}`: {e}"))))
+            .collect::<Result<_, _>>()?;
+        let prepared = prog.prepare_inputs(&batch, device)?;
+        let fwd = prog.forward(params, prepared, &mut rng)?;
+        for (h, slot) in &prog.heads {
+            let logits = fwd.get(*slot).ok_or_else(|| RunError::Step { node: h.name.clone(), message: "head not computed".into() })?;
+            let y = head_output(h.loss, logits).map_err(|e| RunError::Step { node: h.name.clone(), message: e.to_string() })?;
+            outs.entry(h.name.clone()).or_default().push(y);
+        }
+        start += len;
+    }
+    if n == 0 {
+        // Still validate: an empty or missing input is an error naming it.
+        prog.prepare_inputs(inputs, device)?;
+    }
+    outs.into_iter()
+        .map(|(k, v)| Tensor::cat(&v, 0).map(|t| (k.clone(), t)).map_err(|e| RunError::Step { node: k, message: e.to_string() }))
+        .collect()
+}
+
+/// The device named on the command line.
+pub fn device(name: &str) -> Result<Device, String> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Device::new_cuda(0).map_err(|e| format!("cannot open CUDA device 0: {e} (build with `--features cuda`)")),
+        "metal" => Device::new_metal(0).map_err(|e| format!("cannot open Metal device 0: {e} (build with `--features metal`)")),
+        other => Err(format!("unknown device `{other}`: use cpu, cuda or metal")),
+    }
+}
