@@ -4,6 +4,7 @@
 //! → [`passes`] (optimized IR) → [`lower`] (candle program) → [`train`].
 //! [`driver`] runs the front half; nothing in the library prints.
 
+pub mod data;
 pub mod diagnostics;
 pub mod driver;
 pub mod elaborate;
@@ -14,5 +15,6 @@ pub mod predict;
 pub mod render;
 pub mod summary;
 pub mod syntax;
+pub mod train;
 
 pub use driver::{compile_file, compile_str, Compiled, Options};

@@ -2,6 +2,7 @@
 
 mod compile;
 mod run;
+mod train;
 
 use clap::{Parser, Subcommand};
 use mtl::diagnostics::{Diagnostic, SourceMap};
@@ -25,6 +26,12 @@ enum Cmd {
     Compile(compile::CompileArgs),
     /// Run a model on tensors: one per input in, one per head out.
     Predict(run::PredictArgs),
+    /// Train a model (the main job).
+    Train(train::TrainArgs),
+    /// Loss and metrics of a trained run on a data set.
+    Evaluate(train::EvaluateArgs),
+    /// Generate a built-in data set.
+    Data(run::DataArgs),
     /// Write fresh weights with Keras's default initializers.
     Init(run::InitArgs),
 }
@@ -52,6 +59,9 @@ pub fn main() -> i32 {
         Cmd::Compile(a) => compile::compile(a),
         Cmd::Predict(a) => run::predict(a),
         Cmd::Init(a) => run::init(a),
+        Cmd::Data(a) => run::data(a),
+        Cmd::Train(a) => train::train(a),
+        Cmd::Evaluate(a) => train::evaluate(a),
     };
     match r {
         Ok(code) => code,

@@ -74,3 +74,25 @@ pub fn init(a: InitArgs) -> Result<i32, Fail> {
     eprintln!("wrote {} ({} tensors)", a.out.display(), params.vars.len());
     Ok(0)
 }
+
+#[derive(Args)]
+pub struct DataArgs {
+    /// The data set: `shapes`.
+    name: String,
+    #[arg(long)]
+    out: PathBuf,
+    /// Training samples (a quarter as many test samples are written too).
+    #[arg(long, default_value_t = 2000)]
+    n: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+pub fn data(a: DataArgs) -> Result<i32, Fail> {
+    if a.name != "shapes" {
+        return Err(Fail::usage(format!("error: unknown data set `{}`; available: shapes", a.name)));
+    }
+    mtl::data::shapes::write(&a.out, a.n, a.seed).map_err(|e| Fail::usage(format!("error: {e}")))?;
+    eprintln!("wrote {}/train.safetensors and test.safetensors", a.out.display());
+    Ok(0)
+}

@@ -1,0 +1,9 @@
+//! Training, evaluation and checkpoints for multi-task models.
+
+pub mod data;
+mod fit;
+pub mod loss;
+pub mod metrics;
+pub mod optim;
+
+pub use fit::{evaluate, fit, EpochRecord, EvalResult, FitConfig, HeadEval, Observer, TrainError};
