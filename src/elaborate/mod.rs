@@ -95,7 +95,7 @@ pub fn elaborate(model: &ast::Model, blocks: &[&BlockDef]) -> (Graph, Vec<Diagno
     for item in &model.items {
         e.item(item, &mut saw_train);
     }
-    if e.g.heads.is_empty() {
+    if !model.items.iter().any(|i| matches!(i, Item::Head { .. })) {
         e.errs.push(
             Diagnostic::error("mtl::no-heads", format!("model `{}` has no head", model.name.name))
                 .label(model.name.span, "this model has no output")

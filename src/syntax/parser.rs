@@ -84,7 +84,7 @@ fn syntax_error(e: pest::error::Error<Rule>, text: &str, file: u32) -> Diagnosti
     if let Some(attempts) = e.parse_attempts() {
         for t in attempts.expected_tokens() {
             let token = t.to_string();
-            if token != "BUILTIN_RULE" && !token.contains("..") && !token.trim().is_empty() {
+            if token != "BUILTIN_RULE" && token != "#" && !token.contains("..") && !token.trim().is_empty() {
                 expected.push(format!("`{token}`"));
             }
         }
@@ -131,9 +131,12 @@ struct Cx {
 }
 
 impl Cx {
+    /// The pair's span without trailing whitespace (pest keeps what it
+    /// skipped before an optional part that did not match).
     fn span(&self, p: &Pair<Rule>) -> Span {
         let s = p.as_span();
-        Span::new(self.file, s.start(), s.end())
+        let len = p.as_str().trim_end().len();
+        Span::new(self.file, s.start(), s.start() + len)
     }
 
     fn first<'a>(&self, p: Pair<'a, Rule>) -> R<Pair<'a, Rule>> {
