@@ -1,0 +1,136 @@
+//! Optimizer passes: the dedup must-show, and every pass preserves meaning.
+
+use candle_core::{DType, Device, Tensor};
+use mtl::lower::{init_params, lower};
+use mtl::passes::Mode;
+use rand::SeedableRng;
+use std::collections::HashMap;
+use std::path::Path;
+
+const REDUNDANT: &str = r#"
+model redundant {
+  input x: f32[8]
+  shared enc = dense(16) -> relu
+  let a = x -> enc
+  let b = enc(x)
+  let pa = a -> relu -> identity
+  let pb = b -> relu
+  let unused = x -> dense(4)
+  head y = add(pa, pb) -> dense(2) { loss: mse }
+}
+"#;
+
+const BY_HAND: &str = r#"
+model by_hand {
+  input x: f32[8]
+  shared enc = dense(16) -> relu
+  let a = x -> enc
+  head y = add(a, a) -> dense(2) { loss: mse }
+}
+"#;
+
+#[test]
+fn dedup_matches_the_hand_written_model() {
+    let opt = mtl::compile_str("r.mtl", REDUNDANT, &Default::default());
+    let hand = mtl::compile_str("h.mtl", BY_HAND, &Default::default());
+    let (g, _) = opt.into_graph().map_err(|(d, _)| format!("{d:?}")).unwrap();
+    let (h, _) = hand.into_graph().map_err(|(d, _)| format!("{d:?}")).unwrap();
+    assert_eq!(g.g.node_count(), h.g.node_count(), "\n{}\nvs\n{}", mtl::ir::print_ir(&g), mtl::ir::print_ir(&h));
+    // The unused definition is reported.
+    let c = mtl::compile_str("r.mtl", REDUNDANT, &Default::default());
+    assert!(c.diagnostics.iter().any(|d| d.code == "mtl::unused"));
+    assert!(c.passes.stats.iter().any(|s| s.pass == "cse" && s.merged > 0));
+}
+
+#[test]
+fn cse_never_merges_dropout_or_different_weights() {
+    let src = r#"
+model m {
+  input x: f32[8]
+  let a = x -> dense(4)
+  let b = x -> dense(4)
+  let c = x -> dropout(0.5)
+  let d = x -> dropout(0.5)
+  head y = concat(a, b, c, d) -> dense(1) { loss: mse }
+}
+"#;
+    let c = mtl::compile_str("m.mtl", src, &mtl::Options { mode: Mode::Train, ..Default::default() });
+    let (g, _) = c.into_graph().map_err(|(d, _)| format!("{d:?}")).unwrap();
+    let dense = g.g.node_weights().filter(|n| n.op.kind_name() == "dense").count();
+    let dropout = g.g.node_weights().filter(|n| n.op.kind_name() == "dropout").count();
+    assert_eq!((dense, dropout), (3, 2));
+}
+
+fn random_inputs(prog: &mtl::lower::Program, n: usize) -> HashMap<String, Tensor> {
+    let dev = Device::Cpu;
+    prog.inputs
+        .iter()
+        .map(|(name, _, ty)| {
+            let mut shape = vec![n];
+            shape.extend(ty.dims().unwrap());
+            let t = if ty.dtype == mtl::ir::DType::I64 {
+                Tensor::rand(0f32, 9.0, shape, &dev).unwrap().floor().unwrap().to_dtype(DType::I64).unwrap()
+            } else {
+                Tensor::rand(0f32, 1.0, shape, &dev).unwrap()
+            };
+            (name.clone(), t)
+        })
+        .collect()
+}
+
+/// Outputs (inference) and gradients (training) agree with and without passes.
+#[test]
+fn passes_preserve_outputs_and_gradients() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![];
+    for dir in ["models", "../shared/fixtures"] {
+        for e in std::fs::read_dir(root.join(dir)).unwrap().flatten() {
+            let p = e.path();
+            let big = p.file_stem().is_some_and(|s| s == "seed_multitask" || s == "seed_multimodal");
+            if p.extension().is_some_and(|x| x == "mtl") && !big {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    let dev = Device::Cpu;
+    for f in files {
+        for mode in [Mode::Infer, Mode::Train] {
+            let build = |optimize| {
+                let c = mtl::compile_file(&f, &mtl::Options { optimize, mode, ..Default::default() }).unwrap();
+                let (g, _) = c.into_graph().map_err(|(d, _)| format!("{d:?}")).unwrap();
+                lower(&g, mode)
+            };
+            let (a, b) = (build(true), build(false));
+            let params = init_params(&a, 3, &dev).unwrap();
+            let inputs = random_inputs(&a, 3);
+            let run = |p: &mtl::lower::Program| {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+                let fwd = p.forward(&params, p.prepare_inputs(&inputs, &dev).unwrap(), &mut rng).unwrap();
+                p.heads.iter().map(|(h, s)| (h.name.clone(), fwd.get(*s).unwrap().clone())).collect::<Vec<_>>()
+            };
+            let (oa, ob) = (run(&a), run(&b));
+            for ((h, x), (_, y)) in oa.iter().zip(&ob) {
+                let d = (x - y).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                assert!(d < 1e-5, "{}: head {h} differs by {d} ({mode:?})", f.display());
+            }
+            if mode == Mode::Train && !f.to_string_lossy().contains("fusions") {
+                // Gradients of the summed outputs w.r.t. every parameter.
+                let grad = |o: &Vec<(String, Tensor)>| {
+                    let mut s = Tensor::zeros((), DType::F32, &dev).unwrap();
+                    for (_, t) in o {
+                        s = (s + t.sum_all().unwrap()).unwrap();
+                    }
+                    s.backward().unwrap()
+                };
+                let (ga, gb) = (grad(&oa), grad(&ob));
+                for (k, v) in &params.vars {
+                    if let (Some(x), Some(y)) = (ga.get(v.as_tensor()), gb.get(v.as_tensor())) {
+                        let d = (x - y).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                        assert!(d < 1e-4, "{}: gradient of {k} differs by {d}", f.display());
+                    }
+                }
+            }
+        }
+    }
+}
