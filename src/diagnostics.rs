@@ -175,7 +175,7 @@ pub fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) ->
 }
 
 /// "did you mean `x`?" or a list of what is allowed.
-pub fn did_you_mean<'a>(name: &str, candidates: &[&'a str], what: &str) -> String {
+pub fn did_you_mean(name: &str, candidates: &[&str], what: &str) -> String {
     match suggest(name, candidates.iter().copied()) {
         Some(s) => format!("did you mean `{s}`?"),
         None if candidates.is_empty() => format!("no {what} is defined here"),

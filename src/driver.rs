@@ -21,7 +21,12 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { optimize: true, mode: Mode::Infer, print_after: vec![], print_after_all: false }
+        Options {
+            optimize: true,
+            mode: Mode::Infer,
+            print_after: vec![],
+            print_after_all: false,
+        }
     }
 }
 
@@ -52,7 +57,12 @@ impl Compiled {
 
 pub fn compile_file(path: &Path, opts: &Options) -> std::io::Result<Compiled> {
     let text = std::fs::read_to_string(path)?;
-    Ok(compile_source(&path.display().to_string(), &text, path.parent(), opts))
+    Ok(compile_source(
+        &path.display().to_string(),
+        &text,
+        path.parent(),
+        opts,
+    ))
 }
 
 pub fn compile_str(name: &str, text: &str, opts: &Options) -> Compiled {
@@ -60,7 +70,14 @@ pub fn compile_str(name: &str, text: &str, opts: &Options) -> Compiled {
 }
 
 fn compile_source(name: &str, text: &str, dir: Option<&Path>, opts: &Options) -> Compiled {
-    let mut c = Compiled { sources: SourceMap::default(), ast: None, raw: None, graph: None, diagnostics: vec![], passes: PassReport::default() };
+    let mut c = Compiled {
+        sources: SourceMap::default(),
+        ast: None,
+        raw: None,
+        graph: None,
+        diagnostics: vec![],
+        passes: PassReport::default(),
+    };
     let id = c.sources.add(name, text);
     let file = match syntax::parse(text, id) {
         Ok(f) => f,
@@ -72,14 +89,23 @@ fn compile_source(name: &str, text: &str, dir: Option<&Path>, opts: &Options) ->
     // Imports, depth first; each file once.
     let mut imported: Vec<ast::File> = vec![];
     let mut seen: HashSet<PathBuf> = HashSet::new();
-    let base = dir.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let base = dir
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
     load_imports(&file, &base, &mut c, &mut imported, &mut seen, 0);
-    let blocks: Vec<&ast::BlockDef> = imported.iter().flat_map(|f| f.blocks.iter()).chain(file.blocks.iter()).collect();
+    let blocks: Vec<&ast::BlockDef> = imported
+        .iter()
+        .flat_map(|f| f.blocks.iter())
+        .chain(file.blocks.iter())
+        .collect();
     for f in &imported {
         if let Some(m) = f.models.first() {
             c.diagnostics.push(
-                Diagnostic::warning("mtl::imported-model", format!("the model `{}` in an imported file is ignored", m.name.name))
-                    .label(m.name.span, "only blocks are imported"),
+                Diagnostic::warning(
+                    "mtl::imported-model",
+                    format!("the model `{}` in an imported file is ignored", m.name.name),
+                )
+                .label(m.name.span, "only blocks are imported"),
             );
         }
     }
@@ -113,7 +139,10 @@ fn compile_source(name: &str, text: &str, dir: Option<&Path>, opts: &Options) ->
     }
     if !c.has_errors() {
         if let Err(e) = ir::verify(&g, true) {
-            c.diagnostics.push(Diagnostic::error("mtl::internal", format!("IR invariant broken after elaboration: {e}")));
+            c.diagnostics.push(Diagnostic::error(
+                "mtl::internal",
+                format!("IR invariant broken after elaboration: {e}"),
+            ));
         }
     }
     if !c.has_errors() {
@@ -136,7 +165,14 @@ fn compile_source(name: &str, text: &str, dir: Option<&Path>, opts: &Options) ->
     c
 }
 
-fn load_imports(file: &ast::File, dir: &Path, c: &mut Compiled, out: &mut Vec<ast::File>, seen: &mut HashSet<PathBuf>, depth: usize) {
+fn load_imports(
+    file: &ast::File,
+    dir: &Path,
+    c: &mut Compiled,
+    out: &mut Vec<ast::File>,
+    seen: &mut HashSet<PathBuf>,
+    depth: usize,
+) {
     for (rel, span) in &file.imports {
         let path = dir.join(rel);
         let key = path.canonicalize().unwrap_or_else(|_| path.clone());
@@ -147,9 +183,15 @@ fn load_imports(file: &ast::File, dir: &Path, c: &mut Compiled, out: &mut Vec<as
             Ok(t) => t,
             Err(e) => {
                 c.diagnostics.push(
-                    Diagnostic::error("mtl::missing-import", format!("cannot read imported file `{rel}`: {e}"))
-                        .label(*span, "imported here")
-                        .help(format!("paths are relative to the importing file; looked for {}", path.display())),
+                    Diagnostic::error(
+                        "mtl::missing-import",
+                        format!("cannot read imported file `{rel}`: {e}"),
+                    )
+                    .label(*span, "imported here")
+                    .help(format!(
+                        "paths are relative to the importing file; looked for {}",
+                        path.display()
+                    )),
                 );
                 continue;
             }

@@ -7,8 +7,19 @@ use std::collections::HashMap;
 
 /// Runs `prog` over all samples of `inputs` in batches of `batch_size`;
 /// returns one tensor per head: probabilities for classification heads.
-pub fn predict(prog: &Program, params: &Params, inputs: &HashMap<String, Tensor>, batch_size: usize, device: &Device) -> Result<HashMap<String, Tensor>, RunError> {
-    let n = prog.inputs.first().and_then(|(name, _, _)| inputs.get(name)).and_then(|t| t.dims().first().copied()).unwrap_or(0);
+pub fn predict(
+    prog: &Program,
+    params: &Params,
+    inputs: &HashMap<String, Tensor>,
+    batch_size: usize,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>, RunError> {
+    let n = prog
+        .inputs
+        .first()
+        .and_then(|(name, _, _)| inputs.get(name))
+        .and_then(|t| t.dims().first().copied())
+        .unwrap_or(0);
     let mut outs: HashMap<String, Vec<Tensor>> = HashMap::new();
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let bs = batch_size.max(1);
@@ -17,13 +28,23 @@ pub fn predict(prog: &Program, params: &Params, inputs: &HashMap<String, Tensor>
         let len = bs.min(n - start);
         let batch: HashMap<String, Tensor> = inputs
             .iter()
-            .map(|(k, t)| t.narrow(0, start, len).map(|x| (k.clone(), x)).map_err(|e| RunError::Input(format!("tensor `{k}`: {e}"))))
+            .map(|(k, t)| {
+                t.narrow(0, start, len)
+                    .map(|x| (k.clone(), x))
+                    .map_err(|e| RunError::Input(format!("tensor `{k}`: {e}")))
+            })
             .collect::<Result<_, _>>()?;
         let prepared = prog.prepare_inputs(&batch, device)?;
         let fwd = prog.forward(params, prepared, &mut rng)?;
         for (h, slot) in &prog.heads {
-            let logits = fwd.get(*slot).ok_or_else(|| RunError::Step { node: h.name.clone(), message: "head not computed".into() })?;
-            let y = head_output(h.loss, logits).map_err(|e| RunError::Step { node: h.name.clone(), message: e.to_string() })?;
+            let logits = fwd.get(*slot).ok_or_else(|| RunError::Step {
+                node: h.name.clone(),
+                message: "head not computed".into(),
+            })?;
+            let y = head_output(h.loss, logits).map_err(|e| RunError::Step {
+                node: h.name.clone(),
+                message: e.to_string(),
+            })?;
             outs.entry(h.name.clone()).or_default().push(y);
         }
         start += len;
@@ -33,7 +54,14 @@ pub fn predict(prog: &Program, params: &Params, inputs: &HashMap<String, Tensor>
         prog.prepare_inputs(inputs, device)?;
     }
     outs.into_iter()
-        .map(|(k, v)| Tensor::cat(&v, 0).map(|t| (k.clone(), t)).map_err(|e| RunError::Step { node: k, message: e.to_string() }))
+        .map(|(k, v)| {
+            Tensor::cat(&v, 0)
+                .map(|t| (k.clone(), t))
+                .map_err(|e| RunError::Step {
+                    node: k,
+                    message: e.to_string(),
+                })
+        })
         .collect()
 }
 
@@ -41,8 +69,11 @@ pub fn predict(prog: &Program, params: &Params, inputs: &HashMap<String, Tensor>
 pub fn device(name: &str) -> Result<Device, String> {
     match name {
         "cpu" => Ok(Device::Cpu),
-        "cuda" => Device::new_cuda(0).map_err(|e| format!("cannot open CUDA device 0: {e} (build with `--features cuda`)")),
-        "metal" => Device::new_metal(0).map_err(|e| format!("cannot open Metal device 0: {e} (build with `--features metal`)")),
+        "cuda" => Device::new_cuda(0)
+            .map_err(|e| format!("cannot open CUDA device 0: {e} (build with `--features cuda`)")),
+        "metal" => Device::new_metal(0).map_err(|e| {
+            format!("cannot open Metal device 0: {e} (build with `--features metal`)")
+        }),
         other => Err(format!("unknown device `{other}`: use cpu, cuda or metal")),
     }
 }

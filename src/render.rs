@@ -36,7 +36,10 @@ impl miette::Diagnostic for Report<'_> {
         })
     }
     fn help<'b>(&'b self) -> Option<Box<dyn fmt::Display + 'b>> {
-        self.d.help.as_ref().map(|h| Box::new(h) as Box<dyn fmt::Display>)
+        self.d
+            .help
+            .as_ref()
+            .map(|h| Box::new(h) as Box<dyn fmt::Display>)
     }
     fn source_code(&self) -> Option<&dyn miette::SourceCode> {
         Some(&self.src)
@@ -73,9 +76,20 @@ pub fn render(d: &Diagnostic, sources: &SourceMap, color: bool, width: usize) ->
         }
         _ => (NamedSource::new("<none>", String::new()), vec![]),
     };
-    let report = Report { d, src, labels, message };
-    let theme = if color { GraphicalTheme::unicode() } else { GraphicalTheme::unicode_nocolor() };
-    let handler = GraphicalReportHandler::new_themed(theme).with_width(width).with_links(false);
+    let report = Report {
+        d,
+        src,
+        labels,
+        message,
+    };
+    let theme = if color {
+        GraphicalTheme::unicode()
+    } else {
+        GraphicalTheme::unicode_nocolor()
+    };
+    let handler = GraphicalReportHandler::new_themed(theme)
+        .with_width(width)
+        .with_links(false);
     let mut out = String::new();
     if handler.render_report(&mut out, &report).is_err() {
         out = format!("{}: {}", d.code, d.message);
@@ -85,7 +99,10 @@ pub fn render(d: &Diagnostic, sources: &SourceMap, color: bool, width: usize) ->
 
 /// Every diagnostic, rendered, separated by blank lines.
 pub fn render_all(ds: &[Diagnostic], sources: &SourceMap, color: bool, width: usize) -> String {
-    ds.iter().map(|d| render(d, sources, color, width)).collect::<Vec<_>>().join("\n")
+    ds.iter()
+        .map(|d| render(d, sources, color, width))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[derive(Serialize)]
@@ -122,7 +139,14 @@ pub fn to_json(ds: &[Diagnostic], sources: &SourceMap) -> serde_json::Value {
                 .filter(|l| (l.span.file as usize) < sources.files.len())
                 .map(|l| {
                     let (line, column) = sources.line_col(l.span);
-                    JsonLabel { message: l.message.clone(), file: sources.file(l.span.file).name.clone(), line, column, start: l.span.start, end: l.span.end }
+                    JsonLabel {
+                        message: l.message.clone(),
+                        file: sources.file(l.span.file).name.clone(),
+                        line,
+                        column,
+                        start: l.span.start,
+                        end: l.span.end,
+                    }
                 })
                 .collect(),
         })

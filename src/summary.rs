@@ -41,7 +41,11 @@ pub fn summarize(g: &Graph) -> Summary {
     let mut by_param: HashMap<usize, usize> = HashMap::new();
     for n in g.topo_order() {
         let node = &g.g[n];
-        let shape = node.ty.as_ref().map(shape_str).unwrap_or_else(|| "?".into());
+        let shape = node
+            .ty
+            .as_ref()
+            .map(shape_str)
+            .unwrap_or_else(|| "?".into());
         let inputs: Vec<String> = g.operands(n).iter().map(|o| g.g[*o].name.clone()).collect();
         if let Some(p) = node.param {
             if let Some(&row) = by_param.get(&p.0) {
@@ -51,9 +55,21 @@ pub fn summarize(g: &Graph) -> Summary {
             }
             by_param.insert(p.0, rows.len());
             let set = &g.params[p.0];
-            rows.push(LayerRow { name: set.prefix.clone(), op: node.op.kind_name(), output_shape: vec![shape], params: set.count(true) + set.count(false), inputs });
+            rows.push(LayerRow {
+                name: set.prefix.clone(),
+                op: node.op.kind_name(),
+                output_shape: vec![shape],
+                params: set.count(true) + set.count(false),
+                inputs,
+            });
         } else {
-            rows.push(LayerRow { name: node.name.clone(), op: node.op.kind_name(), output_shape: vec![shape], params: 0, inputs });
+            rows.push(LayerRow {
+                name: node.name.clone(),
+                op: node.op.kind_name(),
+                output_shape: vec![shape],
+                params: 0,
+                inputs,
+            });
         }
     }
     let (total, trainable, non) = g.param_counts();
@@ -66,18 +82,29 @@ pub fn summarize(g: &Graph) -> Summary {
             weight: h.weight,
             output_shape: g.g[h.node].ty.as_ref().map(shape_str).unwrap_or_default(),
             label: h.label.clone(),
-            label_shape: h.label_type.as_ref().map(|t| t.to_string()).unwrap_or_default(),
+            label_shape: h
+                .label_type
+                .as_ref()
+                .map(|t| t.to_string())
+                .unwrap_or_default(),
             metrics: h.metrics.iter().map(|m| m.name()).collect(),
         })
         .collect();
-    Summary { model: g.name.clone(), total_params: total, trainable_params: trainable, non_trainable_params: non, layers: rows, heads }
+    Summary {
+        model: g.name.clone(),
+        total_params: total,
+        trainable_params: trainable,
+        non_trainable_params: non,
+        layers: rows,
+        heads,
+    }
 }
 
 fn group(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -87,20 +114,43 @@ fn group(n: usize) -> String {
 
 /// The table as text.
 pub fn render(s: &Summary) -> String {
-    let mut rows: Vec<[String; 4]> = vec![["Layer (op)".into(), "Output shape".into(), "Params".into(), "Connected to".into()]];
+    let mut rows: Vec<[String; 4]> = vec![[
+        "Layer (op)".into(),
+        "Output shape".into(),
+        "Params".into(),
+        "Connected to".into(),
+    ]];
     for l in &s.layers {
         let mut shapes = l.output_shape.clone();
         shapes.dedup();
-        rows.push([format!("{} ({})", l.name, l.op), shapes.join(", "), group(l.params), l.inputs.join(", ")]);
+        rows.push([
+            format!("{} ({})", l.name, l.op),
+            shapes.join(", "),
+            group(l.params),
+            l.inputs.join(", "),
+        ]);
     }
-    let w: Vec<usize> = (0..4).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    let w: Vec<usize> = (0..4)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
     let total_w = w.iter().sum::<usize>() + 6;
     let mut out = String::new();
     let _ = writeln!(out, "Model: \"{}\"", s.model);
     let rule = |c: char| c.to_string().repeat(total_w);
     let _ = writeln!(out, "{}", rule('━'));
     for (i, r) in rows.iter().enumerate() {
-        let _ = writeln!(out, "{:<w0$}  {:<w1$}  {:>w2$}  {}", r[0], r[1], r[2], r[3], w0 = w[0], w1 = w[1], w2 = w[2]).map(|_| ());
+        let _ = writeln!(
+            out,
+            "{:<w0$}  {:<w1$}  {:>w2$}  {}",
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            w0 = w[0],
+            w1 = w[1],
+            w2 = w[2]
+        )
+        .map(|_| ());
         if i == 0 {
             let _ = writeln!(out, "{}", rule('━'));
         }
@@ -108,11 +158,27 @@ pub fn render(s: &Summary) -> String {
     let _ = writeln!(out, "{}", rule('━'));
     let _ = writeln!(out, " Total params: {}", group(s.total_params));
     let _ = writeln!(out, " Trainable params: {}", group(s.trainable_params));
-    let _ = writeln!(out, " Non-trainable params: {}", group(s.non_trainable_params));
+    let _ = writeln!(
+        out,
+        " Non-trainable params: {}",
+        group(s.non_trainable_params)
+    );
     let _ = writeln!(out, "{}", rule('─'));
     for h in &s.heads {
-        let m = if h.metrics.is_empty() { String::new() } else { format!(", metrics: {}", h.metrics.join(", ")) };
-        let _ = writeln!(out, " head {}: {} {} (weight {}), label `{}` {}{m}", h.name, h.output_shape, h.loss, h.weight, h.label, h.label_shape);
+        let m = if h.metrics.is_empty() {
+            String::new()
+        } else {
+            format!(", metrics: {}", h.metrics.join(", "))
+        };
+        let _ = writeln!(
+            out,
+            " head {}: {} {} (weight {}), label `{}` {}{m}",
+            h.name, h.output_shape, h.loss, h.weight, h.label, h.label_shape
+        );
     }
-    out.lines().map(|l| l.trim_end()).collect::<Vec<_>>().join("\n") + "\n"
+    out.lines()
+        .map(|l| l.trim_end())
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
 }

@@ -14,20 +14,32 @@ fn max_rel_err(a: &Tensor, b: &Tensor) -> f32 {
     let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     assert_eq!(a.len(), b.len());
-    a.iter().zip(&b).map(|(x, y)| (x - y).abs() / y.abs().max(1e-3)).fold(0.0, f32::max)
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs() / y.abs().max(1e-3))
+        .fold(0.0, f32::max)
 }
 
 fn check(name: &str, optimize: bool) {
     let dir = fixtures();
-    let opts = mtl::Options { optimize, ..Default::default() };
+    let opts = mtl::Options {
+        optimize,
+        ..Default::default()
+    };
     let c = mtl::compile_file(&dir.join(format!("{name}.mtl")), &opts).unwrap();
     let (g, _) = c.into_graph().map_err(|(d, _)| format!("{d:?}")).unwrap();
     let prog = lower(&g, Mode::Infer);
     let dev = Device::Cpu;
     let mut params = init_params(&prog, 0, &dev).unwrap();
-    params.load(&dir.join(format!("{name}.weights.safetensors")), &dev).unwrap();
-    let inputs = candle_core::safetensors::load(dir.join(format!("{name}.inputs.safetensors")), &dev).unwrap();
-    let expected = candle_core::safetensors::load(dir.join(format!("{name}.expected.safetensors")), &dev).unwrap();
+    params
+        .load(&dir.join(format!("{name}.weights.safetensors")), &dev)
+        .unwrap();
+    let inputs =
+        candle_core::safetensors::load(dir.join(format!("{name}.inputs.safetensors")), &dev)
+            .unwrap();
+    let expected =
+        candle_core::safetensors::load(dir.join(format!("{name}.expected.safetensors")), &dev)
+            .unwrap();
     let out = mtl::predict::predict(&prog, &params, &inputs, 3, &dev).unwrap();
     assert_eq!(out.len(), expected.len(), "{name}: one output per head");
     for (head, want) in &expected {
@@ -64,15 +76,31 @@ fn shapes_mm_matches_keras() {
 
 #[test]
 fn param_counts_match_keras() {
-    for name in ["digits_mt", "fusion_ops", "seed_multitask_small", "shapes_mm"] {
+    for name in [
+        "digits_mt",
+        "fusion_ops",
+        "seed_multitask_small",
+        "shapes_mm",
+    ] {
         let dir = fixtures();
         let text = std::fs::read_to_string(dir.join(format!("{name}.keras_params.txt"))).unwrap();
-        let get = |k: &str| -> usize { text.lines().find_map(|l| l.strip_prefix(&format!("{k}: "))).unwrap().trim().parse().unwrap() };
+        let get = |k: &str| -> usize {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}: ")))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        };
         let c = mtl::compile_file(&dir.join(format!("{name}.mtl")), &Default::default()).unwrap();
         let (g, _) = c.into_graph().map_err(|(d, _)| format!("{d:?}")).unwrap();
         let s = mtl::summary::summarize(&g);
         assert_eq!(s.total_params, get("total"), "{name} total");
         assert_eq!(s.trainable_params, get("trainable"), "{name} trainable");
-        assert_eq!(s.non_trainable_params, get("non_trainable"), "{name} non-trainable");
+        assert_eq!(
+            s.non_trainable_params,
+            get("non_trainable"),
+            "{name} non-trainable"
+        );
     }
 }

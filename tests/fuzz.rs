@@ -36,7 +36,37 @@ fn mutated_models_never_panic() {
             }
         }
     }
-    let tokens = ["(", ")", "->", ",", "=", "{", "}", "[", "]", "0", "-1", "99999999999999999999", "1e309", "x", "dense", "concat(", "as", "+", "relu", "lstm(3)", "\"", "#", "block", "shared s = relu", "\n", "tokens[0] vocab 0", "image[0,1]", "reshape(-1, -1)", "permute(9)"];
+    let tokens = [
+        "(",
+        ")",
+        "->",
+        ",",
+        "=",
+        "{",
+        "}",
+        "[",
+        "]",
+        "0",
+        "-1",
+        "99999999999999999999",
+        "1e309",
+        "x",
+        "dense",
+        "concat(",
+        "as",
+        "+",
+        "relu",
+        "lstm(3)",
+        "\"",
+        "#",
+        "block",
+        "shared s = relu",
+        "\n",
+        "tokens[0] vocab 0",
+        "image[0,1]",
+        "reshape(-1, -1)",
+        "permute(9)",
+    ];
     let mut rng = StdRng::seed_from_u64(7);
     for src in &srcs {
         for _ in 0..60 {

@@ -34,12 +34,25 @@ fn dedup_matches_the_hand_written_model() {
     let opt = mtl::compile_str("r.mtl", REDUNDANT, &Default::default());
     let hand = mtl::compile_str("h.mtl", BY_HAND, &Default::default());
     let (g, _) = opt.into_graph().map_err(|(d, _)| format!("{d:?}")).unwrap();
-    let (h, _) = hand.into_graph().map_err(|(d, _)| format!("{d:?}")).unwrap();
-    assert_eq!(g.g.node_count(), h.g.node_count(), "\n{}\nvs\n{}", mtl::ir::print_ir(&g), mtl::ir::print_ir(&h));
+    let (h, _) = hand
+        .into_graph()
+        .map_err(|(d, _)| format!("{d:?}"))
+        .unwrap();
+    assert_eq!(
+        g.g.node_count(),
+        h.g.node_count(),
+        "\n{}\nvs\n{}",
+        mtl::ir::print_ir(&g),
+        mtl::ir::print_ir(&h)
+    );
     // The unused definition is reported.
     let c = mtl::compile_str("r.mtl", REDUNDANT, &Default::default());
     assert!(c.diagnostics.iter().any(|d| d.code == "mtl::unused"));
-    assert!(c.passes.stats.iter().any(|s| s.pass == "cse" && s.merged > 0));
+    assert!(c
+        .passes
+        .stats
+        .iter()
+        .any(|s| s.pass == "cse" && s.merged > 0));
 }
 
 #[test]
@@ -54,10 +67,23 @@ model m {
   head y = concat(a, b, c, d) -> dense(1) { loss: mse }
 }
 "#;
-    let c = mtl::compile_str("m.mtl", src, &mtl::Options { mode: Mode::Train, ..Default::default() });
+    let c = mtl::compile_str(
+        "m.mtl",
+        src,
+        &mtl::Options {
+            mode: Mode::Train,
+            ..Default::default()
+        },
+    );
     let (g, _) = c.into_graph().map_err(|(d, _)| format!("{d:?}")).unwrap();
-    let dense = g.g.node_weights().filter(|n| n.op.kind_name() == "dense").count();
-    let dropout = g.g.node_weights().filter(|n| n.op.kind_name() == "dropout").count();
+    let dense =
+        g.g.node_weights()
+            .filter(|n| n.op.kind_name() == "dense")
+            .count();
+    let dropout =
+        g.g.node_weights()
+            .filter(|n| n.op.kind_name() == "dropout")
+            .count();
     assert_eq!((dense, dropout), (3, 2));
 }
 
@@ -69,7 +95,12 @@ fn random_inputs(prog: &mtl::lower::Program, n: usize) -> HashMap<String, Tensor
             let mut shape = vec![n];
             shape.extend(ty.dims().unwrap());
             let t = if ty.dtype == mtl::ir::DType::I64 {
-                Tensor::rand(0f32, 9.0, shape, &dev).unwrap().floor().unwrap().to_dtype(DType::I64).unwrap()
+                Tensor::rand(0f32, 9.0, shape, &dev)
+                    .unwrap()
+                    .floor()
+                    .unwrap()
+                    .to_dtype(DType::I64)
+                    .unwrap()
             } else {
                 Tensor::rand(0f32, 1.0, shape, &dev).unwrap()
             };
@@ -86,7 +117,9 @@ fn passes_preserve_outputs_and_gradients() {
     for dir in ["models", "../shared/fixtures"] {
         for e in std::fs::read_dir(root.join(dir)).unwrap().flatten() {
             let p = e.path();
-            let big = p.file_stem().is_some_and(|s| s == "seed_multitask" || s == "seed_multimodal");
+            let big = p
+                .file_stem()
+                .is_some_and(|s| s == "seed_multitask" || s == "seed_multimodal");
             if p.extension().is_some_and(|x| x == "mtl") && !big {
                 files.push(p);
             }
@@ -97,7 +130,15 @@ fn passes_preserve_outputs_and_gradients() {
     for f in files {
         for mode in [Mode::Infer, Mode::Train] {
             let build = |optimize| {
-                let c = mtl::compile_file(&f, &mtl::Options { optimize, mode, ..Default::default() }).unwrap();
+                let c = mtl::compile_file(
+                    &f,
+                    &mtl::Options {
+                        optimize,
+                        mode,
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
                 let (g, _) = c.into_graph().map_err(|(d, _)| format!("{d:?}")).unwrap();
                 lower(&g, mode)
             };
@@ -106,13 +147,29 @@ fn passes_preserve_outputs_and_gradients() {
             let inputs = random_inputs(&a, 3);
             let run = |p: &mtl::lower::Program| {
                 let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-                let fwd = p.forward(&params, p.prepare_inputs(&inputs, &dev).unwrap(), &mut rng).unwrap();
-                p.heads.iter().map(|(h, s)| (h.name.clone(), fwd.get(*s).unwrap().clone())).collect::<Vec<_>>()
+                let fwd = p
+                    .forward(&params, p.prepare_inputs(&inputs, &dev).unwrap(), &mut rng)
+                    .unwrap();
+                p.heads
+                    .iter()
+                    .map(|(h, s)| (h.name.clone(), fwd.get(*s).unwrap().clone()))
+                    .collect::<Vec<_>>()
             };
             let (oa, ob) = (run(&a), run(&b));
             for ((h, x), (_, y)) in oa.iter().zip(&ob) {
-                let d = (x - y).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-                assert!(d < 1e-5, "{}: head {h} differs by {d} ({mode:?})", f.display());
+                let d = (x - y)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(
+                    d < 1e-5,
+                    "{}: head {h} differs by {d} ({mode:?})",
+                    f.display()
+                );
             }
             if mode == Mode::Train && !f.to_string_lossy().contains("fusions") {
                 // Gradients of the summed outputs w.r.t. every parameter.
@@ -126,7 +183,14 @@ fn passes_preserve_outputs_and_gradients() {
                 let (ga, gb) = (grad(&oa), grad(&ob));
                 for (k, v) in &params.vars {
                     if let (Some(x), Some(y)) = (ga.get(v.as_tensor()), gb.get(v.as_tensor())) {
-                        let d = (x - y).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                        let d = (x - y)
+                            .unwrap()
+                            .abs()
+                            .unwrap()
+                            .max_all()
+                            .unwrap()
+                            .to_scalar::<f32>()
+                            .unwrap();
                         assert!(d < 1e-4, "{}: gradient of {k} differs by {d}", f.display());
                     }
                 }

@@ -20,7 +20,14 @@ fn root() -> PathBuf {
 
 fn programs(path: &Path) -> (mtl::ir::Graph, Program, Program) {
     let build = |mode| {
-        let c = mtl::compile_file(path, &mtl::Options { mode, ..Default::default() }).unwrap();
+        let c = mtl::compile_file(
+            path,
+            &mtl::Options {
+                mode,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let (g, _) = c.into_graph().map_err(|(d, _)| format!("{d:?}")).unwrap();
         (lower(&g, mode), g)
     };
@@ -35,8 +42,23 @@ fn tmp(name: &str) -> PathBuf {
     d
 }
 
-fn fit(cfg: TrainConfig, dir: &Path, t: &Program, i: &Program, params: &mut Params, train: &Dataset, val: Option<&Dataset>, resume: bool) -> Result<Vec<EpochRecord>, mtl::train::TrainError> {
-    let fc = FitConfig { train: cfg, run_dir: dir.to_path_buf(), resume, device: Device::Cpu };
+#[allow(clippy::too_many_arguments)]
+fn fit(
+    cfg: TrainConfig,
+    dir: &Path,
+    t: &Program,
+    i: &Program,
+    params: &mut Params,
+    train: &Dataset,
+    val: Option<&Dataset>,
+    resume: bool,
+) -> Result<Vec<EpochRecord>, mtl::train::TrainError> {
+    let fc = FitConfig {
+        train: cfg,
+        run_dir: dir.to_path_buf(),
+        resume,
+        device: Device::Cpu,
+    };
     mtl::train::fit(&fc, t, i, params, train, val, &mut Quiet)
 }
 
@@ -51,9 +73,23 @@ fn random_data(p: &Program, n: usize, seed: u64) -> Dataset {
         let mut shape = vec![n];
         shape.extend(dims);
         let x = if ty.dtype == mtl::ir::DType::I64 {
-            Tensor::from_vec((0..count).map(|_| rng.random_range(0..5i64)).collect::<Vec<_>>(), shape, &dev).unwrap()
+            Tensor::from_vec(
+                (0..count)
+                    .map(|_| rng.random_range(0..5i64))
+                    .collect::<Vec<_>>(),
+                shape,
+                &dev,
+            )
+            .unwrap()
         } else {
-            Tensor::from_vec((0..count).map(|_| rng.random_range(0.0f32..1.0)).collect::<Vec<_>>(), shape, &dev).unwrap()
+            Tensor::from_vec(
+                (0..count)
+                    .map(|_| rng.random_range(0.0f32..1.0))
+                    .collect::<Vec<_>>(),
+                shape,
+                &dev,
+            )
+            .unwrap()
         };
         t.insert(name.clone(), x);
     }
@@ -65,11 +101,39 @@ fn random_data(p: &Program, n: usize, seed: u64) -> Dataset {
         shape.extend(dims);
         let y = match h.loss {
             LossKind::CrossEntropy => {
-                let k = p.steps.iter().find(|s| s.out == *slot).unwrap().ty.dims().unwrap()[0];
-                Tensor::from_vec((0..count).map(|_| rng.random_range(0..k as i64)).collect::<Vec<_>>(), shape, &dev).unwrap()
+                let k = p
+                    .steps
+                    .iter()
+                    .find(|s| s.out == *slot)
+                    .unwrap()
+                    .ty
+                    .dims()
+                    .unwrap()[0];
+                Tensor::from_vec(
+                    (0..count)
+                        .map(|_| rng.random_range(0..k as i64))
+                        .collect::<Vec<_>>(),
+                    shape,
+                    &dev,
+                )
+                .unwrap()
             }
-            LossKind::BinaryCrossEntropy => Tensor::from_vec((0..count).map(|_| if rng.random_bool(0.5) { 1f32 } else { 0.0 }).collect::<Vec<_>>(), shape, &dev).unwrap(),
-            _ => Tensor::from_vec((0..count).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<_>>(), shape, &dev).unwrap(),
+            LossKind::BinaryCrossEntropy => Tensor::from_vec(
+                (0..count)
+                    .map(|_| if rng.random_bool(0.5) { 1f32 } else { 0.0 })
+                    .collect::<Vec<_>>(),
+                shape,
+                &dev,
+            )
+            .unwrap(),
+            _ => Tensor::from_vec(
+                (0..count)
+                    .map(|_| rng.random_range(-1.0f32..1.0))
+                    .collect::<Vec<_>>(),
+                shape,
+                &dev,
+            )
+            .unwrap(),
         };
         t.insert(h.label.clone(), y);
     }
@@ -78,7 +142,12 @@ fn random_data(p: &Program, n: usize, seed: u64) -> Dataset {
 
 #[test]
 fn loss_falls_for_every_shipped_model() {
-    let mut files: Vec<_> = std::fs::read_dir(root().join("models")).unwrap().flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "mtl")).collect();
+    let mut files: Vec<_> = std::fs::read_dir(root().join("models"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "mtl"))
+        .collect();
     files.sort();
     for f in files {
         let (g, t, i) = programs(&f);
@@ -92,8 +161,15 @@ fn loss_falls_for_every_shipped_model() {
         let dir = tmp(&g.name);
         let h = fit(cfg, &dir, &t, &i, &mut params, &ds, None, false).unwrap();
         let (first, last) = (h[0].train.loss, h[h.len() - 1].train.loss);
-        assert!(last < first, "{}: loss did not fall ({first} → {last})", f.display());
-        assert!(dir.join("weights.safetensors").exists() && dir.join("training_statistics.json").exists());
+        assert!(
+            last < first,
+            "{}: loss did not fall ({first} → {last})",
+            f.display()
+        );
+        assert!(
+            dir.join("weights.safetensors").exists()
+                && dir.join("training_statistics.json").exists()
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
@@ -106,8 +182,15 @@ fn digits(mask_half_parity: bool, seed: u64) -> f64 {
     let test = Dataset::load(&data.join("test.safetensors"), &dev).unwrap();
     if mask_half_parity {
         let p = train.tensors["parity"].to_vec2::<f32>().unwrap();
-        let v: Vec<f32> = p.iter().enumerate().map(|(k, r)| if k % 2 == 0 { f32::NAN } else { r[0] }).collect();
-        train.tensors.insert("parity".into(), Tensor::from_vec(v, (train.n, 1), &dev).unwrap());
+        let v: Vec<f32> = p
+            .iter()
+            .enumerate()
+            .map(|(k, r)| if k % 2 == 0 { f32::NAN } else { r[0] })
+            .collect();
+        train.tensors.insert(
+            "parity".into(),
+            Tensor::from_vec(v, (train.n, 1), &dev).unwrap(),
+        );
     }
     let mut cfg = g.train.clone();
     cfg.epochs = 30;
@@ -130,7 +213,11 @@ fn digits_recipe_reaches_keras_accuracy_and_tolerates_missing_labels() {
     // Keras 3 with the same recipe: 0.894 (mean of 3 seeds).
     assert!(mean >= 0.894, "digit accuracy {accs:?} (mean {mean})");
     let masked = digits(true, 0);
-    assert!((masked - accs[0]).abs() <= 0.015, "masked {masked} vs unmasked {}", accs[0]);
+    assert!(
+        (masked - accs[0]).abs() <= 0.015,
+        "masked {masked} vs unmasked {}",
+        accs[0]
+    );
 }
 
 #[test]
@@ -153,10 +240,20 @@ fn resume_continues_exactly() {
     let h = fit(cfg, &b_dir, &t, &i, &mut b2, &ds, None, true).unwrap();
     assert_eq!(h.len(), 4);
     for (k, v) in &a.vars {
-        let d = (v.as_tensor() - b2.vars[k].as_tensor()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let d = (v.as_tensor() - b2.vars[k].as_tensor())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(d == 0.0, "{k} differs by {d} after resume");
     }
-    let _ = (std::fs::remove_dir_all(a_dir), std::fs::remove_dir_all(b_dir));
+    let _ = (
+        std::fs::remove_dir_all(a_dir),
+        std::fs::remove_dir_all(b_dir),
+    );
 }
 
 #[test]
@@ -165,13 +262,21 @@ fn non_finite_loss_stops_with_the_head_named() {
     let (g, t, i) = programs(&root().join("models/shapes.mtl"));
     let mut ds = random_data(&t, 4, 4);
     // A squared error of 1e60 overflows f32.
-    ds.tensors.insert("size".into(), (Tensor::ones((4, 1), DType::F32, &dev).unwrap() * 1e30).unwrap());
+    ds.tensors.insert(
+        "size".into(),
+        (Tensor::ones((4, 1), DType::F32, &dev).unwrap() * 1e30).unwrap(),
+    );
     let mut params = init_params(&t, 0, &dev).unwrap();
     let dir = tmp("nan");
     let r = fit(g.train.clone(), &dir, &t, &i, &mut params, &ds, None, false);
     match r {
-        Err(e @ mtl::train::TrainError::NonFinite { .. }) => assert!(e.to_string().contains("`size`"), "{e}"),
-        other => panic!("expected a non-finite loss error, got {:?}", other.map(|h| h.len())),
+        Err(e @ mtl::train::TrainError::NonFinite { .. }) => {
+            assert!(e.to_string().contains("`size`"), "{e}")
+        }
+        other => panic!(
+            "expected a non-finite loss error, got {:?}",
+            other.map(|h| h.len())
+        ),
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -180,8 +285,10 @@ fn non_finite_loss_stops_with_the_head_named() {
 fn shapes_main_job_learns() {
     let dev = Device::Cpu;
     let (g, t, i) = programs(&root().join("models/shapes.mtl"));
-    let train = Dataset::from_tensors(mtl::data::shapes::generate(400, 0).unwrap(), "shapes").unwrap();
-    let test = Dataset::from_tensors(mtl::data::shapes::generate(200, 1).unwrap(), "shapes").unwrap();
+    let train =
+        Dataset::from_tensors(mtl::data::shapes::generate(400, 0).unwrap(), "shapes").unwrap();
+    let test =
+        Dataset::from_tensors(mtl::data::shapes::generate(200, 1).unwrap(), "shapes").unwrap();
     let mut cfg = g.train.clone();
     cfg.epochs = 4;
     let mut params = init_params(&t, 0, &dev).unwrap();
@@ -190,7 +297,11 @@ fn shapes_main_job_learns() {
     assert!(h.last().unwrap().train.loss < h[0].train.loss);
     let r = mtl::train::evaluate(&i, &params, &test, 100, &dev).unwrap();
     // Well above chance on the caption-only task (4 classes: 0.25).
-    assert!(r.heads["owner"].metrics["accuracy"] > 0.5, "{:?}", r.heads["owner"]);
+    assert!(
+        r.heads["owner"].metrics["accuracy"] > 0.5,
+        "{:?}",
+        r.heads["owner"]
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -199,18 +310,43 @@ fn cli_train_evaluate_predict_round_trip() {
     let bin = env!("CARGO_BIN_EXE_mtl");
     let dir = tmp("cli");
     let out = std::process::Command::new(bin)
-        .args(["train", "models/digits.mtl", "--data", "../shared/data/digits/train.safetensors", "--epochs", "2", "--quiet", "--out"])
+        .args([
+            "train",
+            "models/digits.mtl",
+            "--data",
+            "../shared/data/digits/train.safetensors",
+            "--epochs",
+            "2",
+            "--quiet",
+            "--out",
+        ])
         .arg(&dir)
         .current_dir(root())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let ev = std::process::Command::new(bin).args(["evaluate"]).arg(&dir).args(["--data", "../shared/data/digits/test.safetensors", "--json"]).current_dir(root()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ev = std::process::Command::new(bin)
+        .args(["evaluate"])
+        .arg(&dir)
+        .args(["--data", "../shared/data/digits/test.safetensors", "--json"])
+        .current_dir(root())
+        .output()
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&ev.stdout).unwrap();
     assert!(v["loss"].as_f64().unwrap().is_finite());
     assert!(v["heads"]["digit"]["accuracy"].as_f64().unwrap() > 0.1);
     // Bad data is an error naming the tensor, not a panic.
-    let bad = std::process::Command::new(bin).args(["evaluate"]).arg(&dir).args(["--data", "../shared/fixtures/shapes_mm.inputs.safetensors"]).current_dir(root()).output().unwrap();
+    let bad = std::process::Command::new(bin)
+        .args(["evaluate"])
+        .arg(&dir)
+        .args(["--data", "../shared/fixtures/shapes_mm.inputs.safetensors"])
+        .current_dir(root())
+        .output()
+        .unwrap();
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("image"));
     let _ = std::fs::remove_dir_all(&dir);

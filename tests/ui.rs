@@ -7,14 +7,23 @@ use std::path::Path;
 fn ui_diagnostics() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     std::env::set_current_dir(root).unwrap();
-    let mut files: Vec<_> = std::fs::read_dir("tests/ui").unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "mtl")).collect();
+    let mut files: Vec<_> = std::fs::read_dir("tests/ui")
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "mtl"))
+        .collect();
     files.sort();
     assert!(files.len() >= 15, "at least 15 bad models");
     for f in files {
         let c = mtl::compile_file(&f, &Default::default()).unwrap();
         assert!(c.has_errors(), "{} should fail to check", f.display());
         for d in c.diagnostics.iter().filter(|d| d.is_error()) {
-            assert!(d.primary_span().is_some(), "{}: `{}` has no location", f.display(), d.message);
+            assert!(
+                d.primary_span().is_some(),
+                "{}: `{}` has no location",
+                f.display(),
+                d.message
+            );
         }
         let text = mtl::render::render_all(&c.diagnostics, &c.sources, false, 100);
         let name = f.file_stem().unwrap().to_string_lossy().to_string();
@@ -39,9 +48,23 @@ fn shipped_models_check_clean() {
 fn check_cli_exit_codes() {
     let bin = env!("CARGO_BIN_EXE_mtl");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let run = |args: &[&str]| std::process::Command::new(bin).args(args).current_dir(root).output().unwrap();
-    assert_eq!(run(&["check", "models/digits.mtl", "models/shapes.mtl"]).status.code(), Some(0));
-    assert_eq!(run(&["check", "tests/ui/unknown_name.mtl"]).status.code(), Some(1));
+    let run = |args: &[&str]| {
+        std::process::Command::new(bin)
+            .args(args)
+            .current_dir(root)
+            .output()
+            .unwrap()
+    };
+    assert_eq!(
+        run(&["check", "models/digits.mtl", "models/shapes.mtl"])
+            .status
+            .code(),
+        Some(0)
+    );
+    assert_eq!(
+        run(&["check", "tests/ui/unknown_name.mtl"]).status.code(),
+        Some(1)
+    );
     assert_eq!(run(&["check", "no/such/model.mtl"]).status.code(), Some(2));
     let out = run(&["check", "--format", "json", "tests/ui/unknown_name.mtl"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

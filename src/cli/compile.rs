@@ -97,13 +97,19 @@ pub fn check(a: CheckArgs) -> Result<i32, Fail> {
         }
     }
     if a.format == Format::Json {
-        println!("{}", serde_json::to_string_pretty(&json).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json).unwrap_or_default()
+        );
     }
     Ok(worst)
 }
 
 pub fn summary(a: SummaryArgs) -> Result<i32, Fail> {
-    let opts = mtl::Options { optimize: !a.no_opt, ..Default::default() };
+    let opts = mtl::Options {
+        optimize: !a.no_opt,
+        ..Default::default()
+    };
     let (g, _) = load(&a.model, &opts)?;
     let s = mtl::summary::summarize(&g);
     if a.json {
@@ -122,12 +128,21 @@ pub fn compile(a: CompileArgs) -> Result<i32, Fail> {
     let known = mtl::passes::pass_names();
     for p in &a.print_after {
         if !known.contains(&p.as_str()) {
-            return Err(Fail::usage(format!("error: unknown pass `{p}`; passes: {}", known.join(", "))));
+            return Err(Fail::usage(format!(
+                "error: unknown pass `{p}`; passes: {}",
+                known.join(", ")
+            )));
         }
     }
-    let opts = mtl::Options { optimize: !a.no_opt, mode, print_after: a.print_after.clone(), print_after_all: a.print_after_all };
+    let opts = mtl::Options {
+        optimize: !a.no_opt,
+        mode,
+        print_after: a.print_after.clone(),
+        print_after_all: a.print_after_all,
+    };
     if a.emit == Emit::Ast {
-        let text = std::fs::read_to_string(&a.model).map_err(|e| Fail::usage(format!("error: cannot read {}: {e}", a.model.display())))?;
+        let text = std::fs::read_to_string(&a.model)
+            .map_err(|e| Fail::usage(format!("error: cannot read {}: {e}", a.model.display())))?;
         let c = mtl::compile_str(&a.model.display().to_string(), &text, &opts);
         return match c.ast {
             Some(ast) => {
@@ -155,7 +170,10 @@ pub fn compile(a: CompileArgs) -> Result<i32, Fail> {
                 "iterations": c.passes.iterations,
                 "passes": c.passes.stats,
             });
-            println!("{}", serde_json::to_string_pretty(&stats).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&stats).unwrap_or_default()
+            );
         }
         Emit::Plan => print!("{}", mtl::lower::lower(&g, mode).render()),
     }

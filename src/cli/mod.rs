@@ -1,5 +1,6 @@
 //! clap commands. Exit codes: 0 ok, 1 the model or data has errors, 2 usage or I/O.
 
+mod bench;
 mod compile;
 mod run;
 mod train;
@@ -7,10 +8,13 @@ mod train;
 use clap::{Parser, Subcommand};
 use mtl::diagnostics::{Diagnostic, SourceMap};
 use std::io::IsTerminal;
-use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "mtl", version, about = "A declarative model-graph compiler for multi-task, multi-modal deep learning")]
+#[command(
+    name = "mtl",
+    version,
+    about = "A declarative model-graph compiler for multi-task, multi-modal deep learning"
+)]
 pub struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -30,6 +34,8 @@ enum Cmd {
     Train(train::TrainArgs),
     /// Loss and metrics of a trained run on a data set.
     Evaluate(train::EvaluateArgs),
+    /// Throughput of training steps or inference on random data.
+    Bench(bench::BenchArgs),
     /// Generate a built-in data set.
     Data(run::DataArgs),
     /// Write fresh weights with Keras's default initializers.
@@ -44,10 +50,16 @@ pub struct Fail {
 
 impl Fail {
     pub fn usage(message: impl Into<String>) -> Self {
-        Fail { code: 2, message: message.into() }
+        Fail {
+            code: 2,
+            message: message.into(),
+        }
     }
     pub fn model(message: impl Into<String>) -> Self {
-        Fail { code: 1, message: message.into() }
+        Fail {
+            code: 1,
+            message: message.into(),
+        }
     }
 }
 
@@ -60,6 +72,7 @@ pub fn main() -> i32 {
         Cmd::Predict(a) => run::predict(a),
         Cmd::Init(a) => run::init(a),
         Cmd::Data(a) => run::data(a),
+        Cmd::Bench(a) => bench::bench(a),
         Cmd::Train(a) => train::train(a),
         Cmd::Evaluate(a) => train::evaluate(a),
     };
@@ -82,8 +95,12 @@ pub fn rendered(ds: &[Diagnostic], sources: &SourceMap) -> String {
 }
 
 /// Compiles a model file; errors (rendered) become a `Fail`, warnings are printed.
-pub fn load(path: &PathBuf, opts: &mtl::Options) -> Result<(mtl::ir::Graph, mtl::Compiled), Fail> {
-    let c = mtl::compile_file(path, opts).map_err(|e| Fail::usage(format!("error: cannot read {}: {e}", path.display())))?;
+pub fn load(
+    path: &std::path::Path,
+    opts: &mtl::Options,
+) -> Result<(mtl::ir::Graph, mtl::Compiled), Fail> {
+    let c = mtl::compile_file(path, opts)
+        .map_err(|e| Fail::usage(format!("error: cannot read {}: {e}", path.display())))?;
     if c.has_errors() {
         return Err(Fail::model(rendered(&c.diagnostics, &c.sources)));
     }
@@ -91,6 +108,9 @@ pub fn load(path: &PathBuf, opts: &mtl::Options) -> Result<(mtl::ir::Graph, mtl:
     if !warnings.is_empty() {
         eprintln!("{}", rendered(&warnings, &c.sources));
     }
-    let g = c.graph.clone().ok_or_else(|| Fail::model("error: compilation produced no graph"))?;
+    let g = c
+        .graph
+        .clone()
+        .ok_or_else(|| Fail::model("error: compilation produced no graph"))?;
     Ok((g, c))
 }

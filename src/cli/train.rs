@@ -72,7 +72,11 @@ impl Observer for Cli {
             return;
         }
         let bar = ProgressBar::new(steps as u64);
-        bar.set_style(ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> "));
+        bar.set_style(
+            ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
         bar.set_prefix(format!("{}/{epochs}", epoch + 1));
         self.bar = Some(bar);
     }
@@ -93,17 +97,36 @@ impl Observer for Cli {
         if self.quiet {
             return;
         }
-        let val = rec.val.as_ref().map(|v| format!(", val loss {:.4}", v.loss)).unwrap_or_default();
-        eprintln!("epoch {}: loss {:.4}{val}, lr {:.2e}, {:.0} samples/s{}", rec.epoch, rec.train.loss, rec.lr, rec.samples_per_sec, if rec.best { " *" } else { "" });
+        let val = rec
+            .val
+            .as_ref()
+            .map(|v| format!(", val loss {:.4}", v.loss))
+            .unwrap_or_default();
+        eprintln!(
+            "epoch {}: loss {:.4}{val}, lr {:.2e}, {:.0} samples/s{}",
+            rec.epoch,
+            rec.train.loss,
+            rec.lr,
+            rec.samples_per_sec,
+            if rec.best { " *" } else { "" }
+        );
         eprint!("{}", table(&rec.train, rec.val.as_ref(), &rec.loss_weights));
     }
 }
 
 /// One row per head: weight, loss and metrics (train, and val when present).
-fn table(train: &EvalResult, val: Option<&EvalResult>, weights: &std::collections::BTreeMap<String, f64>) -> String {
+fn table(
+    train: &EvalResult,
+    val: Option<&EvalResult>,
+    weights: &std::collections::BTreeMap<String, f64>,
+) -> String {
     let mut s = String::new();
     for (h, e) in &train.heads {
-        let mut cells = vec![format!("  {h:<14} w={:<6.3} loss {:.4}", weights.get(h).copied().unwrap_or(1.0), e.loss)];
+        let mut cells = vec![format!(
+            "  {h:<14} w={:<6.3} loss {:.4}",
+            weights.get(h).copied().unwrap_or(1.0),
+            e.loss
+        )];
         for (k, v) in &e.metrics {
             cells.push(format!("{k} {v:.4}"));
         }
@@ -124,7 +147,10 @@ fn fresh_run_dir(model: &str) -> PathBuf {
     if !base.exists() {
         return base;
     }
-    (1..).map(|i| PathBuf::from("runs").join(format!("{model}_{i}"))).find(|p| !p.exists()).unwrap_or(base)
+    (1..)
+        .map(|i| PathBuf::from("runs").join(format!("{model}_{i}")))
+        .find(|p| !p.exists())
+        .unwrap_or(base)
 }
 
 fn load_data(path: &Path, dev: &candle_core::Device) -> Result<Dataset, Fail> {
@@ -140,16 +166,27 @@ pub fn train(a: TrainArgs) -> Result<i32, Fail> {
     let (g, train_prog) = build(&model_path, Mode::Train, !a.no_opt)?;
     let diags = mtl::ir::shape::training_legality(&g);
     if !diags.is_empty() {
-        let c = mtl::compile_file(&model_path, &mtl::Options::default()).map_err(|e| Fail::usage(e.to_string()))?;
+        let c = mtl::compile_file(&model_path, &mtl::Options::default())
+            .map_err(|e| Fail::usage(e.to_string()))?;
         return Err(Fail::model(super::rendered(&diags, &c.sources)));
     }
     let (_, infer_prog) = build(&model_path, Mode::Infer, !a.no_opt)?;
     let mut cfg = g.train.clone();
-    if let Some(e) = a.epochs { cfg.epochs = e; }
-    if let Some(b) = a.batch_size { cfg.batch_size = b; }
-    if let Some(lr) = a.lr { cfg.optimizer.lr = lr; }
-    if let Some(s) = a.seed { cfg.seed = s; }
-    if let Some(v) = a.val_split { cfg.val_split = v; }
+    if let Some(e) = a.epochs {
+        cfg.epochs = e;
+    }
+    if let Some(b) = a.batch_size {
+        cfg.batch_size = b;
+    }
+    if let Some(lr) = a.lr {
+        cfg.optimizer.lr = lr;
+    }
+    if let Some(s) = a.seed {
+        cfg.seed = s;
+    }
+    if let Some(v) = a.val_split {
+        cfg.val_split = v;
+    }
     let data_path = match &a.data {
         Some(d) => d.clone(),
         None => match mtl::data::generated_for(&g.name) {
@@ -173,25 +210,74 @@ pub fn train(a: TrainArgs) -> Result<i32, Fail> {
             let cut = all.n - n_val;
             let tr: Vec<usize> = (0..cut).collect();
             let va: Vec<usize> = (cut..all.n).collect();
-            (all.subset(&tr).map_err(|e| Fail::model(e.to_string()))?, Some(all.subset(&va).map_err(|e| Fail::model(e.to_string()))?))
+            (
+                all.subset(&tr).map_err(|e| Fail::model(e.to_string()))?,
+                Some(all.subset(&va).map_err(|e| Fail::model(e.to_string()))?),
+            )
         }
         _ => (all, None),
     };
-    let run_dir = a.resume.clone().or(a.out.clone()).unwrap_or_else(|| fresh_run_dir(&g.name));
-    std::fs::create_dir_all(&run_dir).map_err(|e| Fail::usage(format!("error: cannot create {}: {e}", run_dir.display())))?;
+    let run_dir = a
+        .resume
+        .clone()
+        .or(a.out.clone())
+        .unwrap_or_else(|| fresh_run_dir(&g.name));
+    std::fs::create_dir_all(&run_dir)
+        .map_err(|e| Fail::usage(format!("error: cannot create {}: {e}", run_dir.display())))?;
     if a.resume.is_none() {
-        std::fs::copy(&model_path, run_dir.join("model.mtl")).map_err(|e| Fail::usage(format!("error: cannot copy the model into {}: {e}", run_dir.display())))?;
+        std::fs::copy(&model_path, run_dir.join("model.mtl")).map_err(|e| {
+            Fail::usage(format!(
+                "error: cannot copy the model into {}: {e}",
+                run_dir.display()
+            ))
+        })?;
     }
-    let mut params = init_params(&train_prog, cfg.seed, &device).map_err(|e| Fail::model(e.to_string()))?;
+    let mut params =
+        init_params(&train_prog, cfg.seed, &device).map_err(|e| Fail::model(e.to_string()))?;
     if !a.quiet && !a.json {
-        eprintln!("training `{}` on {} samples{} for {} epochs (batch {}, lr {}), run directory {}", g.name, train_ds.n, val_ds.as_ref().map(|v| format!(" (+{} validation)", v.n)).unwrap_or_default(), cfg.epochs, cfg.batch_size, cfg.optimizer.lr, run_dir.display());
+        eprintln!(
+            "training `{}` on {} samples{} for {} epochs (batch {}, lr {}), run directory {}",
+            g.name,
+            train_ds.n,
+            val_ds
+                .as_ref()
+                .map(|v| format!(" (+{} validation)", v.n))
+                .unwrap_or_default(),
+            cfg.epochs,
+            cfg.batch_size,
+            cfg.optimizer.lr,
+            run_dir.display()
+        );
     }
-    let fit = FitConfig { train: cfg.clone(), run_dir: run_dir.clone(), resume: a.resume.is_some(), device: device.clone() };
-    let mut obs = Cli { bar: None, quiet: a.quiet, json: a.json };
-    let hist = mtl::train::fit(&fit, &train_prog, &infer_prog, &mut params, &train_ds, val_ds.as_ref(), &mut obs).map_err(|e| Fail::model(format!("error: {e}")))?;
+    let fit = FitConfig {
+        train: cfg.clone(),
+        run_dir: run_dir.clone(),
+        resume: a.resume.is_some(),
+        device: device.clone(),
+    };
+    let mut obs = Cli {
+        bar: None,
+        quiet: a.quiet,
+        json: a.json,
+    };
+    let hist = mtl::train::fit(
+        &fit,
+        &train_prog,
+        &infer_prog,
+        &mut params,
+        &train_ds,
+        val_ds.as_ref(),
+        &mut obs,
+    )
+    .map_err(|e| Fail::model(format!("error: {e}")))?;
     if !a.json {
         if let Some(last) = hist.last() {
-            eprintln!("done: {} epochs, final loss {:.4}; weights in {}", last.epoch, last.train.loss, run_dir.join("weights.safetensors").display());
+            eprintln!(
+                "done: {} epochs, final loss {:.4}; weights in {}",
+                last.epoch,
+                last.train.loss,
+                run_dir.join("weights.safetensors").display()
+            );
         }
     }
     Ok(0)
@@ -200,17 +286,26 @@ pub fn train(a: TrainArgs) -> Result<i32, Fail> {
 pub fn evaluate(a: EvaluateArgs) -> Result<i32, Fail> {
     let device = mtl::predict::device(&a.device).map_err(Fail::usage)?;
     let (model, weights) = resolve_model(&a.run);
-    let weights = weights.ok_or_else(|| Fail::usage("error: evaluate takes a run directory written by `mtl train`"))?;
+    let weights = weights.ok_or_else(|| {
+        Fail::usage("error: evaluate takes a run directory written by `mtl train`")
+    })?;
     let (_, prog) = build(&model, Mode::Infer, true)?;
     let mut params = init_params(&prog, 0, &device).map_err(|e| Fail::model(e.to_string()))?;
-    params.load(&weights, &device).map_err(|e| Fail::model(format!("error: {e}")))?;
+    params
+        .load(&weights, &device)
+        .map_err(|e| Fail::model(format!("error: {e}")))?;
     let ds = load_data(&a.data, &device)?;
-    let r = mtl::train::evaluate(&prog, &params, &ds, a.batch_size, &device).map_err(|e| Fail::model(format!("error: {e}")))?;
+    let r = mtl::train::evaluate(&prog, &params, &ds, a.batch_size, &device)
+        .map_err(|e| Fail::model(format!("error: {e}")))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
     } else {
         println!("loss {:.4} on {} samples", r.loss, ds.n);
-        let w = prog.heads.iter().map(|(h, _)| (h.name.clone(), h.weight)).collect();
+        let w = prog
+            .heads
+            .iter()
+            .map(|(h, _)| (h.name.clone(), h.weight))
+            .collect();
         print!("{}", table(&r, None, &w));
     }
     Ok(0)

@@ -12,7 +12,10 @@ use std::path::Path;
 pub const SIZE: usize = 32;
 pub const CAPTION_LEN: usize = 8;
 /// Word ids: 0 is padding.
-pub const WORDS: &[&str] = &["<pad>", "<unk>", "a", "the", "says", "sees", "thing", "here", "red", "green", "blue", "ann", "bob", "cat", "dan", "very", "nice", "small", "big", "picture"];
+pub const WORDS: &[&str] = &[
+    "<pad>", "<unk>", "a", "the", "says", "sees", "thing", "here", "red", "green", "blue", "ann",
+    "bob", "cat", "dan", "very", "nice", "small", "big", "picture",
+];
 const COLOURS: [[f32; 3]; 3] = [[0.9, 0.15, 0.1], [0.1, 0.8, 0.2], [0.15, 0.25, 0.95]];
 
 fn word(w: &str) -> i64 {
@@ -23,7 +26,11 @@ fn word(w: &str) -> i64 {
 pub fn generate(n: usize, seed: u64) -> candle_core::Result<HashMap<String, Tensor>> {
     let mut rng = StdRng::seed_from_u64(seed);
     let px = SIZE * SIZE;
-    let (mut img, mut mask, mut cap) = (Vec::with_capacity(n * 3 * px), Vec::with_capacity(n * px), Vec::with_capacity(n * CAPTION_LEN));
+    let (mut img, mut mask, mut cap) = (
+        Vec::with_capacity(n * 3 * px),
+        Vec::with_capacity(n * px),
+        Vec::with_capacity(n * CAPTION_LEN),
+    );
     let (mut shape, mut owner, mut matched, mut size) = (vec![], vec![], vec![], vec![]);
     for _ in 0..n {
         let s = rng.random_range(0..3usize); // 0 circle, 1 square, 2 triangle
@@ -43,20 +50,34 @@ pub fn generate(n: usize, seed: u64) -> candle_core::Result<HashMap<String, Tens
                 m[y * SIZE + x] = if inside { 1.0 } else { 0.0 };
             }
         }
-        for ch in 0..3 {
-            for i in 0..px {
+        for colour in COLOURS[c] {
+            for inside in &m {
                 let noise: f32 = rng.random_range(0.0..0.35);
-                img.push(if m[i] > 0.5 { (COLOURS[c][ch] + noise * 0.2).min(1.0) } else { noise });
+                img.push(if *inside > 0.5 {
+                    (colour + noise * 0.2).min(1.0)
+                } else {
+                    noise
+                });
             }
         }
         mask.extend_from_slice(&m);
         let o = rng.random_range(0..4usize);
         let says = rng.random_bool(0.5);
-        let named = if says { c } else { (c + rng.random_range(1..3usize)) % 3 };
+        let named = if says {
+            c
+        } else {
+            (c + rng.random_range(1..3usize)) % 3
+        };
         let names = ["ann", "bob", "cat", "dan"];
         let colour = ["red", "green", "blue"];
         let fillers = ["very", "nice", "picture", "here", "the"];
-        let mut words = vec![names[o], if rng.random_bool(0.5) { "says" } else { "sees" }, "a", colour[named], "thing"];
+        let mut words = vec![
+            names[o],
+            if rng.random_bool(0.5) { "says" } else { "sees" },
+            "a",
+            colour[named],
+            "thing",
+        ];
         while words.len() < CAPTION_LEN - rng.random_range(0..3usize) {
             words.push(fillers[rng.random_range(0..fillers.len())]);
         }
@@ -70,13 +91,22 @@ pub fn generate(n: usize, seed: u64) -> candle_core::Result<HashMap<String, Tens
     }
     let d = Device::Cpu;
     let mut t = HashMap::new();
-    t.insert("image".into(), Tensor::from_vec(img, (n, 3, SIZE, SIZE), &d)?);
-    t.insert("caption".into(), Tensor::from_vec(cap, (n, CAPTION_LEN), &d)?);
+    t.insert(
+        "image".into(),
+        Tensor::from_vec(img, (n, 3, SIZE, SIZE), &d)?,
+    );
+    t.insert(
+        "caption".into(),
+        Tensor::from_vec(cap, (n, CAPTION_LEN), &d)?,
+    );
     t.insert("shape".into(), Tensor::from_vec(shape, n, &d)?);
     t.insert("owner".into(), Tensor::from_vec(owner, n, &d)?);
     t.insert("match".into(), Tensor::from_vec(matched, (n, 1), &d)?);
     t.insert("size".into(), Tensor::from_vec(size, (n, 1), &d)?);
-    t.insert("mask".into(), Tensor::from_vec(mask, (n, 1, SIZE, SIZE), &d)?);
+    t.insert(
+        "mask".into(),
+        Tensor::from_vec(mask, (n, 1, SIZE, SIZE), &d)?,
+    );
     Ok(t)
 }
 

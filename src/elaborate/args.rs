@@ -133,25 +133,49 @@ pub fn layer_sig(name: &str) -> Option<Sig> {
         opt("bidirectional", Bool, no),
     ];
     Some(match name {
-        "dense" => Sig::Fixed({ const S: &[ParamSpec] = &[req("units", Int)]; S }),
+        "dense" => Sig::Fixed({
+            const S: &[ParamSpec] = &[req("units", Int)];
+            S
+        }),
         "conv1d" | "conv2d" => Sig::Fixed(CONV),
-        "conv_transpose2d" => Sig::Fixed({ const S: &[ParamSpec] = &[
-            req("filters", Int),
-            req("kernel", Int),
-            opt("stride", Int, one),
-            opt("padding", Padding, valid),
-        ]; S }),
-        "upsample" => Sig::Fixed({ const S: &[ParamSpec] = &[opt("scale", Int, two)]; S }),
+        "conv_transpose2d" => Sig::Fixed({
+            const S: &[ParamSpec] = &[
+                req("filters", Int),
+                req("kernel", Int),
+                opt("stride", Int, one),
+                opt("padding", Padding, valid),
+            ];
+            S
+        }),
+        "upsample" => Sig::Fixed({
+            const S: &[ParamSpec] = &[opt("scale", Int, two)];
+            S
+        }),
         "max_pool" | "avg_pool" => Sig::Fixed(POOL),
         "global_avg_pool" | "global_max_pool" | "flatten" | "relu" | "gelu" | "silu" | "tanh"
         | "sigmoid" | "softmax" | "identity" => Sig::Fixed(&[]),
         "reshape" | "permute" => Sig::IntVariadic,
-        "embedding" => Sig::Fixed({ const S: &[ParamSpec] = &[req("dim", Int)]; S }),
+        "embedding" => Sig::Fixed({
+            const S: &[ParamSpec] = &[req("dim", Int)];
+            S
+        }),
         "lstm" | "gru" => Sig::Fixed(RNN),
-        "dropout" => Sig::Fixed({ const S: &[ParamSpec] = &[req("rate", Float)]; S }),
-        "batch_norm" => Sig::Fixed({ const S: &[ParamSpec] = &[opt("eps", Float, eps), opt("momentum", Float, momentum)]; S }),
-        "layer_norm" => Sig::Fixed({ const S: &[ParamSpec] = &[opt("eps", Float, eps)]; S }),
-        "leaky_relu" => Sig::Fixed({ const S: &[ParamSpec] = &[opt("alpha", Float, alpha)]; S }),
+        "dropout" => Sig::Fixed({
+            const S: &[ParamSpec] = &[req("rate", Float)];
+            S
+        }),
+        "batch_norm" => Sig::Fixed({
+            const S: &[ParamSpec] = &[opt("eps", Float, eps), opt("momentum", Float, momentum)];
+            S
+        }),
+        "layer_norm" => Sig::Fixed({
+            const S: &[ParamSpec] = &[opt("eps", Float, eps)];
+            S
+        }),
+        "leaky_relu" => Sig::Fixed({
+            const S: &[ParamSpec] = &[opt("alpha", Float, alpha)];
+            S
+        }),
         _ => return None,
     })
 }
@@ -160,20 +184,50 @@ pub fn layer_sig(name: &str) -> Option<Sig> {
 pub fn fusion_sig(name: &str) -> Option<&'static [ParamSpec]> {
     use Kind::*;
     Some(match name {
-        "concat" => { const S: &[ParamSpec] = &[opt("axis", SignedInt, last_axis)]; S }
+        "concat" => {
+            const S: &[ParamSpec] = &[opt("axis", SignedInt, last_axis)];
+            S
+        }
         "add" | "mul" | "max" | "min" | "mean" | "gated" => &[],
-        "weighted" => { const S: &[ParamSpec] = &[opt("weights", FloatList, empty)]; S }
+        "weighted" => {
+            const S: &[ParamSpec] = &[opt("weights", FloatList, empty)];
+            S
+        }
         _ => return None,
     })
 }
 
 pub const LAYERS: &[&str] = &[
-    "dense", "conv1d", "conv2d", "conv_transpose2d", "upsample", "max_pool", "avg_pool",
-    "global_avg_pool", "global_max_pool", "flatten", "reshape", "permute", "embedding", "lstm",
-    "gru", "dropout", "batch_norm", "layer_norm", "relu", "gelu", "silu", "tanh", "sigmoid",
-    "softmax", "leaky_relu", "identity",
+    "dense",
+    "conv1d",
+    "conv2d",
+    "conv_transpose2d",
+    "upsample",
+    "max_pool",
+    "avg_pool",
+    "global_avg_pool",
+    "global_max_pool",
+    "flatten",
+    "reshape",
+    "permute",
+    "embedding",
+    "lstm",
+    "gru",
+    "dropout",
+    "batch_norm",
+    "layer_norm",
+    "relu",
+    "gelu",
+    "silu",
+    "tanh",
+    "sigmoid",
+    "softmax",
+    "leaky_relu",
+    "identity",
 ];
-pub const FUSIONS: &[&str] = &["concat", "add", "mul", "max", "min", "mean", "weighted", "gated"];
+pub const FUSIONS: &[&str] = &[
+    "concat", "add", "mul", "max", "min", "mean", "weighted", "gated",
+];
 
 /// Evaluates a constant argument, substituting block parameters from `env`.
 pub fn eval_const(e: &Expr, env: &HashMap<String, (Value, Span)>) -> Result<Value, Diagnostic> {
@@ -278,9 +332,9 @@ fn check_kind(kind: Kind, v: &Value) -> bool {
         (Kind::IntOrPair, Value::List(l)) => {
             l.len() == 2 && l.iter().all(|x| matches!(x, Value::Int(i) if *i > 0))
         }
-        (Kind::FloatList, Value::List(l)) => {
-            l.iter().all(|x| matches!(x, Value::Int(_) | Value::Float(_)))
-        }
+        (Kind::FloatList, Value::List(l)) => l
+            .iter()
+            .all(|x| matches!(x, Value::Int(_) | Value::Float(_))),
         _ => false,
     }
 }

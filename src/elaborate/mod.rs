@@ -6,7 +6,7 @@ mod props;
 
 use crate::diagnostics::{did_you_mean, Diagnostic, Span};
 use crate::ir::{
-    Act, AuxLoss, Ew, Graph, Head, InputKind, LossKind, Node, Op, ParamId, ParamSet, Padding,
+    Act, AuxLoss, Ew, Graph, Head, InputKind, LossKind, Node, Op, Padding, ParamId, ParamSet,
     PoolKind, RnnCell,
 };
 use crate::syntax::ast::{self, BlockDef, Call, Expr, ExprKind, Item};
@@ -76,15 +76,20 @@ pub fn elaborate(model: &ast::Model, blocks: &[&BlockDef]) -> (Graph, Vec<Diagno
         },
     };
     let mut block_spans: HashMap<String, Span> = HashMap::new();
-    for b in blocks.iter().copied().chain(model.items.iter().filter_map(|i| match i {
-        Item::Block(b) => Some(b),
-        _ => None,
-    })) {
+    for b in blocks
+        .iter()
+        .copied()
+        .chain(model.items.iter().filter_map(|i| match i {
+            Item::Block(b) => Some(b),
+            _ => None,
+        }))
+    {
         if let Some(prev) = block_spans.insert(b.name.name.clone(), b.name.span) {
             e.errs.push(duplicate(&b.name.name, b.name.span, prev));
         }
         e.blocks.insert(b.name.name.clone(), b);
-        e.scope.insert(b.name.name.clone(), (Binding::Block, b.name.span));
+        e.scope
+            .insert(b.name.name.clone(), (Binding::Block, b.name.span));
     }
     for item in &model.items {
         if let Some(n) = item_name(item) {
@@ -97,9 +102,12 @@ pub fn elaborate(model: &ast::Model, blocks: &[&BlockDef]) -> (Graph, Vec<Diagno
     }
     if !model.items.iter().any(|i| matches!(i, Item::Head { .. })) {
         e.errs.push(
-            Diagnostic::error("mtl::no-heads", format!("model `{}` has no head", model.name.name))
-                .label(model.name.span, "this model has no output")
-                .help("add a task output: `head NAME = VALUE -> dense(N) { loss: cross_entropy }`"),
+            Diagnostic::error(
+                "mtl::no-heads",
+                format!("model `{}` has no head", model.name.name),
+            )
+            .label(model.name.span, "this model has no output")
+            .help("add a task output: `head NAME = VALUE -> dense(N) { loss: cross_entropy }`"),
         );
     }
     (e.g, e.errs)
@@ -183,7 +191,9 @@ impl<'a> Elab<'a> {
                 );
                 // Check the body's layers now, so errors show even if unused.
                 for c in body {
-                    if self.blocks.contains_key(&c.callee.name) || layer_sig(&c.callee.name).is_some() {
+                    if self.blocks.contains_key(&c.callee.name)
+                        || layer_sig(&c.callee.name).is_some()
+                    {
                         continue;
                     }
                     self.errs.push(self.unknown_callee(c));
@@ -203,9 +213,15 @@ impl<'a> Elab<'a> {
                     Some((l, _)) => Some(l),
                     None => {
                         self.errs.push(
-                            Diagnostic::error("mtl::missing-loss", format!("head `{}` has no loss", name.name))
-                                .label(*props_span, "no `loss:` here")
-                                .help(format!("add `loss: NAME`, one of: {}", LossKind::NAMES.join(", "))),
+                            Diagnostic::error(
+                                "mtl::missing-loss",
+                                format!("head `{}` has no loss", name.name),
+                            )
+                            .label(*props_span, "no `loss:` here")
+                            .help(format!(
+                                "add `loss: NAME`, one of: {}",
+                                LossKind::NAMES.join(", ")
+                            )),
                         );
                         None
                     }
@@ -229,18 +245,24 @@ impl<'a> Elab<'a> {
             Item::Train { props, span } => {
                 if let Some(prev) = saw_train {
                     self.errs.push(
-                        Diagnostic::error("mtl::duplicate-train", "the model has two `train` blocks")
-                            .label(*span, "second one here")
-                            .label(*prev, "first one here"),
+                        Diagnostic::error(
+                            "mtl::duplicate-train",
+                            "the model has two `train` blocks",
+                        )
+                        .label(*span, "second one here")
+                        .label(*prev, "first one here"),
                     );
                 }
                 *saw_train = Some(*span);
                 self.g.train = props::train_props(props, &mut self.errs);
             }
             Item::Import { span, .. } => self.errs.push(
-                Diagnostic::error("mtl::import-in-model", "`import` belongs at the top of the file")
-                    .label(*span, "inside a model")
-                    .help("move the `import` line above `model`"),
+                Diagnostic::error(
+                    "mtl::import-in-model",
+                    "`import` belongs at the top of the file",
+                )
+                .label(*span, "inside a model")
+                .help("move the `import` line above `model`"),
             ),
         }
     }
@@ -265,34 +287,49 @@ impl<'a> Elab<'a> {
                     ),
                 },
                 k => self.errs.push(
-                    Diagnostic::error("mtl::unknown-property", format!("unknown loss property `{k}`"))
-                        .label(p.key.span, "not a known property")
-                        .help("a `loss` item takes only `weight`"),
+                    Diagnostic::error(
+                        "mtl::unknown-property",
+                        format!("unknown loss property `{k}`"),
+                    )
+                    .label(p.key.span, "not a known property")
+                    .help("a `loss` item takes only `weight`"),
                 ),
             }
         }
         self.define(name, Binding::Loss);
         let Some(kind) = kind else {
             self.errs.push(
-                Diagnostic::error("mtl::unknown-loss", format!("unknown loss `{}`", call.callee.name))
-                    .label(call.callee.span, "not a loss")
-                    .help(did_you_mean(&call.callee.name, LossKind::NAMES, "loss")),
+                Diagnostic::error(
+                    "mtl::unknown-loss",
+                    format!("unknown loss `{}`", call.callee.name),
+                )
+                .label(call.callee.span, "not a loss")
+                .help(did_you_mean(&call.callee.name, LossKind::NAMES, "loss")),
             );
             return;
         };
         if kind == LossKind::CrossEntropy || kind == LossKind::BinaryCrossEntropy {
             self.errs.push(
-                Diagnostic::error("mtl::aux-loss-kind", "an auxiliary loss compares two values: use mse, mae or huber")
-                    .label(call.callee.span, "classification loss here")
-                    .help("cross-entropy needs labels; put it on a `head`"),
+                Diagnostic::error(
+                    "mtl::aux-loss-kind",
+                    "an auxiliary loss compares two values: use mse, mae or huber",
+                )
+                .label(call.callee.span, "classification loss here")
+                .help("cross-entropy needs labels; put it on a `head`"),
             );
             return;
         }
         if call.args.as_ref().map_or(0, |a| a.len()) != 2 {
             self.errs.push(
-                Diagnostic::error("mtl::arity", format!("`{}` as an auxiliary loss takes two values", call.callee.name))
-                    .label(call.span, "here")
-                    .help("write e.g. `loss aux = mse(depth, depth_aux) { weight: 0.1 }`"),
+                Diagnostic::error(
+                    "mtl::arity",
+                    format!(
+                        "`{}` as an auxiliary loss takes two values",
+                        call.callee.name
+                    ),
+                )
+                .label(call.span, "here")
+                .help("write e.g. `loss aux = mse(depth, depth_aux) { weight: 0.1 }`"),
             );
             return;
         }
@@ -366,9 +403,14 @@ impl<'a> Elab<'a> {
             }
             Some((Binding::Value(_), _)) => {
                 self.errs.push(
-                    Diagnostic::error("mtl::not-callable", format!("`{name}` is a value, not a layer"))
-                        .label(c.span, "cannot be called")
-                        .help(format!("feed it into a layer instead: `{name} -> dense(N)`")),
+                    Diagnostic::error(
+                        "mtl::not-callable",
+                        format!("`{name}` is a value, not a layer"),
+                    )
+                    .label(c.span, "cannot be called")
+                    .help(format!(
+                        "feed it into a layer instead: `{name} -> dense(N)`"
+                    )),
                 );
                 None
             }
@@ -395,16 +437,22 @@ impl<'a> Elab<'a> {
             }
             Some((Binding::Loss, _)) => {
                 self.errs.push(
-                    Diagnostic::error("mtl::not-a-tensor", format!("`{name}` is a loss, not a value"))
-                        .label(c.span, "losses cannot be used as values"),
+                    Diagnostic::error(
+                        "mtl::not-a-tensor",
+                        format!("`{name}` is a loss, not a value"),
+                    )
+                    .label(c.span, "losses cannot be used as values"),
                 );
                 None
             }
             None if layer_sig(name).is_some() => {
                 self.errs.push(
-                    Diagnostic::error("mtl::missing-input", format!("layer `{name}` needs an input"))
-                        .label(c.span, "applied to nothing")
-                        .help(format!("feed a value into it: `x -> {}`", self_text(c))),
+                    Diagnostic::error(
+                        "mtl::missing-input",
+                        format!("layer `{name}` needs an input"),
+                    )
+                    .label(c.span, "applied to nothing")
+                    .help(format!("feed a value into it: `x -> {}`", self_text(c))),
                 );
                 None
             }
@@ -418,10 +466,13 @@ impl<'a> Elab<'a> {
     fn unknown_value(&self, c: &Call) -> Diagnostic {
         let name = &c.callee.name;
         if let Some(def) = self.defined_later.get(name) {
-            return Diagnostic::error("mtl::use-before-definition", format!("`{name}` is used before its definition"))
-                .label(c.callee.span, "used here")
-                .label(*def, "defined later here")
-                .help(format!("move the definition of `{name}` above this line"));
+            return Diagnostic::error(
+                "mtl::use-before-definition",
+                format!("`{name}` is used before its definition"),
+            )
+            .label(c.callee.span, "used here")
+            .label(*def, "defined later here")
+            .help(format!("move the definition of `{name}` above this line"));
         }
         let candidates: Vec<&str> = self
             .scope
@@ -444,15 +495,21 @@ impl<'a> Elab<'a> {
             }
         }
         if self.scope.contains_key(name) {
-            return Diagnostic::error("mtl::not-callable", format!("`{name}` is a value, not a layer"))
-                .label(c.callee.span, "cannot be applied")
-                .help("combine values with a fusion such as `concat(a, b)` or `a + b`");
+            return Diagnostic::error(
+                "mtl::not-callable",
+                format!("`{name}` is a value, not a layer"),
+            )
+            .label(c.callee.span, "cannot be applied")
+            .help("combine values with a fusion such as `concat(a, b)` or `a + b`");
         }
         if let Some(def) = self.defined_later.get(name) {
-            return Diagnostic::error("mtl::use-before-definition", format!("`{name}` is used before its definition"))
-                .label(c.callee.span, "used here")
-                .label(*def, "defined later here")
-                .help(format!("move the definition of `{name}` above this line"));
+            return Diagnostic::error(
+                "mtl::use-before-definition",
+                format!("`{name}` is used before its definition"),
+            )
+            .label(c.callee.span, "used here")
+            .label(*def, "defined later here")
+            .help(format!("move the definition of `{name}` above this line"));
         }
         Diagnostic::error("mtl::unknown-layer", format!("unknown layer `{name}`"))
             .label(c.callee.span, "not a layer, shared layer or block")
@@ -522,9 +579,12 @@ impl<'a> Elab<'a> {
     fn apply_shared(&mut self, c: &Call, name: &str, input: NodeIndex) -> Option<NodeIndex> {
         if c.args.as_ref().is_some_and(|a| !a.is_empty()) {
             self.errs.push(
-                Diagnostic::error("mtl::arity", format!("shared layer `{name}` takes no arguments"))
-                    .label(c.span, "arguments given here")
-                    .help(format!("apply it with `x -> {name}` or `{name}(x)`")),
+                Diagnostic::error(
+                    "mtl::arity",
+                    format!("shared layer `{name}` takes no arguments"),
+                )
+                .label(c.span, "arguments given here")
+                .help(format!("apply it with `x -> {name}` or `{name}(x)`")),
             );
             return None;
         }
@@ -537,7 +597,11 @@ impl<'a> Elab<'a> {
             Namer {
                 item: name.to_string(),
                 counter: 0,
-                suffix: if use_no == 0 { String::new() } else { format!("#{use_no}") },
+                suffix: if use_no == 0 {
+                    String::new()
+                } else {
+                    format!("#{use_no}")
+                },
                 shared: Some(name.to_string()),
             },
         );
@@ -559,18 +623,27 @@ impl<'a> Elab<'a> {
         if self.block_stack.contains(&block.name.name) {
             let chain = self.block_stack.join(" → ");
             self.errs.push(
-                Diagnostic::error("mtl::block-recursion", format!("block `{}` uses itself", block.name.name))
-                    .label(c.callee.span, "recursive use here")
-                    .label(block.name.span, "block defined here")
-                    .help(format!("blocks are expanded inline and cannot recurse ({chain} → {})", block.name.name)),
+                Diagnostic::error(
+                    "mtl::block-recursion",
+                    format!("block `{}` uses itself", block.name.name),
+                )
+                .label(c.callee.span, "recursive use here")
+                .label(block.name.span, "block defined here")
+                .help(format!(
+                    "blocks are expanded inline and cannot recurse ({chain} → {})",
+                    block.name.name
+                )),
             );
             return None;
         }
         if let Some(alias) = &c.alias {
             self.errs.push(
-                Diagnostic::error("mtl::alias-on-block", "`as` names a single layer, not a block")
-                    .label(alias.span, "cannot name a block use")
-                    .help("name the layers inside the block, or use a `shared` layer"),
+                Diagnostic::error(
+                    "mtl::alias-on-block",
+                    "`as` names a single layer, not a block",
+                )
+                .label(alias.span, "cannot name a block use")
+                .help("name the layers inside the block, or use a `shared` layer"),
             );
         }
         let raw = self.raw_args(c, outer)?;
@@ -581,11 +654,15 @@ impl<'a> Elab<'a> {
             let pname = match &a.name {
                 Some((n, nspan)) => {
                     if !block.params.iter().any(|p| &p.name.name == n) {
-                        let names: Vec<&str> = block.params.iter().map(|p| p.name.name.as_str()).collect();
+                        let names: Vec<&str> =
+                            block.params.iter().map(|p| p.name.name.as_str()).collect();
                         self.errs.push(
-                            Diagnostic::error("mtl::unknown-argument", format!("block `{}` has no parameter `{n}`", block.name.name))
-                                .label(*nspan, "unknown parameter")
-                                .help(did_you_mean(n, &names, "parameter")),
+                            Diagnostic::error(
+                                "mtl::unknown-argument",
+                                format!("block `{}` has no parameter `{n}`", block.name.name),
+                            )
+                            .label(*nspan, "unknown parameter")
+                            .help(did_you_mean(n, &names, "parameter")),
                         );
                         ok = false;
                         continue;
@@ -595,9 +672,17 @@ impl<'a> Elab<'a> {
                 None => {
                     let Some(p) = block.params.get(positional) else {
                         self.errs.push(
-                            Diagnostic::error("mtl::arity", format!("block `{}` takes {} argument{}", block.name.name, block.params.len(), if block.params.len() == 1 { "" } else { "s" }))
-                                .label(a.span, "unexpected argument")
-                                .label(block.name.span, "block defined here"),
+                            Diagnostic::error(
+                                "mtl::arity",
+                                format!(
+                                    "block `{}` takes {} argument{}",
+                                    block.name.name,
+                                    block.params.len(),
+                                    if block.params.len() == 1 { "" } else { "s" }
+                                ),
+                            )
+                            .label(a.span, "unexpected argument")
+                            .label(block.name.span, "block defined here"),
                         );
                         ok = false;
                         continue;
@@ -624,9 +709,15 @@ impl<'a> Elab<'a> {
                 },
                 None => {
                     self.errs.push(
-                        Diagnostic::error("mtl::missing-argument", format!("block `{}` needs its parameter `{}`", block.name.name, p.name.name))
-                            .label(c.span, format!("`{}` missing", p.name.name))
-                            .label(p.name.span, "parameter declared here"),
+                        Diagnostic::error(
+                            "mtl::missing-argument",
+                            format!(
+                                "block `{}` needs its parameter `{}`",
+                                block.name.name, p.name.name
+                            ),
+                        )
+                        .label(c.span, format!("`{}` missing", p.name.name))
+                        .label(p.name.span, "parameter declared here"),
                     );
                     ok = false;
                 }
@@ -705,9 +796,16 @@ impl<'a> Elab<'a> {
                 let w = bound.floats("weights");
                 if !w.is_empty() && w.len() != operands.len() {
                     self.errs.push(
-                        Diagnostic::error("mtl::weights-count", format!("`weighted` has {} values but {} weights", operands.len(), w.len()))
-                            .label(c.span, "here")
-                            .help("give one weight per value, or none to learn them"),
+                        Diagnostic::error(
+                            "mtl::weights-count",
+                            format!(
+                                "`weighted` has {} values but {} weights",
+                                operands.len(),
+                                w.len()
+                            ),
+                        )
+                        .label(c.span, "here")
+                        .help("give one weight per value, or none to learn them"),
                     );
                     return None;
                 }
@@ -735,8 +833,11 @@ impl<'a> Elab<'a> {
                         (None, Value::Int(i)) => v.push(*i),
                         _ => {
                             self.errs.push(
-                                Diagnostic::error("mtl::argument-type", format!("`{name}` takes integers"))
-                                    .label(a.span, format!("found {}", a.value.describe())),
+                                Diagnostic::error(
+                                    "mtl::argument-type",
+                                    format!("`{name}` takes integers"),
+                                )
+                                .label(a.span, format!("found {}", a.value.describe())),
                             );
                             return None;
                         }
@@ -744,9 +845,12 @@ impl<'a> Elab<'a> {
                 }
                 if v.is_empty() {
                     self.errs.push(
-                        Diagnostic::error("mtl::missing-argument", format!("`{name}` needs the target axes"))
-                            .label(c.span, "no axes given")
-                            .help(format!("e.g. `{name}(2, 1)`")),
+                        Diagnostic::error(
+                            "mtl::missing-argument",
+                            format!("`{name}` needs the target axes"),
+                        )
+                        .label(c.span, "no axes given")
+                        .help(format!("e.g. `{name}(2, 1)`")),
                     );
                     return None;
                 }
@@ -783,8 +887,14 @@ impl<'a> Elab<'a> {
                 let kernel = expand(b.ints("kernel"));
                 if kernel.len() != rank {
                     self.errs.push(
-                        Diagnostic::error("mtl::argument-type", format!("`{name}` takes a kernel of {rank} size{}", if rank == 1 { "" } else { "s" }))
-                            .label(c.span, "here"),
+                        Diagnostic::error(
+                            "mtl::argument-type",
+                            format!(
+                                "`{name}` takes a kernel of {rank} size{}",
+                                if rank == 1 { "" } else { "s" }
+                            ),
+                        )
+                        .label(c.span, "here"),
                     );
                     return None;
                 }
@@ -813,13 +923,21 @@ impl<'a> Elab<'a> {
                     s => s.to_vec(),
                 };
                 Op::Pool {
-                    kind: if name == "max_pool" { PoolKind::Max } else { PoolKind::Avg },
+                    kind: if name == "max_pool" {
+                        PoolKind::Max
+                    } else {
+                        PoolKind::Avg
+                    },
                     size,
                     stride,
                 }
             }
-            "global_avg_pool" => Op::GlobalPool { kind: PoolKind::Avg },
-            "global_max_pool" => Op::GlobalPool { kind: PoolKind::Max },
+            "global_avg_pool" => Op::GlobalPool {
+                kind: PoolKind::Avg,
+            },
+            "global_max_pool" => Op::GlobalPool {
+                kind: PoolKind::Max,
+            },
             "flatten" => Op::Flatten,
             "embedding" => {
                 let vocab = match &self.g.g[input].op {
@@ -844,7 +962,11 @@ impl<'a> Elab<'a> {
                 }
             }
             "lstm" | "gru" => Op::Rnn {
-                cell: if name == "lstm" { RnnCell::Lstm } else { RnnCell::Gru },
+                cell: if name == "lstm" {
+                    RnnCell::Lstm
+                } else {
+                    RnnCell::Gru
+                },
                 units: b.int("units"),
                 return_sequences: b.bool("return_sequences"),
                 bidirectional: b.bool("bidirectional"),
@@ -865,7 +987,9 @@ impl<'a> Elab<'a> {
                 eps: b.float("eps"),
                 momentum: b.float("momentum"),
             },
-            "layer_norm" => Op::LayerNorm { eps: b.float("eps") },
+            "layer_norm" => Op::LayerNorm {
+                eps: b.float("eps"),
+            },
             "relu" => Op::Act(Act::Relu),
             "gelu" => Op::Act(Act::Gelu),
             "silu" => Op::Act(Act::Silu),
@@ -888,10 +1012,13 @@ impl<'a> Elab<'a> {
                 if self.namer.suffix.is_empty() {
                     if let Some(prev) = self.aliases.insert(a.name.clone(), a.span) {
                         self.errs.push(
-                            Diagnostic::error("mtl::duplicate-name", format!("layer name `{}` is used twice", a.name))
-                                .label(a.span, "named again here")
-                                .label(prev, "first named here")
-                                .help("`as` names are checkpoint prefixes and must be unique"),
+                            Diagnostic::error(
+                                "mtl::duplicate-name",
+                                format!("layer name `{}` is used twice", a.name),
+                            )
+                            .label(a.span, "named again here")
+                            .label(prev, "first named here")
+                            .help("`as` names are checkpoint prefixes and must be unique"),
                         );
                     }
                 }
@@ -936,7 +1063,10 @@ impl<'a> Elab<'a> {
         param: Option<ParamId>,
     ) -> NodeIndex {
         let name = name.unwrap_or_else(|| {
-            let n = format!("{}.{}{}", self.namer.item, self.namer.counter, self.namer.suffix);
+            let n = format!(
+                "{}.{}{}",
+                self.namer.item, self.namer.counter, self.namer.suffix
+            );
             self.namer.counter += 1;
             n
         });

@@ -2,16 +2,24 @@
 
 use super::args::{eval_const, Value};
 use crate::diagnostics::{did_you_mean, Diagnostic, Span};
-use crate::ir::{
-    LossKind, Metric, OptimizerKind, Schedule, TrainConfig, Weighting,
-};
+use crate::ir::{LossKind, Metric, OptimizerKind, Schedule, TrainConfig, Weighting};
 use crate::syntax::ast::{Expr, ExprKind, Prop};
 use std::collections::HashMap;
 
 pub const HEAD_KEYS: &[&str] = &["loss", "weight", "metrics", "label"];
 pub const TRAIN_KEYS: &[&str] = &[
-    "optimizer", "lr", "batch_size", "epochs", "schedule", "weighting", "clip_norm", "patience",
-    "monitor", "val_split", "seed", "weight_decay",
+    "optimizer",
+    "lr",
+    "batch_size",
+    "epochs",
+    "schedule",
+    "weighting",
+    "clip_norm",
+    "patience",
+    "monitor",
+    "val_split",
+    "seed",
+    "weight_decay",
 ];
 pub const OPTIMIZERS: &[&str] = &["adam", "adamw", "sgd"];
 pub const WEIGHTINGS: &[&str] = &["fixed", "uncertainty", "dwa", "gradnorm"];
@@ -32,8 +40,10 @@ fn number(e: &Expr, what: &str) -> Result<f64, Diagnostic> {
     match constant(e)? {
         Value::Int(i) => Ok(i as f64),
         Value::Float(f) => Ok(f),
-        v => Err(Diagnostic::error("mtl::property-type", format!("`{what}` must be a number"))
-            .label(e.span, format!("found {}", v.describe()))),
+        v => Err(
+            Diagnostic::error("mtl::property-type", format!("`{what}` must be a number"))
+                .label(e.span, format!("found {}", v.describe())),
+        ),
     }
 }
 
@@ -49,9 +59,12 @@ fn positive_int(e: &Expr, what: &str) -> Result<usize, Diagnostic> {
 }
 
 fn unknown_key(key: &str, span: Span, keys: &[&str], what: &str) -> Diagnostic {
-    Diagnostic::error("mtl::unknown-property", format!("unknown {what} property `{key}`"))
-        .label(span, "not a known property")
-        .help(did_you_mean(key, keys, "property"))
+    Diagnostic::error(
+        "mtl::unknown-property",
+        format!("unknown {what} property `{key}`"),
+    )
+    .label(span, "not a known property")
+    .help(did_you_mean(key, keys, "property"))
 }
 
 fn duplicate_keys(props: &[Prop], errs: &mut Vec<Diagnostic>) {
@@ -59,16 +72,21 @@ fn duplicate_keys(props: &[Prop], errs: &mut Vec<Diagnostic>) {
     for p in props {
         if let Some(first) = seen.insert(&p.key.name, p.key.span) {
             errs.push(
-                Diagnostic::error("mtl::duplicate-property", format!("property `{}` is set twice", p.key.name))
-                    .label(p.key.span, "set again here")
-                    .label(first, "first set here"),
+                Diagnostic::error(
+                    "mtl::duplicate-property",
+                    format!("property `{}` is set twice", p.key.name),
+                )
+                .label(p.key.span, "set again here")
+                .label(first, "first set here"),
             );
         }
     }
 }
 
 /// A named function call `f(a = 1)` or bare `f`: (name, named args).
-fn call_parts(e: &Expr) -> Option<(&str, Span, Vec<(Option<String>, &Expr)>)> {
+type CallParts<'a> = (&'a str, Span, Vec<(Option<String>, &'a Expr)>);
+
+fn call_parts(e: &Expr) -> Option<CallParts<'_>> {
     match &e.kind {
         ExprKind::Call(c) => Some((
             c.callee.name.as_str(),
@@ -101,14 +119,19 @@ fn metric(e: &Expr) -> Result<Metric, Diagnostic> {
             [(None | Some(_), v)] => Metric::TopK(positive_int(v, "top_k")?),
             [] => Metric::TopK(5),
             _ => {
-                return Err(Diagnostic::error("mtl::arity", "`top_k` takes one argument, k")
-                    .label(e.span, "here"))
+                return Err(
+                    Diagnostic::error("mtl::arity", "`top_k` takes one argument, k")
+                        .label(e.span, "here"),
+                )
             }
         },
         other => {
-            return Err(Diagnostic::error("mtl::unknown-metric", format!("unknown metric `{other}`"))
-                .label(span, "not a metric")
-                .help(did_you_mean(other, Metric::NAMES, "metric")))
+            return Err(Diagnostic::error(
+                "mtl::unknown-metric",
+                format!("unknown metric `{other}`"),
+            )
+            .label(span, "not a metric")
+            .help(did_you_mean(other, Metric::NAMES, "metric")))
         }
     })
 }
@@ -134,15 +157,22 @@ pub fn head_props(props: &[Prop], errs: &mut Vec<Diagnostic>) -> HeadProps {
                                 format!("unknown loss `{}`", name),
                             )
                             .label(p.value.span, "not a loss")
-                            .help(did_you_mean(name, LossKind::NAMES, "loss")))
+                            .help(did_you_mean(
+                                name,
+                                LossKind::NAMES,
+                                "loss",
+                            )))
                         }
                     }
                 }
                 "weight" => {
                     out.weight = number(&p.value, "weight")?;
                     if out.weight < 0.0 || !out.weight.is_finite() {
-                        return Err(Diagnostic::error("mtl::property-type", "a head's weight must be a finite number ≥ 0")
-                            .label(p.value.span, "here"));
+                        return Err(Diagnostic::error(
+                            "mtl::property-type",
+                            "a head's weight must be a finite number ≥ 0",
+                        )
+                        .label(p.value.span, "here"));
                     }
                 }
                 "metrics" => match &p.value.kind {
@@ -159,8 +189,11 @@ pub fn head_props(props: &[Prop], errs: &mut Vec<Diagnostic>) -> HeadProps {
                 "label" => match constant(&p.value)? {
                     Value::Str(s) | Value::Sym(s) => out.label = Some(s),
                     v => {
-                        return Err(Diagnostic::error("mtl::property-type", "`label` must be a column name")
-                            .label(p.value.span, format!("found {}", v.describe())))
+                        return Err(Diagnostic::error(
+                            "mtl::property-type",
+                            "`label` must be a column name",
+                        )
+                        .label(p.value.span, format!("found {}", v.describe())))
                     }
                 },
                 k => return Err(unknown_key(k, p.key.span, HEAD_KEYS, "head")),
@@ -178,50 +211,61 @@ pub fn train_props(props: &[Prop], errs: &mut Vec<Diagnostic>) -> TrainConfig {
     duplicate_keys(props, errs);
     let mut t = TrainConfig::default();
     for p in props {
-        let r: Result<(), Diagnostic> = (|| {
-            match p.key.name.as_str() {
-                "optimizer" => optimizer(&p.value, &mut t)?,
-                "lr" => t.optimizer.lr = number(&p.value, "lr")?,
-                "weight_decay" => t.optimizer.weight_decay = number(&p.value, "weight_decay")?,
-                "batch_size" => t.batch_size = positive_int(&p.value, "batch_size")?,
-                "epochs" => t.epochs = positive_int(&p.value, "epochs")?,
-                "patience" => t.patience = Some(positive_int(&p.value, "patience")?),
-                "seed" => t.seed = number(&p.value, "seed")?.max(0.0) as u64,
-                "clip_norm" => t.clip_norm = Some(number(&p.value, "clip_norm")?),
-                "val_split" => {
-                    let v = number(&p.value, "val_split")?;
-                    if !(0.0..1.0).contains(&v) {
-                        return Err(Diagnostic::error("mtl::property-type", "`val_split` must be in [0, 1)")
+        let r: Result<(), Diagnostic> =
+            (|| {
+                match p.key.name.as_str() {
+                    "optimizer" => optimizer(&p.value, &mut t)?,
+                    "lr" => t.optimizer.lr = number(&p.value, "lr")?,
+                    "weight_decay" => t.optimizer.weight_decay = number(&p.value, "weight_decay")?,
+                    "batch_size" => t.batch_size = positive_int(&p.value, "batch_size")?,
+                    "epochs" => t.epochs = positive_int(&p.value, "epochs")?,
+                    "patience" => t.patience = Some(positive_int(&p.value, "patience")?),
+                    "seed" => t.seed = number(&p.value, "seed")?.max(0.0) as u64,
+                    "clip_norm" => t.clip_norm = Some(number(&p.value, "clip_norm")?),
+                    "val_split" => {
+                        let v = number(&p.value, "val_split")?;
+                        if !(0.0..1.0).contains(&v) {
+                            return Err(Diagnostic::error(
+                                "mtl::property-type",
+                                "`val_split` must be in [0, 1)",
+                            )
                             .label(p.value.span, "here"));
-                    }
-                    t.val_split = v;
-                }
-                "monitor" => match constant(&p.value)? {
-                    Value::Str(s) | Value::Sym(s) => t.monitor = s,
-                    v => {
-                        return Err(Diagnostic::error("mtl::property-type", "`monitor` must be `val_loss` or \"HEAD.METRIC\"")
-                            .label(p.value.span, format!("found {}", v.describe())))
-                    }
-                },
-                "weighting" => {
-                    let name = p.value.as_name().map(|i| i.name.as_str()).unwrap_or("");
-                    t.weighting = match name {
-                        "fixed" => Weighting::Fixed,
-                        "uncertainty" => Weighting::Uncertainty,
-                        "dwa" => Weighting::Dwa,
-                        "gradnorm" => Weighting::Gradnorm,
-                        _ => {
-                            return Err(Diagnostic::error("mtl::unknown-weighting", format!("unknown loss weighting `{name}`"))
-                                .label(p.value.span, "not a weighting")
-                                .help(did_you_mean(name, WEIGHTINGS, "weighting")))
                         }
+                        t.val_split = v;
                     }
+                    "monitor" => match constant(&p.value)? {
+                        Value::Str(s) | Value::Sym(s) => t.monitor = s,
+                        v => {
+                            return Err(Diagnostic::error(
+                                "mtl::property-type",
+                                "`monitor` must be `val_loss` or \"HEAD.METRIC\"",
+                            )
+                            .label(p.value.span, format!("found {}", v.describe())))
+                        }
+                    },
+                    "weighting" => {
+                        let name = p.value.as_name().map(|i| i.name.as_str()).unwrap_or("");
+                        t.weighting =
+                            match name {
+                                "fixed" => Weighting::Fixed,
+                                "uncertainty" => Weighting::Uncertainty,
+                                "dwa" => Weighting::Dwa,
+                                "gradnorm" => Weighting::Gradnorm,
+                                _ => {
+                                    return Err(Diagnostic::error(
+                                        "mtl::unknown-weighting",
+                                        format!("unknown loss weighting `{name}`"),
+                                    )
+                                    .label(p.value.span, "not a weighting")
+                                    .help(did_you_mean(name, WEIGHTINGS, "weighting")))
+                                }
+                            }
+                    }
+                    "schedule" => schedule(&p.value, &mut t)?,
+                    k => return Err(unknown_key(k, p.key.span, TRAIN_KEYS, "train")),
                 }
-                "schedule" => schedule(&p.value, &mut t)?,
-                k => return Err(unknown_key(k, p.key.span, TRAIN_KEYS, "train")),
-            }
-            Ok(())
-        })();
+                Ok(())
+            })();
         if let Err(e) = r {
             errs.push(e);
         }
@@ -231,8 +275,11 @@ pub fn train_props(props: &[Prop], errs: &mut Vec<Diagnostic>) -> TrainConfig {
 
 fn optimizer(e: &Expr, t: &mut TrainConfig) -> Result<(), Diagnostic> {
     let (name, span, args) = call_parts(e).ok_or_else(|| {
-        Diagnostic::error("mtl::unknown-optimizer", "expected an optimizer such as `adam(lr = 1e-3)`")
-            .label(e.span, "not an optimizer")
+        Diagnostic::error(
+            "mtl::unknown-optimizer",
+            "expected an optimizer such as `adam(lr = 1e-3)`",
+        )
+        .label(e.span, "not an optimizer")
     })?;
     t.optimizer.kind = match name {
         "adam" => OptimizerKind::Adam,
@@ -245,12 +292,23 @@ fn optimizer(e: &Expr, t: &mut TrainConfig) -> Result<(), Diagnostic> {
             OptimizerKind::Sgd
         }
         _ => {
-            return Err(Diagnostic::error("mtl::unknown-optimizer", format!("unknown optimizer `{name}`"))
-                .label(span, "not an optimizer")
-                .help(did_you_mean(name, OPTIMIZERS, "optimizer")))
+            return Err(Diagnostic::error(
+                "mtl::unknown-optimizer",
+                format!("unknown optimizer `{name}`"),
+            )
+            .label(span, "not an optimizer")
+            .help(did_you_mean(name, OPTIMIZERS, "optimizer")))
         }
     };
-    const KEYS: &[&str] = &["lr", "weight_decay", "momentum", "nesterov", "beta1", "beta2", "eps"];
+    const KEYS: &[&str] = &[
+        "lr",
+        "weight_decay",
+        "momentum",
+        "nesterov",
+        "beta1",
+        "beta2",
+        "eps",
+    ];
     for (i, (k, v)) in args.into_iter().enumerate() {
         let key = k.unwrap_or_else(|| if i == 0 { "lr".into() } else { String::new() });
         match key.as_str() {
@@ -264,9 +322,12 @@ fn optimizer(e: &Expr, t: &mut TrainConfig) -> Result<(), Diagnostic> {
                 t.optimizer.nesterov = matches!(constant(v)?, Value::Sym(s) if s == "true")
             }
             _ => {
-                return Err(Diagnostic::error("mtl::unknown-argument", format!("`{name}` has no argument `{key}`"))
-                    .label(v.span, "unknown argument")
-                    .help(did_you_mean(&key, KEYS, "argument")))
+                return Err(Diagnostic::error(
+                    "mtl::unknown-argument",
+                    format!("`{name}` has no argument `{key}`"),
+                )
+                .label(v.span, "unknown argument")
+                .help(did_you_mean(&key, KEYS, "argument")))
             }
         }
     }
@@ -295,9 +356,12 @@ fn schedule(e: &Expr, t: &mut TrainConfig) -> Result<(), Diagnostic> {
             warmup: get("warmup", 0.0)?.max(0.0) as usize,
         },
         _ => {
-            return Err(Diagnostic::error("mtl::unknown-schedule", format!("unknown schedule `{name}`"))
-                .label(span, "not a schedule")
-                .help(did_you_mean(name, SCHEDULES, "schedule")))
+            return Err(Diagnostic::error(
+                "mtl::unknown-schedule",
+                format!("unknown schedule `{name}`"),
+            )
+            .label(span, "not a schedule")
+            .help(did_you_mean(name, SCHEDULES, "schedule")))
         }
     };
     Ok(())

@@ -97,7 +97,10 @@ pub struct ParamId(pub usize);
 #[serde(rename_all = "snake_case")]
 pub enum Init {
     /// Glorot uniform over (fan_in, fan_out).
-    GlorotUniform { fan_in: usize, fan_out: usize },
+    GlorotUniform {
+        fan_in: usize,
+        fan_out: usize,
+    },
     /// Orthogonal blocks of size `units` (recurrent kernels, per gate).
     Orthogonal,
     Zeros,
@@ -105,7 +108,9 @@ pub enum Init {
     /// Uniform(-0.05, 0.05), Keras's embedding default.
     Uniform005,
     /// LSTM bias: zeros but ones for the forget gate (Keras `unit_forget_bias`).
-    LstmBias { units: usize },
+    LstmBias {
+        units: usize,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -163,8 +168,13 @@ pub enum LossKind {
 }
 
 impl LossKind {
-    pub const NAMES: &'static [&'static str] =
-        &["cross_entropy", "binary_cross_entropy", "mse", "mae", "huber"];
+    pub const NAMES: &'static [&'static str] = &[
+        "cross_entropy",
+        "binary_cross_entropy",
+        "mse",
+        "mae",
+        "huber",
+    ];
     pub fn from_name(s: &str) -> Option<Self> {
         Some(match s {
             "cross_entropy" => LossKind::CrossEntropy,

@@ -65,7 +65,11 @@ pub fn print_ir(g: &Graph) -> String {
 /// Graphviz `dot` text.
 pub fn print_dot(g: &Graph) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "digraph \"{}\" {{\n  rankdir=TB;\n  node [shape=box, fontname=monospace];", g.name);
+    let _ = writeln!(
+        s,
+        "digraph \"{}\" {{\n  rankdir=TB;\n  node [shape=box, fontname=monospace];",
+        g.name
+    );
     let order = g.topo_order();
     for n in &order {
         let node = &g.g[*n];

@@ -17,14 +17,16 @@ pub fn verify(g: &Graph, typed: bool) -> Result<(), String> {
         if !names.insert(node.name.as_str()) {
             return Err(format!("duplicate node name %{}", node.name));
         }
-        let mut slots: Vec<usize> = g
-            .g
-            .edges_directed(n, Direction::Incoming)
-            .map(|e| e.weight().slot)
-            .collect();
+        let mut slots: Vec<usize> =
+            g.g.edges_directed(n, Direction::Incoming)
+                .map(|e| e.weight().slot)
+                .collect();
         slots.sort_unstable();
         if slots.iter().enumerate().any(|(i, s)| i != *s) {
-            return Err(format!("%{}: operand slots {slots:?} are not 0..n", node.name));
+            return Err(format!(
+                "%{}: operand slots {slots:?} are not 0..n",
+                node.name
+            ));
         }
         let arity = slots.len();
         let ok = match &node.op {
@@ -33,7 +35,12 @@ pub fn verify(g: &Graph, typed: bool) -> Result<(), String> {
             _ => arity == 1,
         };
         if !ok {
-            return Err(format!("%{}: {} operands for {}", node.name, arity, node.op.kind_name()));
+            return Err(format!(
+                "%{}: {} operands for {}",
+                node.name,
+                arity,
+                node.op.kind_name()
+            ));
         }
         if typed && node.ty.is_none() {
             return Err(format!("%{} has no type", node.name));

@@ -43,25 +43,54 @@ impl Forward {
 impl Program {
     /// Checks and converts the inputs of a batch: f32 for images and numbers,
     /// u32 ids (in range) for tokens. Names the tensor on every error.
-    pub fn prepare_inputs(&self, inputs: &HashMap<String, Tensor>, device: &Device) -> Result<Vec<(usize, Tensor)>, RunError> {
+    pub fn prepare_inputs(
+        &self,
+        inputs: &HashMap<String, Tensor>,
+        device: &Device,
+    ) -> Result<Vec<(usize, Tensor)>, RunError> {
         let mut out = vec![];
         let mut batch = None;
         for (name, slot, ty) in &self.inputs {
-            let t = inputs.get(name).ok_or_else(|| RunError::Input(format!("no tensor `{name}` for input `{name}` (expected shape [N, {}])", dims_text(ty))))?;
+            let t = inputs.get(name).ok_or_else(|| {
+                RunError::Input(format!(
+                    "no tensor `{name}` for input `{name}` (expected shape [N, {}])",
+                    dims_text(ty)
+                ))
+            })?;
             let dims = t.dims();
-            let ok = dims.len() == ty.rank() + 1 && ty.shape.iter().zip(&dims[1..]).all(|(d, a)| d.fixed().is_none_or(|f| f == *a));
+            let ok = dims.len() == ty.rank() + 1
+                && ty
+                    .shape
+                    .iter()
+                    .zip(&dims[1..])
+                    .all(|(d, a)| d.fixed().is_none_or(|f| f == *a));
             if !ok {
-                return Err(RunError::Input(format!("tensor `{name}` has shape {dims:?}, but input `{name}` expects [N, {}]", dims_text(ty))));
+                return Err(RunError::Input(format!(
+                    "tensor `{name}` has shape {dims:?}, but input `{name}` expects [N, {}]",
+                    dims_text(ty)
+                )));
             }
             if *batch.get_or_insert(dims[0]) != dims[0] {
-                return Err(RunError::Input(format!("tensor `{name}` has {} samples, other inputs have {}", dims[0], batch.unwrap_or(0))));
+                return Err(RunError::Input(format!(
+                    "tensor `{name}` has {} samples, other inputs have {}",
+                    dims[0],
+                    batch.unwrap_or(0)
+                )));
             }
-            let t = t.to_device(device).map_err(|e| RunError::Input(e.to_string()))?;
+            let t = t
+                .to_device(device)
+                .map_err(|e| RunError::Input(e.to_string()))?;
             let t = if ty.dtype == IrDType::I64 {
                 let vocab = self.vocab(*slot);
-                let ids = t.to_dtype(DType::I64).and_then(|x| x.flatten_all()).and_then(|x| x.to_vec1::<i64>()).map_err(|e| RunError::Input(format!("tensor `{name}`: {e}")))?;
+                let ids = t
+                    .to_dtype(DType::I64)
+                    .and_then(|x| x.flatten_all())
+                    .and_then(|x| x.to_vec1::<i64>())
+                    .map_err(|e| RunError::Input(format!("tensor `{name}`: {e}")))?;
                 if let Some(bad) = ids.iter().find(|&&i| i < 0 || i as usize >= vocab) {
-                    return Err(RunError::Input(format!("tensor `{name}` holds token id {bad}, outside the vocabulary [0, {vocab})")));
+                    return Err(RunError::Input(format!(
+                        "tensor `{name}` holds token id {bad}, outside the vocabulary [0, {vocab})"
+                    )));
                 }
                 t.to_dtype(DType::U32)
             } else {
@@ -69,9 +98,15 @@ impl Program {
             }
             .map_err(|e| RunError::Input(format!("tensor `{name}`: {e}")))?;
             if ty.dtype == IrDType::F32 {
-                let bad = t.flatten_all().and_then(|x| x.to_vec1::<f32>()).map(|v| v.iter().any(|x| !x.is_finite())).unwrap_or(false);
+                let bad = t
+                    .flatten_all()
+                    .and_then(|x| x.to_vec1::<f32>())
+                    .map(|v| v.iter().any(|x| !x.is_finite()))
+                    .unwrap_or(false);
                 if bad {
-                    return Err(RunError::Input(format!("tensor `{name}` holds NaN or infinite values")));
+                    return Err(RunError::Input(format!(
+                        "tensor `{name}` holds NaN or infinite values"
+                    )));
                 }
             }
             out.push((*slot, t));
@@ -91,29 +126,59 @@ impl Program {
 
     /// One forward pass. In training mode dropout draws from `rng` and batch
     /// norm updates its running statistics in `params`.
-    pub fn forward(&self, params: &Params, inputs: Vec<(usize, Tensor)>, rng: &mut StdRng) -> Result<Forward, RunError> {
+    pub fn forward(
+        &self,
+        params: &Params,
+        inputs: Vec<(usize, Tensor)>,
+        rng: &mut StdRng,
+    ) -> Result<Forward, RunError> {
         let train = self.mode == Mode::Train;
         let mut values: Vec<Option<Tensor>> = vec![None; self.n_values];
         for (slot, t) in inputs {
             values[slot] = Some(t);
         }
         for st in &self.steps {
-            let err = |e: candle_core::Error| RunError::Step { node: st.name.clone(), message: e.to_string() };
-            let args: Vec<&Tensor> = st.args.iter().map(|a| values[*a].as_ref()).collect::<Option<_>>().ok_or_else(|| RunError::Step { node: st.name.clone(), message: "operand not computed".into() })?;
+            let err = |e: candle_core::Error| RunError::Step {
+                node: st.name.clone(),
+                message: e.to_string(),
+            };
+            let args: Vec<&Tensor> = st
+                .args
+                .iter()
+                .map(|a| values[*a].as_ref())
+                .collect::<Option<_>>()
+                .ok_or_else(|| RunError::Step {
+                    node: st.name.clone(),
+                    message: "operand not computed".into(),
+                })?;
             let y = self.step(st, &args, params, train, rng).map_err(err)?;
             values[st.out] = Some(y);
         }
         Ok(Forward { values })
     }
 
-    fn step(&self, st: &super::Step, args: &[&Tensor], params: &Params, train: bool, rng: &mut StdRng) -> candle_core::Result<Tensor> {
-        let p = |name: &str| -> candle_core::Result<&Tensor> { params.get(&format!("{}.{name}", st.params.as_deref().unwrap_or(""))) };
+    fn step(
+        &self,
+        st: &super::Step,
+        args: &[&Tensor],
+        params: &Params,
+        train: bool,
+        rng: &mut StdRng,
+    ) -> candle_core::Result<Tensor> {
+        let p = |name: &str| -> candle_core::Result<&Tensor> {
+            params.get(&format!("{}.{name}", st.params.as_deref().unwrap_or("")))
+        };
         let x = args[0];
         match &st.op {
             Op::Input { .. } => Ok(x.clone()),
             Op::Dense { .. } => kernels::dense(x, p("weight")?, p("bias")?),
             Op::Conv { .. } => kernels::conv(x, p("weight")?, p("bias")?, &st.op, &st.pads),
-            Op::ConvTranspose2d { kernel, stride, padding, .. } => kernels::conv_transpose2d(x, p("weight")?, p("bias")?, *kernel, *stride, *padding),
+            Op::ConvTranspose2d {
+                kernel,
+                stride,
+                padding,
+                ..
+            } => kernels::conv_transpose2d(x, p("weight")?, p("bias")?, *kernel, *stride, *padding),
             Op::Upsample { scale } => {
                 if x.rank() == 3 {
                     x.upsample_nearest1d(x.dim(2)? * scale)
@@ -142,15 +207,31 @@ impl Program {
             }
             Op::Embedding { dim, .. } => {
                 let (b, t) = x.dims2()?;
-                p("weight")?.index_select(&x.flatten_all()?, 0)?.reshape((b, t, *dim))
+                p("weight")?
+                    .index_select(&x.flatten_all()?, 0)?
+                    .reshape((b, t, *dim))
             }
-            Op::Rnn { cell, units, return_sequences, bidirectional, hoisted } => {
+            Op::Rnn {
+                cell,
+                units,
+                return_sequences,
+                bidirectional,
+                hoisted,
+            } => {
                 let dir = |suffix: &str, reverse: bool| -> candle_core::Result<Tensor> {
                     let (b_ih, b_hh) = match cell {
                         RnnCell::Lstm => (p(&format!("bias{suffix}"))?, None),
-                        RnnCell::Gru => (p(&format!("bias_ih{suffix}"))?, Some(p(&format!("bias_hh{suffix}"))?)),
+                        RnnCell::Gru => (
+                            p(&format!("bias_ih{suffix}"))?,
+                            Some(p(&format!("bias_hh{suffix}"))?),
+                        ),
                     };
-                    let w = RnnWeights { w_ih: p(&format!("weight_ih{suffix}"))?, w_hh: p(&format!("weight_hh{suffix}"))?, b_ih, b_hh };
+                    let w = RnnWeights {
+                        w_ih: p(&format!("weight_ih{suffix}"))?,
+                        w_hh: p(&format!("weight_hh{suffix}"))?,
+                        b_ih,
+                        b_hh,
+                    };
                     kernels::rnn(x, *cell, *units, &w, *hoisted, reverse, *return_sequences)
                 };
                 let fwd = dir("", false)?;
@@ -164,16 +245,28 @@ impl Program {
             Op::Dropout { rate } if train => {
                 let n = x.elem_count();
                 let keep = 1.0 - *rate as f32;
-                let mask: Vec<f32> = (0..n).map(|_| if rng.random::<f32>() < keep { 1.0 / keep } else { 0.0 }).collect();
+                let mask: Vec<f32> = (0..n)
+                    .map(|_| {
+                        if rng.random::<f32>() < keep {
+                            1.0 / keep
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect();
                 x.mul(&Tensor::from_vec(mask, x.dims(), x.device())?)
             }
             Op::Dropout { .. } => Ok(x.clone()),
             Op::BatchNorm { eps, momentum } => {
                 let (rm, rv) = (p("running_mean")?, p("running_var")?);
-                let (y, stats) = kernels::batch_norm(x, p("weight")?, p("bias")?, rm, rv, *eps, train)?;
+                let (y, stats) =
+                    kernels::batch_norm(x, p("weight")?, p("bias")?, rm, rv, *eps, train)?;
                 if let Some((m, v)) = stats {
                     let prefix = st.params.as_deref().unwrap_or("");
-                    if let (Some(rmv), Some(rvv)) = (params.vars.get(&format!("{prefix}.running_mean")), params.vars.get(&format!("{prefix}.running_var"))) {
+                    if let (Some(rmv), Some(rvv)) = (
+                        params.vars.get(&format!("{prefix}.running_mean")),
+                        params.vars.get(&format!("{prefix}.running_var")),
+                    ) {
                         rmv.set(&((rm * *momentum)? + (m * (1.0 - momentum))?)?)?;
                         rvv.set(&((rv * *momentum)? + (v * (1.0 - momentum))?)?)?;
                     }
@@ -204,10 +297,15 @@ impl Program {
             }
             Op::Weighted { fixed } => {
                 let w: Vec<Tensor> = match fixed {
-                    Some(ws) => ws.iter().map(|w| Tensor::new(*w as f32, x.device())).collect::<candle_core::Result<_>>()?,
+                    Some(ws) => ws
+                        .iter()
+                        .map(|w| Tensor::new(*w as f32, x.device()))
+                        .collect::<candle_core::Result<_>>()?,
                     None => {
                         let sm = candle_nn::ops::softmax(p("logits")?, 0)?;
-                        (0..args.len()).map(|i| sm.get(i)).collect::<candle_core::Result<_>>()?
+                        (0..args.len())
+                            .map(|i| sm.get(i))
+                            .collect::<candle_core::Result<_>>()?
                     }
                 };
                 let mut acc = args[0].broadcast_mul(&w[0])?;
@@ -218,7 +316,11 @@ impl Program {
             }
             Op::Gated => {
                 let (a, b) = (args[0], args[1]);
-                let g = candle_nn::ops::sigmoid(&kernels::dense(&Tensor::cat(&[a, b], 1)?, p("weight")?, p("bias")?)?)?;
+                let g = candle_nn::ops::sigmoid(&kernels::dense(
+                    &Tensor::cat(&[a, b], 1)?,
+                    p("weight")?,
+                    p("bias")?,
+                )?)?;
                 g.mul(a)? + (g.ones_like()? - &g)?.mul(b)?
             }
         }
@@ -226,7 +328,11 @@ impl Program {
 }
 
 fn dims_text(ty: &crate::ir::Type) -> String {
-    ty.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+    ty.shape
+        .iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A head's logits as predictions: softmax over the class axis for

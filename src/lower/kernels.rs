@@ -19,17 +19,43 @@ pub fn kernel_name(op: &Op, mode: Mode, pads: &Pads) -> &'static str {
         },
         Op::ConvTranspose2d { .. } => "candle.conv_transpose2d",
         Op::Upsample { .. } => "candle.upsample_nearest",
-        Op::Pool { kind: PoolKind::Max, .. } => "candle.max_pool2d",
-        Op::Pool { kind: PoolKind::Avg, .. } => "candle.avg_pool2d",
-        Op::GlobalPool { kind: PoolKind::Max } => "max(spatial)",
-        Op::GlobalPool { kind: PoolKind::Avg } => "mean(spatial)",
+        Op::Pool {
+            kind: PoolKind::Max,
+            ..
+        } => "candle.max_pool2d",
+        Op::Pool {
+            kind: PoolKind::Avg,
+            ..
+        } => "candle.avg_pool2d",
+        Op::GlobalPool {
+            kind: PoolKind::Max,
+        } => "max(spatial)",
+        Op::GlobalPool {
+            kind: PoolKind::Avg,
+        } => "mean(spatial)",
         Op::Flatten | Op::Reshape { .. } => "reshape",
         Op::Permute { .. } => "permute",
         Op::Embedding { .. } => "index_select",
-        Op::Rnn { cell: RnnCell::Lstm, hoisted: true, .. } => "mtl.lstm(hoisted)",
-        Op::Rnn { cell: RnnCell::Lstm, hoisted: false, .. } => "mtl.lstm(per-step)",
-        Op::Rnn { cell: RnnCell::Gru, hoisted: true, .. } => "mtl.gru(hoisted)",
-        Op::Rnn { cell: RnnCell::Gru, hoisted: false, .. } => "mtl.gru(per-step)",
+        Op::Rnn {
+            cell: RnnCell::Lstm,
+            hoisted: true,
+            ..
+        } => "mtl.lstm(hoisted)",
+        Op::Rnn {
+            cell: RnnCell::Lstm,
+            hoisted: false,
+            ..
+        } => "mtl.lstm(per-step)",
+        Op::Rnn {
+            cell: RnnCell::Gru,
+            hoisted: true,
+            ..
+        } => "mtl.gru(hoisted)",
+        Op::Rnn {
+            cell: RnnCell::Gru,
+            hoisted: false,
+            ..
+        } => "mtl.gru(per-step)",
         Op::Dropout { .. } if train => "mtl.dropout(seeded)",
         Op::Dropout { .. } => "identity",
         Op::BatchNorm { .. } if train => "mtl.batch_norm(batch stats)",
@@ -61,7 +87,11 @@ pub fn kernel_name(op: &Op, mode: Mode, pads: &Pads) -> &'static str {
 pub fn dense(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let i = dims[dims.len() - 1];
-    let x2 = if dims.len() == 2 { x.clone() } else { x.reshape(((), i))? };
+    let x2 = if dims.len() == 2 {
+        x.clone()
+    } else {
+        x.reshape(((), i))?
+    };
     let y = x2.matmul(&w.t()?)?.broadcast_add(b)?;
     if dims.len() == 2 {
         Ok(y)
@@ -73,7 +103,14 @@ pub fn dense(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
 }
 
 pub fn conv(x: &Tensor, w: &Tensor, b: &Tensor, op: &Op, pads: &Pads) -> Result<Tensor> {
-    let Op::Conv { stride, dilation, groups, padding, .. } = op else {
+    let Op::Conv {
+        stride,
+        dilation,
+        groups,
+        padding,
+        ..
+    } = op
+    else {
         candle_core::bail!("conv kernel on a non-conv op")
     };
     let symmetric = pads.iter().all(|(a, c)| a == c);
@@ -89,7 +126,9 @@ pub fn conv(x: &Tensor, w: &Tensor, b: &Tensor, op: &Op, pads: &Pads) -> Result<
         }
     }
     if stride.iter().any(|s| *s != stride[0]) || dilation.iter().any(|d| *d != dilation[0]) {
-        candle_core::bail!("per-axis strides or dilations that differ are not supported by candle's conv")
+        candle_core::bail!(
+            "per-axis strides or dilations that differ are not supported by candle's conv"
+        )
     }
     let y = if w.rank() == 3 {
         x.conv1d(w, pad, stride[0], dilation[0], *groups)?
@@ -101,7 +140,14 @@ pub fn conv(x: &Tensor, w: &Tensor, b: &Tensor, op: &Op, pads: &Pads) -> Result<
     y.broadcast_add(&b.reshape(bshape)?)
 }
 
-pub fn conv_transpose2d(x: &Tensor, w: &Tensor, b: &Tensor, kernel: usize, stride: usize, padding: Padding) -> Result<Tensor> {
+pub fn conv_transpose2d(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    kernel: usize,
+    stride: usize,
+    padding: Padding,
+) -> Result<Tensor> {
     let (pad, out_pad) = match padding {
         Padding::Valid if kernel >= stride => (0, 0),
         Padding::Valid => (0, stride - kernel),
@@ -118,7 +164,13 @@ pub fn pool(x: &Tensor, kind: PoolKind, size: &[usize], stride: &[usize]) -> Res
     let (k, s) = if one_d {
         ((1, size[0]), (1, stride[0]))
     } else {
-        let e = |v: &[usize]| if v.len() == 1 { (v[0], v[0]) } else { (v[0], v[1]) };
+        let e = |v: &[usize]| {
+            if v.len() == 1 {
+                (v[0], v[0])
+            } else {
+                (v[0], v[1])
+            }
+        };
         (e(size), e(stride))
     };
     let y = match kind {
@@ -154,12 +206,22 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64, train: bool) -> 
     let mean = x.mean_keepdim(D::Minus1)?;
     let xc = x.broadcast_sub(&mean)?;
     let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-    xc.broadcast_div(&(var + eps)?.sqrt()?)?.broadcast_mul(w)?.broadcast_add(b)
+    xc.broadcast_div(&(var + eps)?.sqrt()?)?
+        .broadcast_mul(w)?
+        .broadcast_add(b)
 }
 
 /// Batch norm over the channel axis 1. Returns the output and, in training,
 /// the batch (mean, biased variance) for the running statistics.
-pub fn batch_norm(x: &Tensor, w: &Tensor, b: &Tensor, rm: &Tensor, rv: &Tensor, eps: f64, train: bool) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
+pub fn batch_norm(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    rm: &Tensor,
+    rv: &Tensor,
+    eps: f64,
+    train: bool,
+) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
     let c = x.dim(1)?;
     let mut bshape = vec![1, c];
     bshape.extend(std::iter::repeat_n(1, x.rank() - 2));
@@ -168,12 +230,26 @@ pub fn batch_norm(x: &Tensor, w: &Tensor, b: &Tensor, rm: &Tensor, rv: &Tensor, 
         let mean = flat.mean_keepdim(1)?;
         let var = flat.broadcast_sub(&mean)?.sqr()?.mean_keepdim(1)?;
         let (m, v) = (mean.flatten_all()?, var.flatten_all()?);
-        (m.reshape(bshape.clone())?, v.reshape(bshape.clone())?, Some((m.detach(), v.detach())))
+        (
+            m.reshape(bshape.clone())?,
+            v.reshape(bshape.clone())?,
+            Some((m.detach(), v.detach())),
+        )
     } else {
-        (rm.reshape(bshape.clone())?, rv.reshape(bshape.clone())?, None)
+        (
+            rm.reshape(bshape.clone())?,
+            rv.reshape(bshape.clone())?,
+            None,
+        )
     };
-    let y = x.broadcast_sub(&mean)?.broadcast_div(&(var + eps)?.sqrt()?)?;
-    Ok((y.broadcast_mul(&w.reshape(bshape.clone())?)?.broadcast_add(&b.reshape(bshape)?)?, stats))
+    let y = x
+        .broadcast_sub(&mean)?
+        .broadcast_div(&(var + eps)?.sqrt()?)?;
+    Ok((
+        y.broadcast_mul(&w.reshape(bshape.clone())?)?
+            .broadcast_add(&b.reshape(bshape)?)?,
+        stats,
+    ))
 }
 
 /// One recurrent direction's weights.
@@ -188,12 +264,29 @@ pub struct RnnWeights<'a> {
 
 /// Runs one direction over x [B, T, I]; returns every step's h [B, T, H] in
 /// time order when `sequences`, else the final h [B, H].
-pub fn rnn(x: &Tensor, cell: RnnCell, units: usize, w: &RnnWeights, hoisted: bool, reverse: bool, sequences: bool) -> Result<Tensor> {
+pub fn rnn(
+    x: &Tensor,
+    cell: RnnCell,
+    units: usize,
+    w: &RnnWeights,
+    hoisted: bool,
+    reverse: bool,
+    sequences: bool,
+) -> Result<Tensor> {
     let (b, t, i) = x.dims3()?;
     let w_ih_t = w.w_ih.t()?;
     let w_hh_t = w.w_hh.t()?;
     // The hoisted form: one GEMM for the input projection of all steps.
-    let xw = if hoisted { Some(x.reshape((b * t, i))?.matmul(&w_ih_t)?.broadcast_add(w.b_ih)?.reshape((b, t, ()))?) } else { None };
+    let xw = if hoisted {
+        Some(
+            x.reshape((b * t, i))?
+                .matmul(&w_ih_t)?
+                .broadcast_add(w.b_ih)?
+                .reshape((b, t, ()))?,
+        )
+    } else {
+        None
+    };
     let mut h = Tensor::zeros((b, units), DType::F32, x.device())?;
     let mut c = h.clone();
     let mut outs: Vec<Option<Tensor>> = vec![None; if sequences { t } else { 0 }];
@@ -201,7 +294,11 @@ pub fn rnn(x: &Tensor, cell: RnnCell, units: usize, w: &RnnWeights, hoisted: boo
         let ts = if reverse { t - 1 - step } else { step };
         let xt = match &xw {
             Some(xw) => xw.narrow(1, ts, 1)?.squeeze(1)?,
-            None => x.narrow(1, ts, 1)?.squeeze(1)?.matmul(&w_ih_t)?.broadcast_add(w.b_ih)?,
+            None => x
+                .narrow(1, ts, 1)?
+                .squeeze(1)?
+                .matmul(&w_ih_t)?
+                .broadcast_add(w.b_ih)?,
         };
         match cell {
             RnnCell::Lstm => {
@@ -218,9 +315,14 @@ pub fn rnn(x: &Tensor, cell: RnnCell, units: usize, w: &RnnWeights, hoisted: boo
                 if let Some(bh) = w.b_hh {
                     hw = hw.broadcast_add(bh)?;
                 }
-                let r = candle_nn::ops::sigmoid(&(xt.narrow(1, 0, units)? + hw.narrow(1, 0, units)?)?)?;
-                let z = candle_nn::ops::sigmoid(&(xt.narrow(1, units, units)? + hw.narrow(1, units, units)?)?)?;
-                let n = (xt.narrow(1, 2 * units, units)? + (r * hw.narrow(1, 2 * units, units)?)?)?.tanh()?;
+                let r =
+                    candle_nn::ops::sigmoid(&(xt.narrow(1, 0, units)? + hw.narrow(1, 0, units)?)?)?;
+                let z = candle_nn::ops::sigmoid(
+                    &(xt.narrow(1, units, units)? + hw.narrow(1, units, units)?)?,
+                )?;
+                let n = (xt.narrow(1, 2 * units, units)?
+                    + (r * hw.narrow(1, 2 * units, units)?)?)?
+                .tanh()?;
                 h = ((z.ones_like()? - &z)? * n)?.add(&(z * &h)?)?;
             }
         }

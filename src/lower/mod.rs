@@ -66,8 +66,24 @@ pub fn lower(g: &Graph, mode: Mode) -> Program {
         let args: Vec<usize> = g.operands(n).iter().map(|o| slot[o]).collect();
         let in_ty = g.operands(n).first().and_then(|o| g.g[*o].ty.clone());
         let pads = match (&node.op, &in_ty) {
-            (Op::Conv { kernel, stride, padding: Padding::Same, dilation, .. }, Some(t)) => (0..kernel.len())
-                .map(|a| same_padding(t.shape[a + 1].fixed().unwrap_or(1), kernel[a], stride[a], dilation[a]))
+            (
+                Op::Conv {
+                    kernel,
+                    stride,
+                    padding: Padding::Same,
+                    dilation,
+                    ..
+                },
+                Some(t),
+            ) => (0..kernel.len())
+                .map(|a| {
+                    same_padding(
+                        t.shape[a + 1].fixed().unwrap_or(1),
+                        kernel[a],
+                        stride[a],
+                        dilation[a],
+                    )
+                })
                 .collect(),
             _ => vec![],
         };
@@ -83,7 +99,10 @@ pub fn lower(g: &Graph, mode: Mode) -> Program {
         });
     }
     let mut param_specs = vec![];
-    let mut used: Vec<usize> = g.g.node_weights().filter_map(|n| n.param.map(|p| p.0)).collect();
+    let mut used: Vec<usize> =
+        g.g.node_weights()
+            .filter_map(|n| n.param.map(|p| p.0))
+            .collect();
     used.sort_unstable();
     used.dedup();
     for p in used {
@@ -98,7 +117,18 @@ pub fn lower(g: &Graph, mode: Mode) -> Program {
         steps,
         inputs,
         heads: g.heads.iter().map(|h| (h.clone(), slot[&h.node])).collect(),
-        losses: g.losses.iter().map(|l| (l.name.clone(), l.kind, l.weight, l.operands.iter().map(|o| slot[o]).collect())).collect(),
+        losses: g
+            .losses
+            .iter()
+            .map(|l| {
+                (
+                    l.name.clone(),
+                    l.kind,
+                    l.weight,
+                    l.operands.iter().map(|o| slot[o]).collect(),
+                )
+            })
+            .collect(),
         param_specs,
         n_values: slot.len(),
     }
@@ -108,20 +138,42 @@ impl Program {
     /// The plan as deterministic text: one line per step.
     pub fn render(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "plan ({})", if self.mode == Mode::Train { "train" } else { "infer" });
+        let _ = writeln!(
+            s,
+            "plan ({})",
+            if self.mode == Mode::Train {
+                "train"
+            } else {
+                "infer"
+            }
+        );
         for (name, slot, ty) in &self.inputs {
             let _ = writeln!(s, "  v{slot} = input `{name}` : {ty}");
         }
-        let shapes: HashMap<&str, &Vec<usize>> = self.param_specs.iter().map(|(k, t)| (k.as_str(), &t.shape)).collect();
+        let shapes: HashMap<&str, &Vec<usize>> = self
+            .param_specs
+            .iter()
+            .map(|(k, t)| (k.as_str(), &t.shape))
+            .collect();
         for st in &self.steps {
             let out = st.out;
             let args: Vec<String> = st.args.iter().map(|a| format!("v{a}")).collect();
-            let _ = write!(s, "  v{out} = {} ({}) : {}  # {}", st.kernel, args.join(", "), st.ty, st.name);
+            let _ = write!(
+                s,
+                "  v{out} = {} ({}) : {}  # {}",
+                st.kernel,
+                args.join(", "),
+                st.ty,
+                st.name
+            );
             if let Some(p) = &st.params {
                 let keys: Vec<String> = self
                     .param_specs
                     .iter()
-                    .filter(|(k, _)| k.strip_prefix(p.as_str()).is_some_and(|r| r.starts_with('.')))
+                    .filter(|(k, _)| {
+                        k.strip_prefix(p.as_str())
+                            .is_some_and(|r| r.starts_with('.'))
+                    })
                     .map(|(k, _)| format!("{k}{:?}", shapes[k.as_str()]))
                     .collect();
                 let _ = write!(s, "  [{}]", keys.join(", "));

@@ -24,7 +24,11 @@ fn normal(rng: &mut StdRng) -> f32 {
 
 /// An [rows, cols] matrix with orthonormal columns (rows ≥ cols) or rows.
 fn orthogonal(rows: usize, cols: usize, rng: &mut StdRng) -> Vec<f32> {
-    let (n, m) = if rows >= cols { (rows, cols) } else { (cols, rows) };
+    let (n, m) = if rows >= cols {
+        (rows, cols)
+    } else {
+        (cols, rows)
+    };
     // m vectors of length n, Gram-Schmidt.
     let mut vs: Vec<Vec<f32>> = Vec::with_capacity(m);
     while vs.len() < m {
@@ -58,7 +62,15 @@ fn init_values(init: Init, shape: &[usize], rng: &mut StdRng) -> Vec<f32> {
             (0..n).map(|_| rng.random_range(-limit..limit)).collect()
         }
         Init::Uniform005 => (0..n).map(|_| rng.random_range(-0.05f32..0.05)).collect(),
-        Init::LstmBias { units } => (0..n).map(|i| if (units..2 * units).contains(&i) { 1.0 } else { 0.0 }).collect(),
+        Init::LstmBias { units } => (0..n)
+            .map(|i| {
+                if (units..2 * units).contains(&i) {
+                    1.0
+                } else {
+                    0.0
+                }
+            })
+            .collect(),
         Init::Orthogonal => {
             // [G·H, H]: orthonormal per gate block, as Keras's orthogonal (H, G·H) kernel transposed.
             let cols = shape.get(1).copied().unwrap_or(1);
@@ -74,7 +86,10 @@ pub fn init_params(p: &Program, seed: u64, device: &Device) -> candle_core::Resu
     let mut trainable = vec![];
     for (key, t) in &p.param_specs {
         let v = init_values(t.init, &t.shape, &mut rng);
-        vars.insert(key.clone(), Var::from_tensor(&Tensor::from_vec(v, t.shape.as_slice(), device)?)?);
+        vars.insert(
+            key.clone(),
+            Var::from_tensor(&Tensor::from_vec(v, t.shape.as_slice(), device)?)?,
+        );
         if t.trainable {
             trainable.push(key.clone());
         }
@@ -84,24 +99,42 @@ pub fn init_params(p: &Program, seed: u64, device: &Device) -> candle_core::Resu
 
 impl Params {
     pub fn get(&self, key: &str) -> candle_core::Result<&Tensor> {
-        self.vars.get(key).map(|v| v.as_tensor()).ok_or_else(|| candle_core::Error::Msg(format!("no parameter `{key}`")))
+        self.vars
+            .get(key)
+            .map(|v| v.as_tensor())
+            .ok_or_else(|| candle_core::Error::Msg(format!("no parameter `{key}`")))
     }
 
     pub fn trainable_vars(&self) -> Vec<Var> {
-        self.trainable.iter().filter_map(|k| self.vars.get(k).cloned()).collect()
+        self.trainable
+            .iter()
+            .filter_map(|k| self.vars.get(k).cloned())
+            .collect()
     }
 
     /// Loads every parameter from a safetensors file; a missing or misshapen
     /// tensor is an error naming it with both shapes. Extra tensors are ignored.
     pub fn load(&mut self, path: &Path, device: &Device) -> Result<(), String> {
-        let tensors = candle_core::safetensors::load(path, device).map_err(|e| format!("cannot read weights {}: {e}", path.display()))?;
+        let tensors = candle_core::safetensors::load(path, device)
+            .map_err(|e| format!("cannot read weights {}: {e}", path.display()))?;
         let mut errs = vec![];
         for (key, var) in &self.vars {
             match tensors.get(key) {
-                None => errs.push(format!("weights file {} has no tensor `{key}` (expected shape {:?})", path.display(), var.dims())),
-                Some(t) if t.dims() != var.dims() => errs.push(format!("tensor `{key}` in {} has shape {:?}, but the model expects {:?}", path.display(), t.dims(), var.dims())),
+                None => errs.push(format!(
+                    "weights file {} has no tensor `{key}` (expected shape {:?})",
+                    path.display(),
+                    var.dims()
+                )),
+                Some(t) if t.dims() != var.dims() => errs.push(format!(
+                    "tensor `{key}` in {} has shape {:?}, but the model expects {:?}",
+                    path.display(),
+                    t.dims(),
+                    var.dims()
+                )),
                 Some(t) => {
-                    let t = t.to_dtype(candle_core::DType::F32).and_then(|t| var.set(&t));
+                    let t = t
+                        .to_dtype(candle_core::DType::F32)
+                        .and_then(|t| var.set(&t));
                     if let Err(e) = t {
                         errs.push(format!("tensor `{key}`: {e}"));
                     }
@@ -116,7 +149,10 @@ impl Params {
     }
 
     pub fn tensors(&self) -> HashMap<String, Tensor> {
-        self.vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect()
+        self.vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect()
     }
 
     /// Writes all parameters to `path` atomically (temporary file, then rename).
@@ -128,6 +164,8 @@ impl Params {
 /// Saves tensors as safetensors through a temporary file and a rename.
 pub fn save_atomic(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<(), String> {
     let tmp = path.with_extension("safetensors.tmp");
-    candle_core::safetensors::save(tensors, &tmp).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("cannot move {} to {}: {e}", tmp.display(), path.display()))
+    candle_core::safetensors::save(tensors, &tmp)
+        .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .map_err(|e| format!("cannot move {} to {}: {e}", tmp.display(), path.display()))
 }

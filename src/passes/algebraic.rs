@@ -22,7 +22,14 @@ pub fn run(g: &mut Graph, cx: &mut PassCx) -> Change {
             Op::Reshape { .. } | Op::Flatten if same_type => Some(x),
             // permute(q) ∘ permute(p) = identity when q undoes p
             Op::Permute { axes: q } => match &g.g[x].op {
-                Op::Permute { axes: p } if q.iter().map(|&i| p[i - 1]).enumerate().all(|(k, a)| a == k + 1) => g.operands(x).first().copied(),
+                Op::Permute { axes: p }
+                    if q.iter()
+                        .map(|&i| p[i - 1])
+                        .enumerate()
+                        .all(|(k, a)| a == k + 1) =>
+                {
+                    g.operands(x).first().copied()
+                }
                 _ => None,
             },
             _ => None,
@@ -33,5 +40,8 @@ pub fn run(g: &mut Graph, cx: &mut PassCx) -> Change {
             removed += 1;
         }
     }
-    Change { removed, ..Default::default() }
+    Change {
+        removed,
+        ..Default::default()
+    }
 }

@@ -16,7 +16,11 @@ pub fn run(g: &mut Graph, cx: &mut PassCx) -> Change {
             continue;
         }
         // Nodes without parameters merge by op; with parameters only when the set is the same.
-        let key = (format!("{:?}", node.op), node.param.map(|p| p.0), g.operands(n));
+        let key = (
+            format!("{:?}", node.op),
+            node.param.map(|p| p.0),
+            g.operands(n),
+        );
         match seen.get(&key) {
             Some(&first) => {
                 g.replace_all_uses(n, first);
@@ -28,5 +32,8 @@ pub fn run(g: &mut Graph, cx: &mut PassCx) -> Change {
             }
         }
     }
-    Change { merged, ..Default::default() }
+    Change {
+        merged,
+        ..Default::default()
+    }
 }

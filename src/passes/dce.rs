@@ -24,16 +24,22 @@ pub fn run(g: &mut Graph, cx: &mut PassCx) -> Change {
         if matches!(node.op, Op::Input { .. }) {
             if users_dead {
                 cx.warnings.push(
-                    Diagnostic::warning("mtl::unused-input", format!("input `{}` reaches no head", node.name))
-                        .label(node.span, "never used by a head or loss")
-                        .help("remove it, or feed it into the model"),
+                    Diagnostic::warning(
+                        "mtl::unused-input",
+                        format!("input `{}` reaches no head", node.name),
+                    )
+                    .label(node.span, "never used by a head or loss")
+                    .help("remove it, or feed it into the model"),
                 );
             }
         } else if top {
             cx.warnings.push(
-                Diagnostic::warning("mtl::unused", format!("`{}` is computed but reaches no head or loss", node.name))
-                    .label(node.span, "unused; removed")
-                    .help("remove this definition, or use it in a head"),
+                Diagnostic::warning(
+                    "mtl::unused",
+                    format!("`{}` is computed but reaches no head or loss", node.name),
+                )
+                .label(node.span, "unused; removed")
+                .help("remove this definition, or use it in a head"),
             );
         }
     }
@@ -44,5 +50,8 @@ pub fn run(g: &mut Graph, cx: &mut PassCx) -> Change {
             removed += 1;
         }
     }
-    Change { removed, ..Default::default() }
+    Change {
+        removed,
+        ..Default::default()
+    }
 }

@@ -69,16 +69,31 @@ pub struct PassReport {
 const MAX_ITERATIONS: usize = 8;
 
 /// Runs the pipeline of `opts.mode` to a fixed point; verifies after every pass.
-pub fn run_pipeline(g: &mut Graph, opts: &Options) -> Result<(PassReport, Vec<Diagnostic>), String> {
+pub fn run_pipeline(
+    g: &mut Graph,
+    opts: &Options,
+) -> Result<(PassReport, Vec<Diagnostic>), String> {
     let mut warnings = vec![];
-    let mut report = PassReport { stats: PASSES.iter().map(|(n, _)| PassStat { pass: n.to_string(), ..Default::default() }).collect(), ..Default::default() };
+    let mut report = PassReport {
+        stats: PASSES
+            .iter()
+            .map(|(n, _)| PassStat {
+                pass: n.to_string(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
     for it in 0..MAX_ITERATIONS {
         report.iterations = it + 1;
         let mut changed = false;
         for (i, (name, pass)) in PASSES.iter().enumerate() {
             // Dead code is reported once, on the first sweep.
             let mut sink = vec![];
-            let mut cx = PassCx { mode: opts.mode, warnings: if it == 0 { &mut warnings } else { &mut sink } };
+            let mut cx = PassCx {
+                mode: opts.mode,
+                warnings: if it == 0 { &mut warnings } else { &mut sink },
+            };
             let ch = pass(g, &mut cx);
             let st = &mut report.stats[i];
             st.runs += 1;

@@ -17,13 +17,19 @@ pub struct Expr {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ExprKind {
     /// A number literal; `is_int` when written without `.` or exponent.
-    Number { value: f64, is_int: bool },
+    Number {
+        value: f64,
+        is_int: bool,
+    },
     Str(String),
     List(Vec<Expr>),
     /// A name, or a call `f(args)`, optionally named `as NAME`.
     Call(Call),
     /// `source -> stage -> stage ...`
-    Pipe { source: Box<Expr>, stages: Vec<Call> },
+    Pipe {
+        source: Box<Expr>,
+        stages: Vec<Call>,
+    },
     /// `a + b + ...`
     Add(Vec<Expr>),
 }

@@ -16,7 +16,9 @@ type R<T> = Result<T, Diagnostic>;
 pub fn parse(text: &str, file: u32) -> Result<File, Diagnostic> {
     pest::set_error_detail(true);
     let mut pairs = MtlParser::parse(Rule::file, text).map_err(|e| syntax_error(e, text, file))?;
-    let root = pairs.next().ok_or_else(|| internal(Span::new(file, 0, 0)))?;
+    let root = pairs
+        .next()
+        .ok_or_else(|| internal(Span::new(file, 0, 0)))?;
     let cx = Cx { file };
     let mut out = File::default();
     for pair in root.into_inner() {
@@ -36,9 +38,12 @@ pub fn parse(text: &str, file: u32) -> Result<File, Diagnostic> {
 }
 
 fn internal(span: Span) -> Diagnostic {
-    Diagnostic::error("mtl::internal", "the parser met a construct it cannot build")
-        .label(span, "here")
-        .help("this is a bug in mtl; please report it with this file")
+    Diagnostic::error(
+        "mtl::internal",
+        "the parser met a construct it cannot build",
+    )
+    .label(span, "here")
+    .help("this is a bug in mtl; please report it with this file")
 }
 
 fn unquote(s: &str) -> String {
@@ -65,7 +70,9 @@ fn rule_words(rule: Rule) -> Option<&'static str> {
         Rule::head => "`head`",
         Rule::loss_item => "`loss`",
         Rule::train => "`train`",
-        Rule::image_ty | Rule::tokens_ty | Rule::f32_ty => "a type (`image[...]`, `tokens[...] vocab N`, `f32[...]`)",
+        Rule::image_ty | Rule::tokens_ty | Rule::f32_ty => {
+            "a type (`image[...]`, `tokens[...] vocab N`, `f32[...]`)"
+        }
         Rule::dims => "`[`",
         Rule::props => "`{`",
         Rule::param => "a parameter",
@@ -84,7 +91,11 @@ fn syntax_error(e: pest::error::Error<Rule>, text: &str, file: u32) -> Diagnosti
     if let Some(attempts) = e.parse_attempts() {
         for t in attempts.expected_tokens() {
             let token = t.to_string();
-            if token != "BUILTIN_RULE" && token != "#" && !token.contains("..") && !token.trim().is_empty() {
+            if token != "BUILTIN_RULE"
+                && token != "#"
+                && !token.contains("..")
+                && !token.trim().is_empty()
+            {
                 expected.push(format!("`{token}`"));
             }
         }
@@ -343,7 +354,8 @@ impl Cx {
         let span = self.span(&p);
         match p.as_rule() {
             Rule::expr => {
-                let mut terms: Vec<Expr> = p.into_inner().map(|q| self.expr(q)).collect::<R<_>>()?;
+                let mut terms: Vec<Expr> =
+                    p.into_inner().map(|q| self.expr(q)).collect::<R<_>>()?;
                 match terms.len() {
                     0 => Err(internal(span)),
                     1 => Ok(terms.remove(0)),

@@ -18,7 +18,11 @@ use std::path::{Path, PathBuf};
 #[derive(Debug)]
 pub enum TrainError {
     /// A loss became NaN or infinite.
-    NonFinite { head: String, epoch: usize, step: usize },
+    NonFinite {
+        head: String,
+        epoch: usize,
+        step: usize,
+    },
     Data(String),
     Io(String),
     Compute(String),
@@ -100,18 +104,26 @@ struct State {
 fn write_json_atomic<T: Serialize>(v: &T, path: &Path) -> Result<(), TrainError> {
     let tmp = path.with_extension("json.tmp");
     let text = serde_json::to_string_pretty(v).map_err(|e| TrainError::Io(e.to_string()))?;
-    std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path)).map_err(|e| TrainError::Io(format!("cannot write {}: {e}", path.display())))
+    std::fs::write(&tmp, text)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| TrainError::Io(format!("cannot write {}: {e}", path.display())))
 }
 
 /// Labels of a head for a batch: class ids (−1 = missing) or f32 values (NaN = missing).
 fn label_tensor(ds: &Dataset, head: &crate::ir::Head) -> candle_core::Result<Tensor> {
     let t = &ds.tensors[&head.label];
     if head.loss == LossKind::CrossEntropy {
-        let t = if t.rank() == 2 && head.label_type.as_ref().is_some_and(|l| l.rank() == 0) { t.squeeze(1)? } else { t.clone() };
+        let t = if t.rank() == 2 && head.label_type.as_ref().is_some_and(|l| l.rank() == 0) {
+            t.squeeze(1)?
+        } else {
+            t.clone()
+        };
         if t.dtype() == DType::F32 || t.dtype() == DType::F64 {
             let f = t.to_dtype(DType::F32)?;
             let valid = f.eq(&f)?;
-            return valid.where_cond(&f, &f.zeros_like()?.affine(0.0, -1.0)?)?.to_dtype(DType::I64);
+            return valid
+                .where_cond(&f, &f.zeros_like()?.affine(0.0, -1.0)?)?
+                .to_dtype(DType::I64);
         }
         t.to_dtype(DType::I64)
     } else {
@@ -120,12 +132,22 @@ fn label_tensor(ds: &Dataset, head: &crate::ir::Head) -> candle_core::Result<Ten
 }
 
 /// Per-head losses of one forward pass (order of `prog.heads`) and aux losses.
-fn losses(prog: &Program, fwd: &crate::lower::Forward, batch: &Dataset) -> Result<(Vec<Tensor>, Vec<Tensor>), TrainError> {
+fn losses(
+    prog: &Program,
+    fwd: &crate::lower::Forward,
+    batch: &Dataset,
+) -> Result<(Vec<Tensor>, Vec<Tensor>), TrainError> {
     let mut hs = vec![];
     for (h, slot) in &prog.heads {
-        let logits = fwd.get(*slot).ok_or_else(|| TrainError::Compute(format!("head `{}` not computed", h.name)))?;
+        let logits = fwd
+            .get(*slot)
+            .ok_or_else(|| TrainError::Compute(format!("head `{}` not computed", h.name)))?;
         let y = label_tensor(batch, h)?;
-        let mask = batch.tensors.get(&format!("{}.mask", h.name)).map(|m| m.flatten_all()).transpose()?;
+        let mask = batch
+            .tensors
+            .get(&format!("{}.mask", h.name))
+            .map(|m| m.flatten_all())
+            .transpose()?;
         hs.push(head_loss(h.loss, logits, &y, mask.as_ref())?);
     }
     let mut aux = vec![];
@@ -139,21 +161,43 @@ fn losses(prog: &Program, fwd: &crate::lower::Forward, batch: &Dataset) -> Resul
 }
 
 /// Accumulates predictions of one head over batches, for metrics.
-fn collect(acc: &mut HeadData, loss: LossKind, logits: &Tensor, label: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<()> {
+fn collect(
+    acc: &mut HeadData,
+    loss: LossKind,
+    logits: &Tensor,
+    label: &Tensor,
+    mask: Option<&Tensor>,
+) -> candle_core::Result<()> {
     let probs = head_output(loss, logits)?;
     let (pred, k) = if loss == LossKind::CrossEntropy {
         let k = probs.dim(1)?;
-        let p = if probs.rank() == 2 { probs } else { probs.flatten_from(2)?.transpose(1, 2)?.reshape(((), k))? };
+        let p = if probs.rank() == 2 {
+            probs
+        } else {
+            probs.flatten_from(2)?.transpose(1, 2)?.reshape(((), k))?
+        };
         (p.flatten_all()?.to_vec1::<f32>()?, k)
     } else {
         (probs.flatten_all()?.to_vec1::<f32>()?, 1)
     };
     let lab: Vec<f32> = label.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
     let per_sample = lab.len() / label.dim(0)?.max(1);
-    let m: Option<Vec<f32>> = mask.map(|m| m.to_dtype(DType::F32).and_then(|m| m.flatten_all()).and_then(|m| m.to_vec1())).transpose()?;
+    let m: Option<Vec<f32>> = mask
+        .map(|m| {
+            m.to_dtype(DType::F32)
+                .and_then(|m| m.flatten_all())
+                .and_then(|m| m.to_vec1())
+        })
+        .transpose()?;
     for (i, y) in lab.iter().enumerate() {
-        let present = if loss == LossKind::CrossEntropy { *y >= 0.0 } else { y.is_finite() };
-        let kept = m.as_ref().is_none_or(|m| m.get(i / per_sample.max(1)).is_some_and(|v| *v > 0.5));
+        let present = if loss == LossKind::CrossEntropy {
+            *y >= 0.0
+        } else {
+            y.is_finite()
+        };
+        let kept = m
+            .as_ref()
+            .is_none_or(|m| m.get(i / per_sample.max(1)).is_some_and(|v| *v > 0.5));
         acc.valid.push(present && kept);
         acc.label.push(*y);
     }
@@ -162,7 +206,13 @@ fn collect(acc: &mut HeadData, loss: LossKind, logits: &Tensor, label: &Tensor, 
     Ok(())
 }
 
-fn finish(prog: &Program, accs: &[HeadData], loss_sums: &[f64], batches: usize, weights: &[f64]) -> EvalResult {
+fn finish(
+    prog: &Program,
+    accs: &[HeadData],
+    loss_sums: &[f64],
+    batches: usize,
+    weights: &[f64],
+) -> EvalResult {
     let mut heads = BTreeMap::new();
     let mut total = 0.0;
     for (i, (h, _)) in prog.heads.iter().enumerate() {
@@ -178,9 +228,24 @@ fn finish(prog: &Program, accs: &[HeadData], loss_sums: &[f64], batches: usize, 
 }
 
 /// Loss and metrics of every head over a data set (inference program).
-pub fn evaluate(prog: &Program, params: &Params, ds: &Dataset, batch_size: usize, device: &Device) -> Result<EvalResult, TrainError> {
+pub fn evaluate(
+    prog: &Program,
+    params: &Params,
+    ds: &Dataset,
+    batch_size: usize,
+    device: &Device,
+) -> Result<EvalResult, TrainError> {
     ds.check(prog, true, "data").map_err(TrainError::Data)?;
-    let mut accs: Vec<HeadData> = prog.heads.iter().map(|_| HeadData { pred: vec![], label: vec![], valid: vec![], k: 1 }).collect();
+    let mut accs: Vec<HeadData> = prog
+        .heads
+        .iter()
+        .map(|_| HeadData {
+            pred: vec![],
+            label: vec![],
+            valid: vec![],
+            k: 1,
+        })
+        .collect();
     let mut sums = vec![0.0; prog.heads.len()];
     let mut rng = StdRng::seed_from_u64(0);
     let mut batches = 0;
@@ -206,59 +271,106 @@ pub fn evaluate(prog: &Program, params: &Params, ds: &Dataset, batch_size: usize
         batches += 1;
         start += len;
     }
-    let sums: Vec<f64> = sums.iter().zip(&weighted_n).map(|(s, n)| s / n.max(1.0) * batches as f64).collect();
+    let sums: Vec<f64> = sums
+        .iter()
+        .zip(&weighted_n)
+        .map(|(s, n)| s / n.max(1.0) * batches as f64)
+        .collect();
     let weights: Vec<f64> = prog.heads.iter().map(|(h, _)| h.weight).collect();
     Ok(finish(prog, &accs, &sums, batches, &weights))
 }
 
 /// Trains `train_prog` (its parameters shared with `infer_prog`) and writes the run directory.
 #[allow(clippy::too_many_arguments)]
-pub fn fit(cfg: &FitConfig, train_prog: &Program, infer_prog: &Program, params: &mut Params, train: &Dataset, val: Option<&Dataset>, obs: &mut dyn Observer) -> Result<Vec<EpochRecord>, TrainError> {
+pub fn fit(
+    cfg: &FitConfig,
+    train_prog: &Program,
+    infer_prog: &Program,
+    params: &mut Params,
+    train: &Dataset,
+    val: Option<&Dataset>,
+    obs: &mut dyn Observer,
+) -> Result<Vec<EpochRecord>, TrainError> {
     let t = &cfg.train;
     let dev = &cfg.device;
-    train.check(train_prog, true, "training data").map_err(TrainError::Data)?;
+    train
+        .check(train_prog, true, "training data")
+        .map_err(TrainError::Data)?;
     if let Some(v) = val {
-        v.check(train_prog, true, "validation data").map_err(TrainError::Data)?;
+        v.check(train_prog, true, "validation data")
+            .map_err(TrainError::Data)?;
     }
     if t.weighting == Weighting::Gradnorm {
-        return Err(TrainError::Data("`weighting: gradnorm` is not implemented yet; use fixed, uncertainty or dwa".into()));
+        return Err(TrainError::Data(
+            "`weighting: gradnorm` is not implemented yet; use fixed, uncertainty or dwa".into(),
+        ));
     }
-    let heads: Vec<String> = train_prog.heads.iter().map(|(h, _)| h.name.clone()).collect();
+    let heads: Vec<String> = train_prog
+        .heads
+        .iter()
+        .map(|(h, _)| h.name.clone())
+        .collect();
     // Uncertainty weighting: one learned log-variance per head.
     let log_vars: Vec<(String, Var)> = if t.weighting == Weighting::Uncertainty {
-        heads.iter().map(|h| Var::zeros((), DType::F32, dev).map(|v| (format!("loss_weighting.{h}"), v))).collect::<candle_core::Result<_>>()?
+        heads
+            .iter()
+            .map(|h| Var::zeros((), DType::F32, dev).map(|v| (format!("loss_weighting.{h}"), v)))
+            .collect::<candle_core::Result<_>>()?
     } else {
         vec![]
     };
-    let mut vars: Vec<(String, Var)> = params.trainable.iter().filter_map(|k| params.vars.get(k).map(|v| (k.clone(), v.clone()))).collect();
+    let mut vars: Vec<(String, Var)> = params
+        .trainable
+        .iter()
+        .filter_map(|k| params.vars.get(k).map(|v| (k.clone(), v.clone())))
+        .collect();
     vars.extend(log_vars.iter().cloned());
     let mut opt = Optimizer::new(t.optimizer.clone());
     let mut st = State::default();
-    std::fs::create_dir_all(&cfg.run_dir).map_err(|e| TrainError::Io(format!("cannot create {}: {e}", cfg.run_dir.display())))?;
+    std::fs::create_dir_all(&cfg.run_dir)
+        .map_err(|e| TrainError::Io(format!("cannot create {}: {e}", cfg.run_dir.display())))?;
     let last = cfg.run_dir.join("last.safetensors");
     let opt_path = cfg.run_dir.join("optimizer.safetensors");
     let state_path = cfg.run_dir.join("state.json");
     if cfg.resume {
-        let text = std::fs::read_to_string(&state_path).map_err(|e| TrainError::Io(format!("cannot resume: {}: {e}", state_path.display())))?;
-        st = serde_json::from_str(&text).map_err(|e| TrainError::Io(format!("cannot resume: {}: {e}", state_path.display())))?;
+        let text = std::fs::read_to_string(&state_path)
+            .map_err(|e| TrainError::Io(format!("cannot resume: {}: {e}", state_path.display())))?;
+        st = serde_json::from_str(&text)
+            .map_err(|e| TrainError::Io(format!("cannot resume: {}: {e}", state_path.display())))?;
         params.load(&last, dev).map_err(TrainError::Io)?;
-        let ostate = candle_core::safetensors::load(&opt_path, dev).map_err(|e| TrainError::Io(format!("cannot resume: {}: {e}", opt_path.display())))?;
+        let ostate = candle_core::safetensors::load(&opt_path, dev)
+            .map_err(|e| TrainError::Io(format!("cannot resume: {}: {e}", opt_path.display())))?;
         for (k, v) in &log_vars {
             if let Some(s) = ostate.get(k) {
                 v.set(s)?;
             }
         }
-        opt.restore(ostate.into_iter().filter(|(k, _)| !k.starts_with("loss_weighting.")).collect(), st.opt_step);
+        opt.restore(
+            ostate
+                .into_iter()
+                .filter(|(k, _)| !k.starts_with("loss_weighting."))
+                .collect(),
+            st.opt_step,
+        );
     }
-    let higher_better = t.monitor != "val_loss" && !t.monitor.ends_with("loss") && !t.monitor.ends_with(".mae") && !t.monitor.ends_with(".rmse");
+    let higher_better = t.monitor != "val_loss"
+        && !t.monitor.ends_with("loss")
+        && !t.monitor.ends_with(".mae")
+        && !t.monitor.ends_with(".rmse");
     let mut step_global = st.opt_step;
     for epoch in st.epoch..t.epochs {
         let lr = lr_at(&t.schedule, t.optimizer.lr, epoch, t.epochs);
         // Fixed or DWA weights for this epoch.
         let weights: Vec<f64> = match t.weighting {
             Weighting::Dwa if st.history.len() >= 2 => {
-                let (a, b) = (&st.history[st.history.len() - 1].train, &st.history[st.history.len() - 2].train);
-                let r: Vec<f64> = heads.iter().map(|h| a.heads[h].loss / b.heads[h].loss.max(1e-12)).collect();
+                let (a, b) = (
+                    &st.history[st.history.len() - 1].train,
+                    &st.history[st.history.len() - 2].train,
+                );
+                let r: Vec<f64> = heads
+                    .iter()
+                    .map(|h| a.heads[h].loss / b.heads[h].loss.max(1e-12))
+                    .collect();
                 let e: Vec<f64> = r.iter().map(|x| (x / 2.0).exp()).collect();
                 let s: f64 = e.iter().sum();
                 e.iter().map(|x| heads.len() as f64 * x / s).collect()
@@ -266,12 +378,21 @@ pub fn fit(cfg: &FitConfig, train_prog: &Program, infer_prog: &Program, params: 
             Weighting::Dwa => vec![1.0; heads.len()],
             _ => train_prog.heads.iter().map(|(h, _)| h.weight).collect(),
         };
-        let mut rng = StdRng::seed_from_u64(t.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
+        let mut rng =
+            StdRng::seed_from_u64(t.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
         let mut order: Vec<usize> = (0..train.n).collect();
         order.shuffle(&mut rng);
         let steps = train.n.div_ceil(t.batch_size.max(1));
         obs.epoch_start(epoch, t.epochs, steps);
-        let mut accs: Vec<HeadData> = heads.iter().map(|_| HeadData { pred: vec![], label: vec![], valid: vec![], k: 1 }).collect();
+        let mut accs: Vec<HeadData> = heads
+            .iter()
+            .map(|_| HeadData {
+                pred: vec![],
+                label: vec![],
+                valid: vec![],
+                k: 1,
+            })
+            .collect();
         let mut sums = vec![0.0; heads.len()];
         let started = std::time::Instant::now();
         for (s, chunk) in order.chunks(t.batch_size.max(1)).enumerate() {
@@ -283,17 +404,27 @@ pub fn fit(cfg: &FitConfig, train_prog: &Program, infer_prog: &Program, params: 
             for (i, l) in hs.iter().enumerate() {
                 let v = l.to_scalar::<f32>()?;
                 if !v.is_finite() {
-                    return Err(TrainError::NonFinite { head: heads[i].clone(), epoch: epoch + 1, step: s + 1 });
+                    return Err(TrainError::NonFinite {
+                        head: heads[i].clone(),
+                        epoch: epoch + 1,
+                        step: s + 1,
+                    });
                 }
                 sums[i] += v as f64;
                 total = match log_vars.get(i) {
-                    Some((_, lv)) => (total + ((l * lv.as_tensor().neg()?.exp()?)? + lv.as_tensor())?)?,
+                    Some((_, lv)) => {
+                        (total + ((l * lv.as_tensor().neg()?.exp()?)? + lv.as_tensor())?)?
+                    }
                     None => (total + (l * weights[i])?)?,
                 };
             }
             for (a, (name, ..)) in aux.iter().zip(&train_prog.losses) {
                 if !a.to_scalar::<f32>()?.is_finite() {
-                    return Err(TrainError::NonFinite { head: name.clone(), epoch: epoch + 1, step: s + 1 });
+                    return Err(TrainError::NonFinite {
+                        head: name.clone(),
+                        epoch: epoch + 1,
+                        step: s + 1,
+                    });
                 }
                 total = (total + a)?;
             }
@@ -303,16 +434,36 @@ pub fn fit(cfg: &FitConfig, train_prog: &Program, infer_prog: &Program, params: 
             for (i, (h, slot)) in train_prog.heads.iter().enumerate() {
                 if let Some(l) = fwd.get(*slot) {
                     let y = label_tensor(&batch, h)?;
-                    collect(&mut accs[i], h.loss, &l.detach(), &y, batch.tensors.get(&format!("{}.mask", h.name)))?;
+                    collect(
+                        &mut accs[i],
+                        h.loss,
+                        &l.detach(),
+                        &y,
+                        batch.tensors.get(&format!("{}.mask", h.name)),
+                    )?;
                 }
             }
             let done = ((s + 1) * t.batch_size).min(train.n);
-            obs.batch(s + 1, total.to_scalar::<f32>()? as f64, done as f64 / started.elapsed().as_secs_f64().max(1e-9));
+            obs.batch(
+                s + 1,
+                total.to_scalar::<f32>()? as f64,
+                done as f64 / started.elapsed().as_secs_f64().max(1e-9),
+            );
         }
         let secs = started.elapsed().as_secs_f64();
         let in_force: Vec<f64> = match log_vars.is_empty() {
             true => weights.clone(),
-            false => log_vars.iter().map(|(_, v)| v.as_tensor().neg().and_then(|x| x.exp()).and_then(|x| x.to_scalar::<f32>()).map(|x| x as f64).unwrap_or(f64::NAN)).collect(),
+            false => log_vars
+                .iter()
+                .map(|(_, v)| {
+                    v.as_tensor()
+                        .neg()
+                        .and_then(|x| x.exp())
+                        .and_then(|x| x.to_scalar::<f32>())
+                        .map(|x| x as f64)
+                        .unwrap_or(f64::NAN)
+                })
+                .collect(),
         };
         let train_res = finish(train_prog, &accs, &sums, steps, &in_force);
         let val_res = match val {
@@ -322,11 +473,25 @@ pub fn fit(cfg: &FitConfig, train_prog: &Program, infer_prog: &Program, params: 
         // Early stopping and best checkpoint on the monitored value.
         let monitored = match (&val_res, t.monitor.as_str()) {
             (Some(v), "val_loss") => Some(v.loss),
-            (Some(v), m) => m.split_once('.').and_then(|(h, k)| v.heads.get(h).and_then(|e| if k == "loss" { Some(e.loss) } else { e.metrics.get(k).copied() })),
+            (Some(v), m) => m.split_once('.').and_then(|(h, k)| {
+                v.heads.get(h).and_then(|e| {
+                    if k == "loss" {
+                        Some(e.loss)
+                    } else {
+                        e.metrics.get(k).copied()
+                    }
+                })
+            }),
             (None, _) => Some(train_res.loss),
         };
         let improved = match (monitored, st.best) {
-            (Some(m), Some(b)) => if higher_better { m > b } else { m < b },
+            (Some(m), Some(b)) => {
+                if higher_better {
+                    m > b
+                } else {
+                    m < b
+                }
+            }
             (Some(_), None) => true,
             _ => false,
         };
@@ -336,14 +501,28 @@ pub fn fit(cfg: &FitConfig, train_prog: &Program, infer_prog: &Program, params: 
         } else {
             st.since_best += 1;
         }
-        let rec = EpochRecord { epoch: epoch + 1, lr, train: train_res, val: val_res, loss_weights: heads.iter().cloned().zip(in_force.iter().copied()).collect(), samples_per_sec: train.n as f64 / secs.max(1e-9), best: improved };
+        let rec = EpochRecord {
+            epoch: epoch + 1,
+            lr,
+            train: train_res,
+            val: val_res,
+            loss_weights: heads
+                .iter()
+                .cloned()
+                .zip(in_force.iter().copied())
+                .collect(),
+            samples_per_sec: train.n as f64 / secs.max(1e-9),
+            best: improved,
+        };
         st.history.push(rec.clone());
         st.epoch = epoch + 1;
         st.opt_step = opt.step;
         // Checkpoint: weights, optimizer, then state; each written atomically.
         params.save(&last).map_err(TrainError::Io)?;
         if improved {
-            params.save(&cfg.run_dir.join("weights.safetensors")).map_err(TrainError::Io)?;
+            params
+                .save(&cfg.run_dir.join("weights.safetensors"))
+                .map_err(TrainError::Io)?;
         }
         let mut ostate = opt.state();
         for (k, v) in &log_vars {
@@ -354,7 +533,10 @@ pub fn fit(cfg: &FitConfig, train_prog: &Program, infer_prog: &Program, params: 
         }
         save_atomic(&ostate, &opt_path).map_err(TrainError::Io)?;
         write_json_atomic(&st, &state_path)?;
-        write_json_atomic(&serde_json::json!({"epochs": st.history, "heads": heads}), &cfg.run_dir.join("training_statistics.json"))?;
+        write_json_atomic(
+            &serde_json::json!({"epochs": st.history, "heads": heads}),
+            &cfg.run_dir.join("training_statistics.json"),
+        )?;
         obs.epoch_end(&rec);
         let _ = step_global;
         if t.patience.is_some_and(|p| st.since_best >= p) {

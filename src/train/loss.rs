@@ -12,15 +12,27 @@ pub fn masked_mean(l: &Tensor, m: &Tensor) -> Result<Tensor> {
 /// Element-wise loss and mask for one head. `label` is i64 class ids (−1 =
 /// missing) for cross-entropy, else f32 (NaN = missing). `sample_mask` [B]
 /// drops whole samples.
-pub fn head_loss(kind: LossKind, logits: &Tensor, label: &Tensor, sample_mask: Option<&Tensor>) -> Result<Tensor> {
+pub fn head_loss(
+    kind: LossKind,
+    logits: &Tensor,
+    label: &Tensor,
+    sample_mask: Option<&Tensor>,
+) -> Result<Tensor> {
     let (l, m) = match kind {
         LossKind::CrossEntropy => {
             let k = logits.dim(1)?;
             // [B, K, ...] → [B·…, K]
-            let flat = if logits.rank() == 2 { logits.clone() } else { logits.flatten_from(2)?.transpose(1, 2)?.reshape(((), k))? };
+            let flat = if logits.rank() == 2 {
+                logits.clone()
+            } else {
+                logits.flatten_from(2)?.transpose(1, 2)?.reshape(((), k))?
+            };
             let y = label.flatten_all()?.to_dtype(DType::I64)?;
             let valid = y.ge(0i64)?.to_dtype(DType::F32)?;
-            let safe = y.maximum(0i64)?.minimum((k - 1) as i64)?.to_dtype(DType::U32)?;
+            let safe = y
+                .maximum(0i64)?
+                .minimum((k - 1) as i64)?
+                .to_dtype(DType::U32)?;
             let logp = candle_nn::ops::log_softmax(&flat, D::Minus1)?;
             let nll = logp.gather(&safe.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
             (nll.reshape(label.dims())?, valid.reshape(label.dims())?)
@@ -31,7 +43,10 @@ pub fn head_loss(kind: LossKind, logits: &Tensor, label: &Tensor, sample_mask: O
             let y = valid.where_cond_f(&y)?;
             let l = match kind {
                 // max(x,0) − x·y + log(1 + e^{−|x|})
-                LossKind::BinaryCrossEntropy => ((logits.relu()? - (logits * &y)?)? + (logits.abs()?.neg()?.exp()? + 1.0)?.log()?)?,
+                LossKind::BinaryCrossEntropy => {
+                    ((logits.relu()? - (logits * &y)?)?
+                        + (logits.abs()?.neg()?.exp()? + 1.0)?.log()?)?
+                }
                 LossKind::Mse => (logits - &y)?.sqr()?,
                 LossKind::Mae => (logits - &y)?.abs()?,
                 _ => {

@@ -20,28 +20,54 @@ pub fn compute(m: Metric, loss: LossKind, d: &HeadData) -> f64 {
     let n = idx.len() as f64;
     let class = |i: usize| -> usize {
         let p = &d.pred[i * d.k..(i + 1) * d.k];
-        p.iter().enumerate().fold((0, f32::MIN), |b, (j, v)| if *v > b.1 { (j, *v) } else { b }).0
+        p.iter()
+            .enumerate()
+            .fold(
+                (0, f32::MIN),
+                |b, (j, v)| if *v > b.1 { (j, *v) } else { b },
+            )
+            .0
     };
     let binary = |i: usize| -> bool { d.pred[i] >= 0.5 };
     match (m, loss) {
-        (Metric::Accuracy, LossKind::CrossEntropy) => idx.iter().filter(|&&i| class(i) == d.label[i] as usize).count() as f64 / n,
-        (Metric::Accuracy, _) => idx.iter().filter(|&&i| binary(i) == (d.label[i] >= 0.5)).count() as f64 / n,
-        (Metric::TopK(k), _) => idx
-            .iter()
-            .filter(|&&i| {
-                let p = &d.pred[i * d.k..(i + 1) * d.k];
-                let y = d.label[i] as usize;
-                p.iter().filter(|v| **v > p[y.min(d.k - 1)]).count() < k
-            })
-            .count() as f64
-            / n,
+        (Metric::Accuracy, LossKind::CrossEntropy) => {
+            idx.iter()
+                .filter(|&&i| class(i) == d.label[i] as usize)
+                .count() as f64
+                / n
+        }
+        (Metric::Accuracy, _) => {
+            idx.iter()
+                .filter(|&&i| binary(i) == (d.label[i] >= 0.5))
+                .count() as f64
+                / n
+        }
+        (Metric::TopK(k), _) => {
+            idx.iter()
+                .filter(|&&i| {
+                    let p = &d.pred[i * d.k..(i + 1) * d.k];
+                    let y = d.label[i] as usize;
+                    p.iter().filter(|v| **v > p[y.min(d.k - 1)]).count() < k
+                })
+                .count() as f64
+                / n
+        }
         (Metric::F1, LossKind::CrossEntropy) => {
             // Macro F1 over classes present in labels or predictions.
             let mut f1s = vec![];
             for c in 0..d.k {
-                let tp = idx.iter().filter(|&&i| class(i) == c && d.label[i] as usize == c).count() as f64;
-                let fp = idx.iter().filter(|&&i| class(i) == c && d.label[i] as usize != c).count() as f64;
-                let fneg = idx.iter().filter(|&&i| class(i) != c && d.label[i] as usize == c).count() as f64;
+                let tp = idx
+                    .iter()
+                    .filter(|&&i| class(i) == c && d.label[i] as usize == c)
+                    .count() as f64;
+                let fp = idx
+                    .iter()
+                    .filter(|&&i| class(i) == c && d.label[i] as usize != c)
+                    .count() as f64;
+                let fneg = idx
+                    .iter()
+                    .filter(|&&i| class(i) != c && d.label[i] as usize == c)
+                    .count() as f64;
                 if tp + fp + fneg > 0.0 {
                     f1s.push(2.0 * tp / (2.0 * tp + fp + fneg));
                 }
@@ -49,14 +75,30 @@ pub fn compute(m: Metric, loss: LossKind, d: &HeadData) -> f64 {
             f1s.iter().sum::<f64>() / f1s.len().max(1) as f64
         }
         (Metric::F1, _) => {
-            let tp = idx.iter().filter(|&&i| binary(i) && d.label[i] >= 0.5).count() as f64;
-            let fp = idx.iter().filter(|&&i| binary(i) && d.label[i] < 0.5).count() as f64;
-            let fneg = idx.iter().filter(|&&i| !binary(i) && d.label[i] >= 0.5).count() as f64;
-            if tp + fp + fneg == 0.0 { 1.0 } else { 2.0 * tp / (2.0 * tp + fp + fneg) }
+            let tp = idx
+                .iter()
+                .filter(|&&i| binary(i) && d.label[i] >= 0.5)
+                .count() as f64;
+            let fp = idx
+                .iter()
+                .filter(|&&i| binary(i) && d.label[i] < 0.5)
+                .count() as f64;
+            let fneg = idx
+                .iter()
+                .filter(|&&i| !binary(i) && d.label[i] >= 0.5)
+                .count() as f64;
+            if tp + fp + fneg == 0.0 {
+                1.0
+            } else {
+                2.0 * tp / (2.0 * tp + fp + fneg)
+            }
         }
         (Metric::Auc, _) => {
             // Rank statistic (Mann-Whitney U), ties averaged.
-            let mut v: Vec<(f32, bool)> = idx.iter().map(|&i| (d.pred[i], d.label[i] >= 0.5)).collect();
+            let mut v: Vec<(f32, bool)> = idx
+                .iter()
+                .map(|&i| (d.pred[i], d.label[i] >= 0.5))
+                .collect();
             v.sort_by(|a, b| a.0.total_cmp(&b.0));
             let (mut rank_sum, mut i) = (0.0, 0);
             while i < v.len() {
@@ -70,13 +112,23 @@ pub fn compute(m: Metric, loss: LossKind, d: &HeadData) -> f64 {
             }
             let pos = v.iter().filter(|x| x.1).count() as f64;
             let neg = v.len() as f64 - pos;
-            if pos == 0.0 || neg == 0.0 { f64::NAN } else { (rank_sum - pos * (pos + 1.0) / 2.0) / (pos * neg) }
+            if pos == 0.0 || neg == 0.0 {
+                f64::NAN
+            } else {
+                (rank_sum - pos * (pos + 1.0) / 2.0) / (pos * neg)
+            }
         }
         (Metric::Iou, LossKind::CrossEntropy) => {
             let mut ious = vec![];
             for c in 0..d.k {
-                let inter = idx.iter().filter(|&&i| class(i) == c && d.label[i] as usize == c).count() as f64;
-                let union = idx.iter().filter(|&&i| class(i) == c || d.label[i] as usize == c).count() as f64;
+                let inter = idx
+                    .iter()
+                    .filter(|&&i| class(i) == c && d.label[i] as usize == c)
+                    .count() as f64;
+                let union = idx
+                    .iter()
+                    .filter(|&&i| class(i) == c || d.label[i] as usize == c)
+                    .count() as f64;
                 if union > 0.0 {
                     ious.push(inter / union);
                 }
@@ -84,11 +136,31 @@ pub fn compute(m: Metric, loss: LossKind, d: &HeadData) -> f64 {
             ious.iter().sum::<f64>() / ious.len().max(1) as f64
         }
         (Metric::Iou, _) => {
-            let inter = idx.iter().filter(|&&i| binary(i) && d.label[i] >= 0.5).count() as f64;
-            let union = idx.iter().filter(|&&i| binary(i) || d.label[i] >= 0.5).count() as f64;
-            if union == 0.0 { 1.0 } else { inter / union }
+            let inter = idx
+                .iter()
+                .filter(|&&i| binary(i) && d.label[i] >= 0.5)
+                .count() as f64;
+            let union = idx
+                .iter()
+                .filter(|&&i| binary(i) || d.label[i] >= 0.5)
+                .count() as f64;
+            if union == 0.0 {
+                1.0
+            } else {
+                inter / union
+            }
         }
-        (Metric::Mae, _) => idx.iter().map(|&i| (d.pred[i] - d.label[i]).abs() as f64).sum::<f64>() / n,
-        (Metric::Rmse, _) => (idx.iter().map(|&i| ((d.pred[i] - d.label[i]) as f64).powi(2)).sum::<f64>() / n).sqrt(),
+        (Metric::Mae, _) => {
+            idx.iter()
+                .map(|&i| (d.pred[i] - d.label[i]).abs() as f64)
+                .sum::<f64>()
+                / n
+        }
+        (Metric::Rmse, _) => (idx
+            .iter()
+            .map(|&i| ((d.pred[i] - d.label[i]) as f64).powi(2))
+            .sum::<f64>()
+            / n)
+            .sqrt(),
     }
 }

@@ -15,12 +15,26 @@ pub struct Optimizer {
 
 impl Optimizer {
     pub fn new(cfg: OptimizerConfig) -> Self {
-        Optimizer { cfg, step: 0, m: HashMap::new(), v: HashMap::new() }
+        Optimizer {
+            cfg,
+            step: 0,
+            m: HashMap::new(),
+            v: HashMap::new(),
+        }
     }
 
     /// One update of every var that has a gradient; returns the global grad norm.
-    pub fn apply(&mut self, vars: &[(String, Var)], grads: &GradStore, lr: f64, clip: Option<f64>) -> Result<f64> {
-        let gs: Vec<Option<Tensor>> = vars.iter().map(|(_, v)| grads.get(v.as_tensor()).cloned()).collect();
+    pub fn apply(
+        &mut self,
+        vars: &[(String, Var)],
+        grads: &GradStore,
+        lr: f64,
+        clip: Option<f64>,
+    ) -> Result<f64> {
+        let gs: Vec<Option<Tensor>> = vars
+            .iter()
+            .map(|(_, v)| grads.get(v.as_tensor()).cloned())
+            .collect();
         let mut sq = 0f64;
         for g in gs.iter().flatten() {
             sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
@@ -56,7 +70,11 @@ impl Optimizer {
                     if c.momentum > 0.0 {
                         let m = self.m.get(key).cloned().unwrap_or(g.zeros_like()?);
                         let m = ((m * c.momentum)? - (&g * lr)?)?;
-                        let upd = if c.nesterov { ((&m * c.momentum)? - (&g * lr)?)? } else { m.clone() };
+                        let upd = if c.nesterov {
+                            ((&m * c.momentum)? - (&g * lr)?)?
+                        } else {
+                            m.clone()
+                        };
                         var.set(&(w + upd)?)?;
                         self.m.insert(key.clone(), m);
                     } else {
