@@ -152,10 +152,10 @@ fn loss_falls_for_every_shipped_model() {
     for f in files {
         let (g, t, i) = programs(&f);
         let mut cfg = g.train.clone();
-        cfg.epochs = 6;
+        cfg.epochs = 8;
         cfg.batch_size = 4;
         cfg.val_split = 0.0;
-        cfg.optimizer.lr = 3e-3;
+        cfg.optimizer.lr = 1e-3;
         let ds = random_data(&t, 8, 1);
         let mut params = init_params(&t, 0, &Device::Cpu).unwrap();
         let dir = tmp(&g.name);
