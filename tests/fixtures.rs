@@ -1,7 +1,10 @@
 //! Numeric parity with Keras 3: every fixture in ../shared/fixtures reproduced
 //! within 1e-4 relative error, with and without the optimizer.
 
+mod common;
+
 use candle_core::{Device, Tensor};
+use common::graph;
 use mtl::lower::{init_params, lower};
 use mtl::passes::Mode;
 use std::path::{Path, PathBuf};
@@ -27,7 +30,7 @@ fn check(name: &str, optimize: bool) {
         ..Default::default()
     };
     let c = mtl::compile_file(&dir.join(format!("{name}.mtl")), &opts).unwrap();
-    let (g, _) = c.into_graph().map_err(|(d, _)| format!("{d:?}")).unwrap();
+    let g = graph(c);
     let prog = lower(&g, Mode::Infer);
     let dev = Device::Cpu;
     let mut params = init_params(&prog, 0, &dev).unwrap();
@@ -93,7 +96,7 @@ fn param_counts_match_keras() {
                 .unwrap()
         };
         let c = mtl::compile_file(&dir.join(format!("{name}.mtl")), &Default::default()).unwrap();
-        let (g, _) = c.into_graph().map_err(|(d, _)| format!("{d:?}")).unwrap();
+        let g = graph(c);
         let s = mtl::summary::summarize(&g);
         assert_eq!(s.total_params, get("total"), "{name} total");
         assert_eq!(s.trainable_params, get("trainable"), "{name} trainable");

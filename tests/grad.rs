@@ -3,70 +3,14 @@
 //! that drop gradients), and finite differences agree with backprop for our
 //! own kernels (RNNs, norms, gated/weighted fusion, same-padding convs).
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
+use common::{compile, graph, mtl_files, options, random_inputs};
 use mtl::lower::{init_params, lower, Params, Program};
 use mtl::passes::Mode;
 use rand::SeedableRng;
 use std::collections::HashMap;
-use std::path::Path;
-
-fn program(src_or_path: &str, from_file: bool) -> Program {
-    let c = if from_file {
-        mtl::compile_file(
-            Path::new(src_or_path),
-            &mtl::Options {
-                mode: Mode::Train,
-                ..Default::default()
-            },
-        )
-        .unwrap()
-    } else {
-        mtl::compile_str(
-            "t.mtl",
-            src_or_path,
-            &mtl::Options {
-                mode: Mode::Train,
-                ..Default::default()
-            },
-        )
-    };
-    let (g, _) = c.into_graph().map_err(|(d, _)| format!("{d:?}")).unwrap();
-    lower(&g, Mode::Train)
-}
-
-fn inputs(p: &Program, n: usize, seed: u64) -> HashMap<String, Tensor> {
-    use rand::Rng;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    p.inputs
-        .iter()
-        .map(|(name, _, ty)| {
-            let dims = ty.dims().unwrap();
-            let count: usize = n * dims.iter().product::<usize>();
-            let mut shape = vec![n];
-            shape.extend(dims);
-            let t = if ty.dtype == mtl::ir::DType::I64 {
-                Tensor::from_vec(
-                    (0..count)
-                        .map(|_| rng.random_range(0..5i64))
-                        .collect::<Vec<_>>(),
-                    shape,
-                    &Device::Cpu,
-                )
-                .unwrap()
-            } else {
-                Tensor::from_vec(
-                    (0..count)
-                        .map(|_| rng.random_range(-1.0f32..1.0))
-                        .collect::<Vec<_>>(),
-                    shape,
-                    &Device::Cpu,
-                )
-                .unwrap()
-            };
-            (name.clone(), t)
-        })
-        .collect()
-}
 
 /// A scalar that depends on every output element non-trivially.
 fn objective(p: &Program, params: &Params, x: &HashMap<String, Tensor>) -> Tensor {
@@ -93,23 +37,15 @@ fn objective(p: &Program, params: &Params, x: &HashMap<String, Tensor>) -> Tenso
 
 #[test]
 fn every_trainable_parameter_gets_a_gradient() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut files: Vec<_> = std::fs::read_dir(root.join("models"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "mtl"))
-        .collect();
-    files.sort();
-    for f in files {
+    for f in mtl_files("models") {
         if f.file_stem()
             .is_some_and(|s| s == "seed_multimodal" || s == "seed_multitask")
         {
             continue; // large inputs; their ops are covered by the other models
         }
-        let p = program(f.to_str().unwrap(), true);
+        let p = lower(&compile(&f, Mode::Train), Mode::Train);
         let params = init_params(&p, 1, &Device::Cpu).unwrap();
-        let x = inputs(&p, 4, 2);
+        let x = random_inputs(&p, 4, 2, -1.0);
         let grads = objective(&p, &params, &x).backward().unwrap();
         for k in &params.trainable {
             let v = &params.vars[k];
@@ -144,9 +80,12 @@ model k {
 
 #[test]
 fn finite_differences_agree_with_backprop() {
-    let p = program(KERNELS, false);
+    let p = lower(
+        &graph(mtl::compile_str("k.mtl", KERNELS, &options(Mode::Train))),
+        Mode::Train,
+    );
     let params = init_params(&p, 5, &Device::Cpu).unwrap();
-    let x = inputs(&p, 3, 9);
+    let x = random_inputs(&p, 3, 9, -1.0);
     let grads = objective(&p, &params, &x).backward().unwrap();
     let eps = 1e-2f32;
     let mut checked = 0;

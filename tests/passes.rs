@@ -1,11 +1,12 @@
 //! Optimizer passes: the dedup must-show, and every pass preserves meaning.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
+use common::{graph, mtl_files, random_inputs};
 use mtl::lower::{init_params, lower};
 use mtl::passes::Mode;
 use rand::SeedableRng;
-use std::collections::HashMap;
-use std::path::Path;
 
 const REDUNDANT: &str = r#"
 model redundant {
@@ -33,11 +34,7 @@ model by_hand {
 fn dedup_matches_the_hand_written_model() {
     let opt = mtl::compile_str("r.mtl", REDUNDANT, &Default::default());
     let hand = mtl::compile_str("h.mtl", BY_HAND, &Default::default());
-    let (g, _) = opt.into_graph().map_err(|(d, _)| format!("{d:?}")).unwrap();
-    let (h, _) = hand
-        .into_graph()
-        .map_err(|(d, _)| format!("{d:?}"))
-        .unwrap();
+    let (g, h) = (graph(opt), graph(hand));
     assert_eq!(
         g.g.node_count(),
         h.g.node_count(),
@@ -75,7 +72,7 @@ model m {
             ..Default::default()
         },
     );
-    let (g, _) = c.into_graph().map_err(|(d, _)| format!("{d:?}")).unwrap();
+    let g = graph(c);
     let dense =
         g.g.node_weights()
             .filter(|n| n.op.kind_name() == "dense")
@@ -87,45 +84,16 @@ model m {
     assert_eq!((dense, dropout), (3, 2));
 }
 
-fn random_inputs(prog: &mtl::lower::Program, n: usize) -> HashMap<String, Tensor> {
-    let dev = Device::Cpu;
-    prog.inputs
-        .iter()
-        .map(|(name, _, ty)| {
-            let mut shape = vec![n];
-            shape.extend(ty.dims().unwrap());
-            let t = if ty.dtype == mtl::ir::DType::I64 {
-                Tensor::rand(0f32, 9.0, shape, &dev)
-                    .unwrap()
-                    .floor()
-                    .unwrap()
-                    .to_dtype(DType::I64)
-                    .unwrap()
-            } else {
-                Tensor::rand(0f32, 1.0, shape, &dev).unwrap()
-            };
-            (name.clone(), t)
-        })
-        .collect()
-}
-
 /// Outputs (inference) and gradients (training) agree with and without passes.
 #[test]
 fn passes_preserve_outputs_and_gradients() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut files = vec![];
-    for dir in ["models", "../shared/fixtures"] {
-        for e in std::fs::read_dir(root.join(dir)).unwrap().flatten() {
-            let p = e.path();
-            let big = p
-                .file_stem()
-                .is_some_and(|s| s == "seed_multitask" || s == "seed_multimodal");
-            if p.extension().is_some_and(|x| x == "mtl") && !big {
-                files.push(p);
-            }
-        }
-    }
-    files.sort();
+    let big = |p: &std::path::PathBuf| {
+        p.file_stem()
+            .is_some_and(|s| s == "seed_multitask" || s == "seed_multimodal")
+    };
+    let mut files = mtl_files("models");
+    files.extend(mtl_files("../shared/fixtures"));
+    files.retain(|p| !big(p));
     let dev = Device::Cpu;
     for f in files {
         for mode in [Mode::Infer, Mode::Train] {
@@ -139,12 +107,11 @@ fn passes_preserve_outputs_and_gradients() {
                     },
                 )
                 .unwrap();
-                let (g, _) = c.into_graph().map_err(|(d, _)| format!("{d:?}")).unwrap();
-                lower(&g, mode)
+                lower(&graph(c), mode)
             };
             let (a, b) = (build(true), build(false));
             let params = init_params(&a, 3, &dev).unwrap();
-            let inputs = random_inputs(&a, 3);
+            let inputs = random_inputs(&a, 3, 11, 0.0);
             let run = |p: &mtl::lower::Program| {
                 let mut rng = rand::rngs::StdRng::seed_from_u64(0);
                 let fwd = p

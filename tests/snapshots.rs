@@ -1,25 +1,15 @@
 //! IR and plan snapshots of every shipped model: elaborated (`ir-raw`),
 //! optimized (`ir`), and the lowered plan in both modes.
 
+mod common;
+
+use common::mtl_files;
 use mtl::lower::lower;
 use mtl::passes::Mode;
-use std::path::Path;
-
-fn models() -> Vec<std::path::PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    std::env::set_current_dir(root).unwrap();
-    let mut v: Vec<_> = std::fs::read_dir("models")
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "mtl"))
-        .collect();
-    v.sort();
-    v
-}
 
 #[test]
 fn ir_snapshots() {
-    for m in models() {
+    for m in mtl_files("models") {
         let name = m.file_stem().unwrap().to_string_lossy().to_string();
         for mode in [Mode::Infer, Mode::Train] {
             let c = mtl::compile_file(

@@ -1,38 +1,26 @@
 //! End-to-end training: the loss falls for every shipped model; the digits
 //! recipe reaches Keras's accuracy; missing labels, resume, NaN handling.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
+use common::{compile, mtl_files, random_inputs_from, root};
 use mtl::ir::{LossKind, TrainConfig};
 use mtl::lower::{init_params, lower, Params, Program};
 use mtl::passes::Mode;
 use mtl::train::data::Dataset;
 use mtl::train::{EpochRecord, FitConfig, Observer};
 use rand::{Rng, SeedableRng};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 struct Quiet;
 impl Observer for Quiet {}
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
+/// The graph with its training and inference programs.
 fn programs(path: &Path) -> (mtl::ir::Graph, Program, Program) {
-    let build = |mode| {
-        let c = mtl::compile_file(
-            path,
-            &mtl::Options {
-                mode,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        let (g, _) = c.into_graph().map_err(|(d, _)| format!("{d:?}")).unwrap();
-        (lower(&g, mode), g)
-    };
-    let (t, g) = build(Mode::Train);
-    let (i, _) = build(Mode::Infer);
+    let g = compile(path, Mode::Train);
+    let t = lower(&g, Mode::Train);
+    let i = lower(&compile(path, Mode::Infer), Mode::Infer);
     (g, t, i)
 }
 
@@ -66,33 +54,7 @@ fn fit(
 fn random_data(p: &Program, n: usize, seed: u64) -> Dataset {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dev = Device::Cpu;
-    let mut t = HashMap::new();
-    for (name, _, ty) in &p.inputs {
-        let dims = ty.dims().unwrap();
-        let count = n * dims.iter().product::<usize>();
-        let mut shape = vec![n];
-        shape.extend(dims);
-        let x = if ty.dtype == mtl::ir::DType::I64 {
-            Tensor::from_vec(
-                (0..count)
-                    .map(|_| rng.random_range(0..5i64))
-                    .collect::<Vec<_>>(),
-                shape,
-                &dev,
-            )
-            .unwrap()
-        } else {
-            Tensor::from_vec(
-                (0..count)
-                    .map(|_| rng.random_range(0.0f32..1.0))
-                    .collect::<Vec<_>>(),
-                shape,
-                &dev,
-            )
-            .unwrap()
-        };
-        t.insert(name.clone(), x);
-    }
+    let mut t = random_inputs_from(p, n, &mut rng, 0.0);
     for (h, slot) in &p.heads {
         let lt = h.label_type.clone().unwrap();
         let dims = lt.dims().unwrap();
@@ -142,14 +104,7 @@ fn random_data(p: &Program, n: usize, seed: u64) -> Dataset {
 
 #[test]
 fn loss_falls_for_every_shipped_model() {
-    let mut files: Vec<_> = std::fs::read_dir(root().join("models"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "mtl"))
-        .collect();
-    files.sort();
-    for f in files {
+    for f in mtl_files("models") {
         let (g, t, i) = programs(&f);
         let mut cfg = g.train.clone();
         cfg.epochs = 8;

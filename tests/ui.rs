@@ -1,18 +1,14 @@
 //! The diagnostics contract: every bad model in tests/ui fails `check` with a
 //! located, rendered diagnostic (insta snapshot, no colour, fixed width).
 
+mod common;
+
+use common::mtl_files;
 use std::path::Path;
 
 #[test]
 fn ui_diagnostics() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    std::env::set_current_dir(root).unwrap();
-    let mut files: Vec<_> = std::fs::read_dir("tests/ui")
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "mtl"))
-        .collect();
-    files.sort();
+    let files = mtl_files("tests/ui");
     assert!(files.len() >= 15, "at least 15 bad models");
     for f in files {
         let c = mtl::compile_file(&f, &Default::default()).unwrap();

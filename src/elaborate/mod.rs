@@ -375,20 +375,7 @@ impl<'a> Elab<'a> {
     fn primary(&mut self, c: &Call) -> Option<NodeIndex> {
         let name = &c.callee.name;
         if let Some(fusion) = fusion_sig(name) {
-            let mut operands = vec![];
-            let mut raw = vec![];
-            let mut ok = true;
-            for a in c.args.iter().flatten() {
-                if a.name.is_none() {
-                    match self.expr(&a.value) {
-                        Some(n) => operands.push(n),
-                        None => ok = false,
-                    }
-                } else {
-                    raw.push(a);
-                }
-            }
-            return self.fusion(c, fusion, operands, &raw, ok);
+            return self.fusion_call(c, fusion, None);
         }
         match self.scope.get(name).cloned() {
             Some((Binding::Value(n), _)) if c.args.is_none() => {
@@ -466,13 +453,7 @@ impl<'a> Elab<'a> {
     fn unknown_value(&self, c: &Call) -> Diagnostic {
         let name = &c.callee.name;
         if let Some(def) = self.defined_later.get(name) {
-            return Diagnostic::error(
-                "mtl::use-before-definition",
-                format!("`{name}` is used before its definition"),
-            )
-            .label(c.callee.span, "used here")
-            .label(*def, "defined later here")
-            .help(format!("move the definition of `{name}` above this line"));
+            return use_before_definition(name, c.callee.span, *def);
         }
         let candidates: Vec<&str> = self
             .scope
@@ -503,13 +484,7 @@ impl<'a> Elab<'a> {
             .help("combine values with a fusion such as `concat(a, b)` or `a + b`");
         }
         if let Some(def) = self.defined_later.get(name) {
-            return Diagnostic::error(
-                "mtl::use-before-definition",
-                format!("`{name}` is used before its definition"),
-            )
-            .label(c.callee.span, "used here")
-            .label(*def, "defined later here")
-            .help(format!("move the definition of `{name}` above this line"));
+            return use_before_definition(name, c.callee.span, *def);
         }
         Diagnostic::error("mtl::unknown-layer", format!("unknown layer `{name}`"))
             .label(c.callee.span, "not a layer, shared layer or block")
@@ -532,20 +507,7 @@ impl<'a> Elab<'a> {
         }
         if let Some(fusion) = fusion_sig(name) {
             // `a -> concat(b)` is `concat(a, b)`.
-            let mut operands = vec![input];
-            let mut raw = vec![];
-            let mut ok = true;
-            for a in c.args.iter().flatten() {
-                if a.name.is_none() {
-                    match self.expr(&a.value) {
-                        Some(n) => operands.push(n),
-                        None => ok = false,
-                    }
-                } else {
-                    raw.push(a);
-                }
-            }
-            return self.fusion(c, fusion, operands, &raw, ok);
+            return self.fusion_call(c, fusion, Some(input));
         }
         match self.scope.get(name).cloned() {
             Some((Binding::Shared(s), _)) => self.apply_shared(c, &s, input),
@@ -733,6 +695,29 @@ impl<'a> Elab<'a> {
         }
         self.block_stack.pop();
         cur
+    }
+
+    /// A fusion call: positional arguments are operands (after `first`, the
+    /// piped value, if any), named ones attributes.
+    fn fusion_call(
+        &mut self,
+        c: &Call,
+        specs: &'static [args::ParamSpec],
+        first: Option<NodeIndex>,
+    ) -> Option<NodeIndex> {
+        let mut operands: Vec<NodeIndex> = first.into_iter().collect();
+        let mut named = vec![];
+        let mut ok = true;
+        for a in c.args.iter().flatten() {
+            if a.name.is_some() {
+                named.push(a);
+            } else if let Some(n) = self.expr(&a.value) {
+                operands.push(n);
+            } else {
+                ok = false;
+            }
+        }
+        self.fusion(c, specs, operands, &named, ok)
     }
 
     fn fusion(
@@ -1081,6 +1066,16 @@ impl<'a> Elab<'a> {
             operands,
         )
     }
+}
+
+fn use_before_definition(name: &str, used: Span, def: Span) -> Diagnostic {
+    Diagnostic::error(
+        "mtl::use-before-definition",
+        format!("`{name}` is used before its definition"),
+    )
+    .label(used, "used here")
+    .label(def, "defined later here")
+    .help(format!("move the definition of `{name}` above this line"))
 }
 
 fn self_text(c: &Call) -> String {

@@ -86,15 +86,14 @@ impl Dataset {
         }
         if labels {
             for (h, slot) in &prog.heads {
-                let _ = slot;
                 let Some(lt) = &h.label_type else { continue };
                 let Some(t) = self.tensors.get(&h.label) else {
                     errs.push(format!("{source}: no tensor `{}` for the label of head `{}` (expected [N, {}]); add it, or a `{}.mask` of zeros", h.label, h.name, dims(&lt.shape), h.name));
                     continue;
                 };
-                let mut want = lt.shape.clone();
+                let want = &lt.shape;
                 // Class ids may come as [N] or [N, 1].
-                let ok = fits(t.dims(), &want)
+                let ok = fits(t.dims(), want)
                     || (lt.dtype == IrDType::I64
                         && want.is_empty()
                         && t.dims().len() == 2
@@ -105,7 +104,7 @@ impl Dataset {
                         h.label,
                         t.dims(),
                         h.name,
-                        dims(&want)
+                        dims(want)
                     ));
                     continue;
                 }
@@ -128,7 +127,6 @@ impl Dataset {
                         }
                     }
                 }
-                want.clear();
             }
         }
         if errs.is_empty() {

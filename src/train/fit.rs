@@ -206,17 +206,11 @@ fn collect(
     Ok(())
 }
 
-fn finish(
-    prog: &Program,
-    accs: &[HeadData],
-    loss_sums: &[f64],
-    batches: usize,
-    weights: &[f64],
-) -> EvalResult {
+fn finish(prog: &Program, accs: &[HeadData], mean_losses: &[f64], weights: &[f64]) -> EvalResult {
     let mut heads = BTreeMap::new();
     let mut total = 0.0;
     for (i, (h, _)) in prog.heads.iter().enumerate() {
-        let loss = loss_sums[i] / batches.max(1) as f64;
+        let loss = mean_losses[i];
         total += weights[i] * loss;
         let mut m = BTreeMap::new();
         for metric in &h.metrics {
@@ -236,21 +230,10 @@ pub fn evaluate(
     device: &Device,
 ) -> Result<EvalResult, TrainError> {
     ds.check(prog, true, "data").map_err(TrainError::Data)?;
-    let mut accs: Vec<HeadData> = prog
-        .heads
-        .iter()
-        .map(|_| HeadData {
-            pred: vec![],
-            label: vec![],
-            valid: vec![],
-            k: 1,
-        })
-        .collect();
+    let mut accs = vec![HeadData::default(); prog.heads.len()];
     let mut sums = vec![0.0; prog.heads.len()];
     let mut rng = StdRng::seed_from_u64(0);
-    let mut batches = 0;
     let mut start = 0;
-    let mut weighted_n = vec![0.0; prog.heads.len()];
     while start < ds.n {
         let len = batch_size.min(ds.n - start);
         let idx: Vec<usize> = (start..start + len).collect();
@@ -261,23 +244,17 @@ pub fn evaluate(
         for (i, (h, slot)) in prog.heads.iter().enumerate() {
             // Weight batch losses by their sample count so the mean is over samples.
             sums[i] += hs[i].to_scalar::<f32>()? as f64 * len as f64;
-            weighted_n[i] += len as f64;
             let y = label_tensor(&batch, h)?;
             let mask = batch.tensors.get(&format!("{}.mask", h.name));
             if let Some(l) = fwd.get(*slot) {
                 collect(&mut accs[i], h.loss, l, &y, mask)?;
             }
         }
-        batches += 1;
         start += len;
     }
-    let sums: Vec<f64> = sums
-        .iter()
-        .zip(&weighted_n)
-        .map(|(s, n)| s / n.max(1.0) * batches as f64)
-        .collect();
+    let means: Vec<f64> = sums.iter().map(|s| s / ds.n.max(1) as f64).collect();
     let weights: Vec<f64> = prog.heads.iter().map(|(h, _)| h.weight).collect();
-    Ok(finish(prog, &accs, &sums, batches, &weights))
+    Ok(finish(prog, &accs, &means, &weights))
 }
 
 /// Trains `train_prog` (its parameters shared with `infer_prog`) and writes the run directory.
@@ -357,7 +334,6 @@ pub fn fit(
         && !t.monitor.ends_with("loss")
         && !t.monitor.ends_with(".mae")
         && !t.monitor.ends_with(".rmse");
-    let mut step_global = st.opt_step;
     for epoch in st.epoch..t.epochs {
         let lr = lr_at(&t.schedule, t.optimizer.lr, epoch, t.epochs);
         // Fixed or DWA weights for this epoch.
@@ -384,15 +360,7 @@ pub fn fit(
         order.shuffle(&mut rng);
         let steps = train.n.div_ceil(t.batch_size.max(1));
         obs.epoch_start(epoch, t.epochs, steps);
-        let mut accs: Vec<HeadData> = heads
-            .iter()
-            .map(|_| HeadData {
-                pred: vec![],
-                label: vec![],
-                valid: vec![],
-                k: 1,
-            })
-            .collect();
+        let mut accs = vec![HeadData::default(); heads.len()];
         let mut sums = vec![0.0; heads.len()];
         let started = std::time::Instant::now();
         for (s, chunk) in order.chunks(t.batch_size.max(1)).enumerate() {
@@ -430,7 +398,6 @@ pub fn fit(
             }
             let grads = total.backward()?;
             opt.apply(&vars, &grads, lr, t.clip_norm)?;
-            step_global += 1;
             for (i, (h, slot)) in train_prog.heads.iter().enumerate() {
                 if let Some(l) = fwd.get(*slot) {
                     let y = label_tensor(&batch, h)?;
@@ -465,7 +432,8 @@ pub fn fit(
                 })
                 .collect(),
         };
-        let train_res = finish(train_prog, &accs, &sums, steps, &in_force);
+        let means: Vec<f64> = sums.iter().map(|s| s / steps.max(1) as f64).collect();
+        let train_res = finish(train_prog, &accs, &means, &in_force);
         let val_res = match val {
             Some(v) => Some(evaluate(infer_prog, params, v, t.batch_size.max(64), dev)?),
             None => None,
@@ -538,7 +506,6 @@ pub fn fit(
             &cfg.run_dir.join("training_statistics.json"),
         )?;
         obs.epoch_end(&rec);
-        let _ = step_global;
         if t.patience.is_some_and(|p| st.since_best >= p) {
             break;
         }

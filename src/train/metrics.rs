@@ -3,6 +3,7 @@
 use crate::ir::{LossKind, Metric};
 
 /// Predictions and labels of one head, flattened; `valid` marks present labels.
+#[derive(Debug, Clone, Default)]
 pub struct HeadData {
     /// Probabilities (classification) or values (regression), per label element;
     /// for cross-entropy `k` class probabilities per label element.

@@ -1,0 +1,74 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use candle_core::{Device, Tensor};
+use mtl::lower::Program;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The `.mtl` files of a directory, sorted, as paths relative to the crate
+/// root (so rendered diagnostics and snapshots name `models/x.mtl`); the
+/// crate root becomes the working directory.
+pub fn mtl_files(dir: &str) -> Vec<PathBuf> {
+    std::env::set_current_dir(root()).unwrap();
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "mtl"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The optimized graph of a compilation that must succeed.
+pub fn graph(c: mtl::Compiled) -> mtl::ir::Graph {
+    c.into_graph().map_err(|(d, _)| format!("{d:?}")).unwrap().0
+}
+
+pub fn options(mode: mtl::passes::Mode) -> mtl::Options {
+    mtl::Options {
+        mode,
+        ..Default::default()
+    }
+}
+
+pub fn compile(path: &Path, mode: mtl::passes::Mode) -> mtl::ir::Graph {
+    graph(mtl::compile_file(path, &options(mode)).unwrap())
+}
+
+/// Seeded random inputs: token ids in [0, 5), numbers in [lo, 1).
+pub fn random_inputs(p: &Program, n: usize, seed: u64, lo: f32) -> HashMap<String, Tensor> {
+    random_inputs_from(p, n, &mut StdRng::seed_from_u64(seed), lo)
+}
+
+pub fn random_inputs_from(
+    p: &Program,
+    n: usize,
+    rng: &mut StdRng,
+    lo: f32,
+) -> HashMap<String, Tensor> {
+    p.inputs
+        .iter()
+        .map(|(name, _, ty)| {
+            let dims = ty.dims().unwrap();
+            let count = n * dims.iter().product::<usize>();
+            let mut shape = vec![n];
+            shape.extend(dims);
+            let t = if ty.dtype == mtl::ir::DType::I64 {
+                let v: Vec<i64> = (0..count).map(|_| rng.random_range(0..5i64)).collect();
+                Tensor::from_vec(v, shape, &Device::Cpu)
+            } else {
+                let v: Vec<f32> = (0..count).map(|_| rng.random_range(lo..1.0)).collect();
+                Tensor::from_vec(v, shape, &Device::Cpu)
+            };
+            (name.clone(), t.unwrap())
+        })
+        .collect()
+}
