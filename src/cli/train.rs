@@ -270,7 +270,7 @@ pub fn train(a: TrainArgs) -> Result<i32, Fail> {
         &mut obs,
     )
     .map_err(|e| Fail::model(format!("error: {e}")))?;
-    if !a.json {
+    if !a.json && !a.quiet {
         if let Some(last) = hist.last() {
             eprintln!(
                 "done: {} epochs, final loss {:.4}; weights in {}",

@@ -338,9 +338,10 @@ fn schedule(e: &Expr, t: &mut TrainConfig) -> Result<(), Diagnostic> {
     let (name, span, args) = call_parts(e).ok_or_else(|| {
         Diagnostic::error("mtl::unknown-schedule", "expected a schedule").label(e.span, "here")
     })?;
-    let get = |k: &str, default: f64| -> Result<f64, Diagnostic> {
+    // `k` is the parameter's name, `pos` its position when given positionally.
+    let get = |k: &str, pos: usize, default: f64| -> Result<f64, Diagnostic> {
         for (i, (n, v)) in args.iter().enumerate() {
-            if n.as_deref() == Some(k) || (n.is_none() && i == 0) {
+            if n.as_deref() == Some(k) || (n.is_none() && i == pos) {
                 return number(v, k);
             }
         }
@@ -349,11 +350,11 @@ fn schedule(e: &Expr, t: &mut TrainConfig) -> Result<(), Diagnostic> {
     t.schedule = match name {
         "constant" => Schedule::Constant,
         "step" => Schedule::Step {
-            every: get("every", 10.0)?.max(1.0) as usize,
-            gamma: get("gamma", 0.1)?,
+            every: get("every", 0, 10.0)?.max(1.0) as usize,
+            gamma: get("gamma", 1, 0.1)?,
         },
         "cosine" => Schedule::Cosine {
-            warmup: get("warmup", 0.0)?.max(0.0) as usize,
+            warmup: get("warmup", 0, 0.0)?.max(0.0) as usize,
         },
         _ => {
             return Err(Diagnostic::error(

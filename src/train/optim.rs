@@ -51,7 +51,8 @@ impl Optimizer {
             let Some(g) = g else { continue };
             let g = if scale != 1.0 { (g * scale)? } else { g };
             let w = var.as_tensor();
-            if c.weight_decay > 0.0 && c.kind != OptimizerKind::Adam {
+            // Decoupled decay for every optimizer, as Keras 3 does when `weight_decay` is set.
+            if c.weight_decay > 0.0 {
                 var.set(&(w - (w * (c.weight_decay * lr))?)?)?;
             }
             let w = var.as_tensor();
