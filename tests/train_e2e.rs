@@ -306,3 +306,105 @@ fn cli_train_evaluate_predict_round_trip() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("image"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Digits, first `n` training samples.
+fn digits_subset(n: usize) -> Dataset {
+    let data = root().join("../shared/data/digits/train.safetensors");
+    let all = Dataset::load(&data, &Device::Cpu).unwrap();
+    all.subset(&(0..n).collect::<Vec<_>>()).unwrap()
+}
+
+#[test]
+fn loss_weighting_schemes_train_and_log_their_weights() {
+    use mtl::ir::Weighting;
+    let dev = Device::Cpu;
+    let (g, t, i) = programs(&root().join("models/digits.mtl"));
+    let ds = digits_subset(320);
+    for weighting in [Weighting::Uncertainty, Weighting::Dwa, Weighting::Gradnorm] {
+        let mut cfg = g.train.clone();
+        cfg.epochs = 4;
+        cfg.weighting = weighting;
+        cfg.optimizer.lr = 3e-3;
+        let mut params = init_params(&t, 0, &dev).unwrap();
+        let dir = tmp(&format!("weighting-{weighting:?}"));
+        let h = fit(cfg, &dir, &t, &i, &mut params, &ds, None, false).unwrap();
+        let (first, last) = (&h[0], &h[h.len() - 1]);
+        let sum = |e: &EpochRecord| e.train.heads.values().map(|x| x.loss).sum::<f64>();
+        assert!(
+            sum(last) < sum(first),
+            "{weighting:?}: unweighted loss did not fall"
+        );
+        let w: Vec<f64> = last.loss_weights.values().copied().collect();
+        assert_eq!(w.len(), 3);
+        assert!(
+            w.iter().any(|x| (x - 1.0).abs() > 1e-3),
+            "{weighting:?}: weights never moved: {w:?}"
+        );
+        if weighting != Weighting::Uncertainty {
+            assert!(
+                (w.iter().sum::<f64>() - 3.0).abs() < 1e-6,
+                "{weighting:?}: weights {w:?} should sum to 3"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn gradnorm_resume_continues_exactly() {
+    let dev = Device::Cpu;
+    let (g, t, i) = programs(&root().join("models/digits.mtl"));
+    let ds = digits_subset(96);
+    let mut cfg = g.train.clone();
+    cfg.weighting = mtl::ir::Weighting::Gradnorm;
+    cfg.epochs = 4;
+    let (a_dir, b_dir) = (tmp("gn-a"), tmp("gn-b"));
+    let mut a = init_params(&t, 0, &dev).unwrap();
+    let ha = fit(cfg.clone(), &a_dir, &t, &i, &mut a, &ds, None, false).unwrap();
+    let mut half = cfg.clone();
+    half.epochs = 2;
+    let mut b = init_params(&t, 0, &dev).unwrap();
+    fit(half, &b_dir, &t, &i, &mut b, &ds, None, false).unwrap();
+    let mut b2 = init_params(&t, 7, &dev).unwrap();
+    let hb = fit(cfg, &b_dir, &t, &i, &mut b2, &ds, None, true).unwrap();
+    assert_eq!(
+        ha.last().unwrap().loss_weights,
+        hb.last().unwrap().loss_weights
+    );
+    for (k, v) in &a.vars {
+        let d = (v.as_tensor() - b2.vars[k].as_tensor())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d == 0.0, "{k} differs by {d} after resume");
+    }
+    let _ = (
+        std::fs::remove_dir_all(a_dir),
+        std::fs::remove_dir_all(b_dir),
+    );
+}
+
+#[test]
+fn early_stopping_on_a_named_metric_keeps_the_best_weights() {
+    let dev = Device::Cpu;
+    let (g, t, i) = programs(&root().join("models/digits.mtl"));
+    let train = digits_subset(64);
+    let val = digits_subset(32);
+    let mut cfg = g.train.clone();
+    cfg.epochs = 10;
+    // With a zero learning rate nothing improves after the first epoch.
+    cfg.optimizer.lr = 0.0;
+    cfg.patience = Some(2);
+    cfg.monitor = "digit.accuracy".into();
+    let mut params = init_params(&t, 0, &dev).unwrap();
+    let dir = tmp("early");
+    let h = fit(cfg, &dir, &t, &i, &mut params, &train, Some(&val), false).unwrap();
+    assert_eq!(h.len(), 3, "stops two epochs after the best");
+    assert!(h[0].best && !h[1].best && !h[2].best);
+    assert!(dir.join("weights.safetensors").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -94,7 +94,13 @@ pub fn bench(a: BenchArgs) -> Result<i32, Fail> {
                 total = (total + head_loss(h.loss, y, &label, None).map_err(f)?).map_err(f)?;
             }
             let grads = total.backward().map_err(f)?;
-            opt.apply(&vars, &grads, 1e-4, None).map_err(f)?;
+            opt.apply(
+                &vars,
+                mtl::train::optim::grads_for(&vars, &grads),
+                1e-4,
+                None,
+            )
+            .map_err(f)?;
         } else {
             for (_, slot) in &prog.heads {
                 let _ = fwd

@@ -2,9 +2,10 @@
 //! per-head metrics, early stopping, atomic checkpoints and exact resume.
 
 use super::data::Dataset;
+use super::gradnorm::{last_shared_layer, GradNorm};
 use super::loss::head_loss;
 use super::metrics::{self, HeadData};
-use super::optim::{lr_at, Optimizer};
+use super::optim::{grads_for, lr_at, Optimizer};
 use crate::ir::{LossKind, TrainConfig, Weighting};
 use crate::lower::{head_output, save_atomic, Params, Program};
 use candle_core::{DType, Device, Tensor, Var};
@@ -99,6 +100,9 @@ struct State {
     best: Option<f64>,
     since_best: usize,
     history: Vec<EpochRecord>,
+    /// GradNorm's task weights and initial losses, when it is in use.
+    #[serde(default)]
+    gradnorm: Option<GradNorm>,
 }
 
 fn write_json_atomic<T: Serialize>(v: &T, path: &Path) -> Result<(), TrainError> {
@@ -277,11 +281,15 @@ pub fn fit(
         v.check(train_prog, true, "validation data")
             .map_err(TrainError::Data)?;
     }
-    if t.weighting == Weighting::Gradnorm {
-        return Err(TrainError::Data(
-            "`weighting: gradnorm` is not implemented yet; use fixed, uncertainty or dwa".into(),
-        ));
-    }
+    let mut gradnorm = match t.weighting {
+        Weighting::Gradnorm => {
+            let shared = last_shared_layer(train_prog, &params.trainable).ok_or_else(|| {
+                TrainError::Data("`weighting: gradnorm` needs a layer with weights that every head depends on; this model has none (use fixed, uncertainty or dwa)".into())
+            })?;
+            Some(GradNorm::new(train_prog.heads.len(), shared))
+        }
+        _ => None,
+    };
     let heads: Vec<String> = train_prog
         .heads
         .iter()
@@ -321,6 +329,9 @@ pub fn fit(
             if let Some(s) = ostate.get(k) {
                 v.set(s)?;
             }
+        }
+        if let (Some(gn), Some(saved)) = (gradnorm.as_mut(), st.gradnorm.take()) {
+            *gn = saved;
         }
         opt.restore(
             ostate
@@ -383,9 +394,13 @@ pub fn fit(
                     Some((_, lv)) => {
                         (total + ((l * lv.as_tensor().neg()?.exp()?)? + lv.as_tensor())?)?
                     }
-                    None => (total + (l * weights[i])?)?,
+                    None => {
+                        let w = gradnorm.as_ref().map_or(weights[i], |g| g.weights[i]);
+                        (total + (l * w)?)?
+                    }
                 };
             }
+            let mut aux_total: Option<Tensor> = None;
             for (a, (name, ..)) in aux.iter().zip(&train_prog.losses) {
                 if !a.to_scalar::<f32>()?.is_finite() {
                     return Err(TrainError::NonFinite {
@@ -395,9 +410,16 @@ pub fn fit(
                     });
                 }
                 total = (total + a)?;
+                aux_total = Some(match aux_total {
+                    Some(x) => (x + a)?,
+                    None => a.clone(),
+                });
             }
-            let grads = total.backward()?;
-            opt.apply(&vars, &grads, lr, t.clip_norm)?;
+            let grads = match gradnorm.as_mut() {
+                Some(gn) => gn.step(&hs, aux_total.as_ref(), &vars, lr)?,
+                None => grads_for(&vars, &total.backward()?),
+            };
+            opt.apply(&vars, grads, lr, t.clip_norm)?;
             for (i, (h, slot)) in train_prog.heads.iter().enumerate() {
                 if let Some(l) = fwd.get(*slot) {
                     let y = label_tensor(&batch, h)?;
@@ -418,9 +440,10 @@ pub fn fit(
             );
         }
         let secs = started.elapsed().as_secs_f64();
-        let in_force: Vec<f64> = match log_vars.is_empty() {
-            true => weights.clone(),
-            false => log_vars
+        let in_force: Vec<f64> = match (&gradnorm, log_vars.is_empty()) {
+            (Some(gn), _) => gn.weights.clone(),
+            (None, true) => weights.clone(),
+            (None, false) => log_vars
                 .iter()
                 .map(|(_, v)| {
                     v.as_tensor()
@@ -485,6 +508,7 @@ pub fn fit(
         st.history.push(rec.clone());
         st.epoch = epoch + 1;
         st.opt_step = opt.step;
+        st.gradnorm = gradnorm.clone();
         // Checkpoint: weights, optimizer, then state; each written atomically.
         params.save(&last).map_err(TrainError::Io)?;
         if improved {

@@ -2,6 +2,7 @@
 
 pub mod data;
 mod fit;
+pub mod gradnorm;
 pub mod loss;
 pub mod metrics;
 pub mod optim;

@@ -5,6 +5,13 @@ use crate::ir::{OptimizerConfig, OptimizerKind, Schedule};
 use candle_core::{backprop::GradStore, Result, Tensor, Var};
 use std::collections::HashMap;
 
+/// The gradients of `vars` in a backward pass, aligned with `vars`.
+pub fn grads_for(vars: &[(String, Var)], grads: &GradStore) -> Vec<Option<Tensor>> {
+    vars.iter()
+        .map(|(_, v)| grads.get(v.as_tensor()).cloned())
+        .collect()
+}
+
 pub struct Optimizer {
     pub cfg: OptimizerConfig,
     pub step: usize,
@@ -23,18 +30,15 @@ impl Optimizer {
         }
     }
 
-    /// One update of every var that has a gradient; returns the global grad norm.
+    /// One update of every var that has a gradient (`gs` aligned with
+    /// `vars`); returns the global grad norm.
     pub fn apply(
         &mut self,
         vars: &[(String, Var)],
-        grads: &GradStore,
+        gs: Vec<Option<Tensor>>,
         lr: f64,
         clip: Option<f64>,
     ) -> Result<f64> {
-        let gs: Vec<Option<Tensor>> = vars
-            .iter()
-            .map(|(_, v)| grads.get(v.as_tensor()).cloned())
-            .collect();
         let mut sq = 0f64;
         for g in gs.iter().flatten() {
             sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
