@@ -110,7 +110,7 @@ pub fn summary(a: SummaryArgs) -> Result<i32, Fail> {
         optimize: !a.no_opt,
         ..Default::default()
     };
-    let (g, _) = load(&a.model, &opts)?;
+    let (g, _) = load(&a.model, &opts, true)?;
     let s = mtl::summary::summarize(&g);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
@@ -152,7 +152,7 @@ pub fn compile(a: CompileArgs) -> Result<i32, Fail> {
             None => Err(Fail::model(rendered(&c.diagnostics, &c.sources))),
         };
     }
-    let (g, c) = load(&a.model, &opts)?;
+    let (g, c) = load(&a.model, &opts, true)?;
     for (pass, it, text) in &c.passes.dumps {
         println!("; IR after pass `{pass}` (iteration {it})\n{text}");
     }

@@ -94,19 +94,20 @@ pub fn rendered(ds: &[Diagnostic], sources: &SourceMap) -> String {
     mtl::render::render_all(ds, sources, color(), 100)
 }
 
-/// Compiles a model file; errors (rendered) become a `Fail`, warnings are printed.
+/// Compiles a model file; errors (rendered) become a `Fail`, warnings are
+/// printed when `warn` (a command compiling one file twice warns once).
 pub fn load(
     path: &std::path::Path,
     opts: &mtl::Options,
+    warn: bool,
 ) -> Result<(mtl::ir::Graph, mtl::Compiled), Fail> {
     let c = mtl::compile_file(path, opts)
         .map_err(|e| Fail::usage(format!("error: cannot read {}: {e}", path.display())))?;
     if c.has_errors() {
         return Err(Fail::model(rendered(&c.diagnostics, &c.sources)));
     }
-    let warnings: Vec<Diagnostic> = c.diagnostics.clone();
-    if !warnings.is_empty() {
-        eprintln!("{}", rendered(&warnings, &c.sources));
+    if warn && !c.diagnostics.is_empty() {
+        eprintln!("{}", rendered(&c.diagnostics, &c.sources));
     }
     let g = c
         .graph

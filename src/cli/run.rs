@@ -2,6 +2,7 @@
 
 use super::{load, Fail};
 use clap::Args;
+use mtl::data::Encoders;
 use mtl::lower::{init_params, lower, save_atomic, Params, Program};
 use mtl::passes::Mode;
 use std::path::{Path, PathBuf};
@@ -13,9 +14,12 @@ pub struct PredictArgs {
     /// Weights (safetensors); defaults to the run directory's weights.
     #[arg(long)]
     weights: Option<PathBuf>,
-    /// One tensor per input, keyed by input name, batch first.
+    /// Inputs: safetensors (one tensor per input, batch first) or a CSV /
+    /// JSON Lines manifest (needs a run directory's vocabularies).
     #[arg(long)]
     input: PathBuf,
+    /// Predictions: `.safetensors`, or `.csv` (class names; the tensors go
+    /// next to it as `.safetensors`).
     #[arg(long)]
     output: PathBuf,
     #[arg(long, default_value_t = 256)]
@@ -47,13 +51,19 @@ pub fn resolve_model(path: &Path) -> (PathBuf, Option<PathBuf>) {
     }
 }
 
-pub fn build(model: &Path, mode: Mode, optimize: bool) -> Result<(mtl::ir::Graph, Program), Fail> {
+/// Compiles and lowers `model` for `mode`; `warn` prints the warnings.
+pub fn build(
+    model: &Path,
+    mode: Mode,
+    optimize: bool,
+    warn: bool,
+) -> Result<(mtl::ir::Graph, Program), Fail> {
     let opts = mtl::Options {
         optimize,
         mode,
         ..Default::default()
     };
-    let (g, _) = load(model, &opts)?;
+    let (g, _) = load(model, &opts, warn)?;
     let prog = lower(&g, mode);
     Ok((g, prog))
 }
@@ -65,32 +75,55 @@ pub fn predict(a: PredictArgs) -> Result<i32, Fail> {
         .weights
         .or(run_weights)
         .ok_or_else(|| Fail::usage("error: --weights is required when MODEL is a file"))?;
-    let (_, prog) = build(&model, Mode::Infer, !a.no_opt)?;
+    let (_, prog) = build(&model, Mode::Infer, !a.no_opt, true)?;
     let mut params =
         init_params(&prog, 0, &device).map_err(|e| Fail::model(format!("error: {e}")))?;
     params
         .load(&weights, &device)
         .map_err(|e| Fail::model(format!("error: {e}")))?;
-    let inputs = candle_core::safetensors::load(&a.input, &device).map_err(|e| {
-        Fail::usage(format!(
-            "error: cannot read inputs {}: {e}",
-            a.input.display()
-        ))
-    })?;
+    // Vocabularies and label maps of the run, when MODEL is a run directory.
+    let enc = Encoders::load(&a.model.join("data.json"))
+        .map_err(|e| Fail::usage(format!("error: {e}")))?;
+    let inputs = if mtl::data::is_manifest(&a.input) {
+        let m = mtl::data::manifest::Manifest::read(&a.input)
+            .map_err(|e| Fail::usage(format!("error: {e}")))?;
+        m.to_dataset(&prog, &enc, false)
+            .map_err(|e| Fail::model(format!("error: {e}")))?
+            .tensors
+    } else {
+        candle_core::safetensors::load(&a.input, &device).map_err(|e| {
+            Fail::usage(format!(
+                "error: cannot read inputs {}: {e}",
+                a.input.display()
+            ))
+        })?
+    };
     let out = mtl::predict::predict(&prog, &params, &inputs, a.batch_size, &device)
         .map_err(|e| Fail::model(format!("error: {e}")))?;
-    save_atomic(&out, &a.output).map_err(|e| Fail::usage(format!("error: {e}")))?;
+    let tensors_path = if a.output.extension().is_some_and(|e| e == "csv") {
+        let csv = mtl::data::predictions::to_csv(&prog, &enc, &out)
+            .map_err(|e| Fail::model(format!("error: {e}")))?;
+        let tmp = a.output.with_extension("csv.tmp");
+        std::fs::write(&tmp, csv)
+            .and_then(|_| std::fs::rename(&tmp, &a.output))
+            .map_err(|e| Fail::usage(format!("error: cannot write {}: {e}", a.output.display())))?;
+        eprintln!("wrote {}", a.output.display());
+        a.output.with_extension("safetensors")
+    } else {
+        a.output.clone()
+    };
+    save_atomic(&out, &tensors_path).map_err(|e| Fail::usage(format!("error: {e}")))?;
     let mut names: Vec<String> = out
         .iter()
         .map(|(k, v)| format!("{k} {:?}", v.dims()))
         .collect();
     names.sort();
-    eprintln!("wrote {} ({})", a.output.display(), names.join(", "));
+    eprintln!("wrote {} ({})", tensors_path.display(), names.join(", "));
     Ok(0)
 }
 
 pub fn init(a: InitArgs) -> Result<i32, Fail> {
-    let (_, prog) = build(&a.model, Mode::Infer, true)?;
+    let (_, prog) = build(&a.model, Mode::Infer, true, true)?;
     let params: Params = init_params(&prog, a.seed, &candle_core::Device::Cpu)
         .map_err(|e| Fail::model(format!("error: {e}")))?;
     params

@@ -4,9 +4,9 @@ use super::run::{build, resolve_model};
 use super::Fail;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use mtl::data::{Dataset, Encoders};
 use mtl::lower::init_params;
 use mtl::passes::Mode;
-use mtl::train::data::Dataset;
 use mtl::train::{EpochRecord, EvalResult, FitConfig, Observer};
 use std::path::{Path, PathBuf};
 
@@ -153,8 +153,17 @@ fn fresh_run_dir(model: &str) -> PathBuf {
         .unwrap_or(base)
 }
 
-fn load_data(path: &Path, dev: &candle_core::Device) -> Result<Dataset, Fail> {
-    Dataset::load(path, dev).map_err(|e| Fail::model(format!("error: {e}")))
+/// Loads tensors or a manifest; `fit` builds vocabularies and label maps from it.
+fn load_data(
+    path: &Path,
+    prog: &mtl::lower::Program,
+    enc: &mut Encoders,
+    fit: bool,
+    labels: bool,
+    dev: &candle_core::Device,
+) -> Result<Dataset, Fail> {
+    mtl::data::load(path, prog, enc, fit, labels, dev)
+        .map_err(|e| Fail::model(format!("error: {e}")))
 }
 
 pub fn train(a: TrainArgs) -> Result<i32, Fail> {
@@ -163,14 +172,14 @@ pub fn train(a: TrainArgs) -> Result<i32, Fail> {
         Some(run) => resolve_model(run),
         None => (a.model.clone(), None),
     };
-    let (g, train_prog) = build(&model_path, Mode::Train, !a.no_opt)?;
+    let (g, train_prog) = build(&model_path, Mode::Train, !a.no_opt, true)?;
     let diags = mtl::ir::shape::training_legality(&g);
     if !diags.is_empty() {
         let c = mtl::compile_file(&model_path, &mtl::Options::default())
             .map_err(|e| Fail::usage(e.to_string()))?;
         return Err(Fail::model(super::rendered(&diags, &c.sources)));
     }
-    let (_, infer_prog) = build(&model_path, Mode::Infer, !a.no_opt)?;
+    let (_, infer_prog) = build(&model_path, Mode::Infer, !a.no_opt, false)?;
     let mut cfg = g.train.clone();
     if let Some(e) = a.epochs {
         cfg.epochs = e;
@@ -192,19 +201,40 @@ pub fn train(a: TrainArgs) -> Result<i32, Fail> {
         None => match mtl::data::generated_for(&g.name) {
             Some(gen) => {
                 let dir = PathBuf::from("data").join(&g.name);
-                let train = dir.join("train.safetensors");
+                let train = dir.join("train.csv");
                 if !train.exists() {
                     if !a.quiet { eprintln!("no --data given: generating the `{}` data set in {}", g.name, dir.display()); }
                     gen(&dir, 0).map_err(|e| Fail::usage(format!("error: {e}")))?;
                 }
                 train
             }
-            None => return Err(Fail::usage("error: --data is required (a safetensors file with one tensor per input and label)")),
+            None => return Err(Fail::usage("error: --data is required: a CSV / JSON Lines manifest, or a safetensors file with one tensor per input and label")),
         },
     };
-    let all = load_data(&data_path, &device)?;
+    let run_dir = a
+        .resume
+        .clone()
+        .or(a.out.clone())
+        .unwrap_or_else(|| fresh_run_dir(&g.name));
+    // Vocabularies and label maps: from the training data, or the run being resumed.
+    let enc_path = run_dir.join("data.json");
+    let mut enc = match &a.resume {
+        Some(_) => Encoders::load(&enc_path).map_err(|e| Fail::usage(format!("error: {e}")))?,
+        None => Encoders::default(),
+    };
+    let all = load_data(
+        &data_path,
+        &train_prog,
+        &mut enc,
+        a.resume.is_none(),
+        true,
+        &device,
+    )?;
     let (train_ds, val_ds) = match (&a.val, cfg.val_split) {
-        (Some(v), _) => (all, Some(load_data(v, &device)?)),
+        (Some(v), _) => (
+            all,
+            Some(load_data(v, &train_prog, &mut enc, false, true, &device)?),
+        ),
         (None, f) if f > 0.0 => {
             let n_val = ((all.n as f64) * f).round() as usize;
             let cut = all.n - n_val;
@@ -217,11 +247,6 @@ pub fn train(a: TrainArgs) -> Result<i32, Fail> {
         }
         _ => (all, None),
     };
-    let run_dir = a
-        .resume
-        .clone()
-        .or(a.out.clone())
-        .unwrap_or_else(|| fresh_run_dir(&g.name));
     std::fs::create_dir_all(&run_dir)
         .map_err(|e| Fail::usage(format!("error: cannot create {}: {e}", run_dir.display())))?;
     if a.resume.is_none() {
@@ -231,6 +256,10 @@ pub fn train(a: TrainArgs) -> Result<i32, Fail> {
                 run_dir.display()
             ))
         })?;
+    }
+    if !enc.is_empty() {
+        enc.save(&enc_path)
+            .map_err(|e| Fail::usage(format!("error: {e}")))?;
     }
     let mut params =
         init_params(&train_prog, cfg.seed, &device).map_err(|e| Fail::model(e.to_string()))?;
@@ -289,12 +318,14 @@ pub fn evaluate(a: EvaluateArgs) -> Result<i32, Fail> {
     let weights = weights.ok_or_else(|| {
         Fail::usage("error: evaluate takes a run directory written by `mtl train`")
     })?;
-    let (_, prog) = build(&model, Mode::Infer, true)?;
+    let (_, prog) = build(&model, Mode::Infer, true, true)?;
     let mut params = init_params(&prog, 0, &device).map_err(|e| Fail::model(e.to_string()))?;
     params
         .load(&weights, &device)
         .map_err(|e| Fail::model(format!("error: {e}")))?;
-    let ds = load_data(&a.data, &device)?;
+    let mut enc =
+        Encoders::load(&a.run.join("data.json")).map_err(|e| Fail::usage(format!("error: {e}")))?;
+    let ds = load_data(&a.data, &prog, &mut enc, false, true, &device)?;
     let r = mtl::train::evaluate(&prog, &params, &ds, a.batch_size, &device)
         .map_err(|e| Fail::model(format!("error: {e}")))?;
     if a.json {

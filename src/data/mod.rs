@@ -1,8 +1,19 @@
-//! Data sources. Today: safetensors tensor files (see `train::data`) and the
-//! built-in generated `shapes` data set.
+//! Data sources: safetensors tensor files, CSV / JSON Lines manifests (images,
+//! text, numbers, class names), and the built-in generated `shapes` data set.
+//! Everything becomes a [`Dataset`] of tensors keyed by input and label names.
 
+mod dataset;
+pub mod encoders;
+mod image;
+pub mod manifest;
+pub mod predictions;
 pub mod shapes;
 
+pub use dataset::Dataset;
+pub use encoders::Encoders;
+
+use crate::lower::Program;
+use candle_core::Device;
 use std::path::Path;
 
 pub type Generator = fn(&Path, u64) -> Result<(), String>;
@@ -12,5 +23,35 @@ pub fn generated_for(model: &str) -> Option<Generator> {
     match model {
         "shapes" => Some(shapes::write_default),
         _ => None,
+    }
+}
+
+/// Whether a path names a manifest (CSV or JSON Lines) rather than tensors.
+pub fn is_manifest(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("csv" | "jsonl" | "ndjson")
+    )
+}
+
+/// Loads a data set for `prog`. Manifests are encoded with `enc`; when `fit`
+/// is set, vocabularies and label maps are first built from this data (the
+/// training split). With `labels`, every head's label column is required.
+pub fn load(
+    path: &Path,
+    prog: &Program,
+    enc: &mut Encoders,
+    fit: bool,
+    labels: bool,
+    device: &Device,
+) -> Result<Dataset, String> {
+    if is_manifest(path) {
+        let m = manifest::Manifest::read(path)?;
+        if fit {
+            *enc = Encoders::fit(prog, &m)?;
+        }
+        m.to_dataset(prog, enc, labels)
+    } else {
+        Dataset::load(path, device)
     }
 }

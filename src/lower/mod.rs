@@ -8,7 +8,7 @@ mod params;
 pub use exec::{head_output, Forward, RunError};
 pub use params::{init_params, save_atomic, Params};
 
-use crate::ir::{shape::same_padding, Graph, Head, LossKind, Op, Padding, Type};
+use crate::ir::{shape::same_padding, Graph, Head, InputKind, LossKind, Op, Padding, Type};
 use crate::passes::Mode;
 use petgraph::stable_graph::NodeIndex;
 use std::collections::HashMap;
@@ -40,6 +40,8 @@ pub struct Program {
     pub steps: Vec<Step>,
     /// (input name, value slot, per-sample type).
     pub inputs: Vec<(String, usize, Type)>,
+    /// How each input is declared (images are decoded from files).
+    pub input_kinds: HashMap<String, InputKind>,
     /// Heads: (head, value slot).
     pub heads: Vec<(Head, usize)>,
     /// Auxiliary losses: (name, kind, weight, operand slots).
@@ -54,12 +56,14 @@ pub fn lower(g: &Graph, mode: Mode) -> Program {
     let mut slot: HashMap<NodeIndex, usize> = HashMap::new();
     let mut steps = vec![];
     let mut inputs = vec![];
+    let mut input_kinds = HashMap::new();
     for n in g.topo_order() {
         let node = &g.g[n];
         let s = slot.len();
         slot.insert(n, s);
         let ty = node.ty.clone().unwrap_or_else(|| Type::f32(vec![]));
-        if let Op::Input { name, .. } = &node.op {
+        if let Op::Input { name, kind } = &node.op {
+            input_kinds.insert(name.clone(), kind.clone());
             inputs.push((name.clone(), s, ty));
             continue;
         }
@@ -116,6 +120,7 @@ pub fn lower(g: &Graph, mode: Mode) -> Program {
         mode,
         steps,
         inputs,
+        input_kinds,
         heads: g.heads.iter().map(|h| (h.clone(), slot[&h.node])).collect(),
         losses: g
             .losses

@@ -1,11 +1,11 @@
 //! The training loop: batches, weighted multi-task loss, backward, optimizer,
 //! per-head metrics, early stopping, atomic checkpoints and exact resume.
 
-use super::data::Dataset;
 use super::gradnorm::{last_shared_layer, GradNorm};
 use super::loss::head_loss;
 use super::metrics::{self, HeadData};
 use super::optim::{grads_for, lr_at, Optimizer};
+use crate::data::Dataset;
 use crate::ir::{LossKind, TrainConfig, Weighting};
 use crate::lower::{head_output, save_atomic, Params, Program};
 use candle_core::{DType, Device, Tensor, Var};

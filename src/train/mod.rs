@@ -1,6 +1,5 @@
 //! Training, evaluation and checkpoints for multi-task models.
 
-pub mod data;
 mod fit;
 pub mod gradnorm;
 pub mod loss;
