@@ -232,7 +232,18 @@ impl Program {
                         b_ih,
                         b_hh,
                     };
-                    kernels::rnn(x, *cell, *units, &w, *hoisted, reverse, *return_sequences)
+                    // A hoisted LSTM trains through our fused op (CPU only).
+                    let fused = *hoisted && train && x.device().is_cpu();
+                    kernels::rnn(
+                        x,
+                        *cell,
+                        *units,
+                        &w,
+                        *hoisted,
+                        reverse,
+                        *return_sequences,
+                        fused,
+                    )
                 };
                 let fwd = dir("", false)?;
                 if *bidirectional {

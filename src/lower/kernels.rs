@@ -40,6 +40,11 @@ pub fn kernel_name(op: &Op, mode: Mode, pads: &Pads) -> &'static str {
             cell: RnnCell::Lstm,
             hoisted: true,
             ..
+        } if train => "mtl.lstm(hoisted, fused recurrence op)",
+        Op::Rnn {
+            cell: RnnCell::Lstm,
+            hoisted: true,
+            ..
         } => "mtl.lstm(hoisted)",
         Op::Rnn {
             cell: RnnCell::Lstm,
@@ -264,6 +269,9 @@ pub struct RnnWeights<'a> {
 
 /// Runs one direction over x [B, T, I]; returns every step's h [B, T, H] in
 /// time order when `sequences`, else the final h [B, H].
+/// With `fused` (a hoisted LSTM being trained on CPU) the recurrence runs as
+/// one custom op with its own backward.
+#[allow(clippy::too_many_arguments)]
 pub fn rnn(
     x: &Tensor,
     cell: RnnCell,
@@ -272,8 +280,25 @@ pub fn rnn(
     hoisted: bool,
     reverse: bool,
     sequences: bool,
+    fused: bool,
 ) -> Result<Tensor> {
     let (b, t, i) = x.dims3()?;
+    if fused && cell == RnnCell::Lstm {
+        let xw = x
+            .reshape((b * t, i))?
+            .matmul(&w.w_ih.t()?)?
+            .broadcast_add(w.b_ih)?
+            .reshape((b, t, ()))?;
+        let hs = xw.contiguous()?.apply_op2(
+            &w.w_hh.contiguous()?,
+            super::lstm_op::LstmSeq::new(units, reverse),
+        )?;
+        return if sequences {
+            Ok(hs)
+        } else {
+            hs.narrow(1, if reverse { 0 } else { t - 1 }, 1)?.squeeze(1)
+        };
+    }
     let w_ih_t = w.w_ih.t()?;
     let w_hh_t = w.w_hh.t()?;
     // The hoisted form: one GEMM for the input projection of all steps.

@@ -2,7 +2,9 @@
 //! call (or one of our kernels) over named parameters. Built once, run many times.
 
 mod exec;
+mod gemm;
 mod kernels;
+mod lstm_op;
 mod params;
 
 pub use exec::{head_output, Forward, RunError};

@@ -1,0 +1,65 @@
+//! A bounds-checked front to the `gemm` crate for our CPU kernels:
+//! `dst = (read_dst ? dst : 0) + lhs · rhs` over strided f32 matrices.
+
+/// A strided [rows, cols] view: element (r, c) at `r * rs + c * cs`.
+#[derive(Clone, Copy)]
+pub struct View<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+fn fits(len: usize, rows: usize, cols: usize, rs: usize, cs: usize) -> bool {
+    rows == 0 || cols == 0 || (rows - 1) * rs + (cols - 1) * cs < len
+}
+
+/// `lhs` [m, k] · `rhs` [k, n] into `dst` [m, n] (row stride `dst_rs`,
+/// column stride 1), added to its contents when `read_dst`.
+pub fn matmul(dst: &mut [f32], dst_rs: usize, read_dst: bool, lhs: View, rhs: View) {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    assert_eq!(k, rhs.rows, "gemm: inner sizes differ");
+    assert!(fits(dst.len(), m, n, dst_rs, 1), "gemm: dst out of bounds");
+    assert!(
+        fits(lhs.data.len(), m, k, lhs.rs, lhs.cs),
+        "gemm: lhs out of bounds"
+    );
+    assert!(
+        fits(rhs.data.len(), k, n, rhs.rs, rhs.cs),
+        "gemm: rhs out of bounds"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    let par = if m * n * k >= 1 << 24 {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: every index the kernel touches is inside the slices (checked
+    // above); `dst` is borrowed mutably and does not alias `lhs` or `rhs`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            read_dst,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}

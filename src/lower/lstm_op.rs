@@ -1,0 +1,242 @@
+//! A whole-sequence LSTM recurrence as one candle custom op with its own
+//! backward (BPTT) on raw buffers. Its inputs are the hoisted input projection
+//! `xw = x·W_ihᵀ + b` [B, T, 4H] and `W_hh` [4H, H]; its output is every
+//! step's hidden state [B, T, H] in time order (gates i, f, g, o).
+//!
+//! Why: with candle's autograd, each per-step slice of the hoisted projection
+//! gets a zero-padded gradient of the whole sequence in backward (O(T²)
+//! work), and each gate op allocates. Here the forward keeps the gate
+//! activations for the backward, which runs the recurrence in place and forms
+//! dW_hh with one GEMM over all steps.
+
+use super::gemm::{matmul, View};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+use std::sync::Mutex;
+
+pub struct LstmSeq {
+    pub units: usize,
+    pub reverse: bool,
+    /// Forward activations (i, f, g, o per step) and cell states, for backward.
+    saved: Mutex<Option<(Vec<f32>, Vec<f32>)>>,
+}
+
+impl LstmSeq {
+    pub fn new(units: usize, reverse: bool) -> Self {
+        LstmSeq {
+            units,
+            reverse,
+            saved: Mutex::new(None),
+        }
+    }
+
+    fn order(&self, t: usize) -> Vec<usize> {
+        if self.reverse {
+            (0..t).rev().collect()
+        } else {
+            (0..t).collect()
+        }
+    }
+
+    /// (hidden states, activations, cell states), all [B, T, ·].
+    fn forward(&self, xw: &[f32], w: &[f32], b: usize, t: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let hu = self.units;
+        let g4 = 4 * hu;
+        let (mut hs, mut cs, mut acts) = (
+            vec![0f32; b * t * hu],
+            vec![0f32; b * t * hu],
+            vec![0f32; b * t * g4],
+        );
+        let (mut h, mut c, mut g) = (vec![0f32; b * hu], vec![0f32; b * hu], vec![0f32; b * g4]);
+        // W_hhᵀ [H, 4H] as a view of W_hh [4H, H].
+        let w_t = View {
+            data: w,
+            rows: hu,
+            cols: g4,
+            rs: 1,
+            cs: hu,
+        };
+        for ts in self.order(t) {
+            for bi in 0..b {
+                g[bi * g4..(bi + 1) * g4]
+                    .copy_from_slice(&xw[(bi * t + ts) * g4..(bi * t + ts + 1) * g4]);
+            }
+            matmul(
+                &mut g,
+                g4,
+                true,
+                View {
+                    data: &h,
+                    rows: b,
+                    cols: hu,
+                    rs: hu,
+                    cs: 1,
+                },
+                w_t,
+            );
+            // Gates of each batch row in parallel: rows own disjoint slices.
+            h.par_chunks_mut(hu)
+                .zip(c.par_chunks_mut(hu))
+                .zip(g.par_chunks(g4))
+                .zip(acts.par_chunks_mut(t * g4))
+                .zip(hs.par_chunks_mut(t * hu).zip(cs.par_chunks_mut(t * hu)))
+                .for_each(|((((h, c), row), acts), (hs, cs))| {
+                    let a = &mut acts[ts * g4..(ts + 1) * g4];
+                    for j in 0..hu {
+                        let i = sigmoid(row[j]);
+                        let f = sigmoid(row[hu + j]);
+                        let gg = row[2 * hu + j].tanh();
+                        let o = sigmoid(row[3 * hu + j]);
+                        let cj = f * c[j] + i * gg;
+                        c[j] = cj;
+                        h[j] = o * cj.tanh();
+                        a[j] = i;
+                        a[hu + j] = f;
+                        a[2 * hu + j] = gg;
+                        a[3 * hu + j] = o;
+                    }
+                    hs[ts * hu..(ts + 1) * hu].copy_from_slice(h);
+                    cs[ts * hu..(ts + 1) * hu].copy_from_slice(c);
+                });
+        }
+        (hs, acts, cs)
+    }
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+fn contiguous(s: &CpuStorage, l: &Layout) -> Result<Vec<f32>> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(data[a..b].to_vec()),
+        None => candle_core::bail!("lstm op expects contiguous inputs"),
+    }
+}
+
+impl CustomOp2 for LstmSeq {
+    fn name(&self) -> &'static str {
+        "mtl-lstm-seq"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, t, g4) = l1.shape().dims3()?;
+        if g4 != 4 * self.units || l2.shape().dims2()? != (g4, self.units) {
+            candle_core::bail!(
+                "lstm op: shapes {:?} and {:?} do not fit {} units",
+                l1.shape(),
+                l2.shape(),
+                self.units
+            )
+        }
+        let (xw, w) = (contiguous(s1, l1)?, contiguous(s2, l2)?);
+        let (hs, acts, cs) = self.forward(&xw, &w, b, t);
+        if let Ok(mut saved) = self.saved.lock() {
+            *saved = Some((acts, cs));
+        }
+        Ok((CpuStorage::F32(hs), Shape::from((b, t, self.units))))
+    }
+
+    fn bwd(
+        &self,
+        xw: &Tensor,
+        w_hh: &Tensor,
+        hs: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (b, t, g4) = xw.dims3()?;
+        let hu = self.units;
+        let flat = |x: &Tensor| -> Result<Vec<f32>> { x.detach().flatten_all()?.to_vec1::<f32>() };
+        let (w, hs_v, grad) = (flat(w_hh)?, flat(hs)?, flat(grad)?);
+        let saved = self.saved.lock().ok().and_then(|mut s| s.take());
+        let (acts, cs) = match saved {
+            Some(s) => s,
+            None => {
+                let (_, a, c) = self.forward(&flat(xw)?, &w, b, t);
+                (a, c)
+            }
+        };
+        let steps = self.order(t);
+        let mut dg = vec![0f32; b * t * g4];
+        let mut h_prev = vec![0f32; b * t * hu];
+        let (mut dh_next, mut dc_next) = (vec![0f32; b * hu], vec![0f32; b * hu]);
+        for k in (0..t).rev() {
+            let ts = steps[k];
+            let prev = (k > 0).then(|| steps[k - 1]);
+            // Batch rows in parallel: each owns its rows of dg, h_prev and the carries.
+            dg.par_chunks_mut(t * g4)
+                .zip(h_prev.par_chunks_mut(t * hu))
+                .zip(dc_next.par_chunks_mut(hu).zip(dh_next.par_chunks(hu)))
+                .enumerate()
+                .for_each(|(bi, ((dg, h_prev), (dc_next, dh_next)))| {
+                    let (a, s) = ((bi * t + ts) * g4, (bi * t + ts) * hu);
+                    let p = prev.map(|p| (bi * t + p) * hu);
+                    let dgt = &mut dg[ts * g4..(ts + 1) * g4];
+                    for j in 0..hu {
+                        let (i, f, gg, o) = (
+                            acts[a + j],
+                            acts[a + hu + j],
+                            acts[a + 2 * hu + j],
+                            acts[a + 3 * hu + j],
+                        );
+                        let c = cs[s + j];
+                        let cp = p.map_or(0.0, |p| cs[p + j]);
+                        let tc = c.tanh();
+                        let dh = grad[s + j] + dh_next[j];
+                        let dc = dh * o * (1.0 - tc * tc) + dc_next[j];
+                        dc_next[j] = dc * f;
+                        dgt[j] = dc * gg * i * (1.0 - i);
+                        dgt[hu + j] = dc * cp * f * (1.0 - f);
+                        dgt[2 * hu + j] = dc * i * (1.0 - gg * gg);
+                        dgt[3 * hu + j] = dh * tc * o * (1.0 - o);
+                        h_prev[ts * hu + j] = p.map_or(0.0, |p| hs_v[p + j]);
+                    }
+                });
+            // dh_{t−1} = dgates_t · W_hh; rows of step ts are T·4H apart.
+            let lhs = View {
+                data: &dg[ts * g4..],
+                rows: b,
+                cols: g4,
+                rs: t * g4,
+                cs: 1,
+            };
+            let w_hh = View {
+                data: &w,
+                rows: g4,
+                cols: hu,
+                rs: hu,
+                cs: 1,
+            };
+            matmul(&mut dh_next, hu, false, lhs, w_hh);
+        }
+        // dW_hh = Σ_t dgates_tᵀ · h_{t−1}: one GEMM over all steps.
+        let mut dw = vec![0f32; g4 * hu];
+        let dg_t = View {
+            data: &dg,
+            rows: g4,
+            cols: b * t,
+            rs: 1,
+            cs: g4,
+        };
+        let hp = View {
+            data: &h_prev,
+            rows: b * t,
+            cols: hu,
+            rs: hu,
+            cs: 1,
+        };
+        matmul(&mut dw, hu, false, dg_t, hp);
+        let dev = xw.device();
+        Ok((
+            Some(Tensor::from_vec(dg, (b, t, g4), dev)?),
+            Some(Tensor::from_vec(dw, (g4, hu), dev)?),
+        ))
+    }
+}
