@@ -165,3 +165,61 @@ fn passes_preserve_outputs_and_gradients() {
         }
     }
 }
+
+/// Folded batch norms and merged sibling dense layers compute what the
+/// unoptimized graph computes, with non-trivial running statistics.
+#[test]
+fn inference_folding_and_merging_preserve_outputs() {
+    let src = r#"
+model m {
+  input img: image[3, 9, 9]
+  input v: f32[6]
+  let c = img -> conv2d(4, 3, padding = same) -> batch_norm -> relu -> global_avg_pool
+  let d = v -> dense(5) -> batch_norm
+  let h = concat(c, d)
+  head a = h -> dense(3) { loss: cross_entropy }
+  head b = h -> dense(1) { loss: binary_cross_entropy }
+  head e = h -> dense(2) { loss: mse }
+}
+"#;
+    let build = |optimize| {
+        let opts = mtl::Options {
+            optimize,
+            ..Default::default()
+        };
+        lower(&graph(mtl::compile_str("m.mtl", src, &opts)), Mode::Infer)
+    };
+    let (opt, plain) = (build(true), build(false));
+    let text = opt.render();
+    assert!(
+        text.contains("batch_norm folded") && text.contains("merged matmul"),
+        "{text}"
+    );
+    let dev = Device::Cpu;
+    let params = init_params(&opt, 2, &dev).unwrap();
+    // Random statistics and affine terms, so folding is not the identity.
+    for (k, v) in &params.vars {
+        if k.contains("running")
+            || k.ends_with("_bn.weight")
+            || k.contains(".1.")
+            || k.contains(".2.")
+        {
+            let r = Tensor::rand(0.5f32, 1.5, v.dims(), &dev).unwrap();
+            v.set(&r).unwrap();
+        }
+    }
+    let x = random_inputs(&opt, 4, 3, -1.0);
+    let out = |p: &mtl::lower::Program| mtl::predict::predict(p, &params, &x, 4, &dev).unwrap();
+    let (a, b) = (out(&opt), out(&plain));
+    for (h, t) in &a {
+        let d = (t - &b[h])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-5, "head {h} differs by {d}");
+    }
+}

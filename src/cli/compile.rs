@@ -106,8 +106,10 @@ pub fn check(a: CheckArgs) -> Result<i32, Fail> {
 }
 
 pub fn summary(a: SummaryArgs) -> Result<i32, Fail> {
+    // The training pipeline: every layer as written (inference folds and merges some).
     let opts = mtl::Options {
         optimize: !a.no_opt,
+        mode: Mode::Train,
         ..Default::default()
     };
     let (g, _) = load(&a.model, &opts, true)?;

@@ -166,6 +166,7 @@ impl<'a> Elab<'a> {
                         span: name.span.to(ty.span),
                         ty: None,
                         param: None,
+                        folded_bn: None,
                     },
                     &[],
                 );
@@ -1062,6 +1063,7 @@ impl<'a> Elab<'a> {
                 span,
                 ty: None,
                 param,
+                folded_bn: None,
             },
             operands,
         )

@@ -149,6 +149,20 @@ pub struct Node {
     pub span: Span,
     pub ty: Option<Type>,
     pub param: Option<ParamId>,
+    /// Inference: a batch norm (parameters, epsilon) folded into this conv or dense.
+    pub folded_bn: Option<(ParamId, f64)>,
+}
+
+impl Node {
+    /// Every parameter set this node reads.
+    pub fn param_ids(&self) -> Vec<ParamId> {
+        let mut v: Vec<ParamId> = self.param.into_iter().collect();
+        v.extend(self.folded_bn.map(|(p, _)| p));
+        if let Op::MergedDense { parts } = &self.op {
+            v.extend(parts.iter().map(|(p, _)| *p));
+        }
+        v
+    }
 }
 
 /// An edge from operand to user; `slot` is the operand's position.
@@ -425,7 +439,7 @@ impl Graph {
 
     /// (total, trainable, non-trainable) over parameter sets still used by a node.
     pub fn param_counts(&self) -> (usize, usize, usize) {
-        let mut used: Vec<ParamId> = self.g.node_weights().filter_map(|n| n.param).collect();
+        let mut used: Vec<ParamId> = self.g.node_weights().flat_map(Node::param_ids).collect();
         used.sort_unstable();
         used.dedup();
         let (mut tr, mut non) = (0, 0);
@@ -434,6 +448,14 @@ impl Graph {
             non += self.params[p.0].count(false);
         }
         (tr + non, tr, non)
+    }
+
+    /// How many nodes read parameter set `p`.
+    pub fn param_users(&self, p: ParamId) -> usize {
+        self.g
+            .node_weights()
+            .filter(|n| n.param_ids().contains(&p))
+            .count()
     }
 
     /// Redirects every use of `from` (edges, heads, losses, inputs) to `to`.

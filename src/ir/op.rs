@@ -172,6 +172,16 @@ pub enum Op {
         fixed: Option<Vec<f64>>,
     },
     Gated,
+    /// Inference: sibling dense layers on one operand as one GEMM; outputs
+    /// concatenated on the last axis in `parts` order (parameters, units).
+    MergedDense {
+        parts: Vec<(super::ParamId, usize)>,
+    },
+    /// A slice of the last axis.
+    Slice {
+        start: usize,
+        len: usize,
+    },
 }
 
 impl Op {
@@ -201,6 +211,8 @@ impl Op {
             Op::Elementwise(e) => e.name().into(),
             Op::Weighted { .. } => "weighted".into(),
             Op::Gated => "gated".into(),
+            Op::MergedDense { .. } => "merged_dense".into(),
+            Op::Slice { .. } => "slice".into(),
         }
     }
 
@@ -277,6 +289,8 @@ impl Op {
             Op::Concat { axis } => format!("axis={axis}"),
             Op::Weighted { fixed: Some(w) } => format!("weights={w:?}"),
             Op::Weighted { fixed: None } => "learned".into(),
+            Op::MergedDense { parts } => format!("units={:?}", parts.iter().map(|p| p.1).collect::<Vec<_>>()),
+            Op::Slice { start, len } => format!("start={start}, len={len}"),
             _ => String::new(),
         }
     }

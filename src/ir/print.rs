@@ -24,8 +24,16 @@ pub fn print_ir(g: &Graph) -> String {
             }
             None => s.push_str(" : ?"),
         }
-        if let Some(p) = node.param {
-            let _ = write!(s, " @{}", g.params[p.0].prefix);
+        let prefixes: Vec<String> = node
+            .param_ids()
+            .iter()
+            .map(|p| format!("@{}", g.params[p.0].prefix))
+            .collect();
+        if !prefixes.is_empty() {
+            let _ = write!(s, " {}", prefixes.join(" "));
+        }
+        if node.folded_bn.is_some() {
+            s.push_str(" (batch_norm folded)");
         }
         s.push('\n');
     }

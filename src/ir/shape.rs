@@ -554,6 +554,17 @@ fn rule(
             ))
         }
         Op::Concat { axis } => concat(g, n, ops, tys, *axis, u),
+        // Built by the optimizer from typed nodes; their rules for completeness.
+        Op::MergedDense { parts } => {
+            let mut out = s[..s.len().saturating_sub(1)].to_vec();
+            out.push(Dim::Fixed(parts.iter().map(|p| p.1).sum()));
+            Ok((Type::f32(out), None))
+        }
+        Op::Slice { len, .. } => {
+            let mut out = s[..s.len().saturating_sub(1)].to_vec();
+            out.push(Dim::Fixed(*len));
+            Ok((Type::f32(out), None))
+        }
         Op::Elementwise(_) | Op::Weighted { .. } | Op::Gated => elementwise(g, n, ops, tys, u),
     }
 }

@@ -171,8 +171,43 @@ impl Program {
         let x = args[0];
         match &st.op {
             Op::Input { .. } => Ok(x.clone()),
-            Op::Dense { .. } => kernels::dense(x, p("weight")?, p("bias")?),
-            Op::Conv { .. } => kernels::conv(x, p("weight")?, p("bias")?, &st.op, &st.pads),
+            Op::Dense { .. } | Op::Conv { .. } => {
+                let (w, b) = match &st.bn {
+                    Some((bn, eps)) => {
+                        let q = |name: &str| params.get(&format!("{bn}.{name}"));
+                        kernels::fold_bn(
+                            p("weight")?,
+                            p("bias")?,
+                            q("weight")?,
+                            q("bias")?,
+                            q("running_mean")?,
+                            q("running_var")?,
+                            *eps,
+                        )?
+                    }
+                    None => (p("weight")?.clone(), p("bias")?.clone()),
+                };
+                match st.op {
+                    Op::Dense { .. } => kernels::dense(x, &w, &b),
+                    _ => kernels::conv(x, &w, &b, &st.op, &st.pads),
+                }
+            }
+            Op::MergedDense { .. } => {
+                let get =
+                    |prefix: &str, name: &str| params.get(&format!("{prefix}.{name}")).cloned();
+                let ws: Vec<Tensor> = st
+                    .parts
+                    .iter()
+                    .map(|(pre, _)| get(pre, "weight"))
+                    .collect::<candle_core::Result<_>>()?;
+                let bs: Vec<Tensor> = st
+                    .parts
+                    .iter()
+                    .map(|(pre, _)| get(pre, "bias"))
+                    .collect::<candle_core::Result<_>>()?;
+                kernels::dense(x, &Tensor::cat(&ws, 0)?, &Tensor::cat(&bs, 0)?)
+            }
+            Op::Slice { start, len } => x.narrow(x.rank() - 1, *start, *len),
             Op::ConvTranspose2d {
                 kernel,
                 stride,

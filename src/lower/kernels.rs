@@ -85,7 +85,36 @@ pub fn kernel_name(op: &Op, mode: Mode, pads: &Pads) -> &'static str {
         Op::Weighted { fixed: Some(_) } => "weighted_sum(fixed)",
         Op::Weighted { fixed: None } => "weighted_sum(softmax(logits))",
         Op::Gated => "mtl.gated",
+        Op::MergedDense { .. } => "merged matmul+bias",
+        Op::Slice { .. } => "narrow",
     }
+}
+
+/// Kernel names of layers with a batch norm folded in.
+pub fn folded_name(op: &Op) -> &'static str {
+    match op {
+        Op::Conv { .. } => "conv (batch_norm folded into weights)",
+        _ => "matmul+bias (batch_norm folded into weights)",
+    }
+}
+
+/// Weights and bias with a batch norm folded in: w·s (per output channel),
+/// (b − mean)·s + β, where s = γ / √(var + ε).
+pub fn fold_bn(
+    w: &Tensor,
+    b: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    mean: &Tensor,
+    var: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor)> {
+    let s = gamma.div(&(var + eps)?.sqrt()?)?;
+    let mut shape = vec![s.dim(0)?];
+    shape.extend(std::iter::repeat_n(1, w.rank() - 1));
+    let w = w.broadcast_mul(&s.reshape(shape)?)?;
+    let b = ((b - mean)? * &s)?.add(beta)?;
+    Ok((w, b))
 }
 
 /// `x @ w^T + b` over the last axis, for any rank.

@@ -33,6 +33,10 @@ pub struct Step {
     pub out: usize,
     /// Checkpoint prefix of the layer's parameters.
     pub params: Option<String>,
+    /// A batch norm folded into this conv / dense: (prefix, epsilon).
+    pub bn: Option<(String, f64)>,
+    /// Merged dense layers: (prefix, units) in output order.
+    pub parts: Vec<(String, usize)>,
     pub ty: Type,
 }
 
@@ -95,19 +99,33 @@ pub fn lower(g: &Graph, mode: Mode) -> Program {
         };
         steps.push(Step {
             name: node.name.clone(),
-            kernel: kernels::kernel_name(&node.op, mode, &pads),
+            kernel: if node.folded_bn.is_some() {
+                kernels::folded_name(&node.op)
+            } else {
+                kernels::kernel_name(&node.op, mode, &pads)
+            },
             op: node.op.clone(),
             pads,
             args,
             out: s,
             params: node.param.map(|p| g.params[p.0].prefix.clone()),
+            bn: node
+                .folded_bn
+                .map(|(p, eps)| (g.params[p.0].prefix.clone(), eps)),
+            parts: match &node.op {
+                Op::MergedDense { parts } => parts
+                    .iter()
+                    .map(|(p, u)| (g.params[p.0].prefix.clone(), *u))
+                    .collect(),
+                _ => vec![],
+            },
             ty,
         });
     }
     let mut param_specs = vec![];
     let mut used: Vec<usize> =
         g.g.node_weights()
-            .filter_map(|n| n.param.map(|p| p.0))
+            .flat_map(|n| n.param_ids().into_iter().map(|p| p.0))
             .collect();
     used.sort_unstable();
     used.dedup();
@@ -173,14 +191,18 @@ impl Program {
                 st.ty,
                 st.name
             );
-            if let Some(p) = &st.params {
+            let prefixes: Vec<&str> = st
+                .params
+                .iter()
+                .map(String::as_str)
+                .chain(st.bn.iter().map(|b| b.0.as_str()))
+                .chain(st.parts.iter().map(|p| p.0.as_str()))
+                .collect();
+            for p in prefixes {
                 let keys: Vec<String> = self
                     .param_specs
                     .iter()
-                    .filter(|(k, _)| {
-                        k.strip_prefix(p.as_str())
-                            .is_some_and(|r| r.starts_with('.'))
-                    })
+                    .filter(|(k, _)| k.strip_prefix(p).is_some_and(|r| r.starts_with('.')))
                     .map(|(k, _)| format!("{k}{:?}", shapes[k.as_str()]))
                     .collect();
                 let _ = write!(s, "  [{}]", keys.join(", "));

@@ -8,7 +8,8 @@ use petgraph::stable_graph::NodeIndex;
 use std::collections::HashMap;
 
 pub fn run(g: &mut Graph, cx: &mut PassCx) -> Change {
-    let mut seen: HashMap<(String, Option<usize>, Vec<NodeIndex>), NodeIndex> = HashMap::new();
+    type Key = (String, Vec<usize>, Vec<NodeIndex>);
+    let mut seen: HashMap<Key, NodeIndex> = HashMap::new();
     let mut merged = 0;
     for n in g.topo_order() {
         let node = &g.g[n];
@@ -18,7 +19,7 @@ pub fn run(g: &mut Graph, cx: &mut PassCx) -> Change {
         // Nodes without parameters merge by op; with parameters only when the set is the same.
         let key = (
             format!("{:?}", node.op),
-            node.param.map(|p| p.0),
+            node.param_ids().iter().map(|p| p.0).collect::<Vec<_>>(),
             g.operands(n),
         );
         match seen.get(&key) {

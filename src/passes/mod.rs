@@ -4,7 +4,9 @@
 mod algebraic;
 mod cse;
 mod dce;
+mod fold_bn;
 mod hoist_rnn;
+mod merge_dense;
 
 use crate::diagnostics::Diagnostic;
 use crate::driver::Options;
@@ -45,6 +47,8 @@ pub const PASSES: &[(&str, PassFn)] = &[
     ("dce", dce::run),
     ("algebraic", algebraic::run),
     ("cse", cse::run),
+    ("fold-bn", fold_bn::run),
+    ("merge-dense", merge_dense::run),
     ("hoist-rnn", hoist_rnn::run),
 ];
 
