@@ -12,10 +12,10 @@ pub fn kernel_name(op: &Op, mode: Mode, pads: &Pads) -> &'static str {
         Op::Input { .. } => "input",
         Op::Dense { .. } => "matmul+bias",
         Op::Conv { kernel, .. } => match (kernel.len(), pads.iter().any(|(a, b)| a != b)) {
-            (1, false) => "candle.conv1d",
-            (1, true) => "pad+candle.conv1d",
-            (_, false) => "candle.conv2d",
-            (_, true) => "pad+candle.conv2d",
+            (1, false) => "mtl.conv1d(im2col+gemm)",
+            (1, true) => "pad+mtl.conv1d(im2col+gemm)",
+            (_, false) => "mtl.conv2d(im2col+gemm)",
+            (_, true) => "pad+mtl.conv2d(im2col+gemm)",
         },
         Op::ConvTranspose2d { .. } => "candle.conv_transpose2d",
         Op::Upsample { .. } => "candle.upsample_nearest",
@@ -164,7 +164,30 @@ pub fn conv(x: &Tensor, w: &Tensor, b: &Tensor, op: &Op, pads: &Pads) -> Result<
             "per-axis strides or dilations that differ are not supported by candle's conv"
         )
     }
-    let y = if w.rank() == 3 {
+    let y = if x.device().is_cpu() && *groups == 1 {
+        // Our im2col + GEMM op (forward and backward); conv1d as a 1×L conv2d.
+        if pad > 0 {
+            for a in 2..x.rank() {
+                x = x.pad_with_zeros(a, pad, pad)?;
+            }
+        }
+        let one_d = w.rank() == 3;
+        let (x4, w4) = if one_d {
+            (x.unsqueeze(2)?, w.unsqueeze(2)?)
+        } else {
+            (x, w.clone())
+        };
+        let op = super::conv_op::Conv2dIm2col {
+            stride: stride[0],
+            dilation: dilation[0],
+        };
+        let y = x4.contiguous()?.apply_op2(&w4.contiguous()?, op)?;
+        if one_d {
+            y.squeeze(2)?
+        } else {
+            y
+        }
+    } else if w.rank() == 3 {
         x.conv1d(w, pad, stride[0], dilation[0], *groups)?
     } else {
         x.conv2d(w, pad, stride[0], dilation[0], *groups)?

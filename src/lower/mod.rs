@@ -1,6 +1,7 @@
 //! Lowering: the optimized IR becomes an ordered list of steps, each a candle
 //! call (or one of our kernels) over named parameters. Built once, run many times.
 
+mod conv_op;
 mod exec;
 mod gemm;
 mod kernels;

@@ -1,0 +1,292 @@
+//! 2-D convolution (groups = 1, no padding: callers pad) as im2col + GEMM,
+//! forward and both backward products, parallel over the batch. candle's CPU
+//! conv backward runs a direct transposed-convolution loop that dominated the
+//! training step of image models (see benches/README.md).
+
+use super::gemm::{matmul, View};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+pub struct Conv2dIm2col {
+    pub stride: usize,
+    pub dilation: usize,
+}
+
+/// Sizes of one convolution.
+#[derive(Clone, Copy)]
+struct Geom {
+    c: usize,
+    h: usize,
+    w: usize,
+    f: usize,
+    kh: usize,
+    kw: usize,
+    oh: usize,
+    ow: usize,
+    s: usize,
+    d: usize,
+}
+
+impl Geom {
+    fn ckk(&self) -> usize {
+        self.c * self.kh * self.kw
+    }
+    fn p(&self) -> usize {
+        self.oh * self.ow
+    }
+
+    /// cols[(c·kh + i)·kw + j][oy·ow + ox] = x[c, oy·s + i·d, ox·s + j·d]
+    fn im2col(&self, x: &[f32], cols: &mut [f32]) {
+        let p = self.p();
+        for c in 0..self.c {
+            for i in 0..self.kh {
+                for j in 0..self.kw {
+                    let row = &mut cols[((c * self.kh + i) * self.kw + j) * p..][..p];
+                    for oy in 0..self.oh {
+                        let src =
+                            &x[(c * self.h + oy * self.s + i * self.d) * self.w + j * self.d..];
+                        let dst = &mut row[oy * self.ow..(oy + 1) * self.ow];
+                        if self.s == 1 {
+                            dst.copy_from_slice(&src[..self.ow]);
+                        } else {
+                            for (ox, v) in dst.iter_mut().enumerate() {
+                                *v = src[ox * self.s];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The adjoint of `im2col`: dx[c, y, x] += dcols[k][p].
+    fn col2im(&self, dcols: &[f32], dx: &mut [f32]) {
+        let p = self.p();
+        for c in 0..self.c {
+            for i in 0..self.kh {
+                for j in 0..self.kw {
+                    let row = &dcols[((c * self.kh + i) * self.kw + j) * p..][..p];
+                    for oy in 0..self.oh {
+                        let base = (c * self.h + oy * self.s + i * self.d) * self.w + j * self.d;
+                        for ox in 0..self.ow {
+                            dx[base + ox * self.s] += row[oy * self.ow + ox];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn geom(x: &[usize], w: &[usize], s: usize, d: usize) -> Result<Geom> {
+    let (&[_, c, h, wd], &[f, c2, kh, kw]) = (x, w) else {
+        candle_core::bail!("conv op: expected 4-d input and kernel")
+    };
+    let (span_h, span_w) = (d * (kh - 1) + 1, d * (kw - 1) + 1);
+    if c != c2 || h < span_h || wd < span_w {
+        candle_core::bail!("conv op: input {x:?} does not fit kernel {w:?}")
+    }
+    Ok(Geom {
+        c,
+        h,
+        w: wd,
+        f,
+        kh,
+        kw,
+        oh: (h - span_h) / s + 1,
+        ow: (wd - span_w) / s + 1,
+        s,
+        d,
+    })
+}
+
+fn contiguous(s: &CpuStorage, l: &Layout) -> Result<Vec<f32>> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(data[a..b].to_vec()),
+        None => candle_core::bail!("conv op expects contiguous inputs"),
+    }
+}
+
+impl CustomOp2 for Conv2dIm2col {
+    fn name(&self) -> &'static str {
+        "mtl-conv2d-im2col"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = geom(l1.dims(), l2.dims(), self.stride, self.dilation)?;
+        let b = l1.dims()[0];
+        let (x, w) = (contiguous(s1, l1)?, contiguous(s2, l2)?);
+        let (ckk, p, in_len) = (g.ckk(), g.p(), g.c * g.h * g.w);
+        let mut out = vec![0f32; b * g.f * p];
+        out.par_chunks_mut(g.f * p).enumerate().for_each_init(
+            || vec![0f32; ckk * p],
+            |cols, (bi, y)| {
+                g.im2col(&x[bi * in_len..(bi + 1) * in_len], cols);
+                let lhs = View {
+                    data: &w,
+                    rows: g.f,
+                    cols: ckk,
+                    rs: ckk,
+                    cs: 1,
+                };
+                let rhs = View {
+                    data: cols,
+                    rows: ckk,
+                    cols: p,
+                    rs: p,
+                    cs: 1,
+                };
+                matmul(y, p, false, lhs, rhs);
+            },
+        );
+        Ok((CpuStorage::F32(out), Shape::from((b, g.f, g.oh, g.ow))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = geom(x.dims(), w.dims(), self.stride, self.dilation)?;
+        let b = x.dim(0)?;
+        let flat = |t: &Tensor| -> Result<Vec<f32>> { t.detach().flatten_all()?.to_vec1::<f32>() };
+        let (xv, wv, dy) = (flat(x)?, flat(w)?, flat(grad)?);
+        let (ckk, p, in_len) = (g.ckk(), g.p(), g.c * g.h * g.w);
+        let mut dx = vec![0f32; b * in_len];
+        // Per batch row: dcols = Wᵀ·dy → dx (col2im); dW_b = dy·colsᵀ, summed.
+        let dw = dx
+            .par_chunks_mut(in_len)
+            .enumerate()
+            .fold(
+                || {
+                    (
+                        vec![0f32; g.f * ckk],
+                        vec![0f32; ckk * p],
+                        vec![0f32; ckk * p],
+                    )
+                },
+                |(mut dw, mut cols, mut dcols), (bi, dxb)| {
+                    let dyb = &dy[bi * g.f * p..(bi + 1) * g.f * p];
+                    let dy_view = View {
+                        data: dyb,
+                        rows: g.f,
+                        cols: p,
+                        rs: p,
+                        cs: 1,
+                    };
+                    let w_t = View {
+                        data: &wv,
+                        rows: ckk,
+                        cols: g.f,
+                        rs: 1,
+                        cs: ckk,
+                    };
+                    matmul(&mut dcols, p, false, w_t, dy_view);
+                    g.col2im(&dcols, dxb);
+                    g.im2col(&xv[bi * in_len..(bi + 1) * in_len], &mut cols);
+                    let cols_t = View {
+                        data: &cols,
+                        rows: p,
+                        cols: ckk,
+                        rs: 1,
+                        cs: p,
+                    };
+                    matmul(&mut dw, ckk, true, dy_view, cols_t);
+                    (dw, cols, dcols)
+                },
+            )
+            .map(|(dw, _, _)| dw)
+            .reduce(
+                || vec![0f32; g.f * ckk],
+                |mut a, b| {
+                    a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                    a
+                },
+            );
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, x.dims(), dev)?),
+            Some(Tensor::from_vec(dw, w.dims(), dev)?),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Conv2dIm2col;
+    use candle_core::{Device, Tensor, Var};
+
+    /// Output and both gradients equal candle's own conv2d (whose backward we replace).
+    #[test]
+    fn matches_candle_conv2d_forward_and_backward() {
+        let dev = Device::Cpu;
+        for (b, c, h, w, f, k, s, d) in [
+            (2, 3, 7, 6, 4, 3, 1, 1),
+            (3, 2, 9, 9, 5, 3, 2, 1),
+            (1, 4, 8, 7, 2, 2, 1, 2),
+            (2, 1, 5, 5, 3, 1, 1, 1),
+        ] {
+            let x =
+                Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, c, h, w), &dev).unwrap()).unwrap();
+            let k4 =
+                Var::from_tensor(&Tensor::randn(0f32, 1.0, (f, c, k, k), &dev).unwrap()).unwrap();
+            let ours = x
+                .as_tensor()
+                .apply_op2(
+                    k4.as_tensor(),
+                    Conv2dIm2col {
+                        stride: s,
+                        dilation: d,
+                    },
+                )
+                .unwrap();
+            let theirs = x.as_tensor().conv2d(k4.as_tensor(), 0, s, d, 1).unwrap();
+            assert_eq!(ours.dims(), theirs.dims());
+            let weights = Tensor::randn(0f32, 1.0, ours.dims(), &dev).unwrap();
+            let diff = |a: &Tensor, b: &Tensor| {
+                (a - b)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+            };
+            assert!(diff(&ours, &theirs) < 1e-4, "forward");
+            let ga = (ours * &weights)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let gb = (theirs * &weights)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            for v in [&x, &k4] {
+                let (p, q) = (
+                    ga.get(v.as_tensor()).unwrap(),
+                    gb.get(v.as_tensor()).unwrap(),
+                );
+                assert!(
+                    diff(p, q) < 1e-3,
+                    "gradient differs by {} for case {:?}",
+                    diff(p, q),
+                    (b, c, h, w, f, k, s, d)
+                );
+            }
+        }
+    }
+}
