@@ -163,15 +163,24 @@ fn digits(mask_half_parity: bool, seed: u64) -> f64 {
 
 #[test]
 fn digits_recipe_reaches_keras_accuracy_and_tolerates_missing_labels() {
-    let accs: Vec<f64> = (0..3).map(|s| digits(false, s)).collect();
-    let mean = accs.iter().sum::<f64>() / 3.0;
+    // Six seeds: one test sample moves a seed's accuracy by 1/360, so the
+    // mean of three (Keras's own statistic) cannot separate two equivalent
+    // implementations at Keras's 0.894; the mean of six halves that noise.
+    const SEEDS: u64 = 6;
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let accs: Vec<f64> = (0..SEEDS).map(|s| digits(false, s)).collect();
     // Keras 3 with the same recipe: 0.894 (mean of 3 seeds).
-    assert!(mean >= 0.894, "digit accuracy {accs:?} (mean {mean})");
-    let masked = digits(true, 0);
     assert!(
-        (masked - accs[0]).abs() <= 0.015,
-        "masked {masked} vs unmasked {}",
-        accs[0]
+        mean(&accs) >= 0.894,
+        "digit accuracy {accs:?} (mean {})",
+        mean(&accs)
+    );
+    // Half the parity labels missing: the digit head stays within about a point.
+    let masked: Vec<f64> = (0..SEEDS).map(|s| digits(true, s)).collect();
+    let gap = (mean(&masked) - mean(&accs)).abs();
+    assert!(
+        gap <= 0.01,
+        "masked {masked:?} vs unmasked {accs:?}: the means differ by {gap}"
     );
 }
 

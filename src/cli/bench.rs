@@ -35,6 +35,9 @@ pub struct BenchArgs {
     device: String,
     #[arg(long)]
     json: bool,
+    /// Time per IR node and op kind (forward), and the backward and optimizer totals.
+    #[arg(long)]
+    profile: bool,
 }
 
 pub fn bench(a: BenchArgs) -> Result<i32, Fail> {
@@ -68,9 +71,17 @@ pub fn bench(a: BenchArgs) -> Result<i32, Fail> {
         .collect();
     let mut opt = Optimizer::new(mtl::ir::TrainConfig::default().optimizer);
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    let mut step = || -> Result<(), Fail> {
+    // Forward time per step, then backward and optimizer totals.
+    let mut node_times: Vec<f64> = vec![];
+    let (mut back_time, mut opt_time, mut profiled) = (0f64, 0f64, 0usize);
+    let mut step = |profile: bool| -> Result<(), Fail> {
         let fwd = prog
-            .forward(&params, inputs.clone(), &mut rng)
+            .forward_timed(
+                &params,
+                inputs.clone(),
+                &mut rng,
+                profile.then_some(&mut node_times),
+            )
             .map_err(|e| Fail::model(e.to_string()))?;
         if mode == Mode::Train {
             let mut total = Tensor::zeros((), DType::F32, &dev).map_err(f)?;
@@ -91,9 +102,17 @@ pub fn bench(a: BenchArgs) -> Result<i32, Fail> {
                     _ => y.zeros_like(),
                 }
                 .map_err(f)?;
-                total = (total + head_loss(h.loss, y, &label, None).map_err(f)?).map_err(f)?;
+                total = (total
+                    + head_loss(h.loss, y, &label, None, mtl::train::loss::Reduction::Batch)
+                        .map_err(f)?)
+                .map_err(f)?;
             }
+            let t0 = Instant::now();
             let grads = total.backward().map_err(f)?;
+            let t1 = Instant::now();
+            if profile {
+                back_time += (t1 - t0).as_secs_f64();
+            }
             opt.apply(
                 &vars,
                 mtl::train::optim::grads_for(&vars, &grads),
@@ -101,6 +120,9 @@ pub fn bench(a: BenchArgs) -> Result<i32, Fail> {
                 None,
             )
             .map_err(f)?;
+            if profile {
+                opt_time += t1.elapsed().as_secs_f64();
+            }
         } else {
             for (_, slot) in &prog.heads {
                 let _ = fwd
@@ -108,18 +130,27 @@ pub fn bench(a: BenchArgs) -> Result<i32, Fail> {
                     .map(|t| t.sum_all().and_then(|s| s.to_scalar::<f32>()));
             }
         }
+        if profile {
+            profiled += 1;
+        }
         Ok(())
     };
     for _ in 0..2 {
-        step()?;
+        step(false)?;
     }
     let mut times = vec![];
     for _ in 0..a.repeats.max(1) {
         let t0 = Instant::now();
         for _ in 0..a.steps.max(1) {
-            step()?;
+            step(false)?;
         }
         times.push(t0.elapsed().as_secs_f64() / a.steps.max(1) as f64);
+    }
+    // Profiled steps run separately, so timing them does not skew the throughput.
+    if a.profile {
+        for _ in 0..a.steps.max(1) {
+            step(true)?;
+        }
     }
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
@@ -144,5 +175,60 @@ pub fn bench(a: BenchArgs) -> Result<i32, Fail> {
             times.len()
         );
     }
+    if a.profile {
+        print!(
+            "{}",
+            profile_table(&prog, &node_times, back_time, opt_time, profiled.max(1))
+        );
+    }
     Ok(0)
+}
+
+/// Forward time per op kind and per IR node, then backward and optimizer, in ms per step.
+fn profile_table(
+    prog: &mtl::lower::Program,
+    node: &[f64],
+    back: f64,
+    opt: f64,
+    steps: usize,
+) -> String {
+    use std::fmt::Write;
+    let per = |t: f64| t * 1e3 / steps as f64;
+    let fwd: f64 = node.iter().sum();
+    let total = fwd + back + opt;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nprofile (ms per step): forward {:.2}, backward {:.2}, optimizer {:.2}",
+        per(fwd),
+        per(back),
+        per(opt)
+    );
+    let mut kinds: std::collections::BTreeMap<&str, f64> = Default::default();
+    for (st, t) in prog.steps.iter().zip(node) {
+        *kinds.entry(st.kernel).or_default() += t;
+    }
+    let mut kinds: Vec<_> = kinds.into_iter().collect();
+    kinds.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let _ = writeln!(out, "forward by kernel:");
+    for (k, t) in kinds {
+        let _ = writeln!(
+            out,
+            "  {:>8.3} ms {:>5.1}%  {k}",
+            per(t),
+            100.0 * t / total.max(1e-12)
+        );
+    }
+    let mut nodes: Vec<(&str, &str, f64)> = prog
+        .steps
+        .iter()
+        .zip(node)
+        .map(|(s, t)| (s.name.as_str(), s.kernel, *t))
+        .collect();
+    nodes.sort_by(|a, b| b.2.total_cmp(&a.2));
+    let _ = writeln!(out, "forward by node (top 10):");
+    for (n, k, t) in nodes.into_iter().take(10) {
+        let _ = writeln!(out, "  {:>8.3} ms  {n} ({k})", per(t));
+    }
+    out
 }

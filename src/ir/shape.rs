@@ -852,12 +852,19 @@ fn metric_help(l: LossKind) -> String {
     }
 }
 
-/// Ops whose backward candle lacks: rejected for training unless lowered with our own.
+/// Ops whose backward candle lacks: rejected for training unless lowered with
+/// our own. Max pooling has its own (any stride, CPU); average pooling with
+/// stride ≠ size has none.
 pub fn training_legality(g: &Graph) -> Vec<Diagnostic> {
     let mut out = vec![];
     for n in g.topo_order() {
         let node = &g.g[n];
-        if let Op::Pool { size, stride, .. } = &node.op {
+        if let Op::Pool {
+            kind: PoolKind::Avg,
+            size,
+            stride,
+        } = &node.op
+        {
             if size != stride {
                 out.push(
                     Diagnostic::error(
@@ -870,7 +877,9 @@ pub fn training_legality(g: &Graph) -> Vec<Diagnostic> {
                         ),
                     )
                     .label(node.span, "no backward pass for this pooling")
-                    .help("use a stride equal to the pool size, or a strided convolution"),
+                    .help(
+                        "use a stride equal to the pool size, `max_pool`, or a strided convolution",
+                    ),
                 );
             }
         }

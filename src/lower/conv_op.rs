@@ -1,10 +1,10 @@
-//! 2-D convolution (groups = 1, no padding: callers pad) as im2col + GEMM,
-//! forward and both backward products, parallel over the batch. candle's CPU
-//! conv backward runs a direct transposed-convolution loop that dominated the
-//! training step of image models (see benches/README.md).
+//! 2-D convolution with bias (groups = 1, no padding: callers pad) as
+//! im2col + GEMM, forward and the three backward products, parallel over the
+//! batch. candle's CPU conv backward runs a direct transposed-convolution loop
+//! that dominated the training step of image models (see benches/README.md).
 
 use super::gemm::{matmul, View};
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 pub struct Conv2dIm2col {
@@ -108,7 +108,7 @@ fn contiguous(s: &CpuStorage, l: &Layout) -> Result<Vec<f32>> {
     }
 }
 
-impl CustomOp2 for Conv2dIm2col {
+impl CustomOp3 for Conv2dIm2col {
     fn name(&self) -> &'static str {
         "mtl-conv2d-im2col"
     }
@@ -119,10 +119,19 @@ impl CustomOp2 for Conv2dIm2col {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = geom(l1.dims(), l2.dims(), self.stride, self.dilation)?;
         let b = l1.dims()[0];
-        let (x, w) = (contiguous(s1, l1)?, contiguous(s2, l2)?);
+        let (x, w, bias) = (
+            contiguous(s1, l1)?,
+            contiguous(s2, l2)?,
+            contiguous(s3, l3)?,
+        );
+        if bias.len() != g.f {
+            candle_core::bail!("conv op: a bias of {} for {} filters", bias.len(), g.f)
+        }
         let (ckk, p, in_len) = (g.ckk(), g.p(), g.c * g.h * g.w);
         let mut out = vec![0f32; b * g.f * p];
         out.par_chunks_mut(g.f * p).enumerate().for_each_init(
@@ -144,6 +153,9 @@ impl CustomOp2 for Conv2dIm2col {
                     cs: 1,
                 };
                 matmul(y, p, false, lhs, rhs);
+                for (row, b) in y.chunks_mut(p).zip(&bias) {
+                    row.iter_mut().for_each(|v| *v += b);
+                }
             },
         );
         Ok((CpuStorage::F32(out), Shape::from((b, g.f, g.oh, g.ow))))
@@ -153,28 +165,39 @@ impl CustomOp2 for Conv2dIm2col {
         &self,
         x: &Tensor,
         w: &Tensor,
+        _bias: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = geom(x.dims(), w.dims(), self.stride, self.dilation)?;
         let b = x.dim(0)?;
         let flat = |t: &Tensor| -> Result<Vec<f32>> { t.detach().flatten_all()?.to_vec1::<f32>() };
         let (xv, wv, dy) = (flat(x)?, flat(w)?, flat(grad)?);
         let (ckk, p, in_len) = (g.ckk(), g.p(), g.c * g.h * g.w);
         let mut dx = vec![0f32; b * in_len];
-        // Per batch row: dcols = Wᵀ·dy → dx (col2im); dW_b = dy·colsᵀ, summed.
-        let dw = dx
-            .par_chunks_mut(in_len)
+        let w_t = View {
+            data: &wv,
+            rows: ckk,
+            cols: g.f,
+            rs: 1,
+            cs: ckk,
+        };
+        // Per batch row: dcols = Wᵀ·dy → dx (col2im); dW_b = dy·colsᵀ and
+        // db_b = Σ_p dy, summed over the batch.
+        // Each batch row's dW and db go to their own buffers, summed after in
+        // batch order: the result does not depend on how rayon splits the work.
+        let mut dw_rows = vec![0f32; b * g.f * ckk];
+        let mut db_rows = vec![0f32; b * g.f];
+        dx.par_chunks_mut(in_len)
+            .zip(
+                dw_rows
+                    .par_chunks_mut(g.f * ckk)
+                    .zip(db_rows.par_chunks_mut(g.f)),
+            )
             .enumerate()
-            .fold(
-                || {
-                    (
-                        vec![0f32; g.f * ckk],
-                        vec![0f32; ckk * p],
-                        vec![0f32; ckk * p],
-                    )
-                },
-                |(mut dw, mut cols, mut dcols), (bi, dxb)| {
+            .for_each_init(
+                || (vec![0f32; ckk * p], vec![0f32; ckk * p]),
+                |(cols, dcols), (bi, (dxb, (dw, db)))| {
                     let dyb = &dy[bi * g.f * p..(bi + 1) * g.f * p];
                     let dy_view = View {
                         data: dyb,
@@ -183,39 +206,35 @@ impl CustomOp2 for Conv2dIm2col {
                         rs: p,
                         cs: 1,
                     };
-                    let w_t = View {
-                        data: &wv,
-                        rows: ckk,
-                        cols: g.f,
-                        rs: 1,
-                        cs: ckk,
-                    };
-                    matmul(&mut dcols, p, false, w_t, dy_view);
-                    g.col2im(&dcols, dxb);
-                    g.im2col(&xv[bi * in_len..(bi + 1) * in_len], &mut cols);
+                    matmul(dcols, p, false, w_t, dy_view);
+                    g.col2im(dcols, dxb);
+                    g.im2col(&xv[bi * in_len..(bi + 1) * in_len], cols);
                     let cols_t = View {
-                        data: &cols,
+                        data: cols,
                         rows: p,
                         cols: ckk,
                         rs: 1,
                         cs: p,
                     };
-                    matmul(&mut dw, ckk, true, dy_view, cols_t);
-                    (dw, cols, dcols)
-                },
-            )
-            .map(|(dw, _, _)| dw)
-            .reduce(
-                || vec![0f32; g.f * ckk],
-                |mut a, b| {
-                    a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-                    a
+                    matmul(dw, ckk, false, dy_view, cols_t);
+                    for (d, row) in db.iter_mut().zip(dyb.chunks(p)) {
+                        *d = row.iter().sum::<f32>();
+                    }
                 },
             );
+        let sum_rows = |rows: &[f32], len: usize| {
+            let mut acc = vec![0f32; len];
+            for r in rows.chunks(len) {
+                acc.iter_mut().zip(r).for_each(|(a, v)| *a += v);
+            }
+            acc
+        };
+        let (dw, db) = (sum_rows(&dw_rows, g.f * ckk), sum_rows(&db_rows, g.f));
         let dev = x.device();
         Ok((
             Some(Tensor::from_vec(dx, x.dims(), dev)?),
             Some(Tensor::from_vec(dw, w.dims(), dev)?),
+            Some(Tensor::from_vec(db, g.f, dev)?),
         ))
     }
 }
@@ -239,17 +258,22 @@ mod tests {
                 Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, c, h, w), &dev).unwrap()).unwrap();
             let k4 =
                 Var::from_tensor(&Tensor::randn(0f32, 1.0, (f, c, k, k), &dev).unwrap()).unwrap();
+            let bias = Var::from_tensor(&Tensor::randn(0f32, 1.0, f, &dev).unwrap()).unwrap();
+            let op = Conv2dIm2col {
+                stride: s,
+                dilation: d,
+            };
             let ours = x
                 .as_tensor()
-                .apply_op2(
-                    k4.as_tensor(),
-                    Conv2dIm2col {
-                        stride: s,
-                        dilation: d,
-                    },
-                )
+                .apply_op3(k4.as_tensor(), bias.as_tensor(), op)
                 .unwrap();
-            let theirs = x.as_tensor().conv2d(k4.as_tensor(), 0, s, d, 1).unwrap();
+            let bias4 = bias.as_tensor().reshape((1, f, 1, 1)).unwrap();
+            let theirs = x
+                .as_tensor()
+                .conv2d(k4.as_tensor(), 0, s, d, 1)
+                .unwrap()
+                .broadcast_add(&bias4)
+                .unwrap();
             assert_eq!(ours.dims(), theirs.dims());
             let weights = Tensor::randn(0f32, 1.0, ours.dims(), &dev).unwrap();
             let diff = |a: &Tensor, b: &Tensor| {
@@ -275,7 +299,7 @@ mod tests {
                 .unwrap()
                 .backward()
                 .unwrap();
-            for v in [&x, &k4] {
+            for v in [&x, &k4, &bias] {
                 let (p, q) = (
                     ga.get(v.as_tensor()).unwrap(),
                     gb.get(v.as_tensor()).unwrap(),

@@ -132,12 +132,24 @@ impl Program {
         inputs: Vec<(usize, Tensor)>,
         rng: &mut StdRng,
     ) -> Result<Forward, RunError> {
+        self.forward_timed(params, inputs, rng, None)
+    }
+
+    /// `forward`, adding each step's wall time (seconds, by step index) to `times`.
+    pub fn forward_timed(
+        &self,
+        params: &Params,
+        inputs: Vec<(usize, Tensor)>,
+        rng: &mut StdRng,
+        mut times: Option<&mut Vec<f64>>,
+    ) -> Result<Forward, RunError> {
         let train = self.mode == Mode::Train;
         let mut values: Vec<Option<Tensor>> = vec![None; self.n_values];
         for (slot, t) in inputs {
             values[slot] = Some(t);
         }
-        for st in &self.steps {
+        for (k, st) in self.steps.iter().enumerate() {
+            let started = times.is_some().then(std::time::Instant::now);
             let err = |e: candle_core::Error| RunError::Step {
                 node: st.name.clone(),
                 message: e.to_string(),
@@ -153,6 +165,12 @@ impl Program {
                 })?;
             let y = self.step(st, &args, params, train, rng).map_err(err)?;
             values[st.out] = Some(y);
+            if let (Some(t), Some(s)) = (times.as_deref_mut(), started) {
+                if t.len() < self.steps.len() {
+                    t.resize(self.steps.len(), 0.0);
+                }
+                t[k] += s.elapsed().as_secs_f64();
+            }
         }
         Ok(Forward { values })
     }

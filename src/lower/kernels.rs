@@ -22,7 +22,7 @@ pub fn kernel_name(op: &Op, mode: Mode, pads: &Pads) -> &'static str {
         Op::Pool {
             kind: PoolKind::Max,
             ..
-        } => "candle.max_pool2d",
+        } => "mtl.max_pool(argmax backward)",
         Op::Pool {
             kind: PoolKind::Avg,
             ..
@@ -69,7 +69,7 @@ pub fn kernel_name(op: &Op, mode: Mode, pads: &Pads) -> &'static str {
         Op::LayerNorm { .. } => "candle_nn.layer_norm(fast)",
         Op::Act(Act::Softmax) if train => "candle_nn.softmax(differentiable)",
         Op::Act(Act::Softmax) => "candle_nn.softmax_last_dim(fast)",
-        Op::Act(Act::Relu) => "relu",
+        Op::Act(Act::Relu) => "mtl.relu",
         Op::Act(Act::Gelu) => "gelu_erf",
         Op::Act(Act::Silu) => "silu",
         Op::Act(Act::Tanh) => "tanh",
@@ -164,8 +164,9 @@ pub fn conv(x: &Tensor, w: &Tensor, b: &Tensor, op: &Op, pads: &Pads) -> Result<
             "per-axis strides or dilations that differ are not supported by candle's conv"
         )
     }
-    let y = if x.device().is_cpu() && *groups == 1 {
-        // Our im2col + GEMM op (forward and backward); conv1d as a 1×L conv2d.
+    if x.device().is_cpu() && *groups == 1 {
+        // Our im2col + GEMM op with the bias inside (forward and backward);
+        // conv1d runs as a 1×L conv2d.
         if pad > 0 {
             for a in 2..x.rank() {
                 x = x.pad_with_zeros(a, pad, pad)?;
@@ -181,13 +182,12 @@ pub fn conv(x: &Tensor, w: &Tensor, b: &Tensor, op: &Op, pads: &Pads) -> Result<
             stride: stride[0],
             dilation: dilation[0],
         };
-        let y = x4.contiguous()?.apply_op2(&w4.contiguous()?, op)?;
-        if one_d {
-            y.squeeze(2)?
-        } else {
-            y
-        }
-    } else if w.rank() == 3 {
+        let y = x4
+            .contiguous()?
+            .apply_op3(&w4.contiguous()?, &b.contiguous()?, op)?;
+        return if one_d { y.squeeze(2) } else { Ok(y) };
+    }
+    let y = if w.rank() == 3 {
         x.conv1d(w, pad, stride[0], dilation[0], *groups)?
     } else {
         x.conv2d(w, pad, stride[0], dilation[0], *groups)?
@@ -231,6 +231,9 @@ pub fn pool(x: &Tensor, kind: PoolKind, size: &[usize], stride: &[usize]) -> Res
         (e(size), e(stride))
     };
     let y = match kind {
+        PoolKind::Max if x4.device().is_cpu() => x4
+            .contiguous()?
+            .apply_op1(super::cpu_ops::MaxPool2d::new(k, s))?,
         PoolKind::Max => x4.max_pool2d_with_stride(k, s)?,
         PoolKind::Avg => x4.avg_pool2d_with_stride(k, s)?,
     };
@@ -243,6 +246,7 @@ pub fn pool(x: &Tensor, kind: PoolKind, size: &[usize], stride: &[usize]) -> Res
 
 pub fn act(x: &Tensor, a: Act, train: bool) -> Result<Tensor> {
     match a {
+        Act::Relu if x.device().is_cpu() => x.contiguous()?.apply_op1(super::cpu_ops::Relu),
         Act::Relu => x.relu(),
         Act::Gelu => x.gelu_erf(),
         Act::Silu => x.silu(),

@@ -2,6 +2,7 @@
 //! call (or one of our kernels) over named parameters. Built once, run many times.
 
 mod conv_op;
+mod cpu_ops;
 mod exec;
 mod gemm;
 mod kernels;

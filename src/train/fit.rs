@@ -2,7 +2,7 @@
 //! per-head metrics, early stopping, atomic checkpoints and exact resume.
 
 use super::gradnorm::{last_shared_layer, GradNorm};
-use super::loss::head_loss;
+use super::loss::{head_loss, Reduction};
 use super::metrics::{self, HeadData};
 use super::optim::{grads_for, lr_at, Optimizer};
 use crate::data::Dataset;
@@ -140,6 +140,7 @@ fn losses(
     prog: &Program,
     fwd: &crate::lower::Forward,
     batch: &Dataset,
+    reduction: Reduction,
 ) -> Result<(Vec<Tensor>, Vec<Tensor>), TrainError> {
     let mut hs = vec![];
     for (h, slot) in &prog.heads {
@@ -152,13 +153,13 @@ fn losses(
             .get(&format!("{}.mask", h.name))
             .map(|m| m.flatten_all())
             .transpose()?;
-        hs.push(head_loss(h.loss, logits, &y, mask.as_ref())?);
+        hs.push(head_loss(h.loss, logits, &y, mask.as_ref(), reduction)?);
     }
     let mut aux = vec![];
     for (_, kind, w, slots) in &prog.losses {
         let (a, b) = (fwd.get(slots[0]), fwd.get(slots[1]));
         if let (Some(a), Some(b)) = (a, b) {
-            aux.push((head_loss(*kind, a, &b.detach(), None)? * *w)?);
+            aux.push((head_loss(*kind, a, &b.detach(), None, reduction)? * *w)?);
         }
     }
     Ok((hs, aux))
@@ -244,7 +245,7 @@ pub fn evaluate(
         let batch = ds.subset(&idx)?;
         let inputs = prog.prepare_inputs(&batch.tensors, device)?;
         let fwd = prog.forward(params, inputs, &mut rng)?;
-        let (hs, _) = losses(prog, &fwd, &batch)?;
+        let (hs, _) = losses(prog, &fwd, &batch, Reduction::Present)?;
         for (i, (h, slot)) in prog.heads.iter().enumerate() {
             // Weight batch losses by their sample count so the mean is over samples.
             sums[i] += hs[i].to_scalar::<f32>()? as f64 * len as f64;
@@ -378,7 +379,7 @@ pub fn fit(
             let batch = train.subset(chunk)?;
             let inputs = train_prog.prepare_inputs(&batch.tensors, dev)?;
             let fwd = train_prog.forward(params, inputs, &mut rng)?;
-            let (hs, aux) = losses(train_prog, &fwd, &batch)?;
+            let (hs, aux) = losses(train_prog, &fwd, &batch, Reduction::Batch)?;
             let mut total = Tensor::zeros((), DType::F32, dev)?;
             for (i, l) in hs.iter().enumerate() {
                 let v = l.to_scalar::<f32>()?;

@@ -3,9 +3,23 @@
 use crate::ir::LossKind;
 use candle_core::{DType, Result, Tensor, D};
 
-/// Mean of `l` over the elements where `m` is 1; exactly 0 when none are.
-pub fn masked_mean(l: &Tensor, m: &Tensor) -> Result<Tensor> {
-    let count = m.sum_all()?.maximum(1.0)?;
+/// How a head's element losses become one number when labels are missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reduction {
+    /// Keras's `sum_over_batch_size` with zero sample weights: the sum over
+    /// present labels divided by all elements. Used for training, so a head
+    /// with half its labels missing pulls on shared layers half as hard.
+    Batch,
+    /// The mean over present labels only: the loss reported by evaluation.
+    Present,
+}
+
+/// Σ l·m over `reduction`'s count; exactly 0 when no label is present.
+pub fn masked_mean(l: &Tensor, m: &Tensor, reduction: Reduction) -> Result<Tensor> {
+    let count = match reduction {
+        Reduction::Batch => Tensor::new(m.elem_count().max(1) as f32, m.device())?,
+        Reduction::Present => m.sum_all()?.maximum(1.0)?,
+    };
     (l * m)?.sum_all()?.div(&count)
 }
 
@@ -17,6 +31,7 @@ pub fn head_loss(
     logits: &Tensor,
     label: &Tensor,
     sample_mask: Option<&Tensor>,
+    reduction: Reduction,
 ) -> Result<Tensor> {
     let (l, m) = match kind {
         LossKind::CrossEntropy => {
@@ -67,7 +82,7 @@ pub fn head_loss(
         }
         None => m,
     };
-    masked_mean(&l, &m)
+    masked_mean(&l, &m, reduction)
 }
 
 trait WhereF {
