@@ -49,6 +49,33 @@ fn main() {
             t.flatten_from(1).unwrap().matmul(&w.t().unwrap()).unwrap()
         },
     );
+    let f = var(&[32, 32, 16, 16]);
+    time("global mean pool [32,32,16,16]", &f, &|t| {
+        t.flatten_from(2).unwrap().mean(2).unwrap()
+    });
+    time("global max pool [32,32,16,16]", &f, &|t| {
+        t.flatten_from(2).unwrap().max(2).unwrap()
+    });
+    let logits = var(&[32, 1, 32, 32]);
+    let y = Tensor::rand(0f32, 1.0, (32, 1, 32, 32), &d)
+        .unwrap()
+        .round()
+        .unwrap();
+    time(
+        "binary cross-entropy from logits [32,1,32,32]",
+        &logits,
+        &|x| {
+            (x.relu().unwrap() - (x * &y).unwrap())
+                .unwrap()
+                .add(
+                    &(x.abs().unwrap().neg().unwrap().exp().unwrap() + 1.0)
+                        .unwrap()
+                        .log()
+                        .unwrap(),
+                )
+                .unwrap()
+        },
+    );
     let emb = var(&[1000, 32]);
     let ids = Tensor::zeros(32 * 16, candle_core::DType::U32, &d).unwrap();
     time("embedding index_select [1000,32] x 512 ids", &emb, &|t| {

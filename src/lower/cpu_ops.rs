@@ -1,6 +1,7 @@
 //! Small CPU ops with their own backward, where candle's autograd makes
 //! several single-threaded, allocating passes (measured in `benches/backward.rs`):
-//! relu, and max pooling for any stride (candle's backward needs stride = size).
+//! relu, max pooling for any stride (candle's backward needs stride = size),
+//! and nearest upsampling.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -136,6 +137,56 @@ impl CustomOp1 for MaxPool2d {
     }
 }
 
+/// Nearest-neighbour upsampling of [N, C, H, W] by an integer `scale`;
+/// backward sums each scale×scale block (candle's runs a grouped conv).
+pub struct Upsample2d {
+    pub scale: usize,
+}
+
+impl CustomOp1 for Upsample2d {
+    fn name(&self) -> &'static str {
+        "mtl-upsample2d"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = l.shape().dims4()?;
+        let k = self.scale;
+        let x = contiguous(s, l)?;
+        let (oh, ow) = (h * k, w * k);
+        let mut y = vec![0f32; n * c * oh * ow];
+        y.par_chunks_mut(oh * ow)
+            .enumerate()
+            .for_each(|(plane, y)| {
+                let xp = &x[plane * h * w..(plane + 1) * h * w];
+                for (oy, row) in y.chunks_mut(ow).enumerate() {
+                    let src = &xp[(oy / k) * w..(oy / k + 1) * w];
+                    for (ox, v) in row.iter_mut().enumerate() {
+                        *v = src[ox / k];
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(y), Shape::from((n, c, oh, ow))))
+    }
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let (_, _, h, w) = x.dims4()?;
+        let k = self.scale;
+        let (oh, ow) = (h * k, w * k);
+        let g = host(grad)?;
+        let mut dx = vec![0f32; x.elem_count()];
+        dx.par_chunks_mut(h * w)
+            .enumerate()
+            .for_each(|(plane, dx)| {
+                let gp = &g[plane * oh * ow..(plane + 1) * oh * ow];
+                for (oy, row) in gp.chunks(ow).enumerate() {
+                    let dst = &mut dx[(oy / k) * w..(oy / k + 1) * w];
+                    for (ox, v) in row.iter().enumerate() {
+                        dst[ox / k] += v;
+                    }
+                }
+            });
+        Ok(Some(Tensor::from_vec(dx, x.dims(), x.device())?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{MaxPool2d, Relu};
@@ -169,6 +220,16 @@ mod tests {
             gb.get(x.as_tensor()).unwrap(),
         );
         assert!(diff(ga, gb) < 1e-6, "backward");
+    }
+
+    #[test]
+    fn upsample_matches_candle() {
+        use super::Upsample2d;
+        compare(
+            &[2, 3, 4, 5],
+            &|x| x.apply_op1(Upsample2d { scale: 3 }).unwrap(),
+            &|x| x.upsample_nearest2d(12, 15).unwrap(),
+        );
     }
 
     #[test]

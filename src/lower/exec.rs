@@ -233,7 +233,10 @@ impl Program {
                 ..
             } => kernels::conv_transpose2d(x, p("weight")?, p("bias")?, *kernel, *stride, *padding),
             Op::Upsample { scale } => {
-                if x.rank() == 3 {
+                if x.rank() == 4 && x.device().is_cpu() {
+                    x.contiguous()?
+                        .apply_op1(super::cpu_ops::Upsample2d { scale: *scale })
+                } else if x.rank() == 3 {
                     x.upsample_nearest1d(x.dim(2)? * scale)
                 } else {
                     x.upsample_nearest2d(x.dim(2)? * scale, x.dim(3)? * scale)

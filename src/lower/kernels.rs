@@ -18,7 +18,7 @@ pub fn kernel_name(op: &Op, mode: Mode, pads: &Pads) -> &'static str {
             (_, true) => "pad+mtl.conv2d(im2col+gemm)",
         },
         Op::ConvTranspose2d { .. } => "candle.conv_transpose2d",
-        Op::Upsample { .. } => "candle.upsample_nearest",
+        Op::Upsample { .. } => "mtl.upsample_nearest",
         Op::Pool {
             kind: PoolKind::Max,
             ..

@@ -7,6 +7,7 @@ mod dce;
 mod fold_bn;
 mod hoist_rnn;
 mod merge_dense;
+mod sink_upsample;
 
 use crate::diagnostics::Diagnostic;
 use crate::driver::Options;
@@ -47,6 +48,7 @@ pub const PASSES: &[(&str, PassFn)] = &[
     ("dce", dce::run),
     ("algebraic", algebraic::run),
     ("cse", cse::run),
+    ("sink-upsample", sink_upsample::run),
     ("fold-bn", fold_bn::run),
     ("merge-dense", merge_dense::run),
     ("hoist-rnn", hoist_rnn::run),
