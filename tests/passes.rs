@@ -150,11 +150,22 @@ fn passes_preserve_outputs_and_gradients() {
                 let (ga, gb) = (grad(&oa), grad(&ob));
                 for (k, v) in &params.vars {
                     if let (Some(x), Some(y)) = (ga.get(v.as_tensor()), gb.get(v.as_tensor())) {
-                        let max_abs = |t: &Tensor| t.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                        let max_abs = |t: &Tensor| {
+                            t.abs()
+                                .unwrap()
+                                .max_all()
+                                .unwrap()
+                                .to_scalar::<f32>()
+                                .unwrap()
+                        };
                         // f32 rounding scales with the gradient: a rewrite may sum
                         // the same terms in another order (e.g. sink-upsample).
                         let (d, scale) = (max_abs(&(x - y).unwrap()), max_abs(y).max(1.0));
-                        assert!(d < 1e-5 * scale, "{}: gradient of {k} differs by {d} (scale {scale})", f.display());
+                        assert!(
+                            d < 1e-5 * scale,
+                            "{}: gradient of {k} differs by {d} (scale {scale})",
+                            f.display()
+                        );
                     }
                 }
             }
