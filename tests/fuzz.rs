@@ -96,3 +96,18 @@ fn mutated_models_never_panic() {
         }
     }
 }
+
+#[test]
+fn deep_nesting_is_an_error_not_a_stack_overflow() {
+    for depth in [200, 5_000, 200_000] {
+        let src = format!("model m {{\n  input x: f32[4]\n  let a = {}x{}\n  head y = a -> dense(1) {{ loss: mse }}\n}}", "(".repeat(depth), ")".repeat(depth));
+        let c = mtl::compile_str("deep.mtl", &src, &Default::default());
+        assert!(
+            c.diagnostics.iter().any(|d| d.code == "mtl::too-deep"),
+            "depth {depth}"
+        );
+    }
+    // Long flat chains are fine.
+    let src = format!("model m {{\n  input x: f32[4]\n  let a = x{}\n  head y = a -> dense(1) {{ loss: mse }}\n}}", " -> relu".repeat(20_000));
+    assert!(!mtl::compile_str("long.mtl", &src, &Default::default()).has_errors());
+}

@@ -450,12 +450,15 @@ impl Graph {
         (tr + non, tr, non)
     }
 
-    /// How many nodes read parameter set `p`.
-    pub fn param_users(&self, p: ParamId) -> usize {
-        self.g
-            .node_weights()
-            .filter(|n| n.param_ids().contains(&p))
-            .count()
+    /// How many nodes read each parameter set (one pass over the graph).
+    pub fn param_users(&self) -> std::collections::HashMap<ParamId, usize> {
+        let mut m = std::collections::HashMap::new();
+        for n in self.g.node_weights() {
+            for p in n.param_ids() {
+                *m.entry(p).or_insert(0) += 1;
+            }
+        }
+        m
     }
 
     /// Redirects every use of `from` (edges, heads, losses, inputs) to `to`.

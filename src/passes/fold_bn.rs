@@ -11,6 +11,8 @@ pub fn run(g: &mut Graph, cx: &mut PassCx) -> Change {
         return Change::default();
     }
     let mut fused = 0;
+    let users = g.param_users();
+    let unshared = |p| users.get(&p) == Some(&1);
     for n in g.topo_order() {
         let Op::BatchNorm { eps, .. } = g.g[n].op else {
             continue;
@@ -28,11 +30,7 @@ pub fn run(g: &mut Graph, cx: &mut PassCx) -> Change {
         };
         let Some(w) = layer.param else { continue };
         // Shared weights or statistics would change other uses: leave them.
-        if !fits
-            || layer.folded_bn.is_some()
-            || g.users(x) != [n]
-            || g.param_users(w) != 1
-            || g.param_users(bn) != 1
+        if !fits || layer.folded_bn.is_some() || g.users(x) != [n] || !unshared(w) || !unshared(bn)
         {
             continue;
         }

@@ -16,6 +16,7 @@ pub fn run(g: &mut Graph, cx: &mut PassCx) -> Change {
     // Dense layers with weights of their own, by operand.
     type Member = (NodeIndex, (ParamId, usize));
     let mut groups: BTreeMap<NodeIndex, Vec<Member>> = BTreeMap::new();
+    let users = g.param_users();
     for n in g.topo_order() {
         let node = &g.g[n];
         if let (Op::Dense { units }, Some(p), None, &[x]) = (
@@ -24,7 +25,7 @@ pub fn run(g: &mut Graph, cx: &mut PassCx) -> Change {
             node.folded_bn,
             g.operands(n).as_slice(),
         ) {
-            if g.param_users(p) == 1 {
+            if users.get(&p) == Some(&1) {
                 groups.entry(x).or_default().push((n, (p, *units)));
             }
         }

@@ -14,6 +14,7 @@ type R<T> = Result<T, Diagnostic>;
 
 /// Parses one source file (its id in the source map is `file`).
 pub fn parse(text: &str, file: u32) -> Result<File, Diagnostic> {
+    check_nesting(text, file)?;
     pest::set_error_detail(true);
     let mut pairs = MtlParser::parse(Rule::file, text).map_err(|e| syntax_error(e, text, file))?;
     let root = pairs
@@ -35,6 +36,38 @@ pub fn parse(text: &str, file: u32) -> Result<File, Diagnostic> {
         }
     }
     Ok(out)
+}
+
+/// Deeper nesting than any model needs; the recursive stages after the parser
+/// would run out of stack long before a real limit.
+const MAX_NESTING: usize = 128;
+
+/// Rejects brackets nested deeper than `MAX_NESTING` (comments and strings skipped).
+fn check_nesting(text: &str, file: u32) -> Result<(), Diagnostic> {
+    let (mut depth, mut in_comment, mut in_string) = (0usize, false, false);
+    for (i, ch) in text.char_indices() {
+        match ch {
+            '\n' => in_comment = false,
+            _ if in_comment => {}
+            '"' => in_string = !in_string,
+            _ if in_string => {}
+            '#' => in_comment = true,
+            '(' | '[' | '{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(Diagnostic::error(
+                        "mtl::too-deep",
+                        format!("brackets nested more than {MAX_NESTING} deep"),
+                    )
+                    .label(Span::new(file, i, i + 1), "too deep here")
+                    .help("name intermediate values with `let` instead of nesting"));
+                }
+            }
+            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn internal(span: Span) -> Diagnostic {
