@@ -6,7 +6,7 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use common::{compile, graph, mtl_files, options, random_inputs};
+use common::{compile, graph, max_abs_diff, mtl_files, options, random_inputs};
 use mtl::lower::{init_params, lower, Params, Program};
 use mtl::passes::Mode;
 use rand::SeedableRng;
@@ -164,14 +164,7 @@ model rnn {
             ga.get(v.as_tensor()).unwrap(),
             gb.get(v.as_tensor()).unwrap(),
         );
-        let d = (x - y)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs_diff(x, y);
         assert!(d < 1e-4, "gradient of {k} differs by {d}");
     }
 }

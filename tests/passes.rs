@@ -3,7 +3,7 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use common::{graph, mtl_files, random_inputs};
+use common::{graph, max_abs_diff, mtl_files, random_inputs};
 use mtl::lower::{init_params, lower};
 use mtl::passes::Mode;
 use rand::SeedableRng;
@@ -124,14 +124,7 @@ fn passes_preserve_outputs_and_gradients() {
             };
             let (oa, ob) = (run(&a), run(&b));
             for ((h, x), (_, y)) in oa.iter().zip(&ob) {
-                let d = (x - y)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let d = max_abs_diff(x, y);
                 assert!(
                     d < 1e-5,
                     "{}: head {h} differs by {d} ({mode:?})",
@@ -219,14 +212,7 @@ model m {
     let out = |p: &mtl::lower::Program| mtl::predict::predict(p, &params, &x, 4, &dev).unwrap();
     let (a, b) = (out(&opt), out(&plain));
     for (h, t) in &a {
-        let d = (t - &b[h])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs_diff(t, &b[h]);
         assert!(d < 1e-5, "head {h} differs by {d}");
     }
 }

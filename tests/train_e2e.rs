@@ -4,7 +4,7 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use common::{compile, mtl_files, random_inputs_from, root};
+use common::{assert_same_params, compile, mtl_files, random_inputs_from, root};
 use mtl::data::Dataset;
 use mtl::ir::{LossKind, TrainConfig};
 use mtl::lower::{init_params, lower, Params, Program};
@@ -203,17 +203,7 @@ fn resume_continues_exactly() {
     let mut b2 = init_params(&t, 99, &dev).unwrap();
     let h = fit(cfg, &b_dir, &t, &i, &mut b2, &ds, None, true).unwrap();
     assert_eq!(h.len(), 4);
-    for (k, v) in &a.vars {
-        let d = (v.as_tensor() - b2.vars[k].as_tensor())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert!(d == 0.0, "{k} differs by {d} after resume");
-    }
+    assert_same_params(&a, &b2, "after resume");
     let _ = (
         std::fs::remove_dir_all(a_dir),
         std::fs::remove_dir_all(b_dir),
@@ -356,17 +346,7 @@ fn gradnorm_resume_continues_exactly() {
         ha.last().unwrap().loss_weights,
         hb.last().unwrap().loss_weights
     );
-    for (k, v) in &a.vars {
-        let d = (v.as_tensor() - b2.vars[k].as_tensor())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert!(d == 0.0, "{k} differs by {d} after resume");
-    }
+    assert_same_params(&a, &b2, "after resume");
     let _ = (
         std::fs::remove_dir_all(a_dir),
         std::fs::remove_dir_all(b_dir),

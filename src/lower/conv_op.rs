@@ -4,6 +4,7 @@
 //! that dominated the training step of image models (see benches/README.md).
 
 use super::gemm::{matmul, View};
+use super::host::{contiguous, host};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -100,14 +101,6 @@ fn geom(x: &[usize], w: &[usize], s: usize, d: usize) -> Result<Geom> {
     })
 }
 
-fn contiguous(s: &CpuStorage, l: &Layout) -> Result<Vec<f32>> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(data[a..b].to_vec()),
-        None => candle_core::bail!("conv op expects contiguous inputs"),
-    }
-}
-
 impl CustomOp3 for Conv2dIm2col {
     fn name(&self) -> &'static str {
         "mtl-conv2d-im2col"
@@ -171,8 +164,7 @@ impl CustomOp3 for Conv2dIm2col {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = geom(x.dims(), w.dims(), self.stride, self.dilation)?;
         let b = x.dim(0)?;
-        let flat = |t: &Tensor| -> Result<Vec<f32>> { t.detach().flatten_all()?.to_vec1::<f32>() };
-        let (xv, wv, dy) = (flat(x)?, flat(w)?, flat(grad)?);
+        let (xv, wv, dy) = (host(x)?, host(w)?, host(grad)?);
         let (ckk, p, in_len) = (g.ckk(), g.p(), g.c * g.h * g.w);
         let mut dx = vec![0f32; b * in_len];
         let w_t = View {

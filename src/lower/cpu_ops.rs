@@ -3,21 +3,10 @@
 //! relu, max pooling for any stride (candle's backward needs stride = size),
 //! and nearest upsampling.
 
+use super::host::{contiguous, host};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
-
-fn contiguous(s: &CpuStorage, l: &Layout) -> Result<Vec<f32>> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(data[a..b].to_vec()),
-        None => candle_core::bail!("expected a contiguous tensor"),
-    }
-}
-
-fn host(t: &Tensor) -> Result<Vec<f32>> {
-    t.detach().flatten_all()?.to_vec1::<f32>()
-}
 
 /// max(x, 0); backward passes the gradient where the output is positive.
 pub struct Relu;

@@ -10,6 +10,7 @@
 //! dW_hh with one GEMM over all steps.
 
 use super::gemm::{matmul, View};
+use super::host::{contiguous, host};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -136,14 +137,6 @@ fn tanh_slice(v: &mut [f32]) {
     v.iter_mut().for_each(|x| *x = tanh(*x));
 }
 
-fn contiguous(s: &CpuStorage, l: &Layout) -> Result<Vec<f32>> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(data[a..b].to_vec()),
-        None => candle_core::bail!("lstm op expects contiguous inputs"),
-    }
-}
-
 impl CustomOp2 for LstmSeq {
     fn name(&self) -> &'static str {
         "mtl-lstm-seq"
@@ -182,13 +175,12 @@ impl CustomOp2 for LstmSeq {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (b, t, g4) = xw.dims3()?;
         let hu = self.units;
-        let flat = |x: &Tensor| -> Result<Vec<f32>> { x.detach().flatten_all()?.to_vec1::<f32>() };
-        let (w, hs_v, grad) = (flat(w_hh)?, flat(hs)?, flat(grad)?);
+        let (w, hs_v, grad) = (host(w_hh)?, host(hs)?, host(grad)?);
         let saved = self.saved.lock().ok().and_then(|mut s| s.take());
         let (acts, cs) = match saved {
             Some(s) => s,
             None => {
-                let (_, a, c) = self.forward(&flat(xw)?, &w, b, t);
+                let (_, a, c) = self.forward(&host(xw)?, &w, b, t);
                 (a, c)
             }
         };

@@ -5,6 +5,7 @@ mod conv_op;
 mod cpu_ops;
 mod exec;
 mod gemm;
+mod host;
 mod kernels;
 mod lstm_op;
 mod params;

@@ -72,3 +72,23 @@ pub fn random_inputs_from(
         })
         .collect()
 }
+
+/// max |a − b| over all elements.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// Every parameter of `a` equals `b`'s bit for bit.
+pub fn assert_same_params(a: &mtl::lower::Params, b: &mtl::lower::Params, what: &str) {
+    for (k, v) in &a.vars {
+        let d = max_abs_diff(v.as_tensor(), b.vars[k].as_tensor());
+        assert!(d == 0.0, "{k} differs by {d} {what}");
+    }
+}
