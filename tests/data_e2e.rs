@@ -329,3 +329,52 @@ fn cli_trains_from_a_manifest_and_predicts_class_names() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A word-level Hugging Face tokenizer: lower-cased, split on whitespace.
+const TOKENIZER: &str = r#"{
+  "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+  "normalizer": {"type": "Lowercase"},
+  "pre_tokenizer": {"type": "Whitespace"},
+  "post_processor": null, "decoder": null,
+  "model": {"type": "WordLevel", "vocab": {"[PAD]": 0, "[UNK]": 1, "hello": 2, "world": 3, "big": 12}, "unk_token": "[UNK]"}
+}"#;
+
+#[test]
+fn hugging_face_tokenizer_json_encodes_token_columns() {
+    let dir = tmp("hf");
+    image::GrayImage::from_pixel(4, 4, image::Luma([10]))
+        .save(dir.join("a.png"))
+        .unwrap();
+    let tok = write(&dir, "tokenizer.json", TOKENIZER);
+    let (_, t, _) = programs(SMALL);
+    let csv = write(
+        &dir,
+        "d.csv",
+        "image,text,num,kind,value\na.png,Hello World,1 2 3,cat,1\na.png,world what,1 2 3,dog,0\n",
+    );
+    let mut enc = Encoders {
+        tokenizer: Some(tok.clone()),
+        ..Default::default()
+    };
+    let d = mtl::data::load(&csv, &t, &mut enc, true, true, &Device::Cpu).unwrap();
+    assert!(
+        enc.vocabs.is_empty(),
+        "no built-in vocabulary with a tokenizer"
+    );
+    assert_eq!(
+        d.tensors["text"].to_vec2::<i64>().unwrap(),
+        vec![vec![2, 3, 0], vec![3, 1, 0]]
+    );
+    // An id beyond the declared `vocab 10` names the file, row and column.
+    let big = write(
+        &dir,
+        "big.csv",
+        "image,text,num,kind,value\na.png,big,1 2 3,cat,1\n",
+    );
+    let e = mtl::data::load(&big, &t, &mut enc, false, true, &Device::Cpu).unwrap_err();
+    assert!(
+        e.contains("big.csv: row 1, column `text`") && e.contains("id 12"),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -17,6 +17,10 @@ pub struct TrainArgs {
     /// model named after a built-in generator (`shapes`), generated when omitted.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// A Hugging Face `tokenizer.json` for the token inputs of a manifest
+    /// (default: the built-in lower-case word tokenizer); copied into the run.
+    #[arg(long, conflicts_with = "resume")]
+    tokenizer: Option<PathBuf>,
     #[arg(long, conflicts_with = "val_split")]
     val: Option<PathBuf>,
     #[arg(long)]
@@ -222,6 +226,15 @@ pub fn train(a: TrainArgs) -> Result<i32, Fail> {
         Some(_) => Encoders::load(&enc_path).map_err(|e| Fail::usage(format!("error: {e}")))?,
         None => Encoders::default(),
     };
+    if let Some(t) = &a.tokenizer {
+        std::fs::create_dir_all(&run_dir)
+            .map_err(|e| Fail::usage(format!("error: cannot create {}: {e}", run_dir.display())))?;
+        let copy = run_dir.join("tokenizer.json");
+        std::fs::copy(t, &copy).map_err(|e| {
+            Fail::usage(format!("error: cannot copy tokenizer {}: {e}", t.display()))
+        })?;
+        enc.tokenizer = Some(copy);
+    }
     let all = load_data(
         &data_path,
         &train_prog,
@@ -258,7 +271,11 @@ pub fn train(a: TrainArgs) -> Result<i32, Fail> {
         })?;
     }
     if !enc.is_empty() {
-        enc.save(&enc_path)
+        // The tokenizer's copy sits next to data.json: store its name only.
+        let mut saved = enc.clone();
+        saved.tokenizer = saved.tokenizer.map(|_| PathBuf::from("tokenizer.json"));
+        saved
+            .save(&enc_path)
             .map_err(|e| Fail::usage(format!("error: {e}")))?;
     }
     let mut params =

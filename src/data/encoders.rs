@@ -79,10 +79,14 @@ impl LabelMap {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Encoders {
-    /// Per token input.
+    /// Per token input (the built-in word tokenizer).
     pub vocabs: BTreeMap<String, Vocab>,
     /// Per cross-entropy head (by head name).
     pub labels: BTreeMap<String, LabelMap>,
+    /// A Hugging Face `tokenizer.json` for every token input instead of the
+    /// built-in tokenizer; relative paths are relative to `data.json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<std::path::PathBuf>,
 }
 
 /// Class count of a cross-entropy head (its logits' first axis).
@@ -105,9 +109,19 @@ pub fn vocab_of(prog: &Program, slot: usize) -> Option<usize> {
 impl Encoders {
     /// Vocabularies (capped at each input's `vocab`) and label maps from a
     /// training manifest. Integer labels in [0, K) are used as ids directly.
-    pub fn fit(prog: &Program, m: &Manifest) -> Result<Self, String> {
-        let mut e = Encoders::default();
+    pub fn fit(
+        prog: &Program,
+        m: &Manifest,
+        tokenizer: Option<std::path::PathBuf>,
+    ) -> Result<Self, String> {
+        let mut e = Encoders {
+            tokenizer,
+            ..Default::default()
+        };
         for (name, slot, _) in &prog.inputs {
+            if e.tokenizer.is_some() {
+                break;
+            }
             if let (Some(v), Some(col)) = (vocab_of(prog, *slot), m.column(name)) {
                 e.vocabs.insert(
                     name.clone(),
@@ -166,13 +180,30 @@ impl Encoders {
 
     /// Reads `data.json`; a missing file means no encoders (tensor data).
     pub fn load(path: &Path) -> Result<Self, String> {
-        match std::fs::read_to_string(path) {
-            Ok(t) => serde_json::from_str(&t).map_err(|e| format!("{}: {e}", path.display())),
-            Err(_) => Ok(Encoders::default()),
+        let mut e: Encoders = match std::fs::read_to_string(path) {
+            Ok(t) => serde_json::from_str(&t).map_err(|e| format!("{}: {e}", path.display()))?,
+            Err(_) => return Ok(Encoders::default()),
+        };
+        if let (Some(t), Some(dir)) = (e.tokenizer.as_mut(), path.parent()) {
+            if t.is_relative() {
+                *t = dir.join(&*t);
+            }
         }
+        Ok(e)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.vocabs.is_empty() && self.labels.is_empty()
+        self.vocabs.is_empty() && self.labels.is_empty() && self.tokenizer.is_none()
+    }
+
+    /// The Hugging Face tokenizer, when one is set.
+    pub fn hf_tokenizer(&self) -> Result<Option<tokenizers::Tokenizer>, String> {
+        self.tokenizer
+            .as_ref()
+            .map(|p| {
+                tokenizers::Tokenizer::from_file(p)
+                    .map_err(|e| format!("cannot load tokenizer {}: {e}", p.display()))
+            })
+            .transpose()
     }
 }

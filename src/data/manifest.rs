@@ -63,6 +63,7 @@ impl Manifest {
         let dev = Device::Cpu;
         let mut errs: Vec<String> = vec![];
         let mut tensors = HashMap::new();
+        let hf = enc.hf_tokenizer()?;
         let missing = |what: &str, name: &str| {
             format!(
                 "{}: no column `{name}` ({what}); columns are: {}",
@@ -108,17 +109,43 @@ impl Manifest {
                     }
                     (errs.is_empty()).then(|| Tensor::from_vec(data, shape, &dev))
                 }
-                Some(InputKind::Tokens { .. }) => {
-                    let vocab = enc.vocabs.get(name).ok_or_else(|| {
-                        format!("no vocabulary for input `{name}`: train on a manifest first")
-                    })?;
-                    let ids: Vec<i64> = self
-                        .rows
-                        .iter()
-                        .flat_map(|r| vocab.encode(&r[col], dims[0]))
-                        .collect();
-                    Some(Tensor::from_vec(ids, shape, &dev))
-                }
+                Some(InputKind::Tokens { vocab: size }) => match &hf {
+                    Some(tok) => {
+                        let mut ids = Vec::with_capacity(n * dims[0]);
+                        for (i, r) in self.rows.iter().enumerate() {
+                            match tok.encode(r[col].as_str(), false) {
+                                Ok(e) => {
+                                    let mut v: Vec<i64> = e
+                                        .get_ids()
+                                        .iter()
+                                        .take(dims[0])
+                                        .map(|&x| x as i64)
+                                        .collect();
+                                    if let Some(bad) = v.iter().find(|&&x| x as usize >= *size) {
+                                        errs.push(format!("{}: the tokenizer gives id {bad}, outside `vocab {size}`; declare a vocabulary at least as large as the tokenizer's", self.at(i, name)));
+                                    }
+                                    v.resize(dims[0], 0);
+                                    ids.extend(v);
+                                }
+                                Err(e) => {
+                                    errs.push(format!("{}: cannot tokenize: {e}", self.at(i, name)))
+                                }
+                            }
+                        }
+                        (errs.is_empty()).then(|| Tensor::from_vec(ids, shape, &dev))
+                    }
+                    None => {
+                        let vocab = enc.vocabs.get(name).ok_or_else(|| {
+                            format!("no vocabulary for input `{name}`: train on a manifest first")
+                        })?;
+                        let ids: Vec<i64> = self
+                            .rows
+                            .iter()
+                            .flat_map(|r| vocab.encode(&r[col], dims[0]))
+                            .collect();
+                        Some(Tensor::from_vec(ids, shape, &dev))
+                    }
+                },
                 _ => {
                     let mut data = Vec::with_capacity(n * per);
                     for (i, r) in self.rows.iter().enumerate() {

@@ -48,7 +48,7 @@ pub fn load(
     if is_manifest(path) {
         let m = manifest::Manifest::read(path)?;
         if fit {
-            *enc = Encoders::fit(prog, &m)?;
+            *enc = Encoders::fit(prog, &m, enc.tokenizer.clone())?;
         }
         m.to_dataset(prog, enc, labels)
     } else {
