@@ -22,6 +22,7 @@
 //! let params = init_params(&plan, 0, &dev).unwrap();
 //! let x = candle_core::Tensor::zeros((3, 4), candle_core::DType::F32, &dev).unwrap();
 //! let inputs = [("x".to_string(), x)].into_iter().collect();
+//! let inputs = mtl::data::Dataset::from_tensors(inputs, "inputs").unwrap();
 //! let out = mtl::predict::predict(&plan, &params, &inputs, 2, &dev).unwrap();
 //! assert_eq!(out["y"].dims(), &[3, 2]);
 //! ```

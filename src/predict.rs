@@ -1,39 +1,24 @@
-//! Batched inference over whole input tensors: one tensor per head out.
+//! Batched inference over a data set: one tensor per head out.
 
+use crate::data::Dataset;
 use crate::lower::{head_output, Params, Program, RunError};
 use candle_core::{Device, Tensor};
 use rand::SeedableRng;
 use std::collections::HashMap;
 
-/// Runs `prog` over all samples of `inputs` in batches of `batch_size`;
+/// Runs `prog` over all samples of `data` in batches of `batch_size`;
 /// returns one tensor per head: probabilities for classification heads.
 pub fn predict(
     prog: &Program,
     params: &Params,
-    inputs: &HashMap<String, Tensor>,
+    data: &Dataset,
     batch_size: usize,
     device: &Device,
 ) -> Result<HashMap<String, Tensor>, RunError> {
-    let n = prog
-        .inputs
-        .first()
-        .and_then(|(name, _, _)| inputs.get(name))
-        .and_then(|t| t.dims().first().copied())
-        .unwrap_or(0);
     let mut outs: HashMap<String, Vec<Tensor>> = HashMap::new();
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    let bs = batch_size.max(1);
-    let mut start = 0;
-    while start < n {
-        let len = bs.min(n - start);
-        let batch: HashMap<String, Tensor> = inputs
-            .iter()
-            .map(|(k, t)| {
-                t.narrow(0, start, len)
-                    .map(|x| (k.clone(), x))
-                    .map_err(|e| RunError::Input(format!("tensor `{k}`: {e}")))
-            })
-            .collect::<Result<_, _>>()?;
+    for batch in data.chunks(batch_size.max(1)) {
+        let (_, batch) = batch.map_err(|e| RunError::Input(e.to_string()))?;
         let prepared = prog.prepare_inputs(&batch, device)?;
         let fwd = prog.forward(params, prepared, &mut rng)?;
         for (h, slot) in &prog.heads {
@@ -47,11 +32,13 @@ pub fn predict(
             })?;
             outs.entry(h.name.clone()).or_default().push(y);
         }
-        start += len;
     }
-    if n == 0 {
+    if data.n == 0 {
         // Still validate: an empty or missing input is an error naming it.
-        prog.prepare_inputs(inputs, device)?;
+        let empty = data
+            .batch(&[])
+            .map_err(|e| RunError::Input(e.to_string()))?;
+        prog.prepare_inputs(&empty, device)?;
     }
     outs.into_iter()
         .map(|(k, v)| {

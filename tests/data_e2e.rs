@@ -4,12 +4,13 @@
 
 mod common;
 
-use candle_core::Device;
+use candle_core::{DType, Device, Tensor};
 use common::{graph, options, root};
-use mtl::data::{manifest::Manifest, Dataset, Encoders};
+use mtl::data::{manifest::Manifest, Dataset, Encoders, LoadOptions, Storage};
 use mtl::lower::{init_params, lower, Program};
 use mtl::passes::Mode;
 use mtl::train::{EvalResult, FitConfig, Observer};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 struct Quiet;
@@ -32,13 +33,59 @@ fn programs(src: &str) -> (mtl::ir::Graph, Program, Program) {
     (g, t, i)
 }
 
+/// Equal keys and bit-equal values (NaN equal to NaN).
+fn assert_same_tensors(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>, what: &str) {
+    let mut ka: Vec<_> = a.keys().collect();
+    let mut kb: Vec<_> = b.keys().collect();
+    ka.sort();
+    kb.sort();
+    assert_eq!(ka, kb, "{what}: columns");
+    let flat = |t: &Tensor| -> Vec<f64> {
+        t.to_dtype(DType::F64)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    for (k, x) in a {
+        let y = &b[k];
+        assert_eq!((x.dims(), x.dtype()), (y.dims(), y.dtype()), "{what}: {k}");
+        let (x, y) = (flat(x), flat(y));
+        assert!(
+            x.iter()
+                .zip(&y)
+                .all(|(p, q)| p == q || (p.is_nan() && q.is_nan())),
+            "{what}: {k}: {x:?} vs {y:?}"
+        );
+    }
+}
+
 /// Trains `src` on `train.csv` and evaluates on `test.csv` of `data`.
 fn train_eval(src: &str, data: &Path, epochs: usize) -> EvalResult {
     let (g, t, i) = programs(src);
     let dev = Device::Cpu;
     let mut enc = Encoders::default();
-    let train = mtl::data::load(&data.join("train.csv"), &t, &mut enc, true, true, &dev).unwrap();
-    let test = mtl::data::load(&data.join("test.csv"), &t, &mut enc, false, true, &dev).unwrap();
+    let train = mtl::data::load(
+        &data.join("train.csv"),
+        &t,
+        &mut enc,
+        true,
+        true,
+        &dev,
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let test = mtl::data::load(
+        &data.join("test.csv"),
+        &t,
+        &mut enc,
+        false,
+        true,
+        &dev,
+        &LoadOptions::default(),
+    )
+    .unwrap();
     let mut cfg = g.train.clone();
     cfg.epochs = epochs;
     cfg.val_split = 0.0;
@@ -116,9 +163,26 @@ fn load_err(dir: &Path, csv: &str) -> String {
         "good.csv",
         "image,text,num,kind,value\na.png,hello world,1 2 3,cat,0.5\na.png,hi,4 5 6,dog,\n",
     );
-    mtl::data::load(&good, &t, &mut enc, true, true, &Device::Cpu).unwrap();
+    mtl::data::load(
+        &good,
+        &t,
+        &mut enc,
+        true,
+        true,
+        &Device::Cpu,
+        &LoadOptions::default(),
+    )
+    .unwrap();
     let bad = write(dir, "bad.csv", csv);
-    match mtl::data::load(&bad, &t, &mut enc, false, true, &Device::Cpu) {
+    match mtl::data::load(
+        &bad,
+        &t,
+        &mut enc,
+        false,
+        true,
+        &Device::Cpu,
+        &LoadOptions::default(),
+    ) {
         Ok(_) => panic!("{csv} should be rejected"),
         Err(e) => e,
     }
@@ -179,6 +243,7 @@ fn broken_data_sets_name_file_row_and_column() {
         true,
         true,
         &Device::Cpu,
+        &LoadOptions::default(),
     )
     .unwrap_err();
     assert!(
@@ -203,7 +268,16 @@ fn jsonl_and_csv_manifests_encode_alike() {
     let (_, t, _) = programs(SMALL);
     let load = |p: &Path| {
         let mut enc = Encoders::default();
-        let d: Dataset = mtl::data::load(p, &t, &mut enc, true, true, &Device::Cpu).unwrap();
+        let d: Dataset = mtl::data::load(
+            p,
+            &t,
+            &mut enc,
+            true,
+            true,
+            &Device::Cpu,
+            &LoadOptions::default(),
+        )
+        .unwrap();
         (d, enc)
     };
     let ((a, ea), (b, eb)) = (load(&csv), load(&jsonl));
@@ -212,40 +286,12 @@ fn jsonl_and_csv_manifests_encode_alike() {
         ea.vocabs["text"].encode("HELLO, unknown world", 3),
         vec![2, 1, 3]
     );
-    for (k, x) in &a.tensors {
-        let y = &b.tensors[k];
-        let (x, y) = (
-            x.to_dtype(candle_core::DType::F32)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap(),
-            y.to_dtype(candle_core::DType::F32)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap(),
-        );
-        assert!(
-            x.iter()
-                .zip(&y)
-                .all(|(p, q)| p == q || (p.is_nan() && q.is_nan())),
-            "{k}: {x:?} vs {y:?}"
-        );
-    }
+    let (a, b) = (a.tensors().unwrap(), b.tensors().unwrap());
+    assert_same_tensors(&a, &b, "csv vs jsonl");
     // The empty `value` cell is a missing label (NaN); the image is scaled to [0, 1].
-    assert!(a.tensors["value"].to_vec2::<f32>().unwrap()[1][0].is_nan());
+    assert!(a["value"].to_vec2::<f32>().unwrap()[1][0].is_nan());
     assert!(
-        (a.tensors["image"]
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-            - 200.0 / 255.0)
-            .abs()
-            < 1e-6
+        (a["image"].max_all().unwrap().to_scalar::<f32>().unwrap() - 200.0 / 255.0).abs() < 1e-6
     );
     let _ = Manifest::read(&csv).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
@@ -314,6 +360,22 @@ fn cli_trains_from_a_manifest_and_predicts_class_names() {
         .iter()
         .all(|r| mtl::data::shapes::SHAPES.contains(&r.split(',').next().unwrap())));
     assert!(dir.join("pred.safetensors").exists());
+    // The same predictions with the decoded inputs streamed through a disk cache.
+    let pred_disk = dir.join("pred_disk.csv");
+    let p = std::process::Command::new(bin)
+        .arg("predict")
+        .arg(&run)
+        .arg("--input")
+        .arg(data.join("test.csv"))
+        .arg("--output")
+        .arg(&pred_disk)
+        .args(["--memory-limit", "0", "--cache-dir"])
+        .arg(dir.join("cache"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&p.stderr);
+    assert!(p.status.success() && err.contains("cached in"), "{err}");
+    assert_eq!(std::fs::read_to_string(&pred_disk).unwrap(), text);
     let ev = std::process::Command::new(bin)
         .arg("evaluate")
         .arg(&run)
@@ -356,13 +418,22 @@ fn hugging_face_tokenizer_json_encodes_token_columns() {
         tokenizer: Some(tok.clone()),
         ..Default::default()
     };
-    let d = mtl::data::load(&csv, &t, &mut enc, true, true, &Device::Cpu).unwrap();
+    let d = mtl::data::load(
+        &csv,
+        &t,
+        &mut enc,
+        true,
+        true,
+        &Device::Cpu,
+        &LoadOptions::default(),
+    )
+    .unwrap();
     assert!(
         enc.vocabs.is_empty(),
         "no built-in vocabulary with a tokenizer"
     );
     assert_eq!(
-        d.tensors["text"].to_vec2::<i64>().unwrap(),
+        d.tensors().unwrap()["text"].to_vec2::<i64>().unwrap(),
         vec![vec![2, 3, 0], vec![3, 1, 0]]
     );
     // An id beyond the declared `vocab 10` names the file, row and column.
@@ -371,10 +442,155 @@ fn hugging_face_tokenizer_json_encodes_token_columns() {
         "big.csv",
         "image,text,num,kind,value\na.png,big,1 2 3,cat,1\n",
     );
-    let e = mtl::data::load(&big, &t, &mut enc, false, true, &Device::Cpu).unwrap_err();
+    let e = mtl::data::load(
+        &big,
+        &t,
+        &mut enc,
+        false,
+        true,
+        &Device::Cpu,
+        &LoadOptions::default(),
+    )
+    .unwrap_err();
     assert!(
         e.contains("big.csv: row 1, column `text`") && e.contains("id 12"),
         "{e}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn decoded_data_above_the_memory_limit_streams_to_a_reused_disk_cache() {
+    let data = tmp("cache");
+    mtl::data::shapes::write(&data, 40, 3).unwrap();
+    let src = std::fs::read_to_string(root().join("models/shapes.mtl")).unwrap();
+    let (g, t, i) = programs(&src);
+    let dev = Device::Cpu;
+    let csv = data.join("train.csv");
+    let mut enc = Encoders::default();
+    let mem = mtl::data::load(
+        &csv,
+        &t,
+        &mut enc,
+        true,
+        true,
+        &dev,
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(mem.storage, Storage::Memory);
+    let cache = data.join("cache");
+    let disk_opts = LoadOptions {
+        memory_limit: 0,
+        cache_dir: Some(cache.clone()),
+    };
+    let disk =
+        |enc: &mut Encoders| mtl::data::load(&csv, &t, enc, false, true, &dev, &disk_opts).unwrap();
+    let d1 = disk(&mut enc);
+    let Storage::Cache { dir, reused: false } = d1.storage.clone() else {
+        panic!("expected a fresh disk cache, got {:?}", d1.storage)
+    };
+    // Rows read from disk equal the decoded rows, in any order and through views.
+    let idx = [17usize, 3, 4, 5, 39, 0, 22];
+    assert_same_tensors(
+        &mem.batch(&idx).unwrap(),
+        &d1.batch(&idx).unwrap(),
+        "disk batch",
+    );
+    let view = [9usize, 30, 31, 2];
+    assert_same_tensors(
+        &mem.subset(&view).batch(&[3, 1, 2]).unwrap(),
+        &d1.subset(&view).batch(&[3, 1, 2]).unwrap(),
+        "disk view",
+    );
+    assert!(d1.batch(&[40]).is_err(), "a row past the end is an error");
+    // A second load reuses the cache: no decoding.
+    let d2 = disk(&mut enc);
+    assert_eq!(
+        d2.storage,
+        Storage::Cache {
+            dir: dir.clone(),
+            reused: true
+        }
+    );
+    // A truncated cache is not trusted: it is decoded again.
+    let col = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "bin"))
+        .unwrap();
+    let bytes = std::fs::read(&col).unwrap();
+    std::fs::write(&col, &bytes[..bytes.len() / 2]).unwrap();
+    let d3 = disk(&mut enc);
+    assert_eq!(
+        d3.storage,
+        Storage::Cache {
+            dir: dir.clone(),
+            reused: false
+        }
+    );
+    assert_same_tensors(
+        &mem.tensors().unwrap(),
+        &d3.tensors().unwrap(),
+        "re-decoded",
+    );
+    // Other encoders (another vocabulary) give another cache, not a stale one.
+    let mut other = enc.clone();
+    if let Some(v) = other.vocabs.values_mut().next() {
+        v.tokens.swap(2, 3);
+    }
+    let d4 = disk(&mut other);
+    assert!(matches!(&d4.storage, Storage::Cache { dir: d, reused: false } if *d != dir));
+    // Training reads the same batches from disk as from memory: same weights.
+    let trained = |ds: &Dataset, name: &str| {
+        let mut cfg = g.train.clone();
+        cfg.epochs = 2;
+        cfg.val_split = 0.0;
+        let fc = FitConfig {
+            train: cfg,
+            run_dir: data.join(name),
+            resume: false,
+            device: dev.clone(),
+        };
+        let mut params = init_params(&t, 0, &dev).unwrap();
+        mtl::train::fit(&fc, &t, &i, &mut params, ds, None, &mut Quiet).unwrap();
+        params
+    };
+    common::assert_same_params(&trained(&mem, "m"), &trained(&d3, "d"), "disk vs memory");
+    // A broken manifest leaves no cache behind.
+    let bad = data.join("bad.csv");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    std::fs::write(&bad, text.replacen("images/", "images/missing_", 1)).unwrap();
+    let e = mtl::data::load(&bad, &t, &mut enc, false, true, &dev, &disk_opts).unwrap_err();
+    assert!(e.contains("bad.csv: row 1, column `image`"), "{e}");
+    let left: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("bad") || n.starts_with(".bad"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+#[test]
+fn tensor_files_above_the_memory_limit_are_read_in_place() {
+    let p = root().join("../shared/data/digits/test.safetensors");
+    let dev = Device::Cpu;
+    let mem = Dataset::load(&p, &dev, u64::MAX).unwrap();
+    let disk = Dataset::load(&p, &dev, 0).unwrap();
+    assert_eq!(disk.storage, Storage::File(p.clone()));
+    assert_eq!(mem.n, disk.n);
+    let idx: Vec<usize> = (0..mem.n).rev().step_by(7).collect();
+    assert_same_tensors(
+        &mem.batch(&idx).unwrap(),
+        &disk.batch(&idx).unwrap(),
+        "tensor file",
+    );
+    // Checks run on disk columns too, streaming.
+    let (_, prog) = {
+        let g = common::compile(&root().join("models/digits.mtl"), Mode::Infer);
+        let p = lower(&g, Mode::Infer);
+        (g, p)
+    };
+    disk.check(&prog, true, "digits").unwrap();
 }

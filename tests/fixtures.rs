@@ -43,6 +43,7 @@ fn check(name: &str, optimize: bool) {
     let expected =
         candle_core::safetensors::load(dir.join(format!("{name}.expected.safetensors")), &dev)
             .unwrap();
+    let inputs = mtl::data::Dataset::from_tensors(inputs, "inputs").unwrap();
     let out = mtl::predict::predict(&prog, &params, &inputs, 3, &dev).unwrap();
     assert_eq!(out.len(), expected.len(), "{name}: one output per head");
     for (head, want) in &expected {

@@ -209,6 +209,7 @@ model m {
         }
     }
     let x = random_inputs(&opt, 4, 3, -1.0);
+    let x = mtl::data::Dataset::from_tensors(x, "inputs").unwrap();
     let out = |p: &mtl::lower::Program| mtl::predict::predict(p, &params, &x, 4, &dev).unwrap();
     let (a, b) = (out(&opt), out(&plain));
     for (h, t) in &a {

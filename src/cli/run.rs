@@ -1,8 +1,9 @@
 //! `predict` and `init`: running compiled models on tensors.
 
+use super::train::{report_storage, StorageArgs};
 use super::{load, Fail};
 use clap::Args;
-use mtl::data::Encoders;
+use mtl::data::{Dataset, Encoders};
 use mtl::lower::{init_params, lower, save_atomic, Params, Program};
 use mtl::passes::Mode;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,8 @@ pub struct PredictArgs {
     device: String,
     #[arg(long)]
     no_opt: bool,
+    #[command(flatten)]
+    storage: StorageArgs,
 }
 
 #[derive(Args)]
@@ -84,20 +87,17 @@ pub fn predict(a: PredictArgs) -> Result<i32, Fail> {
     // Vocabularies and label maps of the run, when MODEL is a run directory.
     let enc = Encoders::load(&a.model.join("data.json"))
         .map_err(|e| Fail::usage(format!("error: {e}")))?;
+    let opts = a.storage.options();
     let inputs = if mtl::data::is_manifest(&a.input) {
         let m = mtl::data::manifest::Manifest::read(&a.input)
             .map_err(|e| Fail::usage(format!("error: {e}")))?;
-        m.to_dataset(&prog, &enc, false)
+        m.to_dataset(&prog, &enc, false, &opts)
             .map_err(|e| Fail::model(format!("error: {e}")))?
-            .tensors
     } else {
-        candle_core::safetensors::load(&a.input, &device).map_err(|e| {
-            Fail::usage(format!(
-                "error: cannot read inputs {}: {e}",
-                a.input.display()
-            ))
-        })?
+        Dataset::load(&a.input, &device, opts.memory_limit)
+            .map_err(|e| Fail::usage(format!("error: inputs: {e}")))?
     };
+    report_storage(&inputs, "inputs");
     let out = mtl::predict::predict(&prog, &params, &inputs, a.batch_size, &device)
         .map_err(|e| Fail::model(format!("error: {e}")))?;
     let tensors_path = if a.output.extension().is_some_and(|e| e == "csv") {
@@ -156,7 +156,7 @@ pub fn data(a: DataArgs) -> Result<i32, Fail> {
     mtl::data::shapes::write(&a.out, a.n, a.seed)
         .map_err(|e| Fail::usage(format!("error: {e}")))?;
     eprintln!(
-        "wrote {}/train.safetensors and test.safetensors",
+        "wrote {}/train.csv and test.csv, with their images and masks",
         a.out.display()
     );
     Ok(0)

@@ -4,7 +4,7 @@ use super::run::{build, resolve_model};
 use super::Fail;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use mtl::data::{Dataset, Encoders};
+use mtl::data::{Dataset, Encoders, Storage};
 use mtl::lower::init_params;
 use mtl::passes::Mode;
 use mtl::train::{EpochRecord, EvalResult, FitConfig, Observer};
@@ -48,6 +48,58 @@ pub struct TrainArgs {
     json: bool,
     #[arg(long)]
     no_opt: bool,
+    #[command(flatten)]
+    storage: StorageArgs,
+}
+
+/// Where decoded data lives: memory up to a bound, else a disk cache.
+#[derive(Args, Clone)]
+pub struct StorageArgs {
+    /// Decoded data (or a tensor file) above this many MiB stays on disk and
+    /// is read a batch at a time.
+    #[arg(long, default_value_t = 2048, value_name = "MIB")]
+    memory_limit: u64,
+    /// Where decoded manifests above the memory limit are cached and reused
+    /// (default: $MTL_CACHE_DIR, else $XDG_CACHE_HOME/mtl or ~/.cache/mtl).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+}
+
+impl StorageArgs {
+    pub fn options(&self) -> mtl::data::LoadOptions {
+        let env = |k: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        let dir = self
+            .cache_dir
+            .clone()
+            .or_else(|| env("MTL_CACHE_DIR"))
+            .or_else(|| env("XDG_CACHE_HOME").map(|p| p.join("mtl")))
+            .or_else(|| env("HOME").map(|p| p.join(".cache").join("mtl")))
+            .unwrap_or_else(|| PathBuf::from(".mtl-cache"));
+        mtl::data::LoadOptions {
+            memory_limit: self.memory_limit.saturating_mul(1 << 20),
+            cache_dir: Some(dir),
+        }
+    }
+}
+
+/// Says where decoded data went when it is not in memory.
+pub fn report_storage(ds: &Dataset, what: &str) {
+    match &ds.storage {
+        Storage::Memory => {}
+        Storage::File(p) => eprintln!(
+            "{what}: {} is above --memory-limit; reading it a batch at a time",
+            p.display()
+        ),
+        Storage::Cache { dir, reused } => eprintln!(
+            "{what}: decoded data above --memory-limit {} {}",
+            if *reused { "reused from" } else { "cached in" },
+            dir.display()
+        ),
+    }
 }
 
 #[derive(Args)]
@@ -62,6 +114,8 @@ pub struct EvaluateArgs {
     device: String,
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    storage: StorageArgs,
 }
 
 struct Cli {
@@ -165,8 +219,9 @@ fn load_data(
     fit: bool,
     labels: bool,
     dev: &candle_core::Device,
+    storage: &StorageArgs,
 ) -> Result<Dataset, Fail> {
-    mtl::data::load(path, prog, enc, fit, labels, dev)
+    mtl::data::load(path, prog, enc, fit, labels, dev, &storage.options())
         .map_err(|e| Fail::model(format!("error: {e}")))
 }
 
@@ -242,21 +297,30 @@ pub fn train(a: TrainArgs) -> Result<i32, Fail> {
         a.resume.is_none(),
         true,
         &device,
+        &a.storage,
     )?;
+    if !a.quiet && !a.json {
+        report_storage(&all, "training data");
+    }
     let (train_ds, val_ds) = match (&a.val, cfg.val_split) {
         (Some(v), _) => (
             all,
-            Some(load_data(v, &train_prog, &mut enc, false, true, &device)?),
+            Some(load_data(
+                v,
+                &train_prog,
+                &mut enc,
+                false,
+                true,
+                &device,
+                &a.storage,
+            )?),
         ),
         (None, f) if f > 0.0 => {
             let n_val = ((all.n as f64) * f).round() as usize;
             let cut = all.n - n_val;
             let tr: Vec<usize> = (0..cut).collect();
             let va: Vec<usize> = (cut..all.n).collect();
-            (
-                all.subset(&tr).map_err(|e| Fail::model(e.to_string()))?,
-                Some(all.subset(&va).map_err(|e| Fail::model(e.to_string()))?),
-            )
+            (all.subset(&tr), Some(all.subset(&va)))
         }
         _ => (all, None),
     };
@@ -342,7 +406,10 @@ pub fn evaluate(a: EvaluateArgs) -> Result<i32, Fail> {
         .map_err(|e| Fail::model(format!("error: {e}")))?;
     let mut enc =
         Encoders::load(&a.run.join("data.json")).map_err(|e| Fail::usage(format!("error: {e}")))?;
-    let ds = load_data(&a.data, &prog, &mut enc, false, true, &device)?;
+    let ds = load_data(&a.data, &prog, &mut enc, false, true, &device, &a.storage)?;
+    if !a.json {
+        report_storage(&ds, "data");
+    }
     let r = mtl::train::evaluate(&prog, &params, &ds, a.batch_size, &device)
         .map_err(|e| Fail::model(format!("error: {e}")))?;
     if a.json {

@@ -40,12 +40,19 @@ impl Vocab {
 
     /// Ids of `text`, padded with 0 or truncated to `len`.
     pub fn encode(&self, text: &str, len: usize) -> Vec<i64> {
-        let index: HashMap<&str, usize> = self
-            .tokens
+        Self::encode_with(&self.index(), text, len)
+    }
+
+    /// Word → id, built once per column rather than once per row.
+    pub fn index(&self) -> HashMap<&str, usize> {
+        self.tokens
             .iter()
             .enumerate()
             .map(|(i, t)| (t.as_str(), i))
-            .collect();
+            .collect()
+    }
+
+    pub fn encode_with(index: &HashMap<&str, usize>, text: &str, len: usize) -> Vec<i64> {
         let mut ids: Vec<i64> = tokenize(text)
             .iter()
             .map(|w| index.get(w.as_str()).copied().unwrap_or(1) as i64)

@@ -4,14 +4,18 @@
 //! class names or numbers; an empty cell is a missing label. Every problem
 //! names the file, the row and the column.
 
-use super::encoders::{classes_of, Encoders};
+use super::dataset::{Column, Storage};
+use super::encoders::{classes_of, Encoders, Vocab};
 use super::image;
+use super::store::{fnv64, open_cache, CacheColumn, CacheMeta, DiskColumn};
 use super::Dataset;
 use crate::ir::{DType as IrDType, InputKind, LossKind};
 use crate::lower::Program;
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 use std::collections::HashMap;
+use std::io::Write;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 pub struct Manifest {
@@ -52,18 +56,10 @@ impl Manifest {
         format!("{}: row {}, column `{col}`", self.path.display(), row + 1)
     }
 
-    /// Encodes the manifest as tensors for `prog` (labels required with `labels`).
-    pub fn to_dataset(
-        &self,
-        prog: &Program,
-        enc: &Encoders,
-        labels: bool,
-    ) -> Result<Dataset, String> {
-        let n = self.rows.len();
-        let dev = Device::Cpu;
-        let mut errs: Vec<String> = vec![];
-        let mut tensors = HashMap::new();
-        let hf = enc.hf_tokenizer()?;
+    /// The columns `prog` needs (labels with `labels`), every missing one reported.
+    fn targets(&self, prog: &Program, labels: bool) -> Result<Vec<Target>, String> {
+        let mut errs = vec![];
+        let mut out = vec![];
         let missing = |what: &str, name: &str| {
             format!(
                 "{}: no column `{name}` ({what}); columns are: {}",
@@ -79,117 +75,419 @@ impl Manifest {
             let dims = ty.dims().ok_or_else(|| {
                 format!("input `{name}` has symbolic sizes; manifests need fixed ones")
             })?;
-            let per: usize = dims.iter().product();
-            let mut shape = vec![n];
-            shape.extend(&dims);
-            let t = match prog.input_kinds.get(name) {
-                Some(InputKind::Image) => {
-                    let decoded: Vec<Result<Vec<f32>, String>> = self
-                        .rows
-                        .par_iter()
-                        .enumerate()
-                        .map(|(i, r)| {
-                            let cell = r[col].trim();
-                            if cell.is_empty() {
-                                return Err(format!(
-                                    "{}: empty cell, expected an image path",
-                                    self.at(i, name)
-                                ));
-                            }
-                            image::decode(&self.dir.join(cell), dims[0], dims[1], dims[2])
-                                .map_err(|e| format!("{}: {e}", self.at(i, name)))
-                        })
-                        .collect();
-                    let mut data = Vec::with_capacity(n * per);
-                    for d in decoded {
-                        match d {
-                            Ok(v) => data.extend(v),
-                            Err(e) => errs.push(e),
-                        }
-                    }
-                    (errs.is_empty()).then(|| Tensor::from_vec(data, shape, &dev))
-                }
-                Some(InputKind::Tokens { vocab: size }) => match &hf {
-                    Some(tok) => {
-                        let mut ids = Vec::with_capacity(n * dims[0]);
-                        for (i, r) in self.rows.iter().enumerate() {
-                            match tok.encode(r[col].as_str(), false) {
-                                Ok(e) => {
-                                    let mut v: Vec<i64> = e
-                                        .get_ids()
-                                        .iter()
-                                        .take(dims[0])
-                                        .map(|&x| x as i64)
-                                        .collect();
-                                    if let Some(bad) = v.iter().find(|&&x| x as usize >= *size) {
-                                        errs.push(format!("{}: the tokenizer gives id {bad}, outside `vocab {size}`; declare a vocabulary at least as large as the tokenizer's", self.at(i, name)));
-                                    }
-                                    v.resize(dims[0], 0);
-                                    ids.extend(v);
-                                }
-                                Err(e) => {
-                                    errs.push(format!("{}: cannot tokenize: {e}", self.at(i, name)))
-                                }
-                            }
-                        }
-                        (errs.is_empty()).then(|| Tensor::from_vec(ids, shape, &dev))
-                    }
-                    None => {
-                        let vocab = enc.vocabs.get(name).ok_or_else(|| {
-                            format!("no vocabulary for input `{name}`: train on a manifest first")
-                        })?;
-                        let ids: Vec<i64> = self
-                            .rows
-                            .iter()
-                            .flat_map(|r| vocab.encode(&r[col], dims[0]))
-                            .collect();
-                        Some(Tensor::from_vec(ids, shape, &dev))
-                    }
-                },
-                _ => {
-                    let mut data = Vec::with_capacity(n * per);
-                    for (i, r) in self.rows.iter().enumerate() {
-                        match numbers(&r[col], per) {
-                            Ok(v) if v.iter().any(|x| !x.is_finite()) => errs
-                                .push(format!("{}: NaN or infinite input value", self.at(i, name))),
-                            Ok(v) => data.extend(v),
-                            Err(e) => errs.push(format!("{}: {e}", self.at(i, name))),
-                        }
-                    }
-                    (errs.is_empty()).then(|| Tensor::from_vec(data, shape, &dev))
-                }
+            let what = match prog.input_kinds.get(name) {
+                Some(InputKind::Image) => What::Image,
+                Some(InputKind::Tokens { vocab }) => What::Tokens(*vocab),
+                _ => What::Numbers,
             };
-            if let Some(t) = t {
-                tensors.insert(name.clone(), t.map_err(|e| e.to_string())?);
-            }
+            out.push(Target {
+                name: name.clone(),
+                col,
+                i64: matches!(what, What::Tokens(_)),
+                dims,
+                what,
+            });
         }
         if labels {
-            for (h, slot) in &prog.heads {
+            for (hi, (h, _)) in prog.heads.iter().enumerate() {
                 let Some(lt) = &h.label_type else { continue };
                 let Some(col) = self.column(&h.label) else {
                     errs.push(missing(&format!("label of head `{}`", h.name), &h.label));
                     continue;
                 };
-                let dims = lt.dims().unwrap_or_default();
-                let per: usize = dims.iter().product();
-                let mut shape = vec![n];
-                shape.extend(&dims);
-                let mut data: Vec<f32> = Vec::with_capacity(n * per);
-                for (i, r) in self.rows.iter().enumerate() {
+                out.push(Target {
+                    name: h.label.clone(),
+                    col,
+                    dims: lt.dims().unwrap_or_default(),
+                    i64: lt.dtype == IrDType::I64,
+                    what: What::Label(hi),
+                });
+            }
+        }
+        if errs.is_empty() {
+            Ok(out)
+        } else {
+            Err(errs.join("\n"))
+        }
+    }
+
+    /// Encodes the manifest as tensors for `prog` (labels required with
+    /// `labels`). Decoded data larger than `opts.memory_limit` is streamed, a
+    /// chunk of rows at a time, into a cache directory keyed by the manifest,
+    /// the model's columns and the encoders, and read back per batch; a later
+    /// run with the same key reuses it without decoding.
+    pub fn to_dataset(
+        &self,
+        prog: &Program,
+        enc: &Encoders,
+        labels: bool,
+        opts: &LoadOptions,
+    ) -> Result<Dataset, String> {
+        let targets = self.targets(prog, labels)?;
+        let hf = enc.hf_tokenizer()?;
+        let cx = Cx {
+            m: self,
+            prog,
+            enc,
+            hf: hf.as_ref(),
+        };
+        let row_bytes: usize = targets.iter().map(Target::row_bytes).sum();
+        let total = (row_bytes * self.rows.len()) as u64;
+        let source = self.path.display().to_string();
+        match &opts.cache_dir {
+            Some(dir) if total > opts.memory_limit => {
+                let key = self.cache_key(&targets, enc)?;
+                let stem = self
+                    .path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let dir = dir.join(format!("{stem}-{key}"));
+                if let Some(cols) = open_cache(&dir, &key) {
+                    let cols = cols
+                        .into_iter()
+                        .map(|(k, c)| (k, Column::Disk(c)))
+                        .collect();
+                    let storage = Storage::Cache { dir, reused: true };
+                    return Dataset::from_columns(cols, &source, storage);
+                }
+                // Chunks of at most CHUNK_BYTES decoded, so memory stays bounded.
+                let chunk = (CHUNK_BYTES / row_bytes.max(1)).max(1);
+                let cols = cx.write_cache(&targets, &dir, &key, chunk)?;
+                let cols = cols
+                    .into_iter()
+                    .map(|(k, c)| (k, Column::Disk(c)))
+                    .collect();
+                Dataset::from_columns(cols, &source, Storage::Cache { dir, reused: false })
+            }
+            _ => {
+                let mut errs = Errors::default();
+                let n = self.rows.len();
+                let mut tensors = HashMap::new();
+                for t in &targets {
+                    let v = cx.encode(t, 0..n, &mut errs)?;
+                    if errs.0.is_empty() {
+                        tensors.insert(t.name.clone(), v.tensor(n, &t.dims)?);
+                    }
+                }
+                errs.result()?;
+                Dataset::from_tensors(tensors, &source)
+            }
+        }
+    }
+
+    /// What decides the decoded values: the rows, the columns encoded and how,
+    /// the vocabularies, label maps and tokenizer.
+    fn cache_key(&self, targets: &[Target], enc: &Encoders) -> Result<String, String> {
+        let mut parts: Vec<Vec<u8>> = vec![self.columns.join("\u{1}").into_bytes()];
+        for r in &self.rows {
+            parts.push(r.join("\u{1}").into_bytes());
+        }
+        for t in targets {
+            parts.push(
+                format!("{}:{}:{:?}:{}:{:?}", t.name, t.col, t.dims, t.i64, t.what).into_bytes(),
+            );
+        }
+        parts.push(serde_json::to_vec(enc).map_err(|e| e.to_string())?);
+        if let Some(p) = &enc.tokenizer {
+            parts.push(std::fs::read(p).unwrap_or_default());
+        }
+        let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        Ok(format!("{:016x}", fnv64(&refs)))
+    }
+}
+
+/// Decoded bytes per chunk when streaming to the disk cache.
+const CHUNK_BYTES: usize = 64 << 20;
+
+/// Where to keep decoded data.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Decoded data (or a tensor file) larger than this many bytes stays on disk.
+    pub memory_limit: u64,
+    /// Where decoded manifests larger than the bound are cached; None keeps
+    /// everything in memory.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            memory_limit: u64::MAX,
+            cache_dir: None,
+        }
+    }
+}
+
+/// One encoded column: where it comes from and what it becomes.
+struct Target {
+    name: String,
+    col: usize,
+    /// Per-sample shape.
+    dims: Vec<usize>,
+    i64: bool,
+    what: What,
+}
+
+impl Target {
+    fn row_bytes(&self) -> usize {
+        self.dims.iter().product::<usize>() * if self.i64 { 8 } else { 4 }
+    }
+}
+
+#[derive(Debug)]
+enum What {
+    Image,
+    Tokens(usize),
+    Numbers,
+    /// The label of head `prog.heads[i]`.
+    Label(usize),
+}
+
+enum Values {
+    F32(Vec<f32>),
+    I64(Vec<i64>),
+}
+
+impl Values {
+    fn tensor(self, n: usize, dims: &[usize]) -> Result<Tensor, String> {
+        let mut shape = vec![n];
+        shape.extend(dims);
+        match self {
+            Values::F32(v) => Tensor::from_vec(v, shape, &Device::Cpu),
+            Values::I64(v) => Tensor::from_vec(v, shape, &Device::Cpu),
+        }
+        .map_err(|e| e.to_string())
+    }
+
+    fn write(&self, w: &mut impl Write) -> std::io::Result<()> {
+        match self {
+            Values::F32(v) => v.iter().try_for_each(|x| w.write_all(&x.to_le_bytes())),
+            Values::I64(v) => v.iter().try_for_each(|x| w.write_all(&x.to_le_bytes())),
+        }
+    }
+}
+
+/// Errors of a whole pass, the first MAX_ERRORS kept.
+#[derive(Default)]
+struct Errors(Vec<String>, usize);
+
+impl Errors {
+    fn push(&mut self, e: String) {
+        if self.0.len() < MAX_ERRORS {
+            self.0.push(e);
+        } else {
+            self.1 += 1;
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.0.len() >= MAX_ERRORS
+    }
+
+    fn result(self) -> Result<(), String> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        let mut e = self.0;
+        if self.1 > 0 {
+            e.push(format!("... and {} more", self.1));
+        }
+        Err(e.join("\n"))
+    }
+}
+
+/// What encoding a row range needs.
+struct Cx<'a> {
+    m: &'a Manifest,
+    prog: &'a Program,
+    enc: &'a Encoders,
+    hf: Option<&'a tokenizers::Tokenizer>,
+}
+
+impl Cx<'_> {
+    /// Streams every target, a chunk of rows at a time, into column files in
+    /// a temporary directory renamed to `dir` when complete.
+    fn write_cache(
+        &self,
+        targets: &[Target],
+        dir: &Path,
+        key: &str,
+        chunk: usize,
+    ) -> Result<Vec<(String, DiskColumn)>, String> {
+        let parent = dir.parent().unwrap_or(Path::new("."));
+        let tmp = parent.join(format!(
+            ".{}.tmp{}",
+            dir.file_name()
+                .map(|s| s.to_string_lossy())
+                .unwrap_or_default(),
+            std::process::id()
+        ));
+        let io = |p: &Path, e: std::io::Error| {
+            format!("cannot write the data cache {}: {e}", p.display())
+        };
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+        let result = (|| {
+            let meta = CacheMeta {
+                key: key.to_string(),
+                n: self.m.rows.len(),
+                columns: targets
+                    .iter()
+                    .map(|t| CacheColumn {
+                        name: t.name.clone(),
+                        dtype: if t.i64 { "i64" } else { "f32" }.into(),
+                        dims: t.dims.clone(),
+                    })
+                    .collect(),
+            };
+            let mut files = meta
+                .columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let p = c.file(&tmp, i);
+                    std::fs::File::create(&p)
+                        .map(std::io::BufWriter::new)
+                        .map_err(|e| io(&p, e))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut errs = Errors::default();
+            let n = self.m.rows.len();
+            let mut start = 0;
+            while start < n && !errs.full() {
+                let end = (start + chunk).min(n);
+                for (t, f) in targets.iter().zip(&mut files) {
+                    let v = self.encode(t, start..end, &mut errs)?;
+                    if errs.0.is_empty() {
+                        v.write(f).map_err(|e| io(&tmp, e))?;
+                    }
+                }
+                start = end;
+            }
+            errs.result()?;
+            for f in files {
+                f.into_inner()
+                    .map_err(|e| io(&tmp, e.into_error()))?
+                    .sync_all()
+                    .map_err(|e| io(&tmp, e))?;
+            }
+            let text = serde_json::to_string(&meta).map_err(|e| e.to_string())?;
+            std::fs::write(tmp.join("meta.json"), text).map_err(|e| io(&tmp, e))?;
+            let _ = std::fs::remove_dir_all(dir);
+            std::fs::rename(&tmp, dir).map_err(|e| io(dir, e))
+        })();
+        if let Err(e) = result {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        open_cache(dir, key)
+            .ok_or_else(|| format!("the data cache {} could not be read back", dir.display()))
+    }
+
+    /// The values of target `t` for `rows`; problems go to `errs`, each
+    /// naming the file, the row and the column.
+    fn encode(&self, t: &Target, rows: Range<usize>, errs: &mut Errors) -> Result<Values, String> {
+        let m = self.m;
+        let name = &t.name;
+        let col = t.col;
+        let dims = &t.dims;
+        let per: usize = dims.iter().product();
+        let base = rows.start;
+        let slice = &m.rows[rows];
+        Ok(match &t.what {
+            What::Image => {
+                let decoded: Vec<Result<Vec<f32>, String>> = slice
+                    .par_iter()
+                    .enumerate()
+                    .map(|(i, r)| {
+                        let cell = r[col].trim();
+                        if cell.is_empty() {
+                            return Err(format!(
+                                "{}: empty cell, expected an image path",
+                                m.at(base + i, name)
+                            ));
+                        }
+                        image::decode(&m.dir.join(cell), dims[0], dims[1], dims[2])
+                            .map_err(|e| format!("{}: {e}", m.at(base + i, name)))
+                    })
+                    .collect();
+                let mut data = Vec::with_capacity(slice.len() * per);
+                for d in decoded {
+                    match d {
+                        Ok(v) => data.extend(v),
+                        Err(e) => errs.push(e),
+                    }
+                }
+                Values::F32(data)
+            }
+            What::Tokens(size) => match self.hf {
+                Some(tok) => {
+                    let mut ids = Vec::with_capacity(slice.len() * dims[0]);
+                    for (i, r) in slice.iter().enumerate() {
+                        match tok.encode(r[col].as_str(), false) {
+                            Ok(e) => {
+                                let mut v: Vec<i64> = e
+                                    .get_ids()
+                                    .iter()
+                                    .take(dims[0])
+                                    .map(|&x| x as i64)
+                                    .collect();
+                                if let Some(bad) = v.iter().find(|&&x| x as usize >= *size) {
+                                    errs.push(format!("{}: the tokenizer gives id {bad}, outside `vocab {size}`; declare a vocabulary at least as large as the tokenizer's", m.at(base + i, name)));
+                                }
+                                v.resize(dims[0], 0);
+                                ids.extend(v);
+                            }
+                            Err(e) => {
+                                errs.push(format!("{}: cannot tokenize: {e}", m.at(base + i, name)))
+                            }
+                        }
+                    }
+                    Values::I64(ids)
+                }
+                None => {
+                    let vocab = self.enc.vocabs.get(name).ok_or_else(|| {
+                        format!("no vocabulary for input `{name}`: train on a manifest first")
+                    })?;
+                    let index = vocab.index();
+                    Values::I64(
+                        slice
+                            .iter()
+                            .flat_map(|r| Vocab::encode_with(&index, &r[col], dims[0]))
+                            .collect(),
+                    )
+                }
+            },
+            What::Numbers => {
+                let mut data = Vec::with_capacity(slice.len() * per);
+                for (i, r) in slice.iter().enumerate() {
+                    match numbers(&r[col], per) {
+                        Ok(v) if v.iter().any(|x| !x.is_finite()) => errs.push(format!(
+                            "{}: NaN or infinite input value",
+                            m.at(base + i, name)
+                        )),
+                        Ok(v) => data.extend(v),
+                        Err(e) => errs.push(format!("{}: {e}", m.at(base + i, name))),
+                    }
+                }
+                Values::F32(data)
+            }
+            What::Label(hi) => {
+                let (h, slot) = &self.prog.heads[*hi];
+                let mut data: Vec<f32> = Vec::with_capacity(slice.len() * per);
+                for (i, r) in slice.iter().enumerate() {
                     let cell = r[col].trim();
-                    let at = || self.at(i, &h.label);
+                    let at = || m.at(base + i, name);
                     if cell.is_empty() {
-                        let missing = if lt.dtype == IrDType::I64 {
-                            -1.0
-                        } else {
-                            f32::NAN
-                        };
+                        let missing = if t.i64 { -1.0 } else { f32::NAN };
                         data.extend(std::iter::repeat_n(missing, per));
                         continue;
                     }
                     let v: Result<Vec<f32>, String> = match (h.loss, dims.len()) {
                         (LossKind::CrossEntropy, 0) => {
-                            let map = enc
+                            let map = self
+                                .enc
                                 .labels
                                 .get(&h.name)
                                 .ok_or_else(|| format!("no label map for head `{}`", h.name))?;
@@ -198,21 +496,21 @@ impl Manifest {
                                     "{}: class `{cell}` is not one of head `{}`'s {} classes ({})",
                                     at(),
                                     h.name,
-                                    classes_of(prog, *slot),
+                                    classes_of(self.prog, *slot),
                                     map.classes.join(", ")
                                 )
                             })
                         }
                         // Per-pixel labels: a mask image (grey level = class id, or > 0.5 = 1).
                         (LossKind::CrossEntropy, 2) => {
-                            image::decode_mask(&self.dir.join(cell), dims[0], dims[1])
-                                .map(|m| m.iter().map(|v| (v * 255.0).round()).collect())
+                            image::decode_mask(&m.dir.join(cell), dims[0], dims[1])
+                                .map(|v| v.iter().map(|v| (v * 255.0).round()).collect())
                                 .map_err(|e| format!("{}: {e}", at()))
                         }
                         (LossKind::BinaryCrossEntropy, 3) if dims[0] == 1 => {
-                            image::decode_mask(&self.dir.join(cell), dims[1], dims[2])
-                                .map(|m| {
-                                    m.iter().map(|v| if *v > 0.5 { 1.0 } else { 0.0 }).collect()
+                            image::decode_mask(&m.dir.join(cell), dims[1], dims[2])
+                                .map(|v| {
+                                    v.iter().map(|v| if *v > 0.5 { 1.0 } else { 0.0 }).collect()
                                 })
                                 .map_err(|e| format!("{}: {e}", at()))
                         }
@@ -236,27 +534,13 @@ impl Manifest {
                         Err(e) => errs.push(e),
                     }
                 }
-                if errs.is_empty() {
-                    let t = Tensor::from_vec(data, shape, &dev).map_err(|e| e.to_string())?;
-                    let t = if lt.dtype == IrDType::I64 {
-                        t.to_dtype(candle_core::DType::I64)
-                            .map_err(|e| e.to_string())?
-                    } else {
-                        t
-                    };
-                    tensors.insert(h.label.clone(), t);
+                if t.i64 {
+                    Values::I64(data.into_iter().map(|x| x as i64).collect())
+                } else {
+                    Values::F32(data)
                 }
             }
-        }
-        if !errs.is_empty() {
-            let more = errs.len().saturating_sub(MAX_ERRORS);
-            errs.truncate(MAX_ERRORS);
-            if more > 0 {
-                errs.push(format!("... and {more} more"));
-            }
-            return Err(errs.join("\n"));
-        }
-        Dataset::from_tensors(tensors, &self.path.display().to_string())
+        })
     }
 }
 

@@ -8,9 +8,11 @@ mod image;
 pub mod manifest;
 pub mod predictions;
 pub mod shapes;
+mod store;
 
-pub use dataset::Dataset;
+pub use dataset::{Column, Dataset, Storage};
 pub use encoders::Encoders;
+pub use manifest::LoadOptions;
 
 use crate::lower::Program;
 use candle_core::Device;
@@ -37,6 +39,7 @@ pub fn is_manifest(path: &Path) -> bool {
 /// Loads a data set for `prog`. Manifests are encoded with `enc`; when `fit`
 /// is set, vocabularies and label maps are first built from this data (the
 /// training split). With `labels`, every head's label column is required.
+/// `opts` bounds what is kept in memory (see [`LoadOptions`]).
 pub fn load(
     path: &Path,
     prog: &Program,
@@ -44,14 +47,15 @@ pub fn load(
     fit: bool,
     labels: bool,
     device: &Device,
+    opts: &LoadOptions,
 ) -> Result<Dataset, String> {
     if is_manifest(path) {
         let m = manifest::Manifest::read(path)?;
         if fit {
             *enc = Encoders::fit(prog, &m, enc.tokenizer.clone())?;
         }
-        m.to_dataset(prog, enc, labels)
+        m.to_dataset(prog, enc, labels, opts)
     } else {
-        Dataset::load(path, device)
+        Dataset::load(path, device, opts.memory_limit)
     }
 }

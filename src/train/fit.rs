@@ -3,9 +3,12 @@
 
 use super::gradnorm::{last_shared_layer, GradNorm};
 use super::loss::{head_loss, Reduction};
-use super::metrics::{self, HeadData};
+use super::metrics::HeadStats;
 use super::optim::{grads_for, lr_at, Optimizer};
 use crate::data::Dataset;
+
+/// One batch: a tensor per input, label and mask.
+type Batch = std::collections::HashMap<String, Tensor>;
 use crate::ir::{LossKind, TrainConfig, Weighting};
 use crate::lower::{head_output, save_atomic, Params, Program};
 use candle_core::{DType, Device, Tensor, Var};
@@ -114,8 +117,10 @@ fn write_json_atomic<T: Serialize>(v: &T, path: &Path) -> Result<(), TrainError>
 }
 
 /// Labels of a head for a batch: class ids (−1 = missing) or f32 values (NaN = missing).
-fn label_tensor(ds: &Dataset, head: &crate::ir::Head) -> candle_core::Result<Tensor> {
-    let t = &ds.tensors[&head.label];
+fn label_tensor(batch: &Batch, head: &crate::ir::Head) -> candle_core::Result<Tensor> {
+    let t = batch
+        .get(&head.label)
+        .ok_or_else(|| candle_core::Error::Msg(format!("no label `{}`", head.label)))?;
     if head.loss == LossKind::CrossEntropy {
         let t = if t.rank() == 2 && head.label_type.as_ref().is_some_and(|l| l.rank() == 0) {
             t.squeeze(1)?
@@ -139,7 +144,7 @@ fn label_tensor(ds: &Dataset, head: &crate::ir::Head) -> candle_core::Result<Ten
 fn losses(
     prog: &Program,
     fwd: &crate::lower::Forward,
-    batch: &Dataset,
+    batch: &Batch,
     reduction: Reduction,
 ) -> Result<(Vec<Tensor>, Vec<Tensor>), TrainError> {
     let mut hs = vec![];
@@ -149,7 +154,6 @@ fn losses(
             .ok_or_else(|| TrainError::Compute(format!("head `{}` not computed", h.name)))?;
         let y = label_tensor(batch, h)?;
         let mask = batch
-            .tensors
             .get(&format!("{}.mask", h.name))
             .map(|m| m.flatten_all())
             .transpose()?;
@@ -165,9 +169,9 @@ fn losses(
     Ok((hs, aux))
 }
 
-/// Accumulates predictions of one head over batches, for metrics.
+/// Adds one batch of a head's predictions to its metric counts.
 fn collect(
-    acc: &mut HeadData,
+    acc: &mut HeadStats,
     loss: LossKind,
     logits: &Tensor,
     label: &Tensor,
@@ -186,7 +190,7 @@ fn collect(
         (probs.flatten_all()?.to_vec1::<f32>()?, 1)
     };
     let lab: Vec<f32> = label.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-    let per_sample = lab.len() / label.dim(0)?.max(1);
+    let per_sample = (lab.len() / label.dim(0)?.max(1)).max(1);
     let m: Option<Vec<f32>> = mask
         .map(|m| {
             m.to_dtype(DType::F32)
@@ -194,24 +198,29 @@ fn collect(
                 .and_then(|m| m.to_vec1())
         })
         .transpose()?;
-    for (i, y) in lab.iter().enumerate() {
-        let present = if loss == LossKind::CrossEntropy {
-            *y >= 0.0
+    let ce = loss == LossKind::CrossEntropy;
+    acc.add(&pred, k, &lab, |i| {
+        let present = if ce {
+            lab[i] >= 0.0
         } else {
-            y.is_finite()
+            lab[i].is_finite()
         };
         let kept = m
             .as_ref()
-            .is_none_or(|m| m.get(i / per_sample.max(1)).is_some_and(|v| *v > 0.5));
-        acc.valid.push(present && kept);
-        acc.label.push(*y);
-    }
-    acc.pred.extend(pred);
-    acc.k = k;
+            .is_none_or(|m| m.get(i / per_sample).is_some_and(|v| *v > 0.5));
+        present && kept
+    });
     Ok(())
 }
 
-fn finish(prog: &Program, accs: &[HeadData], mean_losses: &[f64], weights: &[f64]) -> EvalResult {
+fn stats(prog: &Program) -> Vec<HeadStats> {
+    prog.heads
+        .iter()
+        .map(|(h, _)| HeadStats::new(h.loss, &h.metrics))
+        .collect()
+}
+
+fn finish(prog: &Program, accs: &[HeadStats], mean_losses: &[f64], weights: &[f64]) -> EvalResult {
     let mut heads = BTreeMap::new();
     let mut total = 0.0;
     for (i, (h, _)) in prog.heads.iter().enumerate() {
@@ -219,7 +228,7 @@ fn finish(prog: &Program, accs: &[HeadData], mean_losses: &[f64], weights: &[f64
         total += weights[i] * loss;
         let mut m = BTreeMap::new();
         for metric in &h.metrics {
-            m.insert(metric.name(), metrics::compute(*metric, h.loss, &accs[i]));
+            m.insert(metric.name(), accs[i].value(*metric));
         }
         heads.insert(h.name.clone(), HeadEval { loss, metrics: m });
     }
@@ -235,22 +244,22 @@ pub fn evaluate(
     device: &Device,
 ) -> Result<EvalResult, TrainError> {
     ds.check(prog, true, "data").map_err(TrainError::Data)?;
-    let mut accs = vec![HeadData::default(); prog.heads.len()];
+    let mut accs = stats(prog);
     let mut sums = vec![0.0; prog.heads.len()];
     let mut rng = StdRng::seed_from_u64(0);
     let mut start = 0;
     while start < ds.n {
         let len = batch_size.min(ds.n - start);
         let idx: Vec<usize> = (start..start + len).collect();
-        let batch = ds.subset(&idx)?;
-        let inputs = prog.prepare_inputs(&batch.tensors, device)?;
+        let batch = ds.batch(&idx)?;
+        let inputs = prog.prepare_inputs(&batch, device)?;
         let fwd = prog.forward(params, inputs, &mut rng)?;
         let (hs, _) = losses(prog, &fwd, &batch, Reduction::Present)?;
         for (i, (h, slot)) in prog.heads.iter().enumerate() {
             // Weight batch losses by their sample count so the mean is over samples.
             sums[i] += hs[i].to_scalar::<f32>()? as f64 * len as f64;
             let y = label_tensor(&batch, h)?;
-            let mask = batch.tensors.get(&format!("{}.mask", h.name));
+            let mask = batch.get(&format!("{}.mask", h.name));
             if let Some(l) = fwd.get(*slot) {
                 collect(&mut accs[i], h.loss, l, &y, mask)?;
             }
@@ -372,12 +381,12 @@ pub fn fit(
         order.shuffle(&mut rng);
         let steps = train.n.div_ceil(t.batch_size.max(1));
         obs.epoch_start(epoch, t.epochs, steps);
-        let mut accs = vec![HeadData::default(); heads.len()];
+        let mut accs = stats(train_prog);
         let mut sums = vec![0.0; heads.len()];
         let started = std::time::Instant::now();
         for (s, chunk) in order.chunks(t.batch_size.max(1)).enumerate() {
-            let batch = train.subset(chunk)?;
-            let inputs = train_prog.prepare_inputs(&batch.tensors, dev)?;
+            let batch = train.batch(chunk)?;
+            let inputs = train_prog.prepare_inputs(&batch, dev)?;
             let fwd = train_prog.forward(params, inputs, &mut rng)?;
             let (hs, aux) = losses(train_prog, &fwd, &batch, Reduction::Batch)?;
             let mut total = Tensor::zeros((), DType::F32, dev)?;
@@ -429,7 +438,7 @@ pub fn fit(
                         h.loss,
                         &l.detach(),
                         &y,
-                        batch.tensors.get(&format!("{}.mask", h.name)),
+                        batch.get(&format!("{}.mask", h.name)),
                     )?;
                 }
             }

@@ -1,167 +1,216 @@
-//! Metrics on whole data sets, computed on the host from probabilities.
+//! Metrics over whole data sets, accumulated batch by batch on the host from
+//! probabilities. Running counts (a confusion matrix, top-k hits, error sums)
+//! keep memory independent of the data set's size; only AUC, a rank
+//! statistic, keeps its (score, label) pairs, and only for heads that ask for it.
 
 use crate::ir::{LossKind, Metric};
 
-/// Predictions and labels of one head, flattened; `valid` marks present labels.
-#[derive(Debug, Clone, Default)]
-pub struct HeadData {
-    /// Probabilities (classification) or values (regression), per label element;
-    /// for cross-entropy `k` class probabilities per label element.
-    pub pred: Vec<f32>,
-    pub label: Vec<f32>,
-    pub valid: Vec<bool>,
-    pub k: usize,
+/// What one head's metrics need, summed over the batches seen so far.
+#[derive(Debug, Clone)]
+pub struct HeadStats {
+    ce: bool,
+    /// Classes per label element (cross-entropy), else 1; set by the first batch.
+    k: usize,
+    /// Present label elements.
+    n: u64,
+    /// `confusion[label * K + predicted]`, K = k (cross-entropy) or 2 (binary).
+    confusion: Vec<u64>,
+    /// Hits of each requested top-k.
+    topk: Vec<(usize, u64)>,
+    abs_err: f64,
+    sq_err: f64,
+    auc: Option<Vec<(f32, bool)>>,
 }
 
-pub fn compute(m: Metric, loss: LossKind, d: &HeadData) -> f64 {
-    let idx: Vec<usize> = (0..d.label.len()).filter(|i| d.valid[*i]).collect();
-    if idx.is_empty() {
-        return f64::NAN;
-    }
-    let n = idx.len() as f64;
-    let class = |i: usize| -> usize {
-        let p = &d.pred[i * d.k..(i + 1) * d.k];
-        p.iter()
-            .enumerate()
-            .fold(
-                (0, f32::MIN),
-                |b, (j, v)| if *v > b.1 { (j, *v) } else { b },
-            )
-            .0
-    };
-    let binary = |i: usize| -> bool { d.pred[i] >= 0.5 };
-    match (m, loss) {
-        (Metric::Accuracy, LossKind::CrossEntropy) => {
-            idx.iter()
-                .filter(|&&i| class(i) == d.label[i] as usize)
-                .count() as f64
-                / n
-        }
-        (Metric::Accuracy, _) => {
-            idx.iter()
-                .filter(|&&i| binary(i) == (d.label[i] >= 0.5))
-                .count() as f64
-                / n
-        }
-        (Metric::TopK(k), _) => {
-            idx.iter()
-                .filter(|&&i| {
-                    let p = &d.pred[i * d.k..(i + 1) * d.k];
-                    let y = d.label[i] as usize;
-                    p.iter().filter(|v| **v > p[y.min(d.k - 1)]).count() < k
+impl HeadStats {
+    pub fn new(loss: LossKind, metrics: &[Metric]) -> Self {
+        HeadStats {
+            ce: loss == LossKind::CrossEntropy,
+            k: 0,
+            n: 0,
+            confusion: vec![],
+            topk: metrics
+                .iter()
+                .filter_map(|m| match m {
+                    Metric::TopK(k) => Some((*k, 0)),
+                    _ => None,
                 })
-                .count() as f64
-                / n
+                .collect(),
+            abs_err: 0.0,
+            sq_err: 0.0,
+            auc: metrics.contains(&Metric::Auc).then(Vec::new),
         }
-        (Metric::F1, LossKind::CrossEntropy) => {
-            // Macro F1 over classes present in labels or predictions.
-            let mut f1s = vec![];
-            for c in 0..d.k {
-                let tp = idx
-                    .iter()
-                    .filter(|&&i| class(i) == c && d.label[i] as usize == c)
-                    .count() as f64;
-                let fp = idx
-                    .iter()
-                    .filter(|&&i| class(i) == c && d.label[i] as usize != c)
-                    .count() as f64;
-                let fneg = idx
-                    .iter()
-                    .filter(|&&i| class(i) != c && d.label[i] as usize == c)
-                    .count() as f64;
-                if tp + fp + fneg > 0.0 {
-                    f1s.push(2.0 * tp / (2.0 * tp + fp + fneg));
+    }
+
+    /// Adds one batch: `pred` holds `k` probabilities per label element
+    /// (cross-entropy) or one value; `keep(i)` says whether label element `i`
+    /// is present and unmasked.
+    pub fn add(&mut self, pred: &[f32], k: usize, label: &[f32], keep: impl Fn(usize) -> bool) {
+        let k = if self.ce { k.max(1) } else { 1 };
+        let side = if self.ce { k } else { 2 };
+        if self.confusion.len() != side * side {
+            self.k = k;
+            self.confusion = vec![0; side * side];
+        }
+        for (i, &y) in label.iter().enumerate() {
+            if !keep(i) {
+                continue;
+            }
+            self.n += 1;
+            if self.ce {
+                let p = &pred[i * k..(i + 1) * k];
+                let yc = (y.max(0.0) as usize).min(k - 1);
+                let c = argmax(p);
+                self.confusion[yc * k + c] += 1;
+                for (top, hits) in &mut self.topk {
+                    if p.iter().filter(|v| **v > p[yc]).count() < *top {
+                        *hits += 1;
+                    }
+                }
+            } else {
+                let (yb, pb) = (y >= 0.5, pred[i] >= 0.5);
+                self.confusion[yb as usize * 2 + pb as usize] += 1;
+                let e = (pred[i] - y) as f64;
+                self.abs_err += e.abs();
+                self.sq_err += e * e;
+                if let Some(v) = &mut self.auc {
+                    v.push((pred[i], yb));
                 }
             }
-            f1s.iter().sum::<f64>() / f1s.len().max(1) as f64
         }
-        (Metric::F1, _) => {
-            let tp = idx
-                .iter()
-                .filter(|&&i| binary(i) && d.label[i] >= 0.5)
-                .count() as f64;
-            let fp = idx
-                .iter()
-                .filter(|&&i| binary(i) && d.label[i] < 0.5)
-                .count() as f64;
-            let fneg = idx
-                .iter()
-                .filter(|&&i| !binary(i) && d.label[i] >= 0.5)
-                .count() as f64;
-            if tp + fp + fneg == 0.0 {
-                1.0
-            } else {
-                2.0 * tp / (2.0 * tp + fp + fneg)
-            }
+    }
+
+    pub fn value(&self, m: Metric) -> f64 {
+        if self.n == 0 {
+            return f64::NAN;
         }
-        (Metric::Auc, _) => {
-            // Rank statistic (Mann-Whitney U), ties averaged.
-            let mut v: Vec<(f32, bool)> = idx
+        let n = self.n as f64;
+        let side = if self.ce { self.k } else { 2 };
+        let at = |y: usize, p: usize| self.confusion[y * side + p] as f64;
+        let row = |y: usize| (0..side).map(|p| at(y, p)).sum::<f64>();
+        let col = |p: usize| (0..side).map(|y| at(y, p)).sum::<f64>();
+        // Per class: true positives, false positives, false negatives.
+        let counts = |c: usize| (at(c, c), col(c) - at(c, c), row(c) - at(c, c));
+        match m {
+            Metric::Accuracy => (0..side).map(|c| at(c, c)).sum::<f64>() / n,
+            Metric::TopK(k) => self
+                .topk
                 .iter()
-                .map(|&i| (d.pred[i], d.label[i] >= 0.5))
-                .collect();
-            v.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let (mut rank_sum, mut i) = (0.0, 0);
-            while i < v.len() {
-                let mut j = i;
-                while j < v.len() && v[j].0 == v[i].0 {
-                    j += 1;
-                }
-                let avg = (i + j + 1) as f64 / 2.0;
-                rank_sum += v[i..j].iter().filter(|x| x.1).count() as f64 * avg;
-                i = j;
+                .find(|t| t.0 == k)
+                .map_or(f64::NAN, |t| t.1 as f64 / n),
+            Metric::F1 if self.ce => {
+                // Macro F1 over classes present in labels or predictions.
+                mean((0..side).filter_map(|c| {
+                    let (tp, fp, fneg) = counts(c);
+                    (tp + fp + fneg > 0.0).then(|| 2.0 * tp / (2.0 * tp + fp + fneg))
+                }))
             }
-            let pos = v.iter().filter(|x| x.1).count() as f64;
-            let neg = v.len() as f64 - pos;
-            if pos == 0.0 || neg == 0.0 {
-                f64::NAN
-            } else {
-                (rank_sum - pos * (pos + 1.0) / 2.0) / (pos * neg)
-            }
-        }
-        (Metric::Iou, LossKind::CrossEntropy) => {
-            let mut ious = vec![];
-            for c in 0..d.k {
-                let inter = idx
-                    .iter()
-                    .filter(|&&i| class(i) == c && d.label[i] as usize == c)
-                    .count() as f64;
-                let union = idx
-                    .iter()
-                    .filter(|&&i| class(i) == c || d.label[i] as usize == c)
-                    .count() as f64;
-                if union > 0.0 {
-                    ious.push(inter / union);
+            Metric::F1 => {
+                let (tp, fp, fneg) = counts(1);
+                if tp + fp + fneg == 0.0 {
+                    1.0
+                } else {
+                    2.0 * tp / (2.0 * tp + fp + fneg)
                 }
             }
-            ious.iter().sum::<f64>() / ious.len().max(1) as f64
-        }
-        (Metric::Iou, _) => {
-            let inter = idx
-                .iter()
-                .filter(|&&i| binary(i) && d.label[i] >= 0.5)
-                .count() as f64;
-            let union = idx
-                .iter()
-                .filter(|&&i| binary(i) || d.label[i] >= 0.5)
-                .count() as f64;
-            if union == 0.0 {
-                1.0
-            } else {
-                inter / union
+            Metric::Iou if self.ce => mean((0..side).filter_map(|c| {
+                let (tp, fp, fneg) = counts(c);
+                let union = tp + fp + fneg;
+                (union > 0.0).then(|| tp / union)
+            })),
+            Metric::Iou => {
+                let (tp, fp, fneg) = counts(1);
+                let union = tp + fp + fneg;
+                if union == 0.0 {
+                    1.0
+                } else {
+                    tp / union
+                }
             }
+            Metric::Mae => self.abs_err / n,
+            Metric::Rmse => (self.sq_err / n).sqrt(),
+            Metric::Auc => self.auc.as_deref().map_or(f64::NAN, auc),
         }
-        (Metric::Mae, _) => {
-            idx.iter()
-                .map(|&i| (d.pred[i] - d.label[i]).abs() as f64)
-                .sum::<f64>()
-                / n
+    }
+}
+
+fn argmax(p: &[f32]) -> usize {
+    p.iter()
+        .enumerate()
+        .fold(
+            (0, f32::MIN),
+            |b, (j, v)| if *v > b.1 { (j, *v) } else { b },
+        )
+        .0
+}
+
+fn mean(v: impl Iterator<Item = f64>) -> f64 {
+    let (s, c) = v.fold((0.0, 0usize), |(s, c), x| (s + x, c + 1));
+    s / c.max(1) as f64
+}
+
+/// Rank statistic (Mann-Whitney U), ties averaged.
+fn auc(pairs: &[(f32, bool)]) -> f64 {
+    let mut v = pairs.to_vec();
+    v.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (mut rank_sum, mut i) = (0.0, 0);
+    while i < v.len() {
+        let mut j = i;
+        while j < v.len() && v[j].0 == v[i].0 {
+            j += 1;
         }
-        (Metric::Rmse, _) => (idx
-            .iter()
-            .map(|&i| ((d.pred[i] - d.label[i]) as f64).powi(2))
-            .sum::<f64>()
-            / n)
-            .sqrt(),
+        let avg = (i + j + 1) as f64 / 2.0;
+        rank_sum += v[i..j].iter().filter(|x| x.1).count() as f64 * avg;
+        i = j;
+    }
+    let pos = v.iter().filter(|x| x.1).count() as f64;
+    let neg = v.len() as f64 - pos;
+    if pos == 0.0 || neg == 0.0 {
+        f64::NAN
+    } else {
+        (rank_sum - pos * (pos + 1.0) / 2.0) / (pos * neg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_from_running_counts_match_hand_counts() {
+        // 3 classes; labels 0, 1, 2, 2, missing; predictions 0, 2, 2, 1, 0.
+        let mut s = HeadStats::new(
+            LossKind::CrossEntropy,
+            &[Metric::Accuracy, Metric::F1, Metric::Iou, Metric::TopK(2)],
+        );
+        let pred = [
+            0.8, 0.1, 0.1, /* */ 0.1, 0.3, 0.6, /* */ 0.2, 0.2, 0.6, /* */ 0.1, 0.5,
+            0.4, /* */ 0.9, 0.05, 0.05,
+        ];
+        let label = [0.0, 1.0, 2.0, 2.0, -1.0];
+        // Two batches give what one does.
+        s.add(&pred[..6], 3, &label[..2], |i| label[i] >= 0.0);
+        s.add(&pred[6..], 3, &label[2..], |i| label[2 + i] >= 0.0);
+        assert_eq!(s.value(Metric::Accuracy), 2.0 / 4.0);
+        // Class 0: tp 1; class 1: fp 1, fn 1; class 2: tp 1, fp 1, fn 1.
+        let f1 = (1.0 + 0.0 + 2.0 / 4.0) / 3.0;
+        assert!((s.value(Metric::F1) - f1).abs() < 1e-12);
+        let iou = (1.0 + 0.0 + 1.0 / 3.0) / 3.0;
+        assert!((s.value(Metric::Iou) - iou).abs() < 1e-12);
+        // Every present label is within its sample's two highest scores.
+        assert_eq!(s.value(Metric::TopK(2)), 1.0);
+
+        let mut b = HeadStats::new(
+            LossKind::BinaryCrossEntropy,
+            &[Metric::Auc, Metric::Mae, Metric::Accuracy],
+        );
+        b.add(&[0.9, 0.2, 0.6, 0.4], 1, &[1.0, 0.0, 0.0, 1.0], |_| true);
+        assert_eq!(b.value(Metric::Accuracy), 0.5);
+        assert!((b.value(Metric::Mae) - (0.1 + 0.2 + 0.6 + 0.6) / 4.0).abs() < 1e-6);
+        // Positives 0.9, 0.4 vs negatives 0.2, 0.6: 3 of 4 pairs ordered.
+        assert_eq!(b.value(Metric::Auc), 0.75);
+        assert!(HeadStats::new(LossKind::Mse, &[Metric::Mae])
+            .value(Metric::Mae)
+            .is_nan());
     }
 }
