@@ -2,6 +2,20 @@
 
 mod cli;
 
+// Training frees and re-allocates the same large activation buffers every step;
+// glibc's malloc returns each to the kernel (munmap) and page-faults it back in,
+// which measured as a large share of a step. mimalloc keeps them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// mimalloc's `mi_option_purge_delay` (the same index in its v2 and v3 headers).
+const MI_OPTION_PURGE_DELAY: i32 = 15;
+
 fn main() {
+    // Never hand freed pages back to the OS: a training step frees and
+    // re-allocates the same buffers, and re-faulting them in measured
+    // 12 → 17 ms per step on `shapes_mm` (benches/README.md).
+    // SAFETY: sets a plain integer option; no allocation is affected.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     std::process::exit(cli::main());
 }
