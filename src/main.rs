@@ -17,5 +17,13 @@ fn main() {
     // 12 → 17 ms per step on `shapes_mm` (benches/README.md).
     // SAFETY: sets a plain integer option; no allocation is affected.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    // candle 0.11 runs element-wise ops on its own thread pool, whose idle
+    // workers spin ~25k iterations after every op: beside rayon's pool (our
+    // kernels, gemm) they took a third of the CPU on 2 cores. One candle
+    // thread measured 11.8 → 10.0 ms per `shapes_mm` step. Set before any
+    // candle op creates the pool; an explicit CANDLE_NUM_THREADS wins.
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
     std::process::exit(cli::main());
 }

@@ -166,7 +166,9 @@ impl CustomOp3 for Conv2dIm2col {
         let b = x.dim(0)?;
         let (xv, wv, dy) = (host(x)?, host(w)?, host(grad)?);
         let (ckk, p, in_len) = (g.ckk(), g.p(), g.c * g.h * g.w);
-        let mut dx = vec![0f32; b * in_len];
+        // The first layer's input (data) needs no gradient: skip Wᵀ·dy and col2im.
+        let want_dx = x.track_op();
+        let mut dx = vec![0f32; if want_dx { b * in_len } else { 0 }];
         let w_t = View {
             data: &wv,
             rows: ckk,
@@ -180,7 +182,14 @@ impl CustomOp3 for Conv2dIm2col {
         // batch order: the result does not depend on how rayon splits the work.
         let mut dw_rows = vec![0f32; b * g.f * ckk];
         let mut db_rows = vec![0f32; b * g.f];
-        dx.par_chunks_mut(in_len)
+        let mut no_dx = vec![Vec::new(); if want_dx { 0 } else { b }];
+        let dx_rows: Vec<&mut [f32]> = if want_dx {
+            dx.chunks_mut(in_len).collect()
+        } else {
+            no_dx.iter_mut().map(Vec::as_mut_slice).collect()
+        };
+        dx_rows
+            .into_par_iter()
             .zip(
                 dw_rows
                     .par_chunks_mut(g.f * ckk)
@@ -198,8 +207,10 @@ impl CustomOp3 for Conv2dIm2col {
                         rs: p,
                         cs: 1,
                     };
-                    matmul(dcols, p, false, w_t, dy_view);
-                    g.col2im(dcols, dxb);
+                    if want_dx {
+                        matmul(dcols, p, false, w_t, dy_view);
+                        g.col2im(dcols, dxb);
+                    }
                     g.im2col(&xv[bi * in_len..(bi + 1) * in_len], cols);
                     let cols_t = View {
                         data: cols,
@@ -224,7 +235,9 @@ impl CustomOp3 for Conv2dIm2col {
         let (dw, db) = (sum_rows(&dw_rows, g.f * ckk), sum_rows(&db_rows, g.f));
         let dev = x.device();
         Ok((
-            Some(Tensor::from_vec(dx, x.dims(), dev)?),
+            want_dx
+                .then(|| Tensor::from_vec(dx, x.dims(), dev))
+                .transpose()?,
             Some(Tensor::from_vec(dw, w.dims(), dev)?),
             Some(Tensor::from_vec(db, g.f, dev)?),
         ))
@@ -304,5 +317,42 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Data that needs no gradient gets none, and the kernel's gradient is unchanged.
+    #[test]
+    fn untracked_input_gets_no_gradient_and_the_same_weight_gradient() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 6, 6), &dev).unwrap();
+        let xv = Var::from_tensor(&x).unwrap();
+        let k = Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 3, 3, 3), &dev).unwrap()).unwrap();
+        let b =
+            Var::from_tensor(&Tensor::zeros(4, candle_core::DType::F32, &dev).unwrap()).unwrap();
+        let grads = |x: &Tensor| {
+            let op = Conv2dIm2col {
+                stride: 1,
+                dilation: 1,
+            };
+            x.apply_op3(k.as_tensor(), b.as_tensor(), op)
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap()
+        };
+        let (plain, tracked) = (grads(&x), grads(xv.as_tensor()));
+        assert!(plain.get(&x).is_none());
+        assert!(tracked.get(xv.as_tensor()).is_some());
+        let d = (plain.get(k.as_tensor()).unwrap() - tracked.get(k.as_tensor()).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(d, 0.0);
     }
 }
