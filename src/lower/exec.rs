@@ -289,7 +289,7 @@ impl Program {
                         b_hh,
                     };
                     // A hoisted LSTM trains through our fused op (CPU only).
-                    let fused = *hoisted && train && x.device().is_cpu();
+                    let fused = *hoisted && x.device().is_cpu();
                     kernels::rnn(
                         x,
                         *cell,

@@ -39,7 +39,9 @@ impl LstmSeq {
         }
     }
 
-    /// (hidden states, activations, cell states), all [B, T, ·].
+    /// (hidden states, activations, cell states), all [B, T, ·]. Batch rows
+    /// are independent through the whole recurrence, so each thread runs all
+    /// steps for its own block of rows: no synchronisation per step.
     fn forward(&self, xw: &[f32], w: &[f32], b: usize, t: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let hu = self.units;
         let g4 = 4 * hu;
@@ -48,6 +50,33 @@ impl LstmSeq {
             vec![0f32; b * t * hu],
             vec![0f32; b * t * g4],
         );
+        let rows = row_block(b);
+        hs.par_chunks_mut(rows * t * hu)
+            .zip(cs.par_chunks_mut(rows * t * hu))
+            .zip(acts.par_chunks_mut(rows * t * g4))
+            .enumerate()
+            .for_each(|(blk, ((hs, cs), acts))| {
+                let n = hs.len() / (t * hu);
+                let xw = &xw[blk * rows * t * g4..][..n * t * g4];
+                self.forward_rows(xw, w, n, t, hs, cs, acts);
+            });
+        (hs, acts, cs)
+    }
+
+    /// The recurrence for `b` batch rows, sequentially.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_rows(
+        &self,
+        xw: &[f32],
+        w: &[f32],
+        b: usize,
+        t: usize,
+        hs: &mut [f32],
+        cs: &mut [f32],
+        acts: &mut [f32],
+    ) {
+        let hu = self.units;
+        let g4 = 4 * hu;
         let (mut h, mut c, mut g) = (vec![0f32; b * hu], vec![0f32; b * hu], vec![0f32; b * g4]);
         // W_hhᵀ [H, 4H] as a view of W_hh [4H, H].
         let w_t = View {
@@ -75,32 +104,102 @@ impl LstmSeq {
                 },
                 w_t,
             );
-            // Gates of each batch row in parallel: rows own disjoint slices.
             // Activations run as whole-slice passes the compiler vectorizes.
-            h.par_chunks_mut(hu)
-                .zip(c.par_chunks_mut(hu))
-                .zip(g.par_chunks_mut(g4))
-                .zip(acts.par_chunks_mut(t * g4))
-                .zip(hs.par_chunks_mut(t * hu).zip(cs.par_chunks_mut(t * hu)))
-                .for_each(|((((h, c), row), acts), (hs, cs))| {
-                    sigmoid_slice(&mut row[..2 * hu]);
-                    tanh_slice(&mut row[2 * hu..3 * hu]);
-                    sigmoid_slice(&mut row[3 * hu..]);
-                    for j in 0..hu {
-                        c[j] = row[hu + j] * c[j] + row[j] * row[2 * hu + j];
-                    }
-                    h.copy_from_slice(c);
-                    tanh_slice(h);
-                    for j in 0..hu {
-                        h[j] *= row[3 * hu + j];
-                    }
-                    acts[ts * g4..(ts + 1) * g4].copy_from_slice(row);
-                    hs[ts * hu..(ts + 1) * hu].copy_from_slice(h);
-                    cs[ts * hu..(ts + 1) * hu].copy_from_slice(c);
-                });
+            for (bi, ((h, c), row)) in h
+                .chunks_mut(hu)
+                .zip(c.chunks_mut(hu))
+                .zip(g.chunks_mut(g4))
+                .enumerate()
+            {
+                sigmoid_slice(&mut row[..2 * hu]);
+                tanh_slice(&mut row[2 * hu..3 * hu]);
+                sigmoid_slice(&mut row[3 * hu..]);
+                for j in 0..hu {
+                    c[j] = row[hu + j] * c[j] + row[j] * row[2 * hu + j];
+                }
+                h.copy_from_slice(c);
+                tanh_slice(h);
+                for j in 0..hu {
+                    h[j] *= row[3 * hu + j];
+                }
+                let (a, s) = ((bi * t + ts) * g4, (bi * t + ts) * hu);
+                acts[a..a + g4].copy_from_slice(row);
+                hs[s..s + hu].copy_from_slice(h);
+                cs[s..s + hu].copy_from_slice(c);
+            }
         }
-        (hs, acts, cs)
     }
+
+    /// Backward through the recurrence for `b` batch rows: fills their
+    /// gate gradients `dg` and previous hidden states `h_prev` [b, T, ·].
+    #[allow(clippy::too_many_arguments)]
+    fn backward_rows(
+        &self,
+        w: &[f32],
+        b: usize,
+        t: usize,
+        (acts, cs, hs, grad): (&[f32], &[f32], &[f32], &[f32]),
+        dg: &mut [f32],
+        h_prev: &mut [f32],
+    ) {
+        let hu = self.units;
+        let g4 = 4 * hu;
+        let steps = self.order(t);
+        let (mut dh_next, mut dc_next) = (vec![0f32; b * hu], vec![0f32; b * hu]);
+        let w_hh = View {
+            data: w,
+            rows: g4,
+            cols: hu,
+            rs: hu,
+            cs: 1,
+        };
+        for k in (0..t).rev() {
+            let ts = steps[k];
+            let prev = (k > 0).then(|| steps[k - 1]);
+            for bi in 0..b {
+                let (a, s) = ((bi * t + ts) * g4, (bi * t + ts) * hu);
+                let p = prev.map(|p| (bi * t + p) * hu);
+                let dgt = &mut dg[a..a + g4];
+                let (dc_next, dh_next) = (
+                    &mut dc_next[bi * hu..(bi + 1) * hu],
+                    &dh_next[bi * hu..(bi + 1) * hu],
+                );
+                for j in 0..hu {
+                    let (i, f, gg, o) = (
+                        acts[a + j],
+                        acts[a + hu + j],
+                        acts[a + 2 * hu + j],
+                        acts[a + 3 * hu + j],
+                    );
+                    let c = cs[s + j];
+                    let cp = p.map_or(0.0, |p| cs[p + j]);
+                    let tc = tanh(c);
+                    let dh = grad[s + j] + dh_next[j];
+                    let dc = dh * o * (1.0 - tc * tc) + dc_next[j];
+                    dc_next[j] = dc * f;
+                    dgt[j] = dc * gg * i * (1.0 - i);
+                    dgt[hu + j] = dc * cp * f * (1.0 - f);
+                    dgt[2 * hu + j] = dc * i * (1.0 - gg * gg);
+                    dgt[3 * hu + j] = dh * tc * o * (1.0 - o);
+                    h_prev[s + j] = p.map_or(0.0, |p| hs[p + j]);
+                }
+            }
+            // dh_{t−1} = dgates_t · W_hh; rows of step ts are T·4H apart.
+            let lhs = View {
+                data: &dg[ts * g4..],
+                rows: b,
+                cols: g4,
+                rs: t * g4,
+                cs: 1,
+            };
+            matmul(&mut dh_next, hu, false, lhs, w_hh);
+        }
+    }
+}
+
+/// Batch rows per thread for the recurrence.
+fn row_block(b: usize) -> usize {
+    b.div_ceil(rayon::current_num_threads().clamp(1, b.max(1))).max(1)
 }
 
 /// eˣ for f32 to about 2 ulp, branch-free so loops over slices vectorize
@@ -184,59 +283,23 @@ impl CustomOp2 for LstmSeq {
                 (a, c)
             }
         };
-        let steps = self.order(t);
         let mut dg = vec![0f32; b * t * g4];
         let mut h_prev = vec![0f32; b * t * hu];
-        let (mut dh_next, mut dc_next) = (vec![0f32; b * hu], vec![0f32; b * hu]);
-        for k in (0..t).rev() {
-            let ts = steps[k];
-            let prev = (k > 0).then(|| steps[k - 1]);
-            // Batch rows in parallel: each owns its rows of dg, h_prev and the carries.
-            dg.par_chunks_mut(t * g4)
-                .zip(h_prev.par_chunks_mut(t * hu))
-                .zip(dc_next.par_chunks_mut(hu).zip(dh_next.par_chunks(hu)))
-                .enumerate()
-                .for_each(|(bi, ((dg, h_prev), (dc_next, dh_next)))| {
-                    let (a, s) = ((bi * t + ts) * g4, (bi * t + ts) * hu);
-                    let p = prev.map(|p| (bi * t + p) * hu);
-                    let dgt = &mut dg[ts * g4..(ts + 1) * g4];
-                    for j in 0..hu {
-                        let (i, f, gg, o) = (
-                            acts[a + j],
-                            acts[a + hu + j],
-                            acts[a + 2 * hu + j],
-                            acts[a + 3 * hu + j],
-                        );
-                        let c = cs[s + j];
-                        let cp = p.map_or(0.0, |p| cs[p + j]);
-                        let tc = tanh(c);
-                        let dh = grad[s + j] + dh_next[j];
-                        let dc = dh * o * (1.0 - tc * tc) + dc_next[j];
-                        dc_next[j] = dc * f;
-                        dgt[j] = dc * gg * i * (1.0 - i);
-                        dgt[hu + j] = dc * cp * f * (1.0 - f);
-                        dgt[2 * hu + j] = dc * i * (1.0 - gg * gg);
-                        dgt[3 * hu + j] = dh * tc * o * (1.0 - o);
-                        h_prev[ts * hu + j] = p.map_or(0.0, |p| hs_v[p + j]);
-                    }
-                });
-            // dh_{t−1} = dgates_t · W_hh; rows of step ts are T·4H apart.
-            let lhs = View {
-                data: &dg[ts * g4..],
-                rows: b,
-                cols: g4,
-                rs: t * g4,
-                cs: 1,
-            };
-            let w_hh = View {
-                data: &w,
-                rows: g4,
-                cols: hu,
-                rs: hu,
-                cs: 1,
-            };
-            matmul(&mut dh_next, hu, false, lhs, w_hh);
-        }
+        let rows = row_block(b);
+        dg.par_chunks_mut(rows * t * g4)
+            .zip(h_prev.par_chunks_mut(rows * t * hu))
+            .enumerate()
+            .for_each(|(blk, (dg, h_prev))| {
+                let n = h_prev.len() / (t * hu);
+                let (a, s) = (blk * rows * t * g4, blk * rows * t * hu);
+                let saved = (
+                    &acts[a..a + n * t * g4],
+                    &cs[s..s + n * t * hu],
+                    &hs_v[s..s + n * t * hu],
+                    &grad[s..s + n * t * hu],
+                );
+                self.backward_rows(&w, n, t, saved, dg, h_prev);
+            });
         // dW_hh = Σ_t dgates_tᵀ · h_{t−1}: one GEMM over all steps.
         let mut dw = vec![0f32; g4 * hu];
         let dg_t = View {
