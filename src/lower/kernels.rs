@@ -126,7 +126,13 @@ pub fn dense(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     } else {
         x.reshape(((), i))?
     };
-    let y = x2.matmul(&w.t()?)?.broadcast_add(b)?;
+    let y = if x2.device().is_cpu() && x2.dtype() == DType::F32 {
+        // Our op: GEMM forward and backward, a row sum for the bias gradient.
+        x2.contiguous()?
+            .apply_op3(&w.contiguous()?, &b.contiguous()?, super::linear_op::Linear)?
+    } else {
+        x2.matmul(&w.t()?)?.broadcast_add(b)?
+    };
     if dims.len() == 2 {
         Ok(y)
     } else {
@@ -340,11 +346,7 @@ pub fn rnn(
 ) -> Result<Tensor> {
     let (b, t, i) = x.dims3()?;
     if fused && cell == RnnCell::Lstm {
-        let xw = x
-            .reshape((b * t, i))?
-            .matmul(&w.w_ih.t()?)?
-            .broadcast_add(w.b_ih)?
-            .reshape((b, t, ()))?;
+        let xw = dense(&x.reshape((b * t, i))?, w.w_ih, w.b_ih)?.reshape((b, t, ()))?;
         let hs = xw.contiguous()?.apply_op2(
             &w.w_hh.contiguous()?,
             super::lstm_op::LstmSeq::new(units, reverse),
@@ -359,12 +361,7 @@ pub fn rnn(
     let w_hh_t = w.w_hh.t()?;
     // The hoisted form: one GEMM for the input projection of all steps.
     let xw = if hoisted {
-        Some(
-            x.reshape((b * t, i))?
-                .matmul(&w_ih_t)?
-                .broadcast_add(w.b_ih)?
-                .reshape((b, t, ()))?,
-        )
+        Some(dense(&x.reshape((b * t, i))?, w.w_ih, w.b_ih)?.reshape((b, t, ()))?)
     } else {
         None
     };

@@ -199,7 +199,8 @@ impl LstmSeq {
 
 /// Batch rows per thread for the recurrence.
 fn row_block(b: usize) -> usize {
-    b.div_ceil(rayon::current_num_threads().clamp(1, b.max(1))).max(1)
+    b.div_ceil(rayon::current_num_threads().clamp(1, b.max(1)))
+        .max(1)
 }
 
 /// eˣ for f32 to about 2 ulp, branch-free so loops over slices vectorize

@@ -7,6 +7,7 @@ mod exec;
 mod gemm;
 mod host;
 mod kernels;
+mod linear_op;
 mod lstm_op;
 mod params;
 
