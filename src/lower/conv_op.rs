@@ -146,7 +146,7 @@ impl CustomOp3 for Conv2dIm2col {
                     cs: 1,
                 };
                 matmul(y, p, false, lhs, rhs);
-                for (row, b) in y.chunks_mut(p).zip(&bias) {
+                for (row, b) in y.chunks_mut(p).zip(bias) {
                     row.iter_mut().for_each(|v| *v += b);
                 }
             },

@@ -16,17 +16,16 @@ impl CustomOp1 for Relu {
         "mtl-relu"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let mut v = contiguous(s, l)?;
-        v.par_iter_mut().for_each(|x| *x = x.max(0.0));
+        let v: Vec<f32> = contiguous(s, l)?.par_iter().map(|x| x.max(0.0)).collect();
         Ok((CpuStorage::F32(v), l.shape().clone()))
     }
     fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let (y, mut g) = (host(res)?, host(grad)?);
-        g.par_iter_mut().zip(y.par_iter()).for_each(|(g, y)| {
-            if *y <= 0.0 {
-                *g = 0.0
-            }
-        });
+        let (y, g) = (host(res)?, host(grad)?);
+        let g: Vec<f32> = g
+            .par_iter()
+            .zip(y.par_iter())
+            .map(|(g, y)| if *y > 0.0 { *g } else { 0.0 })
+            .collect();
         Ok(Some(Tensor::from_vec(g, res.dims(), res.device())?))
     }
 }
@@ -99,7 +98,7 @@ impl CustomOp1 for MaxPool2d {
             Some(a) => a,
             None => {
                 // Recompute (e.g. a second backward through the same graph).
-                let xv = host(x)?;
+                let xv = host(x)?.to_vec();
                 let (s, l) = (CpuStorage::F32(xv), Layout::contiguous(x.shape()));
                 self.cpu_fwd(&s, &l)?;
                 self.argmax
