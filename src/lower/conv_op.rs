@@ -11,6 +11,9 @@ use rayon::prelude::*;
 pub struct Conv2dIm2col {
     pub stride: usize,
     pub dilation: usize,
+    /// Zero padding (top, bottom, left, right), applied inside im2col so no
+    /// padded copy of the input (and no gradient of one) is ever made.
+    pub pad: [usize; 4],
 }
 
 /// Sizes of one convolution.
@@ -26,6 +29,9 @@ struct Geom {
     ow: usize,
     s: usize,
     d: usize,
+    /// Padding before the first row and column.
+    pt: usize,
+    pl: usize,
 }
 
 impl Geom {
@@ -36,22 +42,54 @@ impl Geom {
         self.oh * self.ow
     }
 
-    /// cols[(c·kh + i)·kw + j][oy·ow + ox] = x[c, oy·s + i·d, ox·s + j·d]
+    /// For kernel column `j`: the output columns `lo..hi` whose input column
+    /// `ox·s + j·d − pl` lies inside the image.
+    fn cols_inside(&self, j: usize) -> (usize, usize) {
+        let off = j * self.d;
+        // ox·s + off ≥ pl  and  ox·s + off − pl < w
+        let lo = self.pl.saturating_sub(off).div_ceil(self.s);
+        let hi = if self.w + self.pl > off {
+            ((self.w + self.pl - off - 1) / self.s + 1).min(self.ow)
+        } else {
+            0
+        };
+        (lo.min(hi), hi)
+    }
+
+    /// The input row for output row `oy` and kernel row `i`, if inside.
+    fn row_inside(&self, oy: usize, i: usize) -> Option<usize> {
+        (oy * self.s + i * self.d)
+            .checked_sub(self.pt)
+            .filter(|y| *y < self.h)
+    }
+
+    /// cols[(c·kh + i)·kw + j][oy·ow + ox] = x[c, oy·s + i·d − pt, ox·s + j·d − pl]
+    /// (zero outside the image).
     fn im2col(&self, x: &[f32], cols: &mut [f32]) {
         let p = self.p();
         for c in 0..self.c {
             for i in 0..self.kh {
                 for j in 0..self.kw {
                     let row = &mut cols[((c * self.kh + i) * self.kw + j) * p..][..p];
+                    let (lo, hi) = self.cols_inside(j);
                     for oy in 0..self.oh {
-                        let src =
-                            &x[(c * self.h + oy * self.s + i * self.d) * self.w + j * self.d..];
                         let dst = &mut row[oy * self.ow..(oy + 1) * self.ow];
+                        let Some(y) = self.row_inside(oy, i) else {
+                            dst.fill(0.0);
+                            continue;
+                        };
+                        dst[..lo].fill(0.0);
+                        dst[hi..].fill(0.0);
+                        if lo == hi {
+                            continue;
+                        }
+                        // Input column of output column ox: ox·s + j·d − pl.
+                        let base = (c * self.h + y) * self.w + lo * self.s + j * self.d - self.pl;
                         if self.s == 1 {
-                            dst.copy_from_slice(&src[..self.ow]);
+                            dst[lo..hi].copy_from_slice(&x[base..base + (hi - lo)]);
                         } else {
-                            for (ox, v) in dst.iter_mut().enumerate() {
-                                *v = src[ox * self.s];
+                            for (k, v) in dst[lo..hi].iter_mut().enumerate() {
+                                *v = x[base + k * self.s];
                             }
                         }
                     }
@@ -60,17 +98,29 @@ impl Geom {
         }
     }
 
-    /// The adjoint of `im2col`: dx[c, y, x] += dcols[k][p].
+    /// The adjoint of `im2col`: dx[c, y, x] += dcols[k][p] inside the image.
     fn col2im(&self, dcols: &[f32], dx: &mut [f32]) {
         let p = self.p();
         for c in 0..self.c {
             for i in 0..self.kh {
                 for j in 0..self.kw {
                     let row = &dcols[((c * self.kh + i) * self.kw + j) * p..][..p];
+                    let (lo, hi) = self.cols_inside(j);
                     for oy in 0..self.oh {
-                        let base = (c * self.h + oy * self.s + i * self.d) * self.w + j * self.d;
-                        for ox in 0..self.ow {
-                            dx[base + ox * self.s] += row[oy * self.ow + ox];
+                        let Some(y) = self.row_inside(oy, i).filter(|_| lo < hi) else {
+                            continue;
+                        };
+                        let base = (c * self.h + y) * self.w + lo * self.s + j * self.d - self.pl;
+                        let src = &row[oy * self.ow + lo..oy * self.ow + hi];
+                        if self.s == 1 {
+                            dx[base..base + (hi - lo)]
+                                .iter_mut()
+                                .zip(src)
+                                .for_each(|(d, v)| *d += v);
+                        } else {
+                            for (k, v) in src.iter().enumerate() {
+                                dx[base + k * self.s] += v;
+                            }
                         }
                     }
                 }
@@ -79,13 +129,14 @@ impl Geom {
     }
 }
 
-fn geom(x: &[usize], w: &[usize], s: usize, d: usize) -> Result<Geom> {
+fn geom(x: &[usize], w: &[usize], s: usize, d: usize, pad: [usize; 4]) -> Result<Geom> {
     let (&[_, c, h, wd], &[f, c2, kh, kw]) = (x, w) else {
         candle_core::bail!("conv op: expected 4-d input and kernel")
     };
     let (span_h, span_w) = (d * (kh - 1) + 1, d * (kw - 1) + 1);
-    if c != c2 || h < span_h || wd < span_w {
-        candle_core::bail!("conv op: input {x:?} does not fit kernel {w:?}")
+    let (ph, pw) = (h + pad[0] + pad[1], wd + pad[2] + pad[3]);
+    if c != c2 || ph < span_h || pw < span_w || s == 0 {
+        candle_core::bail!("conv op: input {x:?} (padded {pad:?}) does not fit kernel {w:?}")
     }
     Ok(Geom {
         c,
@@ -94,10 +145,12 @@ fn geom(x: &[usize], w: &[usize], s: usize, d: usize) -> Result<Geom> {
         f,
         kh,
         kw,
-        oh: (h - span_h) / s + 1,
-        ow: (wd - span_w) / s + 1,
+        oh: (ph - span_h) / s + 1,
+        ow: (pw - span_w) / s + 1,
         s,
         d,
+        pt: pad[0],
+        pl: pad[2],
     })
 }
 
@@ -115,7 +168,7 @@ impl CustomOp3 for Conv2dIm2col {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = geom(l1.dims(), l2.dims(), self.stride, self.dilation)?;
+        let g = geom(l1.dims(), l2.dims(), self.stride, self.dilation, self.pad)?;
         let b = l1.dims()[0];
         let (x, w, bias) = (
             contiguous(s1, l1)?,
@@ -162,7 +215,7 @@ impl CustomOp3 for Conv2dIm2col {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let g = geom(x.dims(), w.dims(), self.stride, self.dilation)?;
+        let g = geom(x.dims(), w.dims(), self.stride, self.dilation, self.pad)?;
         let b = x.dim(0)?;
         let (xv, wv, dy) = (host(x)?, host(w)?, host(grad)?);
         let (ckk, p, in_len) = (g.ckk(), g.p(), g.c * g.h * g.w);
@@ -253,11 +306,15 @@ mod tests {
     #[test]
     fn matches_candle_conv2d_forward_and_backward() {
         let dev = Device::Cpu;
-        for (b, c, h, w, f, k, s, d) in [
-            (2, 3, 7, 6, 4, 3, 1, 1),
-            (3, 2, 9, 9, 5, 3, 2, 1),
-            (1, 4, 8, 7, 2, 2, 1, 2),
-            (2, 1, 5, 5, 3, 1, 1, 1),
+        for (b, c, h, w, f, k, s, d, pad) in [
+            (2, 3, 7, 6, 4, 3, 1, 1, [0; 4]),
+            (3, 2, 9, 9, 5, 3, 2, 1, [0; 4]),
+            (1, 4, 8, 7, 2, 2, 1, 2, [0; 4]),
+            (2, 1, 5, 5, 3, 1, 1, 1, [0; 4]),
+            (2, 3, 7, 6, 4, 3, 1, 1, [1, 1, 1, 1]),
+            (2, 2, 8, 8, 3, 3, 2, 1, [0, 1, 0, 1]),
+            (1, 2, 6, 8, 3, 3, 2, 2, [2, 1, 3, 0]),
+            (2, 1, 3, 3, 2, 5, 1, 1, [2, 2, 2, 2]),
         ] {
             let x =
                 Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, c, h, w), &dev).unwrap()).unwrap();
@@ -267,6 +324,7 @@ mod tests {
             let op = Conv2dIm2col {
                 stride: s,
                 dilation: d,
+                pad,
             };
             let ours = x
                 .as_tensor()
@@ -275,6 +333,10 @@ mod tests {
             let bias4 = bias.as_tensor().reshape((1, f, 1, 1)).unwrap();
             let theirs = x
                 .as_tensor()
+                .pad_with_zeros(2, pad[0], pad[1])
+                .unwrap()
+                .pad_with_zeros(3, pad[2], pad[3])
+                .unwrap()
                 .conv2d(k4.as_tensor(), 0, s, d, 1)
                 .unwrap()
                 .broadcast_add(&bias4)
@@ -313,7 +375,7 @@ mod tests {
                     diff(p, q) < 1e-3,
                     "gradient differs by {} for case {:?}",
                     diff(p, q),
-                    (b, c, h, w, f, k, s, d)
+                    (b, c, h, w, f, k, s, d, pad)
                 );
             }
         }
@@ -332,6 +394,7 @@ mod tests {
             let op = Conv2dIm2col {
                 stride: 1,
                 dilation: 1,
+                pad: [0; 4],
             };
             x.apply_op3(k.as_tensor(), b.as_tensor(), op)
                 .unwrap()

@@ -38,7 +38,5 @@ pub fn host(t: &Tensor) -> Result<HostView<'_>> {
         return Ok(HostView::Borrowed(s, a, b));
     }
     drop(s);
-    Ok(HostView::Owned(
-        t.detach().flatten_all()?.to_vec1::<f32>()?,
-    ))
+    Ok(HostView::Owned(t.detach().flatten_all()?.to_vec1::<f32>()?))
 }

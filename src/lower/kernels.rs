@@ -153,10 +153,47 @@ pub fn conv(x: &Tensor, w: &Tensor, b: &Tensor, op: &Op, pads: &Pads) -> Result<
     else {
         candle_core::bail!("conv kernel on a non-conv op")
     };
+    if stride.iter().any(|s| *s != stride[0]) || dilation.iter().any(|d| *d != dilation[0]) {
+        candle_core::bail!(
+            "per-axis strides or dilations that differ are not supported by candle's conv"
+        )
+    }
+    let same = *padding == Padding::Same;
+    if x.device().is_cpu() && *groups == 1 {
+        // Our im2col + GEMM op with the bias and the zero padding inside
+        // (forward and backward); conv1d runs as a 1×L conv2d.
+        let one_d = w.rank() == 3;
+        let p = |a: usize| {
+            if same {
+                pads.get(a).copied().unwrap_or((0, 0))
+            } else {
+                (0, 0)
+            }
+        };
+        let pad = if one_d {
+            [0, 0, p(0).0, p(0).1]
+        } else {
+            [p(0).0, p(0).1, p(1).0, p(1).1]
+        };
+        let (x4, w4) = if one_d {
+            (x.unsqueeze(2)?, w.unsqueeze(2)?)
+        } else {
+            (x.clone(), w.clone())
+        };
+        let op = super::conv_op::Conv2dIm2col {
+            stride: stride[0],
+            dilation: dilation[0],
+            pad,
+        };
+        let y = x4
+            .contiguous()?
+            .apply_op3(&w4.contiguous()?, &b.contiguous()?, op)?;
+        return if one_d { y.squeeze(2) } else { Ok(y) };
+    }
     let symmetric = pads.iter().all(|(a, c)| a == c);
     let mut x = x.clone();
     let mut pad = 0;
-    if *padding == Padding::Same {
+    if same {
         if symmetric && pads.iter().all(|p| p.0 == pads[0].0) {
             pad = pads[0].0;
         } else {
@@ -164,34 +201,6 @@ pub fn conv(x: &Tensor, w: &Tensor, b: &Tensor, op: &Op, pads: &Pads) -> Result<
                 x = x.pad_with_zeros(a + 2, *before, *after)?;
             }
         }
-    }
-    if stride.iter().any(|s| *s != stride[0]) || dilation.iter().any(|d| *d != dilation[0]) {
-        candle_core::bail!(
-            "per-axis strides or dilations that differ are not supported by candle's conv"
-        )
-    }
-    if x.device().is_cpu() && *groups == 1 {
-        // Our im2col + GEMM op with the bias inside (forward and backward);
-        // conv1d runs as a 1×L conv2d.
-        if pad > 0 {
-            for a in 2..x.rank() {
-                x = x.pad_with_zeros(a, pad, pad)?;
-            }
-        }
-        let one_d = w.rank() == 3;
-        let (x4, w4) = if one_d {
-            (x.unsqueeze(2)?, w.unsqueeze(2)?)
-        } else {
-            (x, w.clone())
-        };
-        let op = super::conv_op::Conv2dIm2col {
-            stride: stride[0],
-            dilation: dilation[0],
-        };
-        let y = x4
-            .contiguous()?
-            .apply_op3(&w4.contiguous()?, &b.contiguous()?, op)?;
-        return if one_d { y.squeeze(2) } else { Ok(y) };
     }
     let y = if w.rank() == 3 {
         x.conv1d(w, pad, stride[0], dilation[0], *groups)?
