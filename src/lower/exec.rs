@@ -288,7 +288,7 @@ impl Program {
                         b_ih,
                         b_hh,
                     };
-                    // A hoisted LSTM trains through our fused op (CPU only).
+                    // A hoisted LSTM runs as our fused op (CPU only).
                     let fused = *hoisted && x.device().is_cpu();
                     kernels::rnn(
                         x,
@@ -299,6 +299,7 @@ impl Program {
                         reverse,
                         *return_sequences,
                         fused,
+                        train,
                     )
                 };
                 let fwd = dir("", false)?;

@@ -40,12 +40,7 @@ pub fn kernel_name(op: &Op, mode: Mode, pads: &Pads) -> &'static str {
             cell: RnnCell::Lstm,
             hoisted: true,
             ..
-        } if train => "mtl.lstm(hoisted, fused recurrence op)",
-        Op::Rnn {
-            cell: RnnCell::Lstm,
-            hoisted: true,
-            ..
-        } => "mtl.lstm(hoisted)",
+        } => "mtl.lstm(hoisted, fused recurrence op)",
         Op::Rnn {
             cell: RnnCell::Lstm,
             hoisted: false,
@@ -340,8 +335,8 @@ pub struct RnnWeights<'a> {
 
 /// Runs one direction over x [B, T, I]; returns every step's h [B, T, H] in
 /// time order when `sequences`, else the final h [B, H].
-/// With `fused` (a hoisted LSTM being trained on CPU) the recurrence runs as
-/// one custom op with its own backward.
+/// With `fused` (a hoisted LSTM on CPU) the recurrence runs as one custom op
+/// with its own backward; `train` keeps its activations for that backward.
 #[allow(clippy::too_many_arguments)]
 pub fn rnn(
     x: &Tensor,
@@ -352,13 +347,14 @@ pub fn rnn(
     reverse: bool,
     sequences: bool,
     fused: bool,
+    train: bool,
 ) -> Result<Tensor> {
     let (b, t, i) = x.dims3()?;
     if fused && cell == RnnCell::Lstm {
         let xw = dense(&x.reshape((b * t, i))?, w.w_ih, w.b_ih)?.reshape((b, t, ()))?;
         let hs = xw.contiguous()?.apply_op2(
             &w.w_hh.contiguous()?,
-            super::lstm_op::LstmSeq::new(units, reverse),
+            super::lstm_op::LstmSeq::new(units, reverse, train),
         )?;
         return if sequences {
             Ok(hs)

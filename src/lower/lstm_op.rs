@@ -18,15 +18,18 @@ use std::sync::Mutex;
 pub struct LstmSeq {
     pub units: usize,
     pub reverse: bool,
+    /// Keep the activations for a backward (training).
+    save: bool,
     /// Forward activations (i, f, g, o per step) and cell states, for backward.
     saved: Mutex<Option<(Vec<f32>, Vec<f32>)>>,
 }
 
 impl LstmSeq {
-    pub fn new(units: usize, reverse: bool) -> Self {
+    pub fn new(units: usize, reverse: bool, save: bool) -> Self {
         LstmSeq {
             units,
             reverse,
+            save,
             saved: Mutex::new(None),
         }
     }
@@ -267,8 +270,10 @@ impl CustomOp2 for LstmSeq {
         }
         let (xw, w) = (contiguous(s1, l1)?, contiguous(s2, l2)?);
         let (hs, acts, cs) = self.forward(&xw, &w, b, t);
-        if let Ok(mut saved) = self.saved.lock() {
-            *saved = Some((acts, cs));
+        if self.save {
+            if let Ok(mut saved) = self.saved.lock() {
+                *saved = Some((acts, cs));
+            }
         }
         Ok((CpuStorage::F32(hs), Shape::from((b, t, self.units))))
     }
