@@ -5,6 +5,7 @@
 
 use super::gemm::{matmul, View};
 use super::host::{contiguous, host};
+use super::par;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -180,30 +181,38 @@ impl CustomOp3 for Conv2dIm2col {
         }
         let (ckk, p, in_len) = (g.ckk(), g.p(), g.c * g.h * g.w);
         let mut out = vec![0f32; b * g.f * p];
-        out.par_chunks_mut(g.f * p).enumerate().for_each_init(
-            || vec![0f32; ckk * p],
-            |cols, (bi, y)| {
-                g.im2col(&x[bi * in_len..(bi + 1) * in_len], cols);
-                let lhs = View {
-                    data: &w,
-                    rows: g.f,
-                    cols: ckk,
-                    rs: ckk,
-                    cs: 1,
-                };
-                let rhs = View {
-                    data: cols,
-                    rows: ckk,
-                    cols: p,
-                    rs: p,
-                    cs: 1,
-                };
-                matmul(y, p, false, lhs, rhs);
-                for (row, b) in y.chunks_mut(p).zip(bias) {
-                    row.iter_mut().for_each(|v| *v += b);
-                }
-            },
-        );
+        let image = |cols: &mut Vec<f32>, (bi, y): (usize, &mut [f32])| {
+            g.im2col(&x[bi * in_len..(bi + 1) * in_len], cols);
+            let lhs = View {
+                data: &w,
+                rows: g.f,
+                cols: ckk,
+                rs: ckk,
+                cs: 1,
+            };
+            let rhs = View {
+                data: cols,
+                rows: ckk,
+                cols: p,
+                rs: p,
+                cs: 1,
+            };
+            matmul(y, p, false, lhs, rhs);
+            for (row, b) in y.chunks_mut(p).zip(bias) {
+                row.iter_mut().for_each(|v| *v += b);
+            }
+        };
+        let scratch = || vec![0f32; ckk * p];
+        if b * g.f * p * ckk >= par::MIN_MACS {
+            out.par_chunks_mut(g.f * p)
+                .enumerate()
+                .for_each_init(scratch, image);
+        } else {
+            let mut cols = scratch();
+            out.chunks_mut(g.f * p)
+                .enumerate()
+                .for_each(|item| image(&mut cols, item));
+        }
         Ok((CpuStorage::F32(out), Shape::from((b, g.f, g.oh, g.ow))))
     }
 
@@ -241,43 +250,52 @@ impl CustomOp3 for Conv2dIm2col {
         } else {
             no_dx.iter_mut().map(Vec::as_mut_slice).collect()
         };
-        dx_rows
-            .into_par_iter()
-            .zip(
-                dw_rows
-                    .par_chunks_mut(g.f * ckk)
-                    .zip(db_rows.par_chunks_mut(g.f)),
-            )
-            .enumerate()
-            .for_each_init(
-                || (vec![0f32; ckk * p], vec![0f32; ckk * p]),
-                |(cols, dcols), (bi, (dxb, (dw, db)))| {
-                    let dyb = &dy[bi * g.f * p..(bi + 1) * g.f * p];
-                    let dy_view = View {
-                        data: dyb,
-                        rows: g.f,
-                        cols: p,
-                        rs: p,
-                        cs: 1,
-                    };
-                    if want_dx {
-                        matmul(dcols, p, false, w_t, dy_view);
-                        g.col2im(dcols, dxb);
-                    }
-                    g.im2col(&xv[bi * in_len..(bi + 1) * in_len], cols);
-                    let cols_t = View {
-                        data: cols,
-                        rows: p,
-                        cols: ckk,
-                        rs: 1,
-                        cs: p,
-                    };
-                    matmul(dw, ckk, false, dy_view, cols_t);
-                    for (d, row) in db.iter_mut().zip(dyb.chunks(p)) {
-                        *d = row.iter().sum::<f32>();
-                    }
-                },
-            );
+        type Item<'a> = (usize, (&'a mut [f32], (&'a mut [f32], &'a mut [f32])));
+        let image = |(cols, dcols): &mut (Vec<f32>, Vec<f32>), (bi, (dxb, (dw, db))): Item| {
+            let dyb = &dy[bi * g.f * p..(bi + 1) * g.f * p];
+            let dy_view = View {
+                data: dyb,
+                rows: g.f,
+                cols: p,
+                rs: p,
+                cs: 1,
+            };
+            if want_dx {
+                matmul(dcols, p, false, w_t, dy_view);
+                g.col2im(dcols, dxb);
+            }
+            g.im2col(&xv[bi * in_len..(bi + 1) * in_len], cols);
+            let cols_t = View {
+                data: cols,
+                rows: p,
+                cols: ckk,
+                rs: 1,
+                cs: p,
+            };
+            matmul(dw, ckk, false, dy_view, cols_t);
+            for (d, row) in db.iter_mut().zip(dyb.chunks(p)) {
+                *d = row.iter().sum::<f32>();
+            }
+        };
+        let scratch = || (vec![0f32; ckk * p], vec![0f32; ckk * p]);
+        if b * g.f * p * ckk >= par::MIN_MACS {
+            dx_rows
+                .into_par_iter()
+                .zip(
+                    dw_rows
+                        .par_chunks_mut(g.f * ckk)
+                        .zip(db_rows.par_chunks_mut(g.f)),
+                )
+                .enumerate()
+                .for_each_init(scratch, image);
+        } else {
+            let mut bufs = scratch();
+            dx_rows
+                .into_iter()
+                .zip(dw_rows.chunks_mut(g.f * ckk).zip(db_rows.chunks_mut(g.f)))
+                .enumerate()
+                .for_each(|item| image(&mut bufs, item));
+        }
         let sum_rows = |rows: &[f32], len: usize| {
             let mut acc = vec![0f32; len];
             for r in rows.chunks(len) {

@@ -4,8 +4,8 @@
 //! and nearest upsampling.
 
 use super::host::{contiguous, host};
+use super::par;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 use std::sync::Mutex;
 
 /// max(x, 0); backward passes the gradient where the output is positive.
@@ -16,16 +16,12 @@ impl CustomOp1 for Relu {
         "mtl-relu"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let v: Vec<f32> = contiguous(s, l)?.par_iter().map(|x| x.max(0.0)).collect();
+        let v = par::map(contiguous(s, l)?, |x| x.max(0.0));
         Ok((CpuStorage::F32(v), l.shape().clone()))
     }
     fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let (y, g) = (host(res)?, host(grad)?);
-        let g: Vec<f32> = g
-            .par_iter()
-            .zip(y.par_iter())
-            .map(|(g, y)| if *y > 0.0 { *g } else { 0.0 })
-            .collect();
+        let g = par::zip_map(&g, &y, |g, y| if y > 0.0 { g } else { 0.0 });
         Ok(Some(Tensor::from_vec(g, res.dims(), res.device())?))
     }
 }
@@ -62,12 +58,14 @@ impl CustomOp1 for MaxPool2d {
         }
         let x = contiguous(s, l)?;
         let (oh, ow) = self.out(h, w);
-        let mut y = vec![0f32; n * c * oh * ow];
-        let mut arg = vec![0u32; n * c * oh * ow];
-        y.par_chunks_mut(oh * ow)
-            .zip(arg.par_chunks_mut(oh * ow))
-            .enumerate()
-            .for_each(|(plane, (y, arg))| {
+        // Each plane's outputs and argmaxes, side by side.
+        let mut out = vec![(0f32, 0u32); n * c * oh * ow];
+        let work = n * c * oh * ow * self.k.0 * self.k.1;
+        par::chunks_mut(
+            &mut out,
+            oh * ow,
+            work >= par::MIN_ELEMENTS,
+            |plane, out| {
                 let xp = &x[plane * h * w..(plane + 1) * h * w];
                 for oy in 0..oh {
                     for ox in 0..ow {
@@ -81,11 +79,12 @@ impl CustomOp1 for MaxPool2d {
                                 }
                             }
                         }
-                        y[oy * ow + ox] = best;
-                        arg[oy * ow + ox] = at as u32;
+                        out[oy * ow + ox] = (best, at as u32);
                     }
                 }
-            });
+            },
+        );
+        let (y, arg): (Vec<f32>, Vec<u32>) = out.into_iter().unzip();
         if let Ok(mut a) = self.argmax.lock() {
             *a = Some(arg);
         }
@@ -113,14 +112,13 @@ impl CustomOp1 for MaxPool2d {
         }
         let g = host(grad)?;
         let mut dx = vec![0f32; x.elem_count()];
-        dx.par_chunks_mut(h * w)
-            .enumerate()
-            .for_each(|(plane, dx)| {
-                for p in 0..oh * ow {
-                    let o = plane * oh * ow + p;
-                    dx[arg[o] as usize] += g[o];
-                }
-            });
+        let par = dx.len() >= par::MIN_ELEMENTS;
+        par::chunks_mut(&mut dx, h * w, par, |plane, dx| {
+            for p in 0..oh * ow {
+                let o = plane * oh * ow + p;
+                dx[arg[o] as usize] += g[o];
+            }
+        });
         Ok(Some(Tensor::from_vec(dx, x.dims(), x.device())?))
     }
 }
@@ -141,17 +139,16 @@ impl CustomOp1 for Upsample2d {
         let x = contiguous(s, l)?;
         let (oh, ow) = (h * k, w * k);
         let mut y = vec![0f32; n * c * oh * ow];
-        y.par_chunks_mut(oh * ow)
-            .enumerate()
-            .for_each(|(plane, y)| {
-                let xp = &x[plane * h * w..(plane + 1) * h * w];
-                for (oy, row) in y.chunks_mut(ow).enumerate() {
-                    let src = &xp[(oy / k) * w..(oy / k + 1) * w];
-                    for (ox, v) in row.iter_mut().enumerate() {
-                        *v = src[ox / k];
-                    }
+        let par = y.len() >= par::MIN_ELEMENTS;
+        par::chunks_mut(&mut y, oh * ow, par, |plane, y| {
+            let xp = &x[plane * h * w..(plane + 1) * h * w];
+            for (oy, row) in y.chunks_mut(ow).enumerate() {
+                let src = &xp[(oy / k) * w..(oy / k + 1) * w];
+                for (ox, v) in row.iter_mut().enumerate() {
+                    *v = src[ox / k];
                 }
-            });
+            }
+        });
         Ok((CpuStorage::F32(y), Shape::from((n, c, oh, ow))))
     }
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -160,17 +157,16 @@ impl CustomOp1 for Upsample2d {
         let (oh, ow) = (h * k, w * k);
         let g = host(grad)?;
         let mut dx = vec![0f32; x.elem_count()];
-        dx.par_chunks_mut(h * w)
-            .enumerate()
-            .for_each(|(plane, dx)| {
-                let gp = &g[plane * oh * ow..(plane + 1) * oh * ow];
-                for (oy, row) in gp.chunks(ow).enumerate() {
-                    let dst = &mut dx[(oy / k) * w..(oy / k + 1) * w];
-                    for (ox, v) in row.iter().enumerate() {
-                        dst[ox / k] += v;
-                    }
+        let par = g.len() >= par::MIN_ELEMENTS;
+        par::chunks_mut(&mut dx, h * w, par, |plane, dx| {
+            let gp = &g[plane * oh * ow..(plane + 1) * oh * ow];
+            for (oy, row) in gp.chunks(ow).enumerate() {
+                let dst = &mut dx[(oy / k) * w..(oy / k + 1) * w];
+                for (ox, v) in row.iter().enumerate() {
+                    dst[ox / k] += v;
                 }
-            });
+            }
+        });
         Ok(Some(Tensor::from_vec(dx, x.dims(), x.device())?))
     }
 }

@@ -9,6 +9,7 @@ mod host;
 mod kernels;
 mod linear_op;
 mod lstm_op;
+mod par;
 mod params;
 
 pub use exec::{head_output, Forward, RunError};
