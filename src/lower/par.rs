@@ -6,7 +6,7 @@
 use rayon::prelude::*;
 
 /// Element-wise passes over at least this many values run in parallel.
-pub const MIN_ELEMENTS: usize = 1 << 15;
+pub const MIN_ELEMENTS: usize = 1 << 17;
 /// Kernels with at least this many multiply-adds run in parallel.
 pub const MIN_MACS: usize = 1 << 20;
 
