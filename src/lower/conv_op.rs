@@ -184,7 +184,7 @@ impl CustomOp3 for Conv2dIm2col {
         let image = |cols: &mut Vec<f32>, (bi, y): (usize, &mut [f32])| {
             g.im2col(&x[bi * in_len..(bi + 1) * in_len], cols);
             let lhs = View {
-                data: &w,
+                data: w,
                 rows: g.f,
                 cols: ckk,
                 rs: ckk,

@@ -46,10 +46,10 @@ impl CustomOp3 for Linear {
         );
         let mut y = Vec::with_capacity(n * o);
         for _ in 0..n {
-            y.extend_from_slice(&b);
+            y.extend_from_slice(b);
         }
         let xv = View {
-            data: &x,
+            data: x,
             rows: n,
             cols: i,
             rs: i,

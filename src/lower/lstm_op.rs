@@ -269,7 +269,7 @@ impl CustomOp2 for LstmSeq {
             )
         }
         let (xw, w) = (contiguous(s1, l1)?, contiguous(s2, l2)?);
-        let (hs, acts, cs) = self.forward(&xw, &w, b, t);
+        let (hs, acts, cs) = self.forward(xw, w, b, t);
         if self.save {
             if let Ok(mut saved) = self.saved.lock() {
                 *saved = Some((acts, cs));

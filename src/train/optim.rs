@@ -2,7 +2,7 @@
 //! Nesterov; decoupled weight decay; global-norm clipping; LR schedules.
 
 use crate::ir::{OptimizerConfig, OptimizerKind, Schedule};
-use candle_core::{backprop::GradStore, Result, Tensor, Var};
+use candle_core::{backprop::GradStore, DType, Result, Tensor, Var};
 use std::collections::HashMap;
 
 /// The gradients of `vars` in a backward pass, aligned with `vars`.
@@ -41,7 +41,10 @@ impl Optimizer {
     ) -> Result<f64> {
         let mut sq = 0f64;
         for g in gs.iter().flatten() {
-            sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+            sq += match cpu_f32(g) {
+                Some(v) => v.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>(),
+                None => g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64,
+            };
         }
         let norm = sq.sqrt();
         let scale = match clip {
@@ -62,12 +65,19 @@ impl Optimizer {
             let w = var.as_tensor();
             match c.kind {
                 OptimizerKind::Adam | OptimizerKind::AdamW => {
-                    let m = self.m.get(key).cloned().unwrap_or(g.zeros_like()?);
-                    let v = self.v.get(key).cloned().unwrap_or(g.zeros_like()?);
-                    let m = ((m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
-                    let v = ((v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
                     let alpha = lr * (1.0 - c.beta2.powi(t)).sqrt() / (1.0 - c.beta1.powi(t));
-                    var.set(&(w - ((&m * alpha)? / (v.sqrt()? + c.eps)?)?)?)?;
+                    let update = if w.device().is_cpu() && w.dtype() == DType::F32 {
+                        adam_host
+                    } else {
+                        adam_tensor
+                    };
+                    let (m, v) = update(
+                        var,
+                        &g,
+                        self.m.get(key),
+                        self.v.get(key),
+                        [c.beta1, c.beta2, alpha, c.eps],
+                    )?;
                     self.m.insert(key.clone(), m);
                     self.v.insert(key.clone(), v);
                 }
@@ -115,6 +125,74 @@ impl Optimizer {
     }
 }
 
+/// An f32 CPU tensor's elements (copied).
+fn cpu_f32(t: &Tensor) -> Option<Vec<f32>> {
+    (t.device().is_cpu() && t.dtype() == DType::F32)
+        .then(|| t.flatten_all().and_then(|t| t.to_vec1::<f32>()).ok())
+        .flatten()
+}
+
+/// One Adam update as tensor operations (any device); returns the new moments.
+fn adam_tensor(
+    var: &Var,
+    g: &Tensor,
+    m: Option<&Tensor>,
+    v: Option<&Tensor>,
+    [beta1, beta2, alpha, eps]: [f64; 4],
+) -> Result<(Tensor, Tensor)> {
+    let m = m.cloned().unwrap_or(g.zeros_like()?);
+    let v = v.cloned().unwrap_or(g.zeros_like()?);
+    let m = ((m * beta1)? + (g * (1.0 - beta1))?)?;
+    let v = ((v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
+    let w = var.as_tensor();
+    var.set(&(w - ((&m * alpha)? / (v.sqrt()? + eps)?)?)?)?;
+    Ok((m, v))
+}
+
+/// One Adam update on the host in a single pass per parameter, with the
+/// same f32 operations in the same order as the tensor form (so both give
+/// identical weights) but without its dozen allocating passes.
+fn adam_host(
+    var: &Var,
+    g: &Tensor,
+    m: Option<&Tensor>,
+    v: Option<&Tensor>,
+    [beta1, beta2, alpha, eps]: [f64; 4],
+) -> Result<(Tensor, Tensor)> {
+    let n = g.elem_count();
+    let host = |t: Option<&Tensor>| -> Result<Vec<f32>> {
+        match t {
+            Some(t) => t.flatten_all()?.to_vec1::<f32>(),
+            None => Ok(vec![0f32; n]),
+        }
+    };
+    let (w, gv, mut m, mut v) = (
+        var.as_tensor().flatten_all()?.to_vec1::<f32>()?,
+        g.flatten_all()?.to_vec1::<f32>()?,
+        host(m)?,
+        host(v)?,
+    );
+    let (b1, c1, b2, c2) = (
+        beta1 as f32,
+        (1.0 - beta1) as f32,
+        beta2 as f32,
+        (1.0 - beta2) as f32,
+    );
+    let (alpha, eps) = (alpha as f32, eps as f32);
+    let mut w2 = vec![0f32; n];
+    for ((((w2, w), g), m), v) in w2.iter_mut().zip(&w).zip(&gv).zip(&mut m).zip(&mut v) {
+        *m = *m * b1 + g * c1;
+        *v = *v * b2 + g * g * c2;
+        *w2 = w - (*m * alpha) / (v.sqrt() + eps);
+    }
+    let (shape, dev) = (g.shape(), g.device());
+    var.set(&Tensor::from_vec(w2, shape, dev)?)?;
+    Ok((
+        Tensor::from_vec(m, shape, dev)?,
+        Tensor::from_vec(v, shape, dev)?,
+    ))
+}
+
 /// Learning rate at `epoch` (0-based) of `epochs`.
 pub fn lr_at(s: &Schedule, base: f64, epoch: usize, epochs: usize) -> f64 {
     match s {
@@ -129,5 +207,44 @@ pub fn lr_at(s: &Schedule, base: f64, epoch: usize, epochs: usize) -> f64 {
                 base * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// The host update gives bit-identical weights and moments to the tensor form.
+    #[test]
+    fn host_adam_equals_tensor_adam() {
+        let dev = Device::Cpu;
+        let w0 = Tensor::randn(0f32, 1.0, (7, 5), &dev).unwrap();
+        let (a, b) = (
+            Var::from_tensor(&w0).unwrap(),
+            Var::from_tensor(&w0).unwrap(),
+        );
+        let (mut sa, mut sb) = ((None, None), (None, None));
+        for step in 1..=4 {
+            let g = Tensor::randn(0f32, 1.0, (7, 5), &dev).unwrap();
+            let alpha = 1e-3 * (1.0 - 0.999f64.powi(step)).sqrt() / (1.0 - 0.9f64.powi(step));
+            let p = [0.9, 0.999, alpha, 1e-7];
+            let ra = adam_host(&a, &g, sa.0.as_ref(), sa.1.as_ref(), p).unwrap();
+            let rb = adam_tensor(&b, &g, sb.0.as_ref(), sb.1.as_ref(), p).unwrap();
+            sa = (Some(ra.0), Some(ra.1));
+            sb = (Some(rb.0), Some(rb.1));
+        }
+        let bits = |t: &Tensor| -> Vec<u32> {
+            t.flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect()
+        };
+        assert_eq!(bits(a.as_tensor()), bits(b.as_tensor()));
+        assert_eq!(bits(sa.0.as_ref().unwrap()), bits(sb.0.as_ref().unwrap()));
+        assert_eq!(bits(sa.1.as_ref().unwrap()), bits(sb.1.as_ref().unwrap()));
     }
 }
