@@ -217,3 +217,60 @@ model m {
         assert!(d < 1e-5, "head {h} differs by {d}");
     }
 }
+
+/// A relu folds into the dense or conv that feeds only it; a value also
+/// observed elsewhere (a head, a second user) keeps its own relu step.
+#[test]
+fn relu_fuses_into_its_only_producer() {
+    let src = r#"
+model m {
+  input x: f32[8]
+  input img: image[1, 6, 6]
+  let a = x -> dense(4) as d1 -> relu
+  let pre = a -> dense(4) as d2
+  let c = img -> conv2d(2, 3) as c1 -> relu -> flatten
+  head y = concat(a, pre -> relu, c) -> dense(2) { loss: mse }
+  head z = pre { loss: mse }
+}
+"#;
+    for mode in [Mode::Train, Mode::Infer] {
+        let g = graph(mtl::compile_str("m.mtl", src, &common::options(mode)));
+        let plan = lower(&g, mode);
+        let kernel = |name: &str| {
+            plan.steps
+                .iter()
+                .find(|s| s.name == name)
+                .map(|s| s.kernel.clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(kernel("d1"), "matmul+bias+relu", "{}", plan.render());
+        assert!(kernel("c1").ends_with("+relu"), "{}", plan.render());
+        assert_eq!(kernel("d2"), "matmul+bias", "{}", plan.render());
+        assert_eq!(
+            plan.steps.iter().filter(|s| s.kernel == "mtl.relu").count(),
+            1,
+            "{}",
+            plan.render()
+        );
+        // Fused and unfused give the same outputs: the fixtures check this
+        // against Keras; here the head on `pre` must still be its raw value.
+        let dev = Device::Cpu;
+        let params = init_params(&plan, 0, &dev).unwrap();
+        let x = random_inputs(&plan, 3, 1, -1.0);
+        let data = mtl::data::Dataset::from_tensors(x.clone(), "x").unwrap();
+        let out = mtl::predict::predict(&plan, &params, &data, 3, &dev).unwrap();
+        let a = x["x"]
+            .matmul(&params.get("d1.weight").unwrap().t().unwrap())
+            .unwrap()
+            .broadcast_add(params.get("d1.bias").unwrap())
+            .unwrap()
+            .relu()
+            .unwrap();
+        let want = a
+            .matmul(&params.get("d2.weight").unwrap().t().unwrap())
+            .unwrap()
+            .broadcast_add(params.get("d2.bias").unwrap())
+            .unwrap();
+        assert!(max_abs_diff(&out["z"], &want) < 1e-5);
+    }
+}

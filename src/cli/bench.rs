@@ -206,7 +206,7 @@ fn profile_table(
     );
     let mut kinds: std::collections::BTreeMap<&str, f64> = Default::default();
     for (st, t) in prog.steps.iter().zip(node) {
-        *kinds.entry(st.kernel).or_default() += t;
+        *kinds.entry(st.kernel.as_str()).or_default() += t;
     }
     let mut kinds: Vec<_> = kinds.into_iter().collect();
     kinds.sort_by(|a, b| b.1.total_cmp(&a.1));
@@ -223,7 +223,7 @@ fn profile_table(
         .steps
         .iter()
         .zip(node)
-        .map(|(s, t)| (s.name.as_str(), s.kernel, *t))
+        .map(|(s, t)| (s.name.as_str(), s.kernel.as_str(), *t))
         .collect();
     nodes.sort_by(|a, b| b.2.total_cmp(&a.2));
     let _ = writeln!(out, "forward by node (top 10):");

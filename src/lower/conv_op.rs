@@ -3,6 +3,7 @@
 //! batch. candle's CPU conv backward runs a direct transposed-convolution loop
 //! that dominated the training step of image models (see benches/README.md).
 
+use super::cpu_ops::relu_grad;
 use super::gemm::{matmul, View};
 use super::host::{contiguous, host};
 use super::par;
@@ -15,6 +16,8 @@ pub struct Conv2dIm2col {
     /// Zero padding (top, bottom, left, right), applied inside im2col so no
     /// padded copy of the input (and no gradient of one) is ever made.
     pub pad: [usize; 4],
+    /// Apply max(0, ·) after the bias (a fused relu).
+    pub relu: bool,
 }
 
 /// Sizes of one convolution.
@@ -199,7 +202,11 @@ impl CustomOp3 for Conv2dIm2col {
             };
             matmul(y, p, false, lhs, rhs);
             for (row, b) in y.chunks_mut(p).zip(bias) {
-                row.iter_mut().for_each(|v| *v += b);
+                if self.relu {
+                    row.iter_mut().for_each(|v| *v = (*v + b).max(0.0));
+                } else {
+                    row.iter_mut().for_each(|v| *v += b);
+                }
             }
         };
         let scratch = || vec![0f32; ckk * p];
@@ -221,12 +228,19 @@ impl CustomOp3 for Conv2dIm2col {
         x: &Tensor,
         w: &Tensor,
         _bias: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = geom(x.dims(), w.dims(), self.stride, self.dilation, self.pad)?;
         let b = x.dim(0)?;
         let (xv, wv, dy) = (host(x)?, host(w)?, host(grad)?);
+        let masked;
+        let dy: &[f32] = if self.relu {
+            masked = relu_grad(&dy, &host(res)?);
+            &masked
+        } else {
+            &dy
+        };
         let (ckk, p, in_len) = (g.ckk(), g.p(), g.c * g.h * g.w);
         // The first layer's input (data) needs no gradient: skip Wᵀ·dy and col2im.
         let want_dx = x.track_op();
@@ -334,67 +348,71 @@ mod tests {
             (1, 2, 6, 8, 3, 3, 2, 2, [2, 1, 3, 0]),
             (2, 1, 3, 3, 2, 5, 1, 1, [2, 2, 2, 2]),
         ] {
-            let x =
-                Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, c, h, w), &dev).unwrap()).unwrap();
-            let k4 =
-                Var::from_tensor(&Tensor::randn(0f32, 1.0, (f, c, k, k), &dev).unwrap()).unwrap();
-            let bias = Var::from_tensor(&Tensor::randn(0f32, 1.0, f, &dev).unwrap()).unwrap();
-            let op = Conv2dIm2col {
-                stride: s,
-                dilation: d,
-                pad,
-            };
-            let ours = x
-                .as_tensor()
-                .apply_op3(k4.as_tensor(), bias.as_tensor(), op)
-                .unwrap();
-            let bias4 = bias.as_tensor().reshape((1, f, 1, 1)).unwrap();
-            let theirs = x
-                .as_tensor()
-                .pad_with_zeros(2, pad[0], pad[1])
-                .unwrap()
-                .pad_with_zeros(3, pad[2], pad[3])
-                .unwrap()
-                .conv2d(k4.as_tensor(), 0, s, d, 1)
-                .unwrap()
-                .broadcast_add(&bias4)
-                .unwrap();
-            assert_eq!(ours.dims(), theirs.dims());
-            let weights = Tensor::randn(0f32, 1.0, ours.dims(), &dev).unwrap();
-            let diff = |a: &Tensor, b: &Tensor| {
-                (a - b)
+            for relu in [false, true] {
+                let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, c, h, w), &dev).unwrap())
+                    .unwrap();
+                let k4 = Var::from_tensor(&Tensor::randn(0f32, 1.0, (f, c, k, k), &dev).unwrap())
+                    .unwrap();
+                let bias = Var::from_tensor(&Tensor::randn(0f32, 1.0, f, &dev).unwrap()).unwrap();
+                let op = Conv2dIm2col {
+                    stride: s,
+                    dilation: d,
+                    pad,
+                    relu,
+                };
+                let ours = x
+                    .as_tensor()
+                    .apply_op3(k4.as_tensor(), bias.as_tensor(), op)
+                    .unwrap();
+                let bias4 = bias.as_tensor().reshape((1, f, 1, 1)).unwrap();
+                let theirs = x
+                    .as_tensor()
+                    .pad_with_zeros(2, pad[0], pad[1])
                     .unwrap()
-                    .abs()
+                    .pad_with_zeros(3, pad[2], pad[3])
                     .unwrap()
-                    .max_all()
+                    .conv2d(k4.as_tensor(), 0, s, d, 1)
                     .unwrap()
-                    .to_scalar::<f32>()
+                    .broadcast_add(&bias4)
+                    .unwrap();
+                let theirs = if relu { theirs.relu().unwrap() } else { theirs };
+                assert_eq!(ours.dims(), theirs.dims());
+                let weights = Tensor::randn(0f32, 1.0, ours.dims(), &dev).unwrap();
+                let diff = |a: &Tensor, b: &Tensor| {
+                    (a - b)
+                        .unwrap()
+                        .abs()
+                        .unwrap()
+                        .max_all()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap()
+                };
+                assert!(diff(&ours, &theirs) < 1e-4, "forward");
+                let ga = (ours * &weights)
                     .unwrap()
-            };
-            assert!(diff(&ours, &theirs) < 1e-4, "forward");
-            let ga = (ours * &weights)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let gb = (theirs * &weights)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            for v in [&x, &k4, &bias] {
-                let (p, q) = (
-                    ga.get(v.as_tensor()).unwrap(),
-                    gb.get(v.as_tensor()).unwrap(),
-                );
-                assert!(
-                    diff(p, q) < 1e-3,
-                    "gradient differs by {} for case {:?}",
-                    diff(p, q),
-                    (b, c, h, w, f, k, s, d, pad)
-                );
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                let gb = (theirs * &weights)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                for v in [&x, &k4, &bias] {
+                    let (p, q) = (
+                        ga.get(v.as_tensor()).unwrap(),
+                        gb.get(v.as_tensor()).unwrap(),
+                    );
+                    assert!(
+                        diff(p, q) < 1e-3,
+                        "gradient differs by {} for case {:?}",
+                        diff(p, q),
+                        (b, c, h, w, f, k, s, d, pad, relu)
+                    );
+                }
             }
         }
     }
@@ -413,6 +431,7 @@ mod tests {
                 stride: 1,
                 dilation: 1,
                 pad: [0; 4],
+                relu: false,
             };
             x.apply_op3(k.as_tensor(), b.as_tensor(), op)
                 .unwrap()

@@ -20,10 +20,14 @@ impl CustomOp1 for Relu {
         Ok((CpuStorage::F32(v), l.shape().clone()))
     }
     fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let (y, g) = (host(res)?, host(grad)?);
-        let g = par::zip_map(&g, &y, |g, y| if y > 0.0 { g } else { 0.0 });
+        let g = relu_grad(&host(grad)?, &host(res)?);
         Ok(Some(Tensor::from_vec(g, res.dims(), res.device())?))
     }
+}
+
+/// The gradient through a relu whose output is `y`: kept where y > 0.
+pub fn relu_grad(g: &[f32], y: &[f32]) -> Vec<f32> {
+    par::zip_map(g, y, |g, y| if y > 0.0 { g } else { 0.0 })
 }
 
 /// Max pooling over the last two axes of [N, C, H, W], any stride (floor).

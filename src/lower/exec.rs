@@ -206,8 +206,8 @@ impl Program {
                     None => (p("weight")?.clone(), p("bias")?.clone()),
                 };
                 match st.op {
-                    Op::Dense { .. } => kernels::dense(x, &w, &b),
-                    _ => kernels::conv(x, &w, &b, &st.op, &st.pads),
+                    Op::Dense { .. } => kernels::dense_act(x, &w, &b, st.relu),
+                    _ => kernels::conv(x, &w, &b, &st.op, &st.pads, st.relu),
                 }
             }
             Op::MergedDense { .. } => {

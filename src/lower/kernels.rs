@@ -114,6 +114,11 @@ pub fn fold_bn(
 
 /// `x @ w^T + b` over the last axis, for any rank.
 pub fn dense(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    dense_act(x, w, b, false)
+}
+
+/// [`dense`], followed by a relu when `relu`.
+pub fn dense_act(x: &Tensor, w: &Tensor, b: &Tensor, relu: bool) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let i = dims[dims.len() - 1];
     let x2 = if dims.len() == 2 {
@@ -123,10 +128,16 @@ pub fn dense(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     };
     let y = if x2.device().is_cpu() && x2.dtype() == DType::F32 {
         // Our op: GEMM forward and backward, a row sum for the bias gradient.
+        let op = super::linear_op::Linear { relu };
         x2.contiguous()?
-            .apply_op3(&w.contiguous()?, &b.contiguous()?, super::linear_op::Linear)?
+            .apply_op3(&w.contiguous()?, &b.contiguous()?, op)?
     } else {
-        x2.matmul(&w.t()?)?.broadcast_add(b)?
+        let y = x2.matmul(&w.t()?)?.broadcast_add(b)?;
+        if relu {
+            y.relu()?
+        } else {
+            y
+        }
     };
     if dims.len() == 2 {
         Ok(y)
@@ -137,7 +148,15 @@ pub fn dense(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
 }
 
-pub fn conv(x: &Tensor, w: &Tensor, b: &Tensor, op: &Op, pads: &Pads) -> Result<Tensor> {
+/// A convolution with bias, followed by a relu when `relu`.
+pub fn conv(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    op: &Op,
+    pads: &Pads,
+    relu: bool,
+) -> Result<Tensor> {
     let Op::Conv {
         stride,
         dilation,
@@ -179,6 +198,7 @@ pub fn conv(x: &Tensor, w: &Tensor, b: &Tensor, op: &Op, pads: &Pads) -> Result<
             stride: stride[0],
             dilation: dilation[0],
             pad,
+            relu,
         };
         let y = x4
             .contiguous()?
@@ -204,7 +224,12 @@ pub fn conv(x: &Tensor, w: &Tensor, b: &Tensor, op: &Op, pads: &Pads) -> Result<
     };
     let mut bshape = vec![1, b.dim(0)?];
     bshape.extend(std::iter::repeat_n(1, w.rank() - 2));
-    y.broadcast_add(&b.reshape(bshape)?)
+    let y = y.broadcast_add(&b.reshape(bshape)?)?;
+    if relu {
+        y.relu()
+    } else {
+        Ok(y)
+    }
 }
 
 pub fn conv_transpose2d(

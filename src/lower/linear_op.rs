@@ -6,11 +6,15 @@
 //! bias gradient a row sum, and the data gradient is skipped for inputs that
 //! need none.
 
+use super::cpu_ops::relu_grad;
 use super::gemm::{matmul, View};
 use super::host::{contiguous, host};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-pub struct Linear;
+pub struct Linear {
+    /// Apply max(0, ·) after the bias (a fused relu).
+    pub relu: bool,
+}
 
 impl CustomOp3 for Linear {
     fn name(&self) -> &'static str {
@@ -71,6 +75,9 @@ impl CustomOp3 for Linear {
             cs: 1,
         };
         matmul(&mut y, o, true, xv, w_t);
+        if self.relu {
+            y.iter_mut().for_each(|v| *v = v.max(0.0));
+        }
         Ok((CpuStorage::F32(y), Shape::from((n, o))))
     }
 
@@ -79,13 +86,20 @@ impl CustomOp3 for Linear {
         x: &Tensor,
         w: &Tensor,
         _b: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let ((n, i), (o, _)) = (x.dims2()?, w.dims2()?);
         let (xv, wv, dy) = (host(x)?, host(w)?, host(grad)?);
+        let masked;
+        let dy: &[f32] = if self.relu {
+            masked = relu_grad(&dy, &host(res)?);
+            &masked
+        } else {
+            &dy
+        };
         let dy_view = View {
-            data: &dy,
+            data: dy,
             rows: n,
             cols: o,
             rs: o,
@@ -110,7 +124,7 @@ impl CustomOp3 for Linear {
         // dW = dyᵀ·x.
         let mut dw = vec![0f32; o * i];
         let dy_t = View {
-            data: &dy,
+            data: dy,
             rows: o,
             cols: n,
             rs: 1,
@@ -157,14 +171,21 @@ mod tests {
     #[test]
     fn matches_candle_matmul_plus_bias_forward_and_backward() {
         let dev = Device::Cpu;
-        for (n, i, o) in [(1, 1, 1), (5, 3, 4), (64, 33, 17), (300, 64, 512)] {
+        for (n, i, o, relu) in [
+            (1, 1, 1, false),
+            (5, 3, 4, false),
+            (64, 33, 17, false),
+            (300, 64, 512, false),
+            (5, 3, 4, true),
+            (64, 33, 17, true),
+        ] {
             let var = |s: &[usize]| {
                 Var::from_tensor(&Tensor::randn(0f32, 1.0, s, &dev).unwrap()).unwrap()
             };
             let (x, w, b) = (var(&[n, i]), var(&[o, i]), var(&[o]));
             let ours = x
                 .as_tensor()
-                .apply_op3(w.as_tensor(), b.as_tensor(), Linear)
+                .apply_op3(w.as_tensor(), b.as_tensor(), Linear { relu })
                 .unwrap();
             let theirs = x
                 .as_tensor()
@@ -172,7 +193,8 @@ mod tests {
                 .unwrap()
                 .broadcast_add(b.as_tensor())
                 .unwrap();
-            assert!(diff(&ours, &theirs) < 1e-4, "forward {:?}", (n, i, o));
+            let theirs = if relu { theirs.relu().unwrap() } else { theirs };
+            assert!(diff(&ours, &theirs) < 1e-4, "forward {:?}", (n, i, o, relu));
             let r = Tensor::randn(0f32, 1.0, (n, o), &dev).unwrap();
             let ga = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
             let gb = (theirs * &r)
@@ -204,7 +226,7 @@ mod tests {
         let b =
             Var::from_tensor(&Tensor::zeros(2, candle_core::DType::F32, &dev).unwrap()).unwrap();
         let g = x
-            .apply_op3(w.as_tensor(), b.as_tensor(), Linear)
+            .apply_op3(w.as_tensor(), b.as_tensor(), Linear { relu: false })
             .unwrap()
             .sum_all()
             .unwrap()

@@ -32,7 +32,7 @@ pub struct Step {
     /// Concrete padding for `same` convolutions.
     pub pads: Pads,
     /// The candle op or own kernel that runs this step (shown in the plan).
-    pub kernel: &'static str,
+    pub kernel: String,
     /// Slots of operand values, and of the result.
     pub args: Vec<usize>,
     pub out: usize,
@@ -42,6 +42,8 @@ pub struct Step {
     pub bn: Option<(String, f64)>,
     /// Merged dense layers: (prefix, units) in output order.
     pub parts: Vec<(String, usize)>,
+    /// A relu fused into this dense / conv (its output replaces this step's).
+    pub relu: bool,
     pub ty: Type,
 }
 
@@ -108,7 +110,8 @@ pub fn lower(g: &Graph, mode: Mode) -> Program {
                 kernels::folded_name(&node.op)
             } else {
                 kernels::kernel_name(&node.op, mode, &pads)
-            },
+            }
+            .to_string(),
             op: node.op.clone(),
             pads,
             args,
@@ -124,9 +127,21 @@ pub fn lower(g: &Graph, mode: Mode) -> Program {
                     .collect(),
                 _ => vec![],
             },
+            relu: false,
             ty,
         });
     }
+    let kept: Vec<usize> = g
+        .heads
+        .iter()
+        .map(|h| slot[&h.node])
+        .chain(
+            g.losses
+                .iter()
+                .flat_map(|l| l.operands.iter().map(|o| slot[o])),
+        )
+        .collect();
+    fuse_relu(&mut steps, &kept);
     let mut param_specs = vec![];
     let mut used: Vec<usize> =
         g.g.node_weights()
@@ -162,6 +177,45 @@ pub fn lower(g: &Graph, mode: Mode) -> Program {
         param_specs,
         n_values: slot.len(),
     }
+}
+
+/// Folds a relu into the dense or conv step that feeds it alone: the kernel
+/// applies max(0, ·) after the bias and masks the gradient by the output, so
+/// the activation costs no pass of its own, forward or backward. `kept`
+/// slots (heads, loss operands) are observed and never fused away.
+fn fuse_relu(steps: &mut Vec<Step>, kept: &[usize]) {
+    let mut users: HashMap<usize, Vec<usize>> = HashMap::new();
+    for (i, st) in steps.iter().enumerate() {
+        for a in &st.args {
+            users.entry(*a).or_default().push(i);
+        }
+    }
+    let mut gone = vec![false; steps.len()];
+    for i in 0..steps.len() {
+        if !matches!(steps[i].op, Op::Dense { .. } | Op::Conv { groups: 1, .. })
+            || kept.contains(&steps[i].out)
+        {
+            continue;
+        }
+        let Some(&[j]) = users.get(&steps[i].out).map(Vec::as_slice) else {
+            continue;
+        };
+        if steps[j].op != Op::Act(crate::ir::Act::Relu) || steps[j].args.len() != 1 {
+            continue;
+        }
+        let (out, ty) = (steps[j].out, steps[j].ty.clone());
+        let st = &mut steps[i];
+        st.relu = true;
+        st.out = out;
+        st.ty = ty;
+        st.kernel.push_str("+relu");
+        gone[j] = true;
+    }
+    let mut k = 0;
+    steps.retain(|_| {
+        k += 1;
+        !gone[k - 1]
+    });
 }
 
 impl Program {
