@@ -6,6 +6,7 @@
 use super::host::{contiguous, host};
 use super::par;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 use std::sync::Mutex;
 
 /// max(x, 0); backward passes the gradient where the output is positive.
@@ -31,23 +32,58 @@ pub fn relu_grad(g: &[f32], y: &[f32]) -> Vec<f32> {
 }
 
 /// Max pooling over the last two axes of [N, C, H, W], any stride (floor).
-/// The forward keeps each output's argmax for the backward.
+/// For training the forward keeps each window's first maximum (its offset
+/// in the window) for the backward; for inference it is a plain max.
 pub struct MaxPool2d {
     pub k: (usize, usize),
     pub s: (usize, usize),
-    argmax: Mutex<Option<Vec<u32>>>,
+    train: bool,
+    argmax: Mutex<Option<Vec<u16>>>,
 }
 
 impl MaxPool2d {
-    pub fn new(k: (usize, usize), s: (usize, usize)) -> Self {
+    pub fn new(k: (usize, usize), s: (usize, usize), train: bool) -> Self {
         MaxPool2d {
             k,
             s,
+            train,
             argmax: Mutex::new(None),
         }
     }
     fn out(&self, h: usize, w: usize) -> (usize, usize) {
         ((h - self.k.0) / self.s.0 + 1, (w - self.k.1) / self.s.1 + 1)
+    }
+
+    /// Outputs, and with `arg` each window's first-maximum offset, of one plane.
+    fn plane(&self, xp: &[f32], w: usize, ow: usize, y: &mut [f32], mut arg: Option<&mut [u16]>) {
+        let ((kh, kw), (sh, sw)) = (self.k, self.s);
+        for (oy, row) in y.chunks_mut(ow).enumerate() {
+            if (kh, kw, sh, sw) == (2, 2, 2, 2) && arg.is_none() {
+                // The common inference case, branch-free so it vectorizes.
+                let (r0, r1) = (&xp[2 * oy * w..], &xp[(2 * oy + 1) * w..]);
+                for (ox, v) in row.iter_mut().enumerate() {
+                    let a = r0[2 * ox].max(r0[2 * ox + 1]);
+                    *v = a.max(r1[2 * ox].max(r1[2 * ox + 1]));
+                }
+                continue;
+            }
+            for (ox, v) in row.iter_mut().enumerate() {
+                let (mut best, mut at) = (f32::NEG_INFINITY, 0);
+                for i in 0..kh {
+                    let r = &xp[(oy * sh + i) * w + ox * sw..][..kw];
+                    for (j, x) in r.iter().enumerate() {
+                        if *x > best {
+                            best = *x;
+                            at = i * kw + j;
+                        }
+                    }
+                }
+                *v = best;
+                if let Some(a) = arg.as_deref_mut() {
+                    a[oy * ow + ox] = at as u16;
+                }
+            }
+        }
     }
 }
 
@@ -57,40 +93,37 @@ impl CustomOp1 for MaxPool2d {
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = l.shape().dims4()?;
-        if h < self.k.0 || w < self.k.1 {
+        if h < self.k.0 || w < self.k.1 || self.k.0 * self.k.1 > 1 << 16 {
             candle_core::bail!("max pool of {:?} does not fit [{h}, {w}]", self.k)
         }
         let x = contiguous(s, l)?;
         let (oh, ow) = self.out(h, w);
-        // Each plane's outputs and argmaxes, side by side.
-        let mut out = vec![(0f32, 0u32); n * c * oh * ow];
-        let work = n * c * oh * ow * self.k.0 * self.k.1;
-        par::chunks_mut(
-            &mut out,
-            oh * ow,
-            work >= par::MIN_ELEMENTS,
-            |plane, out| {
-                let xp = &x[plane * h * w..(plane + 1) * h * w];
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        let (mut best, mut at) = (f32::NEG_INFINITY, 0);
-                        for i in 0..self.k.0 {
-                            for j in 0..self.k.1 {
-                                let idx = (oy * self.s.0 + i) * w + ox * self.s.1 + j;
-                                if xp[idx] > best {
-                                    best = xp[idx];
-                                    at = idx;
-                                }
-                            }
-                        }
-                        out[oy * ow + ox] = (best, at as u32);
-                    }
-                }
-            },
-        );
-        let (y, arg): (Vec<f32>, Vec<u32>) = out.into_iter().unzip();
-        if let Ok(mut a) = self.argmax.lock() {
-            *a = Some(arg);
+        let (p, hw) = (oh * ow, h * w);
+        let mut y = vec![0f32; n * c * p];
+        let par = y.len() * self.k.0 * self.k.1 >= par::MIN_ELEMENTS;
+        if self.train {
+            let mut arg = vec![0u16; y.len()];
+            let one = |plane: usize, (y, a): (&mut [f32], &mut [u16])| {
+                self.plane(&x[plane * hw..(plane + 1) * hw], w, ow, y, Some(a))
+            };
+            if par {
+                y.par_chunks_mut(p)
+                    .zip(arg.par_chunks_mut(p))
+                    .enumerate()
+                    .for_each(|(i, c)| one(i, c));
+            } else {
+                y.chunks_mut(p)
+                    .zip(arg.chunks_mut(p))
+                    .enumerate()
+                    .for_each(|(i, c)| one(i, c));
+            }
+            if let Ok(mut a) = self.argmax.lock() {
+                *a = Some(arg);
+            }
+        } else {
+            par::chunks_mut(&mut y, p, par, |plane, y| {
+                self.plane(&x[plane * hw..(plane + 1) * hw], w, ow, y, None)
+            });
         }
         Ok((CpuStorage::F32(y), Shape::from((n, c, oh, ow))))
     }
@@ -101,26 +134,36 @@ impl CustomOp1 for MaxPool2d {
             Some(a) => a,
             None => {
                 // Recompute (e.g. a second backward through the same graph).
-                let xv = host(x)?.to_vec();
-                let (s, l) = (CpuStorage::F32(xv), Layout::contiguous(x.shape()));
-                self.cpu_fwd(&s, &l)?;
-                self.argmax
-                    .lock()
-                    .ok()
-                    .and_then(|mut a| a.take())
-                    .unwrap_or_default()
+                let mut arg = vec![0u16; grad.elem_count()];
+                let mut y = vec![0f32; oh * ow];
+                let xv = host(x)?;
+                for (plane, a) in arg.chunks_mut(oh * ow).enumerate() {
+                    self.plane(
+                        &xv[plane * h * w..(plane + 1) * h * w],
+                        w,
+                        ow,
+                        &mut y,
+                        Some(a),
+                    );
+                }
+                arg
             }
         };
         if arg.len() != grad.elem_count() {
             candle_core::bail!("max pool backward: saved positions do not fit the gradient")
         }
         let g = host(grad)?;
+        let ((_, kw), (sh, sw)) = (self.k, self.s);
         let mut dx = vec![0f32; x.elem_count()];
         let par = dx.len() >= par::MIN_ELEMENTS;
         par::chunks_mut(&mut dx, h * w, par, |plane, dx| {
-            for p in 0..oh * ow {
-                let o = plane * oh * ow + p;
-                dx[arg[o] as usize] += g[o];
+            let o0 = plane * oh * ow;
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let o = o0 + oy * ow + ox;
+                    let at = arg[o] as usize;
+                    dx[(oy * sh + at / kw) * w + ox * sw + at % kw] += g[o];
+                }
             }
         });
         Ok(Some(Tensor::from_vec(dx, x.dims(), x.device())?))
@@ -260,11 +303,14 @@ mod tests {
             ([2, 2, 7, 9], (3, 3), (2, 2)),
         ] {
             let x = Tensor::randn(0f32, 1.0, &shape, &Device::Cpu).unwrap();
-            let ours = x.apply_op1(MaxPool2d::new(k, st)).unwrap();
+            let ours = x.apply_op1(MaxPool2d::new(k, st, true)).unwrap();
             assert!(diff(&ours, &x.max_pool2d_with_stride(k, st).unwrap()) < 1e-6);
+            // The inference form (no argmax kept) gives the same maxima.
+            let infer = x.apply_op1(MaxPool2d::new(k, st, false)).unwrap();
+            assert_eq!(diff(&ours, &infer), 0.0);
             compare(
                 &shape,
-                &|x| x.apply_op1(MaxPool2d::new(k, st)).unwrap(),
+                &|x| x.apply_op1(MaxPool2d::new(k, st, true)).unwrap(),
                 &|x| windows_max(x, k, st),
             );
         }

@@ -242,7 +242,7 @@ impl Program {
                     x.upsample_nearest2d(x.dim(2)? * scale, x.dim(3)? * scale)
                 }
             }
-            Op::Pool { kind, size, stride } => kernels::pool(x, *kind, size, stride),
+            Op::Pool { kind, size, stride } => kernels::pool(x, *kind, size, stride, train),
             Op::GlobalPool { kind } => {
                 let flat = x.flatten_from(2)?;
                 match kind {

@@ -250,7 +250,13 @@ pub fn conv_transpose2d(
     y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)
 }
 
-pub fn pool(x: &Tensor, kind: PoolKind, size: &[usize], stride: &[usize]) -> Result<Tensor> {
+pub fn pool(
+    x: &Tensor,
+    kind: PoolKind,
+    size: &[usize],
+    stride: &[usize],
+    train: bool,
+) -> Result<Tensor> {
     let one_d = x.rank() == 3;
     let x4 = if one_d { x.unsqueeze(2)? } else { x.clone() };
     let (k, s) = if one_d {
@@ -268,7 +274,7 @@ pub fn pool(x: &Tensor, kind: PoolKind, size: &[usize], stride: &[usize]) -> Res
     let y = match kind {
         PoolKind::Max if x4.device().is_cpu() => x4
             .contiguous()?
-            .apply_op1(super::cpu_ops::MaxPool2d::new(k, s))?,
+            .apply_op1(super::cpu_ops::MaxPool2d::new(k, s, train))?,
         PoolKind::Max => x4.max_pool2d_with_stride(k, s)?,
         PoolKind::Avg => x4.avg_pool2d_with_stride(k, s)?,
     };
