@@ -133,20 +133,34 @@ fn finite_differences_agree_with_backprop() {
 /// (`--no-opt`) in outputs and in every parameter's gradient.
 #[test]
 fn fused_lstm_matches_candle_autograd() {
+    fused_rnn_matches_candle_autograd("lstm");
+}
+
+/// The fused GRU op likewise.
+#[test]
+fn fused_gru_matches_candle_autograd() {
+    fused_rnn_matches_candle_autograd("gru");
+}
+
+fn fused_rnn_matches_candle_autograd(cell: &str) {
     let src = r#"
 model rnn {
   input seq: f32[7, 5]
   head y = seq -> lstm(6, bidirectional = true, return_sequences = true) -> lstm(4) -> dense(2) { loss: mse }
   head z = seq -> lstm(3, bidirectional = true) -> dense(1) { loss: mse }
 }
-"#;
+"#
+    .replace("lstm", cell);
     let build = |optimize| {
         let opts = mtl::Options {
             optimize,
             mode: Mode::Train,
             ..Default::default()
         };
-        lower(&graph(mtl::compile_str("rnn.mtl", src, &opts)), Mode::Train)
+        lower(
+            &graph(mtl::compile_str("rnn.mtl", &src, &opts)),
+            Mode::Train,
+        )
     };
     let (fused, plain) = (build(true), build(false));
     assert!(fused.render().contains("fused recurrence op") && !plain.render().contains("fused"));

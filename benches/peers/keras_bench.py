@@ -66,6 +66,84 @@ def reviews():
     return keras.Model(txt, outs), {"sentiment": CE, "stars": "mse"}
 
 
+def digits():
+    # models/digits.mtl is the digits_mt architecture.
+    return digits_mt()
+
+
+def seed_multitask():
+    img = keras.Input((64, 64, 3), name="image")
+    trunk = L.Conv2D(128, 3, activation="relu")(L.Conv2D(64, 3, activation="relu")(img))
+    outs = {
+        "classifier": L.Dense(10, name="classifier")(L.GlobalAveragePooling2D()(trunk)),
+        "segmentation": L.Conv2D(1, 1, name="segmentation")(trunk),
+    }
+    return keras.Model(img, outs), {"classifier": CE, "segmentation": BCE}
+
+
+def seed_multimodal():
+    img = keras.Input((64, 64, 3), name="image")
+    txt = keras.Input((100,), dtype="int32", name="text")
+    v = L.GlobalAveragePooling2D()(L.Conv2D(64, 3, activation="relu")(img))
+    t = L.LSTM(64)(L.Embedding(10000, 128)(txt))
+    outs = {"label": L.Dense(10, name="label")(L.Concatenate()([v, t]))}
+    return keras.Model([img, txt], outs), {"label": CE}
+
+
+def siamese():
+    left = keras.Input((16, 16, 1), name="left")
+    right = keras.Input((16, 16, 1), name="right")
+    conv, dense = L.Conv2D(8, 3, activation="relu"), L.Dense(16)
+    enc = lambda x: dense(L.GlobalAveragePooling2D()(conv(x)))  # noqa: E731
+    a, b = enc(left), enc(right)
+    z = L.Concatenate()([L.Average()([a, b]), L.Multiply()([a, b])])
+    outs = {"same": L.Dense(1, name="same")(L.Dense(32, activation="relu")(z))}
+    return keras.Model([left, right], outs), {"same": BCE}
+
+
+class Weighted(L.Layer):
+    """Σ softmax(θ)ᵢ·xᵢ with θ learned (mtl's `weighted`)."""
+
+    def build(self, shapes):
+        self.theta = self.add_weight(shape=(len(shapes),), initializer="zeros")
+
+    def call(self, xs):
+        w = keras.ops.softmax(self.theta)
+        return sum(w[i] * x for i, x in enumerate(xs))
+
+
+class AuxMse(L.Layer):
+    """mtl's `loss agree = mse(value, value_aux) { weight: 0.1 }`."""
+
+    def call(self, a, b):
+        self.add_loss(0.1 * keras.ops.mean(keras.ops.square(a - keras.ops.stop_gradient(b))))
+        return a
+
+
+def fusions():
+    img = keras.Input((16, 16, 3), name="img")
+    seq = keras.Input((10, 6), name="seq")
+    num = keras.Input((8,), name="num")
+    conv_bn = lambda x, c, k: L.ReLU()(L.BatchNormalization()(L.Conv2D(c, k, padding="same")(x)))  # noqa: E731
+    v = L.Dense(16)(L.GlobalMaxPooling2D()(conv_bn(conv_bn(img, 8, 3), 8, 1)))
+    s = L.GRU(16)(L.Bidirectional(L.GRU(16, return_sequences=True))(seq))
+    n = L.Dropout(0.1)(L.LayerNormalization()(L.Dense(16)(num)))
+    avg = L.Average()([v, s, n])
+    g = L.Dense(16, activation="sigmoid")(L.Concatenate()([v, s]))
+    gated = L.Add()([L.Multiply()([g, v]), L.Multiply()([L.Lambda(lambda t: 1.0 - t)(g), s])])
+    wf = L.Add()([L.Lambda(lambda t: 0.7 * t)(v), L.Lambda(lambda t: 0.3 * t)(s)])
+    top = L.Activation("silu")(L.Maximum()([v, s]))
+    z = L.Concatenate()([L.Concatenate()([v, s, n]), avg, Weighted()([v, s, n]), wf, gated, L.Add()([v, n]), top])
+    value = L.Dense(1, name="value")(avg)
+    value_aux = L.Dense(1, name="value_aux")(n)
+    outs = {
+        "cls": L.Dense(5, name="cls")(L.Dense(32, activation="relu")(z)),
+        "value": AuxMse()(value, value_aux),
+        "value_aux": value_aux,
+    }
+    return keras.Model([img, seq, num], outs), {"cls": CE, "value": keras.losses.Huber(), "value_aux": "mae"}
+
+
 def data(model, n):
     rng = np.random.default_rng(0)
     xs = []
@@ -83,7 +161,9 @@ def bench(name, build):
     model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=losses)
     n = B * 20
     xs, _ = data(model, n)
-    ys = {k: (np.zeros((n,), "int32") if losses[k] is CE else np.zeros((n,) + tuple(model.get_layer(k).output.shape[1:]), "float32")) for k in losses}
+    out_shape = {k: tuple(o.shape[1:]) for k, o in zip(model.output_names, model.outputs)} if hasattr(model, "output_names") else {}
+    shape_of = lambda k: out_shape.get(k) or tuple(model.get_layer(k).output.shape[1:])  # noqa: E731
+    ys = {k: (np.zeros((n,), "int32") if losses[k] is CE else np.zeros((n,) + shape_of(k), "float32")) for k in losses}
     model.fit(xs, ys, batch_size=B, epochs=1, verbose=0)  # compile
     t = time.perf_counter()
     model.fit(xs, ys, batch_size=B, epochs=3, verbose=0)
@@ -96,7 +176,17 @@ def bench(name, build):
     sys.stdout.flush()
 
 
-MODELS = {"shapes_mm": shapes_mm, "digits_mt": digits_mt, "shapes": shapes, "reviews": reviews}
+MODELS = {
+    "shapes_mm": shapes_mm,
+    "digits_mt": digits_mt,
+    "digits": digits,
+    "shapes": shapes,
+    "reviews": reviews,
+    "seed_multitask": seed_multitask,
+    "seed_multimodal": seed_multimodal,
+    "siamese": siamese,
+    "fusions": fusions,
+}
 
 if __name__ == "__main__":
     for name in sys.argv[1:] or MODELS:

@@ -288,7 +288,7 @@ impl Program {
                         b_ih,
                         b_hh,
                     };
-                    // A hoisted LSTM runs as our fused op (CPU only).
+                    // A hoisted LSTM or GRU runs as our fused op (CPU only).
                     let fused = *hoisted && x.device().is_cpu();
                     kernels::rnn(
                         x,

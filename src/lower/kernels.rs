@@ -50,7 +50,7 @@ pub fn kernel_name(op: &Op, mode: Mode, pads: &Pads) -> &'static str {
             cell: RnnCell::Gru,
             hoisted: true,
             ..
-        } => "mtl.gru(hoisted)",
+        } => "mtl.gru(hoisted, fused recurrence op)",
         Op::Rnn {
             cell: RnnCell::Gru,
             hoisted: false,
@@ -366,8 +366,8 @@ pub struct RnnWeights<'a> {
 
 /// Runs one direction over x [B, T, I]; returns every step's h [B, T, H] in
 /// time order when `sequences`, else the final h [B, H].
-/// With `fused` (a hoisted LSTM on CPU) the recurrence runs as one custom op
-/// with its own backward; `train` keeps its activations for that backward.
+/// With `fused` (a hoisted LSTM or GRU on CPU) the recurrence runs as one
+/// custom op with its own backward; `train` keeps its activations for it.
 #[allow(clippy::too_many_arguments)]
 pub fn rnn(
     x: &Tensor,
@@ -381,12 +381,22 @@ pub fn rnn(
     train: bool,
 ) -> Result<Tensor> {
     let (b, t, i) = x.dims3()?;
-    if fused && cell == RnnCell::Lstm {
-        let xw = dense(&x.reshape((b * t, i))?, w.w_ih, w.b_ih)?.reshape((b, t, ()))?;
-        let hs = xw.contiguous()?.apply_op2(
-            &w.w_hh.contiguous()?,
-            super::lstm_op::LstmSeq::new(units, reverse, train),
-        )?;
+    if fused {
+        let xw = dense(&x.reshape((b * t, i))?, w.w_ih, w.b_ih)?
+            .reshape((b, t, ()))?
+            .contiguous()?;
+        let w_hh = w.w_hh.contiguous()?;
+        let hs = match (cell, w.b_hh) {
+            (RnnCell::Lstm, _) => {
+                xw.apply_op2(&w_hh, super::lstm_op::LstmSeq::new(units, reverse, train))?
+            }
+            (RnnCell::Gru, Some(b_hh)) => xw.apply_op3(
+                &w_hh,
+                &b_hh.contiguous()?,
+                super::gru_op::GruSeq::new(units, reverse, train),
+            )?,
+            (RnnCell::Gru, None) => candle_core::bail!("gru without a recurrent bias"),
+        };
         return if sequences {
             Ok(hs)
         } else {

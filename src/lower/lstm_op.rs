@@ -208,7 +208,7 @@ impl LstmSeq {
 }
 
 /// Batch rows per thread for the recurrence.
-fn row_block(b: usize) -> usize {
+pub(super) fn row_block(b: usize) -> usize {
     b.div_ceil(rayon::current_num_threads().clamp(1, b.max(1)))
         .max(1)
 }
@@ -239,11 +239,11 @@ fn tanh(x: f32) -> f32 {
     2.0 * sigmoid(2.0 * x) - 1.0
 }
 
-fn sigmoid_slice(v: &mut [f32]) {
+pub(super) fn sigmoid_slice(v: &mut [f32]) {
     v.iter_mut().for_each(|x| *x = sigmoid(*x));
 }
 
-fn tanh_slice(v: &mut [f32]) {
+pub(super) fn tanh_slice(v: &mut [f32]) {
     v.iter_mut().for_each(|x| *x = tanh(*x));
 }
 

@@ -5,6 +5,7 @@ mod conv_op;
 mod cpu_ops;
 mod exec;
 mod gemm;
+mod gru_op;
 mod host;
 mod kernels;
 mod linear_op;

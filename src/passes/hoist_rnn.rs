@@ -1,22 +1,21 @@
 //! RNN input-projection hoisting: the input projection of every timestep as
 //! one GEMM before the recurrence, instead of one small GEMM per step.
 //!
-//! For training only LSTMs are hoisted: they train through our fused
-//! recurrence op (`lower/lstm_op.rs`), 1.45–1.8× faster per step than the
-//! per-step form (`mtl bench models/reviews.mtl --train`, benches/README.md).
-//! Through candle's autograd alone, each per-step slice of a hoisted
-//! projection gets a zero-padded gradient of the whole sequence (O(T²)), which
-//! made hoisting 0.6× as fast; GRUs, which have no fused op yet, keep
-//! per-step projections when training.
+//! On the CPU a hoisted LSTM or GRU runs as our fused recurrence op
+//! (`lower/lstm_op.rs`, `lower/gru_op.rs`) with its own backward, much faster
+//! than the per-step form (benches/README.md). Through candle's autograd
+//! alone, each per-step slice of a hoisted projection gets a zero-padded
+//! gradient of the whole sequence (O(T²)), which made hoisting 0.6× as fast:
+//! the fused ops are what make hoisting pay for training.
 
-use super::{Change, Mode, PassCx};
-use crate::ir::{Graph, Op, RnnCell};
+use super::{Change, PassCx};
+use crate::ir::{Graph, Op};
 
-pub fn run(g: &mut Graph, cx: &mut PassCx) -> Change {
+pub fn run(g: &mut Graph, _cx: &mut PassCx) -> Change {
     let mut fused = 0;
     for n in g.g.node_indices().collect::<Vec<_>>() {
-        if let Op::Rnn { hoisted, cell, .. } = &mut g.g[n].op {
-            if !*hoisted && (cx.mode == Mode::Infer || *cell == RnnCell::Lstm) {
+        if let Op::Rnn { hoisted, .. } = &mut g.g[n].op {
+            if !*hoisted {
                 *hoisted = true;
                 fused += 1;
             }
