@@ -10,6 +10,7 @@ mod host;
 mod kernels;
 mod linear_op;
 mod lstm_op;
+mod norm_op;
 mod par;
 mod params;
 
