@@ -31,30 +31,44 @@ fn dims(shape: &Shape) -> Result<(usize, usize, usize)> {
     Ok((d[0], d[1], d[2..].iter().product()))
 }
 
-/// Mean and biased variance of every channel (two passes, f64 sums).
+/// Σ f(i) over `len` values in 8 independent lanes, so the loop vectorizes
+/// (a single f32 accumulator may not be reordered by the compiler).
+fn lanes(len: usize, f: impl Fn(usize) -> f32) -> f64 {
+    let mut acc = [0f32; 8];
+    let full = len / 8 * 8;
+    for i in (0..full).step_by(8) {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a += f(i + l);
+        }
+    }
+    let tail: f32 = (full..len).map(&f).sum();
+    acc.iter().map(|v| *v as f64).sum::<f64>() + tail as f64
+}
+
+/// Mean and biased variance of every channel (two passes; plane sums in
+/// f32 lanes, added up in f64).
 fn moments(x: &[f32], n: usize, c: usize, s: usize) -> (Vec<f32>, Vec<f32>) {
     let m = (n * s) as f64;
+    let plane = |i: usize, ch: usize| &x[(i * c + ch) * s..(i * c + ch + 1) * s];
     let mut mean = vec![0f32; c];
     let mut var = vec![0f32; c];
-    let work = |ch: usize| {
-        let plane = |i: usize| &x[(i * c + ch) * s..(i * c + ch + 1) * s];
+    for ch in 0..c {
         let mu = (0..n)
-            .map(|i| plane(i).iter().map(|v| *v as f64).sum::<f64>())
-            .sum::<f64>()
-            / m;
-        let v = (0..n)
             .map(|i| {
-                plane(i)
-                    .iter()
-                    .map(|v| (*v as f64 - mu).powi(2))
-                    .sum::<f64>()
+                let p = plane(i, ch);
+                lanes(s, |k| p[k])
             })
             .sum::<f64>()
             / m;
-        (mu as f32, v as f32)
-    };
-    for ch in 0..c {
-        (mean[ch], var[ch]) = work(ch);
+        let muf = mu as f32;
+        let v = (0..n)
+            .map(|i| {
+                let p = plane(i, ch);
+                lanes(s, |k| (p[k] - muf) * (p[k] - muf))
+            })
+            .sum::<f64>()
+            / m;
+        (mean[ch], var[ch]) = (muf, v as f32);
     }
     (mean, var)
 }
@@ -128,10 +142,9 @@ impl CustomOp3 for BatchNormTrain {
                 &xv[plane * s..(plane + 1) * s],
                 &dy[plane * s..(plane + 1) * s],
             );
-            for (x, d) in xp.iter().zip(gp) {
-                dbeta[ch] += *d as f64;
-                dgamma[ch] += (*d * (x - mean[ch]) * inv[ch]) as f64;
-            }
+            let (mu, iv) = (mean[ch], inv[ch]);
+            dbeta[ch] += lanes(s, |k| gp[k]);
+            dgamma[ch] += lanes(s, |k| gp[k] * (xp[k] - mu)) * iv as f64;
         }
         let (dbeta, dgamma): (Vec<f32>, Vec<f32>) = (
             dbeta.iter().map(|v| *v as f32).collect(),
