@@ -13,8 +13,8 @@
 use super::gemm::{matmul, View};
 use super::host::{contiguous, host};
 use super::lstm_op::{row_block, sigmoid_slice, tanh_slice};
+use super::par;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 use std::sync::Mutex;
 
 pub struct GruSeq {
@@ -64,15 +64,18 @@ impl GruSeq {
             }
         }
         let (mut hs, mut acts) = (vec![0f32; b * t * hu], vec![0f32; b * t * 4 * hu]);
-        let rows = row_block(b);
-        hs.par_chunks_mut(rows * t * hu)
-            .zip(acts.par_chunks_mut(rows * t * 4 * hu))
+        let par = b * t * self.units * self.units * 4 >= par::MIN_MACS;
+        let rows = if par { row_block(b) } else { b };
+        let items: Vec<_> = hs
+            .chunks_mut(rows * t * hu)
+            .zip(acts.chunks_mut(rows * t * 4 * hu))
             .enumerate()
-            .for_each(|(blk, (hs, acts))| {
-                let n = hs.len() / (t * hu);
-                let xw = &xw[blk * rows * t * g3..][..n * t * g3];
-                self.forward_rows(xw, &wt, bias, n, t, hs, acts);
-            });
+            .collect();
+        par::each(items, par, |(blk, (hs, acts))| {
+            let n = hs.len() / (t * hu);
+            let xw = &xw[blk * rows * t * g3..][..n * t * g3];
+            self.forward_rows(xw, &wt, bias, n, t, hs, acts);
+        });
         (hs, acts)
     }
 
@@ -259,21 +262,24 @@ impl CustomOp3 for GruSeq {
             vec![0f32; b * t * g3],
             vec![0f32; b * t * hu],
         );
-        let rows = row_block(b);
-        dx.par_chunks_mut(rows * t * g3)
-            .zip(dhw.par_chunks_mut(rows * t * g3))
-            .zip(h_prev.par_chunks_mut(rows * t * hu))
+        let par = b * t * self.units * self.units * 4 >= par::MIN_MACS;
+        let rows = if par { row_block(b) } else { b };
+        let items: Vec<_> = dx
+            .chunks_mut(rows * t * g3)
+            .zip(dhw.chunks_mut(rows * t * g3))
+            .zip(h_prev.chunks_mut(rows * t * hu))
             .enumerate()
-            .for_each(|(blk, ((dx, dhw), h_prev))| {
-                let n = h_prev.len() / (t * hu);
-                let (a, s) = (blk * rows * t * 4 * hu, blk * rows * t * hu);
-                let saved = (
-                    &acts[a..a + n * t * 4 * hu],
-                    &hs_v[s..s + n * t * hu],
-                    &grad[s..s + n * t * hu],
-                );
-                self.backward_rows(&w, n, t, saved, dx, dhw, h_prev);
-            });
+            .collect();
+        par::each(items, par, |(blk, ((dx, dhw), h_prev))| {
+            let n = h_prev.len() / (t * hu);
+            let (a, s) = (blk * rows * t * 4 * hu, blk * rows * t * hu);
+            let saved = (
+                &acts[a..a + n * t * 4 * hu],
+                &hs_v[s..s + n * t * hu],
+                &grad[s..s + n * t * hu],
+            );
+            self.backward_rows(&w, n, t, saved, dx, dhw, h_prev);
+        });
         // dW_hh = Σ dhwᵀ · h_{t−1} (one GEMM over all steps); db_hh = Σ dhw.
         let mut dw = vec![0f32; g3 * hu];
         let dhw_t = View {

@@ -11,8 +11,8 @@
 
 use super::gemm::{matmul, View};
 use super::host::{contiguous, host};
+use super::par;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 use std::sync::Mutex;
 
 pub struct LstmSeq {
@@ -61,16 +61,19 @@ impl LstmSeq {
                 wt[k * g4 + r] = *v;
             }
         }
-        let rows = row_block(b);
-        hs.par_chunks_mut(rows * t * hu)
-            .zip(cs.par_chunks_mut(rows * t * hu))
-            .zip(acts.par_chunks_mut(rows * t * g4))
+        let par = b * t * self.units * self.units * 4 >= par::MIN_MACS;
+        let rows = if par { row_block(b) } else { b };
+        let items: Vec<_> = hs
+            .chunks_mut(rows * t * hu)
+            .zip(cs.chunks_mut(rows * t * hu))
+            .zip(acts.chunks_mut(rows * t * g4))
             .enumerate()
-            .for_each(|(blk, ((hs, cs), acts))| {
-                let n = hs.len() / (t * hu);
-                let xw = &xw[blk * rows * t * g4..][..n * t * g4];
-                self.forward_rows(xw, &wt, n, t, hs, cs, acts);
-            });
+            .collect();
+        par::each(items, par, |(blk, ((hs, cs), acts))| {
+            let n = hs.len() / (t * hu);
+            let xw = &xw[blk * rows * t * g4..][..n * t * g4];
+            self.forward_rows(xw, &wt, n, t, hs, cs, acts);
+        });
         (hs, acts, cs)
     }
 
@@ -298,21 +301,24 @@ impl CustomOp2 for LstmSeq {
         };
         let mut dg = vec![0f32; b * t * g4];
         let mut h_prev = vec![0f32; b * t * hu];
-        let rows = row_block(b);
-        dg.par_chunks_mut(rows * t * g4)
-            .zip(h_prev.par_chunks_mut(rows * t * hu))
+        let par = b * t * self.units * self.units * 4 >= par::MIN_MACS;
+        let rows = if par { row_block(b) } else { b };
+        let items: Vec<_> = dg
+            .chunks_mut(rows * t * g4)
+            .zip(h_prev.chunks_mut(rows * t * hu))
             .enumerate()
-            .for_each(|(blk, (dg, h_prev))| {
-                let n = h_prev.len() / (t * hu);
-                let (a, s) = (blk * rows * t * g4, blk * rows * t * hu);
-                let saved = (
-                    &acts[a..a + n * t * g4],
-                    &cs[s..s + n * t * hu],
-                    &hs_v[s..s + n * t * hu],
-                    &grad[s..s + n * t * hu],
-                );
-                self.backward_rows(&w, n, t, saved, dg, h_prev);
-            });
+            .collect();
+        par::each(items, par, |(blk, (dg, h_prev))| {
+            let n = h_prev.len() / (t * hu);
+            let (a, s) = (blk * rows * t * g4, blk * rows * t * hu);
+            let saved = (
+                &acts[a..a + n * t * g4],
+                &cs[s..s + n * t * hu],
+                &hs_v[s..s + n * t * hu],
+                &grad[s..s + n * t * hu],
+            );
+            self.backward_rows(&w, n, t, saved, dg, h_prev);
+        });
         // dW_hh = Σ_t dgates_tᵀ · h_{t−1}: one GEMM over all steps.
         let mut dw = vec![0f32; g4 * hu];
         let dg_t = View {

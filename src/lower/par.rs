@@ -46,3 +46,12 @@ pub fn zip_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Send) 
         a.iter().zip(b).map(|(x, y)| f(*x, *y)).collect()
     }
 }
+
+/// `f` of every item: on rayon's pool when `par` and there are several.
+pub fn each<T: Send>(items: Vec<T>, par: bool, f: impl Fn(T) + Sync + Send) {
+    if par && items.len() > 1 {
+        items.into_par_iter().for_each(f);
+    } else {
+        items.into_iter().for_each(f);
+    }
+}
