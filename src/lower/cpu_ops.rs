@@ -170,6 +170,62 @@ impl CustomOp1 for MaxPool2d {
     }
 }
 
+/// Global pooling of [N, C, S] (spatial axes flattened) to [N, C]: the mean
+/// or the max of each plane, in parallel over planes. Backward: the mean's
+/// gradient spread evenly; the max's to each plane's first maximum.
+pub struct GlobalPool {
+    pub max: bool,
+}
+
+impl CustomOp1 for GlobalPool {
+    fn name(&self) -> &'static str {
+        "mtl-global-pool"
+    }
+    fn cpu_fwd(&self, st: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, s) = l.shape().dims3()?;
+        if s == 0 {
+            candle_core::bail!("global pool over an empty plane")
+        }
+        let x = contiguous(st, l)?;
+        let mut y = vec![0f32; n * c];
+        let par = x.len() >= par::MIN_ELEMENTS;
+        par::chunks_mut(&mut y, 1, par, |plane, y| {
+            let xp = &x[plane * s..(plane + 1) * s];
+            y[0] = if self.max {
+                xp.iter().fold(f32::NEG_INFINITY, |b, v| b.max(*v))
+            } else {
+                // 8 lanes so the sum vectorizes; the order is fixed.
+                let mut acc = [0f32; 8];
+                let full = s / 8 * 8;
+                for k in (0..full).step_by(8) {
+                    for (l, a) in acc.iter_mut().enumerate() {
+                        *a += xp[k + l];
+                    }
+                }
+                (acc.iter().sum::<f32>() + xp[full..].iter().sum::<f32>()) / s as f32
+            };
+        });
+        Ok((CpuStorage::F32(y), Shape::from((n, c))))
+    }
+    fn bwd(&self, x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let (_, _, s) = x.dims3()?;
+        let (xv, y, g) = (host(x)?, host(res)?, host(grad)?);
+        let mut dx = vec![0f32; xv.len()];
+        let par = dx.len() >= par::MIN_ELEMENTS;
+        par::chunks_mut(&mut dx, s, par, |plane, dx| {
+            if self.max {
+                let xp = &xv[plane * s..(plane + 1) * s];
+                if let Some(at) = xp.iter().position(|v| *v == y[plane]) {
+                    dx[at] = g[plane];
+                }
+            } else {
+                dx.fill(g[plane] / s as f32);
+            }
+        });
+        Ok(Some(Tensor::from_vec(dx, x.dims(), x.device())?))
+    }
+}
+
 /// Nearest-neighbour upsampling of [N, C, H, W] by an integer `scale`;
 /// backward sums each scale×scale block (candle's runs a grouped conv).
 pub struct Upsample2d {
@@ -220,7 +276,7 @@ impl CustomOp1 for Upsample2d {
 
 #[cfg(test)]
 mod tests {
-    use super::{MaxPool2d, Relu};
+    use super::{GlobalPool, MaxPool2d, Relu};
     use candle_core::{Device, Tensor, Var};
 
     fn diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -312,6 +368,22 @@ mod tests {
                 &shape,
                 &|x| x.apply_op1(MaxPool2d::new(k, st, true)).unwrap(),
                 &|x| windows_max(x, k, st),
+            );
+        }
+    }
+
+    #[test]
+    fn global_pools_match_candle() {
+        for shape in [[2, 3, 10], [4, 5, 33], [1, 2, 1]] {
+            compare(
+                &shape,
+                &|x| x.apply_op1(GlobalPool { max: false }).unwrap(),
+                &|x| x.mean(2).unwrap(),
+            );
+            compare(
+                &shape,
+                &|x| x.apply_op1(GlobalPool { max: true }).unwrap(),
+                &|x| x.max(2).unwrap(),
             );
         }
     }

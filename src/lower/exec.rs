@@ -245,9 +245,14 @@ impl Program {
             Op::Pool { kind, size, stride } => kernels::pool(x, *kind, size, stride, train),
             Op::GlobalPool { kind } => {
                 let flat = x.flatten_from(2)?;
-                match kind {
-                    crate::ir::PoolKind::Max => flat.max(2),
-                    crate::ir::PoolKind::Avg => flat.mean(2),
+                let max = *kind == crate::ir::PoolKind::Max;
+                if flat.device().is_cpu() && flat.dtype() == candle_core::DType::F32 {
+                    flat.contiguous()?
+                        .apply_op1(super::cpu_ops::GlobalPool { max })
+                } else if max {
+                    flat.max(2)
+                } else {
+                    flat.mean(2)
                 }
             }
             Op::Flatten => x.flatten_from(1),

@@ -29,10 +29,10 @@ pub fn kernel_name(op: &Op, mode: Mode, pads: &Pads) -> &'static str {
         } => "candle.avg_pool2d",
         Op::GlobalPool {
             kind: PoolKind::Max,
-        } => "max(spatial)",
+        } => "mtl.global_max_pool",
         Op::GlobalPool {
             kind: PoolKind::Avg,
-        } => "mean(spatial)",
+        } => "mtl.global_avg_pool",
         Op::Flatten | Op::Reshape { .. } => "reshape",
         Op::Permute { .. } => "permute",
         Op::Embedding { .. } => "index_select",
