@@ -274,3 +274,44 @@ model m {
         assert!(max_abs_diff(&out["z"], &want) < 1e-5);
     }
 }
+
+/// For inference a global average pool folds into the conv (+relu) that
+/// alone feeds it; outputs equal the training plan's unfused steps.
+#[test]
+fn global_mean_fuses_into_its_conv_for_inference() {
+    let src = r#"
+model m {
+  input img: image[3, 9, 7]
+  let f = img -> conv2d(4, 3, padding = same) as c1 -> relu
+  head y = f -> global_avg_pool -> dense(2) { loss: mse }
+  head z = f -> conv2d(2, 3) as c2 -> global_avg_pool { loss: mse }
+}
+"#;
+    let plan = |mode| {
+        lower(
+            &graph(mtl::compile_str("m.mtl", src, &common::options(mode))),
+            mode,
+        )
+    };
+    let (infer, train) = (plan(Mode::Infer), plan(Mode::Train));
+    let fused: Vec<&str> = infer
+        .steps
+        .iter()
+        .filter(|s| s.kernel.ends_with("+global_avg_pool"))
+        .map(|s| s.name.as_str())
+        .collect();
+    // c1's output has two users: only c2 takes the pool in.
+    assert_eq!(fused, ["c2"], "{}", infer.render());
+    assert!(!train.render().contains("+global_avg_pool"));
+    let dev = Device::Cpu;
+    let params = init_params(&infer, 0, &dev).unwrap();
+    let x = random_inputs(&infer, 5, 2, -1.0);
+    let data = mtl::data::Dataset::from_tensors(x, "x").unwrap();
+    let (a, b) = (
+        mtl::predict::predict(&infer, &params, &data, 5, &dev).unwrap(),
+        mtl::predict::predict(&train, &params, &data, 5, &dev).unwrap(),
+    );
+    for h in ["y", "z"] {
+        assert!(max_abs_diff(&a[h], &b[h]) < 1e-5, "{h}");
+    }
+}

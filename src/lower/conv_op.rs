@@ -18,6 +18,9 @@ pub struct Conv2dIm2col {
     pub pad: [usize; 4],
     /// Apply max(0, ·) after the bias (a fused relu).
     pub relu: bool,
+    /// Output each plane's mean, [N, F] (a fused global average pool; for
+    /// inference: there is no backward).
+    pub mean: bool,
 }
 
 /// Sizes of one convolution.
@@ -183,8 +186,8 @@ impl CustomOp3 for Conv2dIm2col {
             candle_core::bail!("conv op: a bias of {} for {} filters", bias.len(), g.f)
         }
         let (ckk, p, in_len) = (g.ckk(), g.p(), g.c * g.h * g.w);
-        let mut out = vec![0f32; b * g.f * p];
-        let image = |cols: &mut Vec<f32>, (bi, y): (usize, &mut [f32])| {
+        // One image: its f × p outputs into `y`.
+        let conv = |cols: &mut [f32], bi: usize, y: &mut [f32]| {
             g.im2col(&x[bi * in_len..(bi + 1) * in_len], cols);
             let lhs = View {
                 data: w,
@@ -209,18 +212,41 @@ impl CustomOp3 for Conv2dIm2col {
                 }
             }
         };
-        let scratch = || vec![0f32; ckk * p];
+        let out_len = if self.mean { g.f } else { g.f * p };
+        let mut out = vec![0f32; b * out_len];
+        let image = |(cols, tmp): &mut (Vec<f32>, Vec<f32>), (bi, o): (usize, &mut [f32])| {
+            if self.mean {
+                // The plane means while the image's outputs are in cache.
+                conv(cols, bi, tmp);
+                for (o, row) in o.iter_mut().zip(tmp.chunks(p)) {
+                    *o = par::lane_sum(row) / p as f32;
+                }
+            } else {
+                conv(cols, bi, o);
+            }
+        };
+        let scratch = || {
+            (
+                vec![0f32; ckk * p],
+                vec![0f32; if self.mean { g.f * p } else { 0 }],
+            )
+        };
         if b * g.f * p * ckk >= par::MIN_MACS {
-            out.par_chunks_mut(g.f * p)
+            out.par_chunks_mut(out_len)
                 .enumerate()
                 .for_each_init(scratch, image);
         } else {
-            let mut cols = scratch();
-            out.chunks_mut(g.f * p)
+            let mut bufs = scratch();
+            out.chunks_mut(out_len)
                 .enumerate()
-                .for_each(|item| image(&mut cols, item));
+                .for_each(|item| image(&mut bufs, item));
         }
-        Ok((CpuStorage::F32(out), Shape::from((b, g.f, g.oh, g.ow))))
+        let shape = if self.mean {
+            Shape::from((b, g.f))
+        } else {
+            Shape::from((b, g.f, g.oh, g.ow))
+        };
+        Ok((CpuStorage::F32(out), shape))
     }
 
     fn bwd(
@@ -231,6 +257,9 @@ impl CustomOp3 for Conv2dIm2col {
         res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        if self.mean {
+            candle_core::bail!("the fused conv + global average pool is for inference only")
+        }
         let g = geom(x.dims(), w.dims(), self.stride, self.dilation, self.pad)?;
         let b = x.dim(0)?;
         let (xv, wv, dy) = (host(x)?, host(w)?, host(grad)?);
@@ -359,6 +388,7 @@ mod tests {
                     dilation: d,
                     pad,
                     relu,
+                    mean: false,
                 };
                 let ours = x
                     .as_tensor()
@@ -432,6 +462,7 @@ mod tests {
                 dilation: 1,
                 pad: [0; 4],
                 relu: false,
+                mean: false,
             };
             x.apply_op3(k.as_tensor(), b.as_tensor(), op)
                 .unwrap()

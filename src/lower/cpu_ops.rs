@@ -194,15 +194,7 @@ impl CustomOp1 for GlobalPool {
             y[0] = if self.max {
                 xp.iter().fold(f32::NEG_INFINITY, |b, v| b.max(*v))
             } else {
-                // 8 lanes so the sum vectorizes; the order is fixed.
-                let mut acc = [0f32; 8];
-                let full = s / 8 * 8;
-                for k in (0..full).step_by(8) {
-                    for (l, a) in acc.iter_mut().enumerate() {
-                        *a += xp[k + l];
-                    }
-                }
-                (acc.iter().sum::<f32>() + xp[full..].iter().sum::<f32>()) / s as f32
+                par::lane_sum(xp) / s as f32
             };
         });
         Ok((CpuStorage::F32(y), Shape::from((n, c))))

@@ -207,7 +207,7 @@ impl Program {
                 };
                 match st.op {
                     Op::Dense { .. } => kernels::dense_act(x, &w, &b, st.relu),
-                    _ => kernels::conv(x, &w, &b, &st.op, &st.pads, st.relu),
+                    _ => kernels::conv(x, &w, &b, &st.op, &st.pads, (st.relu, st.mean)),
                 }
             }
             Op::MergedDense { .. } => {

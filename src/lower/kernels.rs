@@ -148,14 +148,15 @@ pub fn dense_act(x: &Tensor, w: &Tensor, b: &Tensor, relu: bool) -> Result<Tenso
     }
 }
 
-/// A convolution with bias, followed by a relu when `relu`.
+/// A convolution with bias, followed by a relu when `relu` and by a global
+/// average pool (output [N, F]) when `mean`.
 pub fn conv(
     x: &Tensor,
     w: &Tensor,
     b: &Tensor,
     op: &Op,
     pads: &Pads,
-    relu: bool,
+    (relu, mean): (bool, bool),
 ) -> Result<Tensor> {
     let Op::Conv {
         stride,
@@ -199,11 +200,17 @@ pub fn conv(
             dilation: dilation[0],
             pad,
             relu,
+            mean: mean && !one_d,
         };
         let y = x4
             .contiguous()?
             .apply_op3(&w4.contiguous()?, &b.contiguous()?, op)?;
-        return if one_d { y.squeeze(2) } else { Ok(y) };
+        return match (one_d, mean) {
+            (_, true) if !one_d => Ok(y),
+            (true, true) => y.squeeze(2)?.mean(2),
+            (true, false) => y.squeeze(2),
+            (false, _) => Ok(y),
+        };
     }
     let symmetric = pads.iter().all(|(a, c)| a == c);
     let mut x = x.clone();
@@ -225,8 +232,9 @@ pub fn conv(
     let mut bshape = vec![1, b.dim(0)?];
     bshape.extend(std::iter::repeat_n(1, w.rank() - 2));
     let y = y.broadcast_add(&b.reshape(bshape)?)?;
-    if relu {
-        y.relu()
+    let y = if relu { y.relu()? } else { y };
+    if mean {
+        y.flatten_from(2)?.mean(2)
     } else {
         Ok(y)
     }

@@ -46,6 +46,8 @@ pub struct Step {
     pub parts: Vec<(String, usize)>,
     /// A relu fused into this dense / conv (its output replaces this step's).
     pub relu: bool,
+    /// A global average pool fused into this conv (inference).
+    pub mean: bool,
     pub ty: Type,
 }
 
@@ -130,6 +132,7 @@ pub fn lower(g: &Graph, mode: Mode) -> Program {
                 _ => vec![],
             },
             relu: false,
+            mean: false,
             ty,
         });
     }
@@ -144,6 +147,9 @@ pub fn lower(g: &Graph, mode: Mode) -> Program {
         )
         .collect();
     fuse_relu(&mut steps, &kept);
+    if mode == Mode::Infer {
+        fuse_global_mean(&mut steps, &kept);
+    }
     let mut param_specs = vec![];
     let mut used: Vec<usize> =
         g.g.node_weights()
@@ -186,6 +192,40 @@ pub fn lower(g: &Graph, mode: Mode) -> Program {
 /// the activation costs no pass of its own, forward or backward. `kept`
 /// slots (heads, loss operands) are observed and never fused away.
 fn fuse_relu(steps: &mut Vec<Step>, kept: &[usize]) {
+    fuse_into(steps, kept, |st, next| {
+        let fits = matches!(st.op, Op::Dense { .. } | Op::Conv { groups: 1, .. })
+            && !st.mean
+            && next.op == Op::Act(crate::ir::Act::Relu);
+        if fits {
+            st.relu = true;
+            st.kernel.push_str("+relu");
+        }
+        fits
+    });
+}
+
+/// Folds a global average pool into the 2-D conv that alone feeds it, for
+/// inference: each image's plane means are taken while its outputs are in
+/// cache, so the conv's full output is never written out (on
+/// `models/seed_multimodal.mtl` that was 31 MB per batch, then read again).
+fn fuse_global_mean(steps: &mut Vec<Step>, kept: &[usize]) {
+    fuse_into(steps, kept, |st, next| {
+        let fits = matches!(&st.op, Op::Conv { groups: 1, kernel, .. } if kernel.len() == 2)
+            && next.op
+                == Op::GlobalPool {
+                    kind: crate::ir::PoolKind::Avg,
+                };
+        if fits {
+            st.mean = true;
+            st.kernel.push_str("+global_avg_pool");
+        }
+        fits
+    });
+}
+
+/// Merges step j into step i where j is i's only user, i's output is not
+/// `kept`, and `merge(i, j)` accepts (and updates i); i then writes j's output.
+fn fuse_into(steps: &mut Vec<Step>, kept: &[usize], merge: impl Fn(&mut Step, &Step) -> bool) {
     let mut users: HashMap<usize, Vec<usize>> = HashMap::new();
     for (i, st) in steps.iter().enumerate() {
         for a in &st.args {
@@ -194,24 +234,21 @@ fn fuse_relu(steps: &mut Vec<Step>, kept: &[usize]) {
     }
     let mut gone = vec![false; steps.len()];
     for i in 0..steps.len() {
-        if !matches!(steps[i].op, Op::Dense { .. } | Op::Conv { groups: 1, .. })
-            || kept.contains(&steps[i].out)
-        {
+        if kept.contains(&steps[i].out) {
             continue;
         }
         let Some(&[j]) = users.get(&steps[i].out).map(Vec::as_slice) else {
             continue;
         };
-        if steps[j].op != Op::Act(crate::ir::Act::Relu) || steps[j].args.len() != 1 {
+        if steps[j].args.len() != 1 {
             continue;
         }
-        let (out, ty) = (steps[j].out, steps[j].ty.clone());
-        let st = &mut steps[i];
-        st.relu = true;
-        st.out = out;
-        st.ty = ty;
-        st.kernel.push_str("+relu");
-        gone[j] = true;
+        let next = steps[j].clone();
+        if merge(&mut steps[i], &next) {
+            steps[i].out = next.out;
+            steps[i].ty = next.ty;
+            gone[j] = true;
+        }
     }
     let mut k = 0;
     steps.retain(|_| {

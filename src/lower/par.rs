@@ -55,3 +55,16 @@ pub fn each<T: Send>(items: Vec<T>, par: bool, f: impl Fn(T) + Sync + Send) {
         items.into_iter().for_each(f);
     }
 }
+
+/// Σ of a slice in 8 lanes, so the loop vectorizes (one f32 accumulator may
+/// not be reordered by the compiler); the order is fixed, so is the result.
+pub fn lane_sum(v: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let full = v.len() / 8 * 8;
+    for k in (0..full).step_by(8) {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a += v[k + l];
+        }
+    }
+    acc.iter().sum::<f32>() + v[full..].iter().sum::<f32>()
+}
