@@ -45,14 +45,20 @@ impl LstmSeq {
     /// (hidden states, activations, cell states), all [B, T, ·]. Batch rows
     /// are independent through the whole recurrence, so each thread runs all
     /// steps for its own block of rows: no synchronisation per step.
-    fn forward(&self, xw: &[f32], w: &[f32], b: usize, t: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    fn forward(
+        &self,
+        xw: &[f32],
+        w: &[f32],
+        b: usize,
+        t: usize,
+        keep: bool,
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let hu = self.units;
         let g4 = 4 * hu;
-        let (mut hs, mut cs, mut acts) = (
-            vec![0f32; b * t * hu],
-            vec![0f32; b * t * hu],
-            vec![0f32; b * t * g4],
-        );
+        // Cell states and activations only when a backward will need them.
+        let keep = |len: usize| vec![0f32; if keep { len } else { 0 }];
+        let (mut hs, mut cs, mut acts) =
+            (vec![0f32; b * t * hu], keep(b * t * hu), keep(b * t * g4));
         // W_hhᵀ [H, 4H] copied out once: as a row-major right-hand side the
         // per-step GEMM ran 1.75× faster than on a transposed view.
         let mut wt = vec![0f32; hu * g4];
@@ -63,22 +69,50 @@ impl LstmSeq {
         }
         let par = b * t * self.units * self.units * 4 >= par::MIN_MACS;
         let rows = if par { row_block(b) } else { b };
+        let (mut cs_blocks, mut act_blocks) =
+            (cs.chunks_mut(rows * t * hu), acts.chunks_mut(rows * t * g4));
         let items: Vec<_> = hs
             .chunks_mut(rows * t * hu)
-            .zip(cs.chunks_mut(rows * t * hu))
-            .zip(acts.chunks_mut(rows * t * g4))
             .enumerate()
+            .map(|(i, h)| {
+                let cs = cs_blocks.next().unwrap_or_default();
+                (i, (h, cs, act_blocks.next().unwrap_or_default()))
+            })
             .collect();
-        par::each(items, par, |(blk, ((hs, cs), acts))| {
+        par::each(items, par, |(blk, (hs, cs, acts))| {
             let n = hs.len() / (t * hu);
             let xw = &xw[blk * rows * t * g4..][..n * t * g4];
+            #[cfg(target_arch = "x86_64")]
+            if par::wide() {
+                // SAFETY: the CPU has AVX2 and FMA (checked).
+                return unsafe { self.forward_rows_wide(xw, &wt, n, t, hs, cs, acts) };
+            }
             self.forward_rows(xw, &wt, n, t, hs, cs, acts);
         });
         (hs, acts, cs)
     }
 
-    /// The recurrence for `b` batch rows, sequentially; `wt` is W_hhᵀ [H, 4H].
+    /// [`Self::forward_rows`] compiled for AVX2 + FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
+    fn forward_rows_wide(
+        &self,
+        xw: &[f32],
+        wt: &[f32],
+        b: usize,
+        t: usize,
+        hs: &mut [f32],
+        cs: &mut [f32],
+        acts: &mut [f32],
+    ) {
+        self.forward_rows(xw, wt, b, t, hs, cs, acts)
+    }
+
+    /// The recurrence for `b` batch rows, sequentially; `wt` is W_hhᵀ [H, 4H].
+    /// `cs` and `acts` are empty when nothing is kept for a backward.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     fn forward_rows(
         &self,
         xw: &[f32],
@@ -136,16 +170,34 @@ impl LstmSeq {
                     h[j] *= row[3 * hu + j];
                 }
                 let (a, s) = ((bi * t + ts) * g4, (bi * t + ts) * hu);
-                acts[a..a + g4].copy_from_slice(row);
                 hs[s..s + hu].copy_from_slice(h);
-                cs[s..s + hu].copy_from_slice(c);
+                if !acts.is_empty() {
+                    acts[a..a + g4].copy_from_slice(row);
+                    cs[s..s + hu].copy_from_slice(c);
+                }
             }
         }
+    }
+
+    /// [`Self::backward_rows`] compiled for AVX2 + FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn backward_rows_wide(
+        &self,
+        w: &[f32],
+        b: usize,
+        t: usize,
+        saved: (&[f32], &[f32], &[f32], &[f32]),
+        dg: &mut [f32],
+        h_prev: &mut [f32],
+    ) {
+        self.backward_rows(w, b, t, saved, dg, h_prev)
     }
 
     /// Backward through the recurrence for `b` batch rows: fills their
     /// gate gradients `dg` and previous hidden states `h_prev` [b, T, ·].
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     fn backward_rows(
         &self,
         w: &[f32],
@@ -219,8 +271,9 @@ pub(super) fn row_block(b: usize) -> usize {
 /// eˣ for f32 to about 2 ulp, branch-free so loops over slices vectorize
 /// (Cephes expf: x = n·ln2 + r, a degree-6 polynomial for eʳ, 2ⁿ by bits).
 #[inline(always)]
-fn exp_fast(x: f32) -> f32 {
-    let x = x.clamp(-87.3, 88.7);
+fn exp_fast(x0: f32) -> f32 {
+    // max/min rather than clamp, which vectorize; NaN is passed through below.
+    let x = x0.max(-87.3).min(88.7);
     // Round x·log2(e) to the nearest integer with the 1.5·2²³ trick (SSE2-friendly).
     let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
     let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
@@ -229,7 +282,12 @@ fn exp_fast(x: f32) -> f32 {
         * r
         + 0.5;
     let er = p * r * r + r + 1.0;
-    er * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    let e = er * f32::from_bits(((n as i32 + 127) as u32) << 23);
+    if x0.is_nan() {
+        x0
+    } else {
+        e
+    }
 }
 
 #[inline(always)]
@@ -242,10 +300,12 @@ fn tanh(x: f32) -> f32 {
     2.0 * sigmoid(2.0 * x) - 1.0
 }
 
+#[inline(always)]
 pub(super) fn sigmoid_slice(v: &mut [f32]) {
     v.iter_mut().for_each(|x| *x = sigmoid(*x));
 }
 
+#[inline(always)]
 pub(super) fn tanh_slice(v: &mut [f32]) {
     v.iter_mut().for_each(|x| *x = tanh(*x));
 }
@@ -272,7 +332,7 @@ impl CustomOp2 for LstmSeq {
             )
         }
         let (xw, w) = (contiguous(s1, l1)?, contiguous(s2, l2)?);
-        let (hs, acts, cs) = self.forward(xw, w, b, t);
+        let (hs, acts, cs) = self.forward(xw, w, b, t, self.save);
         if self.save {
             if let Ok(mut saved) = self.saved.lock() {
                 *saved = Some((acts, cs));
@@ -295,7 +355,7 @@ impl CustomOp2 for LstmSeq {
         let (acts, cs) = match saved {
             Some(s) => s,
             None => {
-                let (_, a, c) = self.forward(&host(xw)?, &w, b, t);
+                let (_, a, c) = self.forward(&host(xw)?, &w, b, t, true);
                 (a, c)
             }
         };
@@ -317,6 +377,11 @@ impl CustomOp2 for LstmSeq {
                 &hs_v[s..s + n * t * hu],
                 &grad[s..s + n * t * hu],
             );
+            #[cfg(target_arch = "x86_64")]
+            if par::wide() {
+                // SAFETY: the CPU has AVX2 and FMA (checked).
+                return unsafe { self.backward_rows_wide(&w, n, t, saved, dg, h_prev) };
+            }
             self.backward_rows(&w, n, t, saved, dg, h_prev);
         });
         // dW_hh = Σ_t dgates_tᵀ · h_{t−1}: one GEMM over all steps.
@@ -360,5 +425,9 @@ mod tests {
             worst.0 < 1e-6 && worst.1 < 1e-6 && worst.2 < 1e-6,
             "{worst:?}"
         );
+        // NaN propagates (a NaN loss must stay visible); infinities saturate.
+        assert!(super::exp_fast(f32::NAN).is_nan() && super::sigmoid(f32::NAN).is_nan());
+        assert_eq!(super::sigmoid(f32::INFINITY), 1.0);
+        assert_eq!(super::tanh(f32::NEG_INFINITY), -1.0);
     }
 }
