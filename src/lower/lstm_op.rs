@@ -273,6 +273,7 @@ pub(super) fn row_block(b: usize) -> usize {
 #[inline(always)]
 fn exp_fast(x0: f32) -> f32 {
     // max/min rather than clamp, which vectorize; NaN is passed through below.
+    #[allow(clippy::manual_clamp)]
     let x = x0.max(-87.3).min(88.7);
     // Round x·log2(e) to the nearest integer with the 1.5·2²³ trick (SSE2-friendly).
     let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
