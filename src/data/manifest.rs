@@ -324,7 +324,10 @@ impl Cx<'_> {
             std::process::id()
         ));
         let io = |p: &Path, e: std::io::Error| {
-            format!("cannot write the data cache {}: {e}", p.display())
+            format!(
+                "cannot write the data cache {}: {e}; pass --cache-dir with a writable directory, or raise --memory-limit",
+                p.display()
+            )
         };
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
