@@ -58,12 +58,31 @@ impl MaxPool2d {
     fn plane(&self, xp: &[f32], w: usize, ow: usize, y: &mut [f32], mut arg: Option<&mut [u16]>) {
         let ((kh, kw), (sh, sw)) = (self.k, self.s);
         for (oy, row) in y.chunks_mut(ow).enumerate() {
-            if (kh, kw, sh, sw) == (2, 2, 2, 2) && arg.is_none() {
-                // The common inference case, branch-free so it vectorizes.
+            if (kh, kw, sh, sw) == (2, 2, 2, 2) {
+                // The common case, branch-free so it vectorizes.
                 let (r0, r1) = (&xp[2 * oy * w..], &xp[(2 * oy + 1) * w..]);
-                for (ox, v) in row.iter_mut().enumerate() {
-                    let a = r0[2 * ox].max(r0[2 * ox + 1]);
-                    *v = a.max(r1[2 * ox].max(r1[2 * ox + 1]));
+                match arg.as_deref_mut() {
+                    None => {
+                        for (ox, v) in row.iter_mut().enumerate() {
+                            let a = r0[2 * ox].max(r0[2 * ox + 1]);
+                            *v = a.max(r1[2 * ox].max(r1[2 * ox + 1]));
+                        }
+                    }
+                    Some(arg) => {
+                        let arg = &mut arg[oy * ow..(oy + 1) * ow];
+                        for (ox, (v, at)) in row.iter_mut().zip(arg).enumerate() {
+                            // The first maximum in scan order (strict >), as below.
+                            let (mut best, mut k) = (r0[2 * ox], 0u16);
+                            for (cand, idx) in
+                                [(r0[2 * ox + 1], 1), (r1[2 * ox], 2), (r1[2 * ox + 1], 3)]
+                            {
+                                if cand > best {
+                                    (best, k) = (cand, idx);
+                                }
+                            }
+                            (*v, *at) = (best, k);
+                        }
+                    }
                 }
                 continue;
             }
