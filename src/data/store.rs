@@ -46,14 +46,27 @@ impl DiskColumn {
             .metadata()
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?
             .len();
-        let want = offset + (col.row_bytes() * n) as u64;
-        if len < want {
-            return Err(format!(
+        // Checked: the sizes come from a file header, which may be corrupt.
+        let want = col
+            .dims
+            .iter()
+            .try_fold(dtype.size_in_bytes() as u64, |a, d| {
+                a.checked_mul(*d as u64)
+            })
+            .and_then(|row| row.checked_mul(n as u64))
+            .and_then(|b| b.checked_add(offset));
+        match want {
+            Some(want) if want <= len => Ok(col),
+            Some(want) => Err(format!(
                 "{}: {len} bytes, but {n} rows need {want}; the file is truncated",
                 path.display()
-            ));
+            )),
+            None => Err(format!(
+                "{}: {n} rows of shape {:?} do not fit any file; its header is corrupt",
+                path.display(),
+                col.dims
+            )),
         }
-        Ok(col)
     }
 
     pub fn row_bytes(&self) -> usize {
@@ -154,16 +167,26 @@ pub fn open_safetensors(path: &Path) -> Result<Vec<(String, DiskColumn)>, String
                 "{shown}: tensor `{name}` is a scalar; every tensor needs a batch axis"
             ));
         };
-        let bytes = e.shape.iter().product::<usize>() as u64 * dtype.size_in_bytes() as u64;
-        if e.data_offsets[1] < e.data_offsets[0] || e.data_offsets[1] - e.data_offsets[0] != bytes {
+        let bytes = e
+            .shape
+            .iter()
+            .try_fold(dtype.size_in_bytes() as u64, |a, d| {
+                a.checked_mul(*d as u64)
+            });
+        if e.data_offsets[1] < e.data_offsets[0]
+            || Some(e.data_offsets[1] - e.data_offsets[0]) != bytes
+        {
             return Err(format!(
                 "{shown}: tensor `{name}`: its data offsets do not match its shape {:?}",
                 e.shape
             ));
         }
+        let offset = (8 + hlen)
+            .checked_add(e.data_offsets[0])
+            .ok_or_else(|| format!("{shown}: tensor `{name}`: its data offset is out of range"))?;
         cols.push((
             name,
-            DiskColumn::open(path, 8 + hlen + e.data_offsets[0], dtype, dims.to_vec(), n)?,
+            DiskColumn::open(path, offset, dtype, dims.to_vec(), n)?,
         ));
     }
     Ok(cols)

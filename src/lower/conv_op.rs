@@ -361,6 +361,7 @@ impl CustomOp3 for Conv2dIm2col {
 #[cfg(test)]
 mod tests {
     use super::Conv2dIm2col;
+    use crate::lower::max_abs_diff as diff;
     use candle_core::{Device, Tensor, Var};
 
     /// Output and both gradients equal candle's own conv2d (whose backward we replace).
@@ -408,16 +409,6 @@ mod tests {
                 let theirs = if relu { theirs.relu().unwrap() } else { theirs };
                 assert_eq!(ours.dims(), theirs.dims());
                 let weights = Tensor::randn(0f32, 1.0, ours.dims(), &dev).unwrap();
-                let diff = |a: &Tensor, b: &Tensor| {
-                    (a - b)
-                        .unwrap()
-                        .abs()
-                        .unwrap()
-                        .max_all()
-                        .unwrap()
-                        .to_scalar::<f32>()
-                        .unwrap()
-                };
                 assert!(diff(&ours, &theirs) < 1e-4, "forward");
                 let ga = (ours * &weights)
                     .unwrap()

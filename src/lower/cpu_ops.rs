@@ -290,16 +290,7 @@ mod tests {
     use super::{GlobalPool, MaxPool2d, Relu};
     use candle_core::{Device, Tensor, Var};
 
-    fn diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
+    use crate::lower::max_abs_diff as diff;
 
     /// Output and input gradient of `ours` and `theirs` on the same data.
     fn compare(

@@ -10,7 +10,7 @@
 //! `models/fusions.mtl` (each step's ops allocate, and every per-step slice
 //! of a hoisted projection gets a zero-padded gradient of the whole sequence).
 
-use super::gemm::{matmul, View};
+use super::gemm::{matmul, transposed, View};
 use super::host::{contiguous, host};
 use super::lstm_op::{row_block, sigmoid_slice, tanh_slice};
 use super::par;
@@ -56,13 +56,8 @@ impl GruSeq {
     ) -> (Vec<f32>, Vec<f32>) {
         let hu = self.units;
         let g3 = 3 * hu;
-        // W_hhᵀ [H, 3H], row-major for the per-step GEMM.
-        let mut wt = vec![0f32; hu * g3];
-        for (r, row) in w.chunks(hu).enumerate() {
-            for (k, v) in row.iter().enumerate() {
-                wt[k * g3 + r] = *v;
-            }
-        }
+        // W_hhᵀ [H, 3H], copied out once for all steps.
+        let wt = transposed(w, g3, hu);
         let (mut hs, mut acts) = (vec![0f32; b * t * hu], vec![0f32; b * t * 4 * hu]);
         let par = b * t * self.units * self.units * 4 >= par::MIN_MACS;
         let rows = if par { row_block(b) } else { b };

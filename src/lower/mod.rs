@@ -23,6 +23,14 @@ use petgraph::stable_graph::NodeIndex;
 use std::collections::HashMap;
 use std::fmt::Write;
 
+/// The largest absolute difference of two tensors, for our kernels' unit tests.
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
+        .unwrap_or(f32::INFINITY)
+}
+
 /// Padding chosen at lowering time: (before, after) per spatial axis.
 pub type Pads = Vec<(usize, usize)>;
 

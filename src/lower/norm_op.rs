@@ -31,20 +31,6 @@ fn dims(shape: &Shape) -> Result<(usize, usize, usize)> {
     Ok((d[0], d[1], d[2..].iter().product()))
 }
 
-/// Σ f(i) over `len` values in 8 independent lanes, so the loop vectorizes
-/// (a single f32 accumulator may not be reordered by the compiler).
-fn lanes(len: usize, f: impl Fn(usize) -> f32) -> f64 {
-    let mut acc = [0f32; 8];
-    let full = len / 8 * 8;
-    for i in (0..full).step_by(8) {
-        for (l, a) in acc.iter_mut().enumerate() {
-            *a += f(i + l);
-        }
-    }
-    let tail: f32 = (full..len).map(&f).sum();
-    acc.iter().map(|v| *v as f64).sum::<f64>() + tail as f64
-}
-
 /// Mean and biased variance of every channel (two passes; plane sums in
 /// f32 lanes, added up in f64).
 fn moments(x: &[f32], n: usize, c: usize, s: usize) -> (Vec<f32>, Vec<f32>) {
@@ -56,7 +42,7 @@ fn moments(x: &[f32], n: usize, c: usize, s: usize) -> (Vec<f32>, Vec<f32>) {
         let mu = (0..n)
             .map(|i| {
                 let p = plane(i, ch);
-                lanes(s, |k| p[k])
+                par::lane_sum_f64(s, |k| p[k])
             })
             .sum::<f64>()
             / m;
@@ -64,7 +50,7 @@ fn moments(x: &[f32], n: usize, c: usize, s: usize) -> (Vec<f32>, Vec<f32>) {
         let v = (0..n)
             .map(|i| {
                 let p = plane(i, ch);
-                lanes(s, |k| (p[k] - muf) * (p[k] - muf))
+                par::lane_sum_f64(s, |k| (p[k] - muf) * (p[k] - muf))
             })
             .sum::<f64>()
             / m;
@@ -143,8 +129,8 @@ impl CustomOp3 for BatchNormTrain {
                 &dy[plane * s..(plane + 1) * s],
             );
             let (mu, iv) = (mean[ch], inv[ch]);
-            dbeta[ch] += lanes(s, |k| gp[k]);
-            dgamma[ch] += lanes(s, |k| gp[k] * (xp[k] - mu)) * iv as f64;
+            dbeta[ch] += par::lane_sum_f64(s, |k| gp[k]);
+            dgamma[ch] += par::lane_sum_f64(s, |k| gp[k] * (xp[k] - mu)) * iv as f64;
         }
         let (dbeta, dgamma): (Vec<f32>, Vec<f32>) = (
             dbeta.iter().map(|v| *v as f32).collect(),
@@ -179,6 +165,7 @@ impl CustomOp3 for BatchNormTrain {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lower::max_abs_diff as diff;
     use candle_core::{Device, Var};
 
     /// Output and all three gradients equal candle's differentiable form.
@@ -230,16 +217,6 @@ mod tests {
                 .unwrap()
                 .broadcast_add(&b.as_tensor().reshape(bshape).unwrap())
                 .unwrap();
-            let diff = |a: &Tensor, b: &Tensor| {
-                (a - b)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap()
-            };
             assert!(diff(&ours, &theirs) < 1e-4, "forward {shape:?}");
             let saved = stats.lock().unwrap().clone().unwrap();
             let want_var = v.flatten_all().unwrap().to_vec1::<f32>().unwrap();

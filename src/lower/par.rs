@@ -56,17 +56,31 @@ pub fn each<T: Send>(items: Vec<T>, par: bool, f: impl Fn(T) + Sync + Send) {
     }
 }
 
-/// Σ of a slice in 8 lanes, so the loop vectorizes (one f32 accumulator may
-/// not be reordered by the compiler); the order is fixed, so is the result.
-pub fn lane_sum(v: &[f32]) -> f32 {
+/// Σ f(i) for i < len in 8 independent f32 lanes, so the loop vectorizes (one
+/// f32 accumulator may not be reordered by the compiler); the order is fixed,
+/// so is the result. Returns the lanes and the sum of the tail.
+#[inline(always)]
+fn lane_parts(len: usize, f: impl Fn(usize) -> f32) -> ([f32; 8], f32) {
     let mut acc = [0f32; 8];
-    let full = v.len() / 8 * 8;
-    for k in (0..full).step_by(8) {
+    let full = len / 8 * 8;
+    for i in (0..full).step_by(8) {
         for (l, a) in acc.iter_mut().enumerate() {
-            *a += v[k + l];
+            *a += f(i + l);
         }
     }
-    acc.iter().sum::<f32>() + v[full..].iter().sum::<f32>()
+    (acc, (full..len).map(&f).sum())
+}
+
+/// Σ of a slice, in lanes.
+pub fn lane_sum(v: &[f32]) -> f32 {
+    let (acc, tail) = lane_parts(v.len(), |k| v[k]);
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Σ f(i) for i < len, in f32 lanes added up in f64.
+pub fn lane_sum_f64(len: usize, f: impl Fn(usize) -> f32) -> f64 {
+    let (acc, tail) = lane_parts(len, f);
+    acc.iter().map(|v| *v as f64).sum::<f64>() + tail as f64
 }
 
 /// Whether the CPU has AVX2 and FMA, for kernels with a variant compiled

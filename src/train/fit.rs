@@ -244,6 +244,17 @@ pub fn evaluate(
     device: &Device,
 ) -> Result<EvalResult, TrainError> {
     ds.check(prog, true, "data").map_err(TrainError::Data)?;
+    evaluate_checked(prog, params, ds, batch_size, device)
+}
+
+/// [`evaluate`] on data already checked against `prog` (validation, every epoch).
+fn evaluate_checked(
+    prog: &Program,
+    params: &Params,
+    ds: &Dataset,
+    batch_size: usize,
+    device: &Device,
+) -> Result<EvalResult, TrainError> {
     let mut accs = stats(prog);
     let mut sums = vec![0.0; prog.heads.len()];
     let mut rng = StdRng::seed_from_u64(0);
@@ -468,7 +479,13 @@ pub fn fit(
         let means: Vec<f64> = sums.iter().map(|s| s / steps.max(1) as f64).collect();
         let train_res = finish(train_prog, &accs, &means, &in_force);
         let val_res = match val {
-            Some(v) => Some(evaluate(infer_prog, params, v, t.batch_size.max(64), dev)?),
+            Some(v) => Some(evaluate_checked(
+                infer_prog,
+                params,
+                v,
+                t.batch_size.max(64),
+                dev,
+            )?),
             None => None,
         };
         // Early stopping and best checkpoint on the monitored value.

@@ -31,25 +31,26 @@ impl Optimizer {
     }
 
     /// One update of every var that has a gradient (`gs` aligned with
-    /// `vars`); returns the global grad norm.
+    /// `vars`), the gradients first scaled to a global norm of at most `clip`.
     pub fn apply(
         &mut self,
         vars: &[(String, Var)],
         gs: Vec<Option<Tensor>>,
         lr: f64,
         clip: Option<f64>,
-    ) -> Result<f64> {
-        let mut sq = 0f64;
-        for g in gs.iter().flatten() {
-            sq += match cpu_f32(g) {
-                Some(v) => v.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>(),
-                None => g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64,
-            };
-        }
-        let norm = sq.sqrt();
+    ) -> Result<()> {
+        // The global norm is only needed for clipping: no pass over the
+        // gradients without it.
         let scale = match clip {
-            Some(c) if norm > c => c / norm,
-            _ => 1.0,
+            Some(c) => {
+                let norm = global_norm(&gs)?;
+                if norm > c {
+                    c / norm
+                } else {
+                    1.0
+                }
+            }
+            None => 1.0,
         };
         self.step += 1;
         let t = self.step as i32;
@@ -98,7 +99,7 @@ impl Optimizer {
                 }
             }
         }
-        Ok(norm)
+        Ok(())
     }
 
     /// Optimizer state as tensors, for checkpoints.
@@ -125,11 +126,18 @@ impl Optimizer {
     }
 }
 
-/// An f32 CPU tensor's elements (copied).
-fn cpu_f32(t: &Tensor) -> Option<Vec<f32>> {
-    (t.device().is_cpu() && t.dtype() == DType::F32)
-        .then(|| t.flatten_all().and_then(|t| t.to_vec1::<f32>()).ok())
-        .flatten()
+/// √Σ g² over every gradient (f64 sums on the CPU).
+fn global_norm(gs: &[Option<Tensor>]) -> Result<f64> {
+    let mut sq = 0f64;
+    for g in gs.iter().flatten() {
+        sq += if g.device().is_cpu() && g.dtype() == DType::F32 {
+            let v = g.flatten_all()?.to_vec1::<f32>()?;
+            v.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>()
+        } else {
+            g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64
+        };
+    }
+    Ok(sq.sqrt())
 }
 
 /// One Adam update as tensor operations (any device); returns the new moments.
