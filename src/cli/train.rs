@@ -232,7 +232,7 @@ pub fn train(a: TrainArgs) -> Result<i32, Fail> {
         None => (a.model.clone(), None),
     };
     let (g, train_prog) = build(&model_path, Mode::Train, !a.no_opt, true)?;
-    let diags = mtl::ir::shape::training_legality(&g);
+    let diags = mtl::lower::training_legality(&g);
     if !diags.is_empty() {
         let c = mtl::compile_file(&model_path, &mtl::Options::default())
             .map_err(|e| Fail::usage(e.to_string()))?;

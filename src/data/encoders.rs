@@ -1,6 +1,7 @@
 //! Text vocabularies and label maps, built from the training split and saved
 //! in the run directory (`data.json`) so evaluate and predict encode alike.
 
+use crate::ir::{Embedding};
 use super::manifest::Manifest;
 use crate::ir::{LossKind, Op};
 use crate::lower::Program;
@@ -108,7 +109,7 @@ pub fn classes_of(prog: &Program, slot: usize) -> usize {
 /// The declared vocabulary of a token input.
 pub fn vocab_of(prog: &Program, slot: usize) -> Option<usize> {
     prog.steps.iter().find_map(|s| match &s.op {
-        Op::Embedding { vocab, .. } if s.args.first() == Some(&slot) => Some(*vocab),
+        Op::Embedding(Embedding { vocab, .. }) if s.args.first() == Some(&slot) => Some(*vocab),
         _ => None,
     })
 }

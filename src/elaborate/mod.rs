@@ -5,12 +5,10 @@ pub mod args;
 mod props;
 
 use crate::diagnostics::{did_you_mean, Diagnostic, Span};
-use crate::ir::{
-    Act, AuxLoss, Ew, Graph, Head, InputKind, LossKind, Node, Op, Padding, ParamId, ParamSet,
-    PoolKind, RnnCell,
-};
+use crate::ir::ops::{self, bind, bind_variadic, Build, Callee, RawArg, Sig, Value};
+use crate::ir::{AuxLoss, Dim, Ew, Graph, Head, Input, InputKind, LossKind, Node, Op, ParamId, ParamSet};
 use crate::syntax::ast::{self, BlockDef, Call, Expr, ExprKind, Item};
-use args::{bind, eval_const, fusion_sig, layer_sig, RawArg, Sig, Value, FUSIONS, LAYERS};
+use args::eval_const;
 use petgraph::stable_graph::NodeIndex;
 use std::collections::HashMap;
 
@@ -156,12 +154,22 @@ impl<'a> Elab<'a> {
                     ast::InputKind::F32 => InputKind::F32,
                     ast::InputKind::Tokens { vocab } => InputKind::Tokens { vocab },
                 };
+                let input = Input {
+                    name: name.name.clone(),
+                    kind,
+                };
+                let dims: Vec<(Dim, Span)> = ty
+                    .dims
+                    .iter()
+                    .map(|(d, span)| match d {
+                        ast::DimAst::Fixed(k) => (Dim::Fixed(*k), *span),
+                        ast::DimAst::Sym(v) => (Dim::Sym(v.clone()), *span),
+                    })
+                    .collect();
+                let declared = input.declared_type(&dims, ty.span);
                 let node = self.g.add_node(
                     Node {
-                        op: Op::Input {
-                            name: name.name.clone(),
-                            kind,
-                        },
+                        op: Op::Input(input),
                         name: name.name.clone(),
                         span: name.span.to(ty.span),
                         ty: None,
@@ -171,7 +179,10 @@ impl<'a> Elab<'a> {
                     &[],
                 );
                 self.g.inputs.push(node);
-                crate::ir::shape::set_input_type(&mut self.g, node, ty, &mut self.errs);
+                match declared {
+                    Ok(t) => self.g.g[node].ty = Some(t),
+                    Err(d) => self.errs.push(d),
+                }
                 self.define(name, Binding::Value(node));
             }
             Item::Let { name, value } => {
@@ -192,8 +203,7 @@ impl<'a> Elab<'a> {
                 );
                 // Check the body's layers now, so errors show even if unused.
                 for c in body {
-                    if self.blocks.contains_key(&c.callee.name)
-                        || layer_sig(&c.callee.name).is_some()
+                    if self.blocks.contains_key(&c.callee.name) || layer_callee(&c.callee.name).is_some()
                     {
                         continue;
                     }
@@ -375,7 +385,7 @@ impl<'a> Elab<'a> {
     /// A call or name in value position.
     fn primary(&mut self, c: &Call) -> Option<NodeIndex> {
         let name = &c.callee.name;
-        if let Some(fusion) = fusion_sig(name) {
+        if let Some(fusion) = fusion_callee(name) {
             return self.fusion_call(c, fusion, None);
         }
         match self.scope.get(name).cloned() {
@@ -433,7 +443,7 @@ impl<'a> Elab<'a> {
                 );
                 None
             }
-            None if layer_sig(name).is_some() => {
+            None if layer_callee(name).is_some() => {
                 self.errs.push(
                     Diagnostic::error(
                         "mtl::missing-input",
@@ -469,8 +479,8 @@ impl<'a> Elab<'a> {
 
     fn unknown_callee(&self, c: &Call) -> Diagnostic {
         let name = &c.callee.name;
-        let mut candidates: Vec<&str> = LAYERS.to_vec();
-        candidates.extend(FUSIONS);
+        let mut candidates: Vec<&str> = ops::names(false);
+        candidates.extend(ops::names(true));
         for (k, (b, _)) in &self.scope {
             if matches!(b, Binding::Shared(_) | Binding::Block) {
                 candidates.push(k);
@@ -501,12 +511,12 @@ impl<'a> Elab<'a> {
     ) -> Option<NodeIndex> {
         let name = c.callee.name.as_str();
         // A name bound by an enclosing block parameter cannot be a layer.
-        if let Some(sig) = layer_sig(name) {
+        if let Some(layer) = layer_callee(name) {
             let raw = self.raw_args(c, env)?;
-            let op = self.layer_op(c, name, sig, &raw, input)?;
+            let op = self.layer_op(c, layer, &raw, input)?;
             return Some(self.layer_node(op, c, &[input]));
         }
-        if let Some(fusion) = fusion_sig(name) {
+        if let Some(fusion) = fusion_callee(name) {
             // `a -> concat(b)` is `concat(a, b)`.
             return self.fusion_call(c, fusion, Some(input));
         }
@@ -703,7 +713,7 @@ impl<'a> Elab<'a> {
     fn fusion_call(
         &mut self,
         c: &Call,
-        specs: &'static [args::ParamSpec],
+        callee: &'static Callee,
         first: Option<NodeIndex>,
     ) -> Option<NodeIndex> {
         let mut operands: Vec<NodeIndex> = first.into_iter().collect();
@@ -718,13 +728,13 @@ impl<'a> Elab<'a> {
                 ok = false;
             }
         }
-        self.fusion(c, specs, operands, &named, ok)
+        self.fusion(c, callee, operands, &named, ok)
     }
 
     fn fusion(
         &mut self,
         c: &Call,
-        specs: &'static [args::ParamSpec],
+        callee: &'static Callee,
         operands: Vec<NodeIndex>,
         named: &[&ast::Arg],
         ok: bool,
@@ -741,6 +751,9 @@ impl<'a> Elab<'a> {
                 Err(d) => self.errs.push(d),
             }
         }
+        let Sig::Fusion(specs) = callee.sig else {
+            return None;
+        };
         let bound = match bind(name, c.span, specs, &raw) {
             Ok(b) => b,
             Err(es) => {
@@ -759,238 +772,44 @@ impl<'a> Elab<'a> {
             );
             return None;
         }
-        let op = match name {
-            "concat" => Op::Concat {
-                axis: bound.signed("axis"),
-            },
-            "add" => Op::Elementwise(Ew::Add),
-            "mul" => Op::Elementwise(Ew::Mul),
-            "max" => Op::Elementwise(Ew::Max),
-            "min" => Op::Elementwise(Ew::Min),
-            "mean" => Op::Elementwise(Ew::Mean),
-            "gated" => {
-                if operands.len() != 2 {
-                    self.errs.push(
-                        Diagnostic::error("mtl::arity", "`gated` fuses exactly two values")
-                            .label(c.span, format!("{} values given", operands.len())),
-                    );
-                    return None;
-                }
-                Op::Gated
-            }
-            _ => {
-                let w = bound.floats("weights");
-                if !w.is_empty() && w.len() != operands.len() {
-                    self.errs.push(
-                        Diagnostic::error(
-                            "mtl::weights-count",
-                            format!(
-                                "`weighted` has {} values but {} weights",
-                                operands.len(),
-                                w.len()
-                            ),
-                        )
-                        .label(c.span, "here")
-                        .help("give one weight per value, or none to learn them"),
-                    );
-                    return None;
-                }
-                Op::Weighted {
-                    fixed: (!w.is_empty()).then_some(w),
-                }
-            }
+        let build = Build {
+            name,
+            span: c.span,
+            args: &bound,
+            input: None,
+            operands: operands.len(),
         };
+        let op = (callee.build)(&build).map_err(|d| self.errs.push(d)).ok()?;
         Some(self.layer_node(op, c, &operands))
     }
 
+    /// Binds a layer's arguments and builds its op.
     fn layer_op(
         &mut self,
         c: &Call,
-        name: &str,
-        sig: Sig,
+        layer: &'static Callee,
         raw: &[RawArg],
         input: NodeIndex,
     ) -> Option<Op> {
-        let b = match sig {
-            Sig::IntVariadic => {
-                let mut v = vec![];
-                for a in raw {
-                    match (&a.name, &a.value) {
-                        (None, Value::Int(i)) => v.push(*i),
-                        _ => {
-                            self.errs.push(
-                                Diagnostic::error(
-                                    "mtl::argument-type",
-                                    format!("`{name}` takes integers"),
-                                )
-                                .label(a.span, format!("found {}", a.value.describe())),
-                            );
-                            return None;
-                        }
-                    }
-                }
-                if v.is_empty() {
-                    self.errs.push(
-                        Diagnostic::error(
-                            "mtl::missing-argument",
-                            format!("`{name}` needs the target axes"),
-                        )
-                        .label(c.span, "no axes given")
-                        .help(format!("e.g. `{name}(2, 1)`")),
-                    );
-                    return None;
-                }
-                return Some(if name == "reshape" {
-                    Op::Reshape { shape: v }
-                } else {
-                    Op::Permute {
-                        axes: v.iter().map(|x| (*x).max(0) as usize).collect(),
-                    }
-                });
-            }
-            Sig::Fixed(specs) => match bind(name, c.span, specs, raw) {
-                Ok(b) => b,
-                Err(es) => {
-                    self.errs.extend(es);
-                    return None;
-                }
-            },
+        let name = layer.name;
+        let bound = match layer.sig {
+            Sig::IntVariadic => bind_variadic(name, c.span, raw),
+            Sig::Layer(specs) | Sig::Fusion(specs) => bind(name, c.span, specs, raw),
         };
-        let pad = |b: &args::Bound| {
-            if b.sym("padding") == "same" {
-                Padding::Same
-            } else {
-                Padding::Valid
-            }
+        let bound = bound.map_err(|es| self.errs.extend(es)).ok()?;
+        let build = Build {
+            name,
+            span: c.span,
+            args: &bound,
+            input: Some(&self.g.g[input]),
+            operands: 1,
         };
-        Some(match name {
-            "dense" => Op::Dense {
-                units: b.int("units"),
-            },
-            "conv1d" | "conv2d" => {
-                let rank = if name == "conv1d" { 1 } else { 2 };
-                let expand = |v: Vec<usize>| if v.len() == 1 { vec![v[0]; rank] } else { v };
-                let kernel = expand(b.ints("kernel"));
-                if kernel.len() != rank {
-                    self.errs.push(
-                        Diagnostic::error(
-                            "mtl::argument-type",
-                            format!(
-                                "`{name}` takes a kernel of {rank} size{}",
-                                if rank == 1 { "" } else { "s" }
-                            ),
-                        )
-                        .label(c.span, "here"),
-                    );
-                    return None;
-                }
-                Op::Conv {
-                    filters: b.int("filters"),
-                    kernel,
-                    stride: expand(b.ints("stride")),
-                    padding: pad(&b),
-                    dilation: expand(b.ints("dilation")),
-                    groups: b.int("groups"),
-                }
-            }
-            "conv_transpose2d" => Op::ConvTranspose2d {
-                filters: b.int("filters"),
-                kernel: b.int("kernel"),
-                stride: b.int("stride"),
-                padding: pad(&b),
-            },
-            "upsample" => Op::Upsample {
-                scale: b.int("scale"),
-            },
-            "max_pool" | "avg_pool" => {
-                let size = b.ints("size");
-                let stride = match b.ints("stride").as_slice() {
-                    [0] => size.clone(),
-                    s => s.to_vec(),
-                };
-                Op::Pool {
-                    kind: if name == "max_pool" {
-                        PoolKind::Max
-                    } else {
-                        PoolKind::Avg
-                    },
-                    size,
-                    stride,
-                }
-            }
-            "global_avg_pool" => Op::GlobalPool {
-                kind: PoolKind::Avg,
-            },
-            "global_max_pool" => Op::GlobalPool {
-                kind: PoolKind::Max,
-            },
-            "flatten" => Op::Flatten,
-            "embedding" => {
-                let vocab = match &self.g.g[input].op {
-                    Op::Input {
-                        kind: InputKind::Tokens { vocab },
-                        ..
-                    } => *vocab,
-                    _ => {
-                        let found = self.g.g[input].name.clone();
-                        self.errs.push(
-                            Diagnostic::error("mtl::embedding-input", "`embedding` applies to a token input")
-                                .label(c.span, "embedding here")
-                                .label(self.g.g[input].span, format!("`{found}` is not a `tokens[...] vocab N` input"))
-                                .help("declare the input as `tokens[T] vocab V` and apply embedding to it directly"),
-                        );
-                        return None;
-                    }
-                };
-                Op::Embedding {
-                    dim: b.int("dim"),
-                    vocab,
-                }
-            }
-            "lstm" | "gru" => Op::Rnn {
-                cell: if name == "lstm" {
-                    RnnCell::Lstm
-                } else {
-                    RnnCell::Gru
-                },
-                units: b.int("units"),
-                return_sequences: b.bool("return_sequences"),
-                bidirectional: b.bool("bidirectional"),
-                hoisted: false,
-            },
-            "dropout" => {
-                let rate = b.float("rate");
-                if !(0.0..1.0).contains(&rate) {
-                    self.errs.push(
-                        Diagnostic::error("mtl::argument-type", "dropout rate must be in [0, 1)")
-                            .label(c.span, format!("rate = {rate}")),
-                    );
-                    return None;
-                }
-                Op::Dropout { rate }
-            }
-            "batch_norm" => Op::BatchNorm {
-                eps: b.float("eps"),
-                momentum: b.float("momentum"),
-            },
-            "layer_norm" => Op::LayerNorm {
-                eps: b.float("eps"),
-            },
-            "relu" => Op::Act(Act::Relu),
-            "gelu" => Op::Act(Act::Gelu),
-            "silu" => Op::Act(Act::Silu),
-            "tanh" => Op::Act(Act::Tanh),
-            "sigmoid" => Op::Act(Act::Sigmoid),
-            "softmax" => Op::Act(Act::Softmax),
-            "identity" => Op::Act(Act::Identity),
-            "leaky_relu" => Op::Act(Act::LeakyRelu(b.float("alpha"))),
-            _ => return None,
-        })
+        (layer.build)(&build).map_err(|d| self.errs.push(d)).ok()
     }
 
     /// Adds a layer node, naming it and binding its parameters.
     fn layer_node(&mut self, op: Op, c: &Call, operands: &[NodeIndex]) -> NodeIndex {
-        let has_params = op_has_params(&op);
+        let has_params = op.has_params();
         let position = self.namer.counter;
         self.namer.counter += 1;
         let prefix = match &c.alias {
@@ -1084,18 +903,12 @@ fn self_text(c: &Call) -> String {
     c.callee.name.clone() + if c.args.is_some() { "(...)" } else { "" }
 }
 
-/// Whether an op owns weights (and so a checkpoint prefix).
-pub fn op_has_params(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::Dense { .. }
-            | Op::Conv { .. }
-            | Op::ConvTranspose2d { .. }
-            | Op::Embedding { .. }
-            | Op::Rnn { .. }
-            | Op::BatchNorm { .. }
-            | Op::LayerNorm { .. }
-            | Op::Gated
-            | Op::Weighted { fixed: None }
-    )
+/// The layer (one operand) called `name`.
+fn layer_callee(name: &str) -> Option<&'static Callee> {
+    ops::callee(name).filter(|c| !matches!(c.sig, Sig::Fusion(_)))
+}
+
+/// The fusion called `name`.
+fn fusion_callee(name: &str) -> Option<&'static Callee> {
+    ops::callee(name).filter(|c| matches!(c.sig, Sig::Fusion(_)))
 }

@@ -1,6 +1,8 @@
 //! The graph IR: a petgraph `StableDiGraph` of typed ops; edges carry operand slots.
 
+mod heads;
 mod op;
+pub mod ops;
 mod print;
 pub mod shape;
 mod verify;
@@ -158,7 +160,7 @@ impl Node {
     pub fn param_ids(&self) -> Vec<ParamId> {
         let mut v: Vec<ParamId> = self.param.into_iter().collect();
         v.extend(self.folded_bn.map(|(p, _)| p));
-        if let Op::MergedDense { parts } = &self.op {
+        if let Op::MergedDense(MergedDense { parts }) = &self.op {
             v.extend(parts.iter().map(|(p, _)| *p));
         }
         v

@@ -1,6 +1,7 @@
 //! Graph invariants, checked after every stage in tests and debug builds.
 
-use super::{Graph, Op};
+use super::ops::Arity;
+use super::Graph;
 use petgraph::visit::{EdgeRef, IntoEdgeReferences};
 use petgraph::Direction;
 use std::collections::HashSet;
@@ -29,10 +30,10 @@ pub fn verify(g: &Graph, typed: bool) -> Result<(), String> {
             ));
         }
         let arity = slots.len();
-        let ok = match &node.op {
-            Op::Input { .. } => arity == 0,
-            Op::Concat { .. } | Op::Elementwise(_) | Op::Weighted { .. } | Op::Gated => arity >= 2,
-            _ => arity == 1,
+        let ok = match node.op.rules().arity() {
+            Arity::None => arity == 0,
+            Arity::One => arity == 1,
+            Arity::Many => arity >= 2,
         };
         if !ok {
             return Err(format!(

@@ -1,5 +1,6 @@
 //! Runs a lowered program over a batch: one candle call (or own kernel) per step.
 
+use crate::ir::{BatchNorm, Concat, ConvTranspose2d, Dropout, Embedding, GlobalPool, LayerNorm, Permute, Pool, Rnn, Slice, Upsample, Weighted};
 use super::kernels::{self, RnnWeights};
 use super::{Params, Program};
 use crate::ir::{DType as IrDType, Ew, Op, RnnCell};
@@ -118,7 +119,7 @@ impl Program {
         self.steps
             .iter()
             .find_map(|s| match &s.op {
-                Op::Embedding { vocab, .. } if s.args.first() == Some(&slot) => Some(*vocab),
+                Op::Embedding(Embedding { vocab, .. }) if s.args.first() == Some(&slot) => Some(*vocab),
                 _ => None,
             })
             .unwrap_or(usize::MAX)
@@ -188,8 +189,8 @@ impl Program {
         };
         let x = args[0];
         match &st.op {
-            Op::Input { .. } => Ok(x.clone()),
-            Op::Dense { .. } | Op::Conv { .. } => {
+            Op::Input(_) => Ok(x.clone()),
+            Op::Dense(_) | Op::Conv(_) => {
                 let (w, b) = match &st.bn {
                     Some((bn, eps)) => {
                         let q = |name: &str| params.get(&format!("{bn}.{name}"));
@@ -206,11 +207,11 @@ impl Program {
                     None => (p("weight")?.clone(), p("bias")?.clone()),
                 };
                 match st.op {
-                    Op::Dense { .. } => kernels::dense_act(x, &w, &b, st.relu),
+                    Op::Dense(_) => kernels::dense_act(x, &w, &b, st.relu),
                     _ => kernels::conv(x, &w, &b, &st.op, &st.pads, (st.relu, st.mean)),
                 }
             }
-            Op::MergedDense { .. } => {
+            Op::MergedDense(_) => {
                 let get =
                     |prefix: &str, name: &str| params.get(&format!("{prefix}.{name}")).cloned();
                 let ws: Vec<Tensor> = st
@@ -225,14 +226,14 @@ impl Program {
                     .collect::<candle_core::Result<_>>()?;
                 kernels::dense(x, &Tensor::cat(&ws, 0)?, &Tensor::cat(&bs, 0)?)
             }
-            Op::Slice { start, len } => x.narrow(x.rank() - 1, *start, *len),
-            Op::ConvTranspose2d {
+            Op::Slice(Slice { start, len }) => x.narrow(x.rank() - 1, *start, *len),
+            Op::ConvTranspose2d(ConvTranspose2d {
                 kernel,
                 stride,
                 padding,
                 ..
-            } => kernels::conv_transpose2d(x, p("weight")?, p("bias")?, *kernel, *stride, *padding),
-            Op::Upsample { scale } => {
+            }) => kernels::conv_transpose2d(x, p("weight")?, p("bias")?, *kernel, *stride, *padding),
+            Op::Upsample(Upsample { scale }) => {
                 if x.rank() == 4 && x.device().is_cpu() {
                     x.contiguous()?
                         .apply_op1(super::cpu_ops::Upsample2d { scale: *scale })
@@ -242,8 +243,8 @@ impl Program {
                     x.upsample_nearest2d(x.dim(2)? * scale, x.dim(3)? * scale)
                 }
             }
-            Op::Pool { kind, size, stride } => kernels::pool(x, *kind, size, stride, train),
-            Op::GlobalPool { kind } => {
+            Op::Pool(Pool { kind, size, stride }) => kernels::pool(x, *kind, size, stride, train),
+            Op::GlobalPool(GlobalPool { kind }) => {
                 let flat = x.flatten_from(2)?;
                 let max = *kind == crate::ir::PoolKind::Max;
                 if flat.device().is_cpu() && flat.dtype() == candle_core::DType::F32 {
@@ -255,30 +256,30 @@ impl Program {
                     flat.mean(2)
                 }
             }
-            Op::Flatten => x.flatten_from(1),
-            Op::Reshape { .. } => {
+            Op::Flatten(_) => x.flatten_from(1),
+            Op::Reshape(_) => {
                 let mut shape = vec![x.dim(0)?];
                 shape.extend(st.ty.dims().unwrap_or_default());
                 x.reshape(shape)
             }
-            Op::Permute { axes } => {
+            Op::Permute(Permute { axes }) => {
                 let mut perm = vec![0];
                 perm.extend(axes.iter().copied());
                 x.permute(perm)
             }
-            Op::Embedding { dim, .. } => {
+            Op::Embedding(Embedding { dim, .. }) => {
                 let (b, t) = x.dims2()?;
                 p("weight")?
                     .index_select(&x.flatten_all()?, 0)?
                     .reshape((b, t, *dim))
             }
-            Op::Rnn {
+            Op::Rnn(Rnn {
                 cell,
                 units,
                 return_sequences,
                 bidirectional,
                 hoisted,
-            } => {
+            }) => {
                 let dir = |suffix: &str, reverse: bool| -> candle_core::Result<Tensor> {
                     let (b_ih, b_hh) = match cell {
                         RnnCell::Lstm => (p(&format!("bias{suffix}"))?, None),
@@ -315,7 +316,7 @@ impl Program {
                     Ok(fwd)
                 }
             }
-            Op::Dropout { rate } if train => {
+            Op::Dropout(Dropout { rate }) if train => {
                 let n = x.elem_count();
                 let keep = 1.0 - *rate as f32;
                 let mask: Vec<f32> = (0..n)
@@ -329,8 +330,8 @@ impl Program {
                     .collect();
                 x.mul(&Tensor::from_vec(mask, x.dims(), x.device())?)
             }
-            Op::Dropout { .. } => Ok(x.clone()),
-            Op::BatchNorm { eps, momentum } => {
+            Op::Dropout(_) => Ok(x.clone()),
+            Op::BatchNorm(BatchNorm { eps, momentum }) => {
                 let (rm, rv) = (p("running_mean")?, p("running_var")?);
                 let (y, stats) =
                     kernels::batch_norm(x, p("weight")?, p("bias")?, rm, rv, *eps, train)?;
@@ -346,9 +347,9 @@ impl Program {
                 }
                 Ok(y)
             }
-            Op::LayerNorm { eps } => kernels::layer_norm(x, p("weight")?, p("bias")?, *eps, train),
+            Op::LayerNorm(LayerNorm { eps }) => kernels::layer_norm(x, p("weight")?, p("bias")?, *eps, train),
             Op::Act(a) => kernels::act(x, *a, train),
-            Op::Concat { axis } => {
+            Op::Concat(Concat { axis }) => {
                 let rank = x.rank() as i64;
                 let a = if *axis < 0 { rank + axis } else { *axis };
                 Tensor::cat(args, a as usize)
@@ -368,7 +369,7 @@ impl Program {
                 }
                 Ok(acc)
             }
-            Op::Weighted { fixed } => {
+            Op::Weighted(Weighted { fixed }) => {
                 let w: Vec<Tensor> = match fixed {
                     Some(ws) => ws
                         .iter()
@@ -387,7 +388,7 @@ impl Program {
                 }
                 Ok(acc)
             }
-            Op::Gated => {
+            Op::Gated(_) => {
                 let (a, b) = (args[0], args[1]);
                 let g = candle_nn::ops::sigmoid(&kernels::dense(
                     &Tensor::cat(&[a, b], 1)?,

@@ -1,6 +1,7 @@
 //! The candle calls behind each op, and our own kernels where candle lacks
 //! one (Keras-style RNNs, asymmetric `same` padding, fused gates).
 
+use crate::ir::{Conv, GlobalPool, Pool, Rnn, Weighted};
 use super::Pads;
 use crate::ir::{Act, Ew, Op, Padding, PoolKind, RnnCell};
 use crate::passes::Mode;
@@ -9,59 +10,59 @@ use candle_core::{DType, Result, Tensor, D};
 pub fn kernel_name(op: &Op, mode: Mode, pads: &Pads) -> &'static str {
     let train = mode == Mode::Train;
     match op {
-        Op::Input { .. } => "input",
-        Op::Dense { .. } => "matmul+bias",
-        Op::Conv { kernel, .. } => match (kernel.len(), pads.iter().any(|(a, b)| a != b)) {
+        Op::Input(_) => "input",
+        Op::Dense(_) => "matmul+bias",
+        Op::Conv(Conv { kernel, .. }) => match (kernel.len(), pads.iter().any(|(a, b)| a != b)) {
             (1, false) => "mtl.conv1d(im2col+gemm)",
             (1, true) => "pad+mtl.conv1d(im2col+gemm)",
             (_, false) => "mtl.conv2d(im2col+gemm)",
             (_, true) => "pad+mtl.conv2d(im2col+gemm)",
         },
-        Op::ConvTranspose2d { .. } => "candle.conv_transpose2d",
-        Op::Upsample { .. } => "mtl.upsample_nearest",
-        Op::Pool {
+        Op::ConvTranspose2d(_) => "candle.conv_transpose2d",
+        Op::Upsample(_) => "mtl.upsample_nearest",
+        Op::Pool(Pool {
             kind: PoolKind::Max,
             ..
-        } => "mtl.max_pool(argmax backward)",
-        Op::Pool {
+        }) => "mtl.max_pool(argmax backward)",
+        Op::Pool(Pool {
             kind: PoolKind::Avg,
             ..
-        } => "candle.avg_pool2d",
-        Op::GlobalPool {
+        }) => "candle.avg_pool2d",
+        Op::GlobalPool(GlobalPool {
             kind: PoolKind::Max,
-        } => "mtl.global_max_pool",
-        Op::GlobalPool {
+        }) => "mtl.global_max_pool",
+        Op::GlobalPool(GlobalPool {
             kind: PoolKind::Avg,
-        } => "mtl.global_avg_pool",
-        Op::Flatten | Op::Reshape { .. } => "reshape",
-        Op::Permute { .. } => "permute",
-        Op::Embedding { .. } => "index_select",
-        Op::Rnn {
+        }) => "mtl.global_avg_pool",
+        Op::Flatten(_) | Op::Reshape(_) => "reshape",
+        Op::Permute(_) => "permute",
+        Op::Embedding(_) => "index_select",
+        Op::Rnn(Rnn {
             cell: RnnCell::Lstm,
             hoisted: true,
             ..
-        } => "mtl.lstm(hoisted, fused recurrence op)",
-        Op::Rnn {
+        }) => "mtl.lstm(hoisted, fused recurrence op)",
+        Op::Rnn(Rnn {
             cell: RnnCell::Lstm,
             hoisted: false,
             ..
-        } => "mtl.lstm(per-step)",
-        Op::Rnn {
+        }) => "mtl.lstm(per-step)",
+        Op::Rnn(Rnn {
             cell: RnnCell::Gru,
             hoisted: true,
             ..
-        } => "mtl.gru(hoisted, fused recurrence op)",
-        Op::Rnn {
+        }) => "mtl.gru(hoisted, fused recurrence op)",
+        Op::Rnn(Rnn {
             cell: RnnCell::Gru,
             hoisted: false,
             ..
-        } => "mtl.gru(per-step)",
-        Op::Dropout { .. } if train => "mtl.dropout(seeded)",
-        Op::Dropout { .. } => "identity",
-        Op::BatchNorm { .. } if train => "mtl.batch_norm(batch stats)",
-        Op::BatchNorm { .. } => "mtl.batch_norm(running stats)",
-        Op::LayerNorm { .. } if train => "mtl.layer_norm(differentiable)",
-        Op::LayerNorm { .. } => "candle_nn.layer_norm(fast)",
+        }) => "mtl.gru(per-step)",
+        Op::Dropout(_) if train => "mtl.dropout(seeded)",
+        Op::Dropout(_) => "identity",
+        Op::BatchNorm(_) if train => "mtl.batch_norm(batch stats)",
+        Op::BatchNorm(_) => "mtl.batch_norm(running stats)",
+        Op::LayerNorm(_) if train => "mtl.layer_norm(differentiable)",
+        Op::LayerNorm(_) => "candle_nn.layer_norm(fast)",
         Op::Act(Act::Softmax) if train => "candle_nn.softmax(differentiable)",
         Op::Act(Act::Softmax) => "candle_nn.softmax_last_dim(fast)",
         Op::Act(Act::Relu) => "mtl.relu",
@@ -71,24 +72,24 @@ pub fn kernel_name(op: &Op, mode: Mode, pads: &Pads) -> &'static str {
         Op::Act(Act::Sigmoid) => "candle_nn.sigmoid",
         Op::Act(Act::LeakyRelu(_)) => "leaky_relu",
         Op::Act(Act::Identity) => "identity",
-        Op::Concat { .. } => "cat",
+        Op::Concat(_) => "cat",
         Op::Elementwise(Ew::Add) => "broadcast_add",
         Op::Elementwise(Ew::Mul) => "broadcast_mul",
         Op::Elementwise(Ew::Max) => "broadcast_maximum",
         Op::Elementwise(Ew::Min) => "broadcast_minimum",
         Op::Elementwise(Ew::Mean) => "sum/n",
-        Op::Weighted { fixed: Some(_) } => "weighted_sum(fixed)",
-        Op::Weighted { fixed: None } => "weighted_sum(softmax(logits))",
-        Op::Gated => "mtl.gated",
-        Op::MergedDense { .. } => "merged matmul+bias",
-        Op::Slice { .. } => "narrow",
+        Op::Weighted(Weighted { fixed: Some(_) }) => "weighted_sum(fixed)",
+        Op::Weighted(Weighted { fixed: None }) => "weighted_sum(softmax(logits))",
+        Op::Gated(_) => "mtl.gated",
+        Op::MergedDense(_) => "merged matmul+bias",
+        Op::Slice(_) => "narrow",
     }
 }
 
 /// Kernel names of layers with a batch norm folded in.
 pub fn folded_name(op: &Op) -> &'static str {
     match op {
-        Op::Conv { .. } => "conv (batch_norm folded into weights)",
+        Op::Conv(_) => "conv (batch_norm folded into weights)",
         _ => "matmul+bias (batch_norm folded into weights)",
     }
 }
@@ -158,13 +159,13 @@ pub fn conv(
     pads: &Pads,
     (relu, mean): (bool, bool),
 ) -> Result<Tensor> {
-    let Op::Conv {
+    let Op::Conv(Conv {
         stride,
         dilation,
         groups,
         padding,
         ..
-    } = op
+    }) = op
     else {
         candle_core::bail!("conv kernel on a non-conv op")
     };

@@ -12,12 +12,15 @@ mod linear_op;
 mod lstm_op;
 mod norm_op;
 mod par;
+mod legality;
 mod params;
 
 pub use exec::{head_output, Forward, RunError};
+pub use legality::training_legality;
 pub use params::{init_params, save_atomic, Params};
 
-use crate::ir::{shape::same_padding, Graph, Head, InputKind, LossKind, Op, Padding, Type};
+use crate::ir::{Conv, GlobalPool, Input, MergedDense};
+use crate::ir::{ops::conv::same_padding, Graph, Head, InputKind, LossKind, Op, Padding, Type};
 use crate::passes::Mode;
 use petgraph::stable_graph::NodeIndex;
 use std::collections::HashMap;
@@ -87,7 +90,7 @@ pub fn lower(g: &Graph, mode: Mode) -> Program {
         let s = slot.len();
         slot.insert(n, s);
         let ty = node.ty.clone().unwrap_or_else(|| Type::f32(vec![]));
-        if let Op::Input { name, kind } = &node.op {
+        if let Op::Input(Input { name, kind }) = &node.op {
             input_kinds.insert(name.clone(), kind.clone());
             inputs.push((name.clone(), s, ty));
             continue;
@@ -96,13 +99,13 @@ pub fn lower(g: &Graph, mode: Mode) -> Program {
         let in_ty = g.operands(n).first().and_then(|o| g.g[*o].ty.clone());
         let pads = match (&node.op, &in_ty) {
             (
-                Op::Conv {
+                Op::Conv(Conv {
                     kernel,
                     stride,
                     padding: Padding::Same,
                     dilation,
                     ..
-                },
+                }),
                 Some(t),
             ) => (0..kernel.len())
                 .map(|a| {
@@ -133,7 +136,7 @@ pub fn lower(g: &Graph, mode: Mode) -> Program {
                 .folded_bn
                 .map(|(p, eps)| (g.params[p.0].prefix.clone(), eps)),
             parts: match &node.op {
-                Op::MergedDense { parts } => parts
+                Op::MergedDense(MergedDense { parts }) => parts
                     .iter()
                     .map(|(p, u)| (g.params[p.0].prefix.clone(), *u))
                     .collect(),
@@ -201,7 +204,7 @@ pub fn lower(g: &Graph, mode: Mode) -> Program {
 /// slots (heads, loss operands) are observed and never fused away.
 fn fuse_relu(steps: &mut Vec<Step>, kept: &[usize]) {
     fuse_into(steps, kept, |st, next| {
-        let fits = matches!(st.op, Op::Dense { .. } | Op::Conv { groups: 1, .. })
+        let fits = matches!(st.op, Op::Dense(_) | Op::Conv(Conv { groups: 1, .. }))
             && !st.mean
             && next.op == Op::Act(crate::ir::Act::Relu);
         if fits {
@@ -218,11 +221,11 @@ fn fuse_relu(steps: &mut Vec<Step>, kept: &[usize]) {
 /// `models/seed_multimodal.mtl` that was 31 MB per batch, then read again).
 fn fuse_global_mean(steps: &mut Vec<Step>, kept: &[usize]) {
     fuse_into(steps, kept, |st, next| {
-        let fits = matches!(&st.op, Op::Conv { groups: 1, kernel, .. } if kernel.len() == 2)
+        let fits = matches!(&st.op, Op::Conv(Conv { groups: 1, kernel, .. }) if kernel.len() == 2)
             && next.op
-                == Op::GlobalPool {
+                == Op::GlobalPool(GlobalPool {
                     kind: crate::ir::PoolKind::Avg,
-                };
+                });
         if fits {
             st.mean = true;
             st.kernel.push_str("+global_avg_pool");

@@ -1,6 +1,7 @@
 //! Algebraic clean-ups: identity ops, idempotent activations, permute and
 //! reshape pairs that cancel, dropout at inference.
 
+use crate::ir::{Permute};
 use super::{Change, Mode, PassCx};
 use crate::ir::{Act, Graph, Op};
 use petgraph::stable_graph::NodeIndex;
@@ -16,13 +17,13 @@ pub fn run(g: &mut Graph, cx: &mut PassCx) -> Change {
         let same_type = g.g[n].ty == g.g[x].ty;
         let forward_to: Option<NodeIndex> = match &g.g[n].op {
             Op::Act(Act::Identity) => Some(x),
-            Op::Dropout { .. } if cx.mode == Mode::Infer => Some(x),
+            Op::Dropout(_) if cx.mode == Mode::Infer => Some(x),
             // relu(relu(x)) = relu(x)
             Op::Act(a) if a.idempotent() && g.g[x].op == Op::Act(*a) => Some(x),
-            Op::Reshape { .. } | Op::Flatten if same_type => Some(x),
+            Op::Reshape(_) | Op::Flatten(_) if same_type => Some(x),
             // permute(q) ∘ permute(p) = identity when q undoes p
-            Op::Permute { axes: q } => match &g.g[x].op {
-                Op::Permute { axes: p }
+            Op::Permute(Permute { axes: q }) => match &g.g[x].op {
+                Op::Permute(Permute { axes: p })
                     if q.iter()
                         .map(|&i| p[i - 1])
                         .enumerate()

@@ -21,7 +21,7 @@ pub fn run(g: &mut Graph, cx: &mut PassCx) -> Change {
         let node = &g.g[n];
         let users_dead = g.users(n).iter().all(|u| !live.contains(u));
         let top = g.users(n).is_empty();
-        if matches!(node.op, Op::Input { .. }) {
+        if matches!(node.op, Op::Input(_)) {
             if users_dead {
                 cx.warnings.push(
                     Diagnostic::warning(
@@ -45,7 +45,7 @@ pub fn run(g: &mut Graph, cx: &mut PassCx) -> Change {
     }
     let mut removed = 0;
     for n in dead {
-        if !matches!(g.g[n].op, Op::Input { .. }) {
+        if !matches!(g.g[n].op, Op::Input(_)) {
             g.g.remove_node(n);
             removed += 1;
         }

@@ -3,6 +3,7 @@
 //! full pass over the activations: 1.33× on conv2d(32, 3) + batch_norm
 //! (`cargo bench --bench fusions`).
 
+use crate::ir::{BatchNorm};
 use super::{Change, Mode, PassCx};
 use crate::ir::{Graph, Op};
 
@@ -14,7 +15,7 @@ pub fn run(g: &mut Graph, cx: &mut PassCx) -> Change {
     let users = g.param_users();
     let unshared = |p| users.get(&p) == Some(&1);
     for n in g.topo_order() {
-        let Op::BatchNorm { eps, .. } = g.g[n].op else {
+        let Op::BatchNorm(BatchNorm { eps, .. }) = g.g[n].op else {
             continue;
         };
         let (Some(bn), &[x]) = (g.g[n].param, g.operands(n).as_slice()) else {
@@ -24,8 +25,8 @@ pub fn run(g: &mut Graph, cx: &mut PassCx) -> Change {
         // Batch norm normalizes the first per-sample axis: the conv's channels,
         // or a dense layer's units only when its output is a vector.
         let fits = match layer.op {
-            Op::Conv { .. } => true,
-            Op::Dense { .. } => layer.ty.as_ref().is_some_and(|t| t.rank() == 1),
+            Op::Conv(_) => true,
+            Op::Dense(_) => layer.ty.as_ref().is_some_and(|t| t.rank() == 1),
             _ => false,
         };
         let Some(w) = layer.param else { continue };

@@ -8,13 +8,14 @@
 //! gradient of the whole sequence (O(T²)), which made hoisting 0.6× as fast:
 //! the fused ops are what make hoisting pay for training.
 
+use crate::ir::{Rnn};
 use super::{Change, PassCx};
 use crate::ir::{Graph, Op};
 
 pub fn run(g: &mut Graph, _cx: &mut PassCx) -> Change {
     let mut fused = 0;
     for n in g.g.node_indices().collect::<Vec<_>>() {
-        if let Op::Rnn { hoisted, .. } = &mut g.g[n].op {
+        if let Op::Rnn(Rnn { hoisted, .. }) = &mut g.g[n].op {
             if !*hoisted {
                 *hoisted = true;
                 fused += 1;

@@ -4,6 +4,7 @@
 //! (Splitting a dense over a concat into per-operand GEMMs measured 0.55–0.59×
 //! there, so that rewrite is not done.)
 
+use crate::ir::{Dense, MergedDense, Slice};
 use super::{Change, Mode, PassCx};
 use crate::ir::{Graph, Node, Op, ParamId, Type};
 use petgraph::stable_graph::NodeIndex;
@@ -19,7 +20,7 @@ pub fn run(g: &mut Graph, cx: &mut PassCx) -> Change {
     let users = g.param_users();
     for n in g.topo_order() {
         let node = &g.g[n];
-        if let (Op::Dense { units }, Some(p), None, &[x]) = (
+        if let (Op::Dense(Dense { units }), Some(p), None, &[x]) = (
             &node.op,
             node.param,
             node.folded_bn,
@@ -43,9 +44,9 @@ pub fn run(g: &mut Graph, cx: &mut PassCx) -> Change {
             *last = crate::ir::Dim::Fixed(parts.iter().map(|p| p.1).sum());
         }
         let merged = Node {
-            op: Op::MergedDense {
+            op: Op::MergedDense(MergedDense {
                 parts: parts.clone(),
-            },
+            }),
             name: format!("{}+{}", first.name, members.len() - 1),
             span: first.span,
             ty: Some(Type::f32(shape)),
@@ -58,7 +59,7 @@ pub fn run(g: &mut Graph, cx: &mut PassCx) -> Change {
             let old = g.g[*m].clone();
             let slice = g.add_node(
                 Node {
-                    op: Op::Slice { start, len: *units },
+                    op: Op::Slice(Slice { start, len: *units }),
                     param: None,
                     ..old
                 },

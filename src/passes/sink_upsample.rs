@@ -4,6 +4,7 @@
 //! gradient. Typical of dense-prediction heads; on `models/shapes.mtl`
 //! training it measured 29.3 → 21.4 ms per step (`mtl bench --train`).
 
+use crate::ir::{Conv};
 use super::{Change, PassCx};
 use crate::ir::{Graph, Op, Type};
 use petgraph::visit::EdgeRef;
@@ -12,12 +13,12 @@ use petgraph::Direction;
 pub fn run(g: &mut Graph, _cx: &mut PassCx) -> Change {
     let mut fused = 0;
     for c in g.topo_order() {
-        let pointwise = matches!(&g.g[c].op, Op::Conv { kernel, stride, dilation, .. }
+        let pointwise = matches!(&g.g[c].op, Op::Conv(Conv { kernel, stride, dilation, .. })
             if kernel.iter().all(|k| *k == 1) && stride.iter().all(|s| *s == 1) && dilation.iter().all(|d| *d == 1));
         let Some(&u) = g.operands(c).first() else {
             continue;
         };
-        let Op::Upsample { .. } = g.g[u].op else {
+        let Op::Upsample(_) = g.g[u].op else {
             continue;
         };
         let Some(&x) = g.operands(u).first() else {

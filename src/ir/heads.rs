@@ -1,0 +1,110 @@
+//! Heads and auxiliary losses against the typed graph: each head's label
+//! type (class ids for cross-entropy, the logits' shape otherwise), whether
+//! its metrics suit its loss, and whether an auxiliary loss compares values
+//! of one shape.
+
+use super::ops::cx::operand_labels;
+use super::*;
+use crate::diagnostics::Diagnostic;
+
+/// Label types and metric checks for each head; shape checks for aux losses.
+pub fn check(g: &mut Graph, errs: &mut Vec<Diagnostic>) {
+    for hi in 0..g.heads.len() {
+        let h = g.heads[hi].clone();
+        let Some(t) = g.g[h.node].ty.clone() else {
+            continue;
+        };
+        let vspan = g.g[h.node].span;
+        let label = match h.loss {
+            LossKind::CrossEntropy => {
+                if t.rank() == 0 || t.shape[0] == Dim::Fixed(1) {
+                    errs.push(
+                        Diagnostic::error("mtl::head-shape", format!("head `{}`: cross_entropy needs at least two classes, found logits of shape {}", h.name, shape_str(&t)))
+                            .label(vspan, "one logit per sample")
+                            .label(h.span, "head declared here")
+                            .help("for a yes/no task use `loss: binary_cross_entropy` with `dense(1)`"),
+                    );
+                    continue;
+                }
+                if t.rank() == 2 {
+                    errs.push(
+                        Diagnostic::error("mtl::head-shape", format!("head `{}`: cross_entropy logits must be [K] or per-pixel [K, H, W], found {}", h.name, shape_str(&t)))
+                            .label(vspan, "logits here")
+                            .help("pool or flatten the value first, then `dense(K)`"),
+                    );
+                    continue;
+                }
+                Type {
+                    dtype: DType::I64,
+                    shape: t.shape[1..].to_vec(),
+                }
+            }
+            _ => t.clone(),
+        };
+        g.heads[hi].label_type = Some(label);
+        for (m, span) in h.metrics.iter().zip(&h.metric_spans) {
+            let ok = match m {
+                Metric::Accuracy | Metric::F1 => h.loss.is_classification(),
+                Metric::TopK(k) => {
+                    h.loss == LossKind::CrossEntropy
+                        && t.rank() == 1
+                        && t.shape[0].fixed().is_none_or(|c| *k < c)
+                }
+                Metric::Auc => h.loss == LossKind::BinaryCrossEntropy,
+                Metric::Iou => {
+                    h.loss == LossKind::BinaryCrossEntropy
+                        || (h.loss == LossKind::CrossEntropy && t.rank() == 3)
+                }
+                Metric::Mae | Metric::Rmse => !h.loss.is_classification(),
+            };
+            if !ok {
+                errs.push(
+                    Diagnostic::error(
+                        "mtl::metric-loss",
+                        format!(
+                            "metric `{}` does not suit head `{}` with loss {}",
+                            m.name(),
+                            h.name,
+                            h.loss.name()
+                        ),
+                    )
+                    .label(*span, "this metric")
+                    .help(metric_help(h.loss)),
+                );
+            }
+        }
+    }
+    for l in g.losses.clone() {
+        let tys: Option<Vec<Type>> = l.operands.iter().map(|o| g.g[*o].ty.clone()).collect();
+        if let Some(tys) = tys {
+            if tys[0] != tys[1] {
+                errs.push(
+                    operand_labels(
+                        g,
+                        &l.operands,
+                        &tys,
+                        Diagnostic::error(
+                            "mtl::fusion-shape",
+                            format!("loss `{}` compares values of different shapes", l.name),
+                        )
+                        .label(l.span, "here"),
+                    )
+                    .help("project one of them with `dense` or a 1×1 conv"),
+                );
+            }
+        }
+    }
+}
+
+fn metric_help(l: LossKind) -> String {
+    match l {
+        LossKind::CrossEntropy => {
+            "for cross_entropy heads use accuracy, top_k(k), f1 (and iou per pixel)".into()
+        }
+        LossKind::BinaryCrossEntropy => {
+            "for binary_cross_entropy heads use accuracy, f1, auc or iou".into()
+        }
+        _ => "for regression heads use mae or rmse".into(),
+    }
+}
+
