@@ -1,8 +1,8 @@
 //! Text vocabularies and label maps, built from the training split and saved
 //! in the run directory (`data.json`) so evaluate and predict encode alike.
 
-use crate::ir::{Embedding};
 use super::manifest::Manifest;
+use crate::ir::Embedding;
 use crate::ir::{LossKind, Op};
 use crate::lower::Program;
 use serde::{Deserialize, Serialize};

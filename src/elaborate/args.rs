@@ -30,4 +30,3 @@ pub fn eval_const(e: &Expr, env: &HashMap<String, (Value, Span)>) -> Result<Valu
         .help("layer arguments are numbers, names such as `same`, or lists; pass tensors with `->`")),
     }
 }
-

@@ -5,8 +5,12 @@ pub mod args;
 mod props;
 
 use crate::diagnostics::{did_you_mean, Diagnostic, Span};
-use crate::ir::ops::{self, bind, bind_variadic, Build, Callee, RawArg, Sig, Value};
-use crate::ir::{AuxLoss, Dim, Ew, Graph, Head, Input, InputKind, LossKind, Node, Op, ParamId, ParamSet};
+use crate::ir::ops::{
+    self, bind, bind_variadic, residual, Build, Callee, Kind, ParamSpec, RawArg, Sig, Value,
+};
+use crate::ir::{
+    AuxLoss, Dim, Ew, Graph, Head, Input, InputKind, LossKind, Node, Op, ParamId, ParamSet,
+};
 use crate::syntax::ast::{self, BlockDef, Call, Expr, ExprKind, Item};
 use args::eval_const;
 use petgraph::stable_graph::NodeIndex;
@@ -175,6 +179,7 @@ impl<'a> Elab<'a> {
                         ty: None,
                         param: None,
                         folded_bn: None,
+                        mask: None,
                     },
                     &[],
                 );
@@ -203,7 +208,8 @@ impl<'a> Elab<'a> {
                 );
                 // Check the body's layers now, so errors show even if unused.
                 for c in body {
-                    if self.blocks.contains_key(&c.callee.name) || layer_callee(&c.callee.name).is_some()
+                    if self.blocks.contains_key(&c.callee.name)
+                        || layer_callee(&c.callee.name).is_some()
                     {
                         continue;
                     }
@@ -510,6 +516,9 @@ impl<'a> Elab<'a> {
         env: &HashMap<String, (Value, Span)>,
     ) -> Option<NodeIndex> {
         let name = c.callee.name.as_str();
+        if name == residual::NAME {
+            return self.apply_residual(c, input, env);
+        }
         // A name bound by an enclosing block parameter cannot be a layer.
         if let Some(layer) = layer_callee(name) {
             let raw = self.raw_args(c, env)?;
@@ -528,6 +537,52 @@ impl<'a> Elab<'a> {
                 None
             }
         }
+    }
+
+    /// `residual(PIPELINE)`: the pipeline applied to `input`, then added to it.
+    fn apply_residual(
+        &mut self,
+        c: &Call,
+        input: NodeIndex,
+        env: &HashMap<String, (Value, Span)>,
+    ) -> Option<NodeIndex> {
+        let args = c.args.as_deref().unwrap_or(&[]);
+        let stages: Option<Vec<&Call>> = match args {
+            [a] if a.name.is_none() => match &a.value.kind {
+                ExprKind::Call(s) => Some(vec![s]),
+                ExprKind::Pipe { source, stages } => match &source.kind {
+                    ExprKind::Call(s) => Some(std::iter::once(s).chain(stages).collect()),
+                    _ => None,
+                },
+                _ => None,
+            },
+            _ => None,
+        };
+        let Some(stages) = stages else {
+            self.errs.push(
+                Diagnostic::error(
+                    "mtl::residual-argument",
+                    "`residual` takes one pipeline of layers",
+                )
+                .label(c.span, "not a single pipeline")
+                .help("write e.g. `x -> residual(dense(64) -> relu -> dense(D))`"),
+            );
+            return None;
+        };
+        let mut cur = input;
+        for s in stages {
+            cur = self.apply(s, cur, env)?;
+        }
+        let position = self.namer.counter;
+        self.namer.counter += 1;
+        let name = format!("{}.{}{}", self.namer.item, position, self.namer.suffix);
+        Some(self.node(
+            Op::Residual(residual::Residual),
+            c.span,
+            Some(name),
+            &[input, cur],
+            None,
+        ))
     }
 
     fn raw_args(&mut self, c: &Call, env: &HashMap<String, (Value, Span)>) -> Option<Vec<RawArg>> {
@@ -716,25 +771,61 @@ impl<'a> Elab<'a> {
         callee: &'static Callee,
         first: Option<NodeIndex>,
     ) -> Option<NodeIndex> {
+        let Sig::Fusion(specs) = callee.sig else {
+            return None;
+        };
+        let is_tensor = |n: &str| specs.iter().any(|s| s.name == n && s.kind == Kind::Tensor);
         let mut operands: Vec<NodeIndex> = first.into_iter().collect();
+        // Named tensor arguments (`gate = x`) follow the positional operands.
+        let mut tensors = vec![];
         let mut named = vec![];
         let mut ok = true;
         for a in c.args.iter().flatten() {
-            if a.name.is_some() {
-                named.push(a);
-            } else if let Some(n) = self.expr(&a.value) {
-                operands.push(n);
-            } else {
+            let slot = match &a.name {
+                Some(n) if !is_tensor(&n.name) => {
+                    named.push(a);
+                    continue;
+                }
+                Some(_) => &mut tensors,
+                None => &mut operands,
+            };
+            match self.expr(&a.value) {
+                Some(n) => slot.push(n),
+                None => ok = false,
+            }
+        }
+        for s in specs.iter().filter(|s| s.kind == Kind::Tensor) {
+            let given = c
+                .args
+                .iter()
+                .flatten()
+                .any(|a| a.name.as_ref().is_some_and(|n| n.name == s.name));
+            if !given {
+                self.errs.push(
+                    Diagnostic::error(
+                        "mtl::missing-argument",
+                        format!("`{}` needs its argument `{}`", callee.name, s.name),
+                    )
+                    .label(c.span, format!("`{}` missing", s.name))
+                    .help(ops::signature_help(callee.name, specs)),
+                );
                 ok = false;
             }
         }
-        self.fusion(c, callee, operands, &named, ok)
+        operands.extend(tensors);
+        let consts: Vec<ParamSpec> = specs
+            .iter()
+            .filter(|s| s.kind != Kind::Tensor)
+            .copied()
+            .collect();
+        self.fusion(c, callee, &consts, operands, &named, ok)
     }
 
     fn fusion(
         &mut self,
         c: &Call,
         callee: &'static Callee,
+        specs: &[ParamSpec],
         operands: Vec<NodeIndex>,
         named: &[&ast::Arg],
         ok: bool,
@@ -751,9 +842,6 @@ impl<'a> Elab<'a> {
                 Err(d) => self.errs.push(d),
             }
         }
-        let Sig::Fusion(specs) = callee.sig else {
-            return None;
-        };
         let bound = match bind(name, c.span, specs, &raw) {
             Ok(b) => b,
             Err(es) => {
@@ -883,6 +971,7 @@ impl<'a> Elab<'a> {
                 ty: None,
                 param,
                 folded_bn: None,
+                mask: None,
             },
             operands,
         )
@@ -905,8 +994,18 @@ fn self_text(c: &Call) -> String {
 
 /// The layer (one operand) called `name`.
 fn layer_callee(name: &str) -> Option<&'static Callee> {
+    if name == residual::NAME {
+        return Some(&RESIDUAL);
+    }
     ops::callee(name).filter(|c| !matches!(c.sig, Sig::Fusion(_)))
 }
+
+/// `residual` in the layer position; elaboration expands it before any build.
+const RESIDUAL: Callee = Callee {
+    name: residual::NAME,
+    sig: Sig::Layer(&[]),
+    build: |_| Ok(Op::Residual(residual::Residual)),
+};
 
 /// The fusion called `name`.
 fn fusion_callee(name: &str) -> Option<&'static Callee> {

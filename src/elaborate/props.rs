@@ -1,8 +1,8 @@
 //! Property blocks: a head's `{ loss: ..., metrics: [...] }` and `train { ... }`.
 
 use super::args::eval_const;
-use crate::ir::ops::Value;
 use crate::diagnostics::{did_you_mean, Diagnostic, Span};
+use crate::ir::ops::Value;
 use crate::ir::{LossKind, Metric, OptimizerKind, Schedule, TrainConfig, Weighting};
 use crate::syntax::ast::{Expr, ExprKind, Prop};
 use std::collections::HashMap;

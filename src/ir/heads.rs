@@ -107,4 +107,3 @@ fn metric_help(l: LossKind) -> String {
         _ => "for regression heads use mae or rmse".into(),
     }
 }
-

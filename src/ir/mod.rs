@@ -153,6 +153,9 @@ pub struct Node {
     pub param: Option<ParamId>,
     /// Inference: a batch norm (parameters, epsilon) folded into this conv or dense.
     pub folded_bn: Option<(ParamId, f64)>,
+    /// The padding mask this value carries: the token input whose id-0
+    /// positions are padding along the value's first axis (set by shape inference).
+    pub mask: Option<NodeIndex>,
 }
 
 impl Node {

@@ -7,14 +7,18 @@ use serde::Serialize;
 use std::fmt;
 
 pub use super::ops::activation::{Act, Dropout};
+pub use super::ops::attention::Attention;
 pub use super::ops::conv::{Conv, ConvTranspose2d, Padding, Upsample};
 pub use super::ops::dense::{Dense, MergedDense, Slice};
 pub use super::ops::embedding::Embedding;
 pub use super::ops::fusion::{Concat, Ew, Gated, Weighted};
 pub use super::ops::input::{Input, InputKind};
+pub use super::ops::mixture::Mixture;
 pub use super::ops::norm::{BatchNorm, LayerNorm};
 pub use super::ops::pool::{GlobalPool, Pool, PoolKind};
+pub use super::ops::position_embedding::PositionEmbedding;
 pub use super::ops::reshape::{Flatten, Permute, Reshape};
+pub use super::ops::residual::Residual;
 pub use super::ops::rnn::{Rnn, RnnCell};
 
 /// One operation. Spatial attributes have one entry per spatial axis.
@@ -43,6 +47,10 @@ pub enum Op {
     Gated(Gated),
     MergedDense(MergedDense),
     Slice(Slice),
+    PositionEmbedding(PositionEmbedding),
+    Attention(Attention),
+    Residual(Residual),
+    Mixture(Mixture),
 }
 
 impl Op {
@@ -71,6 +79,10 @@ impl Op {
             Op::Gated(o) => o,
             Op::MergedDense(o) => o,
             Op::Slice(o) => o,
+            Op::PositionEmbedding(o) => o,
+            Op::Attention(o) => o,
+            Op::Residual(o) => o,
+            Op::Mixture(o) => o,
         }
     }
 

@@ -32,6 +32,9 @@ pub fn print_ir(g: &Graph) -> String {
         if !prefixes.is_empty() {
             let _ = write!(s, " {}", prefixes.join(" "));
         }
+        if let Some(m) = node.mask {
+            let _ = write!(s, " mask(%{})", g.g[m].name);
+        }
         if node.folded_bn.is_some() {
             s.push_str(" (batch_norm folded)");
         }

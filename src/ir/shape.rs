@@ -37,6 +37,7 @@ pub fn infer(g: &mut Graph) -> Vec<Diagnostic> {
         match rule(&mut cx) {
             Ok(Typed { ty, params }) => {
                 g.g[n].ty = Some(ty);
+                g.g[n].mask = mask_of(g, n, &ops);
                 if let Some(p) = g.g[n].param {
                     bind_params(g, n, p, params, &mut errs);
                 }
@@ -77,6 +78,17 @@ fn rule(cx: &mut Cx) -> Result<Typed, Diagnostic> {
     Ok(t)
 }
 
+/// The padding mask of `n`'s output: made by `embedding(mask_zero = true)`
+/// from its token input, carried by ops that keep the sequence axis (from
+/// any operand of a fusion that does), dropped by every other op.
+fn mask_of(g: &Graph, n: NodeIndex, ops: &[NodeIndex]) -> Option<NodeIndex> {
+    match &g.g[n].op {
+        Op::Embedding(e) if e.mask_zero => ops.first().copied(),
+        op if op.rules().keeps_mask() => ops.iter().find_map(|o| g.g[*o].mask),
+        _ => None,
+    }
+}
+
 /// The first use of a parameter set fixes its tensors; a shared layer's
 /// later uses must need the same shapes.
 fn bind_params(
@@ -102,7 +114,10 @@ fn bind_params(
                 g.g[n].span,
                 format!("here it would need weights {}", show_params(&tensors)),
             )
-            .label(set.span, format!("its weights are {}", show_params(&set.tensors)))
+            .label(
+                set.span,
+                format!("its weights are {}", show_params(&set.tensors)),
+            )
             .help("a shared layer has one set of weights: feed it values of one shape"),
         );
     }

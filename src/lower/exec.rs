@@ -1,8 +1,12 @@
 //! Runs a lowered program over a batch: one candle call (or own kernel) per step.
 
-use crate::ir::{BatchNorm, Concat, ConvTranspose2d, Dropout, Embedding, GlobalPool, LayerNorm, Permute, Pool, Rnn, Slice, Upsample, Weighted};
 use super::kernels::{self, RnnWeights};
 use super::{Params, Program};
+use crate::ir::ops::{mixture, position_embedding};
+use crate::ir::{
+    Attention, BatchNorm, Concat, ConvTranspose2d, Dropout, Embedding, GlobalPool, LayerNorm,
+    Mixture, Permute, Pool, Rnn, Slice, Upsample, Weighted,
+};
 use crate::ir::{DType as IrDType, Ew, Op, RnnCell};
 use crate::passes::Mode;
 use candle_core::{DType, Device, Tensor};
@@ -119,7 +123,9 @@ impl Program {
         self.steps
             .iter()
             .find_map(|s| match &s.op {
-                Op::Embedding(Embedding { vocab, .. }) if s.args.first() == Some(&slot) => Some(*vocab),
+                Op::Embedding(Embedding { vocab, .. }) if s.args.first() == Some(&slot) => {
+                    Some(*vocab)
+                }
                 _ => None,
             })
             .unwrap_or(usize::MAX)
@@ -164,7 +170,18 @@ impl Program {
                     node: st.name.clone(),
                     message: "operand not computed".into(),
                 })?;
-            let y = self.step(st, &args, params, train, rng).map_err(err)?;
+            // 1 at real positions, 0 at padding (token id 0), as f32 [B, T].
+            let valid = match st.mask.and_then(|m| values[m].as_ref()) {
+                Some(ids) => Some(
+                    ids.ne(&ids.zeros_like().map_err(err)?)
+                        .and_then(|m| m.to_dtype(DType::F32))
+                        .map_err(err)?,
+                ),
+                None => None,
+            };
+            let y = self
+                .step(st, &args, valid.as_ref(), params, train, rng)
+                .map_err(err)?;
             values[st.out] = Some(y);
             if let (Some(t), Some(s)) = (times.as_deref_mut(), started) {
                 if t.len() < self.steps.len() {
@@ -180,6 +197,7 @@ impl Program {
         &self,
         st: &super::Step,
         args: &[&Tensor],
+        valid: Option<&Tensor>,
         params: &Params,
         train: bool,
         rng: &mut StdRng,
@@ -232,7 +250,9 @@ impl Program {
                 stride,
                 padding,
                 ..
-            }) => kernels::conv_transpose2d(x, p("weight")?, p("bias")?, *kernel, *stride, *padding),
+            }) => {
+                kernels::conv_transpose2d(x, p("weight")?, p("bias")?, *kernel, *stride, *padding)
+            }
             Op::Upsample(Upsample { scale }) => {
                 if x.rank() == 4 && x.device().is_cpu() {
                     x.contiguous()?
@@ -244,7 +264,65 @@ impl Program {
                 }
             }
             Op::Pool(Pool { kind, size, stride }) => kernels::pool(x, *kind, size, stride, train),
-            Op::GlobalPool(GlobalPool { kind }) => {
+            Op::GlobalPool(GlobalPool {
+                kind,
+                axis: Some(_),
+            }) => {
+                let max = *kind == crate::ir::PoolKind::Max;
+                let a = match &st.op {
+                    Op::GlobalPool(gp) => gp.axis_index(x.rank() - 1),
+                    _ => None,
+                };
+                let Some(a) = a else {
+                    candle_core::bail!("pool axis out of range")
+                };
+                kernels::pool_axis(x, a + 1, max, valid)
+            }
+            Op::PositionEmbedding(_) => x.broadcast_add(p(position_embedding::WEIGHT)?),
+            Op::Residual(_) => x.add(args[1]),
+            Op::Mixture(Mixture { experts }) => kernels::mixture(
+                &args[..*experts],
+                args[*experts],
+                p(mixture::WEIGHT)?,
+                p(mixture::BIAS)?,
+            ),
+            Op::Attention(Attention {
+                heads,
+                key_dim,
+                value_dim,
+                dropout,
+                causal,
+            }) => {
+                use crate::ir::ops::attention as a;
+                let w = kernels::AttentionWeights {
+                    q: (p(a::QUERY_WEIGHT)?, p(a::QUERY_BIAS)?),
+                    k: (p(a::KEY_WEIGHT)?, p(a::KEY_BIAS)?),
+                    v: (p(a::VALUE_WEIGHT)?, p(a::VALUE_BIAS)?),
+                    out: (p(a::OUT_WEIGHT)?, p(a::OUT_BIAS)?),
+                };
+                let drop = if train && *dropout > 0.0 {
+                    let (b, t, _) = x.dims3()?;
+                    let n = b * heads * t * t;
+                    let u: Vec<f32> = (0..n).map(|_| rng.random::<f32>()).collect();
+                    Some((
+                        *dropout,
+                        Tensor::from_vec(u, (b, *heads, t, t), x.device())?,
+                    ))
+                } else {
+                    None
+                };
+                kernels::attention(
+                    x,
+                    &w,
+                    *heads,
+                    (*key_dim, *value_dim),
+                    valid,
+                    *causal,
+                    drop,
+                    train,
+                )
+            }
+            Op::GlobalPool(GlobalPool { kind, axis: None }) => {
                 let flat = x.flatten_from(2)?;
                 let max = *kind == crate::ir::PoolKind::Max;
                 if flat.device().is_cpu() && flat.dtype() == candle_core::DType::F32 {
@@ -347,7 +425,9 @@ impl Program {
                 }
                 Ok(y)
             }
-            Op::LayerNorm(LayerNorm { eps }) => kernels::layer_norm(x, p("weight")?, p("bias")?, *eps, train),
+            Op::LayerNorm(LayerNorm { eps }) => {
+                kernels::layer_norm(x, p("weight")?, p("bias")?, *eps, train)
+            }
             Op::Act(a) => kernels::act(x, *a, train),
             Op::Concat(Concat { axis }) => {
                 let rank = x.rank() as i64;

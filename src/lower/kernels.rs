@@ -1,9 +1,9 @@
 //! The candle calls behind each op, and our own kernels where candle lacks
 //! one (Keras-style RNNs, asymmetric `same` padding, fused gates).
 
-use crate::ir::{Conv, GlobalPool, Pool, Rnn, Weighted};
 use super::Pads;
 use crate::ir::{Act, Ew, Op, Padding, PoolKind, RnnCell};
+use crate::ir::{Conv, GlobalPool, Pool, Rnn, Weighted};
 use crate::passes::Mode;
 use candle_core::{DType, Result, Tensor, D};
 
@@ -30,10 +30,25 @@ pub fn kernel_name(op: &Op, mode: Mode, pads: &Pads) -> &'static str {
         }) => "candle.avg_pool2d",
         Op::GlobalPool(GlobalPool {
             kind: PoolKind::Max,
+            axis: None,
         }) => "mtl.global_max_pool",
         Op::GlobalPool(GlobalPool {
             kind: PoolKind::Avg,
+            axis: None,
         }) => "mtl.global_avg_pool",
+        Op::GlobalPool(GlobalPool {
+            kind: PoolKind::Max,
+            axis: Some(_),
+        }) => "max(axis, padding masked)",
+        Op::GlobalPool(GlobalPool {
+            kind: PoolKind::Avg,
+            axis: Some(_),
+        }) => "mean(axis, padding masked)",
+        Op::PositionEmbedding(_) => "broadcast_add(position table)",
+        Op::Attention(_) if train => "attention(matmul, softmax(differentiable))",
+        Op::Attention(_) => "attention(matmul, softmax_last_dim(fast))",
+        Op::Residual(_) => "add",
+        Op::Mixture(_) => "mixture(softmax gate, weighted sum)",
         Op::Flatten(_) | Op::Reshape(_) => "reshape",
         Op::Permute(_) => "permute",
         Op::Embedding(_) => "index_select",
@@ -489,4 +504,112 @@ pub fn rnn(
     } else {
         Ok(h)
     }
+}
+
+/// Multi-head attention weights, PyTorch layouts: (weight, bias) per projection.
+pub struct AttentionWeights<'a> {
+    pub q: (&'a Tensor, &'a Tensor),
+    pub k: (&'a Tensor, &'a Tensor),
+    pub v: (&'a Tensor, &'a Tensor),
+    pub out: (&'a Tensor, &'a Tensor),
+}
+
+/// Keras `MultiHeadAttention(heads, key_dim)(x, x)` over x [B, T, D]:
+/// softmax(q·kᵀ/√key_dim + masks)·v per head, then the output projection.
+/// `keys` [B, T] is 1 for real and 0 for padded keys; masked scores get
+/// −1e9 added, as Keras does (a fully padded row attends uniformly).
+/// `drop` is training dropout on the probabilities: (rate, uniforms [B, H, T, T]).
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    x: &Tensor,
+    w: &AttentionWeights,
+    heads: usize,
+    (key_dim, value_dim): (usize, usize),
+    keys: Option<&Tensor>,
+    causal: bool,
+    drop: Option<(f64, Tensor)>,
+    train: bool,
+) -> Result<Tensor> {
+    let (b, t, _) = x.dims3()?;
+    let split = |(wt, bias): (&Tensor, &Tensor), dim: usize| -> Result<Tensor> {
+        dense(x, wt, bias)?
+            .reshape((b, t, heads, dim))?
+            .transpose(1, 2)?
+            .contiguous()
+    };
+    // Keras scales the query before the product.
+    let q = (split(w.q, key_dim)? * (1.0 / (key_dim as f64).sqrt()))?;
+    let k = split(w.k, key_dim)?;
+    let v = split(w.v, value_dim)?;
+    let mut scores = q.matmul(&k.t()?.contiguous()?)?; // [B, H, T, T]
+    if let Some(m) = keys {
+        let add = ((m - 1.0)? * 1e9)?.reshape((b, 1, 1, t))?;
+        scores = scores.broadcast_add(&add)?;
+    }
+    if causal {
+        let later: Vec<f32> = (0..t * t)
+            .map(|i| if i % t > i / t { -1e9 } else { 0.0 })
+            .collect();
+        scores = scores.broadcast_add(&Tensor::from_vec(later, (t, t), x.device())?)?;
+    }
+    let mut p = if train {
+        candle_nn::ops::softmax(&scores, D::Minus1)?
+    } else {
+        candle_nn::ops::softmax_last_dim(&scores)?
+    };
+    if let Some((rate, u)) = drop {
+        let keep = u.ge(rate)?.to_dtype(DType::F32)?;
+        p = (p.mul(&keep)? / (1.0 - rate))?;
+    }
+    let o = p
+        .matmul(&v)?
+        .transpose(1, 2)?
+        .reshape((b, t, heads * value_dim))?;
+    dense(&o, w.out.0, w.out.1)
+}
+
+/// Mean or max over tensor axis `axis`; with `valid` [B, T] (1 real, 0
+/// padded; axis 1 only) over real positions only, and 0 where there are none.
+pub fn pool_axis(x: &Tensor, axis: usize, max: bool, valid: Option<&Tensor>) -> Result<Tensor> {
+    let Some(m) = valid.filter(|_| axis == 1) else {
+        return if max { x.max(axis) } else { x.mean(axis) };
+    };
+    let b = x.dim(0)?;
+    let mut shape = vec![1; x.rank()];
+    shape[0] = b;
+    shape[1] = m.dim(1)?;
+    let mk = m.reshape(shape)?;
+    // Per-sample scalars shaped to broadcast over the pooled value.
+    let per_sample = |t: Tensor| -> Result<Tensor> {
+        let mut s = vec![b];
+        s.extend(std::iter::repeat_n(1, x.rank() - 2));
+        t.reshape(s)
+    };
+    let count = m.sum_keepdim(1)?; // [B, 1]
+    if max {
+        let any = per_sample(count.clamp(0.0, 1.0)?)?;
+        let shifted = x
+            .broadcast_mul(&mk)?
+            .broadcast_add(&((&mk - 1.0)? * 1e30)?)?;
+        shifted.max(1)?.broadcast_mul(&any)
+    } else {
+        let sum = x.broadcast_mul(&mk)?.sum(1)?;
+        sum.broadcast_div(&per_sample(count.clamp(1.0, f64::MAX)?)?)
+    }
+}
+
+/// Σᵢ softmax(W·gate + b)ᵢ · expertᵢ, the experts of one shape [B, ...].
+pub fn mixture(experts: &[&Tensor], gate: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let g = candle_nn::ops::softmax(&dense(gate, w, b)?, 1)?; // [B, n]
+    let mut acc: Option<Tensor> = None;
+    for (i, e) in experts.iter().enumerate() {
+        let mut shape = vec![e.dim(0)?];
+        shape.extend(std::iter::repeat_n(1, e.rank() - 1));
+        let term = e.broadcast_mul(&g.narrow(1, i, 1)?.reshape(shape)?)?;
+        acc = Some(match acc {
+            Some(a) => (a + term)?,
+            None => term,
+        });
+    }
+    acc.ok_or_else(|| candle_core::Error::Msg("mixture of no experts".into()))
 }

@@ -8,19 +8,19 @@ mod gemm;
 mod gru_op;
 mod host;
 mod kernels;
+mod legality;
 mod linear_op;
 mod lstm_op;
 mod norm_op;
 mod par;
-mod legality;
 mod params;
 
 pub use exec::{head_output, Forward, RunError};
 pub use legality::training_legality;
 pub use params::{init_params, save_atomic, Params};
 
-use crate::ir::{Conv, GlobalPool, Input, MergedDense};
 use crate::ir::{ops::conv::same_padding, Graph, Head, InputKind, LossKind, Op, Padding, Type};
+use crate::ir::{Conv, GlobalPool, Input, MergedDense};
 use crate::passes::Mode;
 use petgraph::stable_graph::NodeIndex;
 use std::collections::HashMap;
@@ -59,6 +59,8 @@ pub struct Step {
     pub relu: bool,
     /// A global average pool fused into this conv (inference).
     pub mean: bool,
+    /// The slot of the token ids whose zeros pad the first operand (its padding mask).
+    pub mask: Option<usize>,
     pub ty: Type,
 }
 
@@ -144,6 +146,11 @@ pub fn lower(g: &Graph, mode: Mode) -> Program {
             },
             relu: false,
             mean: false,
+            mask: g
+                .operands(n)
+                .first()
+                .and_then(|o| g.g[*o].mask)
+                .map(|m| slot[&m]),
             ty,
         });
     }
@@ -225,6 +232,7 @@ fn fuse_global_mean(steps: &mut Vec<Step>, kept: &[usize]) {
             && next.op
                 == Op::GlobalPool(GlobalPool {
                     kind: crate::ir::PoolKind::Avg,
+                    axis: None,
                 });
         if fits {
             st.mean = true;

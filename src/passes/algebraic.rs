@@ -1,8 +1,8 @@
 //! Algebraic clean-ups: identity ops, idempotent activations, permute and
 //! reshape pairs that cancel, dropout at inference.
 
-use crate::ir::{Permute};
 use super::{Change, Mode, PassCx};
+use crate::ir::Permute;
 use crate::ir::{Act, Graph, Op};
 use petgraph::stable_graph::NodeIndex;
 

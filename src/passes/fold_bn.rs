@@ -3,8 +3,8 @@
 //! full pass over the activations: 1.33× on conv2d(32, 3) + batch_norm
 //! (`cargo bench --bench fusions`).
 
-use crate::ir::{BatchNorm};
 use super::{Change, Mode, PassCx};
+use crate::ir::BatchNorm;
 use crate::ir::{Graph, Op};
 
 pub fn run(g: &mut Graph, cx: &mut PassCx) -> Change {

@@ -8,8 +8,8 @@
 //! gradient of the whole sequence (O(T²)), which made hoisting 0.6× as fast:
 //! the fused ops are what make hoisting pay for training.
 
-use crate::ir::{Rnn};
 use super::{Change, PassCx};
+use crate::ir::Rnn;
 use crate::ir::{Graph, Op};
 
 pub fn run(g: &mut Graph, _cx: &mut PassCx) -> Change {

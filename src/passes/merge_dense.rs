@@ -4,8 +4,8 @@
 //! (Splitting a dense over a concat into per-operand GEMMs measured 0.55–0.59×
 //! there, so that rewrite is not done.)
 
-use crate::ir::{Dense, MergedDense, Slice};
 use super::{Change, Mode, PassCx};
+use crate::ir::{Dense, MergedDense, Slice};
 use crate::ir::{Graph, Node, Op, ParamId, Type};
 use petgraph::stable_graph::NodeIndex;
 use std::collections::BTreeMap;
@@ -52,6 +52,7 @@ pub fn run(g: &mut Graph, cx: &mut PassCx) -> Change {
             ty: Some(Type::f32(shape)),
             param: None,
             folded_bn: None,
+            mask: first.mask,
         };
         let merged = g.add_node(merged, &[x]);
         let mut start = 0;

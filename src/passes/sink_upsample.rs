@@ -4,8 +4,8 @@
 //! gradient. Typical of dense-prediction heads; on `models/shapes.mtl`
 //! training it measured 29.3 → 21.4 ms per step (`mtl bench --train`).
 
-use crate::ir::{Conv};
 use super::{Change, PassCx};
+use crate::ir::Conv;
 use crate::ir::{Graph, Op, Type};
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;

@@ -57,8 +57,11 @@ pub const CALLEES: &[Callee] = &[
         build: |b| {
             let rate = b.args.float("rate");
             if !(0.0..1.0).contains(&rate) {
-                return Err(Diagnostic::error("mtl::argument-type", "dropout rate must be in [0, 1)")
-                    .label(b.span, format!("rate = {rate}")));
+                return Err(Diagnostic::error(
+                    "mtl::argument-type",
+                    "dropout rate must be in [0, 1)",
+                )
+                .label(b.span, format!("rate = {rate}")));
             }
             Ok(Op::Dropout(Dropout { rate }))
         },
@@ -78,6 +81,9 @@ pub const CALLEES: &[Callee] = &[
 ];
 
 impl Rules for Act {
+    fn keeps_mask(&self) -> bool {
+        true
+    }
     fn kind_name(&self) -> Cow<'static, str> {
         self.name().into()
     }
@@ -102,6 +108,9 @@ pub struct Dropout {
 }
 
 impl Rules for Dropout {
+    fn keeps_mask(&self) -> bool {
+        true
+    }
     fn kind_name(&self) -> Cow<'static, str> {
         "dropout".into()
     }

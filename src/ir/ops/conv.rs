@@ -141,14 +141,20 @@ impl Rules for Conv {
     }
     fn rank_help(&self, rank: usize) -> Option<&'static str> {
         match (self.kernel.len(), rank) {
-            (2, 1) => Some("conv2d needs a feature map; for vectors use `dense`, for sequences `conv1d`"),
+            (2, 1) => {
+                Some("conv2d needs a feature map; for vectors use `dense`, for sequences `conv1d`")
+            }
             (1, 3) => Some("for images use `conv2d`"),
             _ => None,
         }
     }
     fn infer(&self, cx: &mut Cx) -> R<Typed> {
         let r = self.kernel.len();
-        let what = if r == 1 { "a [C, L] value" } else { "a [C, H, W] value" };
+        let what = if r == 1 {
+            "a [C, L] value"
+        } else {
+            "a [C, H, W] value"
+        };
         cx.need_rank(r + 1, r + 1, what)?;
         let s = cx.s();
         let (filters, groups) = (self.filters, self.groups);
@@ -195,7 +201,13 @@ impl Rules for Conv {
 }
 
 /// Output length of a convolution along one axis (Keras `valid` / `same`).
-pub fn conv_out(len: usize, k: usize, stride: usize, dilation: usize, padding: Padding) -> Option<usize> {
+pub fn conv_out(
+    len: usize,
+    k: usize,
+    stride: usize,
+    dilation: usize,
+    padding: Padding,
+) -> Option<usize> {
     let span = dilation * (k - 1) + 1;
     match padding {
         Padding::Same => Some(len.div_ceil(stride)),
@@ -303,9 +315,18 @@ mod tests {
 
     #[test]
     fn conv_errors_are_located_by_code() {
-        assert_eq!(code(infer(conv(16, 9, Padding::Valid, 1), &[f32(&[3, 8, 8])])), "mtl::too-small");
-        assert_eq!(code(infer(conv(16, 3, Padding::Valid, 2), &[f32(&[3, 8, 8])])), "mtl::groups");
-        assert_eq!(code(infer(conv(16, 3, Padding::Valid, 1), &[f32(&[8])])), "mtl::rank");
+        assert_eq!(
+            code(infer(conv(16, 9, Padding::Valid, 1), &[f32(&[3, 8, 8])])),
+            "mtl::too-small"
+        );
+        assert_eq!(
+            code(infer(conv(16, 3, Padding::Valid, 2), &[f32(&[3, 8, 8])])),
+            "mtl::groups"
+        );
+        assert_eq!(
+            code(infer(conv(16, 3, Padding::Valid, 1), &[f32(&[8])])),
+            "mtl::rank"
+        );
     }
 
     #[test]

@@ -143,17 +143,18 @@ impl Cx<'_> {
             .rules()
             .rank_help(rank)
             .unwrap_or("check the layers before this one");
-        Err(self.at_input(
-            Diagnostic::error(
-                "mtl::rank",
-                format!(
-                    "`{kind}` expects {what}, found a value of rank {rank} {}",
-                    shape_str(x)
-                ),
+        Err(self
+            .at_input(
+                Diagnostic::error(
+                    "mtl::rank",
+                    format!(
+                        "`{kind}` expects {what}, found a value of rank {rank} {}",
+                        shape_str(x)
+                    ),
+                )
+                .label(self.span(), format!("`{kind}` applied here")),
             )
-            .label(self.span(), format!("`{kind}` applied here")),
-        )
-        .help(help))
+            .help(help))
     }
 
     /// A dimension that weights depend on must be fixed.

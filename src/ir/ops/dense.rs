@@ -29,6 +29,9 @@ pub struct Dense {
 }
 
 impl Rules for Dense {
+    fn keeps_mask(&self) -> bool {
+        true
+    }
     fn kind_name(&self) -> Cow<'static, str> {
         "dense".into()
     }
@@ -42,19 +45,22 @@ impl Rules for Dense {
         cx.need_rank(1, usize::MAX, "a value of rank ≥ 1")?;
         let s = cx.s();
         let i = cx.fixed(&s[s.len() - 1], "the input feature size of `dense`")?;
-        if s.len() > 1 {
-            let w = cx.at_input(
-                Diagnostic::warning(
-                    "mtl::dense-rank",
-                    format!(
-                        "`dense` acts on the last axis of a rank-{} value {}",
-                        s.len(),
-                        shape_str(cx.x())
-                    ),
+        // Position-wise dense over a sequence [T, D] is the transformer's
+        // feed-forward; over a feature map it is rarely meant.
+        if s.len() > 2 {
+            let w = cx
+                .at_input(
+                    Diagnostic::warning(
+                        "mtl::dense-rank",
+                        format!(
+                            "`dense` acts on the last axis of a rank-{} value {}",
+                            s.len(),
+                            shape_str(cx.x())
+                        ),
+                    )
+                    .label(cx.span(), "applied to every position separately"),
                 )
-                .label(cx.span(), "applied to every position separately"),
-            )
-            .help("this is rarely meant: add `flatten` or `global_avg_pool` first");
+                .help("this is rarely meant: add `flatten` or `global_avg_pool` first");
             cx.warnings.push(w);
         }
         let units = self.units;
@@ -88,7 +94,10 @@ impl Rules for MergedDense {
         format!("units={units:?}")
     }
     fn infer(&self, cx: &mut Cx) -> R<Typed> {
-        Ok(Typed::new(last_axis(cx.s(), self.parts.iter().map(|p| p.1).sum())))
+        Ok(Typed::new(last_axis(
+            cx.s(),
+            self.parts.iter().map(|p| p.1).sum(),
+        )))
     }
 }
 
@@ -131,9 +140,15 @@ mod tests {
 
     #[test]
     fn rejects_scalars_and_symbolic_features() {
-        assert_eq!(code(infer(Op::Dense(Dense { units: 3 }), &[f32(&[])])), "mtl::rank");
+        assert_eq!(
+            code(infer(Op::Dense(Dense { units: 3 }), &[f32(&[])])),
+            "mtl::rank"
+        );
         let sym = Type::f32(vec![Dim::Sym("n".into())]);
-        assert_eq!(code(infer(Op::Dense(Dense { units: 3 }), &[sym])), "mtl::symbolic-dim");
+        assert_eq!(
+            code(infer(Op::Dense(Dense { units: 3 }), &[sym])),
+            "mtl::symbolic-dim"
+        );
     }
 
     #[test]
@@ -141,7 +156,10 @@ mod tests {
         let m = MergedDense {
             parts: vec![(ParamId(0), 3), (ParamId(1), 5)],
         };
-        assert_eq!(infer(Op::MergedDense(m), &[f32(&[4])]).unwrap().ty, f32(&[8]));
+        assert_eq!(
+            infer(Op::MergedDense(m), &[f32(&[4])]).unwrap().ty,
+            f32(&[8])
+        );
         let s = Slice { start: 3, len: 5 };
         assert_eq!(infer(Op::Slice(s), &[f32(&[8])]).unwrap().ty, f32(&[5]));
     }

@@ -49,7 +49,11 @@ pub const CALLEES: &[Callee] = &[
             if !w.is_empty() && w.len() != b.operands {
                 return Err(Diagnostic::error(
                     "mtl::weights-count",
-                    format!("`weighted` has {} values but {} weights", b.operands, w.len()),
+                    format!(
+                        "`weighted` has {} values but {} weights",
+                        b.operands,
+                        w.len()
+                    ),
                 )
                 .label(b.span, "here")
                 .help("give one weight per value, or none to learn them"));
@@ -64,8 +68,10 @@ pub const CALLEES: &[Callee] = &[
         sig: Sig::Fusion(&[]),
         build: |b| {
             if b.operands != 2 {
-                return Err(Diagnostic::error("mtl::arity", "`gated` fuses exactly two values")
-                    .label(b.span, format!("{} values given", b.operands)));
+                return Err(
+                    Diagnostic::error("mtl::arity", "`gated` fuses exactly two values")
+                        .label(b.span, format!("{} values given", b.operands)),
+                );
             }
             Ok(Op::Gated(Gated))
         },
@@ -110,7 +116,11 @@ impl Rules for Concat {
             return Err(err(cx, "`concat` operands have different ranks".into()));
         }
         // Keras counts the batch axis: axis 1 is the first per-sample axis.
-        let a = if axis < 0 { rank as i64 + axis } else { axis - 1 };
+        let a = if axis < 0 {
+            rank as i64 + axis
+        } else {
+            axis - 1
+        };
         if a < 0 || a >= rank as i64 {
             return Err(Diagnostic::error(
                 "mtl::concat-axis",
@@ -125,7 +135,10 @@ impl Rules for Concat {
         for t in cx.tys {
             for (i, d) in t.shape.iter().enumerate() {
                 if i != a && !cx.u.unify(&out[i], d) {
-                    return Err(err(cx, format!("`concat` along axis {axis} needs every other axis to agree")));
+                    return Err(err(
+                        cx,
+                        format!("`concat` along axis {axis} needs every other axis to agree"),
+                    ));
                 }
             }
             total += t.shape[a]
@@ -140,7 +153,9 @@ impl Rules for Concat {
 /// The output shape of an element-wise fusion; `broadcast` lets size-1 axes stretch.
 fn common_shape(cx: &mut Cx, broadcast: bool) -> R<Type> {
     let kind = cx.kind();
-    let err = |cx: &Cx, msg: String| fusion_error(cx, msg, format!("`{kind}` here"), &format!("`{kind}`"));
+    let err = |cx: &Cx, msg: String| {
+        fusion_error(cx, msg, format!("`{kind}` here"), &format!("`{kind}`"))
+    };
     let rank = cx.x().rank();
     if cx.tys.iter().any(|t| t.rank() != rank) {
         return Err(err(cx, format!("`{kind}` operands have different ranks")));
@@ -193,6 +208,9 @@ impl Ew {
 }
 
 impl Rules for Ew {
+    fn keeps_mask(&self) -> bool {
+        true
+    }
     fn kind_name(&self) -> Cow<'static, str> {
         self.name().into()
     }
@@ -255,7 +273,12 @@ impl Rules for Gated {
     fn infer(&self, cx: &mut Cx) -> R<Typed> {
         let out = common_shape(cx, false)?;
         if out.rank() != 1 {
-            return Err(fusion_error(cx, "`gated` fuses vectors (rank 1)".into(), "`gated` here".into(), "`gated`"));
+            return Err(fusion_error(
+                cx,
+                "`gated` fuses vectors (rank 1)".into(),
+                "`gated` here".into(),
+                "`gated`",
+            ));
         }
         let d = cx.fixed(&out.shape[0], "the size of a `gated` fusion")?;
         Ok(Typed::new(out)
@@ -272,10 +295,22 @@ mod tests {
     #[test]
     fn concat_joins_along_the_keras_axis() {
         let op = |axis| Op::Concat(Concat { axis });
-        assert_eq!(infer(op(-1), &[f32(&[2, 3]), f32(&[2, 5])]).unwrap().ty, f32(&[2, 8]));
-        assert_eq!(infer(op(1), &[f32(&[2, 3]), f32(&[4, 3])]).unwrap().ty, f32(&[6, 3]));
-        assert_eq!(code(infer(op(0), &[f32(&[2]), f32(&[2])])), "mtl::concat-axis");
-        assert_eq!(code(infer(op(-1), &[f32(&[2, 3]), f32(&[3])])), "mtl::fusion-shape");
+        assert_eq!(
+            infer(op(-1), &[f32(&[2, 3]), f32(&[2, 5])]).unwrap().ty,
+            f32(&[2, 8])
+        );
+        assert_eq!(
+            infer(op(1), &[f32(&[2, 3]), f32(&[4, 3])]).unwrap().ty,
+            f32(&[6, 3])
+        );
+        assert_eq!(
+            code(infer(op(0), &[f32(&[2]), f32(&[2])])),
+            "mtl::concat-axis"
+        );
+        assert_eq!(
+            code(infer(op(-1), &[f32(&[2, 3]), f32(&[3])])),
+            "mtl::fusion-shape"
+        );
     }
 
     #[test]
@@ -283,7 +318,10 @@ mod tests {
         let t = infer(Op::Elementwise(Ew::Add), &[f32(&[4, 1]), f32(&[1, 3])]).unwrap();
         assert_eq!(t.ty, f32(&[4, 3]));
         let w = Op::Weighted(Weighted { fixed: None });
-        assert_eq!(code(infer(w.clone(), &[f32(&[4]), f32(&[1])])), "mtl::fusion-shape");
+        assert_eq!(
+            code(infer(w.clone(), &[f32(&[4]), f32(&[1])])),
+            "mtl::fusion-shape"
+        );
         let t = infer(w, &[f32(&[4]), f32(&[4]), f32(&[4])]).unwrap();
         assert_eq!(shapes(&t), [(LOGITS, vec![3])]);
     }
@@ -292,6 +330,9 @@ mod tests {
     fn gated_fuses_two_vectors() {
         let t = infer(Op::Gated(Gated), &[f32(&[6]), f32(&[6])]).unwrap();
         assert_eq!(shapes(&t), [(WEIGHT, vec![6, 12]), (BIAS, vec![6])]);
-        assert_eq!(code(infer(Op::Gated(Gated), &[f32(&[2, 6]), f32(&[2, 6])])), "mtl::fusion-shape");
+        assert_eq!(
+            code(infer(Op::Gated(Gated), &[f32(&[2, 6]), f32(&[2, 6])])),
+            "mtl::fusion-shape"
+        );
     }
 }

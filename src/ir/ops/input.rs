@@ -52,7 +52,10 @@ impl Input {
     /// or `f32[...]`; `span` is the declaration's, `dim_spans` each dim's.
     pub fn declared_type(&self, dims: &[(Dim, Span)], span: Span) -> R<Type> {
         if let Some((_, s)) = dims.iter().find(|(d, _)| *d == Dim::Fixed(0)) {
-            return Err(Diagnostic::error("mtl::zero-dim", "a dimension cannot be 0").label(*s, "zero here"));
+            return Err(
+                Diagnostic::error("mtl::zero-dim", "a dimension cannot be 0")
+                    .label(*s, "zero here"),
+            );
         }
         let (dtype, want) = match self.kind {
             InputKind::Image => (DType::F32, Some(3)),
@@ -94,7 +97,9 @@ mod tests {
         }
     }
     fn dims(d: &[usize]) -> Vec<(Dim, Span)> {
-        d.iter().map(|d| (Dim::Fixed(*d), Span::default())).collect()
+        d.iter()
+            .map(|d| (Dim::Fixed(*d), Span::default()))
+            .collect()
     }
 
     #[test]

@@ -16,14 +16,18 @@ pub(crate) mod cx;
 mod sig;
 
 pub mod activation;
+pub mod attention;
 pub mod conv;
 pub mod dense;
 pub mod embedding;
 pub mod fusion;
 pub mod input;
+pub mod mixture;
 pub mod norm;
 pub mod pool;
+pub mod position_embedding;
 pub mod reshape;
+pub mod residual;
 pub mod rnn;
 
 pub use cx::{Cx, Typed, Unifier};
@@ -72,6 +76,11 @@ pub trait Rules {
     fn takes_tokens(&self) -> bool {
         false
     }
+    /// Whether the output carries its first operand's padding mask (a
+    /// layer that keeps the sequence axis; fusions: any operand's).
+    fn keeps_mask(&self) -> bool {
+        false
+    }
     /// A hint for an operand of the wrong rank.
     fn rank_help(&self, _rank: usize) -> Option<&'static str> {
         None
@@ -103,10 +112,13 @@ const TABLE: &[&[Callee]] = &[
     pool::CALLEES,
     reshape::CALLEES,
     embedding::CALLEES,
+    position_embedding::CALLEES,
     rnn::CALLEES,
+    attention::CALLEES,
     norm::CALLEES,
     activation::CALLEES,
     fusion::CALLEES,
+    mixture::CALLEES,
 ];
 
 /// The callee named `name`, if any layer or fusion has that name.
@@ -155,12 +167,16 @@ pub(crate) mod testing {
                 let name = format!("x{i}");
                 g.add_node(
                     Node {
-                        op: Op::Input(input::Input { name: name.clone(), kind }),
+                        op: Op::Input(input::Input {
+                            name: name.clone(),
+                            kind,
+                        }),
                         name,
                         span: Span::default(),
                         ty: Some(t.clone()),
                         param: None,
                         folded_bn: None,
+                        mask: None,
                     },
                     &[],
                 )
@@ -174,6 +190,7 @@ pub(crate) mod testing {
                 ty: None,
                 param: None,
                 folded_bn: None,
+                mask: None,
             },
             &ins,
         );
@@ -190,13 +207,21 @@ pub(crate) mod testing {
         let t = g.g[n].op.rules().infer(&mut cx)?;
         // The declared names and the rule's tensors agree, in order.
         let names: Vec<&str> = t.params.iter().map(|p| p.name.as_str()).collect();
-        assert_eq!(names, g.g[n].op.params(), "parameter names of {}", g.g[n].op);
+        assert_eq!(
+            names,
+            g.g[n].op.params(),
+            "parameter names of {}",
+            g.g[n].op
+        );
         Ok(t)
     }
 
     /// (name, shape) of each parameter tensor.
     pub fn shapes(t: &Typed) -> Vec<(&str, Vec<usize>)> {
-        t.params.iter().map(|p| (p.name.as_str(), p.shape.clone())).collect()
+        t.params
+            .iter()
+            .map(|p| (p.name.as_str(), p.shape.clone()))
+            .collect()
     }
 
     /// The error code of a failed rule.

@@ -16,7 +16,10 @@ pub const RUNNING_VAR: &str = "running_var";
 pub const CALLEES: &[Callee] = &[
     Callee {
         name: "batch_norm",
-        sig: Sig::Layer(&[opt("eps", Kind::Float, eps), opt("momentum", Kind::Float, momentum)]),
+        sig: Sig::Layer(&[
+            opt("eps", Kind::Float, eps),
+            opt("momentum", Kind::Float, momentum),
+        ]),
         build: |b| {
             Ok(Op::BatchNorm(BatchNorm {
                 eps: b.args.float("eps"),
@@ -72,6 +75,9 @@ pub struct LayerNorm {
 }
 
 impl Rules for LayerNorm {
+    fn keeps_mask(&self) -> bool {
+        true
+    }
     fn kind_name(&self) -> Cow<'static, str> {
         "layer_norm".into()
     }
@@ -98,7 +104,10 @@ mod tests {
 
     #[test]
     fn batch_norm_is_per_channel_with_untrained_statistics() {
-        let op = Op::BatchNorm(BatchNorm { eps: 1e-3, momentum: 0.99 });
+        let op = Op::BatchNorm(BatchNorm {
+            eps: 1e-3,
+            momentum: 0.99,
+        });
         let t = infer(op, &[f32(&[6, 4, 4])]).unwrap();
         assert_eq!(t.ty, f32(&[6, 4, 4]));
         assert!(shapes(&t).iter().all(|(_, s)| s == &[6]));

@@ -2,7 +2,7 @@
 //! spatial axes (`GlobalMaxPooling`/`GlobalAveragePooling`).
 
 use super::cx::map_dim;
-use super::sig::{opt, req, zero_int, Kind};
+use super::sig::{opt, req, zero_int, Kind, ParamSpec};
 use super::{Build, Callee, Cx, Rules, Sig, Typed, R};
 use crate::diagnostics::Diagnostic;
 use crate::ir::op::list;
@@ -36,7 +36,10 @@ fn build_pool(b: &Build, kind: PoolKind) -> R<Op> {
     Ok(Op::Pool(Pool { kind, size, stride }))
 }
 
-const POOL: Sig = Sig::Layer(&[req("size", Kind::IntOrPair), opt("stride", Kind::IntOrPair, zero_int)]);
+const POOL: Sig = Sig::Layer(&[
+    req("size", Kind::IntOrPair),
+    opt("stride", Kind::IntOrPair, zero_int),
+]);
 
 pub const CALLEES: &[Callee] = &[
     Callee {
@@ -51,15 +54,30 @@ pub const CALLEES: &[Callee] = &[
     },
     Callee {
         name: "global_avg_pool",
-        sig: Sig::Layer(&[]),
-        build: |_| Ok(Op::GlobalPool(GlobalPool { kind: PoolKind::Avg })),
+        sig: Sig::Layer(GLOBAL),
+        build: |b| build_global(b, PoolKind::Avg),
     },
     Callee {
         name: "global_max_pool",
-        sig: Sig::Layer(&[]),
-        build: |_| Ok(Op::GlobalPool(GlobalPool { kind: PoolKind::Max })),
+        sig: Sig::Layer(GLOBAL),
+        build: |b| build_global(b, PoolKind::Max),
     },
 ];
+
+/// `axis = 0` (the default, shown as `all`) keeps the first-round rule.
+const GLOBAL: &[ParamSpec] = &[opt("axis", Kind::SignedInt, all_axes)];
+
+fn all_axes() -> super::Value {
+    super::Value::Sym("all".into())
+}
+
+fn build_global(b: &Build, kind: PoolKind) -> R<Op> {
+    let axis = match b.args.values.get("axis") {
+        Some(super::Value::Int(a)) => Some(*a),
+        _ => None,
+    };
+    Ok(Op::GlobalPool(GlobalPool { kind, axis }))
+}
 
 /// A pooling window over the spatial axes; one size and stride per axis (or one for all).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -115,22 +133,58 @@ fn expand(v: &[usize], r: usize) -> Vec<usize> {
     }
 }
 
-/// Max or mean over every axis after the channels: `[C, ...]` → `[C]`.
+/// Max or mean over every axis after the channels: `[C, ...]` → `[C]`; with
+/// `axis`, over that per-sample axis only (Keras numbering, 1 = first), and
+/// over unpadded positions only when the value carries a padding mask.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GlobalPool {
     pub kind: PoolKind,
+    pub axis: Option<i64>,
+}
+
+impl GlobalPool {
+    /// The per-sample axis (from 0) reduced by an `axis = A` pool of a rank-`rank` value.
+    pub fn axis_index(&self, rank: usize) -> Option<usize> {
+        let a = self.axis?;
+        let a = if a < 0 { rank as i64 + a } else { a - 1 };
+        (0..rank as i64).contains(&a).then_some(a as usize)
+    }
 }
 
 impl Rules for GlobalPool {
     fn kind_name(&self) -> Cow<'static, str> {
         format!("global_{}_pool", self.kind.name()).into()
     }
+    fn attrs(&self) -> String {
+        self.axis.map(|a| format!("axis={a}")).unwrap_or_default()
+    }
     fn rank_help(&self, _rank: usize) -> Option<&'static str> {
         Some("this value has no spatial axes left to pool")
     }
     fn infer(&self, cx: &mut Cx) -> R<Typed> {
-        cx.need_rank(2, usize::MAX, "a [C, ...] value with at least one axis after the channels")?;
-        Ok(Typed::new(Type::f32(vec![cx.s()[0].clone()])))
+        let Some(axis) = self.axis else {
+            cx.need_rank(
+                2,
+                usize::MAX,
+                "a [C, ...] value with at least one axis after the channels",
+            )?;
+            return Ok(Typed::new(Type::f32(vec![cx.s()[0].clone()])));
+        };
+        cx.need_rank(2, usize::MAX, "a value of rank ≥ 2")?;
+        let rank = cx.s().len();
+        let Some(a) = self.axis_index(rank) else {
+            return Err(Diagnostic::error(
+                "mtl::pool-axis",
+                format!("axis {axis} is out of range for a rank-{rank} value"),
+            )
+            .label(cx.span(), "here")
+            .help(format!(
+                "number the per-sample axes from 1 (1..={rank}), or -1 for the last"
+            )));
+        };
+        let mut out = cx.s().to_vec();
+        out.remove(a);
+        Ok(Typed::new(Type::f32(out)))
     }
 }
 
@@ -149,20 +203,42 @@ mod tests {
 
     #[test]
     fn windows_floor_the_output() {
-        assert_eq!(infer(pool(2, 2), &[f32(&[4, 9, 8])]).unwrap().ty, f32(&[4, 4, 4]));
+        assert_eq!(
+            infer(pool(2, 2), &[f32(&[4, 9, 8])]).unwrap().ty,
+            f32(&[4, 4, 4])
+        );
         assert_eq!(infer(pool(3, 1), &[f32(&[4, 9])]).unwrap().ty, f32(&[4, 7]));
     }
 
     #[test]
     fn a_window_larger_than_the_value_is_an_error() {
-        assert_eq!(code(infer(pool(4, 4), &[f32(&[4, 3, 3])])), "mtl::too-small");
+        assert_eq!(
+            code(infer(pool(4, 4), &[f32(&[4, 3, 3])])),
+            "mtl::too-small"
+        );
         assert_eq!(code(infer(pool(2, 2), &[f32(&[4])])), "mtl::rank");
     }
 
     #[test]
     fn global_pools_keep_the_channels() {
-        let op = Op::GlobalPool(GlobalPool { kind: PoolKind::Avg });
+        let op = Op::GlobalPool(GlobalPool {
+            kind: PoolKind::Avg,
+            axis: None,
+        });
         assert_eq!(infer(op.clone(), &[f32(&[6, 3, 3])]).unwrap().ty, f32(&[6]));
         assert_eq!(code(infer(op, &[f32(&[6])])), "mtl::rank");
+    }
+
+    #[test]
+    fn an_axis_pools_that_axis_only() {
+        let op = |axis| {
+            Op::GlobalPool(GlobalPool {
+                kind: PoolKind::Max,
+                axis: Some(axis),
+            })
+        };
+        assert_eq!(infer(op(1), &[f32(&[12, 16])]).unwrap().ty, f32(&[16]));
+        assert_eq!(infer(op(-1), &[f32(&[12, 16])]).unwrap().ty, f32(&[12]));
+        assert_eq!(code(infer(op(3), &[f32(&[12, 16])])), "mtl::pool-axis");
     }
 }

@@ -27,7 +27,12 @@ pub const CALLEES: &[Callee] = &[
         sig: Sig::IntVariadic,
         build: |b| {
             Ok(Op::Permute(Permute {
-                axes: b.args.variadic.iter().map(|x| (*x).max(0) as usize).collect(),
+                axes: b
+                    .args
+                    .variadic
+                    .iter()
+                    .map(|x| (*x).max(0) as usize)
+                    .collect(),
             }))
         },
     },
@@ -79,7 +84,10 @@ impl Rules for Reshape {
                 .at_input(
                     Diagnostic::error(
                         "mtl::reshape",
-                        format!("cannot reshape {} ({total} values) to {shape:?}", shape_str(cx.x())),
+                        format!(
+                            "cannot reshape {} ({total} values) to {shape:?}",
+                            shape_str(cx.x())
+                        ),
                     )
                     .label(cx.span(), "reshape here"),
                 )
@@ -87,7 +95,13 @@ impl Rules for Reshape {
         }
         let out = shape
             .iter()
-            .map(|d| Dim::Fixed(if *d == -1 { total / known as usize } else { *d as usize }))
+            .map(|d| {
+                Dim::Fixed(if *d == -1 {
+                    total / known as usize
+                } else {
+                    *d as usize
+                })
+            })
             .collect();
         Ok(Typed::new(Type::f32(out)))
     }
@@ -125,7 +139,9 @@ impl Rules for Permute {
                 )
                 .help("number the per-sample axes from 1, as Keras's Permute"));
         }
-        Ok(Typed::new(Type::f32(axes.iter().map(|a| s[a - 1].clone()).collect())))
+        Ok(Typed::new(Type::f32(
+            axes.iter().map(|a| s[a - 1].clone()).collect(),
+        )))
     }
 }
 
@@ -136,13 +152,19 @@ mod tests {
 
     #[test]
     fn flatten_multiplies_out() {
-        assert_eq!(infer(Op::Flatten(Flatten), &[f32(&[2, 3, 4])]).unwrap().ty, f32(&[24]));
+        assert_eq!(
+            infer(Op::Flatten(Flatten), &[f32(&[2, 3, 4])]).unwrap().ty,
+            f32(&[24])
+        );
     }
 
     #[test]
     fn reshape_fills_one_hole() {
         let op = |s: &[i64]| Op::Reshape(Reshape { shape: s.to_vec() });
-        assert_eq!(infer(op(&[4, -1]), &[f32(&[2, 6])]).unwrap().ty, f32(&[4, 3]));
+        assert_eq!(
+            infer(op(&[4, -1]), &[f32(&[2, 6])]).unwrap().ty,
+            f32(&[4, 3])
+        );
         assert_eq!(code(infer(op(&[5, -1]), &[f32(&[2, 6])])), "mtl::reshape");
         assert_eq!(code(infer(op(&[-1, -1]), &[f32(&[2, 6])])), "mtl::reshape");
     }
@@ -150,7 +172,10 @@ mod tests {
     #[test]
     fn permute_numbers_axes_from_one() {
         let op = |a: &[usize]| Op::Permute(Permute { axes: a.to_vec() });
-        assert_eq!(infer(op(&[2, 1]), &[f32(&[3, 5])]).unwrap().ty, f32(&[5, 3]));
+        assert_eq!(
+            infer(op(&[2, 1]), &[f32(&[3, 5])]).unwrap().ty,
+            f32(&[5, 3])
+        );
         assert_eq!(code(infer(op(&[0, 1]), &[f32(&[3, 5])])), "mtl::permute");
     }
 }

@@ -61,7 +61,12 @@ const LSTM_BI: &[&str] = &[
     REVERSE.weight_hh,
     REVERSE.bias,
 ];
-const GRU: &[&str] = &[FORWARD.weight_ih, FORWARD.weight_hh, FORWARD.bias_ih, FORWARD.bias_hh];
+const GRU: &[&str] = &[
+    FORWARD.weight_ih,
+    FORWARD.weight_hh,
+    FORWARD.bias_ih,
+    FORWARD.bias_hh,
+];
 const GRU_BI: &[&str] = &[
     FORWARD.weight_ih,
     FORWARD.weight_hh,
@@ -125,6 +130,9 @@ impl Rnn {
 }
 
 impl Rules for Rnn {
+    fn keeps_mask(&self) -> bool {
+        self.return_sequences
+    }
     fn kind_name(&self) -> Cow<'static, str> {
         match self.cell {
             RnnCell::Lstm => "lstm".into(),
@@ -159,14 +167,18 @@ impl Rules for Rnn {
         let gh = self.cell.gates() * units;
         let mut t = Typed::new(Type::f32(vec![]));
         for d in self.directions() {
-            t = t
-                .param(d.weight_ih, vec![gh, i], glorot(i, gh))
-                .param(d.weight_hh, vec![gh, units], Init::Orthogonal);
+            t = t.param(d.weight_ih, vec![gh, i], glorot(i, gh)).param(
+                d.weight_hh,
+                vec![gh, units],
+                Init::Orthogonal,
+            );
             t = match self.cell {
                 RnnCell::Lstm => t.param(d.bias, vec![gh], Init::LstmBias { units }),
-                RnnCell::Gru => t
-                    .param(d.bias_ih, vec![gh], Init::Zeros)
-                    .param(d.bias_hh, vec![gh], Init::Zeros),
+                RnnCell::Gru => t.param(d.bias_ih, vec![gh], Init::Zeros).param(
+                    d.bias_hh,
+                    vec![gh],
+                    Init::Zeros,
+                ),
             };
         }
         let width = Dim::Fixed(units * self.directions().len());
@@ -200,7 +212,11 @@ mod tests {
         assert_eq!(t.ty, f32(&[4]));
         assert_eq!(
             shapes(&t),
-            [("weight_ih", vec![16, 3]), ("weight_hh", vec![16, 4]), ("bias", vec![16])]
+            [
+                ("weight_ih", vec![16, 3]),
+                ("weight_hh", vec![16, 4]),
+                ("bias", vec![16])
+            ]
         );
     }
 
@@ -214,6 +230,9 @@ mod tests {
 
     #[test]
     fn needs_a_sequence() {
-        assert_eq!(code(infer(rnn(RnnCell::Lstm, false, false), &[f32(&[7])])), "mtl::rank");
+        assert_eq!(
+            code(infer(rnn(RnnCell::Lstm, false, false), &[f32(&[7])])),
+            "mtl::rank"
+        );
     }
 }

@@ -27,7 +27,7 @@ impl Value {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// A positive integer.
     Int,
@@ -40,6 +40,8 @@ pub enum Kind {
     /// Any integer, e.g. an axis.
     SignedInt,
     FloatList,
+    /// A tensor value (a fusion's named operand, e.g. `gate = x`).
+    Tensor,
 }
 
 impl Kind {
@@ -52,11 +54,13 @@ impl Kind {
             Kind::IntOrPair => "an integer or a list of two integers",
             Kind::SignedInt => "an integer",
             Kind::FloatList => "a list of numbers",
+            Kind::Tensor => "a tensor value",
         }
     }
 }
 
 /// A parameter of a layer: name, kind, and default (None = required).
+#[derive(Clone, Copy)]
 pub struct ParamSpec {
     pub name: &'static str,
     pub kind: Kind,
@@ -207,7 +211,7 @@ pub struct RawArg {
 pub fn bind(
     callee: &str,
     call_span: Span,
-    specs: &'static [ParamSpec],
+    specs: &[ParamSpec],
     args: &[RawArg],
 ) -> Result<Bound, Vec<Diagnostic>> {
     let mut errs = vec![];
@@ -339,7 +343,11 @@ pub enum Sig {
 }
 
 /// Binds the arguments of an [`Sig::IntVariadic`] layer: integers only, at least one.
-pub fn bind_variadic(callee: &str, call_span: Span, args: &[RawArg]) -> Result<Bound, Vec<Diagnostic>> {
+pub fn bind_variadic(
+    callee: &str,
+    call_span: Span,
+    args: &[RawArg],
+) -> Result<Bound, Vec<Diagnostic>> {
     let mut v = vec![];
     for a in args {
         match (&a.name, &a.value) {
