@@ -32,6 +32,7 @@ pub mod diagnostics;
 pub mod driver;
 pub mod elaborate;
 pub mod ir;
+pub mod kernels;
 pub mod lower;
 pub mod passes;
 pub mod predict;

@@ -240,14 +240,17 @@ model m {
             plan.steps
                 .iter()
                 .find(|s| s.name == name)
-                .map(|s| s.kernel.clone())
+                .map(|s| s.kernel.to_string())
                 .unwrap_or_default()
         };
         assert_eq!(kernel("d1"), "matmul+bias+relu", "{}", plan.render());
         assert!(kernel("c1").ends_with("+relu"), "{}", plan.render());
         assert_eq!(kernel("d2"), "matmul+bias", "{}", plan.render());
         assert_eq!(
-            plan.steps.iter().filter(|s| s.kernel == "mtl.relu").count(),
+            plan.steps
+                .iter()
+                .filter(|s| s.kernel.to_string() == "mtl.relu")
+                .count(),
             1,
             "{}",
             plan.render()
@@ -297,7 +300,7 @@ model m {
     let fused: Vec<&str> = infer
         .steps
         .iter()
-        .filter(|s| s.kernel.ends_with("+global_avg_pool"))
+        .filter(|s| s.kernel.to_string().ends_with("+global_avg_pool"))
         .map(|s| s.name.as_str())
         .collect();
     // c1's output has two users: only c2 takes the pool in.

@@ -204,9 +204,9 @@ fn profile_table(
         per(back),
         per(opt)
     );
-    let mut kinds: std::collections::BTreeMap<&str, f64> = Default::default();
+    let mut kinds: std::collections::BTreeMap<String, f64> = Default::default();
     for (st, t) in prog.steps.iter().zip(node) {
-        *kinds.entry(st.kernel.as_str()).or_default() += t;
+        *kinds.entry(st.kernel.to_string()).or_default() += t;
     }
     let mut kinds: Vec<_> = kinds.into_iter().collect();
     kinds.sort_by(|a, b| b.1.total_cmp(&a.1));
@@ -219,11 +219,11 @@ fn profile_table(
             100.0 * t / total.max(1e-12)
         );
     }
-    let mut nodes: Vec<(&str, &str, f64)> = prog
+    let mut nodes: Vec<(&str, String, f64)> = prog
         .steps
         .iter()
         .zip(node)
-        .map(|(s, t)| (s.name.as_str(), s.kernel.as_str(), *t))
+        .map(|(s, t)| (s.name.as_str(), s.kernel.to_string(), *t))
         .collect();
     nodes.sort_by(|a, b| b.2.total_cmp(&a.2));
     let _ = writeln!(out, "forward by node (top 10):");

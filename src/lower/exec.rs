@@ -1,7 +1,9 @@
 //! Runs a lowered program over a batch: one candle call (or own kernel) per step.
 
-use super::kernels::{self, RnnWeights};
+use super::calls::{self, RnnWeights};
+use super::kernel::{FoldedBn, Kernel};
 use super::{Params, Program};
+use crate::ir::ops::{dense, norm};
 use crate::ir::ops::{mixture, position_embedding};
 use crate::ir::{
     Attention, BatchNorm, Concat, ConvTranspose2d, Dropout, Embedding, GlobalPool, LayerNorm,
@@ -208,62 +210,25 @@ impl Program {
         let x = args[0];
         match &st.op {
             Op::Input(_) => Ok(x.clone()),
-            Op::Dense(_) | Op::Conv(_) => {
-                let (w, b) = match &st.bn {
-                    Some((bn, eps)) => {
-                        let q = |name: &str| params.get(&format!("{bn}.{name}"));
-                        kernels::fold_bn(
-                            p("weight")?,
-                            p("bias")?,
-                            q("weight")?,
-                            q("bias")?,
-                            q("running_mean")?,
-                            q("running_var")?,
-                            *eps,
-                        )?
-                    }
-                    None => (p("weight")?.clone(), p("bias")?.clone()),
-                };
-                match st.op {
-                    Op::Dense(_) => kernels::dense_act(x, &w, &b, st.relu),
-                    _ => kernels::conv(x, &w, &b, &st.op, &st.pads, (st.relu, st.mean)),
-                }
-            }
-            Op::MergedDense(_) => {
-                let get =
-                    |prefix: &str, name: &str| params.get(&format!("{prefix}.{name}")).cloned();
-                let ws: Vec<Tensor> = st
-                    .parts
-                    .iter()
-                    .map(|(pre, _)| get(pre, "weight"))
-                    .collect::<candle_core::Result<_>>()?;
-                let bs: Vec<Tensor> = st
-                    .parts
-                    .iter()
-                    .map(|(pre, _)| get(pre, "bias"))
-                    .collect::<candle_core::Result<_>>()?;
-                kernels::dense(x, &Tensor::cat(&ws, 0)?, &Tensor::cat(&bs, 0)?)
-            }
+            Op::Dense(_) | Op::Conv(_) | Op::MergedDense(_) => self.linear_or_conv(st, x, params),
             Op::Slice(Slice { start, len }) => x.narrow(x.rank() - 1, *start, *len),
             Op::ConvTranspose2d(ConvTranspose2d {
                 kernel,
                 stride,
                 padding,
                 ..
-            }) => {
-                kernels::conv_transpose2d(x, p("weight")?, p("bias")?, *kernel, *stride, *padding)
-            }
+            }) => calls::conv_transpose2d(x, p("weight")?, p("bias")?, *kernel, *stride, *padding),
             Op::Upsample(Upsample { scale }) => {
                 if x.rank() == 4 && x.device().is_cpu() {
                     x.contiguous()?
-                        .apply_op1(super::cpu_ops::Upsample2d { scale: *scale })
+                        .apply_op1(crate::kernels::cpu_ops::Upsample2d { scale: *scale })
                 } else if x.rank() == 3 {
                     x.upsample_nearest1d(x.dim(2)? * scale)
                 } else {
                     x.upsample_nearest2d(x.dim(2)? * scale, x.dim(3)? * scale)
                 }
             }
-            Op::Pool(Pool { kind, size, stride }) => kernels::pool(x, *kind, size, stride, train),
+            Op::Pool(Pool { kind, size, stride }) => calls::pool(x, *kind, size, stride, train),
             Op::GlobalPool(GlobalPool {
                 kind,
                 axis: Some(_),
@@ -276,11 +241,11 @@ impl Program {
                 let Some(a) = a else {
                     candle_core::bail!("pool axis out of range")
                 };
-                kernels::pool_axis(x, a + 1, max, valid)
+                calls::pool_axis(x, a + 1, max, valid)
             }
             Op::PositionEmbedding(_) => x.broadcast_add(p(position_embedding::WEIGHT)?),
             Op::Residual(_) => x.add(args[1]),
-            Op::Mixture(Mixture { experts }) => kernels::mixture(
+            Op::Mixture(Mixture { experts }) => calls::mixture(
                 &args[..*experts],
                 args[*experts],
                 p(mixture::WEIGHT)?,
@@ -294,7 +259,7 @@ impl Program {
                 causal,
             }) => {
                 use crate::ir::ops::attention as a;
-                let w = kernels::AttentionWeights {
+                let w = calls::AttentionWeights {
                     q: (p(a::QUERY_WEIGHT)?, p(a::QUERY_BIAS)?),
                     k: (p(a::KEY_WEIGHT)?, p(a::KEY_BIAS)?),
                     v: (p(a::VALUE_WEIGHT)?, p(a::VALUE_BIAS)?),
@@ -311,7 +276,7 @@ impl Program {
                 } else {
                     None
                 };
-                kernels::attention(
+                calls::attention(
                     x,
                     &w,
                     *heads,
@@ -327,7 +292,7 @@ impl Program {
                 let max = *kind == crate::ir::PoolKind::Max;
                 if flat.device().is_cpu() && flat.dtype() == candle_core::DType::F32 {
                     flat.contiguous()?
-                        .apply_op1(super::cpu_ops::GlobalPool { max })
+                        .apply_op1(crate::kernels::cpu_ops::GlobalPool { max })
                 } else if max {
                     flat.max(2)
                 } else {
@@ -374,7 +339,7 @@ impl Program {
                     };
                     // A hoisted LSTM or GRU runs as our fused op (CPU only).
                     let fused = *hoisted && x.device().is_cpu();
-                    kernels::rnn(
+                    calls::rnn(
                         x,
                         *cell,
                         *units,
@@ -412,7 +377,7 @@ impl Program {
             Op::BatchNorm(BatchNorm { eps, momentum }) => {
                 let (rm, rv) = (p("running_mean")?, p("running_var")?);
                 let (y, stats) =
-                    kernels::batch_norm(x, p("weight")?, p("bias")?, rm, rv, *eps, train)?;
+                    calls::batch_norm(x, p("weight")?, p("bias")?, rm, rv, *eps, train)?;
                 if let Some((m, v)) = stats {
                     let prefix = st.params.as_deref().unwrap_or("");
                     if let (Some(rmv), Some(rvv)) = (
@@ -426,9 +391,9 @@ impl Program {
                 Ok(y)
             }
             Op::LayerNorm(LayerNorm { eps }) => {
-                kernels::layer_norm(x, p("weight")?, p("bias")?, *eps, train)
+                calls::layer_norm(x, p("weight")?, p("bias")?, *eps, train)
             }
-            Op::Act(a) => kernels::act(x, *a, train),
+            Op::Act(a) => calls::act(x, *a, train),
             Op::Concat(Concat { axis }) => {
                 let rank = x.rank() as i64;
                 let a = if *axis < 0 { rank + axis } else { *axis };
@@ -470,13 +435,92 @@ impl Program {
             }
             Op::Gated(_) => {
                 let (a, b) = (args[0], args[1]);
-                let g = candle_nn::ops::sigmoid(&kernels::dense(
+                let g = candle_nn::ops::sigmoid(&calls::dense(
                     &Tensor::cat(&[a, b], 1)?,
                     p("weight")?,
                     p("bias")?,
                 )?)?;
                 g.mul(a)? + (g.ones_like()? - &g)?.mul(b)?
             }
+        }
+    }
+}
+
+impl Program {
+    /// The steps whose [`Kernel`] is a GEMM or a convolution, a batch norm
+    /// folded into their weights where the plan says so.
+    fn linear_or_conv(
+        &self,
+        st: &super::Step,
+        x: &Tensor,
+        params: &Params,
+    ) -> candle_core::Result<Tensor> {
+        let get = |prefix: &str, name: &str| params.get(&format!("{prefix}.{name}"));
+        let own = st.params.as_deref().unwrap_or("");
+        let weights = |bn: &FoldedBn| -> candle_core::Result<(Tensor, Tensor)> {
+            let (w, b) = (get(own, dense::WEIGHT)?, get(own, dense::BIAS)?);
+            match bn {
+                Some((pre, eps)) => calls::fold_bn(
+                    w,
+                    b,
+                    get(pre, norm::WEIGHT)?,
+                    get(pre, norm::BIAS)?,
+                    get(pre, norm::RUNNING_MEAN)?,
+                    get(pre, norm::RUNNING_VAR)?,
+                    *eps,
+                ),
+                None => Ok((w.clone(), b.clone())),
+            }
+        };
+        match (&st.kernel, &st.op) {
+            (Kernel::Linear { relu, bn }, _) => {
+                let (w, b) = weights(bn)?;
+                calls::dense_act(x, &w, &b, *relu)
+            }
+            (Kernel::MergedLinear { parts }, _) => {
+                let part = |name: &str| -> candle_core::Result<Vec<Tensor>> {
+                    parts
+                        .iter()
+                        .map(|(pre, _)| get(pre, name).cloned())
+                        .collect()
+                };
+                let (ws, bs) = (part(dense::WEIGHT)?, part(dense::BIAS)?);
+                calls::dense(x, &Tensor::cat(&ws, 0)?, &Tensor::cat(&bs, 0)?)
+            }
+            (
+                Kernel::Im2colConv {
+                    pads,
+                    relu,
+                    mean,
+                    bn,
+                    ..
+                },
+                Op::Conv(c),
+            ) => {
+                let (w, b) = weights(bn)?;
+                calls::conv_im2col(
+                    x,
+                    (&w, &b),
+                    (c.stride[0], c.dilation[0]),
+                    pads,
+                    (*relu, *mean),
+                )
+            }
+            (
+                Kernel::CandleConv {
+                    pads,
+                    relu,
+                    mean,
+                    bn,
+                    ..
+                },
+                Op::Conv(c),
+            ) => {
+                let (w, b) = weights(bn)?;
+                let geometry = (c.stride.as_slice(), c.dilation.as_slice(), c.groups);
+                calls::conv_candle(x, (&w, &b), geometry, pads, (*relu, *mean))
+            }
+            (k, _) => candle_core::bail!("kernel `{k}` does not run `{}`", st.op),
         }
     }
 }

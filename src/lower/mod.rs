@@ -1,21 +1,14 @@
 //! Lowering: the optimized IR becomes an ordered list of steps, each a candle
 //! call (or one of our kernels) over named parameters. Built once, run many times.
 
-mod conv_op;
-mod cpu_ops;
+mod calls;
 mod exec;
-mod gemm;
-mod gru_op;
-mod host;
-mod kernels;
+mod kernel;
 mod legality;
-mod linear_op;
-mod lstm_op;
-mod norm_op;
-mod par;
 mod params;
 
 pub use exec::{head_output, Forward, RunError};
+pub use kernel::Kernel;
 pub use legality::training_legality;
 pub use params::{init_params, save_atomic, Params};
 
@@ -26,14 +19,6 @@ use petgraph::stable_graph::NodeIndex;
 use std::collections::HashMap;
 use std::fmt::Write;
 
-/// The largest absolute difference of two tensors, for our kernels' unit tests.
-#[cfg(test)]
-pub(crate) fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
-    (a - b)
-        .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
-        .unwrap_or(f32::INFINITY)
-}
-
 /// Padding chosen at lowering time: (before, after) per spatial axis.
 pub type Pads = Vec<(usize, usize)>;
 
@@ -42,23 +27,13 @@ pub struct Step {
     /// The IR node's name.
     pub name: String,
     pub op: Op,
-    /// Concrete padding for `same` convolutions.
-    pub pads: Pads,
-    /// The candle op or own kernel that runs this step (shown in the plan).
-    pub kernel: String,
+    /// What runs this step (the plan shows it).
+    pub kernel: Kernel,
     /// Slots of operand values, and of the result.
     pub args: Vec<usize>,
     pub out: usize,
     /// Checkpoint prefix of the layer's parameters.
     pub params: Option<String>,
-    /// A batch norm folded into this conv / dense: (prefix, epsilon).
-    pub bn: Option<(String, f64)>,
-    /// Merged dense layers: (prefix, units) in output order.
-    pub parts: Vec<(String, usize)>,
-    /// A relu fused into this dense / conv (its output replaces this step's).
-    pub relu: bool,
-    /// A global average pool fused into this conv (inference).
-    pub mean: bool,
     /// The slot of the token ids whose zeros pad the first operand (its padding mask).
     pub mask: Option<usize>,
     pub ty: Type,
@@ -121,31 +96,47 @@ pub fn lower(g: &Graph, mode: Mode) -> Program {
                 .collect(),
             _ => vec![],
         };
-        steps.push(Step {
-            name: node.name.clone(),
-            kernel: if node.folded_bn.is_some() {
-                kernels::folded_name(&node.op)
-            } else {
-                kernels::kernel_name(&node.op, mode, &pads)
-            }
-            .to_string(),
-            op: node.op.clone(),
-            pads,
-            args,
-            out: s,
-            params: node.param.map(|p| g.params[p.0].prefix.clone()),
-            bn: node
-                .folded_bn
-                .map(|(p, eps)| (g.params[p.0].prefix.clone(), eps)),
-            parts: match &node.op {
-                Op::MergedDense(MergedDense { parts }) => parts
+        let bn = node
+            .folded_bn
+            .map(|(p, eps)| (g.params[p.0].prefix.clone(), eps));
+        let kernel = match &node.op {
+            Op::Dense(_) => Kernel::Linear { relu: false, bn },
+            Op::MergedDense(MergedDense { parts }) => Kernel::MergedLinear {
+                parts: parts
                     .iter()
                     .map(|(p, u)| (g.params[p.0].prefix.clone(), *u))
                     .collect(),
-                _ => vec![],
             },
-            relu: false,
-            mean: false,
+            Op::Conv(c) => {
+                let (rank, relu, mean) = (c.kernel.len(), false, false);
+                let uniform = |v: &[usize]| v.iter().all(|x| *x == v[0]);
+                if c.groups == 1 && uniform(&c.stride) && uniform(&c.dilation) {
+                    Kernel::Im2colConv {
+                        rank,
+                        pads,
+                        relu,
+                        mean,
+                        bn,
+                    }
+                } else {
+                    Kernel::CandleConv {
+                        rank,
+                        pads,
+                        relu,
+                        mean,
+                        bn,
+                    }
+                }
+            }
+            op => Kernel::Op(calls::kernel_name(op, mode)),
+        };
+        steps.push(Step {
+            name: node.name.clone(),
+            kernel,
+            op: node.op.clone(),
+            args,
+            out: s,
+            params: node.param.map(|p| g.params[p.0].prefix.clone()),
             mask: g
                 .operands(n)
                 .first()
@@ -211,14 +202,7 @@ pub fn lower(g: &Graph, mode: Mode) -> Program {
 /// slots (heads, loss operands) are observed and never fused away.
 fn fuse_relu(steps: &mut Vec<Step>, kept: &[usize]) {
     fuse_into(steps, kept, |st, next| {
-        let fits = matches!(st.op, Op::Dense(_) | Op::Conv(Conv { groups: 1, .. }))
-            && !st.mean
-            && next.op == Op::Act(crate::ir::Act::Relu);
-        if fits {
-            st.relu = true;
-            st.kernel.push_str("+relu");
-        }
-        fits
+        next.op == Op::Act(crate::ir::Act::Relu) && st.kernel.fuse_relu()
     });
 }
 
@@ -227,18 +211,12 @@ fn fuse_relu(steps: &mut Vec<Step>, kept: &[usize]) {
 /// cache, so the conv's full output is never written out (on
 /// `models/seed_multimodal.mtl` that was 31 MB per batch, then read again).
 fn fuse_global_mean(steps: &mut Vec<Step>, kept: &[usize]) {
+    let avg = Op::GlobalPool(GlobalPool {
+        kind: crate::ir::PoolKind::Avg,
+        axis: None,
+    });
     fuse_into(steps, kept, |st, next| {
-        let fits = matches!(&st.op, Op::Conv(Conv { groups: 1, kernel, .. }) if kernel.len() == 2)
-            && next.op
-                == Op::GlobalPool(GlobalPool {
-                    kind: crate::ir::PoolKind::Avg,
-                    axis: None,
-                });
-        if fits {
-            st.mean = true;
-            st.kernel.push_str("+global_avg_pool");
-        }
-        fits
+        next.op == avg && st.kernel.fuse_mean()
     });
 }
 
@@ -312,8 +290,7 @@ impl Program {
                 .params
                 .iter()
                 .map(String::as_str)
-                .chain(st.bn.iter().map(|b| b.0.as_str()))
-                .chain(st.parts.iter().map(|p| p.0.as_str()))
+                .chain(st.kernel.extra_prefixes())
                 .collect();
             for p in prefixes {
                 let keys: Vec<String> = self

@@ -3,21 +3,17 @@
 
 use super::Pads;
 use crate::ir::{Act, Ew, Op, Padding, PoolKind, RnnCell};
-use crate::ir::{Conv, GlobalPool, Pool, Rnn, Weighted};
+use crate::ir::{GlobalPool, Pool, Rnn, Weighted};
 use crate::passes::Mode;
 use candle_core::{DType, Result, Tensor, D};
 
-pub fn kernel_name(op: &Op, mode: Mode, pads: &Pads) -> &'static str {
+/// The plan name of an op that is not a dense or conv layer (those choose a
+/// [`super::Kernel`] of their own).
+pub fn kernel_name(op: &Op, mode: Mode) -> &'static str {
     let train = mode == Mode::Train;
     match op {
         Op::Input(_) => "input",
-        Op::Dense(_) => "matmul+bias",
-        Op::Conv(Conv { kernel, .. }) => match (kernel.len(), pads.iter().any(|(a, b)| a != b)) {
-            (1, false) => "mtl.conv1d(im2col+gemm)",
-            (1, true) => "pad+mtl.conv1d(im2col+gemm)",
-            (_, false) => "mtl.conv2d(im2col+gemm)",
-            (_, true) => "pad+mtl.conv2d(im2col+gemm)",
-        },
+        Op::Dense(_) | Op::Conv(_) | Op::MergedDense(_) => "see Kernel",
         Op::ConvTranspose2d(_) => "candle.conv_transpose2d",
         Op::Upsample(_) => "mtl.upsample_nearest",
         Op::Pool(Pool {
@@ -96,16 +92,7 @@ pub fn kernel_name(op: &Op, mode: Mode, pads: &Pads) -> &'static str {
         Op::Weighted(Weighted { fixed: Some(_) }) => "weighted_sum(fixed)",
         Op::Weighted(Weighted { fixed: None }) => "weighted_sum(softmax(logits))",
         Op::Gated(_) => "mtl.gated",
-        Op::MergedDense(_) => "merged matmul+bias",
         Op::Slice(_) => "narrow",
-    }
-}
-
-/// Kernel names of layers with a batch norm folded in.
-pub fn folded_name(op: &Op) -> &'static str {
-    match op {
-        Op::Conv(_) => "conv (batch_norm folded into weights)",
-        _ => "matmul+bias (batch_norm folded into weights)",
     }
 }
 
@@ -144,7 +131,7 @@ pub fn dense_act(x: &Tensor, w: &Tensor, b: &Tensor, relu: bool) -> Result<Tenso
     };
     let y = if x2.device().is_cpu() && x2.dtype() == DType::F32 {
         // Our op: GEMM forward and backward, a row sum for the bias gradient.
-        let op = super::linear_op::Linear { relu };
+        let op = crate::kernels::linear::Linear { relu };
         x2.contiguous()?
             .apply_op3(&w.contiguous()?, &b.contiguous()?, op)?
     } else {
@@ -164,86 +151,75 @@ pub fn dense_act(x: &Tensor, w: &Tensor, b: &Tensor, relu: bool) -> Result<Tenso
     }
 }
 
-/// A convolution with bias, followed by a relu when `relu` and by a global
-/// average pool (output [N, F]) when `mean`.
-pub fn conv(
+/// Our im2col + GEMM convolution with the bias and the zero padding inside
+/// (forward and backward), followed by a relu when `relu` and by a global
+/// average pool (output [N, F]) when `mean`; conv1d runs as a 1×L conv2d.
+/// `pads` are the `same` padding per spatial axis (empty for `valid`).
+pub fn conv_im2col(
     x: &Tensor,
-    w: &Tensor,
-    b: &Tensor,
-    op: &Op,
+    (w, b): (&Tensor, &Tensor),
+    (stride, dilation): (usize, usize),
     pads: &Pads,
     (relu, mean): (bool, bool),
 ) -> Result<Tensor> {
-    let Op::Conv(Conv {
+    let one_d = w.rank() == 3;
+    let p = |a: usize| pads.get(a).copied().unwrap_or((0, 0));
+    let pad = if one_d {
+        [0, 0, p(0).0, p(0).1]
+    } else {
+        [p(0).0, p(0).1, p(1).0, p(1).1]
+    };
+    let (x4, w4) = if one_d {
+        (x.unsqueeze(2)?, w.unsqueeze(2)?)
+    } else {
+        (x.clone(), w.clone())
+    };
+    let op = crate::kernels::conv::Conv2dIm2col {
         stride,
         dilation,
-        groups,
-        padding,
-        ..
-    }) = op
-    else {
-        candle_core::bail!("conv kernel on a non-conv op")
+        pad,
+        relu,
+        mean: mean && !one_d,
     };
+    let y = x4
+        .contiguous()?
+        .apply_op3(&w4.contiguous()?, &b.contiguous()?, op)?;
+    match (one_d, mean) {
+        (true, true) => y.squeeze(2)?.mean(2),
+        (true, false) => y.squeeze(2),
+        (false, _) => Ok(y),
+    }
+}
+
+/// candle's convolution (any device, groups), asymmetric `same` padding
+/// applied as zeros first; then the bias, a relu when `relu`, a global
+/// average pool when `mean`.
+pub fn conv_candle(
+    x: &Tensor,
+    (w, b): (&Tensor, &Tensor),
+    (stride, dilation, groups): (&[usize], &[usize], usize),
+    pads: &Pads,
+    (relu, mean): (bool, bool),
+) -> Result<Tensor> {
     if stride.iter().any(|s| *s != stride[0]) || dilation.iter().any(|d| *d != dilation[0]) {
         candle_core::bail!(
             "per-axis strides or dilations that differ are not supported by candle's conv"
         )
     }
-    let same = *padding == Padding::Same;
-    if x.device().is_cpu() && *groups == 1 {
-        // Our im2col + GEMM op with the bias and the zero padding inside
-        // (forward and backward); conv1d runs as a 1×L conv2d.
-        let one_d = w.rank() == 3;
-        let p = |a: usize| {
-            if same {
-                pads.get(a).copied().unwrap_or((0, 0))
-            } else {
-                (0, 0)
-            }
-        };
-        let pad = if one_d {
-            [0, 0, p(0).0, p(0).1]
-        } else {
-            [p(0).0, p(0).1, p(1).0, p(1).1]
-        };
-        let (x4, w4) = if one_d {
-            (x.unsqueeze(2)?, w.unsqueeze(2)?)
-        } else {
-            (x.clone(), w.clone())
-        };
-        let op = super::conv_op::Conv2dIm2col {
-            stride: stride[0],
-            dilation: dilation[0],
-            pad,
-            relu,
-            mean: mean && !one_d,
-        };
-        let y = x4
-            .contiguous()?
-            .apply_op3(&w4.contiguous()?, &b.contiguous()?, op)?;
-        return match (one_d, mean) {
-            (_, true) if !one_d => Ok(y),
-            (true, true) => y.squeeze(2)?.mean(2),
-            (true, false) => y.squeeze(2),
-            (false, _) => Ok(y),
-        };
-    }
-    let symmetric = pads.iter().all(|(a, c)| a == c);
+    let symmetric = pads.iter().all(|(a, c)| a == c && *a == pads[0].0);
     let mut x = x.clone();
     let mut pad = 0;
-    if same {
-        if symmetric && pads.iter().all(|p| p.0 == pads[0].0) {
-            pad = pads[0].0;
-        } else {
-            for (a, (before, after)) in pads.iter().enumerate() {
-                x = x.pad_with_zeros(a + 2, *before, *after)?;
-            }
+    if symmetric {
+        pad = pads.first().map_or(0, |p| p.0);
+    } else {
+        for (a, (before, after)) in pads.iter().enumerate() {
+            x = x.pad_with_zeros(a + 2, *before, *after)?;
         }
     }
     let y = if w.rank() == 3 {
-        x.conv1d(w, pad, stride[0], dilation[0], *groups)?
+        x.conv1d(w, pad, stride[0], dilation[0], groups)?
     } else {
-        x.conv2d(w, pad, stride[0], dilation[0], *groups)?
+        x.conv2d(w, pad, stride[0], dilation[0], groups)?
     };
     let mut bshape = vec![1, b.dim(0)?];
     bshape.extend(std::iter::repeat_n(1, w.rank() - 2));
@@ -298,7 +274,7 @@ pub fn pool(
     let y = match kind {
         PoolKind::Max if x4.device().is_cpu() => x4
             .contiguous()?
-            .apply_op1(super::cpu_ops::MaxPool2d::new(k, s, train))?,
+            .apply_op1(crate::kernels::cpu_ops::MaxPool2d::new(k, s, train))?,
         PoolKind::Max => x4.max_pool2d_with_stride(k, s)?,
         PoolKind::Avg => x4.avg_pool2d_with_stride(k, s)?,
     };
@@ -311,7 +287,9 @@ pub fn pool(
 
 pub fn act(x: &Tensor, a: Act, train: bool) -> Result<Tensor> {
     match a {
-        Act::Relu if x.device().is_cpu() => x.contiguous()?.apply_op1(super::cpu_ops::Relu),
+        Act::Relu if x.device().is_cpu() => {
+            x.contiguous()?.apply_op1(crate::kernels::cpu_ops::Relu)
+        }
         Act::Relu => x.relu(),
         Act::Gelu => x.gelu_erf(),
         Act::Silu => x.silu(),
@@ -351,8 +329,8 @@ pub fn batch_norm(
     let c = x.dim(1)?;
     if train && x.device().is_cpu() && x.dtype() == DType::F32 {
         // Our op: one pass forward, the closed-form backward.
-        let stats: super::norm_op::Stats = Default::default();
-        let op = super::norm_op::BatchNormTrain {
+        let stats: crate::kernels::batch_norm::Stats = Default::default();
+        let op = crate::kernels::batch_norm::BatchNormTrain {
             eps,
             stats: stats.clone(),
         };
@@ -431,13 +409,14 @@ pub fn rnn(
             .contiguous()?;
         let w_hh = w.w_hh.contiguous()?;
         let hs = match (cell, w.b_hh) {
-            (RnnCell::Lstm, _) => {
-                xw.apply_op2(&w_hh, super::lstm_op::LstmSeq::new(units, reverse, train))?
-            }
+            (RnnCell::Lstm, _) => xw.apply_op2(
+                &w_hh,
+                crate::kernels::lstm::LstmSeq::new(units, reverse, train),
+            )?,
             (RnnCell::Gru, Some(b_hh)) => xw.apply_op3(
                 &w_hh,
                 &b_hh.contiguous()?,
-                super::gru_op::GruSeq::new(units, reverse, train),
+                crate::kernels::gru::GruSeq::new(units, reverse, train),
             )?,
             (RnnCell::Gru, None) => candle_core::bail!("gru without a recurrent bias"),
         };

@@ -290,7 +290,7 @@ mod tests {
     use super::{GlobalPool, MaxPool2d, Relu};
     use candle_core::{Device, Tensor, Var};
 
-    use crate::lower::max_abs_diff as diff;
+    use crate::kernels::max_abs_diff as diff;
 
     /// Output and input gradient of `ours` and `theirs` on the same data.
     fn compare(

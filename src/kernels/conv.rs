@@ -361,7 +361,7 @@ impl CustomOp3 for Conv2dIm2col {
 #[cfg(test)]
 mod tests {
     use super::Conv2dIm2col;
-    use crate::lower::max_abs_diff as diff;
+    use crate::kernels::max_abs_diff as diff;
     use candle_core::{Device, Tensor, Var};
 
     /// Output and both gradients equal candle's own conv2d (whose backward we replace).

@@ -165,7 +165,7 @@ impl CustomOp3 for BatchNormTrain {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lower::max_abs_diff as diff;
+    use crate::kernels::max_abs_diff as diff;
     use candle_core::{Device, Var};
 
     /// Output and all three gradients equal candle's differentiable form.

@@ -12,7 +12,7 @@
 
 use super::gemm::{matmul, transposed, View};
 use super::host::{contiguous, host};
-use super::lstm_op::{row_block, sigmoid_slice, tanh_slice};
+use super::lstm::{row_block, sigmoid_slice, tanh_slice};
 use super::par;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use std::sync::Mutex;

@@ -149,7 +149,7 @@ mod tests {
     use super::Linear;
     use candle_core::{Device, Tensor, Var};
 
-    use crate::lower::max_abs_diff as diff;
+    use crate::kernels::max_abs_diff as diff;
 
     /// Output and the three gradients equal candle's matmul + broadcast add.
     #[test]
