@@ -4,31 +4,11 @@
 use crate::diagnostics::{Diagnostic, SourceMap, Span};
 use crate::elaborate::elaborate;
 use crate::ir::{self, Graph};
-use crate::passes::{self, Mode, PassReport};
+use crate::passes::{self, PassReport};
+use crate::pipeline::Options;
 use crate::syntax::{self, ast};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-
-#[derive(Debug, Clone)]
-pub struct Options {
-    /// Run the optimizer pipeline (`--no-opt` turns it off).
-    pub optimize: bool,
-    pub mode: Mode,
-    /// Record the IR text after these passes (`--print-after`), or all.
-    pub print_after: Vec<String>,
-    pub print_after_all: bool,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            optimize: true,
-            mode: Mode::Infer,
-            print_after: vec![],
-            print_after_all: false,
-        }
-    }
-}
 
 /// Everything a compilation produced, including its diagnostics.
 pub struct Compiled {

@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use common::{graph, options, root};
 use mtl::data::{manifest::Manifest, Dataset, Encoders, LoadOptions, Storage};
 use mtl::lower::{init_params, lower, Program};
-use mtl::passes::Mode;
+use mtl::pipeline::Mode;
 use mtl::train::{EvalResult, FitConfig, Observer};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -8,7 +8,7 @@ use common::{assert_same_params, compile, mtl_files, random_inputs_from, root};
 use mtl::data::Dataset;
 use mtl::ir::{LossKind, TrainConfig};
 use mtl::lower::{init_params, lower, Params, Program};
-use mtl::passes::Mode;
+use mtl::pipeline::Mode;
 use mtl::train::{EpochRecord, FitConfig, Observer};
 use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};

@@ -5,7 +5,7 @@ use super::Fail;
 use candle_core::{DType, Tensor};
 use clap::Args;
 use mtl::lower::init_params;
-use mtl::passes::Mode;
+use mtl::pipeline::Mode;
 use mtl::train::loss::head_loss;
 use mtl::train::optim::Optimizer;
 use rand::SeedableRng;

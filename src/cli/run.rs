@@ -5,7 +5,7 @@ use super::{load, Fail};
 use clap::Args;
 use mtl::data::{Dataset, Encoders};
 use mtl::lower::{init_params, lower, save_atomic, Params, Program};
-use mtl::passes::Mode;
+use mtl::pipeline::Mode;
 use std::path::{Path, PathBuf};
 
 #[derive(Args)]

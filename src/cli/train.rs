@@ -6,7 +6,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use mtl::data::{Dataset, Encoders, Storage};
 use mtl::lower::init_params;
-use mtl::passes::Mode;
+use mtl::pipeline::Mode;
 use mtl::train::{EpochRecord, EvalResult, FitConfig, Observer};
 use std::path::{Path, PathBuf};
 

@@ -3,7 +3,7 @@
 use super::kernels::{self, RnnWeights};
 use super::{Params, Program};
 use crate::ir::{DType as IrDType, Ew, Op, RnnCell};
-use crate::passes::Mode;
+use crate::pipeline::Mode;
 use candle_core::{DType, Device, Tensor};
 use rand::rngs::StdRng;
 use rand::Rng;

@@ -3,7 +3,7 @@
 
 use super::Pads;
 use crate::ir::{Act, Ew, Op, Padding, PoolKind, RnnCell};
-use crate::passes::Mode;
+use crate::pipeline::Mode;
 use candle_core::{DType, Result, Tensor, D};
 
 pub fn kernel_name(op: &Op, mode: Mode, pads: &Pads) -> &'static str {

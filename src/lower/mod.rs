@@ -18,7 +18,7 @@ pub use exec::{head_output, Forward, RunError};
 pub use params::{init_params, save_atomic, Params};
 
 use crate::ir::{shape::same_padding, Graph, Head, InputKind, LossKind, Op, Padding, Type};
-use crate::passes::Mode;
+use crate::pipeline::Mode;
 use petgraph::stable_graph::NodeIndex;
 use std::collections::HashMap;
 use std::fmt::Write;

@@ -32,14 +32,14 @@ pub fn graph(c: mtl::Compiled) -> mtl::ir::Graph {
     c.into_graph().map_err(|(d, _)| format!("{d:?}")).unwrap().0
 }
 
-pub fn options(mode: mtl::passes::Mode) -> mtl::Options {
+pub fn options(mode: mtl::pipeline::Mode) -> mtl::Options {
     mtl::Options {
         mode,
         ..Default::default()
     }
 }
 
-pub fn compile(path: &Path, mode: mtl::passes::Mode) -> mtl::ir::Graph {
+pub fn compile(path: &Path, mode: mtl::pipeline::Mode) -> mtl::ir::Graph {
     graph(mtl::compile_file(path, &options(mode)).unwrap())
 }
 
