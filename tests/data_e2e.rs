@@ -5,10 +5,11 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use common::{graph, options, root};
+use common::{graph, graph_and_train, options, root};
 use mtl::data::{manifest::Manifest, Dataset, Encoders, LoadOptions, Storage};
 use mtl::lower::{init_params, lower, Program};
 use mtl::pipeline::Mode;
+use mtl::train::config::TrainConfig;
 use mtl::train::{EvalResult, FitConfig, Observer};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -23,14 +24,14 @@ fn tmp(name: &str) -> PathBuf {
     d
 }
 
-fn programs(src: &str) -> (mtl::ir::Graph, Program, Program) {
-    let g = graph(mtl::compile_str("m.mtl", src, &options(Mode::Train)));
+fn programs(src: &str) -> (TrainConfig, Program, Program) {
+    let (g, cfg) = graph_and_train(mtl::compile_str("m.mtl", src, &options(Mode::Train)));
     let t = lower(&g, Mode::Train);
     let i = lower(
         &graph(mtl::compile_str("m.mtl", src, &options(Mode::Infer))),
         Mode::Infer,
     );
-    (g, t, i)
+    (cfg, t, i)
 }
 
 /// Equal keys and bit-equal values (NaN equal to NaN).
@@ -63,7 +64,7 @@ fn assert_same_tensors(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>,
 
 /// Trains `src` on `train.csv` and evaluates on `test.csv` of `data`.
 fn train_eval(src: &str, data: &Path, epochs: usize) -> EvalResult {
-    let (g, t, i) = programs(src);
+    let (mut cfg, t, i) = programs(src);
     let dev = Device::Cpu;
     let mut enc = Encoders::default();
     let train = mtl::data::load(
@@ -86,7 +87,6 @@ fn train_eval(src: &str, data: &Path, epochs: usize) -> EvalResult {
         &LoadOptions::default(),
     )
     .unwrap();
-    let mut cfg = g.train.clone();
     cfg.epochs = epochs;
     cfg.val_split = 0.0;
     let dir = data.join(format!("run-{}", src.len()));
@@ -464,7 +464,7 @@ fn decoded_data_above_the_memory_limit_streams_to_a_reused_disk_cache() {
     let data = tmp("cache");
     mtl::data::shapes::write(&data, 40, 3).unwrap();
     let src = std::fs::read_to_string(root().join("models/shapes.mtl")).unwrap();
-    let (g, t, i) = programs(&src);
+    let (base, t, i) = programs(&src);
     let dev = Device::Cpu;
     let csv = data.join("train.csv");
     let mut enc = Encoders::default();
@@ -543,7 +543,7 @@ fn decoded_data_above_the_memory_limit_streams_to_a_reused_disk_cache() {
     assert!(matches!(&d4.storage, Storage::Cache { dir: d, reused: false } if *d != dir));
     // Training reads the same batches from disk as from memory: same weights.
     let trained = |ds: &Dataset, name: &str| {
-        let mut cfg = g.train.clone();
+        let mut cfg = base.clone();
         cfg.epochs = 2;
         cfg.val_split = 0.0;
         let fc = FitConfig {

@@ -6,6 +6,7 @@ use clap::Args;
 use mtl::data::{Dataset, Encoders};
 use mtl::lower::{init_params, lower, save_atomic, Params, Program};
 use mtl::pipeline::Mode;
+use mtl::train::config::TrainConfig;
 use std::path::{Path, PathBuf};
 
 #[derive(Args)]
@@ -54,21 +55,22 @@ pub fn resolve_model(path: &Path) -> (PathBuf, Option<PathBuf>) {
     }
 }
 
-/// Compiles and lowers `model` for `mode`; `warn` prints the warnings.
+/// Compiles and lowers `model` for `mode`: the graph, its `train { }` block
+/// and the program; `warn` prints the warnings.
 pub fn build(
     model: &Path,
     mode: Mode,
     optimize: bool,
     warn: bool,
-) -> Result<(mtl::ir::Graph, Program), Fail> {
+) -> Result<(mtl::ir::Graph, TrainConfig, Program), Fail> {
     let opts = mtl::Options {
         optimize,
         mode,
         ..Default::default()
     };
-    let (g, _) = load(model, &opts, warn)?;
+    let (g, c) = load(model, &opts, warn)?;
     let prog = lower(&g, mode);
-    Ok((g, prog))
+    Ok((g, c.train, prog))
 }
 
 pub fn predict(a: PredictArgs) -> Result<i32, Fail> {
@@ -78,7 +80,7 @@ pub fn predict(a: PredictArgs) -> Result<i32, Fail> {
         .weights
         .or(run_weights)
         .ok_or_else(|| Fail::usage("error: --weights is required when MODEL is a file"))?;
-    let (_, prog) = build(&model, Mode::Infer, !a.no_opt, true)?;
+    let (_, _, prog) = build(&model, Mode::Infer, !a.no_opt, true)?;
     let mut params =
         init_params(&prog, 0, &device).map_err(|e| Fail::model(format!("error: {e}")))?;
     params
@@ -123,7 +125,7 @@ pub fn predict(a: PredictArgs) -> Result<i32, Fail> {
 }
 
 pub fn init(a: InitArgs) -> Result<i32, Fail> {
-    let (_, prog) = build(&a.model, Mode::Infer, true, true)?;
+    let (_, _, prog) = build(&a.model, Mode::Infer, true, true)?;
     let params: Params = init_params(&prog, a.seed, &candle_core::Device::Cpu)
         .map_err(|e| Fail::model(format!("error: {e}")))?;
     params

@@ -231,15 +231,14 @@ pub fn train(a: TrainArgs) -> Result<i32, Fail> {
         Some(run) => resolve_model(run),
         None => (a.model.clone(), None),
     };
-    let (g, train_prog) = build(&model_path, Mode::Train, !a.no_opt, true)?;
+    let (g, mut cfg, train_prog) = build(&model_path, Mode::Train, !a.no_opt, true)?;
     let diags = mtl::ir::shape::training_legality(&g);
     if !diags.is_empty() {
         let c = mtl::compile_file(&model_path, &mtl::Options::default())
             .map_err(|e| Fail::usage(e.to_string()))?;
         return Err(Fail::model(super::rendered(&diags, &c.sources)));
     }
-    let (_, infer_prog) = build(&model_path, Mode::Infer, !a.no_opt, false)?;
-    let mut cfg = g.train.clone();
+    let (_, _, infer_prog) = build(&model_path, Mode::Infer, !a.no_opt, false)?;
     if let Some(e) = a.epochs {
         cfg.epochs = e;
     }
@@ -399,7 +398,7 @@ pub fn evaluate(a: EvaluateArgs) -> Result<i32, Fail> {
     let weights = weights.ok_or_else(|| {
         Fail::usage("error: evaluate takes a run directory written by `mtl train`")
     })?;
-    let (_, prog) = build(&model, Mode::Infer, true, true)?;
+    let (_, _, prog) = build(&model, Mode::Infer, true, true)?;
     let mut params = init_params(&prog, 0, &device).map_err(|e| Fail::model(e.to_string()))?;
     params
         .load(&weights, &device)

@@ -2,8 +2,9 @@
 
 use super::args::{eval_const, Value};
 use crate::diagnostics::{did_you_mean, Diagnostic, Span};
-use crate::ir::{LossKind, Metric, OptimizerKind, Schedule, TrainConfig, Weighting};
+use crate::ir::{LossKind, Metric};
 use crate::syntax::ast::{Expr, ExprKind, Prop};
+use crate::train::config::{OptimizerKind, Schedule, TrainConfig, Weighting};
 use std::collections::HashMap;
 
 pub const HEAD_KEYS: &[&str] = &["loss", "weight", "metrics", "label"];

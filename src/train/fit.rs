@@ -1,6 +1,7 @@
 //! The training loop: batches, weighted multi-task loss, backward, optimizer,
 //! per-head metrics, early stopping, atomic checkpoints and exact resume.
 
+use super::config::{TrainConfig, Weighting};
 use super::gradnorm::{last_shared_layer, GradNorm};
 use super::loss::{head_loss, Reduction};
 use super::metrics::HeadStats;
@@ -9,7 +10,7 @@ use crate::data::Dataset;
 
 /// One batch: a tensor per input, label and mask.
 type Batch = std::collections::HashMap<String, Tensor>;
-use crate::ir::{LossKind, TrainConfig, Weighting};
+use crate::ir::LossKind;
 use crate::lower::{head_output, save_atomic, Params, Program};
 use candle_core::{DType, Device, Tensor, Var};
 use rand::rngs::StdRng;
