@@ -2,8 +2,9 @@
 //!
 //! `.mtl` text → [`syntax`] (AST) → [`elaborate`] (IR) → [`ir::shape`] (typed IR)
 //! → [`passes`] (optimized IR) → [`lower`] (candle program) → [`train`].
-//! [`driver`] runs the front half as [`pipeline`]'s options say; nothing in the
-//! library prints.
+//! [`driver`] runs the front half as [`pipeline`]'s options say; [`data`] reads
+//! a lowered model's [`signature`], not its program. Nothing in the library
+//! prints.
 //!
 //! # Example: compile a model, snapshot its lowering, predict
 //!
@@ -38,6 +39,7 @@ pub mod passes;
 pub mod pipeline;
 pub mod predict;
 pub mod render;
+pub mod signature;
 pub mod summary;
 pub mod syntax;
 pub mod train;

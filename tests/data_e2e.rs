@@ -69,7 +69,7 @@ fn train_eval(src: &str, data: &Path, epochs: usize) -> EvalResult {
     let mut enc = Encoders::default();
     let train = mtl::data::load(
         &data.join("train.csv"),
-        &t,
+        &t.signature(),
         &mut enc,
         true,
         true,
@@ -79,7 +79,7 @@ fn train_eval(src: &str, data: &Path, epochs: usize) -> EvalResult {
     .unwrap();
     let test = mtl::data::load(
         &data.join("test.csv"),
-        &t,
+        &t.signature(),
         &mut enc,
         false,
         true,
@@ -165,7 +165,7 @@ fn load_err(dir: &Path, csv: &str) -> String {
     );
     mtl::data::load(
         &good,
-        &t,
+        &t.signature(),
         &mut enc,
         true,
         true,
@@ -176,7 +176,7 @@ fn load_err(dir: &Path, csv: &str) -> String {
     let bad = write(dir, "bad.csv", csv);
     match mtl::data::load(
         &bad,
-        &t,
+        &t.signature(),
         &mut enc,
         false,
         true,
@@ -238,7 +238,7 @@ fn broken_data_sets_name_file_row_and_column() {
     );
     let e = mtl::data::load(
         &many,
-        &t,
+        &t.signature(),
         &mut Encoders::default(),
         true,
         true,
@@ -270,7 +270,7 @@ fn jsonl_and_csv_manifests_encode_alike() {
         let mut enc = Encoders::default();
         let d: Dataset = mtl::data::load(
             p,
-            &t,
+            &t.signature(),
             &mut enc,
             true,
             true,
@@ -420,7 +420,7 @@ fn hugging_face_tokenizer_json_encodes_token_columns() {
     };
     let d = mtl::data::load(
         &csv,
-        &t,
+        &t.signature(),
         &mut enc,
         true,
         true,
@@ -444,7 +444,7 @@ fn hugging_face_tokenizer_json_encodes_token_columns() {
     );
     let e = mtl::data::load(
         &big,
-        &t,
+        &t.signature(),
         &mut enc,
         false,
         true,
@@ -470,7 +470,7 @@ fn decoded_data_above_the_memory_limit_streams_to_a_reused_disk_cache() {
     let mut enc = Encoders::default();
     let mem = mtl::data::load(
         &csv,
-        &t,
+        &t.signature(),
         &mut enc,
         true,
         true,
@@ -484,8 +484,9 @@ fn decoded_data_above_the_memory_limit_streams_to_a_reused_disk_cache() {
         memory_limit: 0,
         cache_dir: Some(cache.clone()),
     };
-    let disk =
-        |enc: &mut Encoders| mtl::data::load(&csv, &t, enc, false, true, &dev, &disk_opts).unwrap();
+    let disk = |enc: &mut Encoders| {
+        mtl::data::load(&csv, &t.signature(), enc, false, true, &dev, &disk_opts).unwrap()
+    };
     let d1 = disk(&mut enc);
     let Storage::Cache { dir, reused: false } = d1.storage.clone() else {
         panic!("expected a fresh disk cache, got {:?}", d1.storage)
@@ -561,7 +562,16 @@ fn decoded_data_above_the_memory_limit_streams_to_a_reused_disk_cache() {
     let bad = data.join("bad.csv");
     let text = std::fs::read_to_string(&csv).unwrap();
     std::fs::write(&bad, text.replacen("images/", "images/missing_", 1)).unwrap();
-    let e = mtl::data::load(&bad, &t, &mut enc, false, true, &dev, &disk_opts).unwrap_err();
+    let e = mtl::data::load(
+        &bad,
+        &t.signature(),
+        &mut enc,
+        false,
+        true,
+        &dev,
+        &disk_opts,
+    )
+    .unwrap_err();
     assert!(e.contains("bad.csv: row 1, column `image`"), "{e}");
     let left: Vec<_> = std::fs::read_dir(&cache)
         .unwrap()
@@ -587,10 +597,7 @@ fn tensor_files_above_the_memory_limit_are_read_in_place() {
         "tensor file",
     );
     // Checks run on disk columns too, streaming.
-    let (_, prog) = {
-        let g = common::compile(&root().join("models/digits.mtl"), Mode::Infer);
-        let p = lower(&g, Mode::Infer);
-        (g, p)
-    };
-    disk.check(&prog, true, "digits").unwrap();
+    let g = common::compile(&root().join("models/digits.mtl"), Mode::Infer);
+    let sig = lower(&g, Mode::Infer).signature();
+    disk.check(&sig, true, "digits").unwrap();
 }

@@ -81,6 +81,7 @@ pub fn predict(a: PredictArgs) -> Result<i32, Fail> {
         .or(run_weights)
         .ok_or_else(|| Fail::usage("error: --weights is required when MODEL is a file"))?;
     let (_, _, prog) = build(&model, Mode::Infer, !a.no_opt, true)?;
+    let sig = prog.signature();
     let mut params =
         init_params(&prog, 0, &device).map_err(|e| Fail::model(format!("error: {e}")))?;
     params
@@ -93,7 +94,7 @@ pub fn predict(a: PredictArgs) -> Result<i32, Fail> {
     let inputs = if mtl::data::is_manifest(&a.input) {
         let m = mtl::data::manifest::Manifest::read(&a.input)
             .map_err(|e| Fail::usage(format!("error: {e}")))?;
-        m.to_dataset(&prog, &enc, false, &opts)
+        m.to_dataset(&sig, &enc, false, &opts)
             .map_err(|e| Fail::model(format!("error: {e}")))?
     } else {
         Dataset::load(&a.input, &device, opts.memory_limit)
@@ -103,7 +104,7 @@ pub fn predict(a: PredictArgs) -> Result<i32, Fail> {
     let out = mtl::predict::predict(&prog, &params, &inputs, a.batch_size, &device)
         .map_err(|e| Fail::model(format!("error: {e}")))?;
     let tensors_path = if a.output.extension().is_some_and(|e| e == "csv") {
-        let csv = mtl::data::predictions::to_csv(&prog, &enc, &out)
+        let csv = mtl::data::predictions::to_csv(&sig, &enc, &out)
             .map_err(|e| Fail::model(format!("error: {e}")))?;
         let tmp = a.output.with_extension("csv.tmp");
         std::fs::write(&tmp, csv)

@@ -7,6 +7,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use mtl::data::{Dataset, Encoders, Storage};
 use mtl::lower::init_params;
 use mtl::pipeline::Mode;
+use mtl::signature::Signature;
 use mtl::train::{EpochRecord, EvalResult, FitConfig, Observer};
 use std::path::{Path, PathBuf};
 
@@ -214,14 +215,14 @@ fn fresh_run_dir(model: &str) -> PathBuf {
 /// Loads tensors or a manifest; `fit` builds vocabularies and label maps from it.
 fn load_data(
     path: &Path,
-    prog: &mtl::lower::Program,
+    sig: &Signature,
     enc: &mut Encoders,
     fit: bool,
     labels: bool,
     dev: &candle_core::Device,
     storage: &StorageArgs,
 ) -> Result<Dataset, Fail> {
-    mtl::data::load(path, prog, enc, fit, labels, dev, &storage.options())
+    mtl::data::load(path, sig, enc, fit, labels, dev, &storage.options())
         .map_err(|e| Fail::model(format!("error: {e}")))
 }
 
@@ -289,9 +290,10 @@ pub fn train(a: TrainArgs) -> Result<i32, Fail> {
         })?;
         enc.tokenizer = Some(copy);
     }
+    let sig = train_prog.signature();
     let all = load_data(
         &data_path,
-        &train_prog,
+        &sig,
         &mut enc,
         a.resume.is_none(),
         true,
@@ -305,13 +307,7 @@ pub fn train(a: TrainArgs) -> Result<i32, Fail> {
         (Some(v), _) => (
             all,
             Some(load_data(
-                v,
-                &train_prog,
-                &mut enc,
-                false,
-                true,
-                &device,
-                &a.storage,
+                v, &sig, &mut enc, false, true, &device, &a.storage,
             )?),
         ),
         (None, f) if f > 0.0 => {
@@ -405,7 +401,15 @@ pub fn evaluate(a: EvaluateArgs) -> Result<i32, Fail> {
         .map_err(|e| Fail::model(format!("error: {e}")))?;
     let mut enc =
         Encoders::load(&a.run.join("data.json")).map_err(|e| Fail::usage(format!("error: {e}")))?;
-    let ds = load_data(&a.data, &prog, &mut enc, false, true, &device, &a.storage)?;
+    let ds = load_data(
+        &a.data,
+        &prog.signature(),
+        &mut enc,
+        false,
+        true,
+        &device,
+        &a.storage,
+    )?;
     if !a.json {
         report_storage(&ds, "data");
     }

@@ -5,12 +5,12 @@
 //! names the file, the row and the column.
 
 use super::dataset::{Column, Storage};
-use super::encoders::{classes_of, Encoders, Vocab};
+use super::encoders::{Encoders, Vocab};
 use super::image;
 use super::store::{fnv64, open_cache, CacheColumn, CacheMeta, DiskColumn};
 use super::Dataset;
 use crate::ir::{DType as IrDType, InputKind, LossKind};
-use crate::lower::Program;
+use crate::signature::Signature;
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -56,8 +56,8 @@ impl Manifest {
         format!("{}: row {}, column `{col}`", self.path.display(), row + 1)
     }
 
-    /// The columns `prog` needs (labels with `labels`), every missing one reported.
-    fn targets(&self, prog: &Program, labels: bool) -> Result<Vec<Target>, String> {
+    /// The columns `sig` needs (labels with `labels`), every missing one reported.
+    fn targets(&self, sig: &Signature, labels: bool) -> Result<Vec<Target>, String> {
         let mut errs = vec![];
         let mut out = vec![];
         let missing = |what: &str, name: &str| {
@@ -67,7 +67,8 @@ impl Manifest {
                 self.columns.join(", ")
             )
         };
-        for (name, _, ty) in &prog.inputs {
+        for i in &sig.inputs {
+            let (name, ty) = (&i.name, &i.ty);
             let Some(col) = self.column(name) else {
                 errs.push(missing(&format!("input `{name}`"), name));
                 continue;
@@ -75,10 +76,10 @@ impl Manifest {
             let dims = ty.dims().ok_or_else(|| {
                 format!("input `{name}` has symbolic sizes; manifests need fixed ones")
             })?;
-            let what = match prog.input_kinds.get(name) {
-                Some(InputKind::Image) => What::Image,
-                Some(InputKind::Tokens { vocab }) => What::Tokens(*vocab),
-                _ => What::Numbers,
+            let what = match i.kind {
+                InputKind::Image => What::Image,
+                InputKind::Tokens { vocab } => What::Tokens(vocab),
+                InputKind::F32 => What::Numbers,
             };
             out.push(Target {
                 name: name.clone(),
@@ -89,7 +90,7 @@ impl Manifest {
             });
         }
         if labels {
-            for (hi, (h, _)) in prog.heads.iter().enumerate() {
+            for (hi, h) in sig.heads.iter().enumerate() {
                 let Some(lt) = &h.label_type else { continue };
                 let Some(col) = self.column(&h.label) else {
                     errs.push(missing(&format!("label of head `{}`", h.name), &h.label));
@@ -111,23 +112,23 @@ impl Manifest {
         }
     }
 
-    /// Encodes the manifest as tensors for `prog` (labels required with
+    /// Encodes the manifest as tensors for `sig` (labels required with
     /// `labels`). Decoded data larger than `opts.memory_limit` is streamed, a
     /// chunk of rows at a time, into a cache directory keyed by the manifest,
     /// the model's columns and the encoders, and read back per batch; a later
     /// run with the same key reuses it without decoding.
     pub fn to_dataset(
         &self,
-        prog: &Program,
+        sig: &Signature,
         enc: &Encoders,
         labels: bool,
         opts: &LoadOptions,
     ) -> Result<Dataset, String> {
-        let targets = self.targets(prog, labels)?;
+        let targets = self.targets(sig, labels)?;
         let hf = enc.hf_tokenizer()?;
         let cx = Cx {
             m: self,
-            prog,
+            sig,
             enc,
             hf: hf.as_ref(),
         };
@@ -240,7 +241,7 @@ enum What {
     Image,
     Tokens(usize),
     Numbers,
-    /// The label of head `prog.heads[i]`.
+    /// The label of head `sig.heads[i]`.
     Label(usize),
 }
 
@@ -300,7 +301,7 @@ impl Errors {
 /// What encoding a row range needs.
 struct Cx<'a> {
     m: &'a Manifest,
-    prog: &'a Program,
+    sig: &'a Signature,
     enc: &'a Encoders,
     hf: Option<&'a tokenizers::Tokenizer>,
 }
@@ -477,7 +478,7 @@ impl Cx<'_> {
                 Values::F32(data)
             }
             What::Label(hi) => {
-                let (h, slot) = &self.prog.heads[*hi];
+                let h = &self.sig.heads[*hi];
                 let mut data: Vec<f32> = Vec::with_capacity(slice.len() * per);
                 for (i, r) in slice.iter().enumerate() {
                     let cell = r[col].trim();
@@ -499,7 +500,7 @@ impl Cx<'_> {
                                     "{}: class `{cell}` is not one of head `{}`'s {} classes ({})",
                                     at(),
                                     h.name,
-                                    classes_of(self.prog, *slot),
+                                    h.classes,
                                     map.classes.join(", ")
                                 )
                             })

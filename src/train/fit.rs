@@ -244,7 +244,8 @@ pub fn evaluate(
     batch_size: usize,
     device: &Device,
 ) -> Result<EvalResult, TrainError> {
-    ds.check(prog, true, "data").map_err(TrainError::Data)?;
+    ds.check(&prog.signature(), true, "data")
+        .map_err(TrainError::Data)?;
     evaluate_checked(prog, params, ds, batch_size, device)
 }
 
@@ -296,11 +297,12 @@ pub fn fit(
 ) -> Result<Vec<EpochRecord>, TrainError> {
     let t = &cfg.train;
     let dev = &cfg.device;
+    let sig = train_prog.signature();
     train
-        .check(train_prog, true, "training data")
+        .check(&sig, true, "training data")
         .map_err(TrainError::Data)?;
     if let Some(v) = val {
-        v.check(train_prog, true, "validation data")
+        v.check(&sig, true, "validation data")
             .map_err(TrainError::Data)?;
     }
     let mut gradnorm = match t.weighting {
