@@ -6,7 +6,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::{graph, graph_and_train, options, root};
-use mtl::data::{manifest::Manifest, Dataset, Encoders, LoadOptions, Storage};
+use mtl::data::{Dataset, Encoders, LoadOptions, Manifest, Storage};
 use mtl::lower::{init_params, lower, Program};
 use mtl::pipeline::Mode;
 use mtl::train::config::TrainConfig;

@@ -92,8 +92,8 @@ pub fn predict(a: PredictArgs) -> Result<i32, Fail> {
         .map_err(|e| Fail::usage(format!("error: {e}")))?;
     let opts = a.storage.options();
     let inputs = if mtl::data::is_manifest(&a.input) {
-        let m = mtl::data::manifest::Manifest::read(&a.input)
-            .map_err(|e| Fail::usage(format!("error: {e}")))?;
+        let m =
+            mtl::data::Manifest::read(&a.input).map_err(|e| Fail::usage(format!("error: {e}")))?;
         m.to_dataset(&sig, &enc, false, &opts)
             .map_err(|e| Fail::model(format!("error: {e}")))?
     } else {

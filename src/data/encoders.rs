@@ -1,7 +1,7 @@
 //! Text vocabularies and label maps, built from the training split and saved
 //! in the run directory (`data.json`) so evaluate and predict encode alike.
 
-use super::manifest::Manifest;
+use super::table::Manifest;
 use crate::ir::{InputKind, LossKind};
 use crate::signature::Signature;
 use serde::{Deserialize, Serialize};

@@ -9,10 +9,12 @@ pub mod manifest;
 pub mod predictions;
 pub mod shapes;
 mod store;
+mod table;
 
 pub use dataset::{Column, Dataset, Storage};
 pub use encoders::Encoders;
 pub use manifest::LoadOptions;
+pub use table::Manifest;
 
 use crate::signature::Signature;
 use candle_core::Device;
@@ -51,7 +53,7 @@ pub fn load(
     opts: &LoadOptions,
 ) -> Result<Dataset, String> {
     if is_manifest(path) {
-        let m = manifest::Manifest::read(path)?;
+        let m = Manifest::read(path)?;
         if fit {
             *enc = Encoders::fit(sig, &m, enc.tokenizer.clone())?;
         }
