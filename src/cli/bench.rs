@@ -1,7 +1,6 @@
 //! `bench`: training or inference throughput on random data of the model's shapes.
 
-use super::run::build;
-use super::Fail;
+use super::{build, Fail};
 use candle_core::{DType, Tensor};
 use clap::Args;
 use mtl::lower::init_params;

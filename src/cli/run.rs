@@ -1,13 +1,11 @@
 //! `predict` and `init`: running compiled models on tensors.
 
-use super::train::{report_storage, StorageArgs};
-use super::{load, Fail};
+use super::{build, report_storage, resolve_model, Fail, StorageArgs};
 use clap::Args;
 use mtl::data::{Dataset, Encoders};
-use mtl::lower::{init_params, lower, save_atomic, Params, Program};
+use mtl::lower::{init_params, save_atomic, Params};
 use mtl::pipeline::Mode;
-use mtl::train::config::TrainConfig;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct PredictArgs {
@@ -41,36 +39,6 @@ pub struct InitArgs {
     out: PathBuf,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-}
-
-/// A model file, or `RUN_DIR/model.mtl` with `RUN_DIR/weights.safetensors`.
-pub fn resolve_model(path: &Path) -> (PathBuf, Option<PathBuf>) {
-    if path.is_dir() {
-        (
-            path.join("model.mtl"),
-            Some(path.join("weights.safetensors")),
-        )
-    } else {
-        (path.to_path_buf(), None)
-    }
-}
-
-/// Compiles and lowers `model` for `mode`: the graph, its `train { }` block
-/// and the program; `warn` prints the warnings.
-pub fn build(
-    model: &Path,
-    mode: Mode,
-    optimize: bool,
-    warn: bool,
-) -> Result<(mtl::ir::Graph, TrainConfig, Program), Fail> {
-    let opts = mtl::Options {
-        optimize,
-        mode,
-        ..Default::default()
-    };
-    let (g, c) = load(model, &opts, warn)?;
-    let prog = lower(&g, mode);
-    Ok((g, c.train, prog))
 }
 
 pub fn predict(a: PredictArgs) -> Result<i32, Fail> {

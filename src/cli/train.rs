@@ -1,10 +1,9 @@
 //! `train` and `evaluate`: the main job.
 
-use super::run::{build, resolve_model};
-use super::Fail;
+use super::{build, report_storage, resolve_model, Fail, StorageArgs};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use mtl::data::{Dataset, Encoders, Storage};
+use mtl::data::{Dataset, Encoders};
 use mtl::lower::init_params;
 use mtl::pipeline::Mode;
 use mtl::signature::Signature;
@@ -51,56 +50,6 @@ pub struct TrainArgs {
     no_opt: bool,
     #[command(flatten)]
     storage: StorageArgs,
-}
-
-/// Where decoded data lives: memory up to a bound, else a disk cache.
-#[derive(Args, Clone)]
-pub struct StorageArgs {
-    /// Decoded data (or a tensor file) above this many MiB stays on disk and
-    /// is read a batch at a time.
-    #[arg(long, default_value_t = 2048, value_name = "MIB")]
-    memory_limit: u64,
-    /// Where decoded manifests above the memory limit are cached and reused
-    /// (default: $MTL_CACHE_DIR, else $XDG_CACHE_HOME/mtl or ~/.cache/mtl).
-    #[arg(long)]
-    cache_dir: Option<PathBuf>,
-}
-
-impl StorageArgs {
-    pub fn options(&self) -> mtl::data::LoadOptions {
-        let env = |k: &str| {
-            std::env::var_os(k)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        };
-        let dir = self
-            .cache_dir
-            .clone()
-            .or_else(|| env("MTL_CACHE_DIR"))
-            .or_else(|| env("XDG_CACHE_HOME").map(|p| p.join("mtl")))
-            .or_else(|| env("HOME").map(|p| p.join(".cache").join("mtl")))
-            .unwrap_or_else(|| PathBuf::from(".mtl-cache"));
-        mtl::data::LoadOptions {
-            memory_limit: self.memory_limit.saturating_mul(1 << 20),
-            cache_dir: Some(dir),
-        }
-    }
-}
-
-/// Says where decoded data went when it is not in memory.
-pub fn report_storage(ds: &Dataset, what: &str) {
-    match &ds.storage {
-        Storage::Memory => {}
-        Storage::File(p) => eprintln!(
-            "{what}: {} is above --memory-limit; reading it a batch at a time",
-            p.display()
-        ),
-        Storage::Cache { dir, reused } => eprintln!(
-            "{what}: decoded data above --memory-limit {} {}",
-            if *reused { "reused from" } else { "cached in" },
-            dir.display()
-        ),
-    }
 }
 
 #[derive(Args)]
