@@ -4,31 +4,12 @@
 use crate::diagnostics::{Diagnostic, SourceMap, Span};
 use crate::elaborate::elaborate;
 use crate::ir::{self, Graph};
-use crate::passes::{self, Mode, PassReport};
+use crate::passes::{self, PassReport};
+use crate::pipeline::Options;
 use crate::syntax::{self, ast};
+use crate::train::config::TrainConfig;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-
-#[derive(Debug, Clone)]
-pub struct Options {
-    /// Run the optimizer pipeline (`--no-opt` turns it off).
-    pub optimize: bool,
-    pub mode: Mode,
-    /// Record the IR text after these passes (`--print-after`), or all.
-    pub print_after: Vec<String>,
-    pub print_after_all: bool,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            optimize: true,
-            mode: Mode::Infer,
-            print_after: vec![],
-            print_after_all: false,
-        }
-    }
-}
 
 /// Everything a compilation produced, including its diagnostics.
 pub struct Compiled {
@@ -38,6 +19,9 @@ pub struct Compiled {
     pub raw: Option<Graph>,
     /// The IR after the pass pipeline (equal to `raw` with `optimize: false`).
     pub graph: Option<Graph>,
+    /// The model's `train { }` block, with defaults where it sets nothing
+    /// (all defaults when no model was elaborated).
+    pub train: TrainConfig,
     pub diagnostics: Vec<Diagnostic>,
     pub passes: PassReport,
 }
@@ -75,6 +59,7 @@ fn compile_source(name: &str, text: &str, dir: Option<&Path>, opts: &Options) ->
         ast: None,
         raw: None,
         graph: None,
+        train: TrainConfig::default(),
         diagnostics: vec![],
         passes: PassReport::default(),
     };
@@ -132,7 +117,8 @@ fn compile_source(name: &str, text: &str, dir: Option<&Path>, opts: &Options) ->
             first
         }
     };
-    let (mut g, errs) = elaborate(model, &blocks);
+    let (mut g, train, errs) = elaborate(model, &blocks);
+    c.train = train;
     c.diagnostics.extend(errs);
     if !c.has_errors() {
         c.diagnostics.extend(ir::shape::infer(&mut g));

@@ -2,12 +2,14 @@
 //!
 //! `.mtl` text → [`syntax`] (AST) → [`elaborate`] (IR) → [`ir::shape`] (typed IR)
 //! → [`passes`] (optimized IR) → [`lower`] (candle program) → [`train`].
-//! [`driver`] runs the front half; nothing in the library prints.
+//! [`driver`] runs the front half as [`pipeline`]'s options say; [`data`] reads
+//! a lowered model's [`signature`], not its program. Nothing in the library
+//! prints.
 //!
 //! # Example: compile a model, snapshot its lowering, predict
 //!
 //! ```
-//! use mtl::{compile_str, lower::{init_params, lower}, passes::Mode};
+//! use mtl::{compile_str, lower::{init_params, lower}, pipeline::Mode};
 //! let src = r#"
 //! model tiny {
 //!   input x: f32[4]
@@ -35,10 +37,13 @@ pub mod ir;
 pub mod kernels;
 pub mod lower;
 pub mod passes;
+pub mod pipeline;
 pub mod predict;
 pub mod render;
+pub mod signature;
 pub mod summary;
 pub mod syntax;
 pub mod train;
 
-pub use driver::{compile_file, compile_str, Compiled, Options};
+pub use driver::{compile_file, compile_str, Compiled};
+pub use pipeline::Options;

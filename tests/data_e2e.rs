@@ -5,10 +5,11 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use common::{graph, options, root};
-use mtl::data::{manifest::Manifest, Dataset, Encoders, LoadOptions, Storage};
+use common::{graph, graph_and_train, options, root};
+use mtl::data::{Dataset, Encoders, LoadOptions, Manifest, Storage};
 use mtl::lower::{init_params, lower, Program};
-use mtl::passes::Mode;
+use mtl::pipeline::Mode;
+use mtl::train::config::TrainConfig;
 use mtl::train::{EvalResult, FitConfig, Observer};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -23,14 +24,14 @@ fn tmp(name: &str) -> PathBuf {
     d
 }
 
-fn programs(src: &str) -> (mtl::ir::Graph, Program, Program) {
-    let g = graph(mtl::compile_str("m.mtl", src, &options(Mode::Train)));
+fn programs(src: &str) -> (TrainConfig, Program, Program) {
+    let (g, cfg) = graph_and_train(mtl::compile_str("m.mtl", src, &options(Mode::Train)));
     let t = lower(&g, Mode::Train);
     let i = lower(
         &graph(mtl::compile_str("m.mtl", src, &options(Mode::Infer))),
         Mode::Infer,
     );
-    (g, t, i)
+    (cfg, t, i)
 }
 
 /// Equal keys and bit-equal values (NaN equal to NaN).
@@ -63,12 +64,12 @@ fn assert_same_tensors(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>,
 
 /// Trains `src` on `train.csv` and evaluates on `test.csv` of `data`.
 fn train_eval(src: &str, data: &Path, epochs: usize) -> EvalResult {
-    let (g, t, i) = programs(src);
+    let (mut cfg, t, i) = programs(src);
     let dev = Device::Cpu;
     let mut enc = Encoders::default();
     let train = mtl::data::load(
         &data.join("train.csv"),
-        &t,
+        &t.signature(),
         &mut enc,
         true,
         true,
@@ -78,7 +79,7 @@ fn train_eval(src: &str, data: &Path, epochs: usize) -> EvalResult {
     .unwrap();
     let test = mtl::data::load(
         &data.join("test.csv"),
-        &t,
+        &t.signature(),
         &mut enc,
         false,
         true,
@@ -86,7 +87,6 @@ fn train_eval(src: &str, data: &Path, epochs: usize) -> EvalResult {
         &LoadOptions::default(),
     )
     .unwrap();
-    let mut cfg = g.train.clone();
     cfg.epochs = epochs;
     cfg.val_split = 0.0;
     let dir = data.join(format!("run-{}", src.len()));
@@ -165,7 +165,7 @@ fn load_err(dir: &Path, csv: &str) -> String {
     );
     mtl::data::load(
         &good,
-        &t,
+        &t.signature(),
         &mut enc,
         true,
         true,
@@ -176,7 +176,7 @@ fn load_err(dir: &Path, csv: &str) -> String {
     let bad = write(dir, "bad.csv", csv);
     match mtl::data::load(
         &bad,
-        &t,
+        &t.signature(),
         &mut enc,
         false,
         true,
@@ -238,7 +238,7 @@ fn broken_data_sets_name_file_row_and_column() {
     );
     let e = mtl::data::load(
         &many,
-        &t,
+        &t.signature(),
         &mut Encoders::default(),
         true,
         true,
@@ -270,7 +270,7 @@ fn jsonl_and_csv_manifests_encode_alike() {
         let mut enc = Encoders::default();
         let d: Dataset = mtl::data::load(
             p,
-            &t,
+            &t.signature(),
             &mut enc,
             true,
             true,
@@ -420,7 +420,7 @@ fn hugging_face_tokenizer_json_encodes_token_columns() {
     };
     let d = mtl::data::load(
         &csv,
-        &t,
+        &t.signature(),
         &mut enc,
         true,
         true,
@@ -444,7 +444,7 @@ fn hugging_face_tokenizer_json_encodes_token_columns() {
     );
     let e = mtl::data::load(
         &big,
-        &t,
+        &t.signature(),
         &mut enc,
         false,
         true,
@@ -464,13 +464,13 @@ fn decoded_data_above_the_memory_limit_streams_to_a_reused_disk_cache() {
     let data = tmp("cache");
     mtl::data::shapes::write(&data, 40, 3).unwrap();
     let src = std::fs::read_to_string(root().join("models/shapes.mtl")).unwrap();
-    let (g, t, i) = programs(&src);
+    let (base, t, i) = programs(&src);
     let dev = Device::Cpu;
     let csv = data.join("train.csv");
     let mut enc = Encoders::default();
     let mem = mtl::data::load(
         &csv,
-        &t,
+        &t.signature(),
         &mut enc,
         true,
         true,
@@ -484,8 +484,9 @@ fn decoded_data_above_the_memory_limit_streams_to_a_reused_disk_cache() {
         memory_limit: 0,
         cache_dir: Some(cache.clone()),
     };
-    let disk =
-        |enc: &mut Encoders| mtl::data::load(&csv, &t, enc, false, true, &dev, &disk_opts).unwrap();
+    let disk = |enc: &mut Encoders| {
+        mtl::data::load(&csv, &t.signature(), enc, false, true, &dev, &disk_opts).unwrap()
+    };
     let d1 = disk(&mut enc);
     let Storage::Cache { dir, reused: false } = d1.storage.clone() else {
         panic!("expected a fresh disk cache, got {:?}", d1.storage)
@@ -543,7 +544,7 @@ fn decoded_data_above_the_memory_limit_streams_to_a_reused_disk_cache() {
     assert!(matches!(&d4.storage, Storage::Cache { dir: d, reused: false } if *d != dir));
     // Training reads the same batches from disk as from memory: same weights.
     let trained = |ds: &Dataset, name: &str| {
-        let mut cfg = g.train.clone();
+        let mut cfg = base.clone();
         cfg.epochs = 2;
         cfg.val_split = 0.0;
         let fc = FitConfig {
@@ -561,7 +562,16 @@ fn decoded_data_above_the_memory_limit_streams_to_a_reused_disk_cache() {
     let bad = data.join("bad.csv");
     let text = std::fs::read_to_string(&csv).unwrap();
     std::fs::write(&bad, text.replacen("images/", "images/missing_", 1)).unwrap();
-    let e = mtl::data::load(&bad, &t, &mut enc, false, true, &dev, &disk_opts).unwrap_err();
+    let e = mtl::data::load(
+        &bad,
+        &t.signature(),
+        &mut enc,
+        false,
+        true,
+        &dev,
+        &disk_opts,
+    )
+    .unwrap_err();
     assert!(e.contains("bad.csv: row 1, column `image`"), "{e}");
     let left: Vec<_> = std::fs::read_dir(&cache)
         .unwrap()
@@ -587,10 +597,7 @@ fn tensor_files_above_the_memory_limit_are_read_in_place() {
         "tensor file",
     );
     // Checks run on disk columns too, streaming.
-    let (_, prog) = {
-        let g = common::compile(&root().join("models/digits.mtl"), Mode::Infer);
-        let p = lower(&g, Mode::Infer);
-        (g, p)
-    };
-    disk.check(&prog, true, "digits").unwrap();
+    let g = common::compile(&root().join("models/digits.mtl"), Mode::Infer);
+    let sig = lower(&g, Mode::Infer).signature();
+    disk.check(&sig, true, "digits").unwrap();
 }

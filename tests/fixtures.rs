@@ -6,7 +6,7 @@ mod common;
 use candle_core::{Device, Tensor};
 use common::graph;
 use mtl::lower::{init_params, lower};
-use mtl::passes::Mode;
+use mtl::pipeline::Mode;
 use std::path::{Path, PathBuf};
 
 fn fixtures() -> PathBuf {

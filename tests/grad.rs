@@ -8,7 +8,7 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use common::{compile, graph, max_abs_diff, mtl_files, options, random_inputs};
 use mtl::lower::{init_params, lower, Params, Program};
-use mtl::passes::Mode;
+use mtl::pipeline::Mode;
 use rand::SeedableRng;
 use std::collections::HashMap;
 

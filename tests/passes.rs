@@ -5,7 +5,7 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use common::{graph, max_abs_diff, mtl_files, random_inputs};
 use mtl::lower::{init_params, lower};
-use mtl::passes::Mode;
+use mtl::pipeline::Mode;
 use rand::SeedableRng;
 
 const REDUNDANT: &str = r#"

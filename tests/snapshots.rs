@@ -5,7 +5,7 @@ mod common;
 
 use common::mtl_files;
 use mtl::lower::lower;
-use mtl::passes::Mode;
+use mtl::pipeline::Mode;
 
 #[test]
 fn ir_snapshots() {

@@ -2,12 +2,12 @@
 
 mod common;
 
-use common::graph;
-use mtl::ir::{OptimizerKind, Schedule, Weighting};
+use common::graph_and_train;
+use mtl::train::config::{OptimizerKind, Schedule, TrainConfig, Weighting};
 
-fn config(train: &str) -> mtl::ir::TrainConfig {
+fn config(train: &str) -> TrainConfig {
     let src = format!("model m {{\n  input x: f32[4]\n  head y = x -> dense(1) {{ loss: mse }}\n  train {{ {train} }}\n}}");
-    graph(mtl::compile_str("m.mtl", &src, &Default::default())).train
+    graph_and_train(mtl::compile_str("m.mtl", &src, &Default::default())).1
 }
 
 #[test]

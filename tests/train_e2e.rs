@@ -4,11 +4,14 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use common::{assert_same_params, compile, mtl_files, random_inputs_from, root};
+use common::{
+    assert_same_params, compile, graph_and_train, mtl_files, options, random_inputs_from, root,
+};
 use mtl::data::Dataset;
-use mtl::ir::{LossKind, TrainConfig};
+use mtl::ir::LossKind;
 use mtl::lower::{init_params, lower, Params, Program};
-use mtl::passes::Mode;
+use mtl::pipeline::Mode;
+use mtl::train::config::TrainConfig;
 use mtl::train::{EpochRecord, FitConfig, Observer};
 use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
@@ -16,12 +19,12 @@ use std::path::{Path, PathBuf};
 struct Quiet;
 impl Observer for Quiet {}
 
-/// The graph with its training and inference programs.
-fn programs(path: &Path) -> (mtl::ir::Graph, Program, Program) {
-    let g = compile(path, Mode::Train);
+/// The model's `train { }` block with its training and inference programs.
+fn programs(path: &Path) -> (TrainConfig, Program, Program) {
+    let (g, cfg) = graph_and_train(mtl::compile_file(path, &options(Mode::Train)).unwrap());
     let t = lower(&g, Mode::Train);
     let i = lower(&compile(path, Mode::Infer), Mode::Infer);
-    (g, t, i)
+    (cfg, t, i)
 }
 
 fn tmp(name: &str) -> PathBuf {
@@ -105,15 +108,14 @@ fn random_data(p: &Program, n: usize, seed: u64) -> Dataset {
 #[test]
 fn loss_falls_for_every_shipped_model() {
     for f in mtl_files("models") {
-        let (g, t, i) = programs(&f);
-        let mut cfg = g.train.clone();
+        let (mut cfg, t, i) = programs(&f);
         cfg.epochs = 8;
         cfg.batch_size = 4;
         cfg.val_split = 0.0;
         cfg.optimizer.lr = 1e-3;
         let ds = random_data(&t, 8, 1);
         let mut params = init_params(&t, 0, &Device::Cpu).unwrap();
-        let dir = tmp(&g.name);
+        let dir = tmp(&f.file_stem().unwrap().to_string_lossy());
         let h = fit(cfg, &dir, &t, &i, &mut params, &ds, None, false).unwrap();
         let (first, last) = (h[0].train.loss, h[h.len() - 1].train.loss);
         assert!(
@@ -131,7 +133,7 @@ fn loss_falls_for_every_shipped_model() {
 
 fn digits(mask_half_parity: bool, seed: u64) -> f64 {
     let dev = Device::Cpu;
-    let (g, t, i) = programs(&root().join("models/digits.mtl"));
+    let (mut cfg, t, i) = programs(&root().join("models/digits.mtl"));
     let data = root().join("../shared/data/digits");
     let mut train = Dataset::load(&data.join("train.safetensors"), &dev, u64::MAX).unwrap();
     let test = Dataset::load(&data.join("test.safetensors"), &dev, u64::MAX).unwrap();
@@ -147,7 +149,6 @@ fn digits(mask_half_parity: bool, seed: u64) -> f64 {
             .insert("parity", Tensor::from_vec(v, (n, 1), &dev).unwrap())
             .unwrap();
     }
-    let mut cfg = g.train.clone();
     cfg.epochs = 30;
     cfg.batch_size = 32;
     cfg.optimizer.lr = 1e-3;
@@ -187,9 +188,8 @@ fn digits_recipe_reaches_keras_accuracy_and_tolerates_missing_labels() {
 #[test]
 fn resume_continues_exactly() {
     let dev = Device::Cpu;
-    let (g, t, i) = programs(&root().join("models/siamese.mtl"));
+    let (mut cfg, t, i) = programs(&root().join("models/siamese.mtl"));
     let ds = random_data(&t, 12, 3);
-    let mut cfg = g.train.clone();
     cfg.batch_size = 4;
     cfg.epochs = 4;
     let a_dir = tmp("resume-a");
@@ -213,7 +213,7 @@ fn resume_continues_exactly() {
 #[test]
 fn non_finite_loss_stops_with_the_head_named() {
     let dev = Device::Cpu;
-    let (g, t, i) = programs(&root().join("models/shapes.mtl"));
+    let (cfg, t, i) = programs(&root().join("models/shapes.mtl"));
     let mut ds = random_data(&t, 4, 4);
     // A squared error of 1e60 overflows f32.
     ds.insert(
@@ -223,7 +223,7 @@ fn non_finite_loss_stops_with_the_head_named() {
     .unwrap();
     let mut params = init_params(&t, 0, &dev).unwrap();
     let dir = tmp("nan");
-    let r = fit(g.train.clone(), &dir, &t, &i, &mut params, &ds, None, false);
+    let r = fit(cfg, &dir, &t, &i, &mut params, &ds, None, false);
     match r {
         Err(e @ mtl::train::TrainError::NonFinite { .. }) => {
             assert!(e.to_string().contains("`total`"), "{e}")
@@ -292,12 +292,12 @@ fn digits_subset(n: usize) -> Dataset {
 
 #[test]
 fn loss_weighting_schemes_train_and_log_their_weights() {
-    use mtl::ir::Weighting;
+    use mtl::train::config::Weighting;
     let dev = Device::Cpu;
-    let (g, t, i) = programs(&root().join("models/digits.mtl"));
+    let (base, t, i) = programs(&root().join("models/digits.mtl"));
     let ds = digits_subset(320);
     for weighting in [Weighting::Uncertainty, Weighting::Dwa, Weighting::Gradnorm] {
-        let mut cfg = g.train.clone();
+        let mut cfg = base.clone();
         cfg.epochs = 4;
         cfg.weighting = weighting;
         cfg.optimizer.lr = 3e-3;
@@ -329,10 +329,9 @@ fn loss_weighting_schemes_train_and_log_their_weights() {
 #[test]
 fn gradnorm_resume_continues_exactly() {
     let dev = Device::Cpu;
-    let (g, t, i) = programs(&root().join("models/digits.mtl"));
+    let (mut cfg, t, i) = programs(&root().join("models/digits.mtl"));
     let ds = digits_subset(96);
-    let mut cfg = g.train.clone();
-    cfg.weighting = mtl::ir::Weighting::Gradnorm;
+    cfg.weighting = mtl::train::config::Weighting::Gradnorm;
     cfg.epochs = 4;
     let (a_dir, b_dir) = (tmp("gn-a"), tmp("gn-b"));
     let mut a = init_params(&t, 0, &dev).unwrap();
@@ -357,10 +356,9 @@ fn gradnorm_resume_continues_exactly() {
 #[test]
 fn early_stopping_on_a_named_metric_keeps_the_best_weights() {
     let dev = Device::Cpu;
-    let (g, t, i) = programs(&root().join("models/digits.mtl"));
+    let (mut cfg, t, i) = programs(&root().join("models/digits.mtl"));
     let train = digits_subset(64);
     let val = digits_subset(32);
-    let mut cfg = g.train.clone();
     cfg.epochs = 10;
     // With a zero learning rate nothing improves after the first epoch.
     cfg.optimizer.lr = 0.0;

@@ -1,11 +1,10 @@
 //! `bench`: training or inference throughput on random data of the model's shapes.
 
-use super::run::build;
-use super::Fail;
+use super::{build, Fail};
 use candle_core::{DType, Tensor};
 use clap::Args;
 use mtl::lower::init_params;
-use mtl::passes::Mode;
+use mtl::pipeline::Mode;
 use mtl::train::loss::head_loss;
 use mtl::train::optim::Optimizer;
 use rand::SeedableRng;
@@ -43,7 +42,7 @@ pub struct BenchArgs {
 pub fn bench(a: BenchArgs) -> Result<i32, Fail> {
     let dev = mtl::predict::device(&a.device).map_err(Fail::usage)?;
     let mode = if a.infer { Mode::Infer } else { Mode::Train };
-    let (_, prog) = build(&a.model, mode, !a.no_opt, true)?;
+    let (_, _, prog) = build(&a.model, mode, !a.no_opt, true)?;
     let params = init_params(&prog, 0, &dev).map_err(|e| Fail::model(e.to_string()))?;
     let b = a.batch_size.max(1);
     let f = |e: candle_core::Error| Fail::model(format!("error: {e}"));
@@ -69,7 +68,7 @@ pub fn bench(a: BenchArgs) -> Result<i32, Fail> {
         .iter()
         .map(|k| (k.clone(), params.vars[k].clone()))
         .collect();
-    let mut opt = Optimizer::new(mtl::ir::TrainConfig::default().optimizer);
+    let mut opt = Optimizer::new(mtl::train::config::TrainConfig::default().optimizer);
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     // Forward time per step, then backward and optimizer totals.
     let mut node_times: Vec<f64> = vec![];

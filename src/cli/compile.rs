@@ -2,7 +2,7 @@
 
 use super::{load, rendered, Fail};
 use clap::{Args, ValueEnum};
-use mtl::passes::Mode;
+use mtl::pipeline::Mode;
 use std::path::PathBuf;
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]

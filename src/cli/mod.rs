@@ -5,9 +5,14 @@ mod compile;
 mod run;
 mod train;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use mtl::data::{Dataset, Storage};
 use mtl::diagnostics::{Diagnostic, SourceMap};
+use mtl::lower::{lower, Program};
+use mtl::pipeline::Mode;
+use mtl::train::config::TrainConfig;
 use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
 #[command(
@@ -97,7 +102,7 @@ pub fn rendered(ds: &[Diagnostic], sources: &SourceMap) -> String {
 /// Compiles a model file; errors (rendered) become a `Fail`, warnings are
 /// printed when `warn` (a command compiling one file twice warns once).
 pub fn load(
-    path: &std::path::Path,
+    path: &Path,
     opts: &mtl::Options,
     warn: bool,
 ) -> Result<(mtl::ir::Graph, mtl::Compiled), Fail> {
@@ -114,4 +119,84 @@ pub fn load(
         .clone()
         .ok_or_else(|| Fail::model("error: compilation produced no graph"))?;
     Ok((g, c))
+}
+
+/// A model file, or `RUN_DIR/model.mtl` with `RUN_DIR/weights.safetensors`.
+pub fn resolve_model(path: &Path) -> (PathBuf, Option<PathBuf>) {
+    if path.is_dir() {
+        (
+            path.join("model.mtl"),
+            Some(path.join("weights.safetensors")),
+        )
+    } else {
+        (path.to_path_buf(), None)
+    }
+}
+
+/// Compiles and lowers `model` for `mode`: the graph, its `train { }` block
+/// and the program; `warn` prints the warnings.
+pub fn build(
+    model: &Path,
+    mode: Mode,
+    optimize: bool,
+    warn: bool,
+) -> Result<(mtl::ir::Graph, TrainConfig, Program), Fail> {
+    let opts = mtl::Options {
+        optimize,
+        mode,
+        ..Default::default()
+    };
+    let (g, c) = load(model, &opts, warn)?;
+    let prog = lower(&g, mode);
+    Ok((g, c.train, prog))
+}
+
+/// Where decoded data lives: memory up to a bound, else a disk cache.
+#[derive(Args, Clone)]
+pub struct StorageArgs {
+    /// Decoded data (or a tensor file) above this many MiB stays on disk and
+    /// is read a batch at a time.
+    #[arg(long, default_value_t = 2048, value_name = "MIB")]
+    memory_limit: u64,
+    /// Where decoded manifests above the memory limit are cached and reused
+    /// (default: $MTL_CACHE_DIR, else $XDG_CACHE_HOME/mtl or ~/.cache/mtl).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+}
+
+impl StorageArgs {
+    pub fn options(&self) -> mtl::data::LoadOptions {
+        let env = |k: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        let dir = self
+            .cache_dir
+            .clone()
+            .or_else(|| env("MTL_CACHE_DIR"))
+            .or_else(|| env("XDG_CACHE_HOME").map(|p| p.join("mtl")))
+            .or_else(|| env("HOME").map(|p| p.join(".cache").join("mtl")))
+            .unwrap_or_else(|| PathBuf::from(".mtl-cache"));
+        mtl::data::LoadOptions {
+            memory_limit: self.memory_limit.saturating_mul(1 << 20),
+            cache_dir: Some(dir),
+        }
+    }
+}
+
+/// Says where decoded data went when it is not in memory.
+pub fn report_storage(ds: &Dataset, what: &str) {
+    match &ds.storage {
+        Storage::Memory => {}
+        Storage::File(p) => eprintln!(
+            "{what}: {} is above --memory-limit; reading it a batch at a time",
+            p.display()
+        ),
+        Storage::Cache { dir, reused } => eprintln!(
+            "{what}: decoded data above --memory-limit {} {}",
+            if *reused { "reused from" } else { "cached in" },
+            dir.display()
+        ),
+    }
 }

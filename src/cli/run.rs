@@ -1,12 +1,11 @@
 //! `predict` and `init`: running compiled models on tensors.
 
-use super::train::{report_storage, StorageArgs};
-use super::{load, Fail};
+use super::{build, report_storage, resolve_model, Fail, StorageArgs};
 use clap::Args;
 use mtl::data::{Dataset, Encoders};
-use mtl::lower::{init_params, lower, save_atomic, Params, Program};
-use mtl::passes::Mode;
-use std::path::{Path, PathBuf};
+use mtl::lower::{init_params, save_atomic, Params};
+use mtl::pipeline::Mode;
+use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct PredictArgs {
@@ -42,35 +41,6 @@ pub struct InitArgs {
     seed: u64,
 }
 
-/// A model file, or `RUN_DIR/model.mtl` with `RUN_DIR/weights.safetensors`.
-pub fn resolve_model(path: &Path) -> (PathBuf, Option<PathBuf>) {
-    if path.is_dir() {
-        (
-            path.join("model.mtl"),
-            Some(path.join("weights.safetensors")),
-        )
-    } else {
-        (path.to_path_buf(), None)
-    }
-}
-
-/// Compiles and lowers `model` for `mode`; `warn` prints the warnings.
-pub fn build(
-    model: &Path,
-    mode: Mode,
-    optimize: bool,
-    warn: bool,
-) -> Result<(mtl::ir::Graph, Program), Fail> {
-    let opts = mtl::Options {
-        optimize,
-        mode,
-        ..Default::default()
-    };
-    let (g, _) = load(model, &opts, warn)?;
-    let prog = lower(&g, mode);
-    Ok((g, prog))
-}
-
 pub fn predict(a: PredictArgs) -> Result<i32, Fail> {
     let device = mtl::predict::device(&a.device).map_err(Fail::usage)?;
     let (model, run_weights) = resolve_model(&a.model);
@@ -78,7 +48,8 @@ pub fn predict(a: PredictArgs) -> Result<i32, Fail> {
         .weights
         .or(run_weights)
         .ok_or_else(|| Fail::usage("error: --weights is required when MODEL is a file"))?;
-    let (_, prog) = build(&model, Mode::Infer, !a.no_opt, true)?;
+    let (_, _, prog) = build(&model, Mode::Infer, !a.no_opt, true)?;
+    let sig = prog.signature();
     let mut params =
         init_params(&prog, 0, &device).map_err(|e| Fail::model(format!("error: {e}")))?;
     params
@@ -89,9 +60,9 @@ pub fn predict(a: PredictArgs) -> Result<i32, Fail> {
         .map_err(|e| Fail::usage(format!("error: {e}")))?;
     let opts = a.storage.options();
     let inputs = if mtl::data::is_manifest(&a.input) {
-        let m = mtl::data::manifest::Manifest::read(&a.input)
-            .map_err(|e| Fail::usage(format!("error: {e}")))?;
-        m.to_dataset(&prog, &enc, false, &opts)
+        let m =
+            mtl::data::Manifest::read(&a.input).map_err(|e| Fail::usage(format!("error: {e}")))?;
+        m.to_dataset(&sig, &enc, false, &opts)
             .map_err(|e| Fail::model(format!("error: {e}")))?
     } else {
         Dataset::load(&a.input, &device, opts.memory_limit)
@@ -101,7 +72,7 @@ pub fn predict(a: PredictArgs) -> Result<i32, Fail> {
     let out = mtl::predict::predict(&prog, &params, &inputs, a.batch_size, &device)
         .map_err(|e| Fail::model(format!("error: {e}")))?;
     let tensors_path = if a.output.extension().is_some_and(|e| e == "csv") {
-        let csv = mtl::data::predictions::to_csv(&prog, &enc, &out)
+        let csv = mtl::data::predictions::to_csv(&sig, &enc, &out)
             .map_err(|e| Fail::model(format!("error: {e}")))?;
         let tmp = a.output.with_extension("csv.tmp");
         std::fs::write(&tmp, csv)
@@ -123,7 +94,7 @@ pub fn predict(a: PredictArgs) -> Result<i32, Fail> {
 }
 
 pub fn init(a: InitArgs) -> Result<i32, Fail> {
-    let (_, prog) = build(&a.model, Mode::Infer, true, true)?;
+    let (_, _, prog) = build(&a.model, Mode::Infer, true, true)?;
     let params: Params = init_params(&prog, a.seed, &candle_core::Device::Cpu)
         .map_err(|e| Fail::model(format!("error: {e}")))?;
     params

@@ -1,12 +1,12 @@
 //! `train` and `evaluate`: the main job.
 
-use super::run::{build, resolve_model};
-use super::Fail;
+use super::{build, report_storage, resolve_model, Fail, StorageArgs};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use mtl::data::{Dataset, Encoders, Storage};
+use mtl::data::{Dataset, Encoders};
 use mtl::lower::init_params;
-use mtl::passes::Mode;
+use mtl::pipeline::Mode;
+use mtl::signature::Signature;
 use mtl::train::{EpochRecord, EvalResult, FitConfig, Observer};
 use std::path::{Path, PathBuf};
 
@@ -50,56 +50,6 @@ pub struct TrainArgs {
     no_opt: bool,
     #[command(flatten)]
     storage: StorageArgs,
-}
-
-/// Where decoded data lives: memory up to a bound, else a disk cache.
-#[derive(Args, Clone)]
-pub struct StorageArgs {
-    /// Decoded data (or a tensor file) above this many MiB stays on disk and
-    /// is read a batch at a time.
-    #[arg(long, default_value_t = 2048, value_name = "MIB")]
-    memory_limit: u64,
-    /// Where decoded manifests above the memory limit are cached and reused
-    /// (default: $MTL_CACHE_DIR, else $XDG_CACHE_HOME/mtl or ~/.cache/mtl).
-    #[arg(long)]
-    cache_dir: Option<PathBuf>,
-}
-
-impl StorageArgs {
-    pub fn options(&self) -> mtl::data::LoadOptions {
-        let env = |k: &str| {
-            std::env::var_os(k)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        };
-        let dir = self
-            .cache_dir
-            .clone()
-            .or_else(|| env("MTL_CACHE_DIR"))
-            .or_else(|| env("XDG_CACHE_HOME").map(|p| p.join("mtl")))
-            .or_else(|| env("HOME").map(|p| p.join(".cache").join("mtl")))
-            .unwrap_or_else(|| PathBuf::from(".mtl-cache"));
-        mtl::data::LoadOptions {
-            memory_limit: self.memory_limit.saturating_mul(1 << 20),
-            cache_dir: Some(dir),
-        }
-    }
-}
-
-/// Says where decoded data went when it is not in memory.
-pub fn report_storage(ds: &Dataset, what: &str) {
-    match &ds.storage {
-        Storage::Memory => {}
-        Storage::File(p) => eprintln!(
-            "{what}: {} is above --memory-limit; reading it a batch at a time",
-            p.display()
-        ),
-        Storage::Cache { dir, reused } => eprintln!(
-            "{what}: decoded data above --memory-limit {} {}",
-            if *reused { "reused from" } else { "cached in" },
-            dir.display()
-        ),
-    }
 }
 
 #[derive(Args)]
@@ -214,14 +164,14 @@ fn fresh_run_dir(model: &str) -> PathBuf {
 /// Loads tensors or a manifest; `fit` builds vocabularies and label maps from it.
 fn load_data(
     path: &Path,
-    prog: &mtl::lower::Program,
+    sig: &Signature,
     enc: &mut Encoders,
     fit: bool,
     labels: bool,
     dev: &candle_core::Device,
     storage: &StorageArgs,
 ) -> Result<Dataset, Fail> {
-    mtl::data::load(path, prog, enc, fit, labels, dev, &storage.options())
+    mtl::data::load(path, sig, enc, fit, labels, dev, &storage.options())
         .map_err(|e| Fail::model(format!("error: {e}")))
 }
 
@@ -231,15 +181,14 @@ pub fn train(a: TrainArgs) -> Result<i32, Fail> {
         Some(run) => resolve_model(run),
         None => (a.model.clone(), None),
     };
-    let (g, train_prog) = build(&model_path, Mode::Train, !a.no_opt, true)?;
+    let (g, mut cfg, train_prog) = build(&model_path, Mode::Train, !a.no_opt, true)?;
     let diags = mtl::lower::training_legality(&g);
     if !diags.is_empty() {
         let c = mtl::compile_file(&model_path, &mtl::Options::default())
             .map_err(|e| Fail::usage(e.to_string()))?;
         return Err(Fail::model(super::rendered(&diags, &c.sources)));
     }
-    let (_, infer_prog) = build(&model_path, Mode::Infer, !a.no_opt, false)?;
-    let mut cfg = g.train.clone();
+    let (_, _, infer_prog) = build(&model_path, Mode::Infer, !a.no_opt, false)?;
     if let Some(e) = a.epochs {
         cfg.epochs = e;
     }
@@ -290,9 +239,10 @@ pub fn train(a: TrainArgs) -> Result<i32, Fail> {
         })?;
         enc.tokenizer = Some(copy);
     }
+    let sig = train_prog.signature();
     let all = load_data(
         &data_path,
-        &train_prog,
+        &sig,
         &mut enc,
         a.resume.is_none(),
         true,
@@ -306,13 +256,7 @@ pub fn train(a: TrainArgs) -> Result<i32, Fail> {
         (Some(v), _) => (
             all,
             Some(load_data(
-                v,
-                &train_prog,
-                &mut enc,
-                false,
-                true,
-                &device,
-                &a.storage,
+                v, &sig, &mut enc, false, true, &device, &a.storage,
             )?),
         ),
         (None, f) if f > 0.0 => {
@@ -399,14 +343,22 @@ pub fn evaluate(a: EvaluateArgs) -> Result<i32, Fail> {
     let weights = weights.ok_or_else(|| {
         Fail::usage("error: evaluate takes a run directory written by `mtl train`")
     })?;
-    let (_, prog) = build(&model, Mode::Infer, true, true)?;
+    let (_, _, prog) = build(&model, Mode::Infer, true, true)?;
     let mut params = init_params(&prog, 0, &device).map_err(|e| Fail::model(e.to_string()))?;
     params
         .load(&weights, &device)
         .map_err(|e| Fail::model(format!("error: {e}")))?;
     let mut enc =
         Encoders::load(&a.run.join("data.json")).map_err(|e| Fail::usage(format!("error: {e}")))?;
-    let ds = load_data(&a.data, &prog, &mut enc, false, true, &device, &a.storage)?;
+    let ds = load_data(
+        &a.data,
+        &prog.signature(),
+        &mut enc,
+        false,
+        true,
+        &device,
+        &a.storage,
+    )?;
     if !a.json {
         report_storage(&ds, "data");
     }

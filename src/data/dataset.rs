@@ -4,7 +4,7 @@
 
 use super::store::DiskColumn;
 use crate::ir::{DType as IrDType, Dim, LossKind};
-use crate::lower::Program;
+use crate::signature::Signature;
 use candle_core::{DType, Device, Tensor};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -211,9 +211,10 @@ impl Dataset {
 
     /// Checks that every input (and, with `labels`, every head's label) is
     /// present with the right shape; class ids must fit the head.
-    pub fn check(&self, prog: &Program, labels: bool, source: &str) -> Result<(), String> {
+    pub fn check(&self, sig: &Signature, labels: bool, source: &str) -> Result<(), String> {
         let mut errs = vec![];
-        for (name, _, ty) in &prog.inputs {
+        for i in &sig.inputs {
+            let (name, ty) = (&i.name, &i.ty);
             match self.dims(name) {
                 None => errs.push(format!(
                     "{source}: no tensor `{name}` for input `{name}` (expected [N, {}])",
@@ -227,7 +228,7 @@ impl Dataset {
             }
         }
         if labels {
-            for (h, slot) in &prog.heads {
+            for h in &sig.heads {
                 let Some(lt) = &h.label_type else { continue };
                 let Some(d) = self.dims(&h.label) else {
                     errs.push(format!("{source}: no tensor `{}` for the label of head `{}` (expected [N, {}]); add it, or a `{}.mask` of zeros", h.label, h.name, dims(&lt.shape), h.name));
@@ -247,12 +248,7 @@ impl Dataset {
                     continue;
                 }
                 if h.loss == LossKind::CrossEntropy {
-                    let k = prog
-                        .steps
-                        .iter()
-                        .find(|s| s.out == *slot)
-                        .and_then(|s| s.ty.shape.first().and_then(Dim::fixed))
-                        .unwrap_or(0);
+                    let k = h.classes;
                     if let Some(e) = self.bad_class(&h.label, k) {
                         errs.push(format!("{source}: tensor `{}` {e}, but head `{}` has {k} classes (0..{}; -1 or NaN = missing)", h.label, h.name, k.saturating_sub(1)));
                     }

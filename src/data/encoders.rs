@@ -1,10 +1,9 @@
 //! Text vocabularies and label maps, built from the training split and saved
 //! in the run directory (`data.json`) so evaluate and predict encode alike.
 
-use super::manifest::Manifest;
-use crate::ir::Embedding;
-use crate::ir::{LossKind, Op};
-use crate::lower::Program;
+use super::table::Manifest;
+use crate::ir::{InputKind, LossKind};
+use crate::signature::Signature;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -97,28 +96,11 @@ pub struct Encoders {
     pub tokenizer: Option<std::path::PathBuf>,
 }
 
-/// Class count of a cross-entropy head (its logits' first axis).
-pub fn classes_of(prog: &Program, slot: usize) -> usize {
-    prog.steps
-        .iter()
-        .find(|s| s.out == slot)
-        .and_then(|s| s.ty.shape.first().and_then(|d| d.fixed()))
-        .unwrap_or(0)
-}
-
-/// The declared vocabulary of a token input.
-pub fn vocab_of(prog: &Program, slot: usize) -> Option<usize> {
-    prog.steps.iter().find_map(|s| match &s.op {
-        Op::Embedding(Embedding { vocab, .. }) if s.args.first() == Some(&slot) => Some(*vocab),
-        _ => None,
-    })
-}
-
 impl Encoders {
     /// Vocabularies (capped at each input's `vocab`) and label maps from a
     /// training manifest. Integer labels in [0, K) are used as ids directly.
     pub fn fit(
-        prog: &Program,
+        sig: &Signature,
         m: &Manifest,
         tokenizer: Option<std::path::PathBuf>,
     ) -> Result<Self, String> {
@@ -126,18 +108,21 @@ impl Encoders {
             tokenizer,
             ..Default::default()
         };
-        for (name, slot, _) in &prog.inputs {
+        for i in &sig.inputs {
             if e.tokenizer.is_some() {
                 break;
             }
-            if let (Some(v), Some(col)) = (vocab_of(prog, *slot), m.column(name)) {
+            let (InputKind::Tokens { vocab: v }, true) = (&i.kind, i.embedded) else {
+                continue;
+            };
+            if let Some(col) = m.column(&i.name) {
                 e.vocabs.insert(
-                    name.clone(),
-                    Vocab::build(m.rows.iter().map(|r| r[col].as_str()), v),
+                    i.name.clone(),
+                    Vocab::build(m.rows.iter().map(|r| r[col].as_str()), *v),
                 );
             }
         }
-        for (h, slot) in &prog.heads {
+        for h in &sig.heads {
             let per_sample = h.label_type.as_ref().is_some_and(|t| t.rank() == 0);
             if h.loss != LossKind::CrossEntropy || !per_sample {
                 continue;
@@ -145,7 +130,7 @@ impl Encoders {
             let Some(col) = m.column(&h.label) else {
                 continue;
             };
-            let k = classes_of(prog, *slot);
+            let k = h.classes;
             let mut names: Vec<&str> = m
                 .rows
                 .iter()

@@ -5,12 +5,13 @@
 //! names the file, the row and the column.
 
 use super::dataset::{Column, Storage};
-use super::encoders::{classes_of, Encoders, Vocab};
+use super::encoders::{Encoders, Vocab};
 use super::image;
 use super::store::{fnv64, open_cache, CacheColumn, CacheMeta, DiskColumn};
+use super::table::Manifest;
 use super::Dataset;
 use crate::ir::{DType as IrDType, InputKind, LossKind};
-use crate::lower::Program;
+use crate::signature::Signature;
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -18,46 +19,12 @@ use std::io::Write;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-pub struct Manifest {
-    pub path: PathBuf,
-    /// Paths in cells are relative to this directory.
-    pub dir: PathBuf,
-    pub columns: Vec<String>,
-    /// Cells as text; an empty string is an empty cell.
-    pub rows: Vec<Vec<String>>,
-}
-
 /// At most this many errors are listed.
 const MAX_ERRORS: usize = 12;
 
 impl Manifest {
-    pub fn read(path: &Path) -> Result<Self, String> {
-        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let (columns, rows) = if path.extension().is_some_and(|e| e == "csv") {
-            parse_csv(&text, path)?
-        } else {
-            parse_jsonl(&text, path)?
-        };
-        Ok(Manifest {
-            path: path.to_path_buf(),
-            dir,
-            columns,
-            rows,
-        })
-    }
-
-    pub fn column(&self, name: &str) -> Option<usize> {
-        self.columns.iter().position(|c| c == name)
-    }
-
-    fn at(&self, row: usize, col: &str) -> String {
-        format!("{}: row {}, column `{col}`", self.path.display(), row + 1)
-    }
-
-    /// The columns `prog` needs (labels with `labels`), every missing one reported.
-    fn targets(&self, prog: &Program, labels: bool) -> Result<Vec<Target>, String> {
+    /// The columns `sig` needs (labels with `labels`), every missing one reported.
+    fn targets(&self, sig: &Signature, labels: bool) -> Result<Vec<Target>, String> {
         let mut errs = vec![];
         let mut out = vec![];
         let missing = |what: &str, name: &str| {
@@ -67,7 +34,8 @@ impl Manifest {
                 self.columns.join(", ")
             )
         };
-        for (name, _, ty) in &prog.inputs {
+        for i in &sig.inputs {
+            let (name, ty) = (&i.name, &i.ty);
             let Some(col) = self.column(name) else {
                 errs.push(missing(&format!("input `{name}`"), name));
                 continue;
@@ -75,10 +43,10 @@ impl Manifest {
             let dims = ty.dims().ok_or_else(|| {
                 format!("input `{name}` has symbolic sizes; manifests need fixed ones")
             })?;
-            let what = match prog.input_kinds.get(name) {
-                Some(InputKind::Image) => What::Image,
-                Some(InputKind::Tokens { vocab }) => What::Tokens(*vocab),
-                _ => What::Numbers,
+            let what = match i.kind {
+                InputKind::Image => What::Image,
+                InputKind::Tokens { vocab } => What::Tokens(vocab),
+                InputKind::F32 => What::Numbers,
             };
             out.push(Target {
                 name: name.clone(),
@@ -89,7 +57,7 @@ impl Manifest {
             });
         }
         if labels {
-            for (hi, (h, _)) in prog.heads.iter().enumerate() {
+            for (hi, h) in sig.heads.iter().enumerate() {
                 let Some(lt) = &h.label_type else { continue };
                 let Some(col) = self.column(&h.label) else {
                     errs.push(missing(&format!("label of head `{}`", h.name), &h.label));
@@ -111,23 +79,23 @@ impl Manifest {
         }
     }
 
-    /// Encodes the manifest as tensors for `prog` (labels required with
+    /// Encodes the manifest as tensors for `sig` (labels required with
     /// `labels`). Decoded data larger than `opts.memory_limit` is streamed, a
     /// chunk of rows at a time, into a cache directory keyed by the manifest,
     /// the model's columns and the encoders, and read back per batch; a later
     /// run with the same key reuses it without decoding.
     pub fn to_dataset(
         &self,
-        prog: &Program,
+        sig: &Signature,
         enc: &Encoders,
         labels: bool,
         opts: &LoadOptions,
     ) -> Result<Dataset, String> {
-        let targets = self.targets(prog, labels)?;
+        let targets = self.targets(sig, labels)?;
         let hf = enc.hf_tokenizer()?;
         let cx = Cx {
             m: self,
-            prog,
+            sig,
             enc,
             hf: hf.as_ref(),
         };
@@ -240,7 +208,7 @@ enum What {
     Image,
     Tokens(usize),
     Numbers,
-    /// The label of head `prog.heads[i]`.
+    /// The label of head `sig.heads[i]`.
     Label(usize),
 }
 
@@ -300,7 +268,7 @@ impl Errors {
 /// What encoding a row range needs.
 struct Cx<'a> {
     m: &'a Manifest,
-    prog: &'a Program,
+    sig: &'a Signature,
     enc: &'a Encoders,
     hf: Option<&'a tokenizers::Tokenizer>,
 }
@@ -477,7 +445,7 @@ impl Cx<'_> {
                 Values::F32(data)
             }
             What::Label(hi) => {
-                let (h, slot) = &self.prog.heads[*hi];
+                let h = &self.sig.heads[*hi];
                 let mut data: Vec<f32> = Vec::with_capacity(slice.len() * per);
                 for (i, r) in slice.iter().enumerate() {
                     let cell = r[col].trim();
@@ -499,7 +467,7 @@ impl Cx<'_> {
                                     "{}: class `{cell}` is not one of head `{}`'s {} classes ({})",
                                     at(),
                                     h.name,
-                                    classes_of(self.prog, *slot),
+                                    h.classes,
                                     map.classes.join(", ")
                                 )
                             })
@@ -565,60 +533,4 @@ fn numbers(cell: &str, per: usize) -> Result<Vec<f32>, String> {
         ));
     }
     Ok(v)
-}
-
-fn parse_csv(text: &str, path: &Path) -> Result<(Vec<String>, Vec<Vec<String>>), String> {
-    let mut rd = csv::ReaderBuilder::new()
-        .flexible(false)
-        .from_reader(text.as_bytes());
-    let columns: Vec<String> = rd
-        .headers()
-        .map_err(|e| format!("{}: {e}", path.display()))?
-        .iter()
-        .map(|s| s.trim().to_string())
-        .collect();
-    let mut rows = vec![];
-    for (i, rec) in rd.records().enumerate() {
-        let rec = rec.map_err(|e| format!("{}: row {}: {e}", path.display(), i + 1))?;
-        rows.push(rec.iter().map(str::to_string).collect());
-    }
-    Ok((columns, rows))
-}
-
-fn parse_jsonl(text: &str, path: &Path) -> Result<(Vec<String>, Vec<Vec<String>>), String> {
-    let mut objs = vec![];
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line)
-            .map_err(|e| format!("{}: line {}: {e}", path.display(), i + 1))?;
-        objs.push(v);
-    }
-    let mut columns: Vec<String> = vec![];
-    for o in &objs {
-        for k in o.keys() {
-            if !columns.contains(k) {
-                columns.push(k.clone());
-            }
-        }
-    }
-    let cell = |v: Option<&serde_json::Value>| -> String {
-        match v {
-            None | Some(serde_json::Value::Null) => String::new(),
-            Some(serde_json::Value::String(s)) => s.clone(),
-            Some(serde_json::Value::Array(a)) => a
-                .iter()
-                .map(|x| x.to_string())
-                .collect::<Vec<_>>()
-                .join(" "),
-            Some(x) => x.to_string(),
-        }
-    };
-    let rows = objs
-        .iter()
-        .map(|o| columns.iter().map(|c| cell(o.get(c))).collect())
-        .collect();
-    Ok((columns, rows))
 }

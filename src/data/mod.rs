@@ -9,12 +9,14 @@ pub mod manifest;
 pub mod predictions;
 pub mod shapes;
 mod store;
+mod table;
 
 pub use dataset::{Column, Dataset, Storage};
 pub use encoders::Encoders;
 pub use manifest::LoadOptions;
+pub use table::Manifest;
 
-use crate::lower::Program;
+use crate::signature::Signature;
 use candle_core::Device;
 use std::path::Path;
 
@@ -36,13 +38,14 @@ pub fn is_manifest(path: &Path) -> bool {
     )
 }
 
-/// Loads a data set for `prog`. Manifests are encoded with `enc`; when `fit`
-/// is set, vocabularies and label maps are first built from this data (the
-/// training split). With `labels`, every head's label column is required.
-/// `opts` bounds what is kept in memory (see [`LoadOptions`]).
+/// Loads a data set for a model of signature `sig`. Manifests are encoded
+/// with `enc`; when `fit` is set, vocabularies and label maps are first built
+/// from this data (the training split). With `labels`, every head's label
+/// column is required. `opts` bounds what is kept in memory (see
+/// [`LoadOptions`]).
 pub fn load(
     path: &Path,
-    prog: &Program,
+    sig: &Signature,
     enc: &mut Encoders,
     fit: bool,
     labels: bool,
@@ -50,11 +53,11 @@ pub fn load(
     opts: &LoadOptions,
 ) -> Result<Dataset, String> {
     if is_manifest(path) {
-        let m = manifest::Manifest::read(path)?;
+        let m = Manifest::read(path)?;
         if fit {
-            *enc = Encoders::fit(prog, &m, enc.tokenizer.clone())?;
+            *enc = Encoders::fit(sig, &m, enc.tokenizer.clone())?;
         }
-        m.to_dataset(prog, enc, labels, opts)
+        m.to_dataset(sig, enc, labels, opts)
     } else {
         Dataset::load(path, device, opts.memory_limit)
     }

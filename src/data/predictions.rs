@@ -4,17 +4,17 @@
 
 use super::Encoders;
 use crate::ir::LossKind;
-use crate::lower::Program;
+use crate::signature::Signature;
 use candle_core::Tensor;
 use std::collections::HashMap;
 
 pub fn to_csv(
-    prog: &Program,
+    sig: &Signature,
     enc: &Encoders,
     out: &HashMap<String, Tensor>,
 ) -> candle_core::Result<String> {
     let mut cols: Vec<(String, Vec<String>)> = vec![];
-    for (h, _) in &prog.heads {
+    for h in &sig.heads {
         let Some(t) = out.get(&h.name) else { continue };
         if t.rank() > 2 {
             continue;

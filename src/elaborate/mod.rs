@@ -13,6 +13,7 @@ use crate::ir::{
 };
 use crate::syntax::ast::{self, BlockDef, Call, Expr, ExprKind, Item};
 use args::eval_const;
+use crate::train::config::TrainConfig;
 use petgraph::stable_graph::NodeIndex;
 use std::collections::HashMap;
 
@@ -47,6 +48,7 @@ struct Namer {
 
 struct Elab<'a> {
     g: Graph,
+    train: TrainConfig,
     errs: Vec<Diagnostic>,
     blocks: HashMap<String, &'a BlockDef>,
     scope: HashMap<String, (Binding, Span)>,
@@ -58,11 +60,16 @@ struct Elab<'a> {
     namer: Namer,
 }
 
-/// Elaborates the single model of a parsed file. `blocks` are the file's own
-/// and its imports' block definitions.
-pub fn elaborate(model: &ast::Model, blocks: &[&BlockDef]) -> (Graph, Vec<Diagnostic>) {
+/// Elaborates the single model of a parsed file: its graph and its `train { }`
+/// block (defaults where it sets nothing). `blocks` are the file's own and its
+/// imports' block definitions.
+pub fn elaborate(
+    model: &ast::Model,
+    blocks: &[&BlockDef],
+) -> (Graph, TrainConfig, Vec<Diagnostic>) {
     let mut e = Elab {
         g: Graph::new(model.name.name.clone()),
+        train: TrainConfig::default(),
         errs: vec![],
         blocks: HashMap::new(),
         scope: HashMap::new(),
@@ -112,7 +119,7 @@ pub fn elaborate(model: &ast::Model, blocks: &[&BlockDef]) -> (Graph, Vec<Diagno
             .help("add a task output: `head NAME = VALUE -> dense(N) { loss: cross_entropy }`"),
         );
     }
-    (e.g, e.errs)
+    (e.g, e.train, e.errs)
 }
 
 fn item_name(item: &Item) -> Option<&ast::Ident> {
@@ -271,7 +278,7 @@ impl<'a> Elab<'a> {
                     );
                 }
                 *saw_train = Some(*span);
-                self.g.train = props::train_props(props, &mut self.errs);
+                self.train = props::train_props(props, &mut self.errs);
             }
             Item::Import { span, .. } => self.errs.push(
                 Diagnostic::error(

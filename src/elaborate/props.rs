@@ -3,8 +3,9 @@
 use super::args::eval_const;
 use crate::diagnostics::{did_you_mean, Diagnostic, Span};
 use crate::ir::ops::Value;
-use crate::ir::{LossKind, Metric, OptimizerKind, Schedule, TrainConfig, Weighting};
+use crate::ir::{LossKind, Metric};
 use crate::syntax::ast::{Expr, ExprKind, Prop};
+use crate::train::config::{OptimizerKind, Schedule, TrainConfig, Weighting};
 use std::collections::HashMap;
 
 pub const HEAD_KEYS: &[&str] = &["loss", "weight", "metrics", "label"];

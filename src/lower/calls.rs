@@ -4,7 +4,7 @@
 use super::Pads;
 use crate::ir::{Act, Ew, Op, Padding, PoolKind, RnnCell};
 use crate::ir::{GlobalPool, Pool, Rnn, Weighted};
-use crate::passes::Mode;
+use crate::pipeline::Mode;
 use candle_core::{DType, Result, Tensor, D};
 
 /// The plan name of an op that is not a dense or conv layer (those choose a

@@ -10,7 +10,7 @@ use crate::ir::{
     Mixture, Permute, Pool, Rnn, Slice, Upsample, Weighted,
 };
 use crate::ir::{DType as IrDType, Ew, Op, RnnCell};
-use crate::passes::Mode;
+use crate::pipeline::Mode;
 use candle_core::{DType, Device, Tensor};
 use rand::rngs::StdRng;
 use rand::Rng;

@@ -12,9 +12,10 @@ pub use kernel::Kernel;
 pub use legality::training_legality;
 pub use params::{init_params, save_atomic, Params};
 
-use crate::ir::{ops::conv::same_padding, Graph, Head, InputKind, LossKind, Op, Padding, Type};
+use crate::ir::{ops::conv::same_padding, Dim, Graph, Head, InputKind, LossKind, Op, Padding, Type};
 use crate::ir::{Conv, GlobalPool, Input, MergedDense};
-use crate::passes::Mode;
+use crate::pipeline::Mode;
+use crate::signature::{HeadSig, InputSig, Signature};
 use petgraph::stable_graph::NodeIndex;
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -255,6 +256,50 @@ fn fuse_into(steps: &mut Vec<Step>, kept: &[usize], merge: impl Fn(&mut Step, &S
 }
 
 impl Program {
+    /// The inputs and heads as data and serving see them.
+    pub fn signature(&self) -> Signature {
+        let embedded = |slot: usize| {
+            self.steps
+                .iter()
+                .any(|s| matches!(s.op, Op::Embedding { .. }) && s.args.first() == Some(&slot))
+        };
+        let inputs = self
+            .inputs
+            .iter()
+            .map(|(name, slot, ty)| InputSig {
+                name: name.clone(),
+                kind: self
+                    .input_kinds
+                    .get(name)
+                    .cloned()
+                    .unwrap_or(InputKind::F32),
+                ty: ty.clone(),
+                embedded: embedded(*slot),
+            })
+            .collect();
+        let heads = self
+            .heads
+            .iter()
+            .map(|(h, slot)| HeadSig {
+                name: h.name.clone(),
+                loss: h.loss,
+                label: h.label.clone(),
+                label_type: h.label_type.clone(),
+                // The logits' first axis.
+                classes: match h.loss {
+                    LossKind::CrossEntropy => self
+                        .steps
+                        .iter()
+                        .find(|s| s.out == *slot)
+                        .and_then(|s| s.ty.shape.first().and_then(Dim::fixed))
+                        .unwrap_or(0),
+                    _ => 0,
+                },
+            })
+            .collect();
+        Signature { inputs, heads }
+    }
+
     /// The plan as deterministic text: one line per step.
     pub fn render(&self) -> String {
         let mut s = String::new();

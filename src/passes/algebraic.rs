@@ -1,9 +1,10 @@
 //! Algebraic clean-ups: identity ops, idempotent activations, permute and
 //! reshape pairs that cancel, dropout at inference.
 
-use super::{Change, Mode, PassCx};
+use super::{Change, PassCx};
 use crate::ir::Permute;
 use crate::ir::{Act, Graph, Op};
+use crate::pipeline::Mode;
 use petgraph::stable_graph::NodeIndex;
 
 pub fn run(g: &mut Graph, cx: &mut PassCx) -> Change {

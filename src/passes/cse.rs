@@ -2,8 +2,9 @@
 //! ordered operands and parameter identity are one. A shared layer applied
 //! twice to one value is computed once; what is built on equal values merges too.
 
-use super::{Change, Mode, PassCx};
+use super::{Change, PassCx};
 use crate::ir::Graph;
+use crate::pipeline::Mode;
 use petgraph::stable_graph::NodeIndex;
 use std::collections::HashMap;
 

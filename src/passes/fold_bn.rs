@@ -3,9 +3,10 @@
 //! full pass over the activations: 1.33× on conv2d(32, 3) + batch_norm
 //! (`cargo bench --bench fusions`).
 
-use super::{Change, Mode, PassCx};
+use super::{Change, PassCx};
 use crate::ir::BatchNorm;
 use crate::ir::{Graph, Op};
+use crate::pipeline::Mode;
 
 pub fn run(g: &mut Graph, cx: &mut PassCx) -> Change {
     if cx.mode != Mode::Infer {

@@ -4,9 +4,10 @@
 //! (Splitting a dense over a concat into per-operand GEMMs measured 0.55–0.59×
 //! there, so that rewrite is not done.)
 
-use super::{Change, Mode, PassCx};
+use super::{Change, PassCx};
 use crate::ir::{Dense, MergedDense, Slice};
 use crate::ir::{Graph, Node, Op, ParamId, Type};
+use crate::pipeline::Mode;
 use petgraph::stable_graph::NodeIndex;
 use std::collections::BTreeMap;
 

@@ -10,17 +10,9 @@ mod merge_dense;
 mod sink_upsample;
 
 use crate::diagnostics::Diagnostic;
-use crate::driver::Options;
 use crate::ir::{print_ir, verify, Graph};
+use crate::pipeline::{Mode, Options};
 use serde::Serialize;
-
-/// Training keeps stochastic ops and batch statistics; inference may drop or fold them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    Train,
-    Infer,
-}
 
 /// What one pass run changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]

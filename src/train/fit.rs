@@ -1,6 +1,7 @@
 //! The training loop: batches, weighted multi-task loss, backward, optimizer,
 //! per-head metrics, early stopping, atomic checkpoints and exact resume.
 
+use super::config::{TrainConfig, Weighting};
 use super::gradnorm::{last_shared_layer, GradNorm};
 use super::loss::{head_loss, Reduction};
 use super::metrics::HeadStats;
@@ -9,7 +10,7 @@ use crate::data::Dataset;
 
 /// One batch: a tensor per input, label and mask.
 type Batch = std::collections::HashMap<String, Tensor>;
-use crate::ir::{LossKind, TrainConfig, Weighting};
+use crate::ir::LossKind;
 use crate::lower::{head_output, save_atomic, Params, Program};
 use candle_core::{DType, Device, Tensor, Var};
 use rand::rngs::StdRng;
@@ -243,7 +244,8 @@ pub fn evaluate(
     batch_size: usize,
     device: &Device,
 ) -> Result<EvalResult, TrainError> {
-    ds.check(prog, true, "data").map_err(TrainError::Data)?;
+    ds.check(&prog.signature(), true, "data")
+        .map_err(TrainError::Data)?;
     evaluate_checked(prog, params, ds, batch_size, device)
 }
 
@@ -295,11 +297,12 @@ pub fn fit(
 ) -> Result<Vec<EpochRecord>, TrainError> {
     let t = &cfg.train;
     let dev = &cfg.device;
+    let sig = train_prog.signature();
     train
-        .check(train_prog, true, "training data")
+        .check(&sig, true, "training data")
         .map_err(TrainError::Data)?;
     if let Some(v) = val {
-        v.check(train_prog, true, "validation data")
+        v.check(&sig, true, "validation data")
             .map_err(TrainError::Data)?;
     }
     let mut gradnorm = match t.weighting {

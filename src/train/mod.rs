@@ -1,5 +1,6 @@
 //! Training, evaluation and checkpoints for multi-task models.
 
+pub mod config;
 mod fit;
 pub mod gradnorm;
 pub mod loss;

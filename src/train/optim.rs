@@ -1,7 +1,7 @@
 //! Optimizers (Keras 3 update rules): Adam, AdamW, SGD with momentum and
 //! Nesterov; decoupled weight decay; global-norm clipping; LR schedules.
 
-use crate::ir::{OptimizerConfig, OptimizerKind, Schedule};
+use super::config::{OptimizerConfig, OptimizerKind, Schedule};
 use candle_core::{backprop::GradStore, DType, Result, Tensor, Var};
 use std::collections::HashMap;
 

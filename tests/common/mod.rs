@@ -3,6 +3,7 @@
 
 use candle_core::{Device, Tensor};
 use mtl::lower::Program;
+use mtl::train::config::TrainConfig;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
@@ -32,14 +33,20 @@ pub fn graph(c: mtl::Compiled) -> mtl::ir::Graph {
     c.into_graph().map_err(|(d, _)| format!("{d:?}")).unwrap().0
 }
 
-pub fn options(mode: mtl::passes::Mode) -> mtl::Options {
+/// The optimized graph and the `train { }` block of a compilation that must succeed.
+pub fn graph_and_train(c: mtl::Compiled) -> (mtl::ir::Graph, TrainConfig) {
+    let train = c.train.clone();
+    (graph(c), train)
+}
+
+pub fn options(mode: mtl::pipeline::Mode) -> mtl::Options {
     mtl::Options {
         mode,
         ..Default::default()
     }
 }
 
-pub fn compile(path: &Path, mode: mtl::passes::Mode) -> mtl::ir::Graph {
+pub fn compile(path: &Path, mode: mtl::pipeline::Mode) -> mtl::ir::Graph {
     graph(mtl::compile_file(path, &options(mode)).unwrap())
 }
 
