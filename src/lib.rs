@@ -17,7 +17,7 @@
 //! }"#;
 //! let c = compile_str("tiny.mtl", src, &mtl::Options::default());
 //! let (graph, _) = c.into_graph().map_err(|(d, _)| format!("{d:?}")).unwrap();
-//! let plan = lower(&graph, Mode::Infer);
+//! let plan = lower(&graph, Mode::Infer).expect("lowers");
 //! // In your own tests: `insta::assert_snapshot!(plan.render());`
 //! assert!(plan.render().contains("matmul+bias"));
 //! let dev = candle_core::Device::Cpu;

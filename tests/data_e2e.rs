@@ -26,11 +26,12 @@ fn tmp(name: &str) -> PathBuf {
 
 fn programs(src: &str) -> (TrainConfig, Program, Program) {
     let (g, cfg) = graph_and_train(mtl::compile_str("m.mtl", src, &options(Mode::Train)));
-    let t = lower(&g, Mode::Train);
+    let t = lower(&g, Mode::Train).expect("lowers");
     let i = lower(
         &graph(mtl::compile_str("m.mtl", src, &options(Mode::Infer))),
         Mode::Infer,
-    );
+    )
+    .expect("lowers");
     (cfg, t, i)
 }
 
@@ -598,6 +599,6 @@ fn tensor_files_above_the_memory_limit_are_read_in_place() {
     );
     // Checks run on disk columns too, streaming.
     let g = common::compile(&root().join("models/digits.mtl"), Mode::Infer);
-    let sig = lower(&g, Mode::Infer).signature();
+    let sig = lower(&g, Mode::Infer).expect("lowers").signature();
     disk.check(&sig, true, "digits").unwrap();
 }

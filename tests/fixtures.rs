@@ -31,7 +31,7 @@ fn check(name: &str, optimize: bool) {
     };
     let c = mtl::compile_file(&dir.join(format!("{name}.mtl")), &opts).unwrap();
     let g = graph(c);
-    let prog = lower(&g, Mode::Infer);
+    let prog = lower(&g, Mode::Infer).expect("lowers");
     let dev = Device::Cpu;
     let mut params = init_params(&prog, 0, &dev).unwrap();
     params

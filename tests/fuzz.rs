@@ -9,7 +9,10 @@ fn run(text: &str) {
     let c = mtl::compile_str("fuzz.mtl", text, &Default::default());
     let _ = mtl::render::render_all(&c.diagnostics, &c.sources, false, 80);
     if let Some(g) = c.graph.as_ref().filter(|_| !c.has_errors()) {
-        let _ = mtl::lower::lower(g, mtl::pipeline::Mode::Train).render();
+        // Training may be refused (with diagnostics), never panic.
+        if let Ok(p) = mtl::lower::lower(g, mtl::pipeline::Mode::Train) {
+            let _ = p.render();
+        }
     }
 }
 

@@ -43,7 +43,7 @@ fn every_trainable_parameter_gets_a_gradient() {
         {
             continue; // large inputs; their ops are covered by the other models
         }
-        let p = lower(&compile(&f, Mode::Train), Mode::Train);
+        let p = lower(&compile(&f, Mode::Train), Mode::Train).expect("lowers");
         let params = init_params(&p, 1, &Device::Cpu).unwrap();
         let x = random_inputs(&p, 4, 2, -1.0);
         let grads = objective(&p, &params, &x).backward().unwrap();
@@ -83,7 +83,8 @@ fn finite_differences_agree_with_backprop() {
     let p = lower(
         &graph(mtl::compile_str("k.mtl", KERNELS, &options(Mode::Train))),
         Mode::Train,
-    );
+    )
+    .expect("lowers");
     let params = init_params(&p, 5, &Device::Cpu).unwrap();
     let x = random_inputs(&p, 3, 9, -1.0);
     let grads = objective(&p, &params, &x).backward().unwrap();
@@ -161,6 +162,7 @@ model rnn {
             &graph(mtl::compile_str("rnn.mtl", &src, &opts)),
             Mode::Train,
         )
+        .expect("lowers")
     };
     let (fused, plain) = (build(true), build(false));
     assert!(fused.render().contains("fused recurrence op") && !plain.render().contains("fused"));

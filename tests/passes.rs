@@ -107,7 +107,7 @@ fn passes_preserve_outputs_and_gradients() {
                     },
                 )
                 .unwrap();
-                lower(&graph(c), mode)
+                lower(&graph(c), mode).expect("lowers")
             };
             let (a, b) = (build(true), build(false));
             let params = init_params(&a, 3, &dev).unwrap();
@@ -187,7 +187,7 @@ model m {
             optimize,
             ..Default::default()
         };
-        lower(&graph(mtl::compile_str("m.mtl", src, &opts)), Mode::Infer)
+        lower(&graph(mtl::compile_str("m.mtl", src, &opts)), Mode::Infer).expect("lowers")
     };
     let (opt, plain) = (build(true), build(false));
     let text = opt.render();
@@ -235,7 +235,7 @@ model m {
 "#;
     for mode in [Mode::Train, Mode::Infer] {
         let g = graph(mtl::compile_str("m.mtl", src, &common::options(mode)));
-        let plan = lower(&g, mode);
+        let plan = lower(&g, mode).expect("lowers");
         let kernel = |name: &str| {
             plan.steps
                 .iter()
@@ -295,6 +295,7 @@ model m {
             &graph(mtl::compile_str("m.mtl", src, &common::options(mode))),
             mode,
         )
+        .expect("lowers")
     };
     let (infer, train) = (plan(Mode::Infer), plan(Mode::Train));
     let fused: Vec<&str> = infer

@@ -34,7 +34,10 @@ fn ir_snapshots() {
                 insta::assert_snapshot!(format!("{name}.ir-raw"), mtl::ir::print_ir(raw));
                 insta::assert_snapshot!(format!("{name}.ir"), mtl::ir::print_ir(g));
             }
-            insta::assert_snapshot!(format!("{name}.plan-{tag}"), lower(g, mode).render());
+            insta::assert_snapshot!(
+                format!("{name}.plan-{tag}"),
+                lower(g, mode).expect("lowers").render()
+            );
         }
     }
 }

@@ -22,8 +22,8 @@ impl Observer for Quiet {}
 /// The model's `train { }` block with its training and inference programs.
 fn programs(path: &Path) -> (TrainConfig, Program, Program) {
     let (g, cfg) = graph_and_train(mtl::compile_file(path, &options(Mode::Train)).unwrap());
-    let t = lower(&g, Mode::Train);
-    let i = lower(&compile(path, Mode::Infer), Mode::Infer);
+    let t = lower(&g, Mode::Train).expect("lowers");
+    let i = lower(&compile(path, Mode::Infer), Mode::Infer).expect("lowers");
     (cfg, t, i)
 }
 

@@ -43,6 +43,7 @@ pub fn bench(a: BenchArgs) -> Result<i32, Fail> {
     let dev = mtl::predict::device(&a.device).map_err(Fail::usage)?;
     let mode = if a.infer { Mode::Infer } else { Mode::Train };
     let (_, _, prog) = build(&a.model, mode, !a.no_opt, true)?;
+    let prog = prog.for_device(&dev);
     let params = init_params(&prog, 0, &dev).map_err(|e| Fail::model(e.to_string()))?;
     let b = a.batch_size.max(1);
     let f = |e: candle_core::Error| Fail::model(format!("error: {e}"));

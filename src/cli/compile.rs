@@ -177,7 +177,10 @@ pub fn compile(a: CompileArgs) -> Result<i32, Fail> {
                 serde_json::to_string_pretty(&stats).unwrap_or_default()
             );
         }
-        Emit::Plan => print!("{}", mtl::lower::lower(&g, mode).render()),
+        Emit::Plan => match mtl::lower::lower(&g, mode) {
+            Ok(p) => print!("{}", p.render()),
+            Err(d) => return Err(Fail::model(super::rendered(&d, &c.sources))),
+        },
     }
     Ok(0)
 }

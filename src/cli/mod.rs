@@ -147,7 +147,7 @@ pub fn build(
         ..Default::default()
     };
     let (g, c) = load(model, &opts, warn)?;
-    let prog = lower(&g, mode);
+    let prog = lower(&g, mode).map_err(|d| Fail::model(rendered(&d, &c.sources)))?;
     Ok((g, c.train, prog))
 }
 

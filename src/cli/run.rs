@@ -49,6 +49,7 @@ pub fn predict(a: PredictArgs) -> Result<i32, Fail> {
         .or(run_weights)
         .ok_or_else(|| Fail::usage("error: --weights is required when MODEL is a file"))?;
     let (_, _, prog) = build(&model, Mode::Infer, !a.no_opt, true)?;
+    let prog = prog.for_device(&device);
     let sig = prog.signature();
     let mut params =
         init_params(&prog, 0, &device).map_err(|e| Fail::model(format!("error: {e}")))?;

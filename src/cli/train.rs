@@ -182,13 +182,11 @@ pub fn train(a: TrainArgs) -> Result<i32, Fail> {
         None => (a.model.clone(), None),
     };
     let (g, mut cfg, train_prog) = build(&model_path, Mode::Train, !a.no_opt, true)?;
-    let diags = mtl::lower::training_legality(&g);
-    if !diags.is_empty() {
-        let c = mtl::compile_file(&model_path, &mtl::Options::default())
-            .map_err(|e| Fail::usage(e.to_string()))?;
-        return Err(Fail::model(super::rendered(&diags, &c.sources)));
-    }
     let (_, _, infer_prog) = build(&model_path, Mode::Infer, !a.no_opt, false)?;
+    let (train_prog, infer_prog) = (
+        train_prog.for_device(&device),
+        infer_prog.for_device(&device),
+    );
     if let Some(e) = a.epochs {
         cfg.epochs = e;
     }
@@ -344,6 +342,7 @@ pub fn evaluate(a: EvaluateArgs) -> Result<i32, Fail> {
         Fail::usage("error: evaluate takes a run directory written by `mtl train`")
     })?;
     let (_, _, prog) = build(&model, Mode::Infer, true, true)?;
+    let prog = prog.for_device(&device);
     let mut params = init_params(&prog, 0, &device).map_err(|e| Fail::model(e.to_string()))?;
     params
         .load(&weights, &device)

@@ -12,8 +12,8 @@ use crate::ir::{
     AuxLoss, Dim, Ew, Graph, Head, Input, InputKind, LossKind, Node, Op, ParamId, ParamSet,
 };
 use crate::syntax::ast::{self, BlockDef, Call, Expr, ExprKind, Item};
-use args::eval_const;
 use crate::train::config::TrainConfig;
+use args::eval_const;
 use petgraph::stable_graph::NodeIndex;
 use std::collections::HashMap;
 

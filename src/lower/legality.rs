@@ -7,7 +7,7 @@ use crate::ir::{Graph, Op, Pool, PoolKind};
 /// Ops whose backward candle lacks: rejected for training unless lowered with
 /// our own. Max pooling has its own (any stride, CPU); average pooling with
 /// stride ≠ size has none.
-pub fn training_legality(g: &Graph) -> Vec<Diagnostic> {
+pub fn check(g: &Graph) -> Vec<Diagnostic> {
     let mut out = vec![];
     for n in g.topo_order() {
         let node = &g.g[n];

@@ -9,10 +9,12 @@ mod params;
 
 pub use exec::{head_output, Forward, RunError};
 pub use kernel::Kernel;
-pub use legality::training_legality;
 pub use params::{init_params, save_atomic, Params};
 
-use crate::ir::{ops::conv::same_padding, Dim, Graph, Head, InputKind, LossKind, Op, Padding, Type};
+use crate::diagnostics::Diagnostic;
+use crate::ir::{
+    ops::conv::same_padding, Dim, Graph, Head, InputKind, LossKind, Op, Padding, Type,
+};
 use crate::ir::{Conv, GlobalPool, Input, MergedDense};
 use crate::pipeline::Mode;
 use crate::signature::{HeadSig, InputSig, Signature};
@@ -57,8 +59,20 @@ pub struct Program {
     pub n_values: usize,
 }
 
-/// Lowers a typed graph. `mode` picks differentiable forms (train) or fast paths (infer).
-pub fn lower(g: &Graph, mode: Mode) -> Program {
+/// Lowers a typed graph. `mode` picks differentiable forms (train) or fast
+/// paths (infer); training fails, with located diagnostics, where an op has
+/// no backward.
+pub fn lower(g: &Graph, mode: Mode) -> Result<Program, Vec<Diagnostic>> {
+    if mode == Mode::Train {
+        let d = legality::check(g);
+        if !d.is_empty() {
+            return Err(d);
+        }
+    }
+    Ok(plan(g, mode))
+}
+
+fn plan(g: &Graph, mode: Mode) -> Program {
     let mut slot: HashMap<NodeIndex, usize> = HashMap::new();
     let mut steps = vec![];
     let mut inputs = vec![];
@@ -298,6 +312,34 @@ impl Program {
             })
             .collect();
         Signature { inputs, heads }
+    }
+
+    /// The kernels for `device`: our CPU convolution gives way to candle's
+    /// elsewhere (the plan of a GPU run says so). Dense layers pick their GEMM
+    /// by device inside one kernel.
+    pub fn for_device(mut self, device: &candle_core::Device) -> Self {
+        if device.is_cpu() {
+            return self;
+        }
+        for st in &mut self.steps {
+            if let Kernel::Im2colConv {
+                rank,
+                pads,
+                relu,
+                mean,
+                bn,
+            } = &st.kernel
+            {
+                st.kernel = Kernel::CandleConv {
+                    rank: *rank,
+                    pads: pads.clone(),
+                    relu: *relu,
+                    mean: *mean,
+                    bn: bn.clone(),
+                };
+            }
+        }
+        self
     }
 
     /// The plan as deterministic text: one line per step.
