@@ -487,38 +487,16 @@ impl Program {
                 let (ws, bs) = (part(dense::WEIGHT)?, part(dense::BIAS)?);
                 calls::dense(x, &Tensor::cat(&ws, 0)?, &Tensor::cat(&bs, 0)?)
             }
-            (
-                Kernel::Im2colConv {
-                    pads,
-                    relu,
-                    mean,
-                    bn,
-                    ..
-                },
-                Op::Conv(c),
-            ) => {
-                let (w, b) = weights(bn)?;
-                calls::conv_im2col(
-                    x,
-                    (&w, &b),
-                    (c.stride[0], c.dilation[0]),
-                    pads,
-                    (*relu, *mean),
-                )
-            }
-            (
-                Kernel::CandleConv {
-                    pads,
-                    relu,
-                    mean,
-                    bn,
-                    ..
-                },
-                Op::Conv(c),
-            ) => {
-                let (w, b) = weights(bn)?;
-                let geometry = (c.stride.as_slice(), c.dilation.as_slice(), c.groups);
-                calls::conv_candle(x, (&w, &b), geometry, pads, (*relu, *mean))
+            (Kernel::Conv(k), Op::Conv(c)) => {
+                let (w, b) = weights(&k.bn)?;
+                let fused = (k.relu, k.mean);
+                if k.im2col {
+                    let geometry = (c.stride[0], c.dilation[0]);
+                    calls::conv_im2col(x, (&w, &b), geometry, &k.pads, fused)
+                } else {
+                    let geometry = (c.stride.as_slice(), c.dilation.as_slice(), c.groups);
+                    calls::conv_candle(x, (&w, &b), geometry, &k.pads, fused)
+                }
             }
             (k, _) => candle_core::bail!("kernel `{k}` does not run `{}`", st.op),
         }

@@ -12,39 +12,41 @@ pub type FoldedBn = Option<(String, f64)>;
 pub enum Kernel {
     /// x·Wᵀ + b over the last axis: our GEMM op on CPU (f32), candle's
     /// matmul elsewhere; `relu` fused after the bias.
-    Linear { relu: bool, bn: FoldedBn },
+    Linear {
+        relu: bool,
+        bn: FoldedBn,
+    },
     /// Sibling dense layers as one GEMM: (prefix, units) in output order.
-    MergedLinear { parts: Vec<(String, usize)> },
-    /// Our im2col + GEMM convolution (CPU, one group, one stride and
-    /// dilation for all axes), zero padding inside; `relu` fused, and `mean`
-    /// a global average pool fused in (inference: output [N, F]).
-    Im2colConv {
-        rank: usize,
-        pads: Pads,
-        relu: bool,
-        mean: bool,
-        bn: FoldedBn,
+    MergedLinear {
+        parts: Vec<(String, usize)>,
     },
-    /// candle's convolution (other devices, groups, per-axis strides):
-    /// asymmetric `same` padding applied as zeros first.
-    CandleConv {
-        rank: usize,
-        pads: Pads,
-        relu: bool,
-        mean: bool,
-        bn: FoldedBn,
-    },
+    Conv(ConvKernel),
     /// Every other op: the candle calls (or our op) named here.
     Op(&'static str),
+}
+
+/// A 1-D or 2-D convolution step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConvKernel {
+    /// Our im2col + GEMM op (CPU, one group, one stride and dilation for all
+    /// axes, zero padding inside); otherwise candle's conv, asymmetric `same`
+    /// padding applied as zeros first.
+    pub im2col: bool,
+    pub rank: usize,
+    pub pads: Pads,
+    pub relu: bool,
+    /// A global average pool fused in (inference: output [N, F]).
+    pub mean: bool,
+    pub bn: FoldedBn,
 }
 
 impl Kernel {
     /// The checkpoint prefix of a folded batch norm or of merged parts, besides the step's own.
     pub fn extra_prefixes(&self) -> Vec<&str> {
         match self {
-            Kernel::Linear { bn, .. }
-            | Kernel::Im2colConv { bn, .. }
-            | Kernel::CandleConv { bn, .. } => bn.iter().map(|b| b.0.as_str()).collect(),
+            Kernel::Linear { bn, .. } | Kernel::Conv(ConvKernel { bn, .. }) => {
+                bn.iter().map(|b| b.0.as_str()).collect()
+            }
             Kernel::MergedLinear { parts } => parts.iter().map(|p| p.0.as_str()).collect(),
             Kernel::Op(_) => vec![],
         }
@@ -55,19 +57,17 @@ impl Kernel {
     pub fn fuse_relu(&mut self) -> bool {
         match self {
             Kernel::Linear { relu, .. } => *relu = true,
-            Kernel::Im2colConv {
-                relu, mean: false, ..
-            } => *relu = true,
+            Kernel::Conv(c) if c.im2col && !c.mean => c.relu = true,
             _ => return false,
         }
         true
     }
 
-    /// Fuses a following global average pool into a 2-D convolution.
+    /// Fuses a following global average pool into a 2-D im2col convolution.
     pub fn fuse_mean(&mut self) -> bool {
         match self {
-            Kernel::Im2colConv { rank: 2, mean, .. } => {
-                *mean = true;
+            Kernel::Conv(c) if c.im2col && c.rank == 2 => {
+                c.mean = true;
                 true
             }
             _ => false,
@@ -77,55 +77,41 @@ impl Kernel {
 
 impl fmt::Display for Kernel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let fused = |f: &mut fmt::Formatter<'_>, relu: bool, mean: bool| {
-            if relu {
-                f.write_str("+relu")?;
-            }
-            if mean {
-                f.write_str("+global_avg_pool")?;
-            }
-            Ok(())
-        };
+        let folded = " (batch_norm folded into weights)";
         match self {
             Kernel::Linear { relu, bn } => {
                 f.write_str("matmul+bias")?;
                 if bn.is_some() {
-                    f.write_str(" (batch_norm folded into weights)")?;
+                    f.write_str(folded)?;
                 }
-                fused(f, *relu, false)
+                if *relu {
+                    f.write_str("+relu")?;
+                }
+                Ok(())
             }
             Kernel::MergedLinear { .. } => f.write_str("merged matmul+bias"),
-            Kernel::Im2colConv {
-                rank,
-                pads,
-                relu,
-                mean,
-                bn,
-            } => {
-                if bn.is_some() {
-                    f.write_str("conv (batch_norm folded into weights)")?;
-                } else {
-                    let pad = if pads.iter().any(|(a, b)| a != b) {
-                        "pad+"
-                    } else {
-                        ""
-                    };
-                    write!(f, "{pad}mtl.conv{rank}d(im2col+gemm)")?;
+            Kernel::Conv(c) => {
+                match (c.im2col, c.bn.is_some()) {
+                    (true, true) => write!(f, "conv{folded}")?,
+                    (true, false) => {
+                        let pad = if c.pads.iter().any(|(a, b)| a != b) {
+                            "pad+"
+                        } else {
+                            ""
+                        };
+                        write!(f, "{pad}mtl.conv{}d(im2col+gemm)", c.rank)?
+                    }
+                    (false, bn) => {
+                        write!(f, "candle.conv{}d{}", c.rank, if bn { folded } else { "" })?
+                    }
                 }
-                fused(f, *relu, *mean)
-            }
-            Kernel::CandleConv {
-                rank,
-                relu,
-                mean,
-                bn,
-                ..
-            } => {
-                write!(f, "candle.conv{rank}d")?;
-                if bn.is_some() {
-                    f.write_str(" (batch_norm folded into weights)")?;
+                if c.relu {
+                    f.write_str("+relu")?;
                 }
-                fused(f, *relu, *mean)
+                if c.mean {
+                    f.write_str("+global_avg_pool")?;
+                }
+                Ok(())
             }
             Kernel::Op(name) => f.write_str(name),
         }

@@ -8,7 +8,7 @@ mod legality;
 mod params;
 
 pub use exec::{head_output, Forward, RunError};
-pub use kernel::Kernel;
+pub use kernel::{ConvKernel, Kernel};
 pub use params::{init_params, save_atomic, Params};
 
 use crate::diagnostics::Diagnostic;
@@ -123,25 +123,15 @@ fn plan(g: &Graph, mode: Mode) -> Program {
                     .collect(),
             },
             Op::Conv(c) => {
-                let (rank, relu, mean) = (c.kernel.len(), false, false);
                 let uniform = |v: &[usize]| v.iter().all(|x| *x == v[0]);
-                if c.groups == 1 && uniform(&c.stride) && uniform(&c.dilation) {
-                    Kernel::Im2colConv {
-                        rank,
-                        pads,
-                        relu,
-                        mean,
-                        bn,
-                    }
-                } else {
-                    Kernel::CandleConv {
-                        rank,
-                        pads,
-                        relu,
-                        mean,
-                        bn,
-                    }
-                }
+                Kernel::Conv(ConvKernel {
+                    im2col: c.groups == 1 && uniform(&c.stride) && uniform(&c.dilation),
+                    rank: c.kernel.len(),
+                    pads,
+                    relu: false,
+                    mean: false,
+                    bn,
+                })
             }
             op => Kernel::Op(calls::kernel_name(op, mode)),
         };
@@ -322,21 +312,8 @@ impl Program {
             return self;
         }
         for st in &mut self.steps {
-            if let Kernel::Im2colConv {
-                rank,
-                pads,
-                relu,
-                mean,
-                bn,
-            } = &st.kernel
-            {
-                st.kernel = Kernel::CandleConv {
-                    rank: *rank,
-                    pads: pads.clone(),
-                    relu: *relu,
-                    mean: *mean,
-                    bn: bn.clone(),
-                };
+            if let Kernel::Conv(c) = &mut st.kernel {
+                c.im2col = false;
             }
         }
         self
