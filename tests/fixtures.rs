@@ -1,5 +1,6 @@
-//! Numeric parity with Keras 3: every fixture in ../shared/fixtures reproduced
-//! within 1e-4 relative error, with and without the optimizer.
+//! Numeric parity with Keras 3: every fixture in ../shared/fixtures and every
+//! case in tests/reference reproduced within 1e-4 relative error, with and
+//! without the optimizer, with Keras's parameter counts.
 
 mod common;
 
@@ -23,8 +24,7 @@ fn max_rel_err(a: &Tensor, b: &Tensor) -> f32 {
         .fold(0.0, f32::max)
 }
 
-fn check(name: &str, optimize: bool) {
-    let dir = fixtures();
+fn check(dir: &Path, name: &str, optimize: bool) {
     let opts = mtl::Options {
         optimize,
         ..Default::default()
@@ -54,57 +54,66 @@ fn check(name: &str, optimize: bool) {
     }
 }
 
-#[test]
-fn digits_mt_matches_keras() {
-    check("digits_mt", true);
-    check("digits_mt", false);
+/// Every `NAME.mtl` with Keras outputs in `dir`.
+fn cases(dir: &Path) -> Vec<String> {
+    common::mtl_files(dir.to_str().unwrap())
+        .iter()
+        .filter_map(|p| p.file_stem()?.to_str().map(String::from))
+        .collect()
+}
+
+/// Our own Keras-checked cases (`tests/reference/make.py`).
+fn references() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference")
 }
 
 #[test]
-fn fusion_ops_matches_keras() {
-    check("fusion_ops", true);
-    check("fusion_ops", false);
+fn every_shared_fixture_matches_keras() {
+    let dir = fixtures();
+    let names = cases(&dir);
+    assert!(names.len() >= 6, "fixtures found: {names:?}");
+    for name in names {
+        check(&dir, &name, true);
+        check(&dir, &name, false);
+    }
 }
 
 #[test]
-fn seed_multitask_small_matches_keras() {
-    check("seed_multitask_small", true);
-    check("seed_multitask_small", false);
-}
-
-#[test]
-fn shapes_mm_matches_keras() {
-    check("shapes_mm", true);
-    check("shapes_mm", false);
+fn every_reference_case_matches_keras() {
+    let dir = references();
+    let names = cases(&dir);
+    assert!(names.len() >= 4, "reference cases found: {names:?}");
+    for name in names {
+        check(&dir, &name, true);
+        check(&dir, &name, false);
+    }
 }
 
 #[test]
 fn param_counts_match_keras() {
-    for name in [
-        "digits_mt",
-        "fusion_ops",
-        "seed_multitask_small",
-        "shapes_mm",
-    ] {
-        let dir = fixtures();
-        let text = std::fs::read_to_string(dir.join(format!("{name}.keras_params.txt"))).unwrap();
-        let get = |k: &str| -> usize {
-            text.lines()
-                .find_map(|l| l.strip_prefix(&format!("{k}: ")))
-                .unwrap()
-                .trim()
-                .parse()
-                .unwrap()
-        };
-        let c = mtl::compile_file(&dir.join(format!("{name}.mtl")), &Default::default()).unwrap();
-        let g = graph(c);
-        let s = mtl::summary::summarize(&g);
-        assert_eq!(s.total_params, get("total"), "{name} total");
-        assert_eq!(s.trainable_params, get("trainable"), "{name} trainable");
-        assert_eq!(
-            s.non_trainable_params,
-            get("non_trainable"),
-            "{name} non-trainable"
-        );
+    for dir in [fixtures(), references()] {
+        for name in cases(&dir) {
+            let text =
+                std::fs::read_to_string(dir.join(format!("{name}.keras_params.txt"))).unwrap();
+            let get = |k: &str| -> usize {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(&format!("{k}: ")))
+                    .unwrap()
+                    .trim()
+                    .parse()
+                    .unwrap()
+            };
+            let c =
+                mtl::compile_file(&dir.join(format!("{name}.mtl")), &Default::default()).unwrap();
+            let g = graph(c);
+            let s = mtl::summary::summarize(&g);
+            assert_eq!(s.total_params, get("total"), "{name} total");
+            assert_eq!(s.trainable_params, get("trainable"), "{name} trainable");
+            assert_eq!(
+                s.non_trainable_params,
+                get("non_trainable"),
+                "{name} non-trainable"
+            );
+        }
     }
 }

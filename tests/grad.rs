@@ -37,7 +37,10 @@ fn objective(p: &Program, params: &Params, x: &HashMap<String, Tensor>) -> Tenso
 
 #[test]
 fn every_trainable_parameter_gets_a_gradient() {
-    for f in mtl_files("models") {
+    let mut files = mtl_files("models");
+    files.extend(mtl_files("../shared/fixtures"));
+    files.extend(mtl_files("tests/reference"));
+    for f in files {
         if f.file_stem()
             .is_some_and(|s| s == "seed_multimodal" || s == "seed_multitask")
         {
@@ -78,10 +81,34 @@ model k {
 }
 "#;
 
+/// Attention (masked, causal, cross), residuals, position tables, masked
+/// pools and recurrences, `select` and `mixture`.
+const SEQUENCES: &str = r#"
+model s {
+  input text: tokens[6] vocab 9
+  input v: f32[5]
+  let e = text -> embedding(4, mask_zero = true) -> position_embedding
+  let a = e -> residual(attention(2, 3, causal = true) -> dense(4)) -> layer_norm
+  let m = mixture(a -> global_avg_pool(axis = 1), a -> global_max_pool(axis = 1), gate = v)
+  let x = attend(v -> dense(4), a, 2, 2)
+  let r = a -> lstm(3)
+  head y = concat(m, x, r, a -> select(0)) -> dense(2) { loss: mse }
+}
+"#;
+
 #[test]
 fn finite_differences_agree_with_backprop() {
+    finite_differences(KERNELS);
+}
+
+#[test]
+fn finite_differences_agree_with_backprop_on_sequence_layers() {
+    finite_differences(SEQUENCES);
+}
+
+fn finite_differences(src: &str) {
     let p = lower(
-        &graph(mtl::compile_str("k.mtl", KERNELS, &options(Mode::Train))),
+        &graph(mtl::compile_str("k.mtl", src, &options(Mode::Train))),
         Mode::Train,
     )
     .expect("lowers");

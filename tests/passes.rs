@@ -93,6 +93,7 @@ fn passes_preserve_outputs_and_gradients() {
     };
     let mut files = mtl_files("models");
     files.extend(mtl_files("../shared/fixtures"));
+    files.extend(mtl_files("tests/reference"));
     files.retain(|p| !big(p));
     let dev = Device::Cpu;
     for f in files {

@@ -247,8 +247,10 @@ impl Elab<'_> {
         callee: &'static Callee,
         first: Option<NodeIndex>,
     ) -> Option<NodeIndex> {
-        let Sig::Fusion(specs) = callee.sig else {
-            return None;
+        let (specs, arity) = match callee.sig {
+            Sig::Fusion(s) => (s, None),
+            Sig::FusionOf(n, s) => (s, Some(n)),
+            _ => return None,
         };
         let is_tensor = |n: &str| specs.iter().any(|s| s.name == n && s.kind == Kind::Tensor);
         let mut operands: Vec<NodeIndex> = first.into_iter().collect();
@@ -259,6 +261,11 @@ impl Elab<'_> {
         for a in c.args.iter().flatten() {
             let slot = match &a.name {
                 Some(n) if !is_tensor(&n.name) => {
+                    named.push(a);
+                    continue;
+                }
+                // Past a fixed arity, positional arguments are constants.
+                None if arity.is_some_and(|n| operands.len() >= n) => {
                     named.push(a);
                     continue;
                 }
@@ -358,7 +365,9 @@ impl Elab<'_> {
         let name = layer.name;
         let bound = match layer.sig {
             Sig::IntVariadic => bind_variadic(name, c.span, raw),
-            Sig::Layer(specs) | Sig::Fusion(specs) => bind(name, c.span, specs, raw),
+            Sig::Layer(specs) | Sig::Fusion(specs) | Sig::FusionOf(_, specs) => {
+                bind(name, c.span, specs, raw)
+            }
         };
         let bound = bound.map_err(|es| self.errs.extend(es)).ok()?;
         let build = Build {

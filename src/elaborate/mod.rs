@@ -647,7 +647,7 @@ fn layer_callee(name: &str) -> Option<&'static Callee> {
     if name == residual::NAME {
         return Some(&RESIDUAL);
     }
-    ops::callee(name).filter(|c| !matches!(c.sig, Sig::Fusion(_)))
+    ops::callee(name).filter(|c| !c.sig.is_fusion())
 }
 
 /// `residual` in the layer position; elaboration expands it before any build.
@@ -659,5 +659,5 @@ const RESIDUAL: Callee = Callee {
 
 /// The fusion called `name`.
 fn fusion_callee(name: &str) -> Option<&'static Callee> {
-    ops::callee(name).filter(|c| matches!(c.sig, Sig::Fusion(_)))
+    ops::callee(name).filter(|c| c.sig.is_fusion())
 }

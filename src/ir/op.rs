@@ -7,7 +7,7 @@ use serde::Serialize;
 use std::fmt;
 
 pub use super::ops::activation::{Act, Dropout};
-pub use super::ops::attention::Attention;
+pub use super::ops::attention::{Attend, Attention};
 pub use super::ops::conv::{Conv, ConvTranspose2d, Padding, Upsample};
 pub use super::ops::dense::{Dense, MergedDense, Slice};
 pub use super::ops::embedding::Embedding;
@@ -17,7 +17,7 @@ pub use super::ops::mixture::Mixture;
 pub use super::ops::norm::{BatchNorm, LayerNorm};
 pub use super::ops::pool::{GlobalPool, Pool, PoolKind};
 pub use super::ops::position_embedding::PositionEmbedding;
-pub use super::ops::reshape::{Flatten, Permute, Reshape};
+pub use super::ops::reshape::{Flatten, Permute, Reshape, Select};
 pub use super::ops::residual::Residual;
 pub use super::ops::rnn::{Rnn, RnnCell};
 
@@ -51,6 +51,8 @@ pub enum Op {
     Attention(Attention),
     Residual(Residual),
     Mixture(Mixture),
+    Attend(Attend),
+    Select(Select),
 }
 
 impl Op {
@@ -83,6 +85,8 @@ impl Op {
             Op::Attention(o) => o,
             Op::Residual(o) => o,
             Op::Mixture(o) => o,
+            Op::Attend(o) => o,
+            Op::Select(o) => o,
         }
     }
 

@@ -3,7 +3,7 @@
 //! topological order, applies them, and binds parameter shapes to each
 //! layer's (possibly shared) parameter set.
 
-use super::ops::{Cx, Typed, Unifier};
+use super::ops::{Cx, MaskFlow, Typed, Unifier};
 use super::*;
 use crate::diagnostics::Diagnostic;
 
@@ -84,8 +84,11 @@ fn rule(cx: &mut Cx) -> Result<Typed, Diagnostic> {
 fn mask_of(g: &Graph, n: NodeIndex, ops: &[NodeIndex]) -> Option<NodeIndex> {
     match &g.g[n].op {
         Op::Embedding(e) if e.mask_zero => ops.first().copied(),
-        op if op.rules().keeps_mask() => ops.iter().find_map(|o| g.g[*o].mask),
-        _ => None,
+        op => match op.rules().mask_flow() {
+            MaskFlow::Drop => None,
+            MaskFlow::First => ops.first().and_then(|o| g.g[*o].mask),
+            MaskFlow::Any => ops.iter().find_map(|o| g.g[*o].mask),
+        },
     }
 }
 

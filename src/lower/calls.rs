@@ -43,7 +43,10 @@ pub fn kernel_name(op: &Op, mode: Mode) -> &'static str {
         Op::PositionEmbedding(_) => "broadcast_add(position table)",
         Op::Attention(_) if train => "attention(matmul, softmax(differentiable))",
         Op::Attention(_) => "attention(matmul, softmax_last_dim(fast))",
+        Op::Attend(_) if train => "attend(matmul, softmax(differentiable))",
+        Op::Attend(_) => "attend(matmul, softmax_last_dim(fast))",
         Op::Residual(_) => "add",
+        Op::Select(_) => "narrow+squeeze",
         Op::Mixture(_) => "mixture(softmax gate, weighted sum)",
         Op::Flatten(_) | Op::Reshape(_) => "reshape",
         Op::Permute(_) => "permute",
@@ -386,22 +389,39 @@ pub struct RnnWeights<'a> {
     pub b_hh: Option<&'a Tensor>,
 }
 
+/// How one recurrent direction runs.
+pub struct RnnRun<'a> {
+    pub cell: RnnCell,
+    pub units: usize,
+    /// The input projection of all steps as one GEMM.
+    pub hoisted: bool,
+    pub reverse: bool,
+    /// Every step's output, else the final state.
+    pub sequences: bool,
+    /// The recurrence as our custom op with its own backward (a hoisted,
+    /// unmasked LSTM or GRU on CPU); `train` keeps its activations for it.
+    pub fused: bool,
+    pub train: bool,
+    /// [B, T]: 1 for real steps, 0 for padded ones, over which the state is
+    /// carried unchanged (Keras's masked RNN). A padded step's output is the
+    /// carried one, or zero with `zero_masked` (Keras's `Bidirectional`).
+    pub valid: Option<&'a Tensor>,
+    pub zero_masked: bool,
+}
+
 /// Runs one direction over x [B, T, I]; returns every step's h [B, T, H] in
 /// time order when `sequences`, else the final h [B, H].
-/// With `fused` (a hoisted LSTM or GRU on CPU) the recurrence runs as one
-/// custom op with its own backward; `train` keeps its activations for it.
-#[allow(clippy::too_many_arguments)]
-pub fn rnn(
-    x: &Tensor,
-    cell: RnnCell,
-    units: usize,
-    w: &RnnWeights,
-    hoisted: bool,
-    reverse: bool,
-    sequences: bool,
-    fused: bool,
-    train: bool,
-) -> Result<Tensor> {
+pub fn rnn(x: &Tensor, w: &RnnWeights, run: &RnnRun) -> Result<Tensor> {
+    let RnnRun {
+        cell,
+        units,
+        hoisted,
+        reverse,
+        sequences,
+        fused,
+        train,
+        ..
+    } = *run;
     let (b, t, i) = x.dims3()?;
     if fused {
         let xw = dense(&x.reshape((b * t, i))?, w.w_ih, w.b_ih)?
@@ -447,15 +467,15 @@ pub fn rnn(
                 .matmul(&w_ih_t)?
                 .broadcast_add(w.b_ih)?,
         };
-        match cell {
+        let (h_new, c_new) = match cell {
             RnnCell::Lstm => {
                 let gates = (xt + h.matmul(&w_hh_t)?)?;
                 let ig = candle_nn::ops::sigmoid(&gates.narrow(1, 0, units)?)?;
                 let fg = candle_nn::ops::sigmoid(&gates.narrow(1, units, units)?)?;
                 let gg = gates.narrow(1, 2 * units, units)?.tanh()?;
                 let og = candle_nn::ops::sigmoid(&gates.narrow(1, 3 * units, units)?)?;
-                c = ((fg * &c)? + (ig * gg)?)?;
-                h = (og * c.tanh()?)?;
+                let c_new = ((fg * &c)? + (ig * gg)?)?;
+                ((og * c_new.tanh()?)?, c_new)
             }
             RnnCell::Gru => {
                 let mut hw = h.matmul(&w_hh_t)?;
@@ -470,11 +490,32 @@ pub fn rnn(
                 let n = (xt.narrow(1, 2 * units, units)?
                     + (r * hw.narrow(1, 2 * units, units)?)?)?
                 .tanh()?;
-                h = ((z.ones_like()? - &z)? * n)?.add(&(z * &h)?)?;
+                (((z.ones_like()? - &z)? * n)?.add(&(z * &h)?)?, c.clone())
             }
-        }
+        };
+        let out = match run.valid {
+            // Padded steps keep the state: s = m·s_new + (1 − m)·s.
+            Some(valid) => {
+                let m = valid.narrow(1, ts, 1)?; // [B, 1]
+                let keep = |new: &Tensor, old: &Tensor| -> Result<Tensor> {
+                    new.broadcast_mul(&m)?
+                        .add(&old.broadcast_mul(&(1.0 - &m)?)?)
+                };
+                c = keep(&c_new, &c)?;
+                h = keep(&h_new, &h)?;
+                if run.zero_masked {
+                    h_new.broadcast_mul(&m)?
+                } else {
+                    h.clone()
+                }
+            }
+            None => {
+                (h, c) = (h_new, c_new);
+                h.clone()
+            }
+        };
         if sequences {
-            outs[ts] = Some(h.clone());
+            outs[ts] = Some(out);
         }
     }
     if sequences {
@@ -493,43 +534,63 @@ pub struct AttentionWeights<'a> {
     pub out: (&'a Tensor, &'a Tensor),
 }
 
-/// Keras `MultiHeadAttention(heads, key_dim)(x, x)` over x [B, T, D]:
-/// softmax(q·kᵀ/√key_dim + masks)·v per head, then the output projection.
-/// `keys` [B, T] is 1 for real and 0 for padded keys; masked scores get
-/// −1e9 added, as Keras does (a fully padded row attends uniformly).
-/// `drop` is training dropout on the probabilities: (rate, uniforms [B, H, T, T]).
+/// Keras `MultiHeadAttention(heads, key_dim)(query, context)` over a
+/// query [B, Tq, Dq] and a context [B, Tk, Dk] (keys = values; the same
+/// tensor for self-attention): softmax(q·kᵀ/√key_dim + masks)·v per head,
+/// then the output projection. `queries` [B, Tq] and `keys` [B, Tk] are 1
+/// for real and 0 for padded positions. `drop` is training dropout on the probabilities:
+/// (rate, uniforms [B, H, Tq, Tk]).
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
-    x: &Tensor,
+    query: &Tensor,
+    context: &Tensor,
     w: &AttentionWeights,
-    heads: usize,
-    (key_dim, value_dim): (usize, usize),
-    keys: Option<&Tensor>,
+    (heads, key_dim, value_dim): (usize, usize, usize),
+    (queries, keys): (Option<&Tensor>, Option<&Tensor>),
     causal: bool,
     drop: Option<(f64, Tensor)>,
     train: bool,
 ) -> Result<Tensor> {
-    let (b, t, _) = x.dims3()?;
-    let split = |(wt, bias): (&Tensor, &Tensor), dim: usize| -> Result<Tensor> {
+    let (b, tq, _) = query.dims3()?;
+    let tk = context.dim(1)?;
+    let split = |x: &Tensor, (wt, bias): (&Tensor, &Tensor), dim: usize| -> Result<Tensor> {
+        let t = x.dim(1)?;
         dense(x, wt, bias)?
             .reshape((b, t, heads, dim))?
             .transpose(1, 2)?
             .contiguous()
     };
     // Keras scales the query before the product.
-    let q = (split(w.q, key_dim)? * (1.0 / (key_dim as f64).sqrt()))?;
-    let k = split(w.k, key_dim)?;
-    let v = split(w.v, value_dim)?;
-    let mut scores = q.matmul(&k.t()?.contiguous()?)?; // [B, H, T, T]
+    let q = (split(query, w.q, key_dim)? * (1.0 / (key_dim as f64).sqrt()))?;
+    let k = split(context, w.k, key_dim)?;
+    let v = split(context, w.v, value_dim)?;
+    let mut scores = q.matmul(&k.t()?.contiguous()?)?; // [B, H, Tq, Tk]
+                                                       // One 0/1 mask of the allowed (query, key) pairs, as Keras builds it:
+                                                       // real query rows × real keys × (causal) earlier keys; then −1e9 added
+                                                       // once where it is 0, so a row with no allowed key (a padded query row,
+                                                       // or one whose earlier keys are all padding) attends uniformly.
+    let mut allowed: Option<Tensor> = None;
+    let mut and = |m: Tensor| -> Result<()> {
+        allowed = Some(match allowed.take() {
+            Some(a) => a.broadcast_mul(&m)?,
+            None => m,
+        });
+        Ok(())
+    };
+    if let Some(m) = queries {
+        and(m.reshape((b, 1, tq, 1))?)?;
+    }
     if let Some(m) = keys {
-        let add = ((m - 1.0)? * 1e9)?.reshape((b, 1, 1, t))?;
-        scores = scores.broadcast_add(&add)?;
+        and(m.reshape((b, 1, 1, tk))?)?;
     }
     if causal {
-        let later: Vec<f32> = (0..t * t)
-            .map(|i| if i % t > i / t { -1e9 } else { 0.0 })
+        let earlier: Vec<f32> = (0..tq * tk)
+            .map(|i| if i % tk > i / tk { 0.0 } else { 1.0 })
             .collect();
-        scores = scores.broadcast_add(&Tensor::from_vec(later, (t, t), x.device())?)?;
+        and(Tensor::from_vec(earlier, (1, 1, tq, tk), query.device())?)?;
+    }
+    if let Some(a) = allowed {
+        scores = scores.broadcast_add(&((a - 1.0)? * 1e9)?)?;
     }
     let mut p = if train {
         candle_nn::ops::softmax(&scores, D::Minus1)?
@@ -543,7 +604,7 @@ pub fn attention(
     let o = p
         .matmul(&v)?
         .transpose(1, 2)?
-        .reshape((b, t, heads * value_dim))?;
+        .reshape((b, tq, heads * value_dim))?;
     dense(&o, w.out.0, w.out.1)
 }
 

@@ -5,11 +5,11 @@ use super::kernel::{FoldedBn, Kernel};
 use super::{Params, Program};
 use crate::ir::ops::{dense, norm};
 use crate::ir::ops::{mixture, position_embedding};
+use crate::ir::{Attend, DType as IrDType, Ew, Op, RnnCell};
 use crate::ir::{
     Attention, BatchNorm, Concat, ConvTranspose2d, Dropout, Embedding, GlobalPool, LayerNorm,
-    Mixture, Permute, Pool, Rnn, Slice, Upsample, Weighted,
+    Mixture, Permute, Pool, Slice, Upsample, Weighted,
 };
-use crate::ir::{DType as IrDType, Ew, Op, RnnCell};
 use crate::pipeline::Mode;
 use candle_core::{DType, Device, Tensor};
 use rand::rngs::StdRng;
@@ -172,17 +172,21 @@ impl Program {
                     node: st.name.clone(),
                     message: "operand not computed".into(),
                 })?;
-            // 1 at real positions, 0 at padding (token id 0), as f32 [B, T].
-            let valid = match st.mask.and_then(|m| values[m].as_ref()) {
-                Some(ids) => Some(
-                    ids.ne(&ids.zeros_like().map_err(err)?)
+            // Per operand: 1 at real positions, 0 at padding (token id 0), f32 [B, T].
+            let valid = st
+                .masks
+                .iter()
+                .map(|m| match m.and_then(|m| values[m].as_ref()) {
+                    Some(ids) => ids
+                        .ne(&ids.zeros_like()?)
                         .and_then(|m| m.to_dtype(DType::F32))
-                        .map_err(err)?,
-                ),
-                None => None,
-            };
+                        .map(Some),
+                    None => Ok(None),
+                })
+                .collect::<candle_core::Result<Vec<_>>>()
+                .map_err(err)?;
             let y = self
-                .step(st, &args, valid.as_ref(), params, train, rng)
+                .step(st, &args, &valid, params, train, rng)
                 .map_err(err)?;
             values[st.out] = Some(y);
             if let (Some(t), Some(s)) = (times.as_deref_mut(), started) {
@@ -199,7 +203,7 @@ impl Program {
         &self,
         st: &super::Step,
         args: &[&Tensor],
-        valid: Option<&Tensor>,
+        valid: &[Option<Tensor>],
         params: &Params,
         train: bool,
         rng: &mut StdRng,
@@ -208,6 +212,7 @@ impl Program {
             params.get(&format!("{}.{name}", st.params.as_deref().unwrap_or("")))
         };
         let x = args[0];
+        let mask = |i: usize| valid.get(i).and_then(Option::as_ref);
         match &st.op {
             Op::Input(_) => Ok(x.clone()),
             Op::Dense(_) | Op::Conv(_) | Op::MergedDense(_) => self.linear_or_conv(st, x, params),
@@ -241,51 +246,38 @@ impl Program {
                 let Some(a) = a else {
                     candle_core::bail!("pool axis out of range")
                 };
-                calls::pool_axis(x, a + 1, max, valid)
+                calls::pool_axis(x, a + 1, max, mask(0))
             }
             Op::PositionEmbedding(_) => x.broadcast_add(p(position_embedding::WEIGHT)?),
             Op::Residual(_) => x.add(args[1]),
+            Op::Select(s) => {
+                let dims = per_sample_dims(x);
+                match s.resolve(&dims) {
+                    Some((a, Some(i))) => x.narrow(a + 1, i, 1)?.squeeze(a + 1),
+                    _ => candle_core::bail!("select out of range"),
+                }
+            }
             Op::Mixture(Mixture { experts }) => calls::mixture(
                 &args[..*experts],
                 args[*experts],
                 p(mixture::WEIGHT)?,
                 p(mixture::BIAS)?,
             ),
-            Op::Attention(Attention {
-                heads,
-                key_dim,
-                value_dim,
-                dropout,
-                causal,
-            }) => {
-                use crate::ir::ops::attention as a;
-                let w = calls::AttentionWeights {
-                    q: (p(a::QUERY_WEIGHT)?, p(a::QUERY_BIAS)?),
-                    k: (p(a::KEY_WEIGHT)?, p(a::KEY_BIAS)?),
-                    v: (p(a::VALUE_WEIGHT)?, p(a::VALUE_BIAS)?),
-                    out: (p(a::OUT_WEIGHT)?, p(a::OUT_BIAS)?),
-                };
-                let drop = if train && *dropout > 0.0 {
-                    let (b, t, _) = x.dims3()?;
-                    let n = b * heads * t * t;
-                    let u: Vec<f32> = (0..n).map(|_| rng.random::<f32>()).collect();
-                    Some((
-                        *dropout,
-                        Tensor::from_vec(u, (b, *heads, t, t), x.device())?,
-                    ))
+            Op::Attention(a) => {
+                let masks = (mask(0), mask(0));
+                self.attention(st, x, x, a, masks, params, train, rng)
+            }
+            Op::Attend(Attend(a)) => {
+                // A vector query is a sequence of one.
+                let vector = x.rank() == 2;
+                let q = if vector { x.unsqueeze(1)? } else { x.clone() };
+                let qm = if vector { None } else { mask(0) };
+                let y = self.attention(st, &q, args[1], a, (qm, mask(1)), params, train, rng)?;
+                if vector {
+                    y.squeeze(1)
                 } else {
-                    None
-                };
-                calls::attention(
-                    x,
-                    &w,
-                    *heads,
-                    (*key_dim, *value_dim),
-                    valid,
-                    *causal,
-                    drop,
-                    train,
-                )
+                    Ok(y)
+                }
             }
             Op::GlobalPool(GlobalPool { kind, axis: None }) => {
                 let flat = x.flatten_from(2)?;
@@ -316,47 +308,44 @@ impl Program {
                     .index_select(&x.flatten_all()?, 0)?
                     .reshape((b, t, *dim))
             }
-            Op::Rnn(Rnn {
-                cell,
-                units,
-                return_sequences,
-                bidirectional,
-                hoisted,
-            }) => {
-                let dir = |suffix: &str, reverse: bool| -> candle_core::Result<Tensor> {
-                    let (b_ih, b_hh) = match cell {
-                        RnnCell::Lstm => (p(&format!("bias{suffix}"))?, None),
-                        RnnCell::Gru => (
-                            p(&format!("bias_ih{suffix}"))?,
-                            Some(p(&format!("bias_hh{suffix}"))?),
-                        ),
-                    };
-                    let w = RnnWeights {
-                        w_ih: p(&format!("weight_ih{suffix}"))?,
-                        w_hh: p(&format!("weight_hh{suffix}"))?,
-                        b_ih,
-                        b_hh,
-                    };
-                    // A hoisted LSTM or GRU runs as our fused op (CPU only).
-                    let fused = *hoisted && x.device().is_cpu();
-                    calls::rnn(
-                        x,
-                        *cell,
-                        *units,
-                        &w,
-                        *hoisted,
-                        reverse,
-                        *return_sequences,
-                        fused,
-                        train,
-                    )
-                };
-                let fwd = dir("", false)?;
-                if *bidirectional {
-                    let bwd = dir("_reverse", true)?;
-                    Tensor::cat(&[&fwd, &bwd], fwd.rank() - 1)
-                } else {
-                    Ok(fwd)
+            Op::Rnn(r) => {
+                let valid = mask(0);
+                let dirs = r.directions();
+                let outs = dirs
+                    .iter()
+                    .enumerate()
+                    .map(|(d, names)| {
+                        let w = match r.cell {
+                            RnnCell::Lstm => RnnWeights {
+                                w_ih: p(names.weight_ih)?,
+                                w_hh: p(names.weight_hh)?,
+                                b_ih: p(names.bias)?,
+                                b_hh: None,
+                            },
+                            RnnCell::Gru => RnnWeights {
+                                w_ih: p(names.weight_ih)?,
+                                w_hh: p(names.weight_hh)?,
+                                b_ih: p(names.bias_ih)?,
+                                b_hh: Some(p(names.bias_hh)?),
+                            },
+                        };
+                        let run = calls::RnnRun {
+                            cell: r.cell,
+                            units: r.units,
+                            hoisted: r.hoisted,
+                            reverse: d == 1,
+                            sequences: r.return_sequences,
+                            fused: r.hoisted && x.device().is_cpu() && valid.is_none(),
+                            train,
+                            valid,
+                            zero_masked: r.bidirectional,
+                        };
+                        calls::rnn(x, &w, &run)
+                    })
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                match outs.as_slice() {
+                    [one] => Ok(one.clone()),
+                    _ => Tensor::cat(&outs, outs[0].rank() - 1),
                 }
             }
             Op::Dropout(Dropout { rate }) if train => {
@@ -447,6 +436,44 @@ impl Program {
 }
 
 impl Program {
+    /// Self- or cross-attention of `query` over `context`: (query, key) padding masks.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        st: &super::Step,
+        query: &Tensor,
+        context: &Tensor,
+        a: &Attention,
+        masks: (Option<&Tensor>, Option<&Tensor>),
+        params: &Params,
+        train: bool,
+        rng: &mut StdRng,
+    ) -> candle_core::Result<Tensor> {
+        use crate::ir::ops::attention as n;
+        let own = st.params.as_deref().unwrap_or("");
+        let p = |name: &str| params.get(&format!("{own}.{name}"));
+        let w = calls::AttentionWeights {
+            q: (p(n::QUERY_WEIGHT)?, p(n::QUERY_BIAS)?),
+            k: (p(n::KEY_WEIGHT)?, p(n::KEY_BIAS)?),
+            v: (p(n::VALUE_WEIGHT)?, p(n::VALUE_BIAS)?),
+            out: (p(n::OUT_WEIGHT)?, p(n::OUT_BIAS)?),
+        };
+        let drop = if train && a.dropout > 0.0 {
+            let (b, tq, tk) = (query.dim(0)?, query.dim(1)?, context.dim(1)?);
+            let u: Vec<f32> = (0..b * a.heads * tq * tk)
+                .map(|_| rng.random::<f32>())
+                .collect();
+            Some((
+                a.dropout,
+                Tensor::from_vec(u, (b, a.heads, tq, tk), query.device())?,
+            ))
+        } else {
+            None
+        };
+        let dims = (a.heads, a.key_dim, a.value_dim);
+        calls::attention(query, context, &w, dims, masks, a.causal, drop, train)
+    }
+
     /// The steps whose [`Kernel`] is a GEMM or a convolution, a batch norm
     /// folded into their weights where the plan says so.
     fn linear_or_conv(
@@ -501,6 +528,14 @@ impl Program {
             (k, _) => candle_core::bail!("kernel `{k}` does not run `{}`", st.op),
         }
     }
+}
+
+/// The per-sample dims of a batch tensor, for rules that resolve axes at run time.
+fn per_sample_dims(x: &Tensor) -> Vec<crate::ir::Dim> {
+    x.dims()[1..]
+        .iter()
+        .map(|d| crate::ir::Dim::Fixed(*d))
+        .collect()
 }
 
 fn dims_text(ty: &crate::ir::Type) -> String {

@@ -37,8 +37,8 @@ pub struct Step {
     pub out: usize,
     /// Checkpoint prefix of the layer's parameters.
     pub params: Option<String>,
-    /// The slot of the token ids whose zeros pad the first operand (its padding mask).
-    pub mask: Option<usize>,
+    /// Per operand, the slot of the token ids whose zeros pad it (its padding mask).
+    pub masks: Vec<Option<usize>>,
     pub ty: Type,
 }
 
@@ -133,6 +133,13 @@ fn plan(g: &Graph, mode: Mode) -> Program {
                     bn,
                 })
             }
+            // Padded steps keep the state: the per-step form, not the fused op.
+            Op::Rnn(r) if g.operands(n).iter().any(|o| g.g[*o].mask.is_some()) => {
+                Kernel::Op(match r.cell {
+                    crate::ir::RnnCell::Lstm => "mtl.lstm(per-step, masked)",
+                    crate::ir::RnnCell::Gru => "mtl.gru(per-step, masked)",
+                })
+            }
             op => Kernel::Op(calls::kernel_name(op, mode)),
         };
         steps.push(Step {
@@ -142,11 +149,11 @@ fn plan(g: &Graph, mode: Mode) -> Program {
             args,
             out: s,
             params: node.param.map(|p| g.params[p.0].prefix.clone()),
-            mask: g
+            masks: g
                 .operands(n)
-                .first()
-                .and_then(|o| g.g[*o].mask)
-                .map(|m| slot[&m]),
+                .iter()
+                .map(|o| g.g[*o].mask.map(|m| slot[&m]))
+                .collect(),
             ty,
         });
     }

@@ -1,7 +1,7 @@
 //! Element-wise activations and dropout: the shape passes through.
 
 use super::sig::{alpha, opt, req, Kind};
-use super::{Callee, Cx, Rules, Sig, Typed, R};
+use super::{Callee, Cx, MaskFlow, Rules, Sig, Typed, R};
 use crate::diagnostics::Diagnostic;
 use crate::ir::Op;
 use serde::Serialize;
@@ -81,8 +81,8 @@ pub const CALLEES: &[Callee] = &[
 ];
 
 impl Rules for Act {
-    fn keeps_mask(&self) -> bool {
-        true
+    fn mask_flow(&self) -> MaskFlow {
+        MaskFlow::First
     }
     fn kind_name(&self) -> Cow<'static, str> {
         self.name().into()
@@ -108,8 +108,8 @@ pub struct Dropout {
 }
 
 impl Rules for Dropout {
-    fn keeps_mask(&self) -> bool {
-        true
+    fn mask_flow(&self) -> MaskFlow {
+        MaskFlow::First
     }
     fn kind_name(&self) -> Cow<'static, str> {
         "dropout".into()

@@ -3,7 +3,7 @@
 
 use super::cx::glorot;
 use super::sig::{req, Kind, ParamSpec};
-use super::{Build, Callee, Cx, Rules, Sig, Typed, R};
+use super::{Build, Callee, Cx, MaskFlow, Rules, Sig, Typed, R};
 use crate::diagnostics::Diagnostic;
 use crate::ir::{shape_str, Dim, Init, Op, ParamId, Type};
 use serde::Serialize;
@@ -29,8 +29,8 @@ pub struct Dense {
 }
 
 impl Rules for Dense {
-    fn keeps_mask(&self) -> bool {
-        true
+    fn mask_flow(&self) -> MaskFlow {
+        MaskFlow::First
     }
     fn kind_name(&self) -> Cow<'static, str> {
         "dense".into()

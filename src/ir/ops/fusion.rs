@@ -4,7 +4,7 @@
 
 use super::cx::glorot;
 use super::sig::{empty, last_axis, opt, Kind};
-use super::{Arity, Callee, Cx, Rules, Sig, Typed, R};
+use super::{Arity, Callee, Cx, MaskFlow, Rules, Sig, Typed, R};
 use crate::diagnostics::Diagnostic;
 use crate::ir::{Init, Op, Type};
 use serde::Serialize;
@@ -208,8 +208,8 @@ impl Ew {
 }
 
 impl Rules for Ew {
-    fn keeps_mask(&self) -> bool {
-        true
+    fn mask_flow(&self) -> MaskFlow {
+        MaskFlow::Any
     }
     fn kind_name(&self) -> Cow<'static, str> {
         self.name().into()

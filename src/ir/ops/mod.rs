@@ -50,6 +50,17 @@ pub enum Arity {
     Many,
 }
 
+/// Where an op's output gets its padding mask from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaskFlow {
+    /// None: the op changes or removes the sequence axis.
+    Drop,
+    /// The first operand's: a layer that keeps the sequence axis (the query of `attend`).
+    First,
+    /// Any operand's: element-wise fusions and `residual` (either side's survives).
+    Any,
+}
+
 /// The rules one op owns. Defaults fit a weightless, pure, one-operand op.
 pub trait Rules {
     /// The op's name as written in `.mtl` source.
@@ -76,10 +87,9 @@ pub trait Rules {
     fn takes_tokens(&self) -> bool {
         false
     }
-    /// Whether the output carries its first operand's padding mask (a
-    /// layer that keeps the sequence axis; fusions: any operand's).
-    fn keeps_mask(&self) -> bool {
-        false
+    /// Which padding mask the output carries.
+    fn mask_flow(&self) -> MaskFlow {
+        MaskFlow::Drop
     }
     /// A hint for an operand of the wrong rank.
     fn rank_help(&self, _rank: usize) -> Option<&'static str> {
@@ -131,7 +141,7 @@ pub fn names(fusions: bool) -> Vec<&'static str> {
     TABLE
         .iter()
         .flat_map(|f| f.iter())
-        .filter(|c| matches!(c.sig, Sig::Fusion(_)) == fusions)
+        .filter(|c| c.sig.is_fusion() == fusions)
         .map(|c| c.name)
         .collect()
 }

@@ -2,7 +2,7 @@
 //! channels) and `layer_norm` (Keras `LayerNormalization`, the last axis).
 
 use super::sig::{eps, momentum, opt, Kind};
-use super::{Callee, Cx, Rules, Sig, Typed, R};
+use super::{Callee, Cx, MaskFlow, Rules, Sig, Typed, R};
 use crate::ir::{Init, Op};
 use serde::Serialize;
 use std::borrow::Cow;
@@ -75,8 +75,8 @@ pub struct LayerNorm {
 }
 
 impl Rules for LayerNorm {
-    fn keeps_mask(&self) -> bool {
-        true
+    fn mask_flow(&self) -> MaskFlow {
+        MaskFlow::First
     }
     fn kind_name(&self) -> Cow<'static, str> {
         "layer_norm".into()

@@ -1,7 +1,7 @@
 //! `position_embedding`: adds a learned `[T, D]` table to a sequence
 //! (keras-hub `PositionEmbedding`, its output added to its input).
 
-use super::{Callee, Cx, Rules, Sig, Typed, R};
+use super::{Callee, Cx, MaskFlow, Rules, Sig, Typed, R};
 use crate::ir::{Init, Op};
 use serde::Serialize;
 use std::borrow::Cow;
@@ -25,8 +25,8 @@ impl Rules for PositionEmbedding {
     fn params(&self) -> &'static [&'static str] {
         &[WEIGHT]
     }
-    fn keeps_mask(&self) -> bool {
-        true
+    fn mask_flow(&self) -> MaskFlow {
+        MaskFlow::First
     }
     fn infer(&self, cx: &mut Cx) -> R<Typed> {
         cx.need_rank(2, 2, "a sequence [T, D]")?;

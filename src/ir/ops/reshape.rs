@@ -1,7 +1,9 @@
 //! Shape ops: `flatten`, `reshape(...)`, `permute(...)` (Keras `Flatten`,
-//! `Reshape`, `Permute`): per-sample, the batch axis untouched.
+//! `Reshape`, `Permute`) and `select(index, axis = 1)` (one position, e.g. a
+//! `[CLS]` token): per-sample, the batch axis untouched.
 
-use super::{Callee, Cx, Rules, Sig, Typed, R};
+use super::sig::{opt, req, Kind, Value};
+use super::{Callee, Cx, MaskFlow, Rules, Sig, Typed, R};
 use crate::diagnostics::Diagnostic;
 use crate::ir::{shape_str, Dim, Op, Type};
 use serde::Serialize;
@@ -23,6 +25,19 @@ pub const CALLEES: &[Callee] = &[
         },
     },
     Callee {
+        name: "select",
+        sig: Sig::Layer(&[
+            req("index", Kind::SignedInt),
+            opt("axis", Kind::SignedInt, first_axis),
+        ]),
+        build: |b| {
+            Ok(Op::Select(Select {
+                index: b.args.signed("index"),
+                axis: b.args.signed("axis"),
+            }))
+        },
+    },
+    Callee {
         name: "permute",
         sig: Sig::IntVariadic,
         build: |b| {
@@ -37,6 +52,10 @@ pub const CALLEES: &[Callee] = &[
         },
     },
 ];
+
+fn first_axis() -> Value {
+    Value::Int(1)
+}
 
 /// The element count of the operand; every dim must be fixed.
 fn total(cx: &Cx, what: &str) -> R<usize> {
@@ -145,6 +164,89 @@ impl Rules for Permute {
     }
 }
 
+/// One position along `axis` (Keras numbering, 1 = first per-sample axis;
+/// negative from the end); `index` negative counts from the end too.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Select {
+    pub index: i64,
+    pub axis: i64,
+}
+
+impl Select {
+    /// (axis, index) from 0 for a rank-`rank` value of per-sample shape `dims`.
+    pub fn resolve(&self, dims: &[Dim]) -> Option<(usize, Option<usize>)> {
+        let rank = dims.len() as i64;
+        let a = if self.axis < 0 {
+            rank + self.axis
+        } else {
+            self.axis - 1
+        };
+        if !(0..rank).contains(&a) {
+            return None;
+        }
+        let i = dims[a as usize].fixed().and_then(|len| {
+            let i = if self.index < 0 {
+                len as i64 + self.index
+            } else {
+                self.index
+            };
+            (0..len as i64).contains(&i).then_some(i as usize)
+        });
+        Some((a as usize, i))
+    }
+}
+
+impl Rules for Select {
+    fn kind_name(&self) -> Cow<'static, str> {
+        "select".into()
+    }
+    fn attrs(&self) -> String {
+        format!("index={}, axis={}", self.index, self.axis)
+    }
+    /// Selecting along the sequence axis removes it, and its mask.
+    fn mask_flow(&self) -> MaskFlow {
+        if self.axis == 1 {
+            MaskFlow::Drop
+        } else {
+            MaskFlow::First
+        }
+    }
+    fn infer(&self, cx: &mut Cx) -> R<Typed> {
+        cx.need_rank(1, usize::MAX, "a value of rank ≥ 1")?;
+        let s = cx.s();
+        let Some((a, i)) = self.resolve(s) else {
+            return Err(Diagnostic::error(
+                "mtl::select",
+                format!(
+                    "axis {} is out of range for {}",
+                    self.axis,
+                    shape_str(cx.x())
+                ),
+            )
+            .label(cx.span(), "select here")
+            .help(format!(
+                "number the per-sample axes from 1 (1..={}), or -1 for the last",
+                s.len()
+            )));
+        };
+        let len = cx.fixed(&s[a], "the axis `select` takes a position from")?;
+        if i.is_none() {
+            return Err(cx
+                .at_input(
+                    Diagnostic::error(
+                        "mtl::select",
+                        format!("index {} is out of range for an axis of {len}", self.index),
+                    )
+                    .label(cx.span(), "select here"),
+                )
+                .help(format!("use 0..{len}, or -1 for the last position")));
+        }
+        let mut out = s.to_vec();
+        out.remove(a);
+        Ok(Typed::new(Type::f32(out)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::testing::{code, f32, infer};
@@ -167,6 +269,15 @@ mod tests {
         );
         assert_eq!(code(infer(op(&[5, -1]), &[f32(&[2, 6])])), "mtl::reshape");
         assert_eq!(code(infer(op(&[-1, -1]), &[f32(&[2, 6])])), "mtl::reshape");
+    }
+
+    #[test]
+    fn select_takes_one_position() {
+        let op = |index, axis| Op::Select(Select { index, axis });
+        assert_eq!(infer(op(0, 1), &[f32(&[12, 16])]).unwrap().ty, f32(&[16]));
+        assert_eq!(infer(op(-1, -1), &[f32(&[12, 16])]).unwrap().ty, f32(&[12]));
+        assert_eq!(code(infer(op(12, 1), &[f32(&[12, 16])])), "mtl::select");
+        assert_eq!(code(infer(op(0, 3), &[f32(&[12, 16])])), "mtl::select");
     }
 
     #[test]

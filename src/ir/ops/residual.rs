@@ -2,7 +2,7 @@
 //! to `x` and joins both here (operands: `x`, then the pipeline's output);
 //! the rule insists the pipeline keeps the shape.
 
-use super::{Arity, Cx, Rules, Typed, R};
+use super::{Arity, Cx, MaskFlow, Rules, Typed, R};
 use crate::diagnostics::Diagnostic;
 use crate::ir::shape_str;
 use serde::Serialize;
@@ -22,8 +22,8 @@ impl Rules for Residual {
         Arity::Many
     }
     /// A mask survives when either side carries one.
-    fn keeps_mask(&self) -> bool {
-        true
+    fn mask_flow(&self) -> MaskFlow {
+        MaskFlow::Any
     }
     fn infer(&self, cx: &mut Cx) -> R<Typed> {
         let (x, y) = (&cx.tys[0], &cx.tys[1]);

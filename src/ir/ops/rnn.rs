@@ -3,7 +3,7 @@
 
 use super::cx::glorot;
 use super::sig::{no, opt, req, Kind, ParamSpec};
-use super::{Build, Callee, Cx, Rules, Sig, Typed, R};
+use super::{Build, Callee, Cx, MaskFlow, Rules, Sig, Typed, R};
 use crate::ir::{Dim, Init, Op, Type};
 use serde::Serialize;
 use std::borrow::Cow;
@@ -130,8 +130,12 @@ impl Rnn {
 }
 
 impl Rules for Rnn {
-    fn keeps_mask(&self) -> bool {
-        self.return_sequences
+    fn mask_flow(&self) -> MaskFlow {
+        if self.return_sequences {
+            MaskFlow::First
+        } else {
+            MaskFlow::Drop
+        }
     }
     fn kind_name(&self) -> Cow<'static, str> {
         match self.cell {

@@ -340,6 +340,9 @@ pub enum Sig {
     IntVariadic,
     /// A fusion: positional arguments are operands, named ones these parameters.
     Fusion(&'static [ParamSpec]),
+    /// A fusion of exactly this many operands, given first; further
+    /// arguments bind to these parameters: `attend(q, c, 2, 8)`.
+    FusionOf(usize, &'static [ParamSpec]),
 }
 
 /// Binds the arguments of an [`Sig::IntVariadic`] layer: integers only, at least one.
@@ -373,4 +376,10 @@ pub fn bind_variadic(
         values: HashMap::new(),
         variadic: v,
     })
+}
+
+impl Sig {
+    pub fn is_fusion(&self) -> bool {
+        matches!(self, Sig::Fusion(_) | Sig::FusionOf(..))
+    }
 }
