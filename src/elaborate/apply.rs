@@ -290,7 +290,10 @@ impl Elab<'_> {
                         format!("`{}` needs its argument `{}`", callee.name, s.name),
                     )
                     .label(c.span, format!("`{}` missing", s.name))
-                    .help(ops::signature_help(callee.name, specs)),
+                    .help(format!(
+                        "the signature is `{}(a, b, ..., {} = x)`",
+                        callee.name, s.name
+                    )),
                 );
                 ok = false;
             }

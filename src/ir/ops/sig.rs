@@ -16,6 +16,13 @@ pub enum Value {
 }
 
 impl Value {
+    /// What was written, for "found …" labels: a number as itself.
+    pub fn found(&self) -> String {
+        match self {
+            Value::Int(i) => i.to_string(),
+            v => v.describe().to_string(),
+        }
+    }
     pub fn describe(&self) -> &'static str {
         match self {
             Value::Int(_) => "an integer",
@@ -215,6 +222,7 @@ pub fn bind(
     args: &[RawArg],
 ) -> Result<Bound, Vec<Diagnostic>> {
     let mut errs = vec![];
+    let mut invalid: Vec<&str> = vec![];
     let mut values: HashMap<&'static str, Value> = HashMap::new();
     let mut positional = 0;
     for a in args {
@@ -277,15 +285,17 @@ pub fn bind(
                         spec.kind.words()
                     ),
                 )
-                .label(a.span, format!("found {}", a.value.describe()))
+                .label(a.span, format!("found {}", a.value.found()))
                 .help(signature_help(callee, specs)),
             );
+            // Given, if wrongly: not reported missing as well.
+            invalid.push(spec.name);
             continue;
         }
         values.insert(spec.name, a.value.clone());
     }
     for s in specs {
-        if !values.contains_key(s.name) {
+        if !values.contains_key(s.name) && !invalid.contains(&s.name) {
             match s.default {
                 Some(d) => {
                     values.insert(s.name, d());
