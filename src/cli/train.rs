@@ -175,6 +175,45 @@ fn load_data(
         .map_err(|e| Fail::model(format!("error: {e}")))
 }
 
+/// The model as `RUN/model.mtl` and every file it imports at the same
+/// relative place, so that the run directory compiles on its own.
+fn copy_model(model: &Path, run_dir: &Path) -> Result<(), Fail> {
+    let fail = |what: String| {
+        Fail::usage(format!(
+            "error: cannot copy {what} into {}",
+            run_dir.display()
+        ))
+    };
+    let c = mtl::compile_file(model, &mtl::Options::default())
+        .map_err(|e| fail(format!("the model ({e})")))?;
+    let base = model.parent().unwrap_or(Path::new(""));
+    for (i, f) in c.sources.files.iter().enumerate() {
+        let dest = if i == 0 {
+            run_dir.join("model.mtl")
+        } else {
+            let rel = Path::new(&f.name)
+                .strip_prefix(base)
+                .unwrap_or(Path::new(&f.name));
+            if rel.is_absolute()
+                || rel
+                    .components()
+                    .any(|c| c == std::path::Component::ParentDir)
+            {
+                return Err(fail(format!(
+                    "`{}`: an import outside the model's folder (move it next to the model)",
+                    f.name
+                )));
+            }
+            run_dir.join(rel)
+        };
+        if let Some(dir) = dest.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| fail(format!("{} ({e})", f.name)))?;
+        }
+        std::fs::write(&dest, &f.text).map_err(|e| fail(format!("{} ({e})", f.name)))?;
+    }
+    Ok(())
+}
+
 pub fn train(a: TrainArgs) -> Result<i32, Fail> {
     let device = mtl::predict::device(&a.device).map_err(Fail::usage)?;
     let (model_path, _) = match &a.resume {
@@ -269,12 +308,7 @@ pub fn train(a: TrainArgs) -> Result<i32, Fail> {
     std::fs::create_dir_all(&run_dir)
         .map_err(|e| Fail::usage(format!("error: cannot create {}: {e}", run_dir.display())))?;
     if a.resume.is_none() {
-        std::fs::copy(&model_path, run_dir.join("model.mtl")).map_err(|e| {
-            Fail::usage(format!(
-                "error: cannot copy the model into {}: {e}",
-                run_dir.display()
-            ))
-        })?;
+        copy_model(&model_path, &run_dir)?;
     }
     if !enc.is_empty() {
         // The tokenizer's copy sits next to data.json: store its name only.

@@ -254,6 +254,7 @@ impl Elab<'_> {
         };
         let is_tensor = |n: &str| specs.iter().any(|s| s.name == n && s.kind == Kind::Tensor);
         let mut operands: Vec<NodeIndex> = first.into_iter().collect();
+        let mut positional = operands.len();
         // Named tensor arguments (`gate = x`) follow the positional operands.
         let mut tensors = vec![];
         let mut named = vec![];
@@ -264,13 +265,17 @@ impl Elab<'_> {
                     named.push(a);
                     continue;
                 }
-                // Past a fixed arity, positional arguments are constants.
-                None if arity.is_some_and(|n| operands.len() >= n) => {
+                // Past a fixed arity, positional arguments are constants
+                // (counted as written, whether or not an operand failed).
+                None if arity.is_some_and(|n| positional >= n) => {
                     named.push(a);
                     continue;
                 }
+                None => {
+                    positional += 1;
+                    &mut operands
+                }
                 Some(_) => &mut tensors,
-                None => &mut operands,
             };
             match self.expr(&a.value) {
                 Some(n) => slot.push(n),

@@ -35,11 +35,11 @@ pub fn kernel_name(op: &Op, mode: Mode) -> &'static str {
         Op::GlobalPool(GlobalPool {
             kind: PoolKind::Max,
             axis: Some(_),
-        }) => "max(axis, padding masked)",
+        }) => "max(axis)",
         Op::GlobalPool(GlobalPool {
             kind: PoolKind::Avg,
             axis: Some(_),
-        }) => "mean(axis, padding masked)",
+        }) => "mean(axis)",
         Op::PositionEmbedding(_) => "broadcast_add(position table)",
         Op::Attention(_) if train => "attention(matmul, softmax(differentiable))",
         Op::Attention(_) => "attention(matmul, softmax_last_dim(fast))",

@@ -37,7 +37,8 @@ pub struct Step {
     pub out: usize,
     /// Checkpoint prefix of the layer's parameters.
     pub params: Option<String>,
-    /// Per operand, the slot of the token ids whose zeros pad it (its padding mask).
+    /// Per operand, the slot of the token ids whose zeros pad it (its padding
+    /// mask), for the ops that read masks.
     pub masks: Vec<Option<usize>>,
     pub ty: Type,
 }
@@ -152,7 +153,8 @@ fn plan(g: &Graph, mode: Mode) -> Program {
             masks: g
                 .operands(n)
                 .iter()
-                .map(|o| g.g[*o].mask.map(|m| slot[&m]))
+                .map(|o| g.g[*o].mask.filter(|_| node.op.rules().reads_mask()))
+                .map(|m| m.map(|m| slot[&m]))
                 .collect(),
             ty,
         });
@@ -348,7 +350,16 @@ impl Program {
             .collect();
         for st in &self.steps {
             let out = st.out;
-            let args: Vec<String> = st.args.iter().map(|a| format!("v{a}")).collect();
+            // An operand with a padding mask shows the token ids it comes from.
+            let args: Vec<String> = st
+                .args
+                .iter()
+                .zip(&st.masks)
+                .map(|(a, m)| match m {
+                    Some(m) => format!("v{a} mask v{m}"),
+                    None => format!("v{a}"),
+                })
+                .collect();
             let _ = write!(
                 s,
                 "  v{out} = {} ({}) : {}  # {}",

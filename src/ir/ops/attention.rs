@@ -107,6 +107,9 @@ pub struct Attention {
 }
 
 impl Rules for Attention {
+    fn reads_mask(&self) -> bool {
+        true
+    }
     fn kind_name(&self) -> Cow<'static, str> {
         "attention".into()
     }
@@ -174,6 +177,9 @@ impl Attention {
 pub struct Attend(pub Attention);
 
 impl Rules for Attend {
+    fn reads_mask(&self) -> bool {
+        true
+    }
     fn kind_name(&self) -> Cow<'static, str> {
         "attend".into()
     }

@@ -91,6 +91,10 @@ pub trait Rules {
     fn mask_flow(&self) -> MaskFlow {
         MaskFlow::Drop
     }
+    /// Whether the op's kernel reads its operands' padding masks.
+    fn reads_mask(&self) -> bool {
+        false
+    }
     /// A hint for an operand of the wrong rank.
     fn rank_help(&self, _rank: usize) -> Option<&'static str> {
         None

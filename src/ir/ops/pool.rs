@@ -152,6 +152,10 @@ impl GlobalPool {
 }
 
 impl Rules for GlobalPool {
+    /// A pool over one axis skips padded positions.
+    fn reads_mask(&self) -> bool {
+        self.axis.is_some()
+    }
     fn kind_name(&self) -> Cow<'static, str> {
         format!("global_{}_pool", self.kind.name()).into()
     }

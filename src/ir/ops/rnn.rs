@@ -130,6 +130,9 @@ impl Rnn {
 }
 
 impl Rules for Rnn {
+    fn reads_mask(&self) -> bool {
+        true
+    }
     fn mask_flow(&self) -> MaskFlow {
         if self.return_sequences {
             MaskFlow::First
