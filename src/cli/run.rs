@@ -107,7 +107,8 @@ pub fn init(a: InitArgs) -> Result<i32, Fail> {
 
 #[derive(Args)]
 pub struct DataArgs {
-    /// The data set: `shapes`.
+    /// The data set: `shapes` (images and captions, four tasks) or `mmoe`
+    /// (two conflicting regression tasks, the MMoE paper's synthetic data).
     name: String,
     #[arg(long)]
     out: PathBuf,
@@ -119,17 +120,17 @@ pub struct DataArgs {
 }
 
 pub fn data(a: DataArgs) -> Result<i32, Fail> {
-    if a.name != "shapes" {
-        return Err(Fail::usage(format!(
-            "error: unknown data set `{}`; available: shapes",
-            a.name
-        )));
-    }
-    mtl::data::shapes::write(&a.out, a.n, a.seed)
-        .map_err(|e| Fail::usage(format!("error: {e}")))?;
-    eprintln!(
-        "wrote {}/train.csv and test.csv, with their images and masks",
-        a.out.display()
-    );
+    let (write, extra): (mtl::data::SizedGenerator, &str) = match a.name.as_str() {
+        "shapes" => (mtl::data::shapes::write, ", with their images and masks"),
+        "mmoe" => (mtl::data::mmoe::write, ""),
+        _ => {
+            return Err(Fail::usage(format!(
+                "error: unknown data set `{}`; available: shapes, mmoe",
+                a.name
+            )))
+        }
+    };
+    write(&a.out, a.n, a.seed).map_err(|e| Fail::usage(format!("error: {e}")))?;
+    eprintln!("wrote {}/train.csv and test.csv{extra}", a.out.display());
     Ok(0)
 }

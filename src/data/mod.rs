@@ -6,6 +6,7 @@ mod dataset;
 pub mod encoders;
 mod image;
 pub mod manifest;
+pub mod mmoe;
 pub mod predictions;
 pub mod shapes;
 mod store;
@@ -21,11 +22,14 @@ use candle_core::Device;
 use std::path::Path;
 
 pub type Generator = fn(&Path, u64) -> Result<(), String>;
+/// A generator of `n` training samples (and n/4 test samples) with a seed.
+pub type SizedGenerator = fn(&Path, usize, u64) -> Result<(), String>;
 
 /// The generator for a model named after a built-in data set.
 pub fn generated_for(model: &str) -> Option<Generator> {
     match model {
         "shapes" => Some(shapes::write_default),
+        "mmoe" => Some(mmoe::write_default),
         _ => None,
     }
 }
