@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python3}
 declare -A FILE=([shapes_mm]=../shared/fixtures/shapes_mm.mtl [digits_mt]=../shared/fixtures/digits_mt.mtl)
-for m in digits shapes reviews seed_multitask seed_multimodal siamese fusions; do FILE[$m]=models/$m.mtl; done
-MODELS=${MODELS:-"shapes_mm digits_mt digits shapes reviews seed_multitask seed_multimodal siamese fusions"}
+for m in digits shapes reviews seed_multitask seed_multimodal siamese fusions captions mmoe; do FILE[$m]=models/$m.mtl; done
+MODELS=${MODELS:-"shapes_mm digits_mt digits shapes reviews seed_multitask seed_multimodal siamese fusions captions mmoe"}
 printf '%-10s %12s %12s %7s %12s %12s %7s\n' model mtl-train keras-train ratio mtl-infer keras-infer ratio
 for m in $MODELS; do
   k=$(KERAS_BACKEND=jax "$PY" benches/peers/keras_bench.py "$m" 2>/dev/null | tail -1)

@@ -15,7 +15,7 @@ import time
 os.environ.setdefault("KERAS_BACKEND", "jax")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from keras import layers as L  # noqa: E402
+from keras import layers as L, ops  # noqa: E402
 
 B = 32
 CE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -144,6 +144,80 @@ def fusions():
     return keras.Model([img, seq, num], outs), {"cls": CE, "value": keras.losses.Huber(), "value_aux": "mae"}
 
 
+class PosEmb(L.Layer):
+    """keras-hub's PositionEmbedding added to its input (mtl's `position_embedding`)."""
+
+    def build(self, shape):
+        self.w = self.add_weight(shape=(shape[1], shape[2]), initializer="glorot_uniform")
+
+    def call(self, x):
+        return x + self.w
+
+    def compute_mask(self, x, mask=None):
+        return mask
+
+
+def post_ln(x, heads, key_dim, ff, width):
+    """models/lib/transformer.mtl `encoder` (keras-hub TransformerEncoder)."""
+    a = L.Dropout(0.1)(L.MultiHeadAttention(heads, key_dim)(x, x))
+    x = L.LayerNormalization(epsilon=1e-5)(L.Add()([x, a]))
+    f = L.Dropout(0.1)(L.Dense(width)(L.Dense(ff, activation="gelu")(x)))
+    return L.LayerNormalization(epsilon=1e-5)(L.Add()([x, f]))
+
+
+def pre_ln(x, heads, key_dim, ff, width):
+    """models/lib/transformer.mtl `pre_ln_encoder`."""
+    h = L.LayerNormalization(epsilon=1e-6)(x)
+    x = L.Add()([x, L.Dropout(0.1)(L.MultiHeadAttention(heads, key_dim)(h, h))])
+    h = L.LayerNormalization(epsilon=1e-6)(x)
+    return L.Add()([x, L.Dropout(0.1)(L.Dense(width)(L.Dense(ff, activation="gelu")(h)))])
+
+
+class First(L.Layer):
+    def call(self, x):
+        return x[:, 0]
+
+    def compute_mask(self, x, mask=None):
+        return None
+
+
+def captions():
+    img = keras.Input((32, 32, 3), name="image")
+    cap = keras.Input((8,), dtype="int32", name="caption")
+    p = L.MaxPooling2D(2)(L.Conv2D(16, 3, padding="same", activation="relu")(img))
+    p = L.Reshape((16, 32))(L.Conv2D(32, 4, strides=4)(p))
+    p = L.LayerNormalization()(pre_ln(PosEmb()(p), 2, 16, 64, 32))
+    w = post_ln(PosEmb()(L.Embedding(32, 32, mask_zero=True)(cap)), 2, 16, 64, 32)
+    fused = L.MultiHeadAttention(2, 16)(w, p)
+    outs = {
+        "shape": L.Dense(3, name="shape")(L.GlobalAveragePooling1D()(p)),
+        "owner": L.Dense(4, name="owner")(First()(w)),
+        "total": L.Dense(1, name="total")(L.Dense(64, activation="relu")(L.GlobalAveragePooling1D()(L.Add()([w, fused])))),
+    }
+    return keras.Model([img, cap], outs), {"shape": CE, "owner": CE, "total": "mse"}
+
+
+class Mixture(L.Layer):
+    """Σᵢ softmax(W·x + b)ᵢ · eᵢ (mtl's `mixture`)."""
+
+    def build(self, shapes):
+        self.gate = L.Dense(len(shapes) - 1, activation="softmax")
+
+    def call(self, inputs):
+        *experts, x = inputs
+        return ops.einsum("bk,bkd->bd", self.gate(x), ops.stack(experts, axis=1))
+
+
+def mmoe():
+    x = keras.Input((16,), name="x")
+    experts = [L.Dense(32, activation="relu")(x) for _ in range(3)]
+    outs = {}
+    for t in ("y1", "y2"):
+        h = L.Dense(16, activation="relu")(Mixture()(experts + [x]))
+        outs[t] = L.Dense(1, name=t)(h)
+    return keras.Model(x, outs), {"y1": "mse", "y2": "mse"}
+
+
 def data(model, n):
     rng = np.random.default_rng(0)
     xs = []
@@ -186,6 +260,8 @@ MODELS = {
     "seed_multimodal": seed_multimodal,
     "siamese": siamese,
     "fusions": fusions,
+    "captions": captions,
+    "mmoe": mmoe,
 }
 
 if __name__ == "__main__":
