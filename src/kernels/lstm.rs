@@ -11,6 +11,7 @@
 
 use super::gemm::{matmul, transposed, View};
 use super::host::{contiguous, host};
+use super::math::exp_fast;
 use super::par;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use std::sync::Mutex;
@@ -260,29 +261,6 @@ impl LstmSeq {
 pub(super) fn row_block(b: usize) -> usize {
     b.div_ceil(rayon::current_num_threads().clamp(1, b.max(1)))
         .max(1)
-}
-
-/// eˣ for f32 to about 2 ulp, branch-free so loops over slices vectorize
-/// (Cephes expf: x = n·ln2 + r, a degree-6 polynomial for eʳ, 2ⁿ by bits).
-#[inline(always)]
-fn exp_fast(x0: f32) -> f32 {
-    // max/min rather than clamp, which vectorize; NaN is passed through below.
-    #[allow(clippy::manual_clamp)]
-    let x = x0.max(-87.3).min(88.7);
-    // Round x·log2(e) to the nearest integer with the 1.5·2²³ trick (SSE2-friendly).
-    let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
-    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 1.666_666_5e-1)
-        * r
-        + 0.5;
-    let er = p * r * r + r + 1.0;
-    let e = er * f32::from_bits(((n as i32 + 127) as u32) << 23);
-    if x0.is_nan() {
-        x0
-    } else {
-        e
-    }
 }
 
 #[inline(always)]

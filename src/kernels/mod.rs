@@ -5,12 +5,16 @@
 pub mod batch_norm;
 pub mod conv;
 pub mod cpu_ops;
+pub mod gelu;
 pub mod gemm;
 pub mod gru;
 pub mod host;
+pub mod layer_norm;
 pub mod linear;
 pub mod lstm;
+pub mod math;
 pub mod par;
+pub mod softmax;
 
 /// The largest absolute difference of two tensors, for the kernels' unit tests.
 #[cfg(test)]

@@ -41,9 +41,9 @@ pub fn kernel_name(op: &Op, mode: Mode) -> &'static str {
             axis: Some(_),
         }) => "mean(axis)",
         Op::PositionEmbedding(_) => "broadcast_add(position table)",
-        Op::Attention(_) if train => "attention(matmul, softmax(differentiable))",
+        Op::Attention(_) if train => "attention(matmul, mtl.softmax)",
         Op::Attention(_) => "attention(matmul, softmax_last_dim(fast))",
-        Op::Attend(_) if train => "attend(matmul, softmax(differentiable))",
+        Op::Attend(_) if train => "attend(matmul, mtl.softmax)",
         Op::Attend(_) => "attend(matmul, softmax_last_dim(fast))",
         Op::Residual(_) => "add",
         Op::Select(_) => "narrow+squeeze",
@@ -75,12 +75,12 @@ pub fn kernel_name(op: &Op, mode: Mode) -> &'static str {
         Op::Dropout(_) => "identity",
         Op::BatchNorm(_) if train => "mtl.batch_norm(batch stats)",
         Op::BatchNorm(_) => "mtl.batch_norm(running stats)",
-        Op::LayerNorm(_) if train => "mtl.layer_norm(differentiable)",
+        Op::LayerNorm(_) if train => "mtl.layer_norm(own backward)",
         Op::LayerNorm(_) => "candle_nn.layer_norm(fast)",
         Op::Act(Act::Softmax) if train => "candle_nn.softmax(differentiable)",
         Op::Act(Act::Softmax) => "candle_nn.softmax_last_dim(fast)",
         Op::Act(Act::Relu) => "mtl.relu",
-        Op::Act(Act::Gelu) => "gelu_erf",
+        Op::Act(Act::Gelu) => "mtl.gelu(erf)",
         Op::Act(Act::Silu) => "silu",
         Op::Act(Act::Tanh) => "tanh",
         Op::Act(Act::Sigmoid) => "candle_nn.sigmoid",
@@ -294,6 +294,9 @@ pub fn act(x: &Tensor, a: Act, train: bool) -> Result<Tensor> {
             x.contiguous()?.apply_op1(crate::kernels::cpu_ops::Relu)
         }
         Act::Relu => x.relu(),
+        Act::Gelu if x.device().is_cpu() && x.dtype() == DType::F32 => {
+            x.contiguous()?.apply_op1(crate::kernels::gelu::Gelu)
+        }
         Act::Gelu => x.gelu_erf(),
         Act::Silu => x.silu(),
         Act::Tanh => x.tanh(),
@@ -309,6 +312,13 @@ pub fn act(x: &Tensor, a: Act, train: bool) -> Result<Tensor> {
 pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64, train: bool) -> Result<Tensor> {
     if !train {
         return candle_nn::ops::layer_norm(&x.contiguous()?, w, b, eps as f32);
+    }
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        // Our op: one pass forward, the closed-form backward.
+        let op = crate::kernels::layer_norm::LayerNormTrain { eps };
+        return x
+            .contiguous()?
+            .apply_op3(&w.contiguous()?, &b.contiguous()?, op);
     }
     let mean = x.mean_keepdim(D::Minus1)?;
     let xc = x.broadcast_sub(&mean)?;
@@ -592,7 +602,10 @@ pub fn attention(
     if let Some(a) = allowed {
         scores = scores.broadcast_add(&((a - 1.0)? * 1e9)?)?;
     }
-    let mut p = if train {
+    let mut p = if train && scores.device().is_cpu() {
+        // Our op: one pass forward, the closed-form backward.
+        scores.apply_op1(crate::kernels::softmax::SoftmaxLastDim)?
+    } else if train {
         candle_nn::ops::softmax(&scores, D::Minus1)?
     } else {
         candle_nn::ops::softmax_last_dim(&scores)?

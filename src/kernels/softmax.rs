@@ -1,0 +1,103 @@
+//! Softmax over the last axis as one CPU op with its own backward. Through
+//! candle's autograd, the differentiable softmax is five ops (max, sub, exp,
+//! sum, div) each with its backward; attention runs it on every [T, T] score
+//! block of every head.
+//!
+//! Forward, per row: y = exp(x − max x) / Σ exp(x − max x).
+//! Backward, per row: dx = y ⊙ (dy − Σ dy ⊙ y).
+
+use super::host::{contiguous, host};
+use super::par;
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+
+pub struct SoftmaxLastDim;
+
+fn row_len(shape: &Shape) -> Result<usize> {
+    match shape.dims().last() {
+        Some(&d) if d > 0 => Ok(d),
+        _ => candle_core::bail!("softmax over an empty last axis: {shape:?}"),
+    }
+}
+
+impl CustomOp1 for SoftmaxLastDim {
+    fn name(&self) -> &'static str {
+        "mtl-softmax-last-dim"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let d = row_len(l.shape())?;
+        let x = contiguous(s, l)?;
+        let mut y = vec![0f32; x.len()];
+        let big = x.len() >= par::MIN_ELEMENTS;
+        par::chunks_mut(&mut y, d, big, |r, y| {
+            let xr = &x[r * d..(r + 1) * d];
+            let m = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for (y, x) in y.iter_mut().zip(xr) {
+                *y = (x - m).exp();
+                sum += *y;
+            }
+            let inv = 1.0 / sum;
+            y.iter_mut().for_each(|y| *y *= inv);
+        });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let d = row_len(res.shape())?;
+        let (y, dy) = (host(res)?, host(grad)?);
+        let mut dx = vec![0f32; y.len()];
+        let big = y.len() >= par::MIN_ELEMENTS;
+        par::chunks_mut(&mut dx, d, big, |r, dx| {
+            let (yr, gr) = (&y[r * d..(r + 1) * d], &dy[r * d..(r + 1) * d]);
+            let dot: f32 = yr.iter().zip(gr).map(|(y, g)| y * g).sum();
+            for ((dx, y), g) in dx.iter_mut().zip(yr).zip(gr) {
+                *dx = y * (g - dot);
+            }
+        });
+        Ok(Some(Tensor::from_vec(dx, res.dims(), res.device())?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::max_abs_diff as diff;
+    use candle_core::{Device, Var, D};
+
+    #[test]
+    fn matches_candle_softmax_forward_and_backward() {
+        let dev = Device::Cpu;
+        for shape in [vec![3, 7], vec![2, 3, 5, 5], vec![4, 1]] {
+            let x = Var::from_tensor(&Tensor::randn(0f32, 3.0, shape.as_slice(), &dev).unwrap())
+                .unwrap();
+            let ours = x.as_tensor().apply_op1(SoftmaxLastDim).unwrap();
+            let theirs = candle_nn::ops::softmax(x.as_tensor(), D::Minus1).unwrap();
+            assert!(diff(&ours, &theirs) < 1e-6, "forward {shape:?}");
+            let r = Tensor::randn(0f32, 1.0, shape.as_slice(), &dev).unwrap();
+            let ga = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let gb = (theirs * &r)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let (p, q) = (
+                ga.get(x.as_tensor()).unwrap(),
+                gb.get(x.as_tensor()).unwrap(),
+            );
+            assert!(diff(p, q) < 1e-5, "backward {shape:?}");
+        }
+    }
+
+    #[test]
+    fn large_scores_do_not_overflow() {
+        let x = Tensor::new(&[[1e4f32, 1e4 - 1.0, -1e9]], &Device::Cpu).unwrap();
+        let y = x
+            .apply_op1(SoftmaxLastDim)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert!((y[0][0] + y[0][1] - 1.0).abs() < 1e-6 && y[0][2] == 0.0);
+    }
+}
