@@ -624,6 +624,9 @@ pub fn attention(
 /// Mean or max over tensor axis `axis`; with `valid` [B, T] (1 real, 0
 /// padded; axis 1 only) over real positions only, and 0 where there are none.
 pub fn pool_axis(x: &Tensor, axis: usize, max: bool, valid: Option<&Tensor>) -> Result<Tensor> {
+    if !max && axis == 1 && x.rank() == 3 {
+        return mean_over_steps(x, valid);
+    }
     let Some(m) = valid.filter(|_| axis == 1) else {
         return if max { x.max(axis) } else { x.mean(axis) };
     };
@@ -649,6 +652,18 @@ pub fn pool_axis(x: &Tensor, axis: usize, max: bool, valid: Option<&Tensor>) -> 
         let sum = x.broadcast_mul(&mk)?.sum(1)?;
         sum.broadcast_div(&per_sample(count.clamp(1.0, f64::MAX)?)?)
     }
+}
+
+/// The (masked) mean of x [B, T, D] over its steps as one batched product
+/// w·x with w [B, 1, T] = valid / count (1/T unmasked): candle's mean over a
+/// middle axis took 87 µs for [32, 16, 32] on `models/captions.mtl`.
+fn mean_over_steps(x: &Tensor, valid: Option<&Tensor>) -> Result<Tensor> {
+    let (b, t, _) = x.dims3()?;
+    let w = match valid {
+        Some(m) => m.broadcast_div(&m.sum_keepdim(1)?.clamp(1.0, f64::MAX)?)?,
+        None => Tensor::full(1.0 / t as f32, (b, t), x.device())?,
+    };
+    w.reshape((b, 1, t))?.matmul(&x.contiguous()?)?.squeeze(1)
 }
 
 /// Σᵢ softmax(W·gate + b)ᵢ · expertᵢ, the experts of one shape [B, ...].
