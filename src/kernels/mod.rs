@@ -2,6 +2,7 @@
 //! backward, and their helpers. Nothing here knows the IR; the lowering
 //! (`crate::lower`) decides which kernel runs each step.
 
+pub mod attention;
 pub mod batch_norm;
 pub mod conv;
 pub mod cpu_ops;

@@ -3,7 +3,7 @@
 
 use super::Pads;
 use crate::ir::{Act, Ew, Op, Padding, PoolKind, RnnCell};
-use crate::ir::{GlobalPool, Pool, Rnn, Weighted};
+use crate::ir::{Attend, GlobalPool, Pool, Rnn, Weighted};
 use crate::pipeline::Mode;
 use candle_core::{DType, Result, Tensor, D};
 
@@ -41,10 +41,11 @@ pub fn kernel_name(op: &Op, mode: Mode) -> &'static str {
             axis: Some(_),
         }) => "mean(axis)",
         Op::PositionEmbedding(_) => "broadcast_add(position table)",
-        Op::Attention(_) if train => "attention(matmul, mtl.softmax)",
-        Op::Attention(_) => "attention(matmul, softmax_last_dim(fast))",
-        Op::Attend(_) if train => "attend(matmul, mtl.softmax)",
-        Op::Attend(_) => "attend(matmul, softmax_last_dim(fast))",
+        // Dropout on the probabilities needs them as a tensor: candle's products.
+        Op::Attention(a) if train && a.dropout > 0.0 => "attention(matmul, mtl.softmax, dropout)",
+        Op::Attend(Attend(a)) if train && a.dropout > 0.0 => "attend(matmul, mtl.softmax, dropout)",
+        Op::Attention(_) => "mtl.attention(fused)",
+        Op::Attend(_) => "mtl.attend(fused)",
         Op::Residual(_) => "add",
         Op::Select(_) => "narrow+squeeze",
         Op::Mixture(_) => "mixture(softmax gate, weighted sum)",
@@ -571,9 +572,21 @@ pub fn attention(
             .contiguous()
     };
     // Keras scales the query before the product.
-    let q = (split(query, w.q, key_dim)? * (1.0 / (key_dim as f64).sqrt()))?;
+    let scale = 1.0 / (key_dim as f64).sqrt();
     let k = split(context, w.k, key_dim)?;
     let v = split(context, w.v, value_dim)?;
+    if query.device().is_cpu() && query.dtype() == DType::F32 && drop.is_none() {
+        // Our op: scores, mask, softmax and the weighted sum per head.
+        let q = split(query, w.q, key_dim)?;
+        let allowed = allowed_pairs((b, tq, tk), queries, keys, causal)?;
+        let op = crate::kernels::attention::Sdpa::new(scale as f32, allowed, train);
+        let o = q
+            .apply_op3(&k, &v, op)?
+            .transpose(1, 2)?
+            .reshape((b, tq, heads * value_dim))?;
+        return dense(&o, w.out.0, w.out.1);
+    }
+    let q = (split(query, w.q, key_dim)? * scale)?;
     let mut scores = q.matmul(&k.t()?.contiguous()?)?; // [B, H, Tq, Tk]
                                                        // One 0/1 mask of the allowed (query, key) pairs, as Keras builds it:
                                                        // real query rows × real keys × (causal) earlier keys; then −1e9 added
@@ -619,6 +632,40 @@ pub fn attention(
         .transpose(1, 2)?
         .reshape((b, tq, heads * value_dim))?;
     dense(&o, w.out.0, w.out.1)
+}
+
+/// The allowed (query, key) pairs as 0/1 [B, Tq, Tk] on the host: real
+/// queries × real keys × (causal) earlier keys; `None` when all are allowed.
+fn allowed_pairs(
+    (b, tq, tk): (usize, usize, usize),
+    queries: Option<&Tensor>,
+    keys: Option<&Tensor>,
+    causal: bool,
+) -> Result<Option<Vec<f32>>> {
+    if queries.is_none() && keys.is_none() && !causal {
+        return Ok(None);
+    }
+    let rows = |m: Option<&Tensor>, t: usize| -> Result<Vec<f32>> {
+        match m {
+            Some(m) => m.flatten_all()?.to_vec1::<f32>(),
+            None => Ok(vec![1.0; b * t]),
+        }
+    };
+    let (qm, km) = (rows(queries, tq)?, rows(keys, tk)?);
+    let mut out = vec![0f32; b * tq * tk];
+    for s in 0..b {
+        for i in 0..tq {
+            for j in 0..tk {
+                let later = causal && j > i;
+                out[(s * tq + i) * tk + j] = if later {
+                    0.0
+                } else {
+                    qm[s * tq + i] * km[s * tk + j]
+                };
+            }
+        }
+    }
+    Ok(Some(out))
 }
 
 /// Mean or max over tensor axis `axis`; with `valid` [B, T] (1 real, 0

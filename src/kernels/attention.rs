@@ -1,0 +1,293 @@
+//! Scaled dot-product attention as one CPU op with its own backward, per
+//! (sample, head) block: scores, mask, softmax and the weighted sum in one
+//! pass, the probabilities kept for backward only in training. Through
+//! candle's autograd the same was a batched product, a transpose copy, the
+//! mask addition, five softmax ops and a second product, each with its
+//! backward and its own [B, H, Tq, Tk] tensor.
+//!
+//! Forward, per block: S = scale·Q·Kᵀ; S += −1e9 where a (query, key) pair
+//! is not allowed (Keras's masked softmax); P = softmax(S) by rows; O = P·V.
+//! Backward: dV = Pᵀ·dO; dP = dO·Vᵀ; dS = P ⊙ (dP − rowsum(dP ⊙ P));
+//! dQ = scale·dS·K; dK = scale·dSᵀ·Q.
+
+use super::gemm::{matmul, View};
+use super::host::{contiguous, host};
+use super::par;
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+use std::sync::Mutex;
+
+pub struct Sdpa {
+    pub scale: f32,
+    /// 1 where query i may attend to key j, 0 elsewhere: [B, Tq, Tk], shared
+    /// by the heads of a sample; `None` allows every pair.
+    pub allowed: Option<Vec<f32>>,
+    /// Keep P for backward (training).
+    pub train: bool,
+    probs: Mutex<Option<Vec<f32>>>,
+}
+
+impl Sdpa {
+    pub fn new(scale: f32, allowed: Option<Vec<f32>>, train: bool) -> Self {
+        Sdpa {
+            scale,
+            allowed,
+            train,
+            probs: Mutex::new(None),
+        }
+    }
+}
+
+/// Block geometry: (B, H, Tq, Tk, K, V).
+fn dims(q: &Shape, k: &Shape, v: &Shape) -> Result<(usize, usize, usize, usize, usize, usize)> {
+    let (b, h, tq, kd) = q.dims4()?;
+    let (b2, h2, tk, kd2) = k.dims4()?;
+    let (b3, h3, tk2, vd) = v.dims4()?;
+    if (b, h, kd, tk) != (b2, h2, kd2, tk2) || (b, h) != (b3, h3) || tq * tk == 0 {
+        candle_core::bail!("attention: q {q:?}, k {k:?} and v {v:?} do not fit")
+    }
+    Ok((b, h, tq, tk, kd, vd))
+}
+
+fn view(data: &[f32], rows: usize, cols: usize) -> View<'_> {
+    View {
+        data,
+        rows,
+        cols,
+        rs: cols,
+        cs: 1,
+    }
+}
+
+/// The transpose of a row-major [rows, cols] block, as a strided view.
+fn view_t(data: &[f32], rows: usize, cols: usize) -> View<'_> {
+    View {
+        data,
+        rows: cols,
+        cols: rows,
+        rs: 1,
+        cs: cols,
+    }
+}
+
+impl Sdpa {
+    /// P of one block: softmax(scale·Q·Kᵀ + mask) by rows, written into `p`.
+    fn probs_of(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        mask: Option<&[f32]>,
+        d: (usize, usize, usize),
+        p: &mut [f32],
+    ) {
+        let (tq, tk, kd) = d;
+        matmul(p, tk, false, view(q, tq, kd), view_t(k, tk, kd));
+        for (i, row) in p.chunks_mut(tk).enumerate() {
+            row.iter_mut().for_each(|s| *s *= self.scale);
+            if let Some(m) = mask {
+                for (s, a) in row.iter_mut().zip(&m[i * tk..(i + 1) * tk]) {
+                    *s += (a - 1.0) * 1e9;
+                }
+            }
+            let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            row.iter_mut().for_each(|s| {
+                *s = (*s - mx).exp();
+                sum += *s;
+            });
+            let inv = 1.0 / sum;
+            row.iter_mut().for_each(|s| *s *= inv);
+        }
+    }
+}
+
+impl CustomOp3 for Sdpa {
+    fn name(&self) -> &'static str {
+        "mtl-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, h, tq, tk, kd, vd) = dims(l1.shape(), l2.shape(), l3.shape())?;
+        let (q, k, v) = (
+            contiguous(s1, l1)?,
+            contiguous(s2, l2)?,
+            contiguous(s3, l3)?,
+        );
+        if self
+            .allowed
+            .as_ref()
+            .is_some_and(|m| m.len() != b * tq * tk)
+        {
+            candle_core::bail!("attention: the mask does not fit [{b}, {tq}, {tk}]")
+        }
+        let mut out = vec![0f32; b * h * tq * vd];
+        let mut probs = vec![0f32; b * h * tq * tk];
+        let big = b * h * tq * tk * (kd + vd) >= par::MIN_MACS;
+        let block = |blk: usize, (o, p): (&mut [f32], &mut [f32])| {
+            let mask = self
+                .allowed
+                .as_deref()
+                .map(|m| &m[(blk / h) * tq * tk..(blk / h + 1) * tq * tk]);
+            let qb = &q[blk * tq * kd..(blk + 1) * tq * kd];
+            let kb = &k[blk * tk * kd..(blk + 1) * tk * kd];
+            let vb = &v[blk * tk * vd..(blk + 1) * tk * vd];
+            self.probs_of(qb, kb, mask, (tq, tk, kd), p);
+            matmul(o, vd, false, view(p, tq, tk), view(vb, tk, vd));
+        };
+        if big {
+            out.par_chunks_mut(tq * vd)
+                .zip(probs.par_chunks_mut(tq * tk))
+                .enumerate()
+                .for_each(|(i, pair)| block(i, pair));
+        } else {
+            out.chunks_mut(tq * vd)
+                .zip(probs.chunks_mut(tq * tk))
+                .enumerate()
+                .for_each(|(i, pair)| block(i, pair));
+        }
+        if self.train {
+            if let Ok(mut s) = self.probs.lock() {
+                *s = Some(probs);
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((b, h, tq, vd))))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (b, h, tq, tk, kd, vd) = dims(q.shape(), k.shape(), v.shape())?;
+        let (qv, kv, vv, dov) = (host(q)?, host(k)?, host(v)?, host(grad)?);
+        let saved = self.probs.lock().ok().and_then(|mut s| s.take());
+        let one = |blk: usize| {
+            let qb = &qv[blk * tq * kd..(blk + 1) * tq * kd];
+            let kb = &kv[blk * tk * kd..(blk + 1) * tk * kd];
+            let vb = &vv[blk * tk * vd..(blk + 1) * tk * vd];
+            let dob = &dov[blk * tq * vd..(blk + 1) * tq * vd];
+            let p = match &saved {
+                Some(p) => p[blk * tq * tk..(blk + 1) * tq * tk].to_vec(),
+                None => {
+                    // Recomputed (a second backward through the same graph).
+                    let mut p = vec![0f32; tq * tk];
+                    let mask = self
+                        .allowed
+                        .as_deref()
+                        .map(|m| &m[(blk / h) * tq * tk..(blk / h + 1) * tq * tk]);
+                    self.probs_of(qb, kb, mask, (tq, tk, kd), &mut p);
+                    p
+                }
+            };
+            let mut dv = vec![0f32; tk * vd];
+            matmul(&mut dv, vd, false, view_t(&p, tq, tk), view(dob, tq, vd));
+            let mut ds = vec![0f32; tq * tk];
+            matmul(&mut ds, tk, false, view(dob, tq, vd), view_t(vb, tk, vd));
+            for (drow, prow) in ds.chunks_mut(tk).zip(p.chunks(tk)) {
+                let dot: f32 = drow.iter().zip(prow).map(|(d, p)| d * p).sum();
+                for (d, p) in drow.iter_mut().zip(prow) {
+                    *d = p * (*d - dot) * self.scale;
+                }
+            }
+            let mut dq = vec![0f32; tq * kd];
+            matmul(&mut dq, kd, false, view(&ds, tq, tk), view(kb, tk, kd));
+            let mut dk = vec![0f32; tk * kd];
+            matmul(&mut dk, kd, false, view_t(&ds, tq, tk), view(qb, tq, kd));
+            (dq, dk, dv)
+        };
+        let blocks: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> =
+            if b * h * tq * tk * (kd + vd) >= par::MIN_MACS {
+                (0..b * h).into_par_iter().map(one).collect()
+            } else {
+                (0..b * h).map(one).collect()
+            };
+        let (mut dq, mut dk, mut dv) = (
+            Vec::with_capacity(qv.len()),
+            Vec::with_capacity(kv.len()),
+            Vec::with_capacity(vv.len()),
+        );
+        for (a, b2, c) in blocks {
+            dq.extend(a);
+            dk.extend(b2);
+            dv.extend(c);
+        }
+        let dev = q.device();
+        Ok((
+            Some(Tensor::from_vec(dq, q.dims(), dev)?),
+            Some(Tensor::from_vec(dk, k.dims(), dev)?),
+            Some(Tensor::from_vec(dv, v.dims(), dev)?),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::max_abs_diff as diff;
+    use candle_core::{Device, Var, D};
+
+    /// Output and the gradients of Q, K and V equal candle's composite form,
+    /// with a padding-and-causal mask that leaves one row with no key.
+    #[test]
+    fn matches_candle_attention_forward_and_backward() {
+        let dev = Device::Cpu;
+        let (b, h, tq, tk, kd, vd) = (2, 3, 4, 5, 6, 2);
+        let var =
+            |s: &[usize]| Var::from_tensor(&Tensor::randn(0f32, 1.0, s, &dev).unwrap()).unwrap();
+        let (q, k, v) = (
+            var(&[b, h, tq, kd]),
+            var(&[b, h, tk, kd]),
+            var(&[b, h, tk, vd]),
+        );
+        let mut allowed = vec![1f32; b * tq * tk];
+        for i in 0..tq {
+            for j in 0..tk {
+                if j > i + 1 || (i == 2 && j < 3) {
+                    allowed[i * tk + j] = 0.0; // sample 0: causal, one row empty
+                }
+            }
+        }
+        allowed[tq * tk + 4] = 0.0; // sample 1: one padded key in row 0
+        let scale = 0.4f32;
+        let op = Sdpa::new(scale, Some(allowed.clone()), true);
+        let ours = q
+            .as_tensor()
+            .apply_op3(k.as_tensor(), v.as_tensor(), op)
+            .unwrap();
+        let m = Tensor::from_vec(allowed, (b, 1, tq, tk), &dev).unwrap();
+        let s =
+            (q.as_tensor().matmul(&k.as_tensor().t().unwrap()).unwrap() * scale as f64).unwrap();
+        let s = s
+            .broadcast_add(&((m - 1.0).unwrap() * 1e9).unwrap())
+            .unwrap();
+        let p = candle_nn::ops::softmax(&s, D::Minus1).unwrap();
+        let theirs = p.matmul(v.as_tensor()).unwrap();
+        assert!(diff(&ours, &theirs) < 1e-5, "forward");
+        let r = Tensor::randn(0f32, 1.0, (b, h, tq, vd), &dev).unwrap();
+        let ga = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (theirs * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for t in [&q, &k, &v] {
+            let (x, y) = (
+                ga.get(t.as_tensor()).unwrap(),
+                gb.get(t.as_tensor()).unwrap(),
+            );
+            assert!(diff(x, y) < 1e-4, "backward");
+        }
+    }
+}
