@@ -80,11 +80,7 @@ fn write_split(
         let xs: Vec<String> = x.iter().map(|v| format!("{v:.4}")).collect();
         let _ = writeln!(csv, "{},{y1:.4},{y2:.4}", xs.join(" "));
     }
-    let path = dir.join(format!("{name}.csv"));
-    let tmp = path.with_extension("csv.tmp");
-    std::fs::write(&tmp, csv)
-        .and_then(|_| std::fs::rename(&tmp, &path))
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    super::write_text_atomic(&dir.join(format!("{name}.csv")), &csv)
 }
 
 /// `train.csv` (n samples) and `test.csv` (n/4), one task pair per seed.

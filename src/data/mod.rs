@@ -34,6 +34,15 @@ pub fn generated_for(model: &str) -> Option<Generator> {
     }
 }
 
+/// Writes `text` to `path` through a temporary file and a rename, so a
+/// reader never sees half a file.
+pub fn write_text_atomic(path: &Path, text: &str) -> Result<(), String> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
 /// Whether a path names a manifest (CSV or JSON Lines) rather than tensors.
 pub fn is_manifest(path: &Path) -> bool {
     matches!(

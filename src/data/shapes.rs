@@ -111,11 +111,7 @@ pub fn write_split(
             s.caption, s.total
         );
     }
-    let path = dir.join(format!("{name}.csv"));
-    let tmp = path.with_extension("csv.tmp");
-    std::fs::write(&tmp, csv)
-        .and_then(|_| std::fs::rename(&tmp, &path))
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    super::write_text_atomic(&dir.join(format!("{name}.csv")), &csv)
 }
 
 /// `train.csv` (n samples, 5% of `shape`/`owner` labels missing) and `test.csv` (n/4).

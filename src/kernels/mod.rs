@@ -17,6 +17,29 @@ pub mod math;
 pub mod par;
 pub mod softmax;
 
+/// Backpropagates the same random projection of `ours` and `theirs` (an op
+/// and its candle reference) and checks the gradients of `vars` agree.
+#[cfg(test)]
+pub(crate) fn assert_same_gradients(
+    ours: &candle_core::Tensor,
+    theirs: &candle_core::Tensor,
+    vars: &[&candle_core::Var],
+    tol: f32,
+    what: &str,
+) {
+    let r = candle_core::Tensor::randn(0f32, 1.0, ours.dims(), ours.device()).unwrap();
+    let grads = |y: &candle_core::Tensor| (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let (ga, gb) = (grads(ours), grads(theirs));
+    for (i, v) in vars.iter().enumerate() {
+        let (p, q) = (
+            ga.get(v.as_tensor()).unwrap(),
+            gb.get(v.as_tensor()).unwrap(),
+        );
+        let d = max_abs_diff(p, q);
+        assert!(d < tol, "{what}: gradient {i} differs by {d}");
+    }
+}
+
 /// The largest absolute difference of two tensors, for the kernels' unit tests.
 #[cfg(test)]
 pub(crate) fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
