@@ -3,8 +3,7 @@
 use super::calls::{self, RnnWeights};
 use super::kernel::{FoldedBn, Kernel};
 use super::{Params, Program};
-use crate::ir::ops::{dense, norm};
-use crate::ir::ops::{mixture, position_embedding};
+use crate::ir::ops::{conv, dense, embedding, fusion, mixture, norm, position_embedding};
 use crate::ir::{Attend, DType as IrDType, Ew, Op, RnnCell};
 use crate::ir::{
     Attention, BatchNorm, Concat, ConvTranspose2d, Dropout, Embedding, GlobalPool, LayerNorm,
@@ -222,7 +221,10 @@ impl Program {
                 stride,
                 padding,
                 ..
-            }) => calls::conv_transpose2d(x, p("weight")?, p("bias")?, *kernel, *stride, *padding),
+            }) => {
+                let (w, b) = (p(conv::WEIGHT)?, p(conv::BIAS)?);
+                calls::conv_transpose2d(x, w, b, *kernel, *stride, *padding)
+            }
             Op::Upsample(Upsample { scale }) => {
                 if x.rank() == 4 && x.device().is_cpu() {
                     x.contiguous()?
@@ -234,18 +236,11 @@ impl Program {
                 }
             }
             Op::Pool(Pool { kind, size, stride }) => calls::pool(x, *kind, size, stride, train),
-            Op::GlobalPool(GlobalPool {
-                kind,
-                axis: Some(_),
-            }) => {
-                let max = *kind == crate::ir::PoolKind::Max;
-                let a = match &st.op {
-                    Op::GlobalPool(gp) => gp.axis_index(x.rank() - 1),
-                    _ => None,
-                };
-                let Some(a) = a else {
+            Op::GlobalPool(gp @ GlobalPool { axis: Some(_), .. }) => {
+                let Some(a) = gp.axis_index(x.rank() - 1) else {
                     candle_core::bail!("pool axis out of range")
                 };
+                let max = gp.kind == crate::ir::PoolKind::Max;
                 calls::pool_axis(x, a + 1, max, mask(0))
             }
             Op::PositionEmbedding(_) => x.broadcast_add(p(position_embedding::WEIGHT)?),
@@ -304,7 +299,7 @@ impl Program {
             }
             Op::Embedding(Embedding { dim, .. }) => {
                 let (b, t) = x.dims2()?;
-                p("weight")?
+                p(embedding::WEIGHT)?
                     .index_select(&x.flatten_all()?, 0)?
                     .reshape((b, t, *dim))
             }
@@ -364,15 +359,15 @@ impl Program {
             }
             Op::Dropout(_) => Ok(x.clone()),
             Op::BatchNorm(BatchNorm { eps, momentum }) => {
-                let (rm, rv) = (p("running_mean")?, p("running_var")?);
+                let (rm, rv) = (p(norm::RUNNING_MEAN)?, p(norm::RUNNING_VAR)?);
                 let (y, stats) =
-                    calls::batch_norm(x, p("weight")?, p("bias")?, rm, rv, *eps, train)?;
+                    calls::batch_norm(x, p(norm::WEIGHT)?, p(norm::BIAS)?, rm, rv, *eps, train)?;
                 if let Some((m, v)) = stats {
                     let prefix = st.params.as_deref().unwrap_or("");
-                    if let (Some(rmv), Some(rvv)) = (
-                        params.vars.get(&format!("{prefix}.running_mean")),
-                        params.vars.get(&format!("{prefix}.running_var")),
-                    ) {
+                    let var = |name: &str| params.vars.get(&format!("{prefix}.{name}"));
+                    if let (Some(rmv), Some(rvv)) =
+                        (var(norm::RUNNING_MEAN), var(norm::RUNNING_VAR))
+                    {
                         rmv.set(&((rm * *momentum)? + (m * (1.0 - momentum))?)?)?;
                         rvv.set(&((rv * *momentum)? + (v * (1.0 - momentum))?)?)?;
                     }
@@ -380,7 +375,7 @@ impl Program {
                 Ok(y)
             }
             Op::LayerNorm(LayerNorm { eps }) => {
-                calls::layer_norm(x, p("weight")?, p("bias")?, *eps, train)
+                calls::layer_norm(x, p(norm::WEIGHT)?, p(norm::BIAS)?, *eps, train)
             }
             Op::Act(a) => calls::act(x, *a, train),
             Op::Concat(Concat { axis }) => {
@@ -410,7 +405,7 @@ impl Program {
                         .map(|w| Tensor::new(*w as f32, x.device()))
                         .collect::<candle_core::Result<_>>()?,
                     None => {
-                        let sm = candle_nn::ops::softmax(p("logits")?, 0)?;
+                        let sm = candle_nn::ops::softmax(p(fusion::LOGITS)?, 0)?;
                         (0..args.len())
                             .map(|i| sm.get(i))
                             .collect::<candle_core::Result<_>>()?
@@ -426,8 +421,8 @@ impl Program {
                 let (a, b) = (args[0], args[1]);
                 let g = candle_nn::ops::sigmoid(&calls::dense(
                     &Tensor::cat(&[a, b], 1)?,
-                    p("weight")?,
-                    p("bias")?,
+                    p(fusion::WEIGHT)?,
+                    p(fusion::BIAS)?,
                 )?)?;
                 g.mul(a)? + (g.ones_like()? - &g)?.mul(b)?
             }
