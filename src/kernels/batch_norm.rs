@@ -165,7 +165,7 @@ impl CustomOp3 for BatchNormTrain {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::max_abs_diff as diff;
+    use crate::kernels::{assert_same_gradients, max_abs_diff as diff};
     use candle_core::{Device, Var};
 
     /// Output and all three gradients equal candle's differentiable form.
@@ -225,25 +225,13 @@ mod tests {
                 .iter()
                 .zip(&want_var)
                 .all(|(a, b)| (a - b).abs() < 1e-5));
-            let r = Tensor::randn(0f32, 1.0, shape.as_slice(), &dev).unwrap();
-            let ga = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
-            let gb = (theirs * &r)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            for t in [&x, &g, &b] {
-                let (p, q) = (
-                    ga.get(t.as_tensor()).unwrap(),
-                    gb.get(t.as_tensor()).unwrap(),
-                );
-                assert!(
-                    diff(p, q) < 1e-3,
-                    "gradient differs by {} for {shape:?}",
-                    diff(p, q)
-                );
-            }
+            assert_same_gradients(
+                &ours,
+                &theirs,
+                &[&x, &g, &b],
+                1e-3,
+                &format!("batch norm {shape:?}"),
+            );
         }
     }
 }

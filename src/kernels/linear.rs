@@ -149,7 +149,7 @@ mod tests {
     use super::Linear;
     use candle_core::{Device, Tensor, Var};
 
-    use crate::kernels::max_abs_diff as diff;
+    use crate::kernels::{assert_same_gradients, max_abs_diff as diff};
 
     /// Output and the three gradients equal candle's matmul + broadcast add.
     #[test]
@@ -179,26 +179,13 @@ mod tests {
                 .unwrap();
             let theirs = if relu { theirs.relu().unwrap() } else { theirs };
             assert!(diff(&ours, &theirs) < 1e-4, "forward {:?}", (n, i, o, relu));
-            let r = Tensor::randn(0f32, 1.0, (n, o), &dev).unwrap();
-            let ga = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
-            let gb = (theirs * &r)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            for v in [&x, &w, &b] {
-                let (p, q) = (
-                    ga.get(v.as_tensor()).unwrap(),
-                    gb.get(v.as_tensor()).unwrap(),
-                );
-                assert!(
-                    diff(p, q) < 1e-3,
-                    "gradient {} for {:?}",
-                    diff(p, q),
-                    (n, i, o)
-                );
-            }
+            assert_same_gradients(
+                &ours,
+                &theirs,
+                &[&x, &w, &b],
+                1e-3,
+                &format!("linear {:?}", (n, i, o)),
+            );
         }
     }
 
