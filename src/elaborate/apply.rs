@@ -247,9 +247,10 @@ impl Elab<'_> {
         callee: &'static Callee,
         first: Option<NodeIndex>,
     ) -> Option<NodeIndex> {
-        let (specs, arity) = match callee.sig {
-            Sig::Fusion(s) => (s, None),
-            Sig::FusionOf(n, s) => (s, Some(n)),
+        // Operand names for help texts: fixed ones, or any number.
+        let (specs, arity, names): (_, _, &[&str]) = match callee.sig {
+            Sig::Fusion(s) => (s, None, &["a", "b", "..."]),
+            Sig::FusionOf(names, s) => (s, Some(names.len()), names),
             _ => return None,
         };
         let is_tensor = |n: &str| specs.iter().any(|s| s.name == n && s.kind == Kind::Tensor);
@@ -309,14 +310,14 @@ impl Elab<'_> {
             .filter(|s| s.kind != Kind::Tensor)
             .copied()
             .collect();
-        self.fusion(c, callee, &consts, operands, &named, ok)
+        self.fusion(c, callee, (&consts, names), operands, &named, ok)
     }
 
     pub(super) fn fusion(
         &mut self,
         c: &Call,
         callee: &'static Callee,
-        specs: &[ParamSpec],
+        (specs, operand_names): (&[ParamSpec], &[&str]),
         operands: Vec<NodeIndex>,
         named: &[&ast::Arg],
         ok: bool,
@@ -333,7 +334,7 @@ impl Elab<'_> {
                 Err(d) => self.errs.push(d),
             }
         }
-        let bound = match bind(name, c.span, specs, &raw) {
+        let bound = match bind(name, operand_names, c.span, specs, &raw) {
             Ok(b) => b,
             Err(es) => {
                 self.errs.extend(es);
@@ -374,7 +375,7 @@ impl Elab<'_> {
         let bound = match layer.sig {
             Sig::IntVariadic => bind_variadic(name, c.span, raw),
             Sig::Layer(specs) | Sig::Fusion(specs) | Sig::FusionOf(_, specs) => {
-                bind(name, c.span, specs, raw)
+                bind(name, &[], c.span, specs, raw)
             }
         };
         let bound = bound.map_err(|es| self.errs.extend(es)).ok()?;

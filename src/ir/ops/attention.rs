@@ -59,7 +59,7 @@ pub const CALLEES: &[Callee] = &[
     },
     Callee {
         name: "attend",
-        sig: Sig::FusionOf(2, &HEADS),
+        sig: Sig::FusionOf(&["query", "context"], &HEADS),
         build: |b| {
             if b.operands != 2 {
                 return Err(Diagnostic::error(

@@ -217,6 +217,7 @@ pub struct RawArg {
 /// Binds arguments to a fixed signature; every problem becomes a diagnostic.
 pub fn bind(
     callee: &str,
+    operands: &[&str],
     call_span: Span,
     specs: &[ParamSpec],
     args: &[RawArg],
@@ -243,7 +244,7 @@ pub fn bind(
                                 ),
                             )
                             .label(a.span, "unexpected argument")
-                            .help(signature_help(callee, specs)),
+                            .help(signature_help(callee, operands, specs)),
                         );
                         continue;
                     }
@@ -286,7 +287,7 @@ pub fn bind(
                     ),
                 )
                 .label(a.span, format!("found {}", a.value.found()))
-                .help(signature_help(callee, specs)),
+                .help(signature_help(callee, operands, specs)),
             );
             // Given, if wrongly: not reported missing as well.
             invalid.push(spec.name);
@@ -306,7 +307,7 @@ pub fn bind(
                         format!("`{callee}` needs its argument `{}`", s.name),
                     )
                     .label(call_span, format!("`{}` missing", s.name))
-                    .help(signature_help(callee, specs)),
+                    .help(signature_help(callee, operands, specs)),
                 ),
             }
         }
@@ -321,13 +322,16 @@ pub fn bind(
     }
 }
 
-pub fn signature_help(callee: &str, specs: &[ParamSpec]) -> String {
-    let ps: Vec<String> = specs
+/// `the signature is `name(operands…, params…)``; `operands` are a fusion's
+/// tensor arguments, written first.
+pub fn signature_help(callee: &str, operands: &[&str], specs: &[ParamSpec]) -> String {
+    let ps: Vec<String> = operands
         .iter()
-        .map(|s| match s.default {
+        .map(|o| o.to_string())
+        .chain(specs.iter().map(|s| match s.default {
             None => s.name.to_string(),
             Some(d) => format!("{} = {}", s.name, show(&d())),
-        })
+        }))
         .collect();
     format!("the signature is `{callee}({})`", ps.join(", "))
 }
@@ -350,9 +354,9 @@ pub enum Sig {
     IntVariadic,
     /// A fusion: positional arguments are operands, named ones these parameters.
     Fusion(&'static [ParamSpec]),
-    /// A fusion of exactly this many operands, given first; further
-    /// arguments bind to these parameters: `attend(q, c, 2, 8)`.
-    FusionOf(usize, &'static [ParamSpec]),
+    /// A fusion of exactly these operands (named for help texts), given
+    /// first; further arguments bind to the parameters: `attend(q, c, 2, 8)`.
+    FusionOf(&'static [&'static str], &'static [ParamSpec]),
 }
 
 /// Binds the arguments of an [`Sig::IntVariadic`] layer: integers only, at least one.
