@@ -33,6 +33,11 @@ pub struct TrainArgs {
     lr: Option<f64>,
     #[arg(long)]
     seed: Option<u64>,
+    /// The loss weighting, instead of the model's `train { weighting }`:
+    /// fixed, uncertainty, dwa, gradnorm, pcgrad, cagrad(c=0.4), mgda, imtl,
+    /// nash_mtl(max_norm=1), famo(lr=0.025, gamma=0.01), rlw, aligned_mtl.
+    #[arg(long, conflicts_with = "resume")]
+    weighting: Option<String>,
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Run directory (default: runs/MODEL, numbered if it exists).
@@ -237,6 +242,10 @@ pub fn train(a: TrainArgs) -> Result<i32, Fail> {
     }
     if let Some(s) = a.seed {
         cfg.seed = s;
+    }
+    if let Some(w) = &a.weighting {
+        cfg.weighting = mtl::train::config::Weighting::parse(w)
+            .map_err(|e| Fail::usage(format!("error: --weighting: {e}")))?;
     }
     if let Some(v) = a.val_split {
         cfg.val_split = v;

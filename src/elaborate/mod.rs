@@ -8,7 +8,7 @@ mod props;
 use crate::diagnostics::{did_you_mean, Diagnostic, Span};
 use crate::ir::ops::{self, residual, Callee, Sig, Value};
 use crate::ir::{
-    AuxLoss, Dim, Ew, Graph, Head, Input, InputKind, LossKind, Node, Op, ParamId, ParamSet,
+    AuxKind, AuxLoss, Dim, Ew, Graph, Head, Input, InputKind, LossKind, Node, Op, ParamId, ParamSet,
 };
 use crate::syntax::ast::{self, BlockDef, Call, Expr, ExprKind, Item};
 use crate::train::config::TrainConfig;
@@ -291,11 +291,19 @@ impl<'a> Elab<'a> {
     }
 
     fn aux_loss(&mut self, name: &ast::Ident, call: &Call, props: &[ast::Prop]) {
-        let kind = LossKind::from_name(&call.callee.name);
+        let callee = call.callee.name.as_str();
         let mut operands = vec![];
+        let mut positional = 0;
+        let mut named = vec![];
         for a in call.args.iter().flatten() {
-            if let Some(n) = self.expr(&a.value) {
-                operands.push(n);
+            match &a.name {
+                Some(n) => named.push((n, &a.value)),
+                None => {
+                    positional += 1;
+                    if let Some(n) = self.expr(&a.value) {
+                        operands.push(n);
+                    }
+                }
             }
         }
         let mut weight = 1.0;
@@ -320,51 +328,134 @@ impl<'a> Elab<'a> {
             }
         }
         self.define(name, Binding::Loss);
-        let Some(kind) = kind else {
-            self.errs.push(
-                Diagnostic::error(
-                    "mtl::unknown-loss",
-                    format!("unknown loss `{}`", call.callee.name),
-                )
-                .label(call.callee.span, "not a loss")
-                .help(did_you_mean(&call.callee.name, LossKind::NAMES, "loss")),
-            );
-            return;
+        let kind = match (callee, LossKind::from_name(callee)) {
+            ("contrastive", _) => self.contrastive_kind(&named),
+            (_, Some(LossKind::CrossEntropy | LossKind::BinaryCrossEntropy)) => {
+                self.errs.push(
+                    Diagnostic::error(
+                        "mtl::aux-loss-kind",
+                        "an auxiliary loss compares two values: use mse, mae, huber or contrastive",
+                    )
+                    .label(call.callee.span, "classification loss here")
+                    .help("cross-entropy needs labels; put it on a `head`"),
+                );
+                return;
+            }
+            (_, Some(k)) => {
+                if let Some((n, _)) = named.first() {
+                    self.errs.push(
+                        Diagnostic::error(
+                            "mtl::unknown-argument",
+                            format!("`{callee}` has no argument `{}`", n.name),
+                        )
+                        .label(n.span, "unknown argument")
+                        .help("only `contrastive` takes named arguments (temperature, learn_temperature)"),
+                    );
+                }
+                Some(AuxKind::Compare(k))
+            }
+            (_, None) => {
+                let mut known: Vec<&str> = LossKind::NAMES.to_vec();
+                known.push("contrastive");
+                self.errs.push(
+                    Diagnostic::error("mtl::unknown-loss", format!("unknown loss `{callee}`"))
+                        .label(call.callee.span, "not a loss")
+                        .help(did_you_mean(callee, &known, "loss")),
+                );
+                return;
+            }
         };
-        if kind == LossKind::CrossEntropy || kind == LossKind::BinaryCrossEntropy {
-            self.errs.push(
-                Diagnostic::error(
-                    "mtl::aux-loss-kind",
-                    "an auxiliary loss compares two values: use mse, mae or huber",
-                )
-                .label(call.callee.span, "classification loss here")
-                .help("cross-entropy needs labels; put it on a `head`"),
-            );
-            return;
-        }
-        if call.args.as_ref().map_or(0, |a| a.len()) != 2 {
+        let Some(kind) = kind else { return };
+        if positional != 2 {
             self.errs.push(
                 Diagnostic::error(
                     "mtl::arity",
-                    format!(
-                        "`{}` as an auxiliary loss takes two values",
-                        call.callee.name
-                    ),
+                    format!("`{callee}` as an auxiliary loss takes two values"),
                 )
                 .label(call.span, "here")
                 .help("write e.g. `loss aux = mse(depth, depth_aux) { weight: 0.1 }`"),
             );
             return;
         }
+        let param = match kind {
+            AuxKind::Contrastive {
+                temperature,
+                learned: true,
+            } => {
+                let id = self.new_params(&name.name, name.span);
+                self.g.params[id.0].tensors.push(crate::ir::ParamTensor {
+                    name: crate::ir::LOGIT_SCALE.into(),
+                    shape: vec![],
+                    trainable: true,
+                    init: crate::ir::Init::Const((1.0 / temperature).ln() as f32),
+                });
+                Some(id)
+            }
+            _ => None,
+        };
         if operands.len() == 2 {
             self.g.losses.push(AuxLoss {
                 name: name.name.clone(),
                 kind,
+                param,
                 operands,
                 weight,
                 span: name.span.to(call.span),
             });
         }
+    }
+
+    /// `contrastive(a, b, temperature = 0.07, learn_temperature = false)`.
+    fn contrastive_kind(&mut self, named: &[(&ast::Ident, &Expr)]) -> Option<AuxKind> {
+        let mut temperature = 0.07;
+        let mut learned = false;
+        for (n, v) in named {
+            let value = eval_const(v, &HashMap::new());
+            match (n.name.as_str(), value) {
+                ("temperature", Ok(Value::Float(f))) if f > 0.0 => temperature = f,
+                ("temperature", Ok(Value::Int(i))) if i > 0 => temperature = i as f64,
+                ("learn_temperature", Ok(Value::Sym(s))) if s == "true" || s == "false" => {
+                    learned = s == "true"
+                }
+                ("temperature" | "learn_temperature", _) => {
+                    self.errs.push(
+                        Diagnostic::error(
+                            "mtl::property-type",
+                            format!(
+                                "`{}` must be {}",
+                                n.name,
+                                if n.name == "temperature" {
+                                    "a number > 0"
+                                } else {
+                                    "true or false"
+                                }
+                            ),
+                        )
+                        .label(v.span, "here"),
+                    );
+                    return None;
+                }
+                (k, _) => {
+                    self.errs.push(
+                        Diagnostic::error(
+                            "mtl::unknown-argument",
+                            format!("`contrastive` has no argument `{k}`"),
+                        )
+                        .label(n.span, "unknown argument")
+                        .help(did_you_mean(
+                            k,
+                            &["temperature", "learn_temperature"],
+                            "argument",
+                        )),
+                    );
+                    return None;
+                }
+            }
+        }
+        Some(AuxKind::Contrastive {
+            temperature,
+            learned,
+        })
     }
 
     /// Elaborates a value expression; `None` after reporting an error.

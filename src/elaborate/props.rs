@@ -5,7 +5,9 @@ use crate::diagnostics::{did_you_mean, Diagnostic, Span};
 use crate::ir::ops::Value;
 use crate::ir::{LossKind, Metric};
 use crate::syntax::ast::{Expr, ExprKind, Prop};
-use crate::train::config::{OptimizerKind, Schedule, TrainConfig, Weighting};
+use crate::train::config::{
+    OptimizerKind, Schedule, TrainConfig, Weighting, WeightingError, WEIGHTINGS,
+};
 use std::collections::HashMap;
 
 pub const HEAD_KEYS: &[&str] = &["loss", "weight", "metrics", "label"];
@@ -24,7 +26,6 @@ pub const TRAIN_KEYS: &[&str] = &[
     "weight_decay",
 ];
 pub const OPTIMIZERS: &[&str] = &["adam", "adamw", "sgd"];
-pub const WEIGHTINGS: &[&str] = &["fixed", "uncertainty", "dwa", "gradnorm"];
 pub const SCHEDULES: &[&str] = &["constant", "step", "cosine"];
 
 pub struct HeadProps {
@@ -213,61 +214,43 @@ pub fn train_props(props: &[Prop], errs: &mut Vec<Diagnostic>) -> TrainConfig {
     duplicate_keys(props, errs);
     let mut t = TrainConfig::default();
     for p in props {
-        let r: Result<(), Diagnostic> =
-            (|| {
-                match p.key.name.as_str() {
-                    "optimizer" => optimizer(&p.value, &mut t)?,
-                    "lr" => t.optimizer.lr = number(&p.value, "lr")?,
-                    "weight_decay" => t.optimizer.weight_decay = number(&p.value, "weight_decay")?,
-                    "batch_size" => t.batch_size = positive_int(&p.value, "batch_size")?,
-                    "epochs" => t.epochs = positive_int(&p.value, "epochs")?,
-                    "patience" => t.patience = Some(positive_int(&p.value, "patience")?),
-                    "seed" => t.seed = number(&p.value, "seed")?.max(0.0) as u64,
-                    "clip_norm" => t.clip_norm = Some(number(&p.value, "clip_norm")?),
-                    "val_split" => {
-                        let v = number(&p.value, "val_split")?;
-                        if !(0.0..1.0).contains(&v) {
-                            return Err(Diagnostic::error(
-                                "mtl::property-type",
-                                "`val_split` must be in [0, 1)",
-                            )
-                            .label(p.value.span, "here"));
-                        }
-                        t.val_split = v;
+        let r: Result<(), Diagnostic> = (|| {
+            match p.key.name.as_str() {
+                "optimizer" => optimizer(&p.value, &mut t)?,
+                "lr" => t.optimizer.lr = number(&p.value, "lr")?,
+                "weight_decay" => t.optimizer.weight_decay = number(&p.value, "weight_decay")?,
+                "batch_size" => t.batch_size = positive_int(&p.value, "batch_size")?,
+                "epochs" => t.epochs = positive_int(&p.value, "epochs")?,
+                "patience" => t.patience = Some(positive_int(&p.value, "patience")?),
+                "seed" => t.seed = number(&p.value, "seed")?.max(0.0) as u64,
+                "clip_norm" => t.clip_norm = Some(number(&p.value, "clip_norm")?),
+                "val_split" => {
+                    let v = number(&p.value, "val_split")?;
+                    if !(0.0..1.0).contains(&v) {
+                        return Err(Diagnostic::error(
+                            "mtl::property-type",
+                            "`val_split` must be in [0, 1)",
+                        )
+                        .label(p.value.span, "here"));
                     }
-                    "monitor" => match constant(&p.value)? {
-                        Value::Str(s) | Value::Sym(s) => t.monitor = s,
-                        v => {
-                            return Err(Diagnostic::error(
-                                "mtl::property-type",
-                                "`monitor` must be `val_loss` or \"HEAD.METRIC\"",
-                            )
-                            .label(p.value.span, format!("found {}", v.describe())))
-                        }
-                    },
-                    "weighting" => {
-                        let name = p.value.as_name().map(|i| i.name.as_str()).unwrap_or("");
-                        t.weighting =
-                            match name {
-                                "fixed" => Weighting::Fixed,
-                                "uncertainty" => Weighting::Uncertainty,
-                                "dwa" => Weighting::Dwa,
-                                "gradnorm" => Weighting::Gradnorm,
-                                _ => {
-                                    return Err(Diagnostic::error(
-                                        "mtl::unknown-weighting",
-                                        format!("unknown loss weighting `{name}`"),
-                                    )
-                                    .label(p.value.span, "not a weighting")
-                                    .help(did_you_mean(name, WEIGHTINGS, "weighting")))
-                                }
-                            }
-                    }
-                    "schedule" => schedule(&p.value, &mut t)?,
-                    k => return Err(unknown_key(k, p.key.span, TRAIN_KEYS, "train")),
+                    t.val_split = v;
                 }
-                Ok(())
-            })();
+                "monitor" => match constant(&p.value)? {
+                    Value::Str(s) | Value::Sym(s) => t.monitor = s,
+                    v => {
+                        return Err(Diagnostic::error(
+                            "mtl::property-type",
+                            "`monitor` must be `val_loss` or \"HEAD.METRIC\"",
+                        )
+                        .label(p.value.span, format!("found {}", v.describe())))
+                    }
+                },
+                "weighting" => t.weighting = weighting(&p.value)?,
+                "schedule" => schedule(&p.value, &mut t)?,
+                k => return Err(unknown_key(k, p.key.span, TRAIN_KEYS, "train")),
+            }
+            Ok(())
+        })();
         if let Err(e) = r {
             errs.push(e);
         }
@@ -334,6 +317,37 @@ fn optimizer(e: &Expr, t: &mut TrainConfig) -> Result<(), Diagnostic> {
         }
     }
     Ok(())
+}
+
+/// `weighting: NAME` or `weighting: NAME(k = v, ...)`.
+fn weighting(e: &Expr) -> Result<Weighting, Diagnostic> {
+    let (name, span, args) = match (call_parts(e), e.as_name()) {
+        (Some(parts), _) => parts,
+        (None, Some(id)) => (id.name.as_str(), id.span, vec![]),
+        (None, None) => {
+            return Err(Diagnostic::error(
+                "mtl::unknown-weighting",
+                "expected a loss weighting such as `cagrad(c = 0.4)`",
+            )
+            .label(e.span, "not a weighting"))
+        }
+    };
+    let mut values = vec![];
+    for (k, v) in &args {
+        values.push((k.clone(), number(v, k.as_deref().unwrap_or("argument"))?));
+    }
+    Weighting::build(name, &values).map_err(|err| {
+        let d = Diagnostic::error("mtl::unknown-weighting", err.to_string());
+        let names: Vec<&str> = WEIGHTINGS.iter().map(|(n, _)| *n).collect();
+        match &err {
+            WeightingError::UnknownMethod(_) => d
+                .label(span, "not a weighting")
+                .help(did_you_mean(name, &names, "weighting")),
+            WeightingError::UnknownArgument(..) | WeightingError::BadValue(..) => {
+                d.label(e.span, "here")
+            }
+        }
+    })
 }
 
 fn schedule(e: &Expr, t: &mut TrainConfig) -> Result<(), Diagnostic> {

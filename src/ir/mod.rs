@@ -113,6 +113,8 @@ pub enum Init {
     LstmBias {
         units: usize,
     },
+    /// Every element this value.
+    Const(f32),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -259,11 +261,37 @@ pub struct Head {
     pub label_type: Option<Type>,
 }
 
+/// What an auxiliary loss computes from its two operands.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuxKind {
+    /// A regression loss between the values (the second held fixed).
+    Compare(LossKind),
+    /// CLIP's symmetric InfoNCE over the batch between two [D] vectors; with
+    /// `learned`, the log inverse temperature is the parameter
+    /// `NAME.logit_scale` (starting at ln(1/temperature)).
+    Contrastive { temperature: f64, learned: bool },
+}
+
+impl AuxKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            AuxKind::Compare(k) => k.name(),
+            AuxKind::Contrastive { .. } => "contrastive",
+        }
+    }
+}
+
+/// The learned temperature's tensor in a contrastive loss's parameter set.
+pub const LOGIT_SCALE: &str = "logit_scale";
+
 /// An auxiliary objective `loss NAME = FN(a, b) { weight: W }`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AuxLoss {
     pub name: String,
-    pub kind: LossKind,
+    pub kind: AuxKind,
+    /// The learned temperature of a contrastive loss.
+    pub param: Option<ParamId>,
     pub operands: Vec<NodeIndex>,
     pub weight: f64,
     pub span: Span,

@@ -65,7 +65,18 @@ pub fn print_ir(g: &Graph) -> String {
             s,
             "  loss {} = {}({}) weight={}",
             l.name,
-            l.kind.name(),
+            match l.kind {
+                crate::ir::AuxKind::Contrastive {
+                    temperature,
+                    learned,
+                } => {
+                    format!(
+                        "contrastive[t={temperature}{}]",
+                        if learned { ", learned" } else { "" }
+                    )
+                }
+                k => k.name().to_string(),
+            },
             ops.join(", "),
             l.weight
         );

@@ -10,7 +10,7 @@ use crate::ir::{
     Mixture, Permute, Pool, Slice, Upsample, Weighted,
 };
 use crate::pipeline::Mode;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::Rng;
 use std::collections::HashMap;
@@ -38,12 +38,33 @@ impl std::error::Error for RunError {}
 /// The values of one forward pass, by slot.
 pub struct Forward {
     pub values: Vec<Option<Tensor>>,
+    /// Under a [`Cut`]: each boundary slot and the detached leaf that the
+    /// steps outside the shared region (and the losses) read instead.
+    pub leaves: Vec<(usize, Var)>,
 }
 
 impl Forward {
     pub fn get(&self, slot: usize) -> Option<&Tensor> {
         self.values.get(slot).and_then(Option::as_ref)
     }
+
+    /// The value a loss reads: the leaf of a cut slot, else the value.
+    pub fn output(&self, slot: usize) -> Option<&Tensor> {
+        match self.leaves.iter().find(|(s, _)| *s == slot) {
+            Some((_, v)) => Some(v.as_tensor()),
+            None => self.get(slot),
+        }
+    }
+}
+
+/// Where a training forward splits the graph (from [`super::Sharing`]): the
+/// steps marked `outside` read each `boundary` value through a detached leaf,
+/// so a head's backward stops at the shared representation and yields its
+/// gradient there.
+#[derive(Debug, Clone, Copy)]
+pub struct Cut<'a> {
+    pub boundary: &'a [usize],
+    pub outside: &'a [bool],
 }
 
 impl Program {
@@ -140,7 +161,18 @@ impl Program {
         inputs: Vec<(usize, Tensor)>,
         rng: &mut StdRng,
     ) -> Result<Forward, RunError> {
-        self.forward_timed(params, inputs, rng, None)
+        self.run(params, inputs, rng, None, None)
+    }
+
+    /// `forward` split at `cut` (training with per-task gradients).
+    pub fn forward_cut(
+        &self,
+        params: &Params,
+        inputs: Vec<(usize, Tensor)>,
+        rng: &mut StdRng,
+        cut: Cut,
+    ) -> Result<Forward, RunError> {
+        self.run(params, inputs, rng, None, Some(cut))
     }
 
     /// `forward`, adding each step's wall time (seconds, by step index) to `times`.
@@ -149,8 +181,20 @@ impl Program {
         params: &Params,
         inputs: Vec<(usize, Tensor)>,
         rng: &mut StdRng,
-        mut times: Option<&mut Vec<f64>>,
+        times: Option<&mut Vec<f64>>,
     ) -> Result<Forward, RunError> {
+        self.run(params, inputs, rng, times, None)
+    }
+
+    fn run(
+        &self,
+        params: &Params,
+        inputs: Vec<(usize, Tensor)>,
+        rng: &mut StdRng,
+        mut times: Option<&mut Vec<f64>>,
+        cut: Option<Cut>,
+    ) -> Result<Forward, RunError> {
+        let mut leaves: Vec<(usize, Var)> = vec![];
         let train = self.mode == Mode::Train;
         let mut values: Vec<Option<Tensor>> = vec![None; self.n_values];
         for (slot, t) in inputs {
@@ -162,10 +206,16 @@ impl Program {
                 node: st.name.clone(),
                 message: e.to_string(),
             };
+            let outside = cut.is_some_and(|c| c.outside.get(k).copied().unwrap_or(true));
             let args: Vec<&Tensor> = st
                 .args
                 .iter()
-                .map(|a| values[*a].as_ref())
+                .map(
+                    |a| match leaves.iter().find(|(s, _)| s == a).filter(|_| outside) {
+                        Some((_, v)) => Some(v.as_tensor()),
+                        None => values[*a].as_ref(),
+                    },
+                )
                 .collect::<Option<_>>()
                 .ok_or_else(|| RunError::Step {
                     node: st.name.clone(),
@@ -187,6 +237,10 @@ impl Program {
             let y = self
                 .step(st, &args, &valid, params, train, rng)
                 .map_err(err)?;
+            if cut.is_some_and(|c| c.boundary.contains(&st.out)) {
+                let leaf = Var::from_tensor(&y.detach()).map_err(err)?;
+                leaves.push((st.out, leaf));
+            }
             values[st.out] = Some(y);
             if let (Some(t), Some(s)) = (times.as_deref_mut(), started) {
                 if t.len() < self.steps.len() {
@@ -195,7 +249,7 @@ impl Program {
                 t[k] += s.elapsed().as_secs_f64();
             }
         }
-        Ok(Forward { values })
+        Ok(Forward { values, leaves })
     }
 
     fn step(

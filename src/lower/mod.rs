@@ -6,14 +6,16 @@ mod exec;
 mod kernel;
 mod legality;
 mod params;
+mod sharing;
 
-pub use exec::{head_output, Forward, RunError};
+pub use exec::{head_output, Cut, Forward, RunError};
 pub use kernel::{ConvKernel, Kernel};
 pub use params::{init_params, save_atomic, Params};
+pub use sharing::{Group, Sharing};
 
 use crate::diagnostics::Diagnostic;
 use crate::ir::{
-    ops::conv::same_padding, Dim, Graph, Head, InputKind, LossKind, Op, Padding, Type,
+    ops::conv::same_padding, AuxKind, Dim, Graph, Head, InputKind, LossKind, Op, Padding, Type,
 };
 use crate::ir::{Conv, GlobalPool, Input, MergedDense};
 use crate::pipeline::Mode;
@@ -43,6 +45,17 @@ pub struct Step {
     pub ty: Type,
 }
 
+/// An auxiliary loss over value slots.
+#[derive(Debug, Clone)]
+pub struct AuxStep {
+    pub name: String,
+    pub kind: AuxKind,
+    pub weight: f64,
+    pub slots: Vec<usize>,
+    /// Checkpoint prefix of its parameters (a learned temperature).
+    pub params: Option<String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Program {
     pub mode: Mode,
@@ -53,8 +66,7 @@ pub struct Program {
     pub input_kinds: HashMap<String, InputKind>,
     /// Heads: (head, value slot).
     pub heads: Vec<(Head, usize)>,
-    /// Auxiliary losses: (name, kind, weight, operand slots).
-    pub losses: Vec<(String, LossKind, f64, Vec<usize>)>,
+    pub losses: Vec<AuxStep>,
     /// Parameter tensors: key → (shape, trainable, init).
     pub param_specs: Vec<(String, crate::ir::ParamTensor)>,
     pub n_values: usize,
@@ -177,6 +189,7 @@ fn plan(g: &Graph, mode: Mode) -> Program {
     let mut used: Vec<usize> =
         g.g.node_weights()
             .flat_map(|n| n.param_ids().into_iter().map(|p| p.0))
+            .chain(g.losses.iter().filter_map(|l| l.param.map(|p| p.0)))
             .collect();
     used.sort_unstable();
     used.dedup();
@@ -196,13 +209,12 @@ fn plan(g: &Graph, mode: Mode) -> Program {
         losses: g
             .losses
             .iter()
-            .map(|l| {
-                (
-                    l.name.clone(),
-                    l.kind,
-                    l.weight,
-                    l.operands.iter().map(|o| slot[o]).collect(),
-                )
+            .map(|l| AuxStep {
+                name: l.name.clone(),
+                kind: l.kind,
+                weight: l.weight,
+                slots: l.operands.iter().map(|o| slot[o]).collect(),
+                params: l.param.map(|p| g.params[p.0].prefix.clone()),
             })
             .collect(),
         param_specs,
@@ -388,9 +400,16 @@ impl Program {
         for (h, slot) in &self.heads {
             let _ = writeln!(s, "  head {} = v{slot} ({})", h.name, h.loss.name());
         }
-        for (name, kind, w, slots) in &self.losses {
-            let a: Vec<String> = slots.iter().map(|x| format!("v{x}")).collect();
-            let _ = writeln!(s, "  loss {name} = {}({}) * {w}", kind.name(), a.join(", "));
+        for l in &self.losses {
+            let a: Vec<String> = l.slots.iter().map(|x| format!("v{x}")).collect();
+            let _ = writeln!(
+                s,
+                "  loss {} = {}({}) * {}",
+                l.name,
+                l.kind.name(),
+                a.join(", "),
+                l.weight
+            );
         }
         s
     }

@@ -57,6 +57,7 @@ fn init_values(init: Init, shape: &[usize], rng: &mut StdRng) -> Vec<f32> {
     match init {
         Init::Zeros => vec![0.0; n],
         Init::Ones => vec![1.0; n],
+        Init::Const(v) => vec![v; n],
         Init::GlorotUniform { fan_in, fan_out } => {
             let limit = (6.0 / (fan_in + fan_out).max(1) as f32).sqrt();
             (0..n).map(|_| rng.random_range(-limit..limit)).collect()

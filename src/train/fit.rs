@@ -2,15 +2,16 @@
 //! per-head metrics, early stopping, atomic checkpoints and exact resume.
 
 use super::config::{TrainConfig, Weighting};
-use super::gradnorm::{last_shared_layer, GradNorm};
-use super::loss::{head_loss, Reduction};
+use super::contrastive::contrastive;
+use super::loss::{head_loss, head_loss_counted, Reduction};
 use super::metrics::HeadStats;
-use super::optim::{grads_for, lr_at, Optimizer};
+use super::optim::{lr_at, Optimizer};
+use super::scheme::{Scheme, SchemeState};
 use crate::data::Dataset;
 
 /// One batch: a tensor per input, label and mask.
 type Batch = std::collections::HashMap<String, Tensor>;
-use crate::ir::LossKind;
+use crate::ir::{AuxKind, LossKind, LOGIT_SCALE};
 use crate::lower::{head_output, save_atomic, Params, Program};
 use candle_core::{DType, Device, Tensor, Var};
 use rand::rngs::StdRng;
@@ -104,9 +105,12 @@ struct State {
     best: Option<f64>,
     since_best: usize,
     history: Vec<EpochRecord>,
-    /// GradNorm's task weights and initial losses, when it is in use.
+    /// The weighting in use (`--weighting` may differ from the model's).
     #[serde(default)]
-    gradnorm: Option<GradNorm>,
+    weighting: Option<Weighting>,
+    /// The weighting's own state (GradNorm's weights, FAMO's logits, …).
+    #[serde(default, flatten)]
+    scheme: SchemeState,
 }
 
 fn write_json_atomic<T: Serialize>(v: &T, path: &Path) -> Result<(), TrainError> {
@@ -141,33 +145,59 @@ fn label_tensor(batch: &Batch, head: &crate::ir::Head) -> candle_core::Result<Te
     }
 }
 
-/// Per-head losses of one forward pass (order of `prog.heads`) and aux losses.
+/// One forward pass's losses: per head (order of `prog.heads`), whether the
+/// head has any label in the batch, and the auxiliary losses.
+struct Losses {
+    heads: Vec<Tensor>,
+    present: Vec<bool>,
+    aux: Vec<Tensor>,
+}
+
+/// Per-head losses of one forward pass and aux losses.
 fn losses(
     prog: &Program,
+    params: &Params,
     fwd: &crate::lower::Forward,
     batch: &Batch,
     reduction: Reduction,
-) -> Result<(Vec<Tensor>, Vec<Tensor>), TrainError> {
-    let mut hs = vec![];
+) -> Result<Losses, TrainError> {
+    let mut out = Losses {
+        heads: vec![],
+        present: vec![],
+        aux: vec![],
+    };
     for (h, slot) in &prog.heads {
         let logits = fwd
-            .get(*slot)
+            .output(*slot)
             .ok_or_else(|| TrainError::Compute(format!("head `{}` not computed", h.name)))?;
         let y = label_tensor(batch, h)?;
         let mask = batch
             .get(&format!("{}.mask", h.name))
             .map(|m| m.flatten_all())
             .transpose()?;
-        hs.push(head_loss(h.loss, logits, &y, mask.as_ref(), reduction)?);
+        let (loss, count) = head_loss_counted(h.loss, logits, &y, mask.as_ref(), reduction)?;
+        out.heads.push(loss);
+        out.present.push(count > 0.0);
     }
-    let mut aux = vec![];
-    for (_, kind, w, slots) in &prog.losses {
-        let (a, b) = (fwd.get(slots[0]), fwd.get(slots[1]));
-        if let (Some(a), Some(b)) = (a, b) {
-            aux.push((head_loss(*kind, a, &b.detach(), None, reduction)? * *w)?);
-        }
+    for l in &prog.losses {
+        let (a, b) = (fwd.output(l.slots[0]), fwd.output(l.slots[1]));
+        let (Some(a), Some(b)) = (a, b) else { continue };
+        let loss = match l.kind {
+            AuxKind::Compare(kind) => head_loss(kind, a, &b.detach(), None, reduction)?,
+            AuxKind::Contrastive {
+                temperature,
+                learned,
+            } => {
+                let scale = match (learned, &l.params) {
+                    (true, Some(p)) => params.get(&format!("{p}.{LOGIT_SCALE}"))?.clone(),
+                    _ => Tensor::new((1.0 / temperature).ln() as f32, a.device())?,
+                };
+                contrastive(a, b, &scale)?
+            }
+        };
+        out.aux.push((loss * l.weight)?);
     }
-    Ok((hs, aux))
+    Ok(out)
 }
 
 /// Adds one batch of a head's predictions to its metric counts.
@@ -267,7 +297,7 @@ fn evaluate_checked(
         let batch = ds.batch(&idx)?;
         let inputs = prog.prepare_inputs(&batch, device)?;
         let fwd = prog.forward(params, inputs, &mut rng)?;
-        let (hs, _) = losses(prog, &fwd, &batch, Reduction::Present)?;
+        let hs = losses(prog, params, &fwd, &batch, Reduction::Present)?.heads;
         for (i, (h, slot)) in prog.heads.iter().enumerate() {
             // Weight batch losses by their sample count so the mean is over samples.
             sums[i] += hs[i].to_scalar::<f32>()? as f64 * len as f64;
@@ -305,58 +335,45 @@ pub fn fit(
         v.check(&sig, true, "validation data")
             .map_err(TrainError::Data)?;
     }
-    let mut gradnorm = match t.weighting {
-        Weighting::Gradnorm => {
-            let shared = last_shared_layer(train_prog, &params.trainable).ok_or_else(|| {
-                TrainError::Data("`weighting: gradnorm` needs a layer with weights that every head depends on; this model has none (use fixed, uncertainty or dwa)".into())
-            })?;
-            Some(GradNorm::new(train_prog.heads.len(), shared))
-        }
-        _ => None,
-    };
     let heads: Vec<String> = train_prog
         .heads
         .iter()
         .map(|(h, _)| h.name.clone())
         .collect();
-    // Uncertainty weighting: one learned log-variance per head.
-    let log_vars: Vec<(String, Var)> = if t.weighting == Weighting::Uncertainty {
-        heads
-            .iter()
-            .map(|h| Var::zeros((), DType::F32, dev).map(|v| (format!("loss_weighting.{h}"), v)))
-            .collect::<candle_core::Result<_>>()?
-    } else {
-        vec![]
-    };
-    let mut vars: Vec<(String, Var)> = params
-        .trainable
-        .iter()
-        .filter_map(|k| params.vars.get(k).map(|v| (k.clone(), v.clone())))
-        .collect();
-    vars.extend(log_vars.iter().cloned());
-    let mut opt = Optimizer::new(t.optimizer.clone());
-    let mut st = State::default();
-    std::fs::create_dir_all(&cfg.run_dir)
-        .map_err(|e| TrainError::Io(format!("cannot create {}: {e}", cfg.run_dir.display())))?;
     let last = cfg.run_dir.join("last.safetensors");
     let opt_path = cfg.run_dir.join("optimizer.safetensors");
     let state_path = cfg.run_dir.join("state.json");
+    let mut st = State::default();
     if cfg.resume {
         let text = std::fs::read_to_string(&state_path)
             .map_err(|e| TrainError::Io(format!("cannot resume: {}: {e}", state_path.display())))?;
         st = serde_json::from_str(&text)
             .map_err(|e| TrainError::Io(format!("cannot resume: {}: {e}", state_path.display())))?;
+    }
+    // A resumed run keeps the weighting it was started with.
+    let method = st.weighting.unwrap_or(t.weighting);
+    st.weighting = Some(method);
+    let mut scheme =
+        Scheme::new(method, train_prog, &params.trainable, dev).map_err(TrainError::Data)?;
+    let mut vars: Vec<(String, Var)> = params
+        .trainable
+        .iter()
+        .filter_map(|k| params.vars.get(k).map(|v| (k.clone(), v.clone())))
+        .collect();
+    vars.extend(scheme.log_vars.iter().cloned());
+    let mut opt = Optimizer::new(t.optimizer.clone());
+    std::fs::create_dir_all(&cfg.run_dir)
+        .map_err(|e| TrainError::Io(format!("cannot create {}: {e}", cfg.run_dir.display())))?;
+    if cfg.resume {
         params.load(&last, dev).map_err(TrainError::Io)?;
         let ostate = candle_core::safetensors::load(&opt_path, dev)
             .map_err(|e| TrainError::Io(format!("cannot resume: {}: {e}", opt_path.display())))?;
-        for (k, v) in &log_vars {
+        for (k, v) in &scheme.log_vars {
             if let Some(s) = ostate.get(k) {
                 v.set(s)?;
             }
         }
-        if let (Some(gn), Some(saved)) = (gradnorm.as_mut(), st.gradnorm.take()) {
-            *gn = saved;
-        }
+        scheme.restore(std::mem::take(&mut st.scheme));
         opt.restore(
             ostate
                 .into_iter()
@@ -371,24 +388,12 @@ pub fn fit(
         && !t.monitor.ends_with(".rmse");
     for epoch in st.epoch..t.epochs {
         let lr = lr_at(&t.schedule, t.optimizer.lr, epoch, t.epochs);
-        // Fixed or DWA weights for this epoch.
-        let weights: Vec<f64> = match t.weighting {
-            Weighting::Dwa if st.history.len() >= 2 => {
-                let (a, b) = (
-                    &st.history[st.history.len() - 1].train,
-                    &st.history[st.history.len() - 2].train,
-                );
-                let r: Vec<f64> = heads
-                    .iter()
-                    .map(|h| a.heads[h].loss / b.heads[h].loss.max(1e-12))
-                    .collect();
-                let e: Vec<f64> = r.iter().map(|x| (x / 2.0).exp()).collect();
-                let s: f64 = e.iter().sum();
-                e.iter().map(|x| heads.len() as f64 * x / s).collect()
-            }
-            Weighting::Dwa => vec![1.0; heads.len()],
-            _ => train_prog.heads.iter().map(|(h, _)| h.weight).collect(),
-        };
+        let last_losses: Vec<Vec<f64>> = st
+            .history
+            .iter()
+            .map(|r| heads.iter().map(|h| r.train.heads[h].loss).collect())
+            .collect();
+        scheme.start_epoch(&last_losses);
         let mut rng =
             StdRng::seed_from_u64(t.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
         let mut order: Vec<usize> = (0..train.n).collect();
@@ -401,10 +406,12 @@ pub fn fit(
         for (s, chunk) in order.chunks(t.batch_size.max(1)).enumerate() {
             let batch = train.batch(chunk)?;
             let inputs = train_prog.prepare_inputs(&batch, dev)?;
-            let fwd = train_prog.forward(params, inputs, &mut rng)?;
-            let (hs, aux) = losses(train_prog, &fwd, &batch, Reduction::Batch)?;
-            let mut total = Tensor::zeros((), DType::F32, dev)?;
-            for (i, l) in hs.iter().enumerate() {
+            let fwd = match scheme.cut() {
+                Some(cut) => train_prog.forward_cut(params, inputs, &mut rng, cut)?,
+                None => train_prog.forward(params, inputs, &mut rng)?,
+            };
+            let ls = losses(train_prog, params, &fwd, &batch, Reduction::Batch)?;
+            for (i, l) in ls.heads.iter().enumerate() {
                 let v = l.to_scalar::<f32>()?;
                 if !v.is_finite() {
                     return Err(TrainError::NonFinite {
@@ -414,35 +421,30 @@ pub fn fit(
                     });
                 }
                 sums[i] += v as f64;
-                total = match log_vars.get(i) {
-                    Some((_, lv)) => {
-                        (total + ((l * lv.as_tensor().neg()?.exp()?)? + lv.as_tensor())?)?
-                    }
-                    None => {
-                        let w = gradnorm.as_ref().map_or(weights[i], |g| g.weights[i]);
-                        (total + (l * w)?)?
-                    }
-                };
             }
             let mut aux_total: Option<Tensor> = None;
-            for (a, (name, ..)) in aux.iter().zip(&train_prog.losses) {
+            for (a, l) in ls.aux.iter().zip(&train_prog.losses) {
                 if !a.to_scalar::<f32>()?.is_finite() {
                     return Err(TrainError::NonFinite {
-                        head: name.clone(),
+                        head: l.name.clone(),
                         epoch: epoch + 1,
                         step: s + 1,
                     });
                 }
-                total = (total + a)?;
                 aux_total = Some(match aux_total {
                     Some(x) => (x + a)?,
                     None => a.clone(),
                 });
             }
-            let grads = match gradnorm.as_mut() {
-                Some(gn) => gn.step(&hs, aux_total.as_ref(), &vars, lr)?,
-                None => grads_for(&vars, &total.backward()?),
-            };
+            let (grads, total) = scheme.gradients(
+                &fwd,
+                &ls.heads,
+                &ls.present,
+                aux_total.as_ref(),
+                &vars,
+                lr,
+                &mut rng,
+            )?;
             opt.apply(&vars, grads, lr, t.clip_norm)?;
             for (i, (h, slot)) in train_prog.heads.iter().enumerate() {
                 if let Some(l) = fwd.get(*slot) {
@@ -459,26 +461,12 @@ pub fn fit(
             let done = ((s + 1) * t.batch_size).min(train.n);
             obs.batch(
                 s + 1,
-                total.to_scalar::<f32>()? as f64,
+                total,
                 done as f64 / started.elapsed().as_secs_f64().max(1e-9),
             );
         }
         let secs = started.elapsed().as_secs_f64();
-        let in_force: Vec<f64> = match (&gradnorm, log_vars.is_empty()) {
-            (Some(gn), _) => gn.weights.clone(),
-            (None, true) => weights.clone(),
-            (None, false) => log_vars
-                .iter()
-                .map(|(_, v)| {
-                    v.as_tensor()
-                        .neg()
-                        .and_then(|x| x.exp())
-                        .and_then(|x| x.to_scalar::<f32>())
-                        .map(|x| x as f64)
-                        .unwrap_or(f64::NAN)
-                })
-                .collect(),
-        };
+        let in_force = scheme.in_force();
         let means: Vec<f64> = sums.iter().map(|s| s / steps.max(1) as f64).collect();
         let train_res = finish(train_prog, &accs, &means, &in_force);
         let val_res = match val {
@@ -538,7 +526,7 @@ pub fn fit(
         st.history.push(rec.clone());
         st.epoch = epoch + 1;
         st.opt_step = opt.step;
-        st.gradnorm = gradnorm.clone();
+        st.scheme = scheme.state.clone();
         // Checkpoint: weights, optimizer, then state; each written atomically.
         params.save(&last).map_err(TrainError::Io)?;
         if improved {
@@ -547,7 +535,7 @@ pub fn fit(
                 .map_err(TrainError::Io)?;
         }
         let mut ostate = opt.state();
-        for (k, v) in &log_vars {
+        for (k, v) in &scheme.log_vars {
             ostate.insert(k.clone(), v.as_tensor().clone());
         }
         if ostate.is_empty() {

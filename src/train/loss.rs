@@ -33,6 +33,31 @@ pub fn head_loss(
     sample_mask: Option<&Tensor>,
     reduction: Reduction,
 ) -> Result<Tensor> {
+    let (l, m) = elements(kind, logits, label, sample_mask)?;
+    masked_mean(&l, &m, reduction)
+}
+
+/// [`head_loss`] and the number of labels present (0: the head has none in
+/// this batch, so gradient methods leave it out).
+pub fn head_loss_counted(
+    kind: LossKind,
+    logits: &Tensor,
+    label: &Tensor,
+    sample_mask: Option<&Tensor>,
+    reduction: Reduction,
+) -> Result<(Tensor, f32)> {
+    let (l, m) = elements(kind, logits, label, sample_mask)?;
+    let count = m.sum_all()?.to_scalar::<f32>()?;
+    Ok((masked_mean(&l, &m, reduction)?, count))
+}
+
+/// Element losses and the 0/1 mask of present labels.
+fn elements(
+    kind: LossKind,
+    logits: &Tensor,
+    label: &Tensor,
+    sample_mask: Option<&Tensor>,
+) -> Result<(Tensor, Tensor)> {
     let (l, m) = match kind {
         LossKind::CrossEntropy => {
             let k = logits.dim(1)?;
@@ -82,7 +107,7 @@ pub fn head_loss(
         }
         None => m,
     };
-    masked_mean(&l, &m, reduction)
+    Ok((l, m))
 }
 
 trait WhereF {

@@ -1,10 +1,14 @@
 //! Training, evaluation and checkpoints for multi-task models.
 
+pub mod combine;
 pub mod config;
+pub mod contrastive;
 mod fit;
 pub mod gradnorm;
 pub mod loss;
 pub mod metrics;
 pub mod optim;
+mod scheme;
+pub mod weighting;
 
 pub use fit::{evaluate, fit, EpochRecord, EvalResult, FitConfig, HeadEval, Observer, TrainError};
