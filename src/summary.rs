@@ -34,6 +34,9 @@ pub struct Summary {
     pub non_trainable_params: usize,
     pub layers: Vec<LayerRow>,
     pub heads: Vec<HeadRow>,
+    /// Which parameter groups each head reaches (absent when the model
+    /// cannot be lowered for training).
+    pub sharing: Option<crate::lower::Sharing>,
 }
 
 pub fn summarize(g: &Graph) -> Summary {
@@ -97,6 +100,9 @@ pub fn summarize(g: &Graph) -> Summary {
         non_trainable_params: non,
         layers: rows,
         heads,
+        sharing: crate::lower::lower(g, crate::pipeline::Mode::Train)
+            .ok()
+            .map(|p| p.sharing()),
     }
 }
 

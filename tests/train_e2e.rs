@@ -290,19 +290,28 @@ fn digits_subset(n: usize) -> Dataset {
     all.subset(&(0..n).collect::<Vec<_>>())
 }
 
+/// Every weighting the language names, with its default arguments.
+fn every_weighting() -> Vec<mtl::train::config::Weighting> {
+    use mtl::train::config::{Weighting, WEIGHTINGS};
+    WEIGHTINGS
+        .iter()
+        .map(|(name, _)| Weighting::build(name, &[]).unwrap())
+        .collect()
+}
+
 #[test]
 fn loss_weighting_schemes_train_and_log_their_weights() {
     use mtl::train::config::Weighting;
     let dev = Device::Cpu;
     let (base, t, i) = programs(&root().join("models/digits.mtl"));
     let ds = digits_subset(320);
-    for weighting in [Weighting::Uncertainty, Weighting::Dwa, Weighting::Gradnorm] {
+    for weighting in every_weighting() {
         let mut cfg = base.clone();
         cfg.epochs = 4;
         cfg.weighting = weighting;
         cfg.optimizer.lr = 3e-3;
         let mut params = init_params(&t, 0, &dev).unwrap();
-        let dir = tmp(&format!("weighting-{weighting:?}"));
+        let dir = tmp(&format!("weighting-{}", weighting.name()));
         let h = fit(cfg, &dir, &t, &i, &mut params, &ds, None, false).unwrap();
         let (first, last) = (&h[0], &h[h.len() - 1]);
         let sum = |e: &EpochRecord| e.train.heads.values().map(|x| x.loss).sum::<f64>();
@@ -313,44 +322,119 @@ fn loss_weighting_schemes_train_and_log_their_weights() {
         let w: Vec<f64> = last.loss_weights.values().copied().collect();
         assert_eq!(w.len(), 3);
         assert!(
-            w.iter().any(|x| (x - 1.0).abs() > 1e-3),
+            w.iter().all(|x| x.is_finite() && *x >= 0.0),
+            "{weighting:?}: {w:?}"
+        );
+        let moves = !matches!(weighting, Weighting::Fixed | Weighting::Pcgrad);
+        assert!(
+            !moves || w.iter().any(|x| (x - 1.0).abs() > 1e-3),
             "{weighting:?}: weights never moved: {w:?}"
         );
-        if weighting != Weighting::Uncertainty {
-            assert!(
+        match weighting {
+            Weighting::Gradnorm | Weighting::Dwa | Weighting::Fixed => assert!(
                 (w.iter().sum::<f64>() - 3.0).abs() < 1e-6,
                 "{weighting:?}: weights {w:?} should sum to 3"
-            );
+            ),
+            // Convex combinations: per step they sum to 1, so the epoch means do.
+            Weighting::Mgda | Weighting::Famo { .. } | Weighting::Rlw => assert!(
+                (w.iter().sum::<f64>() - 1.0).abs() < 1e-6,
+                "{weighting:?}: weights {w:?} should sum to 1"
+            ),
+            _ => {}
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
+/// A head whose labels are mostly missing, in small batches: many batches
+/// have none of its labels. Every method trains on without NaN.
 #[test]
-fn gradnorm_resume_continues_exactly() {
+fn every_weighting_survives_batches_without_a_heads_labels() {
+    let dev = Device::Cpu;
+    let (base, t, i) = programs(&root().join("models/digits.mtl"));
+    let mut cols = digits_subset(96).tensors().unwrap();
+    let p = cols["parity"].to_vec2::<f32>().unwrap();
+    let v: Vec<f32> = p
+        .iter()
+        .enumerate()
+        .map(|(k, r)| if k % 10 != 0 { f32::NAN } else { r[0] })
+        .collect();
+    cols.insert("parity".into(), Tensor::from_vec(v, (96, 1), &dev).unwrap());
+    let ds = Dataset::from_tensors(cols.into_iter().collect(), "digits").unwrap();
+    for weighting in every_weighting() {
+        let mut cfg = base.clone();
+        cfg.epochs = 2;
+        cfg.batch_size = 4;
+        cfg.weighting = weighting;
+        let mut params = init_params(&t, 1, &dev).unwrap();
+        let dir = tmp(&format!("missing-{}", weighting.name()));
+        let h = fit(cfg, &dir, &t, &i, &mut params, &ds, None, false)
+            .unwrap_or_else(|e| panic!("{weighting:?}: {e}"));
+        for e in &h {
+            assert!(
+                e.train.loss.is_finite(),
+                "{weighting:?}: loss {}",
+                e.train.loss
+            );
+            assert!(
+                e.loss_weights.values().all(|w| w.is_finite()),
+                "{weighting:?}"
+            );
+        }
+        for (k, v) in &params.vars {
+            let ok = v
+                .as_tensor()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                .is_finite();
+            assert!(ok, "{weighting:?}: {k} is not finite");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// Stateful weightings (GradNorm's weights, FAMO's logits and Adam moments,
+/// Nash-MTL's warm start) come back exactly from the checkpoint.
+#[test]
+fn stateful_weightings_resume_exactly() {
+    use mtl::train::config::Weighting;
     let dev = Device::Cpu;
     let (mut cfg, t, i) = programs(&root().join("models/digits.mtl"));
     let ds = digits_subset(96);
-    cfg.weighting = mtl::train::config::Weighting::Gradnorm;
     cfg.epochs = 4;
-    let (a_dir, b_dir) = (tmp("gn-a"), tmp("gn-b"));
-    let mut a = init_params(&t, 0, &dev).unwrap();
-    let ha = fit(cfg.clone(), &a_dir, &t, &i, &mut a, &ds, None, false).unwrap();
-    let mut half = cfg.clone();
-    half.epochs = 2;
-    let mut b = init_params(&t, 0, &dev).unwrap();
-    fit(half, &b_dir, &t, &i, &mut b, &ds, None, false).unwrap();
-    let mut b2 = init_params(&t, 7, &dev).unwrap();
-    let hb = fit(cfg, &b_dir, &t, &i, &mut b2, &ds, None, true).unwrap();
-    assert_eq!(
-        ha.last().unwrap().loss_weights,
-        hb.last().unwrap().loss_weights
-    );
-    assert_same_params(&a, &b2, "after resume");
-    let _ = (
-        std::fs::remove_dir_all(a_dir),
-        std::fs::remove_dir_all(b_dir),
-    );
+    for weighting in [
+        Weighting::Gradnorm,
+        Weighting::build("famo", &[]).unwrap(),
+        Weighting::build("nash_mtl", &[]).unwrap(),
+    ] {
+        cfg.weighting = weighting;
+        let (a_dir, b_dir) = (tmp("gn-a"), tmp("gn-b"));
+        let mut a = init_params(&t, 0, &dev).unwrap();
+        let ha = fit(cfg.clone(), &a_dir, &t, &i, &mut a, &ds, None, false).unwrap();
+        let mut half = cfg.clone();
+        half.epochs = 2;
+        let mut b = init_params(&t, 0, &dev).unwrap();
+        fit(half, &b_dir, &t, &i, &mut b, &ds, None, false).unwrap();
+        let mut b2 = init_params(&t, 7, &dev).unwrap();
+        // The weighting comes from the run: a different one now is ignored.
+        let mut other = cfg.clone();
+        other.weighting = Weighting::Fixed;
+        let hb = fit(other, &b_dir, &t, &i, &mut b2, &ds, None, true).unwrap();
+        assert_eq!(
+            ha.last().unwrap().loss_weights,
+            hb.last().unwrap().loss_weights,
+            "{weighting:?}"
+        );
+        assert_same_params(&a, &b2, &format!("{weighting:?} after resume"));
+        let _ = (
+            std::fs::remove_dir_all(a_dir),
+            std::fs::remove_dir_all(b_dir),
+        );
+    }
 }
 
 #[test]

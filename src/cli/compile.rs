@@ -39,6 +39,9 @@ pub enum Emit {
     Dot,
     Stats,
     Plan,
+    /// Which parameter groups each head reaches and which heads share (a
+    /// training-mode analysis).
+    Sharing,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -124,6 +127,8 @@ pub fn summary(a: SummaryArgs) -> Result<i32, Fail> {
 
 pub fn compile(a: CompileArgs) -> Result<i32, Fail> {
     let mode = match a.mode {
+        // Sharing is a training question: inference merges heads' layers.
+        _ if a.emit == Emit::Sharing => Mode::Train,
         ModeArg::Train => Mode::Train,
         ModeArg::Infer => Mode::Infer,
     };
@@ -179,6 +184,10 @@ pub fn compile(a: CompileArgs) -> Result<i32, Fail> {
         }
         Emit::Plan => match mtl::lower::lower(&g, mode) {
             Ok(p) => print!("{}", p.render()),
+            Err(d) => return Err(Fail::model(super::rendered(&d, &c.sources))),
+        },
+        Emit::Sharing => match mtl::lower::lower(&g, Mode::Train) {
+            Ok(p) => print!("{}", p.sharing().render()),
             Err(d) => return Err(Fail::model(super::rendered(&d, &c.sources))),
         },
     }

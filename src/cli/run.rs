@@ -107,8 +107,9 @@ pub fn init(a: InitArgs) -> Result<i32, Fail> {
 
 #[derive(Args)]
 pub struct DataArgs {
-    /// The data set: `shapes` (images and captions, four tasks) or `mmoe`
-    /// (two conflicting regression tasks, the MMoE paper's synthetic data).
+    /// The data set: `shapes` (images and captions, four tasks), `mmoe`
+    /// (two conflicting regression tasks, the MMoE paper's synthetic data) or
+    /// `overlap` (two overlaid shapes, one class task each, MultiMNIST-style).
     name: String,
     #[arg(long)]
     out: PathBuf,
@@ -123,9 +124,10 @@ pub fn data(a: DataArgs) -> Result<i32, Fail> {
     let (write, extra): (mtl::data::SizedGenerator, &str) = match a.name.as_str() {
         "shapes" => (mtl::data::shapes::write, ", with their images and masks"),
         "mmoe" => (mtl::data::mmoe::write, ""),
+        "overlap" => (mtl::data::overlap::write, ", with their images"),
         _ => {
             return Err(Fail::usage(format!(
-                "error: unknown data set `{}`; available: shapes, mmoe",
+                "error: unknown data set `{}`; available: shapes, mmoe, overlap",
                 a.name
             )))
         }

@@ -7,6 +7,7 @@ pub mod encoders;
 mod image;
 pub mod manifest;
 pub mod mmoe;
+pub mod overlap;
 pub mod predictions;
 pub mod shapes;
 mod store;
@@ -30,6 +31,7 @@ pub fn generated_for(model: &str) -> Option<Generator> {
     match model {
         "shapes" => Some(shapes::write_default),
         "mmoe" => Some(mmoe::write_default),
+        "overlap" => Some(overlap::write_default),
         _ => None,
     }
 }
