@@ -20,8 +20,14 @@ fn objective(p: &Program, params: &Params, x: &HashMap<String, Tensor>) -> Tenso
         .forward(params, p.prepare_inputs(x, &dev).unwrap(), &mut rng)
         .unwrap();
     let mut s = Tensor::zeros((), DType::F32, &dev).unwrap();
-    for (i, (_, slot)) in p.heads.iter().enumerate() {
-        let y = fwd.get(*slot).unwrap();
+    // Heads, and the values auxiliary losses read.
+    let outputs = p
+        .heads
+        .iter()
+        .map(|(_, slot)| *slot)
+        .chain(p.losses.iter().flat_map(|l| l.slots.iter().copied()));
+    for (i, slot) in outputs.enumerate() {
+        let y = fwd.get(slot).unwrap();
         let w = Tensor::arange(0f32, y.elem_count() as f32, &dev)
             .unwrap()
             .reshape(y.dims())
@@ -50,7 +56,13 @@ fn every_trainable_parameter_gets_a_gradient() {
         let params = init_params(&p, 1, &Device::Cpu).unwrap();
         let x = random_inputs(&p, 4, 2, -1.0);
         let grads = objective(&p, &params, &x).backward().unwrap();
+        // A contrastive loss's learned temperature lives in the loss itself
+        // (its gradient: `train::contrastive`'s finite-difference test).
+        let in_losses: Vec<String> = p.losses.iter().filter_map(|l| l.params.clone()).collect();
         for k in &params.trainable {
+            if in_losses.iter().any(|l| k.starts_with(&format!("{l}."))) {
+                continue;
+            }
             let v = &params.vars[k];
             let g = grads
                 .get(v.as_tensor())

@@ -1,5 +1,6 @@
 //! IR and plan snapshots of every shipped model: elaborated (`ir-raw`),
-//! optimized (`ir`), and the lowered plan in both modes.
+//! optimized (`ir`), the lowered plan in both modes, and which parameters
+//! each head reaches (`sharing`, as `mtl compile --emit sharing`).
 
 mod common;
 
@@ -34,10 +35,11 @@ fn ir_snapshots() {
                 insta::assert_snapshot!(format!("{name}.ir-raw"), mtl::ir::print_ir(raw));
                 insta::assert_snapshot!(format!("{name}.ir"), mtl::ir::print_ir(g));
             }
-            insta::assert_snapshot!(
-                format!("{name}.plan-{tag}"),
-                lower(g, mode).expect("lowers").render()
-            );
+            let p = lower(g, mode).expect("lowers");
+            insta::assert_snapshot!(format!("{name}.plan-{tag}"), p.render());
+            if mode == Mode::Train {
+                insta::assert_snapshot!(format!("{name}.sharing"), p.sharing().render());
+            }
         }
     }
 }

@@ -152,6 +152,13 @@ fn table(
         s.push_str(&cells.join("  "));
         s.push('\n');
     }
+    for (name, v) in &train.aux {
+        s.push_str(&format!("  loss {name:<9} {v:.4}"));
+        if let Some(vv) = val.and_then(|v| v.aux.get(name)) {
+            s.push_str(&format!("  | val {vv:.4}"));
+        }
+        s.push('\n');
+    }
     s
 }
 

@@ -3,7 +3,9 @@
 //! Koltun 2018): two shapes drawn over each other in one grey image, one
 //! anchored up-left and one down-right, overlapping in the middle. `left`
 //! is the class of the first, `right` of the second; features that find one
-//! shape are noise for the other task.
+//! shape are noise for the other task. Each image has a caption naming both
+//! shapes in either order ("a ring above a bar", "a bar below a ring"), for
+//! image–text contrastive models.
 
 use super::image::write_png;
 use rand::rngs::StdRng;
@@ -57,17 +59,31 @@ pub fn sample(rng: &mut StdRng) -> (Vec<f32>, usize, usize) {
     (img, classes[0], classes[1])
 }
 
+/// A caption naming both shapes, in a random order and wording.
+pub fn caption(left: usize, right: usize, rng: &mut StdRng) -> String {
+    let (l, r) = (CLASSES[left], CLASSES[right]);
+    match rng.random_range(0..4) {
+        0 => format!("a {l} above a {r}"),
+        1 => format!("a {r} below a {l}"),
+        2 => format!("{l} over {r}"),
+        _ => format!("{r} under {l}"),
+    }
+}
+
 fn write_split(dir: &Path, name: &str, n: usize, seed: u64) -> Result<(), String> {
     let images = dir.join("images");
     std::fs::create_dir_all(&images)
         .map_err(|e| format!("cannot create {}: {e}", images.display()))?;
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut csv = String::from("image,left,right\n");
+    // Captions draw from their own stream: the images do not depend on them.
+    let mut words = StdRng::seed_from_u64(seed ^ 0x5eed_ca97);
+    let mut csv = String::from("image,caption,left,right\n");
     for i in 0..n {
         let (img, left, right) = sample(&mut rng);
         let file = format!("images/{name}_{i:05}.png");
         write_png(&dir.join(&file), &img, 1, SIZE, SIZE)?;
-        let _ = writeln!(csv, "{file},{},{}", CLASSES[left], CLASSES[right]);
+        let text = caption(left, right, &mut words);
+        let _ = writeln!(csv, "{file},{text},{},{}", CLASSES[left], CLASSES[right]);
     }
     super::write_text_atomic(&dir.join(format!("{name}.csv")), &csv)
 }

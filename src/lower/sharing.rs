@@ -147,31 +147,31 @@ impl Program {
                 }
             }
         }
+        let group = |prefix: &str| {
+            let keys: Vec<_> = self
+                .param_specs
+                .iter()
+                .filter(|(k, _)| k.strip_prefix(prefix).is_some_and(|r| r.starts_with('.')))
+                .collect();
+            Group {
+                prefix: prefix.to_string(),
+                heads: vec![],
+                losses: vec![],
+                keys: keys.iter().map(|(k, _)| k.clone()).collect(),
+                params: keys
+                    .iter()
+                    .map(|(_, p)| p.shape.iter().product::<usize>())
+                    .sum(),
+                trainable: keys.iter().any(|(_, p)| p.trainable),
+            }
+        };
         let mut groups: Vec<Group> = vec![];
         for (i, st) in self.steps.iter().enumerate() {
             let Some(prefix) = &st.params else { continue };
             let at = match groups.iter().position(|g| &g.prefix == prefix) {
                 Some(at) => at,
                 None => {
-                    let keys: Vec<_> = self
-                        .param_specs
-                        .iter()
-                        .filter(|(k, _)| {
-                            k.strip_prefix(prefix.as_str())
-                                .is_some_and(|r| r.starts_with('.'))
-                        })
-                        .collect();
-                    groups.push(Group {
-                        prefix: prefix.clone(),
-                        heads: vec![],
-                        losses: vec![],
-                        keys: keys.iter().map(|(k, _)| k.clone()).collect(),
-                        params: keys
-                            .iter()
-                            .map(|(_, p)| p.shape.iter().product::<usize>())
-                            .sum(),
-                        trainable: keys.iter().any(|(_, p)| p.trainable),
-                    });
+                    groups.push(group(prefix));
                     groups.len() - 1
                 }
             };
@@ -191,6 +191,14 @@ impl Program {
         }
         for g in &mut groups {
             g.heads.sort_unstable();
+        }
+        // A loss's own parameters (a learned temperature).
+        for l in &self.losses {
+            if let Some(prefix) = &l.params {
+                let mut g = group(prefix);
+                g.losses.push(l.name.clone());
+                groups.push(g);
+            }
         }
         // The boundary: values of the shared region (steps two or more heads
         // reach) read outside it or by a loss. One level only: a value shared

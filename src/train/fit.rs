@@ -69,6 +69,9 @@ pub struct HeadEval {
 pub struct EvalResult {
     pub loss: f64,
     pub heads: BTreeMap<String, HeadEval>,
+    /// Each auxiliary loss's mean (before its weight).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub aux: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -195,7 +198,7 @@ fn losses(
                 contrastive(a, b, &scale)?
             }
         };
-        out.aux.push((loss * l.weight)?);
+        out.aux.push(loss);
     }
     Ok(out)
 }
@@ -263,7 +266,11 @@ fn finish(prog: &Program, accs: &[HeadStats], mean_losses: &[f64], weights: &[f6
         }
         heads.insert(h.name.clone(), HeadEval { loss, metrics: m });
     }
-    EvalResult { loss: total, heads }
+    EvalResult {
+        loss: total,
+        heads,
+        aux: BTreeMap::new(),
+    }
 }
 
 /// Loss and metrics of every head over a data set (inference program).
@@ -289,6 +296,7 @@ fn evaluate_checked(
 ) -> Result<EvalResult, TrainError> {
     let mut accs = stats(prog);
     let mut sums = vec![0.0; prog.heads.len()];
+    let mut aux: BTreeMap<String, f64> = BTreeMap::new();
     let mut rng = StdRng::seed_from_u64(0);
     let mut start = 0;
     while start < ds.n {
@@ -297,7 +305,11 @@ fn evaluate_checked(
         let batch = ds.batch(&idx)?;
         let inputs = prog.prepare_inputs(&batch, device)?;
         let fwd = prog.forward(params, inputs, &mut rng)?;
-        let hs = losses(prog, params, &fwd, &batch, Reduction::Present)?.heads;
+        let ls = losses(prog, params, &fwd, &batch, Reduction::Present)?;
+        for (a, l) in ls.aux.iter().zip(&prog.losses) {
+            *aux.entry(l.name.clone()).or_insert(0.0) += a.to_scalar::<f32>()? as f64 * len as f64;
+        }
+        let hs = ls.heads;
         for (i, (h, slot)) in prog.heads.iter().enumerate() {
             // Weight batch losses by their sample count so the mean is over samples.
             sums[i] += hs[i].to_scalar::<f32>()? as f64 * len as f64;
@@ -311,7 +323,12 @@ fn evaluate_checked(
     }
     let means: Vec<f64> = sums.iter().map(|s| s / ds.n.max(1) as f64).collect();
     let weights: Vec<f64> = prog.heads.iter().map(|(h, _)| h.weight).collect();
-    Ok(finish(prog, &accs, &means, &weights))
+    let mut r = finish(prog, &accs, &means, &weights);
+    r.aux = aux
+        .into_iter()
+        .map(|(k, v)| (k, v / ds.n.max(1) as f64))
+        .collect();
+    Ok(r)
 }
 
 /// Trains `train_prog` (its parameters shared with `infer_prog`) and writes the run directory.
@@ -402,6 +419,7 @@ pub fn fit(
         obs.epoch_start(epoch, t.epochs, steps);
         let mut accs = stats(train_prog);
         let mut sums = vec![0.0; heads.len()];
+        let mut aux_sums: BTreeMap<String, f64> = BTreeMap::new();
         let started = std::time::Instant::now();
         for (s, chunk) in order.chunks(t.batch_size.max(1)).enumerate() {
             let batch = train.batch(chunk)?;
@@ -424,16 +442,19 @@ pub fn fit(
             }
             let mut aux_total: Option<Tensor> = None;
             for (a, l) in ls.aux.iter().zip(&train_prog.losses) {
-                if !a.to_scalar::<f32>()?.is_finite() {
+                let v = a.to_scalar::<f32>()?;
+                if !v.is_finite() {
                     return Err(TrainError::NonFinite {
                         head: l.name.clone(),
                         epoch: epoch + 1,
                         step: s + 1,
                     });
                 }
+                *aux_sums.entry(l.name.clone()).or_insert(0.0) += v as f64;
+                let a = (a * l.weight)?;
                 aux_total = Some(match aux_total {
                     Some(x) => (x + a)?,
-                    None => a.clone(),
+                    None => a,
                 });
             }
             let (grads, total) = scheme.gradients(
@@ -468,7 +489,11 @@ pub fn fit(
         let secs = started.elapsed().as_secs_f64();
         let in_force = scheme.in_force();
         let means: Vec<f64> = sums.iter().map(|s| s / steps.max(1) as f64).collect();
-        let train_res = finish(train_prog, &accs, &means, &in_force);
+        let mut train_res = finish(train_prog, &accs, &means, &in_force);
+        train_res.aux = aux_sums
+            .into_iter()
+            .map(|(k, v)| (k, v / steps.max(1) as f64))
+            .collect();
         let val_res = match val {
             Some(v) => Some(evaluate_checked(
                 infer_prog,
