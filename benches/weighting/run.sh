@@ -13,6 +13,9 @@ SEEDS=${SEEDS:-0 1 2}
 METHODS=${METHODS:-fixed uncertainty dwa gradnorm pcgrad cagrad mgda imtl nash_mtl famo rlw aligned_mtl}
 mkdir -p "$OUT"
 [ -f "$DATA/train.csv" ] || "$MTL" data overlap --out "$DATA" --n 3000 --seed 0
+# Untimed warm-up: the first run also pays for cold file caches.
+"$MTL" train models/overlap.mtl --data "$DATA/train.csv" --epochs 1 --out "$OUT/warm-up" --quiet
+rm -rf "$OUT/warm-up"
 for m in $METHODS; do
   for s in $SEEDS; do
     run="$OUT/$m-$s"

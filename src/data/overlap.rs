@@ -95,7 +95,7 @@ pub fn write(dir: &Path, n: usize, seed: u64) -> Result<(), String> {
 }
 
 pub fn write_default(dir: &Path, seed: u64) -> Result<(), String> {
-    write(dir, 4000, seed)
+    write(dir, 3000, seed)
 }
 
 #[cfg(test)]

@@ -84,25 +84,49 @@ fn combination(xs: &[Grads], alpha: &[f64], n: usize) -> Result<Grads> {
     Ok(out)
 }
 
-/// The Gram matrix of the vectors `xs` restricted to the entries `keep`.
+/// The Gram matrix of the vectors `xs` restricted to the entries `keep`:
+/// each task's entries flattened into one row (zeros where it has none),
+/// then one matrix product.
 fn gram(xs: &[Grads], keep: &[bool]) -> Result<Gram> {
     let k = xs.len();
-    let mut m = vec![0f64; k * k];
-    for (e, _) in keep.iter().enumerate().filter(|(_, k)| **k) {
-        for i in 0..k {
-            let Some(gi) = &xs[i][e] else { continue };
-            let gi = gi.flatten_all()?;
-            for j in i..k {
-                let Some(gj) = &xs[j][e] else { continue };
-                let d = (&gi * gj.flatten_all()?)?.sum_all()?.to_scalar::<f32>()? as f64;
-                m[i * k + j] += d;
-                if i != j {
-                    m[j * k + i] += d;
-                }
-            }
-        }
+    // Per kept entry, its length (from any task that reaches it).
+    let entries: Vec<(usize, usize)> = keep
+        .iter()
+        .enumerate()
+        .filter(|(_, k)| **k)
+        .filter_map(|(e, _)| {
+            xs.iter()
+                .find_map(|x| x[e].as_ref())
+                .map(|t| (e, t.elem_count()))
+        })
+        .collect();
+    if k == 0 || entries.is_empty() {
+        return Ok(Gram::new(k, vec![0.0; k * k]));
     }
-    Ok(Gram::new(k, m))
+    let dev = xs
+        .iter()
+        .flatten()
+        .flatten()
+        .next()
+        .map(|t| t.device().clone());
+    let dev = dev.unwrap_or(candle_core::Device::Cpu);
+    let mut rows = vec![];
+    for x in xs {
+        let parts: Vec<Tensor> = entries
+            .iter()
+            .map(|&(e, n)| match &x[e] {
+                Some(t) => t.flatten_all()?.to_dtype(candle_core::DType::F32),
+                None => Tensor::zeros(n, candle_core::DType::F32, &dev),
+            })
+            .collect::<Result<_>>()?;
+        rows.push(Tensor::cat(&parts, 0)?);
+    }
+    let g = Tensor::stack(&rows, 0)?;
+    let m: Vec<Vec<f32>> = g.matmul(&g.t()?)?.to_vec2()?;
+    Ok(Gram::new(
+        k,
+        m.into_iter().flatten().map(f64::from).collect(),
+    ))
 }
 
 /// The method's coefficients α over the present tasks, from their Gram matrix.
