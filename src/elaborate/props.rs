@@ -337,7 +337,12 @@ fn weighting(e: &Expr) -> Result<Weighting, Diagnostic> {
         values.push((k.clone(), number(v, k.as_deref().unwrap_or("argument"))?));
     }
     Weighting::build(name, &values).map_err(|err| {
-        let d = Diagnostic::error("mtl::unknown-weighting", err.to_string());
+        let code = match err {
+            WeightingError::UnknownMethod(_) => "mtl::unknown-weighting",
+            WeightingError::UnknownArgument(..) => "mtl::unknown-argument",
+            WeightingError::BadValue(..) => "mtl::property-type",
+        };
+        let d = Diagnostic::error(code, err.to_string());
         let names: Vec<&str> = WEIGHTINGS.iter().map(|(n, _)| *n).collect();
         match &err {
             WeightingError::UnknownMethod(_) => d
