@@ -21,6 +21,8 @@ pub struct InputSig {
     pub kind: InputKind,
     /// Per-sample type (the batch dimension is implicit).
     pub ty: Type,
+    /// What to do when a sample lacks it (empty cell: zeros or an error).
+    pub policy: crate::ir::InputPolicy,
     /// Whether an embedding reads this input. A token input nothing reads
     /// (its users optimized away) gets no built-in vocabulary.
     pub embedded: bool,

@@ -602,3 +602,31 @@ fn tensor_files_above_the_memory_limit_are_read_in_place() {
     let sig = lower(&g, Mode::Infer).expect("lowers").signature();
     disk.check(&sig, true, "digits").unwrap();
 }
+
+/// An empty input cell is an error naming the row unless the input is
+/// declared `{ missing: zeros }` (or `{ dropout: P }`), which feeds zeros.
+#[test]
+fn empty_input_cells_are_errors_unless_declared_missing_zeros() {
+    let dir = tmp("missing-input");
+    std::fs::write(dir.join("m.csv"), "a,b,y\n1 2,3 4,0.5\n5 6,,1.5\n").unwrap();
+    let m = Manifest::read(&dir.join("m.csv")).unwrap();
+    let load = |decl: &str| {
+        let src = format!(
+            "model m {{\n input a: f32[2]\n input b: f32[2]{decl}\n head y = concat(a, b) -> dense(1) {{ loss: mse }}\n}}"
+        );
+        let (_, t, _) = programs(&src);
+        let sig = t.signature();
+        let enc = Encoders::fit(&sig, &m, None).unwrap();
+        m.to_dataset(&sig, &enc, true, &LoadOptions::default())
+    };
+    let err = load("").unwrap_err();
+    assert!(
+        err.contains("row 2, column `b`") && err.contains("missing: zeros"),
+        "{err}"
+    );
+    for decl in [" { missing: zeros }", " { dropout: 0.2 }"] {
+        let ds = load(decl).unwrap();
+        let b = ds.tensors().unwrap()["b"].to_vec2::<f32>().unwrap();
+        assert_eq!(b, [[3.0, 4.0], [0.0, 0.0]], "{decl}");
+    }
+}

@@ -6,10 +6,10 @@
 
 use super::dataset::{Column, Storage};
 use super::encoders::{Encoders, Vocab};
-use super::image;
 use super::store::{fnv64, open_cache, CacheColumn, CacheMeta, DiskColumn};
 use super::table::Manifest;
 use super::Dataset;
+use super::{audio, image};
 use crate::ir::{DType as IrDType, InputKind, LossKind};
 use crate::signature::Signature;
 use candle_core::{Device, Tensor};
@@ -46,6 +46,7 @@ impl Manifest {
             let what = match i.kind {
                 InputKind::Image => What::Image,
                 InputKind::Tokens { vocab } => What::Tokens(vocab),
+                InputKind::Audio { rate } => What::Audio(rate),
                 InputKind::F32 => What::Numbers,
             };
             out.push(Target {
@@ -54,6 +55,7 @@ impl Manifest {
                 i64: matches!(what, What::Tokens(_)),
                 dims,
                 what,
+                zeros_when_missing: i.policy.zeros_when_missing,
             });
         }
         if labels {
@@ -69,6 +71,7 @@ impl Manifest {
                     dims: lt.dims().unwrap_or_default(),
                     i64: lt.dtype == IrDType::I64,
                     what: What::Label(hi),
+                    zeros_when_missing: false,
                 });
             }
         }
@@ -195,6 +198,8 @@ struct Target {
     dims: Vec<usize>,
     i64: bool,
     what: What,
+    /// An empty cell of an input becomes zeros (`missing: zeros`) instead of an error.
+    zeros_when_missing: bool,
 }
 
 impl Target {
@@ -206,6 +211,8 @@ impl Target {
 #[derive(Debug)]
 enum What {
     Image,
+    /// WAV files as log-mel spectrograms at this sample rate.
+    Audio(usize),
     Tokens(usize),
     Numbers,
     /// The label of head `sig.heads[i]`.
@@ -366,20 +373,30 @@ impl Cx<'_> {
         let per: usize = dims.iter().product();
         let base = rows.start;
         let slice = &m.rows[rows];
+        // Inputs: an empty cell is zeros where the model allows it, else an error.
+        let empty = |i: usize, r: &Vec<String>| -> Option<Result<Vec<f32>, String>> {
+            if !r[col].trim().is_empty() || matches!(t.what, What::Label(_)) {
+                return None;
+            }
+            Some(if t.zeros_when_missing {
+                Ok(vec![0.0; per])
+            } else {
+                Err(format!(
+                    "{}: empty cell; the input is required (declare `input {name}: ... {{ missing: zeros }}` to feed zeros instead)",
+                    m.at(base + i, name)
+                ))
+            })
+        };
         Ok(match &t.what {
             What::Image => {
                 let decoded: Vec<Result<Vec<f32>, String>> = slice
                     .par_iter()
                     .enumerate()
                     .map(|(i, r)| {
-                        let cell = r[col].trim();
-                        if cell.is_empty() {
-                            return Err(format!(
-                                "{}: empty cell, expected an image path",
-                                m.at(base + i, name)
-                            ));
+                        if let Some(v) = empty(i, r) {
+                            return v;
                         }
-                        image::decode(&m.dir.join(cell), dims[0], dims[1], dims[2])
+                        image::decode(&m.dir.join(r[col].trim()), dims[0], dims[1], dims[2])
                             .map_err(|e| format!("{}: {e}", m.at(base + i, name)))
                     })
                     .collect();
@@ -391,6 +408,48 @@ impl Cx<'_> {
                     }
                 }
                 Values::F32(data)
+            }
+            What::Audio(rate) => {
+                let decoded: Vec<Result<Vec<f32>, String>> = slice
+                    .par_iter()
+                    .enumerate()
+                    .map(|(i, r)| {
+                        if let Some(v) = empty(i, r) {
+                            return v;
+                        }
+                        let at = || m.at(base + i, name);
+                        let path = m.dir.join(r[col].trim());
+                        let bytes = std::fs::read(&path).map_err(|e| {
+                            format!("{}: cannot read {}: {e}", at(), path.display())
+                        })?;
+                        audio::wav_to_log_mel(&bytes, *rate as u32, dims[0], dims[1])
+                            .map_err(|e| format!("{}: {}: {e}", at(), path.display()))
+                    })
+                    .collect();
+                let mut data = Vec::with_capacity(slice.len() * per);
+                for d in decoded {
+                    match d {
+                        Ok(v) => data.extend(v),
+                        Err(e) => errs.push(e),
+                    }
+                }
+                Values::F32(data)
+            }
+            What::Tokens(_) if slice.iter().enumerate().any(|(i, r)| empty(i, r).is_some()) => {
+                let mut ids = Vec::with_capacity(slice.len() * per);
+                for (i, r) in slice.iter().enumerate() {
+                    match empty(i, r) {
+                        Some(Ok(_)) => ids.extend(std::iter::repeat_n(0i64, per)),
+                        Some(Err(e)) => errs.push(e),
+                        None => {
+                            let one = self.encode(t, base + i..base + i + 1, errs)?;
+                            if let Values::I64(v) = one {
+                                ids.extend(v);
+                            }
+                        }
+                    }
+                }
+                Values::I64(ids)
             }
             What::Tokens(size) => match self.hf {
                 Some(tok) => {
@@ -433,6 +492,13 @@ impl Cx<'_> {
             What::Numbers => {
                 let mut data = Vec::with_capacity(slice.len() * per);
                 for (i, r) in slice.iter().enumerate() {
+                    if let Some(v) = empty(i, r) {
+                        match v {
+                            Ok(z) => data.extend(z),
+                            Err(e) => errs.push(e),
+                        }
+                        continue;
+                    }
                     match numbers(&r[col], per) {
                         Ok(v) if v.iter().any(|x| !x.is_finite()) => errs.push(format!(
                             "{}: NaN or infinite input value",

@@ -2,6 +2,7 @@
 //! text, numbers, class names), and the built-in generated `shapes` data set.
 //! Everything becomes a [`Dataset`] of tensors keyed by input and label names.
 
+pub mod audio;
 mod dataset;
 pub mod encoders;
 mod image;
@@ -12,6 +13,7 @@ pub mod predictions;
 pub mod shapes;
 mod store;
 mod table;
+pub mod tones;
 
 pub use dataset::{Column, Dataset, Storage};
 pub use encoders::Encoders;
@@ -32,6 +34,7 @@ pub fn generated_for(model: &str) -> Option<Generator> {
         "shapes" => Some(shapes::write_default),
         "mmoe" => Some(mmoe::write_default),
         "overlap" => Some(overlap::write_default),
+        "tones" => Some(tones::write_default),
         _ => None,
     }
 }

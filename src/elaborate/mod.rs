@@ -158,15 +158,17 @@ impl<'a> Elab<'a> {
             };
         }
         match item {
-            Item::Input { name, ty } => {
+            Item::Input { name, ty, props } => {
                 let kind = match ty.kind {
                     ast::InputKind::Image => InputKind::Image,
                     ast::InputKind::F32 => InputKind::F32,
                     ast::InputKind::Tokens { vocab } => InputKind::Tokens { vocab },
+                    ast::InputKind::Audio { rate } => InputKind::Audio { rate },
                 };
                 let input = Input {
                     name: name.name.clone(),
                     kind,
+                    policy: props::input_policy(props, &mut self.errs),
                 };
                 let dims: Vec<(Dim, Span)> = ty
                     .dims

@@ -3,7 +3,7 @@
 use super::args::eval_const;
 use crate::diagnostics::{did_you_mean, Diagnostic, Span};
 use crate::ir::ops::Value;
-use crate::ir::{LossKind, Metric};
+use crate::ir::{InputPolicy, LossKind, Metric};
 use crate::syntax::ast::{Expr, ExprKind, Prop};
 use crate::train::config::{
     OptimizerKind, Schedule, TrainConfig, Weighting, WeightingError, WEIGHTINGS,
@@ -137,6 +137,49 @@ fn metric(e: &Expr) -> Result<Metric, Diagnostic> {
             .help(did_you_mean(other, Metric::NAMES, "metric")))
         }
     })
+}
+
+pub const INPUT_KEYS: &[&str] = &["dropout", "missing"];
+
+/// `input x: T { dropout: P, missing: zeros }`.
+pub fn input_policy(props: &[Prop], errs: &mut Vec<Diagnostic>) -> InputPolicy {
+    duplicate_keys(props, errs);
+    let mut p = InputPolicy::default();
+    for prop in props {
+        let r = (|| -> Result<(), Diagnostic> {
+            match prop.key.name.as_str() {
+                "dropout" => {
+                    let v = number(&prop.value, "dropout")?;
+                    if !(0.0..1.0).contains(&v) {
+                        return Err(Diagnostic::error(
+                            "mtl::property-type",
+                            "`dropout` is a probability in [0, 1)",
+                        )
+                        .label(prop.value.span, "here"));
+                    }
+                    p.dropout = v;
+                    p.zeros_when_missing = true;
+                }
+                "missing" => match prop.value.as_name().map(|i| i.name.as_str()) {
+                    Some("zeros") => p.zeros_when_missing = true,
+                    Some("error") => {}
+                    _ => {
+                        return Err(Diagnostic::error(
+                            "mtl::property-type",
+                            "`missing` is `zeros` (an empty cell becomes zeros) or `error`",
+                        )
+                        .label(prop.value.span, "here"))
+                    }
+                },
+                k => return Err(unknown_key(k, prop.key.span, INPUT_KEYS, "input")),
+            }
+            Ok(())
+        })();
+        if let Err(e) = r {
+            errs.push(e);
+        }
+    }
+    p
 }
 
 pub fn head_props(props: &[Prop], errs: &mut Vec<Diagnostic>) -> HeadProps {

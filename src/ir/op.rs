@@ -12,7 +12,7 @@ pub use super::ops::conv::{Conv, ConvTranspose2d, Padding, Upsample};
 pub use super::ops::dense::{Dense, MergedDense, Slice};
 pub use super::ops::embedding::Embedding;
 pub use super::ops::fusion::{Concat, Ew, Gated, Weighted};
-pub use super::ops::input::{Input, InputKind};
+pub use super::ops::input::{Input, InputKind, InputPolicy};
 pub use super::ops::mixture::Mixture;
 pub use super::ops::norm::{BatchNorm, LayerNorm};
 pub use super::ops::pool::{GlobalPool, Pool, PoolKind};

@@ -6,6 +6,7 @@ mod exec;
 mod kernel;
 mod legality;
 mod params;
+mod prune;
 mod sharing;
 
 pub use exec::{head_output, Cut, Forward, RunError};
@@ -17,7 +18,7 @@ use crate::diagnostics::Diagnostic;
 use crate::ir::{
     ops::conv::same_padding, AuxKind, Dim, Graph, Head, InputKind, LossKind, Op, Padding, Type,
 };
-use crate::ir::{Conv, GlobalPool, Input, MergedDense};
+use crate::ir::{Conv, GlobalPool, Input, InputPolicy, MergedDense};
 use crate::pipeline::Mode;
 use crate::signature::{HeadSig, InputSig, Signature};
 use petgraph::stable_graph::NodeIndex;
@@ -64,6 +65,8 @@ pub struct Program {
     pub inputs: Vec<(String, usize, Type)>,
     /// How each input is declared (images are decoded from files).
     pub input_kinds: HashMap<String, InputKind>,
+    /// What the data does when a sample lacks an input.
+    pub input_policies: HashMap<String, InputPolicy>,
     /// Heads: (head, value slot).
     pub heads: Vec<(Head, usize)>,
     pub losses: Vec<AuxStep>,
@@ -90,13 +93,15 @@ fn plan(g: &Graph, mode: Mode) -> Program {
     let mut steps = vec![];
     let mut inputs = vec![];
     let mut input_kinds = HashMap::new();
+    let mut input_policies = HashMap::new();
     for n in g.topo_order() {
         let node = &g.g[n];
         let s = slot.len();
         slot.insert(n, s);
         let ty = node.ty.clone().unwrap_or_else(|| Type::f32(vec![]));
-        if let Op::Input(Input { name, kind }) = &node.op {
+        if let Op::Input(Input { name, kind, policy }) = &node.op {
             input_kinds.insert(name.clone(), kind.clone());
+            input_policies.insert(name.clone(), *policy);
             inputs.push((name.clone(), s, ty));
             continue;
         }
@@ -205,6 +210,7 @@ fn plan(g: &Graph, mode: Mode) -> Program {
         steps,
         inputs,
         input_kinds,
+        input_policies,
         heads: g.heads.iter().map(|h| (h.clone(), slot[&h.node])).collect(),
         losses: g
             .losses
@@ -300,6 +306,7 @@ impl Program {
                     .unwrap_or(InputKind::F32),
                 ty: ty.clone(),
                 embedded: embedded(*slot),
+                policy: self.input_policies.get(name).copied().unwrap_or_default(),
             })
             .collect();
         let heads = self

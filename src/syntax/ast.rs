@@ -59,7 +59,13 @@ pub struct Prop {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InputKind {
     Image,
-    Tokens { vocab: usize },
+    Tokens {
+        vocab: usize,
+    },
+    /// Log-mel spectrograms of WAV files resampled to `rate` Hz.
+    Audio {
+        rate: usize,
+    },
     F32,
 }
 
@@ -95,6 +101,8 @@ pub enum Item {
     Input {
         name: Ident,
         ty: InputType,
+        /// `{ dropout: P }`, `{ missing: zeros }`.
+        props: Vec<Prop>,
     },
     Let {
         name: Ident,

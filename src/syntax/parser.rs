@@ -103,8 +103,8 @@ fn rule_words(rule: Rule) -> Option<&'static str> {
         Rule::head => "`head`",
         Rule::loss_item => "`loss`",
         Rule::train => "`train`",
-        Rule::image_ty | Rule::tokens_ty | Rule::f32_ty => {
-            "a type (`image[...]`, `tokens[...] vocab N`, `f32[...]`)"
+        Rule::image_ty | Rule::tokens_ty | Rule::audio_ty | Rule::f32_ty => {
+            "a type (`image[...]`, `tokens[...] vocab N`, `audio[M, F] rate R`, `f32[...]`)"
         }
         Rule::dims => "`[`",
         Rule::props => "`{`",
@@ -220,6 +220,10 @@ impl Cx {
             Rule::input => Item::Input {
                 name: self.ident(next()?)?,
                 ty: self.input_type(next()?)?,
+                props: match inner.next() {
+                    Some(p) => self.props(p)?,
+                    None => vec![],
+                },
             },
             Rule::let_item => Item::Let {
                 name: self.ident(next()?)?,
@@ -311,6 +315,12 @@ impl Cx {
                 let v = inner.next().ok_or_else(|| internal(span))?;
                 InputKind::Tokens {
                     vocab: self.int(&v)?,
+                }
+            }
+            Rule::audio_ty => {
+                let r = inner.next().ok_or_else(|| internal(span))?;
+                InputKind::Audio {
+                    rate: self.int(&r)?,
                 }
             }
             _ => return Err(internal(span)),

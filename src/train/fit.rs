@@ -423,7 +423,8 @@ pub fn fit(
         let started = std::time::Instant::now();
         for (s, chunk) in order.chunks(t.batch_size.max(1)).enumerate() {
             let batch = train.batch(chunk)?;
-            let inputs = train_prog.prepare_inputs(&batch, dev)?;
+            let mut inputs = train_prog.prepare_inputs(&batch, dev)?;
+            super::modality::drop_inputs(train_prog, &mut inputs, &mut rng)?;
             let fwd = match scheme.cut() {
                 Some(cut) => train_prog.forward_cut(params, inputs, &mut rng, cut)?,
                 None => train_prog.forward(params, inputs, &mut rng)?,

@@ -7,6 +7,7 @@ mod fit;
 pub mod gradnorm;
 pub mod loss;
 pub mod metrics;
+mod modality;
 pub mod optim;
 mod scheme;
 pub mod weighting;

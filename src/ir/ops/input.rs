@@ -10,14 +10,32 @@ use std::borrow::Cow;
 #[serde(rename_all = "snake_case")]
 pub enum InputKind {
     Image,
-    Tokens { vocab: usize },
+    Tokens {
+        vocab: usize,
+    },
+    /// `audio[M, F] rate R`: M log-mel bands × F frames of WAV files at R Hz.
+    Audio {
+        rate: usize,
+    },
     F32,
+}
+
+/// What the data does when a sample lacks this input (`input x: T { ... }`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct InputPolicy {
+    /// Modality dropout (Ludwig's `modality_dropout`): in training, each
+    /// sample's value is replaced by zeros with this probability.
+    pub dropout: f64,
+    /// An empty cell becomes zeros instead of an error (`missing: zeros`,
+    /// implied by `dropout`).
+    pub zeros_when_missing: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Input {
     pub name: String,
     pub kind: InputKind,
+    pub policy: InputPolicy,
 }
 
 impl Rules for Input {
@@ -26,10 +44,17 @@ impl Rules for Input {
     }
     fn attrs(&self) -> String {
         let name = &self.name;
-        match self.kind {
+        let kind = match self.kind {
             InputKind::Tokens { vocab } => format!("name={name}, vocab={vocab}"),
             InputKind::Image => format!("name={name}, image"),
+            InputKind::Audio { rate } => format!("name={name}, audio, rate={rate}"),
             InputKind::F32 => format!("name={name}"),
+        };
+        let p = &self.policy;
+        match (p.dropout > 0.0, p.zeros_when_missing) {
+            (true, _) => format!("{kind}, dropout={}", p.dropout),
+            (false, true) => format!("{kind}, missing=zeros"),
+            _ => kind,
         }
     }
     fn arity(&self) -> Arity {
@@ -66,14 +91,21 @@ impl Input {
                 )
             }
             InputKind::Tokens { .. } => (DType::I64, Some(1)),
+            InputKind::Audio { rate: 0 } => {
+                return Err(
+                    Diagnostic::error("mtl::zero-dim", "a sample rate cannot be 0")
+                        .label(span, "rate 0"),
+                )
+            }
+            InputKind::Audio { .. } => (DType::F32, Some(2)),
             InputKind::F32 => (DType::F32, None),
         };
         if let Some(w) = want {
             if dims.len() != w {
-                let what = if w == 3 {
-                    "`image[C, H, W]` takes three dimensions (channels first)"
-                } else {
-                    "`tokens[T]` takes one dimension, the sequence length"
+                let what = match w {
+                    3 => "`image[C, H, W]` takes three dimensions (channels first)",
+                    2 => "`audio[M, F] rate R` takes two dimensions: mel bands and frames",
+                    _ => "`tokens[T]` takes one dimension, the sequence length",
                 };
                 return Err(Diagnostic::error("mtl::input-rank", what.to_string())
                     .label(span, format!("{} given", dims.len())));
@@ -94,6 +126,7 @@ mod tests {
         Input {
             name: "x".into(),
             kind,
+            policy: InputPolicy::default(),
         }
     }
     fn dims(d: &[usize]) -> Vec<(Dim, Span)> {

@@ -184,6 +184,7 @@ pub(crate) mod testing {
                         op: Op::Input(input::Input {
                             name: name.clone(),
                             kind,
+                            policy: Default::default(),
                         }),
                         name,
                         span: Span::default(),
