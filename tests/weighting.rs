@@ -253,3 +253,74 @@ fn mgda_weights_shared_parameters_only_and_skips_absent_heads() {
     }
     let _ = DType::F32;
 }
+
+/// A head that reaches nothing shared takes no part in the combination:
+/// MGDA's min-norm point would otherwise be its zero vector and freeze the
+/// shared trunk.
+#[test]
+fn a_head_outside_the_shared_part_does_not_freeze_it() {
+    const SRC: &str = r#"
+model apart {
+  input x: f32[6]
+  input z: f32[3]
+  let trunk = x -> dense(8) as trunk -> tanh
+  head h1 = trunk -> dense(2) as out1 { loss: mse }
+  head h2 = trunk -> dense(1) as out2 { loss: mse }
+  head h3 = z -> dense(2) as out3 { loss: mse }
+}
+"#;
+    let c = mtl::compile_str("apart.mtl", SRC, &options(Mode::Train));
+    let p = lower(&graph(c), Mode::Train).expect("lowers");
+    let params = init_params(&p, 3, &Device::Cpu).unwrap();
+    let x = random_inputs(&p, 7, 5, -1.0);
+    let vars = vars(&params);
+    let s = p.sharing();
+    let keys = s.shared_keys();
+    let shared: Vec<bool> = vars.iter().map(|(k, _)| keys.contains(k)).collect();
+    let cut = Cut {
+        boundary: &s.boundary,
+        outside: &s.outside,
+    };
+    let split = forward(&p, &params, &x, Some(cut));
+    let hs: Vec<Tensor> = p
+        .heads
+        .iter()
+        .map(|(_, slot)| {
+            split
+                .output(*slot)
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .mean_all()
+                .unwrap()
+        })
+        .collect();
+    let cp = combine::Params {
+        vars: &vars,
+        shared: &shared,
+    };
+    for method in [
+        Weighting::Mgda,
+        Weighting::build("nash_mtl", &[]).unwrap(),
+        Weighting::Pcgrad,
+    ] {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+        let mut state = combine::MethodState::default();
+        let (got, alpha) = combine::step(
+            method, &mut state, &split, &hs, &[true; 3], None, &cp, &mut rng,
+        )
+        .unwrap();
+        assert!(alpha.iter().all(|a| a.is_finite()), "{method:?}: {alpha:?}");
+        let (k, _) = vars.iter().find(|(k, _)| k == "trunk.weight").unwrap();
+        let i = vars.iter().position(|(n, _)| n == k).unwrap();
+        let g = got[i].as_ref().expect("trunk gradient");
+        let norm = g
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(norm > 0.0, "{method:?}: the shared trunk got no gradient");
+    }
+}

@@ -138,6 +138,34 @@ fn coefficients(
     rng: &mut StdRng,
     heads: usize,
 ) -> Vec<f64> {
+    // A task whose gradient over the shared part is zero (a head that
+    // reaches none of it) takes no part: MGDA's min-norm point would
+    // otherwise be that zero vector and stop all shared learning. Its
+    // coefficient is moot (it pulls on nothing shared); it is logged as 1.
+    let live: Vec<usize> = (0..g.k).filter(|&i| g.at(i, i) > 0.0).collect();
+    if live.len() == g.k {
+        return method_coefficients(method, g, present, state, rng, heads);
+    }
+    let mut alpha = vec![1.0; g.k];
+    if !live.is_empty() {
+        let heads_live: Vec<usize> = live.iter().map(|&i| present[i]).collect();
+        let a = method_coefficients(method, &g.subset(&live), &heads_live, state, rng, heads);
+        for (&i, a) in live.iter().zip(a) {
+            alpha[i] = a;
+        }
+    }
+    alpha
+}
+
+/// The method proper, on tasks that all have a shared gradient.
+fn method_coefficients(
+    method: Weighting,
+    g: &Gram,
+    present: &[usize],
+    state: &mut MethodState,
+    rng: &mut StdRng,
+    heads: usize,
+) -> Vec<f64> {
     match method {
         Weighting::Pcgrad => pcgrad::coefficients(g, &pcgrad::random_order(g.k, rng)),
         Weighting::Cagrad { c } => cagrad::coefficients(g, c),
