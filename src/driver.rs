@@ -124,6 +124,16 @@ fn compile_source(name: &str, text: &str, dir: Option<&Path>, opts: &Options) ->
         c.diagnostics.extend(ir::shape::infer(&mut g));
     }
     if !c.has_errors() {
+        let train_props = model.items.iter().filter_map(|i| match i {
+            ast::Item::Train { props, .. } => Some(props),
+            _ => None,
+        });
+        for props in train_props {
+            c.diagnostics
+                .extend(crate::elaborate::check_monitor(props, &g));
+        }
+    }
+    if !c.has_errors() {
         if let Err(e) = ir::verify(&g, true) {
             c.diagnostics.push(Diagnostic::error(
                 "mtl::internal",

@@ -4,6 +4,7 @@
 mod apply;
 pub mod args;
 mod props;
+pub use props::check_monitor;
 
 use crate::diagnostics::{did_you_mean, Diagnostic, Span};
 use crate::ir::ops::{self, residual, Callee, Sig, Value};

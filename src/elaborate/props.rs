@@ -139,6 +139,40 @@ fn metric(e: &Expr) -> Result<Metric, Diagnostic> {
     })
 }
 
+/// `monitor: "HEAD.METRIC"` must name a head and one of its metrics (or
+/// `loss`): checked once the heads' metrics are known (defaults included),
+/// since a typo would otherwise train to the end without ever saving a best
+/// checkpoint.
+pub fn check_monitor(props: &[Prop], g: &crate::ir::Graph) -> Option<Diagnostic> {
+    let p = props.iter().find(|p| p.key.name == "monitor")?;
+    let Ok(Value::Str(m) | Value::Sym(m)) = constant(&p.value) else {
+        return None;
+    };
+    if m == "val_loss" {
+        return None;
+    }
+    let mut known: Vec<String> = vec!["val_loss".into()];
+    for h in &g.heads {
+        known.push(format!("{}.loss", h.name));
+        known.extend(h.metrics.iter().map(|x| format!("{}.{}", h.name, x.name())));
+    }
+    if known.contains(&m) {
+        return None;
+    }
+    let names: Vec<&str> = known.iter().map(String::as_str).collect();
+    Some(
+        Diagnostic::error(
+            "mtl::unknown-monitor",
+            format!("`monitor` names `{m}`, which no head reports"),
+        )
+        .label(p.value.span, "not a head's metric")
+        .help(format!(
+            "{} (monitor `val_loss`, `HEAD.loss` or a metric the head declares)",
+            did_you_mean(&m, &names, "metric")
+        )),
+    )
+}
+
 pub const INPUT_KEYS: &[&str] = &["dropout", "missing"];
 
 /// `input x: T { dropout: P, missing: zeros }`.

@@ -42,6 +42,12 @@ pub fn check(g: &mut Graph, errs: &mut Vec<Diagnostic>) {
             _ => t.clone(),
         };
         g.heads[hi].label_type = Some(label);
+        if h.metrics.is_empty() {
+            // A head that declares no metric gets its loss's usual one, as
+            // Keras users expect to see something beside the loss.
+            g.heads[hi].metrics = vec![default_metric(h.loss, &t)];
+            g.heads[hi].metric_spans = vec![h.span];
+        }
         for (m, span) in h.metrics.iter().zip(&h.metric_spans) {
             let ok = match m {
                 Metric::Accuracy | Metric::F1 => h.loss.is_classification(),
@@ -114,6 +120,16 @@ pub fn check(g: &mut Graph, errs: &mut Vec<Diagnostic>) {
     }
 }
 
+/// Accuracy for classification, IoU for masks (per-position outputs), MAE for regression.
+fn default_metric(loss: LossKind, logits: &Type) -> Metric {
+    match loss {
+        LossKind::CrossEntropy if logits.rank() >= 3 => Metric::Iou,
+        LossKind::BinaryCrossEntropy if logits.rank() >= 2 => Metric::Iou,
+        l if l.is_classification() => Metric::Accuracy,
+        _ => Metric::Mae,
+    }
+}
+
 fn metric_help(l: LossKind) -> String {
     match l {
         LossKind::CrossEntropy => {
@@ -123,5 +139,34 @@ fn metric_help(l: LossKind) -> String {
             "for binary_cross_entropy heads use accuracy, f1, auc or iou".into()
         }
         _ => "for regression heads use mae or rmse".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::ir::Metric;
+
+    #[test]
+    fn heads_without_metrics_get_their_losses_usual_one() {
+        let src = "model m {\n input x: image[1, 4, 4]\n let f = x -> conv2d(2, 1)\n head c = f -> flatten -> dense(3) { loss: cross_entropy }\n head b = f -> flatten -> dense(1) { loss: binary_cross_entropy }\n head r = f -> flatten -> dense(1) { loss: mse }\n head m = f -> conv2d(1, 1) { loss: binary_cross_entropy }\n head p = f -> conv2d(3, 1) { loss: cross_entropy }\n head d = f -> flatten -> dense(2) { loss: mae, metrics: [rmse] }\n}";
+        let c = crate::compile_str("m.mtl", src, &crate::Options::default());
+        assert!(!c.has_errors(), "{:?}", c.diagnostics);
+        let g = c.graph.unwrap();
+        let got: Vec<(&str, &[Metric])> = g
+            .heads
+            .iter()
+            .map(|h| (h.name.as_str(), h.metrics.as_slice()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("c", &[Metric::Accuracy][..]),
+                ("b", &[Metric::Accuracy][..]),
+                ("r", &[Metric::Mae][..]),
+                ("m", &[Metric::Iou][..]),
+                ("p", &[Metric::Iou][..]),
+                ("d", &[Metric::Rmse][..]),
+            ]
+        );
     }
 }
