@@ -456,3 +456,33 @@ fn early_stopping_on_a_named_metric_keeps_the_best_weights() {
     assert!(dir.join("weights.safetensors").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Out-of-range training flags are refused before anything runs, all named at once.
+#[test]
+fn bad_numeric_flags_are_usage_errors() {
+    let bin = env!("CARGO_BIN_EXE_mtl");
+    let data = "../shared/data/digits/train.safetensors";
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["--lr=-1", "--epochs", "0"], &["learning rate", "epochs"]),
+        (&["--lr", "NaN"], &["learning rate"]),
+        (
+            &["--lr", "inf", "--batch-size", "0"],
+            &["learning rate", "batch size"],
+        ),
+        (&["--val-split", "1"], &["validation split"]),
+        (&["--val-split=-0.1"], &["validation split"]),
+    ];
+    for (flags, words) in cases {
+        let out = std::process::Command::new(bin)
+            .args(["train", "models/digits.mtl", "--data", data, "--quiet"])
+            .args(*flags)
+            .current_dir(root())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {err}");
+        for w in *words {
+            assert!(err.contains(w), "{flags:?}: {err}");
+        }
+    }
+}

@@ -13,24 +13,33 @@ use std::path::{Path, PathBuf};
 #[derive(Args)]
 pub struct TrainArgs {
     model: PathBuf,
-    /// Training data (safetensors: one tensor per input and label). For a
-    /// model named after a built-in generator (`shapes`), generated when omitted.
+    /// Training data: a CSV or JSON Lines manifest (one row per sample, a
+    /// column per input and label) or a safetensors file (one tensor per
+    /// input and label). For a model named after a built-in generator
+    /// (`shapes`, `mmoe`, `overlap`, `tones`), generated when omitted.
     #[arg(long)]
     data: Option<PathBuf>,
     /// A Hugging Face `tokenizer.json` for the token inputs of a manifest
     /// (default: the built-in lower-case word tokenizer); copied into the run.
     #[arg(long, conflicts_with = "resume")]
     tokenizer: Option<PathBuf>,
+    /// Validation data, in the same form as `--data` (default: the model's
+    /// `val_split` of the training data).
     #[arg(long, conflicts_with = "val_split")]
     val: Option<PathBuf>,
+    /// Hold out the last fraction of the training data for validation, in [0, 1).
     #[arg(long)]
     val_split: Option<f64>,
+    /// Epochs to train (default: the model's `train { epochs }`).
     #[arg(long)]
     epochs: Option<usize>,
+    /// Samples per step (default: the model's `train { batch_size }`).
     #[arg(long)]
     batch_size: Option<usize>,
+    /// Learning rate, > 0 (default: the model's optimizer's).
     #[arg(long)]
     lr: Option<f64>,
+    /// Seed of initialization, shuffling and dropout (default: the model's `train { seed }`).
     #[arg(long)]
     seed: Option<u64>,
     /// The loss weighting, instead of the model's `train { weighting }`:
@@ -46,11 +55,13 @@ pub struct TrainArgs {
     /// Continue a run from its last checkpoint (optimizer state included).
     #[arg(long, conflicts_with = "out")]
     resume: Option<PathBuf>,
+    /// No progress output; errors only.
     #[arg(long)]
     quiet: bool,
     /// One JSON object per epoch on stdout.
     #[arg(long)]
     json: bool,
+    /// Run no optimizer passes (for debugging the compiler).
     #[arg(long)]
     no_opt: bool,
     #[command(flatten)]
@@ -257,6 +268,10 @@ pub fn train(a: TrainArgs) -> Result<i32, Fail> {
     if let Some(v) = a.val_split {
         cfg.val_split = v;
     }
+    let problems = cfg.problems();
+    if !problems.is_empty() {
+        return Err(Fail::usage(format!("error: {}", problems.join("; "))));
+    }
     let data_path = match &a.data {
         Some(d) => d.clone(),
         None => match mtl::data::generated_for(&g.name) {
@@ -386,6 +401,9 @@ pub fn train(a: TrainArgs) -> Result<i32, Fail> {
 }
 
 pub fn evaluate(a: EvaluateArgs) -> Result<i32, Fail> {
+    if a.batch_size == 0 {
+        return Err(Fail::usage("error: the batch size must be at least 1"));
+    }
     let device = mtl::predict::device(&a.device).map_err(Fail::usage)?;
     let (model, weights) = resolve_model(&a.run);
     let weights = weights.ok_or_else(|| {

@@ -50,6 +50,21 @@ fn number(e: &Expr, what: &str) -> Result<f64, Diagnostic> {
     }
 }
 
+/// A number in a range: `positive` > 0, else ≥ 0; always finite.
+fn ranged(e: &Expr, what: &str, positive: bool) -> Result<f64, Diagnostic> {
+    let v = number(e, what)?;
+    let ok = v.is_finite() && if positive { v > 0.0 } else { v >= 0.0 };
+    if ok {
+        return Ok(v);
+    }
+    let want = if positive { "> 0" } else { "≥ 0" };
+    Err(Diagnostic::error(
+        "mtl::property-type",
+        format!("`{what}` must be a finite number {want}"),
+    )
+    .label(e.span, format!("found {v}")))
+}
+
 fn positive_int(e: &Expr, what: &str) -> Result<usize, Diagnostic> {
     match constant(e)? {
         Value::Int(i) if i > 0 => Ok(i as usize),
@@ -294,13 +309,15 @@ pub fn train_props(props: &[Prop], errs: &mut Vec<Diagnostic>) -> TrainConfig {
         let r: Result<(), Diagnostic> = (|| {
             match p.key.name.as_str() {
                 "optimizer" => optimizer(&p.value, &mut t)?,
-                "lr" => t.optimizer.lr = number(&p.value, "lr")?,
-                "weight_decay" => t.optimizer.weight_decay = number(&p.value, "weight_decay")?,
+                "lr" => t.optimizer.lr = ranged(&p.value, "lr", true)?,
+                "weight_decay" => {
+                    t.optimizer.weight_decay = ranged(&p.value, "weight_decay", false)?
+                }
                 "batch_size" => t.batch_size = positive_int(&p.value, "batch_size")?,
                 "epochs" => t.epochs = positive_int(&p.value, "epochs")?,
                 "patience" => t.patience = Some(positive_int(&p.value, "patience")?),
-                "seed" => t.seed = number(&p.value, "seed")?.max(0.0) as u64,
-                "clip_norm" => t.clip_norm = Some(number(&p.value, "clip_norm")?),
+                "seed" => t.seed = ranged(&p.value, "seed", false)? as u64,
+                "clip_norm" => t.clip_norm = Some(ranged(&p.value, "clip_norm", true)?),
                 "val_split" => {
                     let v = number(&p.value, "val_split")?;
                     if !(0.0..1.0).contains(&v) {
@@ -374,9 +391,9 @@ fn optimizer(e: &Expr, t: &mut TrainConfig) -> Result<(), Diagnostic> {
     for (i, (k, v)) in args.into_iter().enumerate() {
         let key = k.unwrap_or_else(|| if i == 0 { "lr".into() } else { String::new() });
         match key.as_str() {
-            "lr" => t.optimizer.lr = number(v, "lr")?,
-            "weight_decay" => t.optimizer.weight_decay = number(v, "weight_decay")?,
-            "momentum" => t.optimizer.momentum = number(v, "momentum")?,
+            "lr" => t.optimizer.lr = ranged(v, "lr", true)?,
+            "weight_decay" => t.optimizer.weight_decay = ranged(v, "weight_decay", false)?,
+            "momentum" => t.optimizer.momentum = ranged(v, "momentum", false)?,
             "beta1" => t.optimizer.beta1 = number(v, "beta1")?,
             "beta2" => t.optimizer.beta2 = number(v, "beta2")?,
             "eps" => t.optimizer.eps = number(v, "eps")?,
@@ -437,10 +454,10 @@ fn schedule(e: &Expr, t: &mut TrainConfig) -> Result<(), Diagnostic> {
         Diagnostic::error("mtl::unknown-schedule", "expected a schedule").label(e.span, "here")
     })?;
     // `k` is the parameter's name, `pos` its position when given positionally.
-    let get = |k: &str, pos: usize, default: f64| -> Result<f64, Diagnostic> {
+    let get = |k: &str, pos: usize, default: f64, positive: bool| -> Result<f64, Diagnostic> {
         for (i, (n, v)) in args.iter().enumerate() {
             if n.as_deref() == Some(k) || (n.is_none() && i == pos) {
-                return number(v, k);
+                return ranged(v, k, positive);
             }
         }
         Ok(default)
@@ -448,11 +465,11 @@ fn schedule(e: &Expr, t: &mut TrainConfig) -> Result<(), Diagnostic> {
     t.schedule = match name {
         "constant" => Schedule::Constant,
         "step" => Schedule::Step {
-            every: get("every", 0, 10.0)?.max(1.0) as usize,
-            gamma: get("gamma", 1, 0.1)?,
+            every: get("every", 0, 10.0, true)?.max(1.0) as usize,
+            gamma: get("gamma", 1, 0.1, true)?,
         },
         "cosine" => Schedule::Cosine {
-            warmup: get("warmup", 0, 0.0)?.max(0.0) as usize,
+            warmup: get("warmup", 0, 0.0, false)? as usize,
         },
         _ => {
             return Err(Diagnostic::error(

@@ -221,6 +221,32 @@ pub struct TrainConfig {
     pub seed: u64,
 }
 
+impl TrainConfig {
+    /// What is wrong with the settings (after command-line overrides), all at once.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = vec![];
+        let lr = self.optimizer.lr;
+        if !(lr.is_finite() && lr > 0.0) {
+            out.push(format!(
+                "the learning rate must be a finite number > 0 (found {lr})"
+            ));
+        }
+        if self.batch_size == 0 {
+            out.push("the batch size must be at least 1".into());
+        }
+        if self.epochs == 0 {
+            out.push("the number of epochs must be at least 1".into());
+        }
+        if !(0.0..1.0).contains(&self.val_split) {
+            out.push(format!(
+                "the validation split must be in [0, 1) (found {})",
+                self.val_split
+            ));
+        }
+        out
+    }
+}
+
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {

@@ -294,6 +294,7 @@ fn evaluate_checked(
     batch_size: usize,
     device: &Device,
 ) -> Result<EvalResult, TrainError> {
+    let batch_size = batch_size.max(1);
     let mut accs = stats(prog);
     let mut sums = vec![0.0; prog.heads.len()];
     let mut aux: BTreeMap<String, f64> = BTreeMap::new();
