@@ -630,3 +630,25 @@ fn empty_input_cells_are_errors_unless_declared_missing_zeros() {
         assert_eq!(b, [[3.0, 4.0], [0.0, 0.0]], "{decl}");
     }
 }
+
+/// An infinite or NaN regression target is refused at load, with its row.
+#[test]
+fn infinite_labels_are_located_errors() {
+    let dir = tmp("inf-label");
+    std::fs::write(dir.join("m.csv"), "a,y\n1 2,0.5\n3 4,inf\n5 6,NaN\n7 8,\n").unwrap();
+    let m = Manifest::read(&dir.join("m.csv")).unwrap();
+    let (_, t, _) =
+        programs("model m {\n input a: f32[2]\n head y = a -> dense(1) { loss: mse }\n}");
+    let sig = t.signature();
+    let enc = Encoders::fit(&sig, &m, None).unwrap();
+    let err = m
+        .to_dataset(&sig, &enc, true, &LoadOptions::default())
+        .unwrap_err();
+    assert!(
+        err.contains("row 2, column `y`") && err.contains("infinite"),
+        "{err}"
+    );
+    assert!(err.contains("row 3, column `y`"), "{err}");
+    // The empty cell (row 4) is a missing label, not an error.
+    assert!(!err.contains("row 4"), "{err}");
+}

@@ -172,6 +172,20 @@ fn shapes_answers_owner_from_the_caption_alone() {
     let csv = std::fs::read_to_string(&out).unwrap();
     assert!(csv.starts_with("owner,owner.prob\n"), "{csv}");
     assert_eq!(csv.lines().count(), 1 + m.rows.len());
+    // An output file of unknown kind is refused before anything runs.
+    let txt = mtl(
+        &[
+            "predict",
+            &run,
+            "--input",
+            "captions.csv",
+            "--output",
+            "out.txt",
+        ],
+        &dir,
+    );
+    assert_eq!(txt.status.code(), Some(2));
+    assert!(!dir.join("out.txt").exists());
     // Nothing at all to answer from: an error, not an empty file.
     std::fs::write(dir.join("nothing.csv"), "unrelated\n1\n").unwrap();
     let none = mtl(

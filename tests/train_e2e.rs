@@ -486,3 +486,40 @@ fn bad_numeric_flags_are_usage_errors() {
         }
     }
 }
+
+/// A finished run is never replaced by accident, and resuming it for no
+/// more epochs says so instead of printing a stale summary.
+#[test]
+fn an_existing_run_is_kept_unless_overwritten() {
+    let bin = env!("CARGO_BIN_EXE_mtl");
+    let dir = tmp("keep-run");
+    let train = |extra: &[&str]| {
+        std::process::Command::new(bin)
+            .args([
+                "train",
+                "models/digits.mtl",
+                "--data",
+                "../shared/data/digits/train.safetensors",
+            ])
+            .args(["--epochs", "1", "--quiet"])
+            .args(extra)
+            .current_dir(root())
+            .output()
+            .unwrap()
+    };
+    let d = dir.to_str().unwrap();
+    assert!(train(&["--out", d]).status.success());
+    let before = std::fs::read(dir.join("last.safetensors")).unwrap();
+    let again = train(&["--out", d, "--seed", "5"]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--overwrite"));
+    assert_eq!(std::fs::read(dir.join("last.safetensors")).unwrap(), before);
+    let resumed = train(&["--resume", d]);
+    assert_eq!(resumed.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&resumed.stderr).contains("already trained 1 epochs"));
+    assert!(train(&["--out", d, "--overwrite", "--seed", "5"])
+        .status
+        .success());
+    assert_ne!(std::fs::read(dir.join("last.safetensors")).unwrap(), before);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -48,6 +48,16 @@ enum Source {
 }
 
 pub fn predict(a: PredictArgs) -> Result<i32, Fail> {
+    if !a
+        .output
+        .extension()
+        .is_some_and(|e| e == "csv" || e == "safetensors")
+    {
+        return Err(Fail::usage(format!(
+            "error: --output {}: write predictions to a `.safetensors` or `.csv` file",
+            a.output.display()
+        )));
+    }
     let device = mtl::predict::device(&a.device).map_err(Fail::usage)?;
     let (model, run_weights) = resolve_model(&a.model);
     let weights = a

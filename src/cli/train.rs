@@ -52,6 +52,9 @@ pub struct TrainArgs {
     /// Run directory (default: runs/MODEL, numbered if it exists).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Replace the run already in `--out` (by default that is refused).
+    #[arg(long, requires = "out")]
+    overwrite: bool,
     /// Continue a run from its last checkpoint (optimizer state included).
     #[arg(long, conflicts_with = "out")]
     resume: Option<PathBuf>,
@@ -287,6 +290,21 @@ pub fn train(a: TrainArgs) -> Result<i32, Fail> {
             None => return Err(Fail::usage("error: --data is required: a CSV / JSON Lines manifest, or a safetensors file with one tensor per input and label")),
         },
     };
+    if let Some(out) = &a.out {
+        // A finished or interrupted run is never replaced by accident.
+        if out.join("state.json").exists() {
+            if !a.overwrite {
+                return Err(Fail::usage(format!(
+                    "error: {} holds a run already; continue it with `--resume {}`, replace it with `--overwrite`, or pick another `--out`",
+                    out.display(),
+                    out.display()
+                )));
+            }
+            std::fs::remove_dir_all(out).map_err(|e| {
+                Fail::usage(format!("error: cannot replace {}: {e}", out.display()))
+            })?;
+        }
+    }
     let run_dir = a
         .resume
         .clone()

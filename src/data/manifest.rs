@@ -564,7 +564,14 @@ impl Cx<'_> {
                                 })
                                 .map_err(|e| format!("{}: {e}", at())),
                         },
-                        _ => numbers(cell, per).map_err(|e| format!("{}: {e}", at())),
+                        // An infinite or NaN target would turn the loss into NaN
+                        // mid-run; a missing label is an empty cell.
+                        _ => numbers(cell, per)
+                            .and_then(|v| match v.iter().any(|x| !x.is_finite()) {
+                                true => Err("NaN or infinite label (leave the cell empty for a missing label)".into()),
+                                false => Ok(v),
+                            })
+                            .map_err(|e| format!("{}: {e}", at())),
                     };
                     match v {
                         Ok(v) => data.extend(v),

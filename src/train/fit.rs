@@ -28,6 +28,8 @@ pub enum TrainError {
         head: String,
         epoch: usize,
         step: usize,
+        /// Whether an earlier epoch's checkpoint exists to fall back on.
+        kept: bool,
     },
     Data(String),
     Io(String),
@@ -37,7 +39,19 @@ pub enum TrainError {
 impl std::fmt::Display for TrainError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            TrainError::NonFinite { head, epoch, step } => write!(f, "the loss of `{head}` became NaN or infinite at epoch {epoch}, step {step}; training stopped and the last good checkpoint was kept. Lower the learning rate (`--lr`), set `clip_norm` in `train {{ }}`, or check the data for extreme values"),
+            TrainError::NonFinite {
+                head,
+                epoch,
+                step,
+                kept,
+            } => {
+                let saved = if *kept {
+                    "the last good checkpoint was kept"
+                } else {
+                    "no epoch had finished, so nothing was saved"
+                };
+                write!(f, "the loss of `{head}` became NaN or infinite at epoch {epoch}, step {step}; training stopped and {saved}. Lower the learning rate (`--lr`), set `clip_norm` in `train {{ }}`, or check the data for extreme values")
+            }
             TrainError::Data(m) | TrainError::Io(m) | TrainError::Compute(m) => write!(f, "{m}"),
         }
     }
@@ -368,6 +382,14 @@ pub fn fit(
         st = serde_json::from_str(&text)
             .map_err(|e| TrainError::Io(format!("cannot resume: {}: {e}", state_path.display())))?;
     }
+    if cfg.resume && st.epoch >= t.epochs {
+        return Err(TrainError::Data(format!(
+            "the run in {} has already trained {} epochs; ask for more with `--epochs N` (N > {})",
+            cfg.run_dir.display(),
+            st.epoch,
+            st.epoch
+        )));
+    }
     // A resumed run keeps the weighting it was started with.
     let method = st.weighting.unwrap_or(t.weighting);
     st.weighting = Some(method);
@@ -438,6 +460,7 @@ pub fn fit(
                         head: heads[i].clone(),
                         epoch: epoch + 1,
                         step: s + 1,
+                        kept: last.exists(),
                     });
                 }
                 sums[i] += v as f64;
@@ -450,6 +473,7 @@ pub fn fit(
                         head: l.name.clone(),
                         epoch: epoch + 1,
                         step: s + 1,
+                        kept: last.exists(),
                     });
                 }
                 *aux_sums.entry(l.name.clone()).or_insert(0.0) += v as f64;
