@@ -14,6 +14,9 @@ pub fn infer(g: &mut Graph) -> Vec<Diagnostic> {
     let mut u = Unifier::default();
     for n in g.topo_order() {
         if matches!(g.g[n].op, Op::Input(_)) {
+            if let Some(t) = &g.g[n].ty {
+                errs.extend(size_check(&t.shape, "input", &g.g[n].name, g.g[n].span));
+            }
             continue;
         }
         let ops = g.operands(n);
@@ -36,6 +39,12 @@ pub fn infer(g: &mut Graph) -> Vec<Diagnostic> {
         };
         match rule(&mut cx) {
             Ok(Typed { ty, params }) => {
+                let span = g.g[n].span;
+                errs.extend(size_check(&ty.shape, "value", &g.g[n].name, span));
+                for p in &params {
+                    let dims: Vec<Dim> = p.shape.iter().map(|d| Dim::Fixed(*d)).collect();
+                    errs.extend(size_check(&dims, "parameter", &p.name, span));
+                }
                 g.g[n].ty = Some(ty);
                 g.g[n].mask = mask_of(g, n, &ops);
                 if let Some(p) = g.g[n].param {
@@ -47,6 +56,31 @@ pub fn infer(g: &mut Graph) -> Vec<Diagnostic> {
     }
     super::heads::check(g, &mut errs);
     errs
+}
+
+/// Per-sample values and parameter tensors above this many elements (8 GiB
+/// of f32) are refused when the model is checked: they would exhaust the
+/// machine's memory when weights are made or the first batch runs.
+pub const MAX_ELEMENTS: u128 = 1 << 31;
+
+fn size_check(
+    shape: &[Dim],
+    what: &str,
+    name: &str,
+    span: crate::diagnostics::Span,
+) -> Option<Diagnostic> {
+    let n: u128 = shape
+        .iter()
+        .filter_map(|d| d.fixed().map(|v| v as u128))
+        .fold(1u128, |a, b| a.saturating_mul(b));
+    (n > MAX_ELEMENTS).then(|| {
+        Diagnostic::error(
+            "mtl::too-large",
+            format!("{what} `{name}` would hold {n} elements, above the limit of {MAX_ELEMENTS} (8 GiB)"),
+        )
+        .label(span, "here")
+        .help("check the sizes: a dimension or a layer width is probably mistyped")
+    })
 }
 
 /// The op's rule, after the one check every op but a few shares: token ids
