@@ -22,11 +22,15 @@ pub struct CheckArgs {
 
 #[derive(Args)]
 pub struct SummaryArgs {
+    /// A model file or a run directory written by `mtl train`.
     model: PathBuf,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
-    /// Summarize the graph before the optimizer.
+    /// Summarize the graph after the optimizer passes (default: as written).
+    #[arg(long, conflicts_with = "no_opt")]
+    opt: bool,
+    /// The graph as written (the default; kept for older scripts).
     #[arg(long)]
     no_opt: bool,
 }
@@ -111,11 +115,12 @@ pub fn check(a: CheckArgs) -> Result<i32, Fail> {
 pub fn summary(a: SummaryArgs) -> Result<i32, Fail> {
     // The training pipeline: every layer as written (inference folds and merges some).
     let opts = mtl::Options {
-        optimize: !a.no_opt,
+        optimize: a.opt,
         mode: Mode::Train,
         ..Default::default()
     };
-    let (g, _) = load(&a.model, &opts, true)?;
+    let (model, _) = super::resolve_model(&a.model);
+    let (g, _) = load(&model, &opts, true)?;
     let s = mtl::summary::summarize(&g);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());

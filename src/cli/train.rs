@@ -246,6 +246,19 @@ pub fn train(a: TrainArgs) -> Result<i32, Fail> {
         Some(run) => resolve_model(run),
         None => (a.model.clone(), None),
     };
+    // A resumed run continues its own model; a different file is refused
+    // rather than silently ignored.
+    if a.resume.is_some() && a.model != model_path {
+        let given = std::fs::read_to_string(&a.model).unwrap_or_default();
+        let run = std::fs::read_to_string(&model_path).unwrap_or_default();
+        if given != run {
+            return Err(Fail::usage(format!(
+                "error: {} differs from the model of the run being resumed ({}); `--resume` continues the run's own model: pass that file, or start a new run",
+                a.model.display(),
+                model_path.display()
+            )));
+        }
+    }
     let (g, mut cfg, train_prog) = build(&model_path, Mode::Train, !a.no_opt, true)?;
     let (_, _, infer_prog) = build(&model_path, Mode::Infer, !a.no_opt, false)?;
     let (train_prog, infer_prog) = (
@@ -371,7 +384,7 @@ pub fn train(a: TrainArgs) -> Result<i32, Fail> {
         init_params(&train_prog, cfg.seed, &device).map_err(|e| Fail::model(e.to_string()))?;
     if !a.quiet && !a.json {
         eprintln!(
-            "training `{}` on {} samples{} for {} epochs (batch {}, lr {}), run directory {}",
+            "training `{}` on {} samples{} for {} epochs (batch {}, lr {}), run directory {}; * marks an epoch that improved the monitored value",
             g.name,
             train_ds.n,
             val_ds
@@ -408,11 +421,12 @@ pub fn train(a: TrainArgs) -> Result<i32, Fail> {
     if !a.json && !a.quiet {
         if let Some(last) = hist.last() {
             eprintln!(
-                "done: {} epochs, final loss {:.4}; weights in {}",
+                "done: {} epochs, final loss {:.4}; best weights (the epochs marked *) in {}",
                 last.epoch,
                 last.train.loss,
                 run_dir.join("weights.safetensors").display()
             );
+            eprintln!("next: mtl evaluate {} --data TEST_DATA", run_dir.display());
         }
     }
     Ok(0)
