@@ -517,6 +517,23 @@ fn an_existing_run_is_kept_unless_overwritten() {
     let resumed = train(&["--resume", d]);
     assert_eq!(resumed.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&resumed.stderr).contains("already trained 1 epochs"));
+    // Resuming with another model file is refused, not silently ignored.
+    let other = std::process::Command::new(bin)
+        .args([
+            "train",
+            "models/shapes.mtl",
+            "--epochs",
+            "2",
+            "--quiet",
+            "--resume",
+            d,
+        ])
+        .args(["--data", "../shared/data/digits/train.safetensors"])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert_eq!(other.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&other.stderr).contains("differs from the model"));
     assert!(train(&["--out", d, "--overwrite", "--seed", "5"])
         .status
         .success());
