@@ -652,3 +652,18 @@ fn infinite_labels_are_located_errors() {
     // The empty cell (row 4) is a missing label, not an error.
     assert!(!err.contains("row 4"), "{err}");
 }
+
+/// A manifest that is not UTF-8 names the row and column of the first bad byte.
+#[test]
+fn non_utf8_manifests_name_row_and_column() {
+    let dir = tmp("latin1");
+    std::fs::write(dir.join("m.csv"), b"a,caption,y\n1,ok,2\n3,caf\xe9,4\n").unwrap();
+    let err = Manifest::read(&dir.join("m.csv")).err().unwrap();
+    assert!(
+        err.contains("row 2, column `caption`") && err.contains("UTF-8"),
+        "{err}"
+    );
+    std::fs::write(dir.join("m.jsonl"), b"{\"a\": 1}\n{\"a\": \"\xff\"}\n").unwrap();
+    let err = Manifest::read(&dir.join("m.jsonl")).err().unwrap();
+    assert!(err.contains("line 2") && err.contains("UTF-8"), "{err}");
+}

@@ -16,8 +16,10 @@ pub struct Manifest {
 impl Manifest {
     pub fn read(path: &Path) -> Result<Self, String> {
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let bytes =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let text =
+            String::from_utf8(bytes).map_err(|e| not_utf8(path, e.as_bytes(), e.utf8_error()))?;
         let (columns, rows) = if path.extension().is_some_and(|e| e == "csv") {
             parse_csv(&text, path)?
         } else {
@@ -39,6 +41,37 @@ impl Manifest {
     pub(super) fn at(&self, row: usize, col: &str) -> String {
         format!("{}: row {}, column `{col}`", self.path.display(), row + 1)
     }
+}
+
+/// Where the first byte that is not UTF-8 sits: its line (a CSV row after
+/// the header) and, for CSV, the column it falls in.
+fn not_utf8(path: &Path, bytes: &[u8], e: std::str::Utf8Error) -> String {
+    let at = e.valid_up_to();
+    let before = &bytes[..at];
+    let line = before.iter().filter(|b| **b == b'\n').count();
+    let start = before
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |i| i + 1);
+    let field = before[start..].iter().filter(|b| **b == b',').count();
+    let header: Vec<String> =
+        String::from_utf8_lossy(&bytes[..bytes.iter().position(|b| *b == b'\n').unwrap_or(0)])
+            .split(',')
+            .map(|c| c.trim().to_string())
+            .collect();
+    let csv = path.extension().is_some_and(|x| x == "csv");
+    let place = match (csv, line) {
+        (true, 0) => "the header".to_string(),
+        (true, l) => format!(
+            "row {l}, column `{}`",
+            header.get(field).map_or("?", String::as_str)
+        ),
+        (false, l) => format!("line {}", l + 1),
+    };
+    format!(
+        "{}: {place}: the text is not UTF-8 (byte {at}); save the file as UTF-8",
+        path.display()
+    )
 }
 
 fn parse_csv(text: &str, path: &Path) -> Result<(Vec<String>, Vec<Vec<String>>), String> {
