@@ -667,3 +667,33 @@ fn non_utf8_manifests_name_row_and_column() {
     let err = Manifest::read(&dir.join("m.jsonl")).err().unwrap();
     assert!(err.contains("line 2") && err.contains("UTF-8"), "{err}");
 }
+
+/// A manifest with a header and no rows is an error, not a run on nothing.
+#[test]
+fn a_header_only_manifest_does_not_train() {
+    let dir = tmp("header-only");
+    std::fs::write(dir.join("m.csv"), "a,y\n").unwrap();
+    let (cfg, t, i) =
+        programs("model m {\n input a: f32[1]\n head y = a -> dense(1) { loss: mse }\n}");
+    let mut enc = Encoders::default();
+    let ds = mtl::data::load(
+        &dir.join("m.csv"),
+        &t.signature(),
+        &mut enc,
+        true,
+        true,
+        &Device::Cpu,
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let fc = FitConfig {
+        train: cfg,
+        run_dir: dir.join("run"),
+        resume: false,
+        device: Device::Cpu,
+    };
+    let mut params = init_params(&t, 0, &Device::Cpu).unwrap();
+    let err = mtl::train::fit(&fc, &t, &i, &mut params, &ds, None, &mut Quiet).unwrap_err();
+    assert!(err.to_string().contains("no samples"), "{err}");
+    assert!(!dir.join("run/state.json").exists());
+}

@@ -359,6 +359,12 @@ pub fn fit(
 ) -> Result<Vec<EpochRecord>, TrainError> {
     let t = &cfg.train;
     let dev = &cfg.device;
+    if train.n == 0 {
+        return Err(TrainError::Data(
+            "the training data has no samples (after the validation split): nothing to train on"
+                .into(),
+        ));
+    }
     let sig = train_prog.signature();
     train
         .check(&sig, true, "training data")
