@@ -9,10 +9,45 @@ use std::fmt::Write;
 pub struct LayerRow {
     pub name: String,
     pub op: String,
-    /// One shape per use (a shared layer has several).
-    pub output_shape: Vec<String>,
+    /// The per-sample output shape (of the first use, for a shared layer).
+    pub output_shape: Vec<ShapeDim>,
+    /// Every use's shape, when a shared layer is used more than once.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub output_shapes: Vec<Vec<ShapeDim>>,
     pub params: usize,
     pub inputs: Vec<String>,
+}
+
+/// A dimension as JSON shows it: a number, or a symbolic size's name.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum ShapeDim {
+    Fixed(usize),
+    Sym(String),
+}
+
+fn dims_of(ty: Option<&crate::ir::Type>) -> Vec<ShapeDim> {
+    ty.map(|t| {
+        t.shape
+            .iter()
+            .map(|d| match d.fixed() {
+                Some(v) => ShapeDim::Fixed(v),
+                None => ShapeDim::Sym(d.to_string()),
+            })
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+fn dims_text(d: &[ShapeDim]) -> String {
+    let parts: Vec<String> = d
+        .iter()
+        .map(|x| match x {
+            ShapeDim::Fixed(v) => v.to_string(),
+            ShapeDim::Sym(s) => s.clone(),
+        })
+        .collect();
+    format!("[{}]", parts.join(", "))
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -44,15 +79,15 @@ pub fn summarize(g: &Graph) -> Summary {
     let mut by_param: HashMap<usize, usize> = HashMap::new();
     for n in g.topo_order() {
         let node = &g.g[n];
-        let shape = node
-            .ty
-            .as_ref()
-            .map(shape_str)
-            .unwrap_or_else(|| "?".into());
+        let shape = dims_of(node.ty.as_ref());
         let inputs: Vec<String> = g.operands(n).iter().map(|o| g.g[*o].name.clone()).collect();
         if let Some(p) = node.param {
             if let Some(&row) = by_param.get(&p.0) {
-                rows[row].output_shape.push(shape);
+                let r: &mut LayerRow = &mut rows[row];
+                if r.output_shapes.is_empty() {
+                    r.output_shapes.push(r.output_shape.clone());
+                }
+                r.output_shapes.push(shape);
                 rows[row].inputs.extend(inputs);
                 continue;
             }
@@ -61,7 +96,8 @@ pub fn summarize(g: &Graph) -> Summary {
             rows.push(LayerRow {
                 name: set.prefix.clone(),
                 op: node.op.kind_name(),
-                output_shape: vec![shape],
+                output_shape: shape,
+                output_shapes: vec![],
                 params: set.count(true) + set.count(false),
                 inputs,
             });
@@ -69,7 +105,8 @@ pub fn summarize(g: &Graph) -> Summary {
             rows.push(LayerRow {
                 name: node.name.clone(),
                 op: node.op.kind_name(),
-                output_shape: vec![shape],
+                output_shape: shape,
+                output_shapes: vec![],
                 params: 0,
                 inputs,
             });
@@ -127,7 +164,11 @@ pub fn render(s: &Summary) -> String {
         "Connected to".into(),
     ]];
     for l in &s.layers {
-        let mut shapes = l.output_shape.clone();
+        let mut shapes: Vec<String> = if l.output_shapes.is_empty() {
+            vec![dims_text(&l.output_shape)]
+        } else {
+            l.output_shapes.iter().map(|d| dims_text(d)).collect()
+        };
         shapes.dedup();
         rows.push([
             format!("{} ({})", l.name, l.op),
@@ -187,4 +228,32 @@ pub fn render(s: &Summary) -> String {
         .collect::<Vec<_>>()
         .join("\n")
         + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn json_shapes_are_arrays_with_symbolic_sizes_named() {
+        let src = "model m {\n input x: f32[T, 6]\n input y: image[3, 16, 16]\n shared enc = dense(4)\n let a = x -> enc\n head h = y -> conv2d(2, 3) -> flatten -> dense(2) { loss: mse }\n head k = x -> global_avg_pool(axis = 1) -> enc { loss: mse }\n head j = a -> global_avg_pool(axis = 1) { loss: mse }\n}";
+        let c = crate::compile_str("m.mtl", src, &crate::Options::default());
+        let g = c.graph.expect("compiles");
+        let j = serde_json::to_value(super::summarize(&g)).unwrap();
+        let layer = |name: &str| {
+            j["layers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|l| l["name"] == name)
+                .unwrap_or_else(|| panic!("{name}: {j}"))
+                .clone()
+        };
+        assert_eq!(layer("x")["output_shape"], serde_json::json!(["T", 6]));
+        assert_eq!(layer("h.0")["output_shape"], serde_json::json!([2, 14, 14]));
+        // The shared layer: its first use, and every use.
+        assert_eq!(layer("enc.0")["output_shape"], serde_json::json!(["T", 4]));
+        assert_eq!(
+            layer("enc.0")["output_shapes"],
+            serde_json::json!([["T", 4], [4]])
+        );
+    }
 }
