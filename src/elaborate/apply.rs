@@ -107,6 +107,7 @@ impl Elab<'_> {
                     format!("#{use_no}")
                 },
                 shared: Some(name.to_string()),
+                use_site: Some(c.span),
             },
         );
         let mut cur = Some(input);

@@ -44,6 +44,8 @@ struct Namer {
     suffix: String,
     /// Set while instantiating a shared body: position → parameter set.
     shared: Option<String>,
+    /// Where the shared layer being instantiated was applied.
+    use_site: Option<Span>,
 }
 
 struct Elab<'a> {
@@ -82,6 +84,7 @@ pub fn elaborate(
             counter: 0,
             suffix: String::new(),
             shared: None,
+            use_site: None,
         },
     };
     let mut block_spans: HashMap<String, Span> = HashMap::new();
@@ -156,6 +159,7 @@ impl<'a> Elab<'a> {
                 counter: 0,
                 suffix: String::new(),
                 shared: None,
+                use_site: None,
             };
         }
         match item {
@@ -707,7 +711,7 @@ impl<'a> Elab<'a> {
             self.namer.counter += 1;
             n
         });
-        self.g.add_node(
+        let n = self.g.add_node(
             Node {
                 op,
                 name,
@@ -718,7 +722,11 @@ impl<'a> Elab<'a> {
                 mask: None,
             },
             operands,
-        )
+        );
+        if let Some(site) = self.namer.use_site {
+            self.g.use_sites.insert(n, site);
+        }
+        n
     }
 }
 

@@ -306,6 +306,10 @@ pub struct Graph {
     pub inputs: Vec<NodeIndex>,
     pub heads: Vec<Head>,
     pub losses: Vec<AuxLoss>,
+    /// For nodes made by applying a `shared` layer: where it was applied
+    /// (the node's own span is the layer's definition). Diagnostics about a
+    /// use point there.
+    pub use_sites: std::collections::HashMap<NodeIndex, crate::diagnostics::Span>,
 }
 
 impl Graph {
@@ -317,6 +321,7 @@ impl Graph {
             inputs: vec![],
             heads: vec![],
             losses: vec![],
+            use_sites: Default::default(),
         }
     }
 

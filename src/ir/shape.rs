@@ -135,10 +135,20 @@ fn bind_params(
     tensors: Vec<ParamTensor>,
     errs: &mut Vec<Diagnostic>,
 ) {
+    let site = g.use_sites.get(&n).copied();
     let set = &mut g.params[p.0];
     if set.tensors.is_empty() {
         set.tensors = tensors;
     } else if shapes_of(&set.tensors) != shapes_of(&tensors) {
+        // One error per disagreeing use, at the use: a shared block's
+        // later layers would disagree too, as a consequence.
+        let at = site.unwrap_or(g.g[n].span);
+        if errs
+            .iter()
+            .any(|e| e.code == "mtl::shared-shape" && e.primary_span() == Some(at))
+        {
+            return;
+        }
         errs.push(
             Diagnostic::error(
                 "mtl::shared-shape",
@@ -148,12 +158,15 @@ fn bind_params(
                 ),
             )
             .label(
-                g.g[n].span,
-                format!("here it would need weights {}", show_params(&tensors)),
+                at,
+                format!("this use would need weights {}", show_params(&tensors)),
             )
             .label(
                 set.span,
-                format!("its weights are {}", show_params(&set.tensors)),
+                format!(
+                    "defined here; its weights (from the first use) are {}",
+                    show_params(&set.tensors)
+                ),
             )
             .help("a shared layer has one set of weights: feed it values of one shape"),
         );
