@@ -35,6 +35,20 @@ fn programs(src: &str) -> (TrainConfig, Program, Program) {
     (cfg, t, i)
 }
 
+/// Loads `path` for program `t` (labels included) on the CPU in memory;
+/// `fit` builds the vocabularies and label maps into `enc` first.
+fn load(path: &Path, t: &Program, enc: &mut Encoders, fit: bool) -> Result<Dataset, String> {
+    mtl::data::load(
+        path,
+        &t.signature(),
+        enc,
+        fit,
+        true,
+        &Device::Cpu,
+        &LoadOptions::default(),
+    )
+}
+
 /// Equal keys and bit-equal values (NaN equal to NaN).
 fn assert_same_tensors(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>, what: &str) {
     let mut ka: Vec<_> = a.keys().collect();
@@ -68,26 +82,8 @@ fn train_eval(src: &str, data: &Path, epochs: usize) -> EvalResult {
     let (mut cfg, t, i) = programs(src);
     let dev = Device::Cpu;
     let mut enc = Encoders::default();
-    let train = mtl::data::load(
-        &data.join("train.csv"),
-        &t.signature(),
-        &mut enc,
-        true,
-        true,
-        &dev,
-        &LoadOptions::default(),
-    )
-    .unwrap();
-    let test = mtl::data::load(
-        &data.join("test.csv"),
-        &t.signature(),
-        &mut enc,
-        false,
-        true,
-        &dev,
-        &LoadOptions::default(),
-    )
-    .unwrap();
+    let train = load(&data.join("train.csv"), &t, &mut enc, true).unwrap();
+    let test = load(&data.join("test.csv"), &t, &mut enc, false).unwrap();
     cfg.epochs = epochs;
     cfg.val_split = 0.0;
     let dir = data.join(format!("run-{}", src.len()));
@@ -164,26 +160,9 @@ fn load_err(dir: &Path, csv: &str) -> String {
         "good.csv",
         "image,text,num,kind,value\na.png,hello world,1 2 3,cat,0.5\na.png,hi,4 5 6,dog,\n",
     );
-    mtl::data::load(
-        &good,
-        &t.signature(),
-        &mut enc,
-        true,
-        true,
-        &Device::Cpu,
-        &LoadOptions::default(),
-    )
-    .unwrap();
+    load(&good, &t, &mut enc, true).unwrap();
     let bad = write(dir, "bad.csv", csv);
-    match mtl::data::load(
-        &bad,
-        &t.signature(),
-        &mut enc,
-        false,
-        true,
-        &Device::Cpu,
-        &LoadOptions::default(),
-    ) {
+    match load(&bad, &t, &mut enc, false) {
         Ok(_) => panic!("{csv} should be rejected"),
         Err(e) => e,
     }
@@ -237,16 +216,7 @@ fn broken_data_sets_name_file_row_and_column() {
         "many.csv",
         "image,text,num,kind,value\na.png,x,1 2 3,a,1\na.png,x,1 2 3,b,1\na.png,x,1 2 3,c,1\n",
     );
-    let e = mtl::data::load(
-        &many,
-        &t.signature(),
-        &mut Encoders::default(),
-        true,
-        true,
-        &Device::Cpu,
-        &LoadOptions::default(),
-    )
-    .unwrap_err();
+    let e = load(&many, &t, &mut Encoders::default(), true).unwrap_err();
     assert!(
         e.contains("has 3 classes") && e.contains("head `kind` has 2"),
         "{e}"
@@ -269,16 +239,7 @@ fn jsonl_and_csv_manifests_encode_alike() {
     let (_, t, _) = programs(SMALL);
     let load = |p: &Path| {
         let mut enc = Encoders::default();
-        let d: Dataset = mtl::data::load(
-            p,
-            &t.signature(),
-            &mut enc,
-            true,
-            true,
-            &Device::Cpu,
-            &LoadOptions::default(),
-        )
-        .unwrap();
+        let d: Dataset = load(p, &t, &mut enc, true).unwrap();
         (d, enc)
     };
     let ((a, ea), (b, eb)) = (load(&csv), load(&jsonl));
@@ -419,16 +380,7 @@ fn hugging_face_tokenizer_json_encodes_token_columns() {
         tokenizer: Some(tok.clone()),
         ..Default::default()
     };
-    let d = mtl::data::load(
-        &csv,
-        &t.signature(),
-        &mut enc,
-        true,
-        true,
-        &Device::Cpu,
-        &LoadOptions::default(),
-    )
-    .unwrap();
+    let d = load(&csv, &t, &mut enc, true).unwrap();
     assert!(
         enc.vocabs.is_empty(),
         "no built-in vocabulary with a tokenizer"
@@ -443,16 +395,7 @@ fn hugging_face_tokenizer_json_encodes_token_columns() {
         "big.csv",
         "image,text,num,kind,value\na.png,big,1 2 3,cat,1\n",
     );
-    let e = mtl::data::load(
-        &big,
-        &t.signature(),
-        &mut enc,
-        false,
-        true,
-        &Device::Cpu,
-        &LoadOptions::default(),
-    )
-    .unwrap_err();
+    let e = load(&big, &t, &mut enc, false).unwrap_err();
     assert!(
         e.contains("big.csv: row 1, column `text`") && e.contains("id 12"),
         "{e}"
@@ -469,16 +412,7 @@ fn decoded_data_above_the_memory_limit_streams_to_a_reused_disk_cache() {
     let dev = Device::Cpu;
     let csv = data.join("train.csv");
     let mut enc = Encoders::default();
-    let mem = mtl::data::load(
-        &csv,
-        &t.signature(),
-        &mut enc,
-        true,
-        true,
-        &dev,
-        &LoadOptions::default(),
-    )
-    .unwrap();
+    let mem = load(&csv, &t, &mut enc, true).unwrap();
     assert_eq!(mem.storage, Storage::Memory);
     let cache = data.join("cache");
     let disk_opts = LoadOptions {
@@ -676,16 +610,7 @@ fn a_header_only_manifest_does_not_train() {
     let (cfg, t, i) =
         programs("model m {\n input a: f32[1]\n head y = a -> dense(1) { loss: mse }\n}");
     let mut enc = Encoders::default();
-    let ds = mtl::data::load(
-        &dir.join("m.csv"),
-        &t.signature(),
-        &mut enc,
-        true,
-        true,
-        &Device::Cpu,
-        &LoadOptions::default(),
-    )
-    .unwrap();
+    let ds = load(&dir.join("m.csv"), &t, &mut enc, true).unwrap();
     let fc = FitConfig {
         train: cfg,
         run_dir: dir.join("run"),

@@ -67,13 +67,7 @@ fn every_trainable_parameter_gets_a_gradient() {
             let g = grads
                 .get(v.as_tensor())
                 .unwrap_or_else(|| panic!("{}: no gradient for {k}", f.display()));
-            let norm = g
-                .abs()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let norm = common::abs_sum(g);
             assert!(norm > 0.0, "{}: zero gradient for {k}", f.display());
         }
     }

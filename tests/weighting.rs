@@ -5,8 +5,8 @@
 
 mod common;
 
-use candle_core::{DType, Device, Tensor};
-use common::{graph, options, random_inputs};
+use candle_core::{Device, Tensor};
+use common::{abs_max, abs_sum, graph, max_abs_diff, options, random_inputs};
 use mtl::lower::{init_params, lower, Cut, Forward, Params, Program};
 use mtl::pipeline::Mode;
 use mtl::train::combine;
@@ -94,16 +94,23 @@ fn vars(params: &Params) -> Vec<(String, candle_core::Var)> {
 }
 
 fn close(a: &Tensor, b: &Tensor, what: &str) {
-    let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-    let d = d.to_scalar::<f32>().unwrap();
-    let scale = b
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    assert!(d <= 1e-5 * scale.max(1.0), "{what}: differs by {d}");
+    let d = max_abs_diff(a, b);
+    assert!(d <= 1e-5 * abs_max(b).max(1.0), "{what}: differs by {d}");
+}
+
+/// The trainable vars, which two or more heads share, and the forward cut
+/// at the shared boundary.
+fn split(
+    p: &Program,
+    params: &Params,
+    x: &HashMap<String, Tensor>,
+) -> (Vec<(String, candle_core::Var)>, Vec<bool>, Forward) {
+    let vars = vars(params);
+    let s = p.sharing();
+    let keys: Vec<String> = vars.iter().map(|(k, _)| k.clone()).collect();
+    let shared = s.shared_flags(&keys);
+    let fwd = forward(p, params, x, Some(s.cut()));
+    (vars, shared, fwd)
 }
 
 #[test]
@@ -131,7 +138,6 @@ fn the_sharing_table_names_who_reaches_what() {
 #[test]
 fn split_backward_reassembles_the_plain_gradient() {
     let (p, params, x) = setup();
-    let vars = vars(&params);
     let plain = forward(&p, &params, &x, None);
     let (hs, aux) = losses(&p, &params, &plain);
     let mut total = aux.clone();
@@ -139,17 +145,9 @@ fn split_backward_reassembles_the_plain_gradient() {
         total = (total + h).unwrap();
     }
     let want = total.backward().unwrap();
-
-    let s = p.sharing();
-    let cut = Cut {
-        boundary: &s.boundary,
-        outside: &s.outside,
-    };
-    let split = forward(&p, &params, &x, Some(cut));
-    assert_eq!(split.leaves.len(), s.boundary.len());
+    let (vars, shared, split) = split(&p, &params, &x);
+    assert_eq!(split.leaves.len(), p.sharing().boundary.len());
     let (hs, aux) = losses(&p, &params, &split);
-    let keys = s.shared_keys();
-    let shared: Vec<bool> = vars.iter().map(|(k, _)| keys.contains(k)).collect();
     let cp = combine::Params {
         vars: &vars,
         shared: &shared,
@@ -186,15 +184,7 @@ fn split_backward_reassembles_the_plain_gradient() {
 #[test]
 fn mgda_weights_shared_parameters_only_and_skips_absent_heads() {
     let (p, params, x) = setup();
-    let vars = vars(&params);
-    let s = p.sharing();
-    let keys = s.shared_keys();
-    let shared: Vec<bool> = vars.iter().map(|(k, _)| keys.contains(k)).collect();
-    let cut = Cut {
-        boundary: &s.boundary,
-        outside: &s.outside,
-    };
-    let split = forward(&p, &params, &x, Some(cut));
+    let (vars, shared, split) = split(&p, &params, &x);
     let (hs, _) = losses(&p, &params, &split);
     let cp = combine::Params {
         vars: &vars,
@@ -239,19 +229,12 @@ fn mgda_weights_shared_parameters_only_and_skips_absent_heads() {
             (Some(g), Some(w)) => close(g, &w, k),
             (None, None) => {}
             (Some(g), None) => {
-                let n = g
-                    .abs()
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let n = abs_sum(g);
                 assert!(n == 0.0, "{k}: a gradient ({n}) from the absent head");
             }
             (None, Some(_)) => panic!("{k}: missing gradient"),
         }
     }
-    let _ = DType::F32;
 }
 
 /// A head that reaches nothing shared takes no part in the combination:
@@ -273,15 +256,7 @@ model apart {
     let p = lower(&graph(c), Mode::Train).expect("lowers");
     let params = init_params(&p, 3, &Device::Cpu).unwrap();
     let x = random_inputs(&p, 7, 5, -1.0);
-    let vars = vars(&params);
-    let s = p.sharing();
-    let keys = s.shared_keys();
-    let shared: Vec<bool> = vars.iter().map(|(k, _)| keys.contains(k)).collect();
-    let cut = Cut {
-        boundary: &s.boundary,
-        outside: &s.outside,
-    };
-    let split = forward(&p, &params, &x, Some(cut));
+    let (vars, shared, split) = split(&p, &params, &x);
     let hs: Vec<Tensor> = p
         .heads
         .iter()
@@ -311,16 +286,8 @@ model apart {
         )
         .unwrap();
         assert!(alpha.iter().all(|a| a.is_finite()), "{method:?}: {alpha:?}");
-        let (k, _) = vars.iter().find(|(k, _)| k == "trunk.weight").unwrap();
-        let i = vars.iter().position(|(n, _)| n == k).unwrap();
-        let g = got[i].as_ref().expect("trunk gradient");
-        let norm = g
-            .abs()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let i = vars.iter().position(|(k, _)| k == "trunk.weight").unwrap();
+        let norm = abs_sum(got[i].as_ref().expect("trunk gradient"));
         assert!(norm > 0.0, "{method:?}: the shared trunk got no gradient");
     }
 }

@@ -140,13 +140,21 @@ pub fn predict(a: PredictArgs) -> Result<i32, Fail> {
     } else {
         a.output.clone()
     };
-    save_atomic(&out, &tensors_path).map_err(|e| Fail::usage(format!("error: {e}")))?;
-    let mut names: Vec<String> = out
+    write_tensors(&out, &tensors_path)
+}
+
+/// Writes `tensors` atomically and says what went where.
+fn write_tensors(
+    tensors: &std::collections::HashMap<String, candle_core::Tensor>,
+    path: &std::path::Path,
+) -> Result<i32, Fail> {
+    save_atomic(tensors, path).map_err(|e| Fail::usage(format!("error: {e}")))?;
+    let mut names: Vec<String> = tensors
         .iter()
         .map(|(k, v)| format!("{k} {:?}", v.dims()))
         .collect();
     names.sort();
-    eprintln!("wrote {} ({})", tensors_path.display(), names.join(", "));
+    eprintln!("wrote {} ({})", path.display(), names.join(", "));
     Ok(0)
 }
 
@@ -248,12 +256,5 @@ fn decode(a: DataArgs) -> Result<i32, Fail> {
         .iter()
         .filter_map(|i| all.get(&i.name).map(|t| (i.name.clone(), t.clone())))
         .collect();
-    save_atomic(&tensors, output).map_err(|e| Fail::usage(format!("error: {e}")))?;
-    let mut names: Vec<String> = tensors
-        .iter()
-        .map(|(k, v)| format!("{k} {:?}", v.dims()))
-        .collect();
-    names.sort();
-    eprintln!("wrote {} ({})", output.display(), names.join(", "));
-    Ok(0)
+    write_tensors(&tensors, output)
 }

@@ -388,53 +388,24 @@ impl Cx<'_> {
             })
         };
         Ok(match &t.what {
-            What::Image => {
-                let decoded: Vec<Result<Vec<f32>, String>> = slice
-                    .par_iter()
-                    .enumerate()
-                    .map(|(i, r)| {
-                        if let Some(v) = empty(i, r) {
-                            return v;
-                        }
-                        image::decode(&m.dir.join(r[col].trim()), dims[0], dims[1], dims[2])
-                            .map_err(|e| format!("{}: {e}", m.at(base + i, name)))
-                    })
-                    .collect();
-                let mut data = Vec::with_capacity(slice.len() * per);
-                for d in decoded {
-                    match d {
-                        Ok(v) => data.extend(v),
-                        Err(e) => errs.push(e),
-                    }
+            What::Image => files(slice, per, errs, |i, r| {
+                if let Some(v) = empty(i, r) {
+                    return v;
                 }
-                Values::F32(data)
-            }
-            What::Audio(rate) => {
-                let decoded: Vec<Result<Vec<f32>, String>> = slice
-                    .par_iter()
-                    .enumerate()
-                    .map(|(i, r)| {
-                        if let Some(v) = empty(i, r) {
-                            return v;
-                        }
-                        let at = || m.at(base + i, name);
-                        let path = m.dir.join(r[col].trim());
-                        let bytes = std::fs::read(&path).map_err(|e| {
-                            format!("{}: cannot read {}: {e}", at(), path.display())
-                        })?;
-                        audio::wav_to_log_mel(&bytes, *rate as u32, dims[0], dims[1])
-                            .map_err(|e| format!("{}: {}: {e}", at(), path.display()))
-                    })
-                    .collect();
-                let mut data = Vec::with_capacity(slice.len() * per);
-                for d in decoded {
-                    match d {
-                        Ok(v) => data.extend(v),
-                        Err(e) => errs.push(e),
-                    }
+                image::decode(&m.dir.join(r[col].trim()), dims[0], dims[1], dims[2])
+                    .map_err(|e| format!("{}: {e}", m.at(base + i, name)))
+            }),
+            What::Audio(rate) => files(slice, per, errs, |i, r| {
+                if let Some(v) = empty(i, r) {
+                    return v;
                 }
-                Values::F32(data)
-            }
+                let at = || m.at(base + i, name);
+                let path = m.dir.join(r[col].trim());
+                let bytes = std::fs::read(&path)
+                    .map_err(|e| format!("{}: cannot read {}: {e}", at(), path.display()))?;
+                audio::wav_to_log_mel(&bytes, *rate as u32, dims[0], dims[1])
+                    .map_err(|e| format!("{}: {}: {e}", at(), path.display()))
+            }),
             What::Tokens(_) if slice.iter().enumerate().any(|(i, r)| empty(i, r).is_some()) => {
                 let mut ids = Vec::with_capacity(slice.len() * per);
                 for (i, r) in slice.iter().enumerate() {
@@ -586,6 +557,29 @@ impl Cx<'_> {
             }
         })
     }
+}
+
+/// One file per row (an image, a sound) decoded in parallel by `decode`
+/// (row index in the slice, the row's cells); failures go to `errs`.
+fn files(
+    slice: &[Vec<String>],
+    per: usize,
+    errs: &mut Errors,
+    decode: impl Fn(usize, &Vec<String>) -> Result<Vec<f32>, String> + Sync,
+) -> Values {
+    let decoded: Vec<Result<Vec<f32>, String>> = slice
+        .par_iter()
+        .enumerate()
+        .map(|(i, r)| decode(i, r))
+        .collect();
+    let mut data = Vec::with_capacity(slice.len() * per);
+    for d in decoded {
+        match d {
+            Ok(v) => data.extend(v),
+            Err(e) => errs.push(e),
+        }
+    }
+    Values::F32(data)
 }
 
 /// `per` numbers separated by spaces or commas.

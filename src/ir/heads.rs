@@ -82,41 +82,24 @@ pub fn check(g: &mut Graph, errs: &mut Vec<Diagnostic>) {
     }
     for l in g.losses.clone() {
         let tys: Option<Vec<Type>> = l.operands.iter().map(|o| g.g[*o].ty.clone()).collect();
-        if let Some(tys) = tys {
-            let contrastive = matches!(l.kind, crate::ir::AuxKind::Contrastive { .. });
-            if contrastive && tys[0].rank() != 1 {
-                errs.push(
-                    operand_labels(
-                        g,
-                        &l.operands,
-                        &tys,
-                        Diagnostic::error(
-                            "mtl::fusion-shape",
-                            format!(
-                                "loss `{}` contrasts vectors: both values must be [D]",
-                                l.name
-                            ),
-                        )
-                        .label(l.span, "here"),
-                    )
-                    .help("pool first, e.g. `global_avg_pool(x)`, then `dense(D)` on each side"),
-                );
-            } else if tys[0] != tys[1] {
-                errs.push(
-                    operand_labels(
-                        g,
-                        &l.operands,
-                        &tys,
-                        Diagnostic::error(
-                            "mtl::fusion-shape",
-                            format!("loss `{}` compares values of different shapes", l.name),
-                        )
-                        .label(l.span, "here"),
-                    )
-                    .help("project one of them with `dense` or a 1×1 conv"),
-                );
-            }
-        }
+        let Some(tys) = tys else { continue };
+        let contrastive = matches!(l.kind, crate::ir::AuxKind::Contrastive { .. });
+        let (message, help) = if contrastive && tys[0].rank() != 1 {
+            (
+                "contrasts vectors: both values must be [D]",
+                "pool first, e.g. `global_avg_pool(x)`, then `dense(D)` on each side",
+            )
+        } else if tys[0] != tys[1] {
+            (
+                "compares values of different shapes",
+                "project one of them with `dense` or a 1×1 conv",
+            )
+        } else {
+            continue;
+        };
+        let d = Diagnostic::error("mtl::fusion-shape", format!("loss `{}` {message}", l.name))
+            .label(l.span, "here");
+        errs.push(operand_labels(g, &l.operands, &tys, d).help(help));
     }
 }
 

@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 
 impl Program {
     /// Indices of the steps the values in `slots` depend on.
-    pub(super) fn ancestors(&self, slots: &[usize]) -> BTreeSet<usize> {
+    pub fn ancestors(&self, slots: &[usize]) -> BTreeSet<usize> {
         let producer: HashMap<usize, usize> = self
             .steps
             .iter()

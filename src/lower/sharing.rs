@@ -55,6 +55,20 @@ impl Sharing {
             .collect()
     }
 
+    /// Per key of `keys`: whether two or more heads share it.
+    pub fn shared_flags(&self, keys: &[String]) -> Vec<bool> {
+        let shared = self.shared_keys();
+        keys.iter().map(|k| shared.contains(k)).collect()
+    }
+
+    /// Where a training forward splits for per-task gradients.
+    pub fn cut(&self) -> super::Cut<'_> {
+        super::Cut {
+            boundary: &self.boundary,
+            outside: &self.outside,
+        }
+    }
+
     /// Parameter counts: (shared by two or more heads, of one head alone, of no head).
     pub fn counts(&self) -> (usize, usize, usize) {
         let mut c = (0, 0, 0);
@@ -136,15 +150,8 @@ impl Program {
         // reach[step] = objectives whose loss depends on the step.
         let mut reach: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); self.steps.len()];
         for (o, slots) in roots.iter().enumerate() {
-            let mut stack: Vec<usize> = slots.clone();
-            let mut seen = BTreeSet::new();
-            while let Some(slot) = stack.pop() {
-                if let Some(&i) = producer.get(&slot) {
-                    if seen.insert(i) {
-                        reach[i].insert(o);
-                        stack.extend(self.steps[i].args.iter().copied());
-                    }
-                }
+            for i in self.ancestors(slots) {
+                reach[i].insert(o);
             }
         }
         let group = |prefix: &str| {

@@ -15,7 +15,7 @@ use super::config::Weighting;
 use super::optim::grads_for;
 use super::weighting::{aligned_mtl, cagrad, imtl, mgda, nash_mtl, pcgrad, Gram};
 use crate::lower::Forward;
-use candle_core::{backprop::GradStore, Result, Tensor, Var};
+use candle_core::{backprop::GradStore, DType, Result, Tensor, Var};
 use rand::rngs::StdRng;
 
 /// What a gradient method keeps between steps.
@@ -89,34 +89,23 @@ fn combination(xs: &[Grads], alpha: &[f64], n: usize) -> Result<Grads> {
 /// then one matrix product.
 fn gram(xs: &[Grads], keep: &[bool]) -> Result<Gram> {
     let k = xs.len();
-    // Per kept entry, its length (from any task that reaches it).
-    let entries: Vec<(usize, usize)> = keep
+    // Per kept entry, one task's gradient there (for the zeros of the others).
+    let entries: Vec<(usize, &Tensor)> = keep
         .iter()
         .enumerate()
         .filter(|(_, k)| **k)
-        .filter_map(|(e, _)| {
-            xs.iter()
-                .find_map(|x| x[e].as_ref())
-                .map(|t| (e, t.elem_count()))
-        })
+        .filter_map(|(e, _)| xs.iter().find_map(|x| x[e].as_ref()).map(|t| (e, t)))
         .collect();
     if k == 0 || entries.is_empty() {
         return Ok(Gram::new(k, vec![0.0; k * k]));
     }
-    let dev = xs
-        .iter()
-        .flatten()
-        .flatten()
-        .next()
-        .map(|t| t.device().clone());
-    let dev = dev.unwrap_or(candle_core::Device::Cpu);
     let mut rows = vec![];
     for x in xs {
         let parts: Vec<Tensor> = entries
             .iter()
-            .map(|&(e, n)| match &x[e] {
-                Some(t) => t.flatten_all()?.to_dtype(candle_core::DType::F32),
-                None => Tensor::zeros(n, candle_core::DType::F32, &dev),
+            .map(|&(e, other)| match &x[e] {
+                Some(t) => t.flatten_all()?.to_dtype(DType::F32),
+                None => other.flatten_all()?.to_dtype(DType::F32)?.zeros_like(),
             })
             .collect::<Result<_>>()?;
         rows.push(Tensor::cat(&parts, 0)?);

@@ -6,7 +6,7 @@ use super::contrastive::contrastive;
 use super::loss::{head_loss, head_loss_counted, Reduction};
 use super::metrics::HeadStats;
 use super::optim::{lr_at, Optimizer};
-use super::scheme::{Scheme, SchemeState};
+use super::scheme::{Scheme, SchemeState, StepLosses};
 use crate::data::Dataset;
 
 /// One batch: a tensor per input, label and mask.
@@ -459,6 +459,7 @@ pub fn fit(
                 None => train_prog.forward(params, inputs, &mut rng)?,
             };
             let ls = losses(train_prog, params, &fwd, &batch, Reduction::Batch)?;
+            let mut values = Vec::with_capacity(ls.heads.len());
             for (i, l) in ls.heads.iter().enumerate() {
                 let v = l.to_scalar::<f32>()?;
                 if !v.is_finite() {
@@ -470,8 +471,10 @@ pub fn fit(
                     });
                 }
                 sums[i] += v as f64;
+                values.push(v as f64);
             }
             let mut aux_total: Option<Tensor> = None;
+            let mut aux_value = 0.0;
             for (a, l) in ls.aux.iter().zip(&train_prog.losses) {
                 let v = a.to_scalar::<f32>()?;
                 if !v.is_finite() {
@@ -483,21 +486,21 @@ pub fn fit(
                     });
                 }
                 *aux_sums.entry(l.name.clone()).or_insert(0.0) += v as f64;
+                aux_value += v as f64 * l.weight;
                 let a = (a * l.weight)?;
                 aux_total = Some(match aux_total {
                     Some(x) => (x + a)?,
                     None => a,
                 });
             }
-            let (grads, total) = scheme.gradients(
-                &fwd,
-                &ls.heads,
-                &ls.present,
-                aux_total.as_ref(),
-                &vars,
-                lr,
-                &mut rng,
-            )?;
+            let step = StepLosses {
+                heads: &ls.heads,
+                values: &values,
+                present: &ls.present,
+                aux: aux_total.as_ref(),
+                aux_value,
+            };
+            let (grads, total) = scheme.gradients(&fwd, &step, &vars, lr, &mut rng)?;
             opt.apply(&vars, grads, lr, t.clip_norm)?;
             for (i, (h, slot)) in train_prog.heads.iter().enumerate() {
                 if let Some(l) = fwd.get(*slot) {

@@ -6,7 +6,7 @@ use super::optim::grads_for;
 use crate::lower::Program;
 use candle_core::{Result, Tensor, Var};
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 
 /// The asymmetry α of the paper (1.5 in its experiments).
 const ALPHA: f64 = 1.5;
@@ -23,36 +23,25 @@ pub struct GradNorm {
 
 /// Trainable parameter keys of the last step (in program order) that every head depends on.
 pub fn last_shared_layer(prog: &Program, trainable: &[String]) -> Option<Vec<String>> {
-    let mut common: Option<HashSet<usize>> = None;
+    let mut common: Option<BTreeSet<usize>> = None;
     for (_, slot) in &prog.heads {
-        let mut seen = HashSet::new();
-        let mut stack = vec![*slot];
-        while let Some(s) = stack.pop() {
-            if seen.insert(s) {
-                if let Some(step) = prog.steps.iter().find(|st| st.out == s) {
-                    stack.extend(step.args.iter().copied());
-                }
-            }
-        }
+        let seen = prog.ancestors(&[*slot]);
         common = Some(match common {
             None => seen,
             Some(c) => c.intersection(&seen).copied().collect(),
         });
     }
     let common = common?;
-    prog.steps
-        .iter()
-        .rev()
-        .filter(|st| common.contains(&st.out))
-        .find_map(|st| {
-            let prefix = format!("{}.", st.params.as_ref()?);
-            let keys: Vec<String> = trainable
-                .iter()
-                .filter(|k| k.starts_with(&prefix))
-                .cloned()
-                .collect();
-            (!keys.is_empty()).then_some(keys)
-        })
+    // Step indices are in program order: the last one every head reaches.
+    common.iter().rev().find_map(|&i| {
+        let prefix = format!("{}.", prog.steps[i].params.as_ref()?);
+        let keys: Vec<String> = trainable
+            .iter()
+            .filter(|k| k.starts_with(&prefix))
+            .cloned()
+            .collect();
+        (!keys.is_empty()).then_some(keys)
+    })
 }
 
 impl GradNorm {

@@ -27,6 +27,19 @@ pub struct SchemeState {
     pub method: MethodState,
 }
 
+/// One step's losses as a scheme takes them.
+#[derive(Clone, Copy)]
+pub struct StepLosses<'a> {
+    pub heads: &'a [Tensor],
+    /// Their values, read once by the training loop.
+    pub values: &'a [f64],
+    /// Whether each head has a label in the batch.
+    pub present: &'a [bool],
+    /// The auxiliary losses' weighted sum, and its value.
+    pub aux: Option<&'a Tensor>,
+    pub aux_value: f64,
+}
+
 pub struct Scheme {
     pub method: Weighting,
     /// The heads' `weight`s from the model file.
@@ -72,8 +85,7 @@ impl Scheme {
             vec![]
         };
         let sharing = prog.sharing();
-        let keys = sharing.shared_keys();
-        let shared = trainable.iter().map(|k| keys.contains(k)).collect();
+        let shared = sharing.shared_flags(trainable);
         let file_weights: Vec<f64> = prog.heads.iter().map(|(h, _)| h.weight).collect();
         Ok(Scheme {
             method,
@@ -89,10 +101,7 @@ impl Scheme {
 
     /// Where the training forward is split: only for the gradient methods.
     pub fn cut(&self) -> Option<Cut<'_>> {
-        self.method.is_gradient_method().then_some(Cut {
-            boundary: &self.sharing.boundary,
-            outside: &self.sharing.outside,
-        })
+        self.method.is_gradient_method().then(|| self.sharing.cut())
     }
 
     /// Starts an epoch: DWA's weights (Liu et al. 2019, Eq. 4, T = 2) from
@@ -119,31 +128,27 @@ impl Scheme {
 
     /// The gradients of one step (aligned with `vars`, the model's trainable
     /// vars followed by `log_vars`) and the weighted total loss.
-    #[allow(clippy::too_many_arguments)]
     pub fn gradients(
         &mut self,
         fwd: &Forward,
-        losses: &[Tensor],
-        present: &[bool],
-        aux: Option<&Tensor>,
+        step: &StepLosses,
         vars: &[(String, Var)],
         lr: f64,
         rng: &mut StdRng,
     ) -> Result<(Vec<Option<Tensor>>, f64)> {
+        let StepLosses {
+            heads: losses,
+            values,
+            present,
+            aux,
+            aux_value,
+        } = *step;
         let k = losses.len();
-        let values: Vec<f64> = losses
-            .iter()
-            .map(|l| l.to_scalar::<f32>().map(f64::from))
-            .collect::<Result<_>>()?;
         let scaled: Vec<Tensor> = losses
             .iter()
             .zip(&self.file_weights)
             .map(|(l, w)| if *w == 1.0 { Ok(l.clone()) } else { l * *w })
             .collect::<Result<_>>()?;
-        let aux_value = aux
-            .map(|a| a.to_scalar::<f32>())
-            .transpose()?
-            .unwrap_or(0.0) as f64;
         if self.method.is_gradient_method() {
             let n = vars.len() - self.log_vars.len();
             let p = combine::Params {
@@ -161,7 +166,7 @@ impl Scheme {
                 rng,
             )?;
             self.record(&alpha, present);
-            let total = alpha.iter().zip(&values).zip(&self.file_weights);
+            let total = alpha.iter().zip(values).zip(&self.file_weights);
             let total: f64 = total.map(|((a, v), w)| a * v * w).sum::<f64>() + aux_value;
             return Ok((grads, total));
         }
@@ -169,7 +174,7 @@ impl Scheme {
             let grads = gn.step(losses, aux, vars, lr)?;
             let coef = gn.weights.clone();
             self.record(&coef, present);
-            let total = coef.iter().zip(&values).map(|(c, v)| c * v).sum::<f64>() + aux_value;
+            let total = coef.iter().zip(values).map(|(c, v)| c * v).sum::<f64>() + aux_value;
             return Ok((grads, total));
         }
         let present_values: Vec<Option<f64>> = values
@@ -197,11 +202,11 @@ impl Scheme {
                 let value = total.to_scalar::<f32>()? as f64;
                 return Ok((grads_for(vars, &total.backward()?), value));
             }
-            Weighting::Famo { .. } => {
+            Weighting::Famo { lr, gamma } => {
                 let famo = self
                     .state
                     .famo
-                    .get_or_insert_with(|| Famo::new(k, 0.025, 0.01));
+                    .get_or_insert_with(|| Famo::new(k, lr, gamma));
                 // The losses after the last update: FAMO's δ (Alg. 1, line 6),
                 // measured on this batch rather than by a second forward pass.
                 if famo.pending.is_some() {
@@ -234,7 +239,7 @@ impl Scheme {
         if let Some(a) = aux {
             total = (total + a)?;
         }
-        let value = coef.iter().zip(&values).map(|(c, v)| c * v).sum::<f64>() + aux_value;
+        let value = coef.iter().zip(values).map(|(c, v)| c * v).sum::<f64>() + aux_value;
         Ok((grads_for(vars, &total.backward()?), value))
     }
 

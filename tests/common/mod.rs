@@ -82,11 +82,24 @@ pub fn random_inputs_from(
 
 /// max |a − b| over all elements.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
+    abs_max(&(a - b).unwrap())
+}
+
+/// max |t| over all elements (NaN if any is NaN).
+pub fn abs_max(t: &Tensor) -> f32 {
+    t.abs()
         .unwrap()
         .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// Σ |t| over all elements.
+pub fn abs_sum(t: &Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .sum_all()
         .unwrap()
         .to_scalar::<f32>()
         .unwrap()
