@@ -52,15 +52,29 @@ pub fn predict(
         .collect()
 }
 
-/// The device named on the command line.
+/// The device named on the command line: `cpu`, `cuda`, `cuda:N`, `metal`.
 pub fn device(name: &str) -> Result<Device, String> {
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Device::new_cuda(0)
-            .map_err(|e| format!("cannot open CUDA device 0: {e} (build with `--features cuda`)")),
-        "metal" => Device::new_metal(0).map_err(|e| {
-            format!("cannot open Metal device 0: {e} (build with `--features metal`)")
+    let (kind, index) = match name.split_once(':') {
+        Some((k, i)) => match i.parse::<usize>() {
+            Ok(i) => (k, i),
+            Err(_) => {
+                return Err(format!(
+                    "bad device `{name}`: the index after `:` is a number, as in `cuda:0`"
+                ))
+            }
+        },
+        None => (name, 0),
+    };
+    match kind {
+        "cpu" if index == 0 => Ok(Device::Cpu),
+        "cuda" => Device::new_cuda(index).map_err(|e| {
+            format!("cannot open CUDA device {index}: {e} (build with `--features cuda`)")
         }),
-        other => Err(format!("unknown device `{other}`: use cpu, cuda or metal")),
+        "metal" => Device::new_metal(index).map_err(|e| {
+            format!("cannot open Metal device {index}: {e} (build with `--features metal`)")
+        }),
+        _ => Err(format!(
+            "unknown device `{name}`: use cpu, cuda, cuda:N or metal"
+        )),
     }
 }

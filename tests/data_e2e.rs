@@ -92,6 +92,7 @@ fn train_eval(src: &str, data: &Path, epochs: usize) -> EvalResult {
         run_dir: dir,
         resume: false,
         device: dev.clone(),
+        tensorboard: None,
     };
     let mut params = init_params(&t, 0, &dev).unwrap();
     mtl::train::fit(&fc, &t, &i, &mut params, &train, None, &mut Quiet).unwrap();
@@ -487,6 +488,7 @@ fn decoded_data_above_the_memory_limit_streams_to_a_reused_disk_cache() {
             run_dir: data.join(name),
             resume: false,
             device: dev.clone(),
+            tensorboard: None,
         };
         let mut params = init_params(&t, 0, &dev).unwrap();
         mtl::train::fit(&fc, &t, &i, &mut params, ds, None, &mut Quiet).unwrap();
@@ -616,6 +618,7 @@ fn a_header_only_manifest_does_not_train() {
         run_dir: dir.join("run"),
         resume: false,
         device: Device::Cpu,
+        tensorboard: None,
     };
     let mut params = init_params(&t, 0, &Device::Cpu).unwrap();
     let err = mtl::train::fit(&fc, &t, &i, &mut params, &ds, None, &mut Quiet).unwrap_err();

@@ -31,8 +31,8 @@ fn check(dir: &Path, name: &str, optimize: bool) {
     };
     let c = mtl::compile_file(&dir.join(format!("{name}.mtl")), &opts).unwrap();
     let g = graph(c);
-    let prog = lower(&g, Mode::Infer).expect("lowers");
     let dev = Device::Cpu;
+    let prog = lower(&g, Mode::Infer).expect("lowers").for_device(&dev);
     let mut params = init_params(&prog, 0, &dev).unwrap();
     params
         .load(&dir.join(format!("{name}.weights.safetensors")), &dev)
@@ -65,6 +65,18 @@ fn cases(dir: &Path) -> Vec<String> {
 /// Our own Keras-checked cases (`tests/reference/make.py`).
 fn references() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference")
+}
+
+/// The same with candle's ops only: the kernels every GPU run uses.
+#[test]
+fn every_fixture_matches_keras_with_candle_ops() {
+    mtl::kernels::set_portable(true);
+    for dir in [fixtures(), references()] {
+        for name in cases(&dir) {
+            check(&dir, &name, true);
+        }
+    }
+    mtl::kernels::set_portable(false);
 }
 
 #[test]

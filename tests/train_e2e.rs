@@ -49,6 +49,7 @@ fn fit(
         run_dir: dir.to_path_buf(),
         resume,
         device: Device::Cpu,
+        tensorboard: Some(dir.join("tensorboard")),
     };
     mtl::train::fit(&fc, t, i, params, train, val, &mut Quiet)
 }
@@ -208,6 +209,110 @@ fn resume_continues_exactly() {
         std::fs::remove_dir_all(a_dir),
         std::fs::remove_dir_all(b_dir),
     );
+}
+
+/// A checkpoint that cannot be written whole (here the optimizer state's
+/// file is blocked, as a full disk would) fails the run and leaves the
+/// previous epoch's checkpoint as it was: resuming from it is exact.
+#[test]
+fn a_failed_checkpoint_leaves_the_previous_epoch_whole() {
+    let dev = Device::Cpu;
+    let (mut cfg, t, i) = programs(&root().join("models/siamese.mtl"));
+    let ds = random_data(&t, 12, 3);
+    cfg.batch_size = 4;
+    cfg.epochs = 4;
+    let a_dir = tmp("ckpt-a");
+    let mut a = init_params(&t, 0, &dev).unwrap();
+    fit(cfg.clone(), &a_dir, &t, &i, &mut a, &ds, None, false).unwrap();
+    let b_dir = tmp("ckpt-b");
+    let mut b = init_params(&t, 0, &dev).unwrap();
+    let mut half = cfg.clone();
+    half.epochs = 2;
+    fit(half, &b_dir, &t, &i, &mut b, &ds, None, false).unwrap();
+    let blocked = b_dir.join("optimizer.safetensors.next");
+    std::fs::create_dir_all(blocked.join("x")).unwrap();
+    let mut b2 = init_params(&t, 7, &dev).unwrap();
+    let e = fit(cfg.clone(), &b_dir, &t, &i, &mut b2, &ds, None, true).unwrap_err();
+    assert!(e.to_string().contains("optimizer.safetensors"), "{e}");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(b_dir.join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["epoch"], 2, "the failed epoch was not committed");
+    std::fs::remove_dir_all(&blocked).unwrap();
+    let mut b3 = init_params(&t, 9, &dev).unwrap();
+    let h = fit(cfg, &b_dir, &t, &i, &mut b3, &ds, None, true).unwrap();
+    assert_eq!(h.len(), 4);
+    assert_same_params(&a, &b3, "after a failed checkpoint and resume");
+    // Every epoch also reached TensorBoard's event files.
+    for split in ["train", "validation"] {
+        assert!(
+            b_dir
+                .join("tensorboard")
+                .join(split)
+                .read_dir()
+                .unwrap()
+                .count()
+                >= 2
+        );
+    }
+    let _ = (
+        std::fs::remove_dir_all(a_dir),
+        std::fs::remove_dir_all(b_dir),
+    );
+}
+
+/// The mixed-precision plumbing (parameters cast per forward, f32 masters,
+/// losses and norm statistics in f32, masks and constants in the compute
+/// dtype) computes the same training as plain f32. candle's CPU matmul has no
+/// bf16, so here the compute dtype is f64: every cast the GPU's bf16 run
+/// makes is made, and the results must agree to f32 rounding.
+#[test]
+fn mixed_precision_plumbing_trains_as_f32() {
+    let dev = Device::Cpu;
+    let (mut cfg, t, i) = programs(&root().join("models/digits.mtl"));
+    let data = root().join("../shared/data/digits");
+    let train = Dataset::load(&data.join("train.safetensors"), &dev, u64::MAX).unwrap();
+    cfg.epochs = 2;
+    cfg.batch_size = 32;
+    let run = |dtype: DType| {
+        let (t, i) = (
+            t.clone().with_precision(dtype),
+            i.clone().with_precision(dtype),
+        );
+        let mut params = init_params(&t, 0, &dev).unwrap();
+        let dir = tmp(&format!("mixed-{dtype:?}"));
+        let h = fit(
+            cfg.clone(),
+            &dir,
+            &t,
+            &i,
+            &mut params,
+            &train,
+            Some(&train),
+            false,
+        )
+        .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            params.vars.values().all(|v| v.dtype() == DType::F32),
+            "f32 masters"
+        );
+        h.iter()
+            .map(|e| (e.train.loss, e.val.as_ref().unwrap().loss))
+            .collect::<Vec<_>>()
+    };
+    // (Accuracy is left out: early in training many logits are near ties,
+    // and f32 against f64 rounding flips a few of them.)
+    let (a, b) = (run(DType::F32), run(DType::F64));
+    for ((ta, va), (tb, vb)) in a.iter().zip(&b) {
+        assert!(
+            (ta - tb).abs() <= 1e-3 * ta.abs(),
+            "train loss {a:?} vs {b:?}"
+        );
+        assert!(
+            (va - vb).abs() <= 1e-3 * va.abs(),
+            "validation loss {a:?} vs {b:?}"
+        );
+    }
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! `bench`: training or inference throughput on random data of the model's shapes.
 
-use super::{build, Fail};
+use super::{build, DeviceArgs, Fail};
 use candle_core::{DType, Tensor};
 use clap::Args;
 use mtl::lower::init_params;
@@ -30,8 +30,8 @@ pub struct BenchArgs {
     repeats: usize,
     #[arg(long)]
     no_opt: bool,
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[command(flatten)]
+    device: DeviceArgs,
     #[arg(long)]
     json: bool,
     /// Time per IR node and op kind (forward), and the backward and optimizer totals.
@@ -40,10 +40,10 @@ pub struct BenchArgs {
 }
 
 pub fn bench(a: BenchArgs) -> Result<i32, Fail> {
-    let dev = mtl::predict::device(&a.device).map_err(Fail::usage)?;
+    let dev = a.device.open()?;
     let mode = if a.infer { Mode::Infer } else { Mode::Train };
     let (_, _, prog) = build(&a.model, mode, !a.no_opt, true)?;
-    let prog = prog.for_device(&dev);
+    let prog = a.device.place(prog, &dev)?;
     let params = init_params(&prog, 0, &dev).map_err(|e| Fail::model(e.to_string()))?;
     let b = a.batch_size.max(1);
     let f = |e: candle_core::Error| Fail::model(format!("error: {e}"));
@@ -144,6 +144,8 @@ pub fn bench(a: BenchArgs) -> Result<i32, Fail> {
         for _ in 0..a.steps.max(1) {
             step(false)?;
         }
+        // A GPU queues its kernels: the time counts once they have run.
+        dev.synchronize().map_err(f)?;
         times.push(t0.elapsed().as_secs_f64() / a.steps.max(1) as f64);
     }
     // Profiled steps run separately, so timing them does not skew the throughput.
@@ -158,7 +160,7 @@ pub fn bench(a: BenchArgs) -> Result<i32, Fail> {
     if a.json {
         println!(
             "{}",
-            serde_json::json!({"model": a.model.display().to_string(), "mode": if mode == Mode::Train { "train" } else { "infer" }, "optimized": !a.no_opt, "batch_size": b, "step_ms": median * 1e3, "samples_per_sec": sps})
+            serde_json::json!({"model": a.model.display().to_string(), "mode": if mode == Mode::Train { "train" } else { "infer" }, "optimized": !a.no_opt, "batch_size": b, "device": a.device.device, "precision": format!("{:?}", prog.compute).to_lowercase(), "step_ms": median * 1e3, "samples_per_sec": sps})
         );
     } else {
         println!(

@@ -151,6 +151,58 @@ pub fn build(
     Ok((g, c.train, prog))
 }
 
+/// Where the program runs, and with which kernels.
+#[derive(Args, Clone)]
+pub struct DeviceArgs {
+    /// `cpu`, `cuda` (`cuda:N` for the N-th GPU) or `metal`; GPUs need a
+    /// build with `--features cuda` / `metal`.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// `own`: our fused CPU kernels where they exist; `candle`: candle's ops
+    /// everywhere, the path a GPU run takes (to check it on a CPU).
+    #[arg(long, value_enum, default_value = "own")]
+    kernels: Kernels,
+    /// `bf16`: mixed precision, the forward and backward in bfloat16 with f32
+    /// weights, optimizer, losses and norm statistics (for GPUs; on a CPU it
+    /// runs candle's bf16 ops, slower than f32).
+    #[arg(long, value_enum, default_value = "f32")]
+    precision: Precision,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    F32,
+    Bf16,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+pub enum Kernels {
+    Own,
+    Candle,
+}
+
+impl DeviceArgs {
+    /// Opens the device and sets the kernel choice for this thread.
+    pub fn open(&self) -> Result<candle_core::Device, Fail> {
+        mtl::kernels::set_portable(self.kernels == Kernels::Candle);
+        mtl::predict::device(&self.device).map_err(Fail::usage)
+    }
+
+    /// `prog` for the opened `device`: its kernels and its compute dtype.
+    pub fn place(&self, prog: Program, device: &candle_core::Device) -> Result<Program, Fail> {
+        let dtype = match self.precision {
+            Precision::F32 => candle_core::DType::F32,
+            Precision::Bf16 if device.is_cpu() => {
+                return Err(Fail::usage(
+                    "error: `--precision bf16` needs a GPU (`--device cuda`): candle's CPU matmul has no bf16",
+                ))
+            }
+            Precision::Bf16 => candle_core::DType::BF16,
+        };
+        Ok(prog.for_device(device).with_precision(dtype))
+    }
+}
+
 /// Where decoded data lives: memory up to a bound, else a disk cache.
 #[derive(Args, Clone)]
 pub struct StorageArgs {

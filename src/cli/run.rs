@@ -1,6 +1,6 @@
 //! `predict` and `init`: running compiled models on tensors.
 
-use super::{build, report_storage, resolve_model, Fail, StorageArgs};
+use super::{build, report_storage, resolve_model, DeviceArgs, Fail, StorageArgs};
 use clap::Args;
 use mtl::data::{Dataset, Encoders};
 use mtl::lower::{init_params, save_atomic, Params};
@@ -24,8 +24,8 @@ pub struct PredictArgs {
     output: PathBuf,
     #[arg(long, default_value_t = 256)]
     batch_size: usize,
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[command(flatten)]
+    device: DeviceArgs,
     #[arg(long)]
     no_opt: bool,
     #[command(flatten)]
@@ -58,14 +58,14 @@ pub fn predict(a: PredictArgs) -> Result<i32, Fail> {
             a.output.display()
         )));
     }
-    let device = mtl::predict::device(&a.device).map_err(Fail::usage)?;
+    let device = a.device.open()?;
     let (model, run_weights) = resolve_model(&a.model);
     let weights = a
         .weights
         .or(run_weights)
         .ok_or_else(|| Fail::usage("error: --weights is required when MODEL is a file"))?;
     let (_, _, prog) = build(&model, Mode::Infer, !a.no_opt, true)?;
-    let prog = prog.for_device(&device);
+    let prog = a.device.place(prog, &device)?;
     let sig = prog.signature();
     let mut params =
         init_params(&prog, 0, &device).map_err(|e| Fail::model(format!("error: {e}")))?;

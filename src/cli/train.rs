@@ -1,6 +1,6 @@
 //! `train` and `evaluate`: the main job.
 
-use super::{build, report_storage, resolve_model, Fail, StorageArgs};
+use super::{build, report_storage, resolve_model, DeviceArgs, Fail, StorageArgs};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use mtl::data::{Dataset, Encoders};
@@ -47,8 +47,8 @@ pub struct TrainArgs {
     /// nash_mtl(max_norm=1), famo(lr=0.025, gamma=0.01), rlw, aligned_mtl.
     #[arg(long, conflicts_with = "resume")]
     weighting: Option<String>,
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// Run directory (default: runs/MODEL, numbered if it exists).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -58,6 +58,9 @@ pub struct TrainArgs {
     /// Continue a run from its last checkpoint (optimizer state included).
     #[arg(long, conflicts_with = "out")]
     resume: Option<PathBuf>,
+    /// Where TensorBoard event files go (default: RUN/tensorboard).
+    #[arg(long, value_name = "DIR")]
+    tensorboard: Option<PathBuf>,
     /// No progress output; errors only.
     #[arg(long)]
     quiet: bool,
@@ -79,8 +82,8 @@ pub struct EvaluateArgs {
     data: PathBuf,
     #[arg(long, default_value_t = 256)]
     batch_size: usize,
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[command(flatten)]
+    device: DeviceArgs,
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -241,7 +244,7 @@ fn copy_model(model: &Path, run_dir: &Path) -> Result<(), Fail> {
 }
 
 pub fn train(a: TrainArgs) -> Result<i32, Fail> {
-    let device = mtl::predict::device(&a.device).map_err(Fail::usage)?;
+    let device = a.device.open()?;
     let (model_path, _) = match &a.resume {
         Some(run) => resolve_model(run),
         None => (a.model.clone(), None),
@@ -262,8 +265,8 @@ pub fn train(a: TrainArgs) -> Result<i32, Fail> {
     let (g, mut cfg, train_prog) = build(&model_path, Mode::Train, !a.no_opt, true)?;
     let (_, _, infer_prog) = build(&model_path, Mode::Infer, !a.no_opt, false)?;
     let (train_prog, infer_prog) = (
-        train_prog.for_device(&device),
-        infer_prog.for_device(&device),
+        a.device.place(train_prog, &device)?,
+        a.device.place(infer_prog, &device)?,
     );
     if let Some(e) = a.epochs {
         cfg.epochs = e;
@@ -402,6 +405,11 @@ pub fn train(a: TrainArgs) -> Result<i32, Fail> {
         run_dir: run_dir.clone(),
         resume: a.resume.is_some(),
         device: device.clone(),
+        tensorboard: Some(
+            a.tensorboard
+                .clone()
+                .unwrap_or_else(|| run_dir.join("tensorboard")),
+        ),
     };
     let mut obs = Cli {
         bar: None,
@@ -436,13 +444,13 @@ pub fn evaluate(a: EvaluateArgs) -> Result<i32, Fail> {
     if a.batch_size == 0 {
         return Err(Fail::usage("error: the batch size must be at least 1"));
     }
-    let device = mtl::predict::device(&a.device).map_err(Fail::usage)?;
+    let device = a.device.open()?;
     let (model, weights) = resolve_model(&a.run);
     let weights = weights.ok_or_else(|| {
         Fail::usage("error: evaluate takes a run directory written by `mtl train`")
     })?;
     let (_, _, prog) = build(&model, Mode::Infer, true, true)?;
-    let prog = prog.for_device(&device);
+    let prog = a.device.place(prog, &device)?;
     let mut params = init_params(&prog, 0, &device).map_err(|e| Fail::model(e.to_string()))?;
     params
         .load(&weights, &device)

@@ -17,6 +17,32 @@ pub mod math;
 pub mod par;
 pub mod softmax;
 
+use std::cell::Cell;
+
+thread_local! {
+    static PORTABLE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether our own kernels serve tensors on `device`. They are CPU code, so
+/// any other device takes candle's ops; `--kernels candle` (see
+/// [`set_portable`]) makes the CPU take them too, which is how the path every
+/// GPU run takes is tested on a machine without one.
+pub fn native_device(device: &candle_core::Device) -> bool {
+    device.is_cpu() && !PORTABLE.with(Cell::get)
+}
+
+/// Whether our own kernels compute `t`: f32 (they know no other dtype) on a
+/// [`native_device`].
+pub fn native(t: &candle_core::Tensor) -> bool {
+    t.dtype() == candle_core::DType::F32 && native_device(t.device())
+}
+
+/// Candle's ops instead of ours on this thread (the one that runs the
+/// program: lowering and execution never leave it).
+pub fn set_portable(on: bool) {
+    PORTABLE.with(|p| p.set(on));
+}
+
 /// Backpropagates the same random projection of `ours` and `theirs` (an op
 /// and its candle reference) and checks the gradients of `vars` agree.
 #[cfg(test)]

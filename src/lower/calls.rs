@@ -133,7 +133,7 @@ pub fn dense_act(x: &Tensor, w: &Tensor, b: &Tensor, relu: bool) -> Result<Tenso
     } else {
         x.reshape(((), i))?
     };
-    let y = if x2.device().is_cpu() && x2.dtype() == DType::F32 {
+    let y = if crate::kernels::native(&x2) {
         // Our op: GEMM forward and backward, a row sum for the bias gradient.
         let op = crate::kernels::linear::Linear { relu };
         x2.contiguous()?
@@ -276,9 +276,10 @@ pub fn pool(
         (e(size), e(stride))
     };
     let y = match kind {
-        PoolKind::Max if x4.device().is_cpu() => x4
+        PoolKind::Max if crate::kernels::native(&x4) => x4
             .contiguous()?
             .apply_op1(crate::kernels::cpu_ops::MaxPool2d::new(k, s, train))?,
+        PoolKind::Max if train && k == s => max_pool_first(&x4, k)?,
         PoolKind::Max => x4.max_pool2d_with_stride(k, s)?,
         PoolKind::Avg => x4.avg_pool2d_with_stride(k, s)?,
     };
@@ -289,13 +290,48 @@ pub fn pool(
     }
 }
 
+/// Max pooling over non-overlapping `k` windows from candle's ops, for
+/// training off our CPU kernel (the GPU path). candle's own max pool sends the
+/// gradient to every element equal to a window's max, and ties are the rule
+/// after a relu (all-zero windows); Keras, PyTorch and our kernel send it to
+/// the first maximum alone. Here the window's first maximum is found by a
+/// running count of the maxima (a product with a triangular matrix) and the
+/// output is the window times that one-hot mask, so backprop routes as Keras.
+fn max_pool_first(x: &Tensor, (kh, kw): (usize, usize)) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    let (oh, ow) = (h / kh, w / kw);
+    // [B, C, OH, KH, OW, KW] → [B, C, OH, OW, KH·KW]: each window's elements in row-major order.
+    let win = x
+        .narrow(2, 0, oh * kh)?
+        .narrow(3, 0, ow * kw)?
+        .reshape((b, c, oh, kh, ow, kw))?
+        .permute((0, 1, 2, 4, 3, 5))?
+        .reshape((b, c, oh, ow, kh * kw))?;
+    let n = kh * kw;
+    let is_max = win
+        .detach()
+        .broadcast_eq(&win.detach().max_keepdim(4)?)?
+        .to_dtype(x.dtype())?;
+    // upper[i][j] = 1 for i ≤ j: (is_max · upper)[j] counts the maxima up to j.
+    let upper: Vec<f32> = (0..n * n)
+        .map(|i| if i / n <= i % n { 1.0 } else { 0.0 })
+        .collect();
+    let upper = Tensor::from_vec(upper, (n, n), x.device())?.to_dtype(x.dtype())?;
+    let seen = is_max
+        .reshape(((), n))?
+        .matmul(&upper)?
+        .reshape(is_max.shape())?;
+    let first = (is_max * seen.eq(1.0)?.to_dtype(x.dtype())?)?;
+    win.mul(&first)?.sum(4)
+}
+
 pub fn act(x: &Tensor, a: Act, train: bool) -> Result<Tensor> {
     match a {
-        Act::Relu if x.device().is_cpu() => {
+        Act::Relu if crate::kernels::native(x) => {
             x.contiguous()?.apply_op1(crate::kernels::cpu_ops::Relu)
         }
         Act::Relu => x.relu(),
-        Act::Gelu if x.device().is_cpu() && x.dtype() == DType::F32 => {
+        Act::Gelu if crate::kernels::native(x) => {
             x.contiguous()?.apply_op1(crate::kernels::gelu::Gelu)
         }
         Act::Gelu => x.gelu_erf(),
@@ -311,10 +347,15 @@ pub fn act(x: &Tensor, a: Act, train: bool) -> Result<Tensor> {
 
 /// Layer norm over the last axis; the differentiable form for training.
 pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64, train: bool) -> Result<Tensor> {
+    if x.dtype() != DType::F32 {
+        // Statistics in f32 under mixed precision: bf16 keeps 8 bits of a mean.
+        let f = |t: &Tensor| t.to_dtype(DType::F32);
+        return layer_norm(&f(x)?, &f(w)?, &f(b)?, eps, train)?.to_dtype(x.dtype());
+    }
     if !train {
         return candle_nn::ops::layer_norm(&x.contiguous()?, w, b, eps as f32);
     }
-    if x.device().is_cpu() && x.dtype() == DType::F32 {
+    if crate::kernels::native(x) {
         // Our op: one pass forward, the closed-form backward.
         let op = crate::kernels::layer_norm::LayerNormTrain { eps };
         return x
@@ -340,8 +381,14 @@ pub fn batch_norm(
     eps: f64,
     train: bool,
 ) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
+    if x.dtype() != DType::F32 {
+        // As layer_norm: f32 statistics, which the running averages keep.
+        let f = |t: &Tensor| t.to_dtype(DType::F32);
+        let (y, stats) = batch_norm(&f(x)?, &f(w)?, &f(b)?, &f(rm)?, &f(rv)?, eps, train)?;
+        return Ok((y.to_dtype(x.dtype())?, stats));
+    }
     let c = x.dim(1)?;
-    if train && x.device().is_cpu() && x.dtype() == DType::F32 {
+    if train && crate::kernels::native(x) {
         // Our op: one pass forward, the closed-form backward.
         let stats: crate::kernels::batch_norm::Stats = Default::default();
         let op = crate::kernels::batch_norm::BatchNormTrain {
@@ -465,7 +512,7 @@ pub fn rnn(x: &Tensor, w: &RnnWeights, run: &RnnRun) -> Result<Tensor> {
     } else {
         None
     };
-    let mut h = Tensor::zeros((b, units), DType::F32, x.device())?;
+    let mut h = Tensor::zeros((b, units), x.dtype(), x.device())?;
     let mut c = h.clone();
     let mut outs: Vec<Option<Tensor>> = vec![None; if sequences { t } else { 0 }];
     for step in 0..t {
@@ -574,7 +621,7 @@ pub fn attention(
     };
     // Keras scales the query before the product.
     let scale = 1.0 / (key_dim as f64).sqrt();
-    if query.device().is_cpu() && query.dtype() == DType::F32 && drop.is_none() {
+    if crate::kernels::native(query) && drop.is_none() {
         // Self-attention projects Q, K and V in one GEMM over stacked weights
         // (three calls become one; at width 32, models/captions.mtl, no
         // difference was measurable on the 2-core machine).
@@ -605,11 +652,14 @@ pub fn attention(
     let k = split(context, w.k, key_dim)?;
     let v = split(context, w.v, value_dim)?;
     let q = (split(query, w.q, key_dim)? * scale)?;
-    let mut scores = q.matmul(&k.t()?.contiguous()?)?; // [B, H, Tq, Tk]
-                                                       // One 0/1 mask of the allowed (query, key) pairs, as Keras builds it:
-                                                       // real query rows × real keys × (causal) earlier keys; then −1e9 added
-                                                       // once where it is 0, so a row with no allowed key (a padded query row,
-                                                       // or one whose earlier keys are all padding) attends uniformly.
+    // Mask and softmax in f32 whatever the compute dtype (as autocast does):
+    // a padded row must come out uniform, as Keras's f32 −1e9 makes it.
+    let compute = q.dtype();
+    let mut scores = q.matmul(&k.t()?.contiguous()?)?.to_dtype(DType::F32)?; // [B, H, Tq, Tk]
+                                                                             // One 0/1 mask of the allowed (query, key) pairs, as Keras builds it:
+                                                                             // real query rows × real keys × (causal) earlier keys; then −1e9 added
+                                                                             // once where it is 0, so a row with no allowed key (a padded query row,
+                                                                             // or one whose earlier keys are all padding) attends uniformly.
     let mut allowed: Option<Tensor> = None;
     let mut and = |m: Tensor| -> Result<()> {
         allowed = Some(match allowed.take() {
@@ -628,12 +678,12 @@ pub fn attention(
         let earlier: Vec<f32> = (0..tq * tk)
             .map(|i| if i % tk > i / tk { 0.0 } else { 1.0 })
             .collect();
-        and(Tensor::from_vec(earlier, (1, 1, tq, tk), query.device())?)?;
+        and(Tensor::from_vec(earlier, (1, 1, tq, tk), query.device())?.to_dtype(query.dtype())?)?;
     }
     if let Some(a) = allowed {
-        scores = scores.broadcast_add(&((a - 1.0)? * 1e9)?)?;
+        scores = scores.broadcast_add(&((a.to_dtype(DType::F32)? - 1.0)? * 1e9)?)?;
     }
-    let mut p = if train && scores.device().is_cpu() {
+    let mut p = if train && crate::kernels::native(&scores) {
         // Our op: one pass forward, the closed-form backward.
         scores.apply_op1(crate::kernels::softmax::SoftmaxLastDim)?
     } else if train {
@@ -642,13 +692,14 @@ pub fn attention(
         candle_nn::ops::softmax_last_dim(&scores)?
     };
     if let Some((rate, u)) = drop {
-        let keep = u.ge(rate)?.to_dtype(DType::F32)?;
+        let keep = u.ge(rate)?.to_dtype(p.dtype())?;
         p = (p.mul(&keep)? / (1.0 - rate))?;
     }
-    let o = p
-        .matmul(&v)?
-        .transpose(1, 2)?
-        .reshape((b, tq, heads * value_dim))?;
+    let o =
+        p.to_dtype(compute)?
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, tq, heads * value_dim))?;
     dense(&o, w.out.0, w.out.1)
 }
 
@@ -726,7 +777,7 @@ fn mean_over_steps(x: &Tensor, valid: Option<&Tensor>) -> Result<Tensor> {
     let (b, t, _) = x.dims3()?;
     let w = match valid {
         Some(m) => m.broadcast_div(&m.sum_keepdim(1)?.clamp(1.0, f64::MAX)?)?,
-        None => Tensor::full(1.0 / t as f32, (b, t), x.device())?,
+        None => Tensor::full(1.0 / t as f32, (b, t), x.device())?.to_dtype(x.dtype())?,
     };
     w.reshape((b, 1, t))?.matmul(&x.contiguous()?)?.squeeze(1)
 }

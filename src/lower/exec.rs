@@ -35,6 +35,14 @@ impl fmt::Display for RunError {
 
 impl std::error::Error for RunError {}
 
+/// A failure of the mixed-precision casts around the steps.
+fn run_err(e: candle_core::Error) -> RunError {
+    RunError::Step {
+        node: "(mixed-precision cast)".into(),
+        message: e.to_string(),
+    }
+}
+
 /// The values of one forward pass, by slot.
 pub struct Forward {
     pub values: Vec<Option<Tensor>>,
@@ -196,8 +204,21 @@ impl Program {
     ) -> Result<Forward, RunError> {
         let mut leaves: Vec<(usize, Var)> = vec![];
         let train = self.mode == Mode::Train;
+        let mixed = self.compute != DType::F32;
+        let cast_params;
+        let params = if mixed {
+            cast_params = params.cast_to(self.compute).map_err(run_err)?;
+            &cast_params
+        } else {
+            params
+        };
         let mut values: Vec<Option<Tensor>> = vec![None; self.n_values];
         for (slot, t) in inputs {
+            let t = if mixed && t.dtype() == DType::F32 {
+                t.to_dtype(self.compute).map_err(run_err)?
+            } else {
+                t
+            };
             values[slot] = Some(t);
         }
         for (k, st) in self.steps.iter().enumerate() {
@@ -228,7 +249,7 @@ impl Program {
                 .map(|m| match m.and_then(|m| values[m].as_ref()) {
                     Some(ids) => ids
                         .ne(&ids.zeros_like()?)
-                        .and_then(|m| m.to_dtype(DType::F32))
+                        .and_then(|m| m.to_dtype(self.compute))
                         .map(Some),
                     None => Ok(None),
                 })
@@ -247,6 +268,15 @@ impl Program {
                     t.resize(self.steps.len(), 0.0);
                 }
                 t[k] += s.elapsed().as_secs_f64();
+            }
+        }
+        if mixed {
+            // Losses and metrics read f32.
+            let read = self.heads.iter().map(|(_, s)| *s);
+            for slot in read.chain(self.losses.iter().flat_map(|l| l.slots.iter().copied())) {
+                if let Some(v) = values[slot].as_mut() {
+                    *v = v.to_dtype(DType::F32).map_err(run_err)?;
+                }
             }
         }
         Ok(Forward { values, leaves })
@@ -280,7 +310,7 @@ impl Program {
                 calls::conv_transpose2d(x, w, b, *kernel, *stride, *padding)
             }
             Op::Upsample(Upsample { scale }) => {
-                if x.rank() == 4 && x.device().is_cpu() {
+                if x.rank() == 4 && crate::kernels::native(x) {
                     x.contiguous()?
                         .apply_op1(crate::kernels::cpu_ops::Upsample2d { scale: *scale })
                 } else if x.rank() == 3 {
@@ -331,7 +361,7 @@ impl Program {
             Op::GlobalPool(GlobalPool { kind, axis: None }) => {
                 let flat = x.flatten_from(2)?;
                 let max = *kind == crate::ir::PoolKind::Max;
-                if flat.device().is_cpu() && flat.dtype() == candle_core::DType::F32 {
+                if crate::kernels::native(&flat) {
                     flat.contiguous()?
                         .apply_op1(crate::kernels::cpu_ops::GlobalPool { max })
                 } else if max {
@@ -384,7 +414,7 @@ impl Program {
                             hoisted: r.hoisted,
                             reverse: d == 1,
                             sequences: r.return_sequences,
-                            fused: r.hoisted && x.device().is_cpu() && valid.is_none(),
+                            fused: r.hoisted && crate::kernels::native(x) && valid.is_none(),
                             train,
                             valid,
                             zero_masked: r.bidirectional,
@@ -409,7 +439,7 @@ impl Program {
                         }
                     })
                     .collect();
-                x.mul(&Tensor::from_vec(mask, x.dims(), x.device())?)
+                x.mul(&Tensor::from_vec(mask, x.dims(), x.device())?.to_dtype(x.dtype())?)
             }
             Op::Dropout(_) => Ok(x.clone()),
             Op::BatchNorm(BatchNorm { eps, momentum }) => {
@@ -422,8 +452,15 @@ impl Program {
                     if let (Some(rmv), Some(rvv)) =
                         (var(norm::RUNNING_MEAN), var(norm::RUNNING_VAR))
                     {
-                        rmv.set(&((rm * *momentum)? + (m * (1.0 - momentum))?)?)?;
-                        rvv.set(&((rv * *momentum)? + (v * (1.0 - momentum))?)?)?;
+                        // In the variables' own dtype (f32 under mixed precision).
+                        let ema = |run: &Var, batch: Tensor| -> candle_core::Result<()> {
+                            let batch = batch.to_dtype(run.dtype())?;
+                            run.set(
+                                &((run.as_tensor() * *momentum)? + (batch * (1.0 - momentum))?)?,
+                            )
+                        };
+                        ema(rmv, m)?;
+                        ema(rvv, v)?;
                     }
                 }
                 Ok(y)
@@ -456,7 +493,7 @@ impl Program {
                 let w: Vec<Tensor> = match fixed {
                     Some(ws) => ws
                         .iter()
-                        .map(|w| Tensor::new(*w as f32, x.device()))
+                        .map(|w| Tensor::new(*w as f32, x.device())?.to_dtype(x.dtype()))
                         .collect::<candle_core::Result<_>>()?,
                     None => {
                         let sm = candle_nn::ops::softmax(p(fusion::LOGITS)?, 0)?;
@@ -566,7 +603,7 @@ impl Program {
             (Kernel::Conv(k), Op::Conv(c)) => {
                 let (w, b) = weights(&k.bn)?;
                 let fused = (k.relu, k.mean);
-                if k.im2col {
+                if k.im2col && crate::kernels::native(x) {
                     let geometry = (c.stride[0], c.dilation[0]);
                     calls::conv_im2col(x, (&w, &b), geometry, &k.pads, fused)
                 } else {

@@ -73,6 +73,9 @@ pub struct Program {
     /// Parameter tensors: key → (shape, trainable, init).
     pub param_specs: Vec<(String, crate::ir::ParamTensor)>,
     pub n_values: usize,
+    /// The dtype the forward computes in: f32, or bf16 for mixed precision
+    /// (parameters stay f32 and are cast per step; see [`Program::with_precision`]).
+    pub compute: candle_core::DType,
 }
 
 /// Lowers a typed graph. `mode` picks differentiable forms (train) or fast
@@ -225,6 +228,7 @@ fn plan(g: &Graph, mode: Mode) -> Program {
             .collect(),
         param_specs,
         n_values: slot.len(),
+        compute: candle_core::DType::F32,
     }
 }
 
@@ -336,7 +340,7 @@ impl Program {
     /// elsewhere (the plan of a GPU run says so). Dense layers pick their GEMM
     /// by device inside one kernel.
     pub fn for_device(mut self, device: &candle_core::Device) -> Self {
-        if device.is_cpu() {
+        if crate::kernels::native_device(device) {
             return self;
         }
         for st in &mut self.steps {
@@ -344,6 +348,16 @@ impl Program {
                 c.im2col = false;
             }
         }
+        self
+    }
+
+    /// Mixed precision: the forward computes in `dtype` (bf16), reading f32
+    /// parameters through casts made once per forward (the gradients reach
+    /// the f32 masters through them), with heads and auxiliary-loss inputs
+    /// cast back to f32 so every loss and metric is computed in f32. Batch
+    /// norm statistics are computed and kept in f32.
+    pub fn with_precision(mut self, dtype: candle_core::DType) -> Self {
+        self.compute = dtype;
         self
     }
 

@@ -13,6 +13,9 @@ pub struct Params {
     pub vars: BTreeMap<String, Var>,
     /// Keys the optimizer updates (running statistics are not among them).
     pub trainable: Vec<String>,
+    /// What a mixed-precision forward reads instead of `vars`: their casts,
+    /// made once per forward ([`Params::cast_to`]); empty otherwise.
+    pub cast: BTreeMap<String, Tensor>,
 }
 
 fn normal(rng: &mut StdRng) -> f32 {
@@ -95,15 +98,34 @@ pub fn init_params(p: &Program, seed: u64, device: &Device) -> candle_core::Resu
             trainable.push(key.clone());
         }
     }
-    Ok(Params { vars, trainable })
+    Ok(Params {
+        vars,
+        trainable,
+        cast: BTreeMap::new(),
+    })
 }
 
 impl Params {
     pub fn get(&self, key: &str) -> candle_core::Result<&Tensor> {
-        self.vars
+        self.cast
             .get(key)
-            .map(|v| v.as_tensor())
+            .or_else(|| self.vars.get(key).map(|v| v.as_tensor()))
             .ok_or_else(|| candle_core::Error::Msg(format!("no parameter `{key}`")))
+    }
+
+    /// The same variables, read as `dtype` by the forward: the casts are
+    /// tracked ops, so backward carries the gradients to the f32 variables.
+    pub fn cast_to(&self, dtype: candle_core::DType) -> candle_core::Result<Params> {
+        let cast = self
+            .vars
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), v.as_tensor().to_dtype(dtype)?)))
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Params {
+            vars: self.vars.clone(),
+            trainable: self.trainable.clone(),
+            cast,
+        })
     }
 
     pub fn trainable_vars(&self) -> Vec<Var> {

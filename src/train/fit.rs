@@ -1,12 +1,14 @@
 //! The training loop: batches, weighted multi-task loss, backward, optimizer,
 //! per-head metrics, early stopping, atomic checkpoints and exact resume.
 
+use super::checkpoint;
 use super::config::{TrainConfig, Weighting};
 use super::contrastive::contrastive;
 use super::loss::{head_loss, head_loss_counted, Reduction};
 use super::metrics::HeadStats;
 use super::optim::{lr_at, Optimizer};
 use super::scheme::{Scheme, SchemeState, StepLosses};
+use super::tensorboard;
 use crate::data::Dataset;
 
 /// One batch: a tensor per input, label and mask.
@@ -112,6 +114,8 @@ pub struct FitConfig {
     pub run_dir: PathBuf,
     pub resume: bool,
     pub device: Device,
+    /// Where TensorBoard event files go (`RUN/tensorboard` from the CLI).
+    pub tensorboard: Option<PathBuf>,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -128,7 +132,15 @@ struct State {
     /// The weighting's own state (GradNorm's weights, FAMO's logits, …).
     #[serde(default, flatten)]
     scheme: SchemeState,
+    /// The checkpoint files this state was committed with ([`checkpoint`]).
+    #[serde(default)]
+    files: BTreeMap<String, checkpoint::Stamp>,
 }
+
+/// The files of a checkpoint, in the run directory.
+const LAST: &str = "last.safetensors";
+const WEIGHTS: &str = "weights.safetensors";
+const OPTIMIZER: &str = "optimizer.safetensors";
 
 fn write_json_atomic<T: Serialize>(v: &T, path: &Path) -> Result<(), TrainError> {
     let tmp = path.with_extension("json.tmp");
@@ -378,8 +390,8 @@ pub fn fit(
         .iter()
         .map(|(h, _)| h.name.clone())
         .collect();
-    let last = cfg.run_dir.join("last.safetensors");
-    let opt_path = cfg.run_dir.join("optimizer.safetensors");
+    let last = cfg.run_dir.join(LAST);
+    let opt_path = cfg.run_dir.join(OPTIMIZER);
     let state_path = cfg.run_dir.join("state.json");
     let mut st = State::default();
     if cfg.resume {
@@ -410,7 +422,18 @@ pub fn fit(
     let mut opt = Optimizer::new(t.optimizer.clone());
     std::fs::create_dir_all(&cfg.run_dir)
         .map_err(|e| TrainError::Io(format!("cannot create {}: {e}", cfg.run_dir.display())))?;
+    let mut board = match &cfg.tensorboard {
+        Some(dir) => Some(tensorboard::Board::create(dir).map_err(|e| {
+            TrainError::Io(format!(
+                "cannot write TensorBoard events in {}: {e}",
+                dir.display()
+            ))
+        })?),
+        None => None,
+    };
     if cfg.resume {
+        checkpoint::recover(&cfg.run_dir, &st.files, st.epoch)
+            .map_err(|e| TrainError::Io(format!("cannot resume: {e}")))?;
         params.load(&last, dev).map_err(TrainError::Io)?;
         let ostate = candle_core::safetensors::load(&opt_path, dev)
             .map_err(|e| TrainError::Io(format!("cannot resume: {}: {e}", opt_path.display())))?;
@@ -587,12 +610,18 @@ pub fn fit(
         st.epoch = epoch + 1;
         st.opt_step = opt.step;
         st.scheme = scheme.state.clone();
-        // Checkpoint: weights, optimizer, then state; each written atomically.
-        params.save(&last).map_err(TrainError::Io)?;
+        // Checkpoint: the files staged, state.json (the commit), then the
+        // files in place (see `checkpoint`).
+        let dir = &cfg.run_dir;
+        let mut staged = vec![LAST, OPTIMIZER];
+        let save = |p: &Path| params.save(p);
+        let io = TrainError::Io;
+        st.files
+            .insert(LAST.into(), checkpoint::stage(dir, LAST, save).map_err(io)?);
         if improved {
-            params
-                .save(&cfg.run_dir.join("weights.safetensors"))
-                .map_err(TrainError::Io)?;
+            let stamp = checkpoint::stage(dir, WEIGHTS, save).map_err(io)?;
+            st.files.insert(WEIGHTS.into(), stamp);
+            staged.push(WEIGHTS);
         }
         let mut ostate = opt.state();
         for (k, v) in &scheme.log_vars {
@@ -601,12 +630,19 @@ pub fn fit(
         if ostate.is_empty() {
             ostate.insert("step".into(), Tensor::new(&[opt.step as f32], dev)?);
         }
-        save_atomic(&ostate, &opt_path).map_err(TrainError::Io)?;
+        let save = |p: &Path| save_atomic(&ostate, p);
+        let stamp = checkpoint::stage(dir, OPTIMIZER, save).map_err(io)?;
+        st.files.insert(OPTIMIZER.into(), stamp);
         write_json_atomic(&st, &state_path)?;
+        checkpoint::publish(dir, staged).map_err(io)?;
         write_json_atomic(
             &serde_json::json!({"epochs": st.history, "heads": heads}),
             &cfg.run_dir.join("training_statistics.json"),
         )?;
+        if let Some(b) = board.as_mut() {
+            b.epoch(&rec)
+                .map_err(|e| TrainError::Io(format!("cannot write TensorBoard events: {e}")))?;
+        }
         obs.epoch_end(&rec);
         if t.patience.is_some_and(|p| st.since_best >= p) {
             break;

@@ -1,5 +1,6 @@
 //! Training, evaluation and checkpoints for multi-task models.
 
+mod checkpoint;
 pub mod combine;
 pub mod config;
 pub mod contrastive;
@@ -10,6 +11,7 @@ pub mod metrics;
 mod modality;
 pub mod optim;
 mod scheme;
+mod tensorboard;
 pub mod weighting;
 
 pub use fit::{evaluate, fit, EpochRecord, EvalResult, FitConfig, HeadEval, Observer, TrainError};

@@ -2,7 +2,7 @@
 //! Nesterov; decoupled weight decay; global-norm clipping; LR schedules.
 
 use super::config::{OptimizerConfig, OptimizerKind, Schedule};
-use candle_core::{backprop::GradStore, DType, Result, Tensor, Var};
+use candle_core::{backprop::GradStore, Result, Tensor, Var};
 use std::collections::HashMap;
 
 /// The gradients of `vars` in a backward pass, aligned with `vars`.
@@ -67,7 +67,7 @@ impl Optimizer {
             match c.kind {
                 OptimizerKind::Adam | OptimizerKind::AdamW => {
                     let alpha = lr * (1.0 - c.beta2.powi(t)).sqrt() / (1.0 - c.beta1.powi(t));
-                    let update = if w.device().is_cpu() && w.dtype() == DType::F32 {
+                    let update = if crate::kernels::native(w) {
                         adam_host
                     } else {
                         adam_tensor
@@ -130,7 +130,7 @@ impl Optimizer {
 fn global_norm(gs: &[Option<Tensor>]) -> Result<f64> {
     let mut sq = 0f64;
     for g in gs.iter().flatten() {
-        sq += if g.device().is_cpu() && g.dtype() == DType::F32 {
+        sq += if crate::kernels::native(g) {
             let v = g.flatten_all()?.to_vec1::<f32>()?;
             v.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>()
         } else {
