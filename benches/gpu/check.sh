@@ -18,13 +18,15 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out="${1:-${OUT:-/tmp/gpu-check}}"
-mkdir -p "$out"
+work=/tmp/gpu-work # predictions and runs; only the report and logs go to $out
+rm -rf "$work"
+mkdir -p "$out" "$work"
 budget="${BUDGET:-500}"
 epochs="${EPOCHS:-3}"
 start=$SECONDS
 log="$out/check.log"
 : >"$log"
-lines="$out/results.jsonl"
+lines="$work/results.jsonl"
 : >"$lines"
 say() { echo "[$((SECONDS - start))s] $*" | tee -a "$log" >&2; }
 left() { [ $((SECONDS - start)) -lt "$budget" ]; }
@@ -32,18 +34,18 @@ record() { echo "$1" >>"$lines"; }
 
 # The binary and the libraries it was linked against (cuBLAS, NVRTC, cuRAND,
 # the runtime: found wherever this machine's CUDA or PyTorch keeps them).
-bin=/tmp/mtl-cuda
-gunzip -c .gpu/mtl.gz >"$bin" && chmod +x "$bin"
-libdirs=""
-for lib in libcublas.so.13 libcublasLt.so.13 libcudart.so.13 libnvrtc.so.13 libcurand.so.10; do
-  f="$(find /usr/local /opt /usr/lib -name "$lib" 2>/dev/null | head -n1)"
-  [ -n "$f" ] && libdirs="$libdirs:$(dirname "$f")"
-done
-export LD_LIBRARY_PATH="${libdirs#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# (BIN and DEVICE let the script be tried on a CPU: BIN=target/debug/mtl DEVICE=cpu.)
+device="${DEVICE:-cuda}"
+bin="${BIN:-/tmp/mtl-cuda}"
+[ -n "${BIN:-}" ] || { gunzip -c .gpu/mtl.gz >"$bin" && chmod +x "$bin"; }
+libdirs="$(find /usr/local /opt /usr/lib \( -name libcublas.so.13 -o -name libcublasLt.so.13 \
+  -o -name libcudart.so.13 -o -name libnvrtc.so.13 -o -name libcurand.so.10 \) -printf '%h\n' 2>/dev/null \
+  | sort -u | paste -sd:)"
+export LD_LIBRARY_PATH="${libdirs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 ldd "$bin" | grep -E "not found|cuda|cublas|nvrtc|curand" >>"$log"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >"$out/gpu.txt" 2>&1
-say "gpu: $(cat "$out/gpu.txt")"
-record "{\"part\": \"machine\", \"gpu\": \"$(head -n1 "$out/gpu.txt")\", \"cpus\": $(nproc)}"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >"$work/gpu.txt" 2>&1
+say "gpu: $(cat "$work/gpu.txt")"
+record "{\"part\": \"machine\", \"gpu\": \"$(head -n1 "$work/gpu.txt")\", \"cpus\": $(nproc)}"
 
 # 1. Fixtures.
 for dir in .gpu/fixtures tests/reference; do
@@ -51,10 +53,11 @@ for dir in .gpu/fixtures tests/reference; do
     name="$(basename "$model" .mtl)"
     for opt in "" "--no-opt"; do
       left || break 3
-      o="$out/fixture-$name${opt:+-noopt}.safetensors"
+      o="$work/fixture-$name${opt:+-noopt}.safetensors"
       if timeout 120 "$bin" predict "$model" --weights "$dir/$name.weights.safetensors" \
-        --input "$dir/$name.inputs.safetensors" --output "$o" --device cuda $opt >>"$log" 2>&1; then
-        r="$(python3 benches/gpu/compare.py "$o" "$dir/$name.expected.safetensors")"
+        --input "$dir/$name.inputs.safetensors" --output "$o" --device "$device" $opt >>"$log" 2>&1; then
+        r="$(python3 benches/gpu/compare.py "$o" "$dir/$name.expected.safetensors")" || r=""
+        [ -n "$r" ] || r='{"ok": false, "error": "compare failed (see check.log)"}'
       else
         r='{"ok": false, "error": "predict failed (see check.log)"}'
       fi
@@ -64,29 +67,34 @@ for dir in .gpu/fixtures tests/reference; do
   done
 done
 
-# 2. Training on CUDA (the data is generated on first use, on the CPU).
+# 2. Training on CUDA (the data is generated on first use, on the CPU), then
+#    the test set evaluated on CUDA.
 for precision in f32 bf16; do
   left || break
   t0=$SECONDS
-  if timeout 240 "$bin" train models/shapes.mtl --epochs "$epochs" --device cuda \
-    --precision "$precision" --out "$out/run-$precision" --overwrite >"$out/train-$precision.log" 2>&1; then
+  run="$work/run-$precision"
+  ok=false
+  if timeout 240 "$bin" train models/shapes.mtl --epochs "$epochs" --device "$device" \
+    --precision "$precision" --out "$run" --overwrite >"$out/train-$precision.log" 2>&1; then
     ok=true
-  else
-    ok=false
   fi
-  summary="$(grep -E "^(done|test|val|  )" "$out/train-$precision.log" | tail -n 8 | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read()))')"
-  record "{\"part\": \"train\", \"model\": \"shapes\", \"precision\": \"$precision\", \"epochs\": $epochs, \"ok\": $ok, \"wall_s\": $((SECONDS - t0)), \"tail\": $summary}"
-  say "train shapes $precision: ok=$ok in $((SECONDS - t0)) s"
+  wall=$((SECONDS - t0))
+  eval="$(timeout 120 "$bin" evaluate "$run" --data data/shapes/test.csv --device "$device" \
+    --precision "$precision" --json 2>>"$log" \
+    | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)))' 2>>"$log")" || eval=""
+  [ -n "$eval" ] || eval=null
+  record "{\"part\": \"train\", \"model\": \"shapes\", \"precision\": \"$precision\", \"epochs\": $epochs, \"ok\": $ok, \"wall_s\": $wall, \"test\": $eval}"
+  say "train shapes $precision: ok=$ok in $wall s; test $eval"
 done
 
 # 3. mtl bench on CUDA.
 models=".gpu/fixtures/shapes_mm.mtl .gpu/fixtures/digits_mt.mtl"
-for m in digits shapes reviews seed_multitask seed_multimodal siamese fusions captions mmoe clip tones overlap; do
+for m in ${MODELS:-digits shapes reviews seed_multitask seed_multimodal siamese fusions captions mmoe clip tones overlap}; do
   models="$models models/$m.mtl"
 done
-bench() { # model mode batch precision
-  left || return 1
-  r="$(timeout 60 "$bin" bench "$1" --"$2" --batch-size "$3" --precision "$4" --device cuda \
+bench() { # model mode batch precision; leaves the last 150 s to PyTorch
+  [ $((SECONDS - start)) -lt $((budget - 150)) ] || return 1
+  r="$(timeout 60 "$bin" bench "$1" --"$2" --batch-size "$3" --precision "$4" --device "$device" \
     --steps 10 --repeats 3 --json 2>>"$log" | tail -n1)"
   [ -n "$r" ] || r="{\"model\": \"$1\", \"mode\": \"$2\", \"batch_size\": $3, \"precision\": \"$4\", \"error\": true}"
   record "{\"part\": \"mtl_bench\", \"result\": $r}"
@@ -98,10 +106,16 @@ done
 for m in $models; do
   bench "$m" train 256 f32 && bench "$m" train 256 bf16 || break
 done
+# Where a training step's time goes on the GPU (forward per op, backward, optimizer).
+if left; then
+  timeout 60 "$bin" bench models/shapes.mtl --train --device "$device" --profile --steps 10 --repeats 1 >"$out/profile-shapes.txt" 2>&1
+  timeout 60 "$bin" bench .gpu/fixtures/shapes_mm.mtl --train --device "$device" --profile --steps 10 --repeats 1 >"$out/profile-shapes_mm.txt" 2>&1
+fi
 
 # 4. PyTorch on the same GPU.
 if left; then
-  timeout $((budget - (SECONDS - start) + 30)) python3 benches/gpu/torch_peers.py "$lines" >>"$log" 2>&1
+  rest=$((budget - (SECONDS - start)))
+  timeout $((rest + 60)) python3 benches/gpu/torch_peers.py "$lines" "$rest" >>"$log" 2>&1
   say "pytorch peers done"
 fi
 
