@@ -471,6 +471,20 @@ fn decoded_data_above_the_memory_limit_streams_to_a_reused_disk_cache() {
         &d3.tensors().unwrap(),
         "re-decoded",
     );
+    // Nor is one changed in place (same size, other bytes): its checksum
+    // differs, so it is decoded again rather than read as garbage.
+    let mut bytes = std::fs::read(&col).unwrap();
+    bytes.iter_mut().take(64).for_each(|b| *b ^= 0x5a);
+    std::fs::write(&col, &bytes).unwrap();
+    drop(d3);
+    let d3 = disk(&mut enc);
+    assert!(matches!(&d3.storage, Storage::Cache { reused: false, .. }));
+    assert_same_tensors(&mem.tensors().unwrap(), &d3.tensors().unwrap(), "re-decoded after damage");
+    // A writer killed mid-cache leaves `.NAME.tmpPID`; the next writer removes
+    // it once that process is gone (pid 1 << 30 exceeds Linux's pid range).
+    let stale = cache.join(".shapes-0.tmp1073741824");
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("col0.bin"), [0u8; 16]).unwrap();
     // Other encoders (another vocabulary) give another cache, not a stale one.
     let mut other = enc.clone();
     if let Some(v) = other.vocabs.values_mut().next() {
@@ -478,6 +492,7 @@ fn decoded_data_above_the_memory_limit_streams_to_a_reused_disk_cache() {
     }
     let d4 = disk(&mut other);
     assert!(matches!(&d4.storage, Storage::Cache { dir: d, reused: false } if *d != dir));
+    assert!(!stale.exists(), "the stale temporary directory is removed");
     // Training reads the same batches from disk as from memory: same weights.
     let trained = |ds: &Dataset, name: &str| {
         let mut cfg = base.clone();

@@ -1,6 +1,6 @@
 //! `check`, `summary`, `compile`: the front half of the pipeline.
 
-use super::{load, rendered, Fail};
+use super::{build, load, rendered, Fail, StorageArgs};
 use clap::{Args, ValueEnum};
 use mtl::pipeline::Mode;
 use std::path::PathBuf;
@@ -18,6 +18,17 @@ pub struct CheckArgs {
     files: Vec<PathBuf>,
     #[arg(long, value_enum, default_value = "human")]
     format: Format,
+    /// Check this data against the (one) model without training: every
+    /// column, file and value as training would read it, then per head the
+    /// labels present and missing, the classes against the head's width and
+    /// the target range. Exit 1 on any error.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// A Hugging Face `tokenizer.json` for token inputs, as in `train`.
+    #[arg(long, requires = "data")]
+    tokenizer: Option<PathBuf>,
+    #[command(flatten)]
+    storage: StorageArgs,
 }
 
 #[derive(Args)]
@@ -73,6 +84,9 @@ pub struct CompileArgs {
 }
 
 pub fn check(a: CheckArgs) -> Result<i32, Fail> {
+    if a.data.is_some() && a.files.len() != 1 {
+        return Err(Fail::usage("error: `--data` checks one model: give one model file"));
+    }
     let mut worst = 0;
     let mut json = vec![];
     for f in &a.files {
@@ -103,6 +117,16 @@ pub fn check(a: CheckArgs) -> Result<i32, Fail> {
             }
         }
     }
+    if let (Some(data), 0) = (&a.data, worst) {
+        let audit = check_data(&a.files[0], data, &a)?;
+        if audit.has_errors() {
+            worst = 1;
+        }
+        match a.format {
+            Format::Json => json.push(serde_json::json!({"data": data.display().to_string(), "audit": audit})),
+            Format::Human => print!("{}", audit_table(data, &audit)),
+        }
+    }
     if a.format == Format::Json {
         println!(
             "{}",
@@ -110,6 +134,74 @@ pub fn check(a: CheckArgs) -> Result<i32, Fail> {
         );
     }
     Ok(worst)
+}
+
+/// The data loaded as training loads it (every cell, file and decode
+/// checked, errors with row and column), then audited per head.
+fn check_data(
+    model: &std::path::Path,
+    data: &std::path::Path,
+    a: &CheckArgs,
+) -> Result<mtl::data::audit::Audit, Fail> {
+    let (_, _, prog) = build(model, Mode::Train, true, false)?;
+    let sig = prog.signature();
+    let mut enc = mtl::data::Encoders {
+        tokenizer: a.tokenizer.clone(),
+        ..Default::default()
+    };
+    let dev = candle_core::Device::Cpu;
+    let ds = mtl::data::load(data, &sig, &mut enc, true, true, &dev, &a.storage.options())
+        .map_err(|e| Fail::model(format!("error: {e}")))?;
+    mtl::data::audit::audit(&ds, &sig).map_err(|e| Fail::model(format!("error: {e}")))
+}
+
+fn audit_table(data: &std::path::Path, a: &mtl::data::audit::Audit) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(s, "{}: {} samples", data.display(), a.samples);
+    let _ = writeln!(s, "{:<16} {:<6} shape", "input", "dtype");
+    for i in &a.inputs {
+        let _ = writeln!(s, "{:<16} {:<6} {:?}", i.name, i.dtype, i.shape);
+    }
+    let _ = writeln!(
+        s,
+        "{:<16} {:<22} {:>8} {:>8}  classes / range",
+        "head", "loss", "labels", "missing"
+    );
+    for h in &a.heads {
+        let total = (h.present + h.missing).max(1) as f64;
+        let what = if h.class_counts.is_empty() {
+            h.range
+                .map(|(lo, hi)| format!("[{lo:.4}, {hi:.4}]"))
+                .unwrap_or_default()
+        } else {
+            let seen = h.class_counts.iter().filter(|c| **c > 0).count();
+            let counts: Vec<String> = h.class_counts.iter().map(u64::to_string).collect();
+            format!("{seen} of {} seen: {}", h.class_counts.len(), counts.join(" / "))
+        };
+        let _ = writeln!(
+            s,
+            "{:<16} {:<22} {:>8} {:>7.1}%  {what}",
+            h.name,
+            h.loss,
+            h.present,
+            100.0 * h.missing as f64 / total
+        );
+        for p in &h.problems {
+            let _ = writeln!(s, "  error: head `{}`: {p}", h.name);
+        }
+    }
+    let errors: usize = a.heads.iter().map(|h| h.problems.len()).sum();
+    let _ = writeln!(
+        s,
+        "{}",
+        if errors == 0 {
+            "data ok".to_string()
+        } else {
+            format!("{errors} error(s)")
+        }
+    );
+    s
 }
 
 pub fn summary(a: SummaryArgs) -> Result<i32, Fail> {

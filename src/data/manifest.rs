@@ -304,6 +304,7 @@ impl Cx<'_> {
                 p.display()
             )
         };
+        super::store::remove_stale_temporaries(parent);
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
         let result = (|| {
@@ -316,6 +317,7 @@ impl Cx<'_> {
                         name: t.name.clone(),
                         dtype: if t.i64 { "i64" } else { "f32" }.into(),
                         dims: t.dims.clone(),
+                        stamp: None,
                     })
                     .collect(),
             };
@@ -349,6 +351,11 @@ impl Cx<'_> {
                     .map_err(|e| io(&tmp, e.into_error()))?
                     .sync_all()
                     .map_err(|e| io(&tmp, e))?;
+            }
+            let mut meta = meta;
+            for (i, c) in meta.columns.iter_mut().enumerate() {
+                let p = c.file(&tmp, i);
+                c.stamp = Some(crate::files::Stamp::of(&p).map_err(|e| io(&p, e))?);
             }
             let text = serde_json::to_string(&meta).map_err(|e| e.to_string())?;
             std::fs::write(tmp.join("meta.json"), text).map_err(|e| io(&tmp, e))?;

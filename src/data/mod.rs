@@ -3,6 +3,7 @@
 //! Everything becomes a [`Dataset`] of tensors keyed by input and label names.
 
 pub mod audio;
+pub mod audit;
 mod dataset;
 pub mod encoders;
 mod image;

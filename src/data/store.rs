@@ -207,6 +207,10 @@ pub struct CacheColumn {
     /// `f32` or `i64`.
     pub dtype: String,
     pub dims: Vec<usize>,
+    /// The column file's size and CRC-32C, checked when the cache is reused:
+    /// a file changed in place (same size, other bytes) is decoded again.
+    #[serde(default)]
+    pub stamp: Option<crate::files::Stamp>,
 }
 
 impl CacheColumn {
@@ -224,7 +228,8 @@ impl CacheColumn {
 }
 
 /// Opens a finished cache directory whose key is `key`; None when it is
-/// missing, unfinished, written for other data, or truncated.
+/// missing, unfinished, written for other data, truncated, or changed
+/// since it was written (its stamps).
 pub fn open_cache(dir: &Path, key: &str) -> Option<Vec<(String, DiskColumn)>> {
     let text = std::fs::read_to_string(dir.join("meta.json")).ok()?;
     let meta: CacheMeta = serde_json::from_str(&text).ok()?;
@@ -235,11 +240,42 @@ pub fn open_cache(dir: &Path, key: &str) -> Option<Vec<(String, DiskColumn)>> {
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            DiskColumn::open(&c.file(dir, i), 0, c.dtype(), c.dims.clone(), meta.n)
+            let file = c.file(dir, i);
+            let intact = crate::files::Stamp::of(&file).ok() == c.stamp;
+            intact.then_some(())?;
+            DiskColumn::open(&file, 0, c.dtype(), c.dims.clone(), meta.n)
                 .ok()
                 .map(|d| (c.name.clone(), d))
         })
         .collect()
+}
+
+/// Removes the temporary directories that writers of a cache in `root` left
+/// when they were killed (`.NAME.tmpPID` whose process is gone).
+pub fn remove_stale_temporaries(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix('.')
+            .and_then(|n| n.rsplit_once(".tmp"))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !process_alive(pid) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// Whether process `pid` runs (Linux's /proc; elsewhere assumed alive, so
+/// nothing of a live writer is ever removed).
+fn process_alive(pid: u32) -> bool {
+    let proc = Path::new("/proc");
+    !proc.is_dir() || proc.join(pid.to_string()).exists()
 }
 
 /// A stable 64-bit FNV-1a hash, for cache keys that must not change between builds.

@@ -49,6 +49,23 @@ pub fn check(g: &mut Graph, errs: &mut Vec<Diagnostic>) {
             g.heads[hi].metric_spans = vec![h.span];
         }
         for (m, span) in h.metrics.iter().zip(&h.metric_spans) {
+            // top_k on a head of K ≤ k classes is always 1: say that, not "use top_k".
+            let classes = (h.loss == LossKind::CrossEntropy && t.rank() == 1)
+                .then(|| t.shape[0].fixed())
+                .flatten();
+            if let (Metric::TopK(k), Some(c)) = (m, classes) {
+                if *k >= c {
+                    errs.push(
+                        Diagnostic::error(
+                            "mtl::metric-loss",
+                            format!("metric `top_k({k})` on head `{}`, which has {c} classes: it would always be 1", h.name),
+                        )
+                        .label(*span, format!("k must be below {c}"))
+                        .help(format!("use `top_k(k)` with k < {c}, or `accuracy` (top_k(1))")),
+                    );
+                    continue;
+                }
+            }
             let ok = match m {
                 Metric::Accuracy | Metric::F1 => h.loss.is_classification(),
                 Metric::TopK(k) => {

@@ -13,6 +13,7 @@ pub mod host;
 pub mod layer_norm;
 pub mod linear;
 pub mod lstm;
+pub mod lstm_cell;
 pub mod math;
 pub mod par;
 pub mod softmax;

@@ -119,6 +119,13 @@ pub fn fold_bn(
     Ok((w, b))
 }
 
+/// `a · b` on any device. CUDA's GEMM takes row-major or transposed
+/// operands only, so a strided view (a narrowed time step, a selected
+/// position) is copied first; `contiguous` is free when it already is.
+fn mm(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    a.contiguous()?.matmul(b)
+}
+
 /// `x @ w^T + b` over the last axis, for any rank.
 pub fn dense(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     dense_act(x, w, b, false)
@@ -139,7 +146,7 @@ pub fn dense_act(x: &Tensor, w: &Tensor, b: &Tensor, relu: bool) -> Result<Tenso
         x2.contiguous()?
             .apply_op3(&w.contiguous()?, &b.contiguous()?, op)?
     } else {
-        let y = x2.matmul(&w.t()?)?.broadcast_add(b)?;
+        let y = mm(&x2, &w.t()?)?.broadcast_add(b)?;
         if relu {
             y.relu()?
         } else {
@@ -519,15 +526,18 @@ pub fn rnn(x: &Tensor, w: &RnnWeights, run: &RnnRun) -> Result<Tensor> {
         let ts = if reverse { t - 1 - step } else { step };
         let xt = match &xw {
             Some(xw) => xw.narrow(1, ts, 1)?.squeeze(1)?,
-            None => x
-                .narrow(1, ts, 1)?
-                .squeeze(1)?
-                .matmul(&w_ih_t)?
-                .broadcast_add(w.b_ih)?,
+            None => mm(&x.narrow(1, ts, 1)?.squeeze(1)?, &w_ih_t)?.broadcast_add(w.b_ih)?,
         };
         let (h_new, c_new) = match cell {
+            RnnCell::Lstm if x.dtype() == DType::F32 && !x.device().is_metal() => {
+                // Our cell ops: one kernel each way per step (a GPU's path).
+                use crate::kernels::lstm_cell::{Cell, Part};
+                let gates = (xt + mm(&h, &w_hh_t)?)?.contiguous()?;
+                let c_new = gates.apply_op2(&c.contiguous()?, Cell(Part::C))?;
+                (gates.apply_op2(&c_new, Cell(Part::H))?, c_new)
+            }
             RnnCell::Lstm => {
-                let gates = (xt + h.matmul(&w_hh_t)?)?;
+                let gates = (xt + mm(&h, &w_hh_t)?)?;
                 let ig = candle_nn::ops::sigmoid(&gates.narrow(1, 0, units)?)?;
                 let fg = candle_nn::ops::sigmoid(&gates.narrow(1, units, units)?)?;
                 let gg = gates.narrow(1, 2 * units, units)?.tanh()?;
@@ -536,7 +546,7 @@ pub fn rnn(x: &Tensor, w: &RnnWeights, run: &RnnRun) -> Result<Tensor> {
                 ((og * c_new.tanh()?)?, c_new)
             }
             RnnCell::Gru => {
-                let mut hw = h.matmul(&w_hh_t)?;
+                let mut hw = mm(&h, &w_hh_t)?;
                 if let Some(bh) = w.b_hh {
                     hw = hw.broadcast_add(bh)?;
                 }

@@ -165,9 +165,19 @@ fn syntax_error(e: pest::error::Error<Rule>, text: &str, file: u32) -> Diagnosti
         .chars()
         .next()
         .map_or(0, |c| c.len_utf8());
+    // A letter outside ASCII where a name could start: names are ASCII.
+    let non_ascii = text[pos.min(text.len())..]
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_alphabetic() && !c.is_ascii());
+    let help = if non_ascii {
+        "names are ASCII: letters a–z, A–Z, digits and `_` (not starting with a digit)"
+    } else {
+        "see docs/language.md for the syntax of each item"
+    };
     Diagnostic::error("mtl::syntax", format!("syntax error: {what}"))
         .label(Span::new(file, pos, pos + len), found)
-        .help("see docs/language.md for the syntax of each item")
+        .help(help)
 }
 
 struct Cx {

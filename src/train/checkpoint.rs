@@ -7,34 +7,9 @@
 //! so `last`, `weights` and the optimizer state can never be an epoch ahead
 //! of the state that describes them.
 
-use serde::{Deserialize, Serialize};
+pub use crate::files::Stamp;
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
-
-/// What a committed file must be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stamp {
-    pub bytes: u64,
-    pub crc32c: u32,
-}
-
-impl Stamp {
-    /// The stamp of the file at `path`, read in chunks.
-    pub fn of(path: &Path) -> std::io::Result<Stamp> {
-        let mut f = std::fs::File::open(path)?;
-        let (mut crc, mut bytes) = (0u32, 0u64);
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                return Ok(Stamp { bytes, crc32c: crc });
-            }
-            crc = crc32c::crc32c_append(crc, &buf[..n]);
-            bytes += n as u64;
-        }
-    }
-}
 
 /// Where `name` is written before the commit.
 pub fn staged(dir: &Path, name: &str) -> PathBuf {
@@ -130,14 +105,5 @@ mod tests {
             e.contains("optimizer.safetensors") && e.contains("epoch 7"),
             "{e}"
         );
-    }
-
-    #[test]
-    fn the_stamp_is_crc32c() {
-        let p = tempdir("crc").join("f");
-        std::fs::write(&p, "123456789").unwrap();
-        // The standard CRC-32C check value.
-        let s = Stamp::of(&p).unwrap();
-        assert_eq!((s.bytes, s.crc32c), (9, 0xE306_9283));
     }
 }

@@ -150,6 +150,15 @@ fn write_json_atomic<T: Serialize>(v: &T, path: &Path) -> Result<(), TrainError>
         .map_err(|e| TrainError::Io(format!("cannot write {}: {e}", path.display())))
 }
 
+/// A batch read from the data (host memory or the disk cache) on the
+/// device the program runs on: inputs, labels and label masks alike.
+fn on_device(batch: Batch, dev: &Device) -> candle_core::Result<Batch> {
+    batch
+        .into_iter()
+        .map(|(k, t)| Ok((k, t.to_device(dev)?)))
+        .collect()
+}
+
 /// Labels of a head for a batch: class ids (−1 = missing) or f32 values (NaN = missing).
 fn label_tensor(batch: &Batch, head: &crate::ir::Head) -> candle_core::Result<Tensor> {
     let t = batch
@@ -329,7 +338,7 @@ fn evaluate_checked(
     while start < ds.n {
         let len = batch_size.min(ds.n - start);
         let idx: Vec<usize> = (start..start + len).collect();
-        let batch = ds.batch(&idx)?;
+        let batch = on_device(ds.batch(&idx)?, device)?;
         let inputs = prog.prepare_inputs(&batch, device)?;
         let fwd = prog.forward(params, inputs, &mut rng)?;
         let ls = losses(prog, params, &fwd, &batch, Reduction::Present)?;
@@ -474,7 +483,7 @@ pub fn fit(
         let mut aux_sums: BTreeMap<String, f64> = BTreeMap::new();
         let started = std::time::Instant::now();
         for (s, chunk) in order.chunks(t.batch_size.max(1)).enumerate() {
-            let batch = train.batch(chunk)?;
+            let batch = on_device(train.batch(chunk)?, dev)?;
             let mut inputs = train_prog.prepare_inputs(&batch, dev)?;
             super::modality::drop_inputs(train_prog, &mut inputs, &mut rng)?;
             let fwd = match scheme.cut() {
