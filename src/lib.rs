@@ -39,6 +39,7 @@ pub mod kernels;
 pub mod lower;
 pub mod passes;
 pub mod pipeline;
+pub mod plot;
 pub mod predict;
 pub mod render;
 pub mod signature;

@@ -385,6 +385,69 @@ fn cli_train_evaluate_predict_round_trip() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("image"));
+    // The run's curves and, against the test data, a confusion matrix per
+    // classification head: a real PNG (and an SVG naming the heads).
+    for ext in ["png", "svg"] {
+        let pic = dir.join(format!("curves.{ext}"));
+        let p = std::process::Command::new(bin)
+            .args(["plot"])
+            .arg(&dir)
+            .args(["--data", "../shared/data/digits/test.safetensors", "--output"])
+            .arg(&pic)
+            .current_dir(root())
+            .output()
+            .unwrap();
+        assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
+        let bytes = std::fs::read(&pic).unwrap();
+        if ext == "png" {
+            let img = image::load_from_memory(&bytes).unwrap().to_rgb8();
+            assert!(img.width() >= 420 && img.height() >= 320);
+            let first = img.get_pixel(0, 0);
+            assert!(img.pixels().filter(|p| *p != first).count() > 10_000, "a drawn picture");
+        } else {
+            let svg = String::from_utf8(bytes).unwrap();
+            for want in ["digit", "parity", "confusion", "epoch"] {
+                assert!(svg.contains(want), "{want} missing from the SVG");
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `mtl check MODEL --data D`: the data as training would read it, then per
+/// head the labels present and missing and the classes against the head's
+/// width; exit 1 when a head cannot train on it.
+#[test]
+fn check_data_reports_each_head_and_fails_on_bad_labels() {
+    let bin = env!("CARGO_BIN_EXE_mtl");
+    let run = |data: &Path| {
+        std::process::Command::new(bin)
+            .args(["check", "models/digits.mtl", "--data"])
+            .arg(data)
+            .current_dir(root())
+            .output()
+            .unwrap()
+    };
+    let good = run(Path::new("../shared/data/digits/test.safetensors"));
+    let text = String::from_utf8_lossy(&good.stdout);
+    assert_eq!(good.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&good.stderr));
+    assert!(text.contains("digit") && text.contains("10 of 10 seen") && text.contains("data ok"), "{text}");
+    // Class ids beyond the digit head's 10 logits, and a head with no labels.
+    let dir = tmp("check-data");
+    std::fs::create_dir_all(&dir).unwrap();
+    let dev = Device::Cpu;
+    let mut t = candle_core::safetensors::load(root().join("../shared/data/digits/test.safetensors"), &dev).unwrap();
+    let n = t["digit"].dim(0).unwrap();
+    let ids: Vec<i64> = (0..n as i64).map(|i| i % 12).collect();
+    t.insert("digit".into(), Tensor::from_vec(ids, t["digit"].shape(), &dev).unwrap().to_dtype(t["digit"].dtype()).unwrap());
+    t.insert("parity".into(), Tensor::full(f32::NAN, t["parity"].shape(), &dev).unwrap());
+    let bad_path = dir.join("bad.safetensors");
+    candle_core::safetensors::save(&t, &bad_path).unwrap();
+    let bad = run(&bad_path);
+    let text = String::from_utf8_lossy(&bad.stdout);
+    assert_eq!(bad.status.code(), Some(1), "{text}");
+    assert!(text.contains("class id 11 is outside the head's 10 logits"), "{text}");
+    assert!(text.contains("every label is missing"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -109,7 +109,9 @@ done
 # Where a training step's time goes on the GPU (forward per op, backward, optimizer).
 if left; then
   timeout 60 "$bin" bench models/shapes.mtl --train --device "$device" --profile --steps 10 --repeats 1 >"$out/profile-shapes.txt" 2>&1
-  timeout 60 "$bin" bench .gpu/fixtures/shapes_mm.mtl --train --device "$device" --profile --steps 10 --repeats 1 >"$out/profile-shapes_mm.txt" 2>&1
+  for m in .gpu/fixtures/shapes_mm.mtl models/seed_multitask.mtl; do
+    timeout 60 "$bin" bench "$m" --train --device "$device" --profile --steps 10 --repeats 1 >>"$out/profile-more.txt" 2>&1
+  done
 fi
 
 # 4. PyTorch on the same GPU.

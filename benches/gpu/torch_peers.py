@@ -10,33 +10,54 @@ import contextlib
 import io
 import json
 import os
+import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "peers"))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "peers"))
+
+
+def run_model(model, configs, out):
+    """In a child process: the model's runs, one CUDA context (a CUDA error
+    is sticky: it must not spoil the other models' runs)."""
+    import torch_bench
+
+    for mode, batch, precision in configs:
+        sys.argv = ["torch_bench.py", model, "--device", "cuda", "--mode", mode,
+                    "--batch-size", str(batch), "--precision", precision,
+                    "--steps", "30", "--warmup", "10", "--infer-steps", "20", "--repeats", "3"]
+        buf = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(buf):
+                torch_bench.main()
+            result = json.loads(buf.getvalue().strip().splitlines()[-1])
+        except Exception as e:  # noqa: BLE001
+            result = {"model": model, "mode": mode, "batch_size": batch, "precision": precision,
+                      "error": f"{type(e).__name__}: {e}"[:300]}
+        with open(out, "a") as f:
+            f.write(json.dumps({"part": "torch_bench", "result": result}) + "\n")
+        print(json.dumps(result), file=sys.stderr)
+
+
+if len(sys.argv) > 3 and sys.argv[1] == "--child":
+    run_model(sys.argv[2], json.loads(sys.argv[3]), sys.argv[4])
+    sys.exit(0)
+
 import torch_bench  # noqa: E402
 
 out, budget = sys.argv[1], float(sys.argv[2]) if len(sys.argv) > 2 else 240.0
 start = time.time()
-models = sorted(torch_bench.MODELS)
-plan = [(m, "eager", 32, "f32") for m in models]
-plan += [(m, "eager", 256, p) for m in models for p in ("f32", "bf16")]
-plan += [(m, "compile", 32, "f32") for m in ("shapes_mm", "digits_mt")]
-for model, mode, batch, precision in plan:
-    if time.time() - start > budget:
-        print(f"torch_peers: out of time before {model} {mode} {batch} {precision}", file=sys.stderr)
+eager = [("eager", 32, "f32"), ("eager", 256, "f32"), ("eager", 256, "bf16")]
+plan = [(m, eager) for m in sorted(torch_bench.MODELS)]
+plan += [(m, [("compile", 32, "f32")]) for m in ("shapes_mm", "digits_mt")]
+for model, configs in plan:
+    left = budget - (time.time() - start)
+    if left < 5:
+        print(f"torch_peers: out of time before {model} {configs}", file=sys.stderr)
         break
-    sys.argv = ["torch_bench.py", model, "--device", "cuda", "--mode", mode,
-                "--batch-size", str(batch), "--precision", precision,
-                "--steps", "30", "--warmup", "10", "--infer-steps", "20", "--repeats", "3"]
-    buf = io.StringIO()
     try:
-        with contextlib.redirect_stdout(buf):
-            torch_bench.main()
-        result = json.loads(buf.getvalue().strip().splitlines()[-1])
-    except Exception as e:  # noqa: BLE001
-        result = {"model": model, "mode": mode, "batch_size": batch, "precision": precision,
-                  "error": f"{type(e).__name__}: {e}"[:300]}
-    with open(out, "a") as f:
-        f.write(json.dumps({"part": "torch_bench", "result": result}) + "\n")
-    print(json.dumps(result), file=sys.stderr)
+        subprocess.run([sys.executable, __file__, "--child", model, json.dumps(configs), out],
+                       timeout=max(left, 30))
+    except subprocess.TimeoutExpired:
+        print(f"torch_peers: {model} {configs} ran out of time", file=sys.stderr)

@@ -89,7 +89,9 @@ class MHA(nn.Module):
         k = self.k(value).view(b, tk, h, d).transpose(1, 2)
         v = self.v(value).view(b, tk, h, d).transpose(1, 2)
         if mask is not None:
-            mask = mask.to(q.dtype)
+            # Dense [B, 1, Tq, Tk]: CUDA's fused attention kernels want the
+            # bias's last dimension contiguous (a broadcast one is not).
+            mask = mask.to(q.dtype).expand(b, 1, tq, tk).contiguous()
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.o(a.transpose(1, 2).reshape(b, tq, h * d))
 

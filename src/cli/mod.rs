@@ -2,6 +2,7 @@
 
 mod bench;
 mod compile;
+mod plot;
 mod run;
 mod train;
 
@@ -39,6 +40,9 @@ enum Cmd {
     Train(train::TrainArgs),
     /// Loss and metrics of a trained run on a data set.
     Evaluate(train::EvaluateArgs),
+    /// Learning curves and loss weights of a run (PNG or SVG); with `--data`,
+    /// a confusion matrix or predicted-vs-true scatter per head.
+    Plot(plot::PlotArgs),
     /// Throughput of training steps or inference on random data.
     Bench(bench::BenchArgs),
     /// Generate a built-in data set.
@@ -80,6 +84,7 @@ pub fn main() -> i32 {
         Cmd::Bench(a) => bench::bench(a),
         Cmd::Train(a) => train::train(a),
         Cmd::Evaluate(a) => train::evaluate(a),
+        Cmd::Plot(a) => plot::plot(a),
     };
     match r {
         Ok(code) => code,

@@ -167,15 +167,12 @@ impl CustomOp3 for CellGrad {
 }
 
 /// The CUDA side: the same expressions as [`cell`] and [`cell_grad`], one
-/// thread per (row, unit), compiled once per process by NVRTC.
+/// thread per (row, unit).
 #[cfg(feature = "cuda")]
 mod cuda {
     use super::Part;
-    use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
-    use candle_core::cuda_backend::cudarc::nvrtc;
-    use candle_core::cuda_backend::WrapErr;
+    use crate::kernels::cuda::{launch as run, Arg};
     use candle_core::{CudaStorage, Layout, Result};
-    use std::sync::OnceLock;
 
     const SOURCE: &str = r#"
 __device__ float sg(float x) { return 1.0f / (1.0f + expf(-x)); }
@@ -214,19 +211,8 @@ extern "C" __global__ void mtl_lstm_cell_grad(const float* gates, const float* s
 }
 "#;
 
-    fn ptx() -> Result<&'static str> {
-        static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
-        PTX.get_or_init(|| {
-            nvrtc::compile_ptx(SOURCE)
-                .map(|p| p.to_src())
-                .map_err(|e| format!("compiling the LSTM cell kernels: {e:?}"))
-        })
-        .as_deref()
-        .map_err(|e| candle_core::Error::Msg(e.clone()))
-    }
-
-    /// Runs kernel `name` over `n` elements of `h` units: its f32 operands,
-    /// then a fresh output (n or 5n/… as the kernel writes), n, h, part.
+    /// `name` over `n` = rows × `h` elements; the output is [B, H] for the
+    /// cell, [B, 5H] for its gradient.
     pub fn launch(
         name: &str,
         operands: &[(&CudaStorage, &Layout)],
@@ -234,30 +220,9 @@ extern "C" __global__ void mtl_lstm_cell_grad(const float* gates, const float* s
         h: usize,
         part: Part,
     ) -> Result<CudaStorage> {
-        let dev = &operands[0].0.device;
-        let func = dev.get_or_load_custom_func(name, "mtl_lstm_cell", ptx()?)?;
-        let slices = operands
-            .iter()
-            .map(|(s, l)| match l.contiguous_offsets() {
-                Some((a, b)) => Ok(s.as_cuda_slice::<f32>()?.slice(a..b)),
-                None => candle_core::bail!("lstm cell: contiguous operands only"),
-            })
-            .collect::<Result<Vec<_>>>()?;
         let width = if operands.len() == 3 { 5 } else { 1 };
-        // SAFETY: every element is written by the kernel.
-        let out = unsafe { dev.alloc::<f32>(n * width)? };
-        let (n32, h32, p32) = (n as i32, h as i32, part as i32);
-        let mut b = func.builder();
-        for s in &slices {
-            b.arg(s);
-        }
-        b.arg(&out);
-        b.arg(&n32);
-        b.arg(&h32);
-        b.arg(&p32);
-        // SAFETY: the arguments match the kernel's signature above.
-        unsafe { b.launch(LaunchConfig::for_num_elems(n as u32)) }.w()?;
-        Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
+        let args = [Arg::I32(n as i32), Arg::I32(h as i32), Arg::I32(part as i32)];
+        run(("mtl_lstm_cell", SOURCE), name, operands, n * width, n, &args)
     }
 }
 

@@ -2,10 +2,13 @@
 //! backward, and their helpers. Nothing here knows the IR; the lowering
 //! (`crate::lower`) decides which kernel runs each step.
 
+pub mod adam;
 pub mod attention;
 pub mod batch_norm;
 pub mod conv;
 pub mod cpu_ops;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod gelu;
 pub mod gemm;
 pub mod gru;

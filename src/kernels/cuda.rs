@@ -1,0 +1,72 @@
+//! Launching our CUDA kernels: CUDA C compiled by NVRTC once per process and
+//! module (the PTX targets the GPU in use, no toolkit needed at build time),
+//! one thread per element, contiguous f32 operands, a fresh f32 output.
+
+use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::nvrtc;
+use candle_core::cuda_backend::WrapErr;
+use candle_core::{CudaStorage, Layout, Result};
+use std::sync::Mutex;
+
+/// A scalar argument after the output pointer.
+pub enum Arg {
+    I32(i32),
+    F32(f32),
+}
+
+fn ptx(module: &'static str, source: &'static str) -> Result<String> {
+    type Compiled = std::result::Result<String, String>;
+    static CACHE: Mutex<Vec<(&'static str, Compiled)>> = Mutex::new(Vec::new());
+    let mut cache = CACHE
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("kernel cache poisoned".into()))?;
+    if let Some((_, r)) = cache.iter().find(|(m, _)| *m == module) {
+        return r.clone().map_err(candle_core::Error::Msg);
+    }
+    let compiled = nvrtc::compile_ptx(source)
+        .map(|p| p.to_src())
+        .map_err(|e| format!("compiling the `{module}` kernels: {e:?}"));
+    cache.push((module, compiled.clone()));
+    compiled.map_err(candle_core::Error::Msg)
+}
+
+/// Runs kernel `name` of `module` with `threads` threads: the operands, a
+/// fresh output of `out_len` floats (every element written by the kernel),
+/// then `args`.
+pub fn launch(
+    (module, source): (&'static str, &'static str),
+    name: &str,
+    operands: &[(&CudaStorage, &Layout)],
+    out_len: usize,
+    threads: usize,
+    args: &[Arg],
+) -> Result<CudaStorage> {
+    let dev = &operands[0].0.device;
+    let func = dev.get_or_load_custom_func(name, module, &ptx(module, source)?)?;
+    let slices = operands
+        .iter()
+        .map(|(s, l)| match l.contiguous_offsets() {
+            Some((a, b)) => Ok(s.as_cuda_slice::<f32>()?.slice(a..b)),
+            None => candle_core::bail!("{name}: contiguous operands only"),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // SAFETY: the kernels write every element of their output.
+    let out = unsafe { dev.alloc::<f32>(out_len)? };
+    let ints: Vec<i32> = args.iter().filter_map(|a| match a { Arg::I32(v) => Some(*v), _ => None }).collect();
+    let floats: Vec<f32> = args.iter().filter_map(|a| match a { Arg::F32(v) => Some(*v), _ => None }).collect();
+    let mut b = func.builder();
+    for s in &slices {
+        b.arg(s);
+    }
+    b.arg(&out);
+    let (mut i, mut f) = (ints.iter(), floats.iter());
+    for a in args {
+        match a {
+            Arg::I32(_) => b.arg(i.next().expect("counted")),
+            Arg::F32(_) => b.arg(f.next().expect("counted")),
+        };
+    }
+    // SAFETY: the arguments match the kernel's signature (its source is beside the caller).
+    unsafe { b.launch(LaunchConfig::for_num_elems(threads as u32)) }.w()?;
+    Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
+}
