@@ -40,7 +40,10 @@ if [ ! -f "$dir/.done" ]; then
   done
   # The driver stub: every cu* function cudarc declares, as an empty symbol.
   mkdir -p "$root/lib/stubs"
-  cudarc="$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-* | sort -V | tail -n1)"
+  find_cudarc() { ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-* 2>/dev/null | sort -V | tail -n1; }
+  [ -n "$(find_cudarc)" ] || (cd "$here" && cargo fetch --locked >&2) # a fresh machine: sources first
+  cudarc="$(find_cudarc)"
+  [ -n "$cudarc" ] || { echo "cuda-toolkit: no cudarc sources in the cargo registry" >&2; exit 1; }
   grep -o '\bfn cu[A-Za-z0-9_]*' "$cudarc/src/driver/sys/mod.rs" | sed 's/fn //' | sort -u \
     | sed 's/.*/void &(void) {}/' >"$dir/cuda_stub.c"
   cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$root/lib/stubs/libcuda.so" "$dir/cuda_stub.c"

@@ -114,8 +114,8 @@ if left; then
   done
 fi
 
-# 4. PyTorch on the same GPU.
-if left; then
+# 4. PyTorch on the same GPU (SKIP_TORCH=1 leaves it out, for a rerun of mtl alone).
+if left && [ -z "${SKIP_TORCH:-}" ]; then
   rest=$((budget - (SECONDS - start)))
   timeout $((rest + 60)) python3 benches/gpu/torch_peers.py "$lines" "$rest" >>"$log" 2>&1
   say "pytorch peers done"

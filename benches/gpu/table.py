@@ -2,12 +2,15 @@
 benches/README.md: mtl against PyTorch per model at batch 32, and f32 against
 bf16 at batch 256.
 
-    python3 benches/gpu/table.py gpu-report.json"""
+    python3 benches/gpu/table.py gpu-report.json [LATER.json ...]
+
+With several reports, a later one's numbers replace an earlier one's (mtl
+rerun alone after a change, PyTorch kept from the first)."""
 import json
 import os
 import sys
 
-rows = json.load(open(sys.argv[1]))
+rows = [r for path in sys.argv[1:] for r in json.load(open(path))]
 name = lambda p: os.path.splitext(os.path.basename(p))[0]  # noqa: E731
 mtl, torch = {}, {}
 for r in rows:
@@ -35,10 +38,11 @@ for m in models:
     a, b = mtl.get((m, "train", 256, "f32")), mtl.get((m, "train", 256, "bf16"))
     c, d = torch.get((m, "eager", "train", 256, "f32")), torch.get((m, "eager", "train", 256, "bf16"))
     print(f"| {m} | {fmt(a)} | {fmt(b)} | {ratio(b, a)} | {fmt(c)} | {fmt(d)} | {ratio(d, c)} |")
-fx = [r for r in rows if r["part"] == "fixture"]
+last = json.load(open(sys.argv[-1]))
+fx = [r for r in last if r["part"] == "fixture"]
 ok = sum(1 for r in fx if r["result"].get("ok"))
 worst = max((r["result"].get("max_rel_err", 0) for r in fx if r["result"].get("ok")), default=0)
 print(f"\nfixtures on CUDA: {ok}/{len(fx)} within 1e-4 (worst {worst:.2e})")
-for r in rows:
+for r in last:
     if r["part"] == "train":
         print("train", r["precision"], r["ok"], r["wall_s"], "s", json.dumps(r.get("test"))[:300])
