@@ -759,16 +759,7 @@ fn draw_lines<DB: DrawingBackend>(
             legend_px.1 / ph.max(1) as f64,
         ),
     );
-    chart
-        .configure_series_labels()
-        .position(position)
-        .margin(6)
-        .label_font(font(12.0))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.3))
-        .draw()
-        .map_err(err)?;
-    Ok(())
+    legend(&mut chart, position)
 }
 
 /// The corner of the plotting area whose legend-sized box the curves cross
@@ -1073,16 +1064,27 @@ fn draw_scatter<DB: DrawingBackend>(
                 RGBColor(200, 40, 40).stroke_width(1),
             )
         });
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)
+}
+
+/// Every panel's legend looks the same: a translucent box in one corner.
+fn legend<'a, DB, CT>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> Result<(), String>
+where
+    DB: DrawingBackend + 'a,
+    CT: plotters::coord::CoordTranslate,
+{
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(position)
         .margin(6)
         .label_font(font(12.0))
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK.mix(0.3))
         .draw()
-        .map_err(err)?;
-    Ok(())
+        .map_err(err)
 }
 
 // ---------------------------------------------------------------------------

@@ -479,7 +479,11 @@ fn decoded_data_above_the_memory_limit_streams_to_a_reused_disk_cache() {
     drop(d3);
     let d3 = disk(&mut enc);
     assert!(matches!(&d3.storage, Storage::Cache { reused: false, .. }));
-    assert_same_tensors(&mem.tensors().unwrap(), &d3.tensors().unwrap(), "re-decoded after damage");
+    assert_same_tensors(
+        &mem.tensors().unwrap(),
+        &d3.tensors().unwrap(),
+        "re-decoded after damage",
+    );
     // A writer killed mid-cache leaves `.NAME.tmpPID`; the next writer removes
     // it once that process is gone (pid 1 << 30 exceeds Linux's pid range).
     let stale = cache.join(".shapes-0.tmp1073741824");

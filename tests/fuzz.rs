@@ -133,12 +133,37 @@ model m {
 /// separators, control bytes, a missing or undecodable file.
 fn random_cell(rng: &mut StdRng) -> String {
     let cells = [
-        "", "0", "-1", "1.5", "nan", "inf", "-inf", "1e309", "99999999999999999999", "a b c",
-        "\"", "\"unterminated", ",", ";", "\t", "\u{0}", "é ü 中", "1 2", "1 2 3 4 5",
-        "img.png", "missing.png", "garbage.png", "../../etc/passwd", "cat", "dog", "bird",
+        "",
+        "0",
+        "-1",
+        "1.5",
+        "nan",
+        "inf",
+        "-inf",
+        "1e309",
+        "99999999999999999999",
+        "a b c",
+        "\"",
+        "\"unterminated",
+        ",",
+        ";",
+        "\t",
+        "\u{0}",
+        "é ü 中",
+        "1 2",
+        "1 2 3 4 5",
+        "img.png",
+        "missing.png",
+        "garbage.png",
+        "../../etc/passwd",
+        "cat",
+        "dog",
+        "bird",
     ];
     match rng.random_range(0..4) {
-        0 => (0..rng.random_range(0..300)).map(|_| rng.random_range(' '..'~')).collect(),
+        0 => (0..rng.random_range(0..300))
+            .map(|_| rng.random_range(' '..'~'))
+            .collect(),
         _ => cells[rng.random_range(0..cells.len())].to_string(),
     }
 }
@@ -156,7 +181,9 @@ fn mutated_manifests_never_panic() {
     std::fs::write(dir.join("garbage.png"), b"\x89PNG\r\n\x1a\n not really").unwrap();
     let c = mtl::compile_str("m.mtl", MANIFEST_MODEL, &Default::default());
     let g = c.graph.expect("the model compiles");
-    let sig = mtl::lower::lower(&g, mtl::pipeline::Mode::Train).unwrap().signature();
+    let sig = mtl::lower::lower(&g, mtl::pipeline::Mode::Train)
+        .unwrap()
+        .signature();
     let good = "v,text,img,c,r\n1 2,the cat sat,img.png,cat,0.5\n3 4,a dog,img.png,dog,1.5\n0 1,bird song,img.png,bird,-2\n";
     let mut rng = StdRng::seed_from_u64(7);
     for round in 0..250 {
@@ -165,7 +192,9 @@ fn mutated_manifests_never_panic() {
             0 => {
                 let mut s = String::from("v,text,img,c,r\n");
                 for _ in 0..rng.random_range(0..5) {
-                    let row: Vec<String> = (0..rng.random_range(3..7)).map(|_| random_cell(&mut rng)).collect();
+                    let row: Vec<String> = (0..rng.random_range(3..7))
+                        .map(|_| random_cell(&mut rng))
+                        .collect();
                     s += &row.join(",");
                     s.push('\n');
                 }
@@ -199,7 +228,11 @@ fn mutated_manifests_never_panic() {
         if rng.random_bool(0.1) {
             bytes.splice(0..0, [0xEF, 0xBB, 0xBF]);
         }
-        let ext = if bytes.first() == Some(&b'{') { "jsonl" } else { "csv" };
+        let ext = if bytes.first() == Some(&b'{') {
+            "jsonl"
+        } else {
+            "csv"
+        };
         let path = dir.join(format!("m{round}.{ext}"));
         std::fs::write(&path, &bytes).unwrap();
         let mut enc = mtl::data::Encoders::default();
@@ -209,7 +242,11 @@ fn mutated_manifests_never_panic() {
         };
         let dev = candle_core::Device::Cpu;
         if let Err(e) = mtl::data::load(&path, &sig, &mut enc, true, true, &dev, &opts) {
-            assert!(!e.is_empty(), "an empty error message for {:?}", String::from_utf8_lossy(&bytes));
+            assert!(
+                !e.is_empty(),
+                "an empty error message for {:?}",
+                String::from_utf8_lossy(&bytes)
+            );
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -222,18 +259,54 @@ fn numeric_flags_never_panic() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let model = dir.join("m.mtl");
-    std::fs::write(&model, "model m {\n  input x: f32[2]\n  head y = x -> dense(1) { loss: mse }\n}\n").unwrap();
+    std::fs::write(
+        &model,
+        "model m {\n  input x: f32[2]\n  head y = x -> dense(1) { loss: mse }\n}\n",
+    )
+    .unwrap();
     std::fs::write(dir.join("d.csv"), "x,y\n1 2,3\n2 1,0\n0 0,1\n1 1,2\n").unwrap();
     let values = [
-        "0", "1", "-1", "2", "0.5", "1.0", "-0.0", "nan", "NaN", "inf", "-inf", "1e309", "1e-320",
-        "99999999999999999999", "18446744073709551616", "abc", "", " 1", "0x10", "1_000",
+        "0",
+        "1",
+        "-1",
+        "2",
+        "0.5",
+        "1.0",
+        "-0.0",
+        "nan",
+        "NaN",
+        "inf",
+        "-inf",
+        "1e309",
+        "1e-320",
+        "99999999999999999999",
+        "18446744073709551616",
+        "abc",
+        "",
+        " 1",
+        "0x10",
+        "1_000",
     ];
-    let flags = ["--epochs", "--batch-size", "--lr", "--val-split", "--seed", "--memory-limit"];
+    let flags = [
+        "--epochs",
+        "--batch-size",
+        "--lr",
+        "--val-split",
+        "--seed",
+        "--memory-limit",
+    ];
     let mut rng = StdRng::seed_from_u64(3);
     for i in 0..40 {
-        let (flag, value) = (flags[rng.random_range(0..flags.len())], values[rng.random_range(0..values.len())]);
+        let (flag, value) = (
+            flags[rng.random_range(0..flags.len())],
+            values[rng.random_range(0..values.len())],
+        );
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mtl"));
-        cmd.arg("train").arg(&model).arg("--data").arg(dir.join("d.csv")).arg("--quiet");
+        cmd.arg("train")
+            .arg(&model)
+            .arg("--data")
+            .arg(dir.join("d.csv"))
+            .arg("--quiet");
         if flag != "--epochs" {
             cmd.args(["--epochs", "1"]); // keep the runs short
         }

@@ -186,28 +186,71 @@ fn digits_recipe_reaches_keras_accuracy_and_tolerates_missing_labels() {
     );
 }
 
-#[test]
-fn resume_continues_exactly() {
+/// `siamese` trained 4 epochs in one go, and a run of the same stopped after
+/// 2 (its directory, to resume): what the resume tests start from.
+struct Halves {
+    cfg: TrainConfig,
+    t: Program,
+    i: Program,
+    ds: Dataset,
+    whole: Params,
+    whole_dir: PathBuf,
+    half_dir: PathBuf,
+}
+
+fn whole_and_half(name: &str) -> Halves {
     let dev = Device::Cpu;
     let (mut cfg, t, i) = programs(&root().join("models/siamese.mtl"));
     let ds = random_data(&t, 12, 3);
     cfg.batch_size = 4;
     cfg.epochs = 4;
-    let a_dir = tmp("resume-a");
-    let mut a = init_params(&t, 0, &dev).unwrap();
-    fit(cfg.clone(), &a_dir, &t, &i, &mut a, &ds, None, false).unwrap();
-    let b_dir = tmp("resume-b");
+    let whole_dir = tmp(&format!("{name}-a"));
+    let mut whole = init_params(&t, 0, &dev).unwrap();
+    fit(
+        cfg.clone(),
+        &whole_dir,
+        &t,
+        &i,
+        &mut whole,
+        &ds,
+        None,
+        false,
+    )
+    .unwrap();
+    let half_dir = tmp(&format!("{name}-b"));
     let mut b = init_params(&t, 0, &dev).unwrap();
     let mut half = cfg.clone();
     half.epochs = 2;
-    fit(half, &b_dir, &t, &i, &mut b, &ds, None, false).unwrap();
-    let mut b2 = init_params(&t, 99, &dev).unwrap();
-    let h = fit(cfg, &b_dir, &t, &i, &mut b2, &ds, None, true).unwrap();
+    fit(half, &half_dir, &t, &i, &mut b, &ds, None, false).unwrap();
+    Halves {
+        cfg,
+        t,
+        i,
+        ds,
+        whole,
+        whole_dir,
+        half_dir,
+    }
+}
+
+#[test]
+fn resume_continues_exactly() {
+    let Halves {
+        cfg,
+        t,
+        i,
+        ds,
+        whole,
+        whole_dir,
+        half_dir,
+    } = whole_and_half("resume");
+    let mut b2 = init_params(&t, 99, &Device::Cpu).unwrap();
+    let h = fit(cfg, &half_dir, &t, &i, &mut b2, &ds, None, true).unwrap();
     assert_eq!(h.len(), 4);
-    assert_same_params(&a, &b2, "after resume");
+    assert_same_params(&whole, &b2, "after resume");
     let _ = (
-        std::fs::remove_dir_all(a_dir),
-        std::fs::remove_dir_all(b_dir),
+        std::fs::remove_dir_all(whole_dir),
+        std::fs::remove_dir_all(half_dir),
     );
 }
 
@@ -217,18 +260,9 @@ fn resume_continues_exactly() {
 #[test]
 fn a_failed_checkpoint_leaves_the_previous_epoch_whole() {
     let dev = Device::Cpu;
-    let (mut cfg, t, i) = programs(&root().join("models/siamese.mtl"));
-    let ds = random_data(&t, 12, 3);
-    cfg.batch_size = 4;
-    cfg.epochs = 4;
-    let a_dir = tmp("ckpt-a");
-    let mut a = init_params(&t, 0, &dev).unwrap();
-    fit(cfg.clone(), &a_dir, &t, &i, &mut a, &ds, None, false).unwrap();
-    let b_dir = tmp("ckpt-b");
-    let mut b = init_params(&t, 0, &dev).unwrap();
-    let mut half = cfg.clone();
-    half.epochs = 2;
-    fit(half, &b_dir, &t, &i, &mut b, &ds, None, false).unwrap();
+    let halves = whole_and_half("ckpt");
+    let (cfg, t, i, ds) = (halves.cfg, halves.t, halves.i, halves.ds);
+    let b_dir = halves.half_dir;
     let blocked = b_dir.join("optimizer.safetensors.next");
     std::fs::create_dir_all(blocked.join("x")).unwrap();
     let mut b2 = init_params(&t, 7, &dev).unwrap();
@@ -241,7 +275,7 @@ fn a_failed_checkpoint_leaves_the_previous_epoch_whole() {
     let mut b3 = init_params(&t, 9, &dev).unwrap();
     let h = fit(cfg, &b_dir, &t, &i, &mut b3, &ds, None, true).unwrap();
     assert_eq!(h.len(), 4);
-    assert_same_params(&a, &b3, "after a failed checkpoint and resume");
+    assert_same_params(&halves.whole, &b3, "after a failed checkpoint and resume");
     // Every epoch also reached TensorBoard's event files.
     for split in ["train", "validation"] {
         assert!(
@@ -255,7 +289,7 @@ fn a_failed_checkpoint_leaves_the_previous_epoch_whole() {
         );
     }
     let _ = (
-        std::fs::remove_dir_all(a_dir),
+        std::fs::remove_dir_all(halves.whole_dir),
         std::fs::remove_dir_all(b_dir),
     );
 }
@@ -392,7 +426,11 @@ fn cli_train_evaluate_predict_round_trip() {
         let p = std::process::Command::new(bin)
             .args(["plot"])
             .arg(&dir)
-            .args(["--data", "../shared/data/digits/test.safetensors", "--output"])
+            .args([
+                "--data",
+                "../shared/data/digits/test.safetensors",
+                "--output",
+            ])
             .arg(&pic)
             .current_dir(root())
             .output()
@@ -403,7 +441,10 @@ fn cli_train_evaluate_predict_round_trip() {
             let img = image::load_from_memory(&bytes).unwrap().to_rgb8();
             assert!(img.width() >= 420 && img.height() >= 320);
             let first = img.get_pixel(0, 0);
-            assert!(img.pixels().filter(|p| *p != first).count() > 10_000, "a drawn picture");
+            assert!(
+                img.pixels().filter(|p| *p != first).count() > 10_000,
+                "a drawn picture"
+            );
         } else {
             let svg = String::from_utf8(bytes).unwrap();
             for want in ["digit", "parity", "confusion", "epoch"] {
@@ -430,23 +471,45 @@ fn check_data_reports_each_head_and_fails_on_bad_labels() {
     };
     let good = run(Path::new("../shared/data/digits/test.safetensors"));
     let text = String::from_utf8_lossy(&good.stdout);
-    assert_eq!(good.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&good.stderr));
-    assert!(text.contains("digit") && text.contains("10 of 10 seen") && text.contains("data ok"), "{text}");
+    assert_eq!(
+        good.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+    assert!(
+        text.contains("digit") && text.contains("10 of 10 seen") && text.contains("data ok"),
+        "{text}"
+    );
     // Class ids beyond the digit head's 10 logits, and a head with no labels.
     let dir = tmp("check-data");
     std::fs::create_dir_all(&dir).unwrap();
     let dev = Device::Cpu;
-    let mut t = candle_core::safetensors::load(root().join("../shared/data/digits/test.safetensors"), &dev).unwrap();
+    let mut t =
+        candle_core::safetensors::load(root().join("../shared/data/digits/test.safetensors"), &dev)
+            .unwrap();
     let n = t["digit"].dim(0).unwrap();
     let ids: Vec<i64> = (0..n as i64).map(|i| i % 12).collect();
-    t.insert("digit".into(), Tensor::from_vec(ids, t["digit"].shape(), &dev).unwrap().to_dtype(t["digit"].dtype()).unwrap());
-    t.insert("parity".into(), Tensor::full(f32::NAN, t["parity"].shape(), &dev).unwrap());
+    t.insert(
+        "digit".into(),
+        Tensor::from_vec(ids, t["digit"].shape(), &dev)
+            .unwrap()
+            .to_dtype(t["digit"].dtype())
+            .unwrap(),
+    );
+    t.insert(
+        "parity".into(),
+        Tensor::full(f32::NAN, t["parity"].shape(), &dev).unwrap(),
+    );
     let bad_path = dir.join("bad.safetensors");
     candle_core::safetensors::save(&t, &bad_path).unwrap();
     let bad = run(&bad_path);
     let text = String::from_utf8_lossy(&bad.stdout);
     assert_eq!(bad.status.code(), Some(1), "{text}");
-    assert!(text.contains("class id 11 is outside the head's 10 logits"), "{text}");
+    assert!(
+        text.contains("class id 11 is outside the head's 10 logits"),
+        "{text}"
+    );
     assert!(text.contains("every label is missing"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }

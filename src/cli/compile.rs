@@ -85,7 +85,9 @@ pub struct CompileArgs {
 
 pub fn check(a: CheckArgs) -> Result<i32, Fail> {
     if a.data.is_some() && a.files.len() != 1 {
-        return Err(Fail::usage("error: `--data` checks one model: give one model file"));
+        return Err(Fail::usage(
+            "error: `--data` checks one model: give one model file",
+        ));
     }
     let mut worst = 0;
     let mut json = vec![];
@@ -123,7 +125,9 @@ pub fn check(a: CheckArgs) -> Result<i32, Fail> {
             worst = 1;
         }
         match a.format {
-            Format::Json => json.push(serde_json::json!({"data": data.display().to_string(), "audit": audit})),
+            Format::Json => {
+                json.push(serde_json::json!({"data": data.display().to_string(), "audit": audit}))
+            }
             Format::Human => print!("{}", audit_table(data, &audit)),
         }
     }
@@ -177,7 +181,11 @@ fn audit_table(data: &std::path::Path, a: &mtl::data::audit::Audit) -> String {
         } else {
             let seen = h.class_counts.iter().filter(|c| **c > 0).count();
             let counts: Vec<String> = h.class_counts.iter().map(u64::to_string).collect();
-            format!("{seen} of {} seen: {}", h.class_counts.len(), counts.join(" / "))
+            format!(
+                "{seen} of {} seen: {}",
+                h.class_counts.len(),
+                counts.join(" / ")
+            )
         };
         let _ = writeln!(
             s,

@@ -67,7 +67,9 @@ fn evaluations(run: &Path, data: &Path, storage: &StorageArgs) -> Result<Vec<Eva
         .map_err(|e| Fail::model(format!("error: {e}")))?;
     let out = mtl::predict::predict(&prog, &params, &ds, 256, &dev)
         .map_err(|e| Fail::model(format!("error: {e}")))?;
-    let labels = ds.tensors().map_err(|e| Fail::model(format!("error: {e}")))?;
+    let labels = ds
+        .tensors()
+        .map_err(|e| Fail::model(format!("error: {e}")))?;
     let f = |e: candle_core::Error| Fail::model(format!("error: {e}"));
     let mut evals = vec![];
     for h in &sig.heads {
@@ -101,7 +103,10 @@ fn evaluations(run: &Path, data: &Path, storage: &StorageArgs) -> Result<Vec<Eva
             }
             LossKind::CrossEntropy | LossKind::BinaryCrossEntropy => {}
             _ if single && y.dim(1).map_err(f)? == 1 => {
-                let pred = y.flatten_all().and_then(|v| v.to_vec1::<f32>()).map_err(f)?;
+                let pred = y
+                    .flatten_all()
+                    .and_then(|v| v.to_vec1::<f32>())
+                    .map_err(f)?;
                 let truth = t
                     .to_dtype(DType::F32)
                     .and_then(|v| v.flatten_all()?.to_vec1::<f32>())
@@ -132,7 +137,10 @@ fn confusion(
 ) -> candle_core::Result<Evaluation> {
     let k = classes.len();
     let p = pred.to_dtype(DType::I64)?.flatten_all()?.to_vec1::<i64>()?;
-    let t = truth.to_dtype(DType::I64)?.flatten_all()?.to_vec1::<i64>()?;
+    let t = truth
+        .to_dtype(DType::I64)?
+        .flatten_all()?
+        .to_vec1::<i64>()?;
     let mut counts = vec![vec![0u64; k]; k];
     for (t, p) in t.into_iter().zip(p) {
         if let (Ok(t), Ok(p)) = (usize::try_from(t), usize::try_from(p)) {

@@ -84,7 +84,8 @@ pub fn audit(ds: &Dataset, sig: &Signature) -> Result<Audit, String> {
         for (h, a) in sig.heads.iter().zip(&mut heads) {
             let Some(t) = batch.get(&h.label) else {
                 if start == 0 {
-                    a.problems.push(format!("no column or tensor `{}` for its labels", h.label));
+                    a.problems
+                        .push(format!("no column or tensor `{}` for its labels", h.label));
                 }
                 continue;
             };
@@ -94,7 +95,8 @@ pub fn audit(ds: &Dataset, sig: &Signature) -> Result<Audit, String> {
     }
     for (h, a) in sig.heads.iter().zip(&mut heads) {
         if a.present == 0 && a.problems.is_empty() {
-            a.problems.push("every label is missing: the head cannot learn".into());
+            a.problems
+                .push("every label is missing: the head cannot learn".into());
         }
         if h.loss == LossKind::BinaryCrossEntropy {
             if let Some((lo, hi)) = a.range.filter(|(lo, hi)| *lo < 0.0 || *hi > 1.0) {
@@ -179,8 +181,14 @@ mod tests {
         let mut t: HashMap<String, Tensor> = HashMap::new();
         t.insert("x".into(), Tensor::zeros((5, 2), DType::F32, &dev).unwrap());
         t.insert("c".into(), Tensor::new(&[0i64, 2, -1, 2, 5], &dev).unwrap());
-        t.insert("r".into(), Tensor::new(&[[1f32], [f32::NAN], [-3.0], [2.5], [0.0]], &dev).unwrap());
-        t.insert("b".into(), Tensor::new(&[[0f32], [1.0], [2.0], [1.0], [0.0]], &dev).unwrap());
+        t.insert(
+            "r".into(),
+            Tensor::new(&[[1f32], [f32::NAN], [-3.0], [2.5], [0.0]], &dev).unwrap(),
+        );
+        t.insert(
+            "b".into(),
+            Tensor::new(&[[0f32], [1.0], [2.0], [1.0], [0.0]], &dev).unwrap(),
+        );
         t.insert("gone".into(), Tensor::new(&[[f32::NAN]; 5], &dev).unwrap());
         let ds = Dataset::from_tensors(t, "t").unwrap();
         let sig = Signature {
@@ -193,8 +201,13 @@ mod tests {
             ],
         };
         let a = audit(&ds, &sig).unwrap();
-        let [c, r, b, gone] = &a.heads[..] else { panic!() };
-        assert_eq!((c.present, c.missing, c.class_counts.clone()), (4, 1, vec![1, 0, 2]));
+        let [c, r, b, gone] = &a.heads[..] else {
+            panic!()
+        };
+        assert_eq!(
+            (c.present, c.missing, c.class_counts.clone()),
+            (4, 1, vec![1, 0, 2])
+        );
         assert!(c.problems[0].contains("class id 5"), "{:?}", c.problems);
         assert_eq!((r.present, r.missing, r.range), (4, 1, Some((-3.0, 2.5))));
         assert!(r.problems.is_empty());

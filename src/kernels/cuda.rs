@@ -52,8 +52,20 @@ pub fn launch(
         .collect::<Result<Vec<_>>>()?;
     // SAFETY: the kernels write every element of their output.
     let out = unsafe { dev.alloc::<f32>(out_len)? };
-    let ints: Vec<i32> = args.iter().filter_map(|a| match a { Arg::I32(v) => Some(*v), _ => None }).collect();
-    let floats: Vec<f32> = args.iter().filter_map(|a| match a { Arg::F32(v) => Some(*v), _ => None }).collect();
+    let ints: Vec<i32> = args
+        .iter()
+        .filter_map(|a| match a {
+            Arg::I32(v) => Some(*v),
+            _ => None,
+        })
+        .collect();
+    let floats: Vec<f32> = args
+        .iter()
+        .filter_map(|a| match a {
+            Arg::F32(v) => Some(*v),
+            _ => None,
+        })
+        .collect();
     let mut b = func.builder();
     for s in &slices {
         b.arg(s);

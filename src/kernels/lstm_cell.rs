@@ -52,7 +52,10 @@ fn cell_grad(part: Part, [i, f, g, o]: [f32; 4], s: f32, d: f32) -> ([f32; 4], f
         }
         Part::H => {
             let (so, t) = (sigmoid(o), s.tanh());
-            ([0.0, 0.0, 0.0, d * t * so * (1.0 - so)], d * so * (1.0 - t * t))
+            (
+                [0.0, 0.0, 0.0, d * t * so * (1.0 - so)],
+                d * so * (1.0 - t * t),
+            )
         }
     }
 }
@@ -83,7 +86,11 @@ impl CustomOp2 for Cell {
             .map(|k| {
                 let (r, j) = (k / h, k % h);
                 let row = &g[r * 4 * h..];
-                cell(self.0, [row[j], row[h + j], row[2 * h + j], row[3 * h + j]], s[k])
+                cell(
+                    self.0,
+                    [row[j], row[h + j], row[2 * h + j], row[3 * h + j]],
+                    s[k],
+                )
             })
             .collect();
         Ok((CpuStorage::F32(out), Shape::from((b, h))))
@@ -221,8 +228,19 @@ extern "C" __global__ void mtl_lstm_cell_grad(const float* gates, const float* s
         part: Part,
     ) -> Result<CudaStorage> {
         let width = if operands.len() == 3 { 5 } else { 1 };
-        let args = [Arg::I32(n as i32), Arg::I32(h as i32), Arg::I32(part as i32)];
-        run(("mtl_lstm_cell", SOURCE), name, operands, n * width, n, &args)
+        let args = [
+            Arg::I32(n as i32),
+            Arg::I32(h as i32),
+            Arg::I32(part as i32),
+        ];
+        run(
+            ("mtl_lstm_cell", SOURCE),
+            name,
+            operands,
+            n * width,
+            n,
+            &args,
+        )
     }
 }
 
@@ -246,12 +264,16 @@ mod tests {
         let theirs = |g: &Tensor, c0: &Tensor| {
             let sg = |t: Tensor| candle_nn::ops::sigmoid(&t).unwrap();
             let gate = |q: usize| g.narrow(1, q * h, h).unwrap();
-            let c = ((sg(gate(1)) * c0).unwrap() + (sg(gate(0)) * gate(2).tanh().unwrap()).unwrap())
-                .unwrap();
+            let c = ((sg(gate(1)) * c0).unwrap()
+                + (sg(gate(0)) * gate(2).tanh().unwrap()).unwrap())
+            .unwrap();
             let hh = (sg(gate(3)) * c.tanh().unwrap()).unwrap();
             Tensor::cat(&[&hh, &c], 1).unwrap()
         };
-        let (a, t) = (ours(g.as_tensor(), c0.as_tensor()), theirs(g.as_tensor(), c0.as_tensor()));
+        let (a, t) = (
+            ours(g.as_tensor(), c0.as_tensor()),
+            theirs(g.as_tensor(), c0.as_tensor()),
+        );
         assert!(super::super::max_abs_diff(&a, &t) < 1e-6);
         super::super::assert_same_gradients(&a, &t, &[&g, &c0], 1e-5, "lstm cell");
     }

@@ -87,7 +87,9 @@ impl Optimizer {
                             }
                         };
                         let op = AdamStep(consts.map(|x| x as f32));
-                        let out = w.contiguous()?.apply_op3_no_bwd(&g.contiguous()?, &mv, &op)?;
+                        let out = w
+                            .contiguous()?
+                            .apply_op3_no_bwd(&g.contiguous()?, &mv, &op)?;
                         var.set(&out.get(0)?)?;
                         self.mv.insert(key.clone(), out.narrow(0, 1, 2)?);
                         continue;
@@ -317,7 +319,11 @@ mod tests {
                 v.iter().map(|x| x.to_bits()).collect()
             };
             let state = opt.state();
-            (bits(var.as_tensor()), bits(&state["m.w"]), bits(&state["v.w"]))
+            (
+                bits(var.as_tensor()),
+                bits(&state["m.w"]),
+                bits(&state["v.w"]),
+            )
         };
         let host = run(false, None);
         assert_eq!(run(true, None), host, "fused against host");
