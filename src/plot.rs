@@ -666,14 +666,7 @@ fn draw_lines<DB: DrawingBackend>(
     let y_span = y_range.end - y_range.start;
     let n_epochs = xs.len().clamp(2, 10);
 
-    let mut chart = ChartBuilder::on(area)
-        .caption(caption(title), font(15.0))
-        .margin(10)
-        .margin_right(16)
-        .x_label_area_size(36)
-        .y_label_area_size(58)
-        .build_cartesian_2d(x_range, y_range)
-        .map_err(err)?;
+    let mut chart = panel_chart(area, title, x_range, y_range)?;
     chart
         .configure_mesh()
         .x_labels(n_epochs)
@@ -1009,14 +1002,7 @@ fn draw_scatter<DB: DrawingBackend>(
     let (lo, hi) = min_max(points.iter().flat_map(|&(t, p)| [t, p])).unwrap_or((0.0, 1.0));
     let range = padded(lo, hi);
     let span = range.end - range.start;
-    let mut chart = ChartBuilder::on(area)
-        .caption(caption(title), font(15.0))
-        .margin(10)
-        .margin_right(16)
-        .x_label_area_size(36)
-        .y_label_area_size(58)
-        .build_cartesian_2d(range.clone(), range.clone())
-        .map_err(err)?;
+    let mut chart = panel_chart(area, title, range.clone(), range.clone())?;
     chart
         .configure_mesh()
         .x_labels(6)
@@ -1065,6 +1051,30 @@ fn draw_scatter<DB: DrawingBackend>(
             )
         });
     legend(&mut chart, SeriesLabelPosition::UpperLeft)
+}
+
+/// A line or scatter panel's chart: its title, margins and label areas.
+fn panel_chart<'a, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, Shift>,
+    title: &str,
+    x: Range<f64>,
+    y: Range<f64>,
+) -> Result<
+    ChartContext<
+        'a,
+        DB,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >,
+    String,
+> {
+    ChartBuilder::on(area)
+        .caption(caption(title), font(15.0))
+        .margin(10)
+        .margin_right(16)
+        .x_label_area_size(36)
+        .y_label_area_size(58)
+        .build_cartesian_2d(x, y)
+        .map_err(err)
 }
 
 /// Every panel's legend looks the same: a translucent box in one corner.
