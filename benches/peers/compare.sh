@@ -1,23 +1,53 @@
 #!/usr/bin/env bash
-# mtl vs Keras 3 (JAX) on this machine, in one run: training and inference
-# samples/s at batch 32, and their ratio. Needs a release build of mtl and a
-# Python with keras + jax (PYTHON=..., default python3).
+# mtl against its peers on this machine, in one run: Keras 3 (JAX backend),
+# PyTorch eager and torch.compile (CPU). Training and inference samples/s at
+# batch 32, mtl's ratio to the best peer per model and mode, and each one's
+# peak memory (RSS, MiB, of the whole process: /usr/bin/time).
+#
+#   KERAS_PY=/tmp/kvenv/bin/python TORCH_PY=/tmp/tavenv/bin/python benches/peers/compare.sh
+#
+# Needs a release build of mtl, a Python with keras + jax (KERAS_PY) and one
+# with torch (TORCH_PY); MODELS picks models. Rows go to stdout, JSON lines to
+# $OUT (default /tmp/peers.jsonl).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-PY=${PYTHON:-python3}
+KPY=${KERAS_PY:-python3}
+TPY=${TORCH_PY:-python3}
+OUT=${OUT:-/tmp/peers.jsonl}
+: >"$OUT"
 declare -A FILE=([shapes_mm]=../shared/fixtures/shapes_mm.mtl [digits_mt]=../shared/fixtures/digits_mt.mtl)
 for m in digits shapes reviews seed_multitask seed_multimodal siamese fusions captions mmoe; do FILE[$m]=models/$m.mtl; done
 MODELS=${MODELS:-"shapes_mm digits_mt digits shapes reviews seed_multitask seed_multimodal siamese fusions captions mmoe"}
-printf '%-10s %12s %12s %7s %12s %12s %7s\n' model mtl-train keras-train ratio mtl-infer keras-infer ratio
-for m in $MODELS; do
-  k=$(KERAS_BACKEND=jax "$PY" benches/peers/keras_bench.py "$m" 2>/dev/null | tail -1)
-  mt=$(target/release/mtl bench "${FILE[$m]}" --train --json 2>/dev/null | tail -1)
-  mi=$(target/release/mtl bench "${FILE[$m]}" --infer --json 2>/dev/null | tail -1)
-  python3 - "$m" "$k" "$mt" "$mi" <<'PY'
+# One measured command: its last stdout line (JSON) with "rss_mib" added.
+measure() {
+  local t
+  t=$(mktemp)
+  /usr/bin/time -f %M -o "$t" "$@" 2>/dev/null | tail -1 | python3 -c '
 import json, sys
-m, k, mt, mi = sys.argv[1], *map(json.loads, sys.argv[2:])
-kt, ki = k["train_samples_per_sec"], k["infer_samples_per_sec"]
-t, i = mt["samples_per_sec"], mi["samples_per_sec"]
-print(f"{m:<10} {t:12.0f} {kt:12.0f} {t/kt:6.2f}x {i:12.0f} {ki:12.0f} {i/ki:6.2f}x")
+line = sys.stdin.read().strip()  # first: the command has ended, its RSS is written
+rss = int(open(sys.argv[1]).read().split()[-1]) / 1024
+d = json.loads(line) if line else {"error": True}
+d["rss_mib"] = round(rss)
+print(json.dumps(d))' "$t"
+  rm -f "$t"
+}
+printf '%-16s %-6s %9s %9s %9s %9s %7s   %s\n' model mode mtl keras torch t.compile best "RSS MiB mtl/keras/torch/compile"
+for m in $MODELS; do
+  mt=$(measure target/release/mtl bench "${FILE[$m]}" --train --json)
+  mi=$(measure target/release/mtl bench "${FILE[$m]}" --infer --json)
+  k=$(KERAS_BACKEND=jax measure "$KPY" benches/peers/keras_bench.py "$m")
+  te=$(measure "$TPY" benches/peers/torch_bench.py "$m" --mode eager)
+  tc=$(measure "$TPY" benches/peers/torch_bench.py "$m" --mode compile)
+  python3 - "$m" "$mt" "$mi" "$k" "$te" "$tc" "$OUT" <<'PY'
+import json, sys
+m, mt, mi, k, te, tc = sys.argv[1], *map(json.loads, sys.argv[2:7])
+with open(sys.argv[7], "a") as f:
+    f.write(json.dumps({"model": m, "mtl_train": mt, "mtl_infer": mi, "keras": k, "torch_eager": te, "torch_compile": tc}) + "\n")
+for mode, ours in (("train", mt), ("infer", mi)):
+    peers = [p.get(f"{mode}_samples_per_sec", 0) for p in (k, te, tc)]
+    best = max(peers) or float("nan")
+    rss = "/".join(str(x.get("rss_mib", "?")) for x in (ours, k, te, tc))
+    print(f"{m:<16} {mode:<6} {ours.get('samples_per_sec', 0):9.0f} " + " ".join(f"{p:9.0f}" for p in peers)
+          + f" {ours.get('samples_per_sec', 0) / best:6.2f}x   {rss}")
 PY
 done
