@@ -11,5 +11,4 @@ mkdir -p .gpu
 strip -o .gpu/mtl target/release/mtl
 gzip -f -9 .gpu/mtl
 rm -rf .gpu/fixtures && cp -r ../shared/fixtures .gpu/fixtures
-grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >>.git/info/exclude
 du -sh .gpu
