@@ -667,26 +667,23 @@ fn draw_lines<DB: DrawingBackend>(
     let n_epochs = xs.len().clamp(2, 10);
 
     let mut chart = panel_chart(area, title, x_range, y_range)?;
-    chart
-        .configure_mesh()
-        .x_labels(n_epochs)
+    // Whole epochs only on the x axis.
+    let epoch = |v: &f64| {
+        if (v - v.round()).abs() < 1e-6 {
+            format!("{}", v.round() as i64)
+        } else {
+            String::new()
+        }
+    };
+    let y_tick = |v: &f64| tick(*v, y_span);
+    let mut mesh = chart.configure_mesh();
+    mesh.x_labels(n_epochs)
         .y_labels(6)
-        .x_label_formatter(&|v: &f64| {
-            if (v - v.round()).abs() < 1e-6 {
-                format!("{}", v.round() as i64)
-            } else {
-                String::new()
-            }
-        })
-        .y_label_formatter(&|v: &f64| tick(*v, y_span))
+        .x_label_formatter(&epoch)
+        .y_label_formatter(&y_tick)
         .x_desc("epoch")
-        .y_desc(y_desc)
-        .label_style(font(12.0))
-        .axis_desc_style(font(13.0))
-        .bold_line_style(GRID)
-        .light_line_style(TRANSPARENT)
-        .draw()
-        .map_err(err)?;
+        .y_desc(y_desc);
+    mesh_style(&mut mesh)?;
 
     if empty {
         return draw_note(
@@ -1003,20 +1000,15 @@ fn draw_scatter<DB: DrawingBackend>(
     let range = padded(lo, hi);
     let span = range.end - range.start;
     let mut chart = panel_chart(area, title, range.clone(), range.clone())?;
-    chart
-        .configure_mesh()
-        .x_labels(6)
+    let at = |v: &f64| tick(*v, span);
+    let mut mesh = chart.configure_mesh();
+    mesh.x_labels(6)
         .y_labels(6)
-        .x_label_formatter(&|v: &f64| tick(*v, span))
-        .y_label_formatter(&|v: &f64| tick(*v, span))
+        .x_label_formatter(&at)
+        .y_label_formatter(&at)
         .x_desc("true")
-        .y_desc("predicted")
-        .label_style(font(12.0))
-        .axis_desc_style(font(13.0))
-        .bold_line_style(GRID)
-        .light_line_style(TRANSPARENT)
-        .draw()
-        .map_err(err)?;
+        .y_desc("predicted");
+    mesh_style(&mut mesh)?;
     if points.is_empty() {
         return draw_note(
             &chart.plotting_area().strip_coord_spec(),
@@ -1051,6 +1043,25 @@ fn draw_scatter<DB: DrawingBackend>(
             )
         });
     legend(&mut chart, SeriesLabelPosition::UpperLeft)
+}
+
+/// The axes' common look: label fonts and a light grid, then drawn.
+fn mesh_style<X, Y, DB>(
+    mesh: &mut plotters::chart::MeshStyle<'_, '_, X, Y, DB>,
+) -> Result<(), String>
+where
+    X: plotters::coord::ranged1d::Ranged<ValueType = f64>
+        + plotters::coord::ranged1d::ValueFormatter<f64>,
+    Y: plotters::coord::ranged1d::Ranged<ValueType = f64>
+        + plotters::coord::ranged1d::ValueFormatter<f64>,
+    DB: DrawingBackend,
+{
+    mesh.label_style(font(12.0))
+        .axis_desc_style(font(13.0))
+        .bold_line_style(GRID)
+        .light_line_style(TRANSPARENT)
+        .draw()
+        .map_err(err)
 }
 
 /// A line or scatter panel's chart: its title, margins and label areas.
