@@ -67,15 +67,15 @@ fn evaluations(run: &Path, data: &Path, storage: &StorageArgs) -> Result<Vec<Eva
         .map_err(|e| Fail::model(format!("error: {e}")))?;
     let out = mtl::predict::predict(&prog, &params, &ds, 256, &dev)
         .map_err(|e| Fail::model(format!("error: {e}")))?;
-    let labels = ds
-        .tensors()
-        .map_err(|e| Fail::model(format!("error: {e}")))?;
     let f = |e: candle_core::Error| Fail::model(format!("error: {e}"));
+    // The label columns alone: the inputs were read once, by the predictions.
+    let all: Vec<usize> = (0..ds.n).collect();
     let mut evals = vec![];
     for h in &sig.heads {
-        let (Some(y), Some(t)) = (out.get(&h.name), labels.get(&h.label)) else {
+        let (Some(y), Some(t)) = (out.get(&h.name), ds.rows_of(&h.label, &all).map_err(f)?) else {
             continue;
         };
+        let t = &t;
         let single = y.rank() == 2;
         match h.loss {
             LossKind::CrossEntropy if single => {

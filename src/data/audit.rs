@@ -68,28 +68,28 @@ pub fn audit(ds: &Dataset, sig: &Signature) -> Result<Audit, String> {
     let mut start = 0;
     while start < ds.n {
         let idx: Vec<usize> = (start..(start + CHUNK).min(ds.n)).collect();
-        let batch = ds.batch(&idx).map_err(|e| e.to_string())?;
+        let rows = |name: &str, idx: &[usize]| ds.rows_of(name, idx).map_err(|e| e.to_string());
         if start == 0 {
-            inputs = sig
-                .inputs
-                .iter()
-                .filter_map(|i| batch.get(&i.name).map(|t| (i, t)))
-                .map(|(i, t)| InputAudit {
-                    name: i.name.clone(),
-                    dtype: format!("{:?}", t.dtype()).to_lowercase(),
-                    shape: t.dims()[1..].to_vec(),
-                })
-                .collect();
+            // The inputs' tensors from one row: only the labels are read whole.
+            for i in &sig.inputs {
+                if let Some(t) = rows(&i.name, &idx[..1])? {
+                    inputs.push(InputAudit {
+                        name: i.name.clone(),
+                        dtype: format!("{:?}", t.dtype()).to_lowercase(),
+                        shape: t.dims()[1..].to_vec(),
+                    });
+                }
+            }
         }
         for (h, a) in sig.heads.iter().zip(&mut heads) {
-            let Some(t) = batch.get(&h.label) else {
+            let Some(t) = rows(&h.label, &idx)? else {
                 if start == 0 {
                     a.problems
                         .push(format!("no column or tensor `{}` for its labels", h.label));
                 }
                 continue;
             };
-            count(t, h.loss, a).map_err(|e| format!("labels of head `{}`: {e}", h.name))?;
+            count(&t, h.loss, a).map_err(|e| format!("labels of head `{}`: {e}", h.name))?;
         }
         start += CHUNK;
     }

@@ -141,14 +141,29 @@ impl Dataset {
     /// The rows `idx` of every column as tensors on the CPU, read from disk
     /// for disk columns.
     pub fn batch(&self, idx: &[usize]) -> candle_core::Result<HashMap<String, Tensor>> {
-        if let Some(&bad) = idx.iter().find(|&&i| i >= self.n) {
-            candle_core::bail!("row {bad} is past the end of the data ({} rows)", self.n);
-        }
-        let idx = self.absolute(idx);
+        let idx = self.checked(idx)?;
         self.columns
             .iter()
             .map(|(k, c)| Ok((k.clone(), Self::column_rows(c, &idx)?)))
             .collect()
+    }
+
+    /// Rows `idx` of one column, None when there is no such column: what
+    /// reads a few columns (labels) need, without the rest of the batch.
+    pub fn rows_of(&self, name: &str, idx: &[usize]) -> candle_core::Result<Option<Tensor>> {
+        let idx = self.checked(idx)?;
+        self.columns
+            .get(name)
+            .map(|c| Self::column_rows(c, &idx))
+            .transpose()
+    }
+
+    /// `idx` bounds-checked and mapped through the view.
+    fn checked(&self, idx: &[usize]) -> candle_core::Result<Vec<usize>> {
+        if let Some(&bad) = idx.iter().find(|&&i| i >= self.n) {
+            candle_core::bail!("row {bad} is past the end of the data ({} rows)", self.n);
+        }
+        Ok(self.absolute(idx))
     }
 
     /// Row numbers of the view in the underlying columns.

@@ -4,17 +4,11 @@
 //! dozen launches and allocations per parameter (the optimizer was a third
 //! of a training step's time on an H200).
 
+use crate::kernels::host::contiguous;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape};
 
 /// β₁, 1 − β₁, β₂, 1 − β₂, the step's α (bias corrections folded in), ε.
 pub struct AdamStep(pub [f32; 6]);
-
-fn cpu<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("adam: contiguous f32 operands only"),
-    }
-}
 
 /// The output's shape: the parameter's, three deep.
 fn stacked(l: &Layout) -> Shape {
@@ -38,7 +32,7 @@ impl CustomOp3 for AdamStep {
         mvl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let [b1, c1, b2, c2, alpha, eps] = self.0;
-        let (w, g, mv) = (cpu(w, wl)?, cpu(g, gl)?, cpu(mv, mvl)?);
+        let (w, g, mv) = (contiguous(w, wl)?, contiguous(g, gl)?, contiguous(mv, mvl)?);
         let n = w.len();
         let mut out = vec![0f32; 3 * n];
         for k in 0..n {

@@ -52,30 +52,15 @@ pub fn launch(
         .collect::<Result<Vec<_>>>()?;
     // SAFETY: the kernels write every element of their output.
     let out = unsafe { dev.alloc::<f32>(out_len)? };
-    let ints: Vec<i32> = args
-        .iter()
-        .filter_map(|a| match a {
-            Arg::I32(v) => Some(*v),
-            _ => None,
-        })
-        .collect();
-    let floats: Vec<f32> = args
-        .iter()
-        .filter_map(|a| match a {
-            Arg::F32(v) => Some(*v),
-            _ => None,
-        })
-        .collect();
     let mut b = func.builder();
     for s in &slices {
         b.arg(s);
     }
     b.arg(&out);
-    let (mut i, mut f) = (ints.iter(), floats.iter());
     for a in args {
         match a {
-            Arg::I32(_) => b.arg(i.next().expect("counted")),
-            Arg::F32(_) => b.arg(f.next().expect("counted")),
+            Arg::I32(v) => b.arg(v),
+            Arg::F32(v) => b.arg(v),
         };
     }
     // SAFETY: the arguments match the kernel's signature (its source is beside the caller).

@@ -12,6 +12,7 @@
 //! candle's ops) and CUDA code (compiled by NVRTC on first use) compute the
 //! same expressions.
 
+use crate::kernels::host::contiguous;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,14 +61,6 @@ fn cell_grad(part: Part, [i, f, g, o]: [f32; 4], s: f32, d: f32) -> ([f32; 4], f
     }
 }
 
-/// The contiguous f32 data of a CPU operand.
-fn cpu<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("lstm cell: contiguous f32 operands only"),
-    }
-}
-
 impl CustomOp2 for Cell {
     fn name(&self) -> &'static str {
         "mtl-lstm-cell"
@@ -81,7 +74,7 @@ impl CustomOp2 for Cell {
         sl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (b, h) = sl.shape().dims2()?;
-        let (g, s) = (cpu(g, gl)?, cpu(s, sl)?);
+        let (g, s) = (contiguous(g, gl)?, contiguous(s, sl)?);
         let out = (0..b * h)
             .map(|k| {
                 let (r, j) = (k / h, k % h);
@@ -140,7 +133,7 @@ impl CustomOp3 for CellGrad {
         dl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (b, h) = sl.shape().dims2()?;
-        let (g, s, d) = (cpu(g, gl)?, cpu(s, sl)?, cpu(d, dl)?);
+        let (g, s, d) = (contiguous(g, gl)?, contiguous(s, sl)?, contiguous(d, dl)?);
         let mut out = vec![0f32; b * 5 * h];
         for k in 0..b * h {
             let (r, j) = (k / h, k % h);
