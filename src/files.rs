@@ -1,5 +1,6 @@
 //! What several stages need of files: a size and CRC-32C stamp, to know a
-//! file is the one that was written (checkpoints, the data cache).
+//! file is the one that was written (checkpoints, the data cache), and
+//! whole-file writes that never leave a part behind.
 
 use serde::{Deserialize, Serialize};
 use std::io::Read;
@@ -27,6 +28,21 @@ impl Stamp {
             bytes += n as u64;
         }
     }
+}
+
+/// Writes `bytes` to `path` through a sibling temporary file and a rename,
+/// so a reader sees the old file or the whole new one, never a part.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@ pub mod data;
 pub mod diagnostics;
 pub mod driver;
 pub mod elaborate;
+pub mod export;
 pub mod files;
 pub mod ir;
 pub mod kernels;

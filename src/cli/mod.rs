@@ -2,6 +2,7 @@
 
 mod bench;
 mod compile;
+mod export;
 mod plot;
 mod run;
 mod train;
@@ -49,6 +50,9 @@ enum Cmd {
     Data(run::DataArgs),
     /// Write fresh weights with Keras's default initializers.
     Init(run::InitArgs),
+    /// A trained model as an ONNX file (opset 17): one input per model
+    /// input, one output per head, the values `predict` gives.
+    Export(export::ExportArgs),
 }
 
 /// A failure the CLI reports: exit code and message (already rendered).
@@ -85,6 +89,7 @@ pub fn main() -> i32 {
         Cmd::Train(a) => train::train(a),
         Cmd::Evaluate(a) => train::evaluate(a),
         Cmd::Plot(a) => plot::plot(a),
+        Cmd::Export(a) => export::export(a),
     };
     match r {
         Ok(code) => code,

@@ -10,7 +10,8 @@ mod prune;
 mod sharing;
 
 pub use exec::{head_output, Cut, Forward, RunError};
-pub use kernel::{ConvKernel, Kernel};
+pub use calls::fold_bn;
+pub use kernel::{ConvKernel, FoldedBn, Kernel};
 pub use params::{init_params, save_atomic, Params};
 pub use sharing::{Group, Sharing};
 

@@ -1,0 +1,3 @@
+//! Leaving mtl: a trained model as a file other engines run.
+
+pub mod onnx;
