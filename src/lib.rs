@@ -43,6 +43,7 @@ pub mod pipeline;
 pub mod plot;
 pub mod predict;
 pub mod render;
+pub mod serve;
 pub mod signature;
 pub mod summary;
 pub mod syntax;

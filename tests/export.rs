@@ -29,7 +29,12 @@ fn export(path: &Path, heads: &[&str]) -> Result<onnx::Exported, String> {
 #[test]
 fn every_model_exports_a_well_formed_graph() {
     let mut n = 0;
-    for dir in ["../shared/fixtures", "tests/reference", "models", "benches/peers"] {
+    for dir in [
+        "../shared/fixtures",
+        "tests/reference",
+        "models",
+        "benches/peers",
+    ] {
         for path in common::mtl_files(dir) {
             let out = export(&path, &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             let s = check::check(&out.bytes)
@@ -65,9 +70,17 @@ fn heads_prune_what_they_do_not_need() {
     assert_eq!(s.outputs, ["reg"]);
     // `reg` reads the signal and the text only.
     assert_eq!(s.inputs, ["signal", "text"]);
-    assert!(reg.nodes < all.nodes / 2, "{} of {} nodes", reg.nodes, all.nodes);
+    assert!(
+        reg.nodes < all.nodes / 2,
+        "{} of {} nodes",
+        reg.nodes,
+        all.nodes
+    );
     let err = export(path, &["nope"]).unwrap_err();
-    assert!(err.contains("no head `nope`") && err.contains("cls, bin, reg"), "{err}");
+    assert!(
+        err.contains("no head `nope`") && err.contains("cls, bin, reg"),
+        "{err}"
+    );
 }
 
 /// The graph of `bytes`, changed by `f`, encoded again.
@@ -136,7 +149,12 @@ fn export_on_the_command_line() {
     let s = check::check(&std::fs::read(&out).unwrap()).unwrap();
     assert_eq!(s.outputs, ["digit", "parity"]);
     // A model file without weights is a usage error.
-    let o = run(&["export".as_ref(), f.join("digits_mt.mtl").as_os_str(), "--output".as_ref(), out.as_os_str()]);
+    let o = run(&[
+        "export".as_ref(),
+        f.join("digits_mt.mtl").as_os_str(),
+        "--output".as_ref(),
+        out.as_os_str(),
+    ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--weights"));
     let _ = std::fs::remove_dir_all(&dir);

@@ -49,10 +49,14 @@ pub fn export(a: ExportArgs) -> Result<i32, Fail> {
         heads: a.heads,
         name: g.name.clone(),
     };
-    let out = onnx::export(&prog, &params, &opts).map_err(|e| Fail::model(format!("error: {e}")))?;
+    let out =
+        onnx::export(&prog, &params, &opts).map_err(|e| Fail::model(format!("error: {e}")))?;
     // What we wrote must read back whole; a failure here is our bug, said as such.
-    let s = onnx::check::check(&out.bytes)
-        .map_err(|e| Fail::model(format!("error: the exported graph fails its structural check (a bug in mtl):\n{e}")))?;
+    let s = onnx::check::check(&out.bytes).map_err(|e| {
+        Fail::model(format!(
+            "error: the exported graph fails its structural check (a bug in mtl):\n{e}"
+        ))
+    })?;
     mtl::files::write_atomic(&a.output, &out.bytes)
         .map_err(|e| Fail::usage(format!("error: cannot write {}: {e}", a.output.display())))?;
     eprintln!(

@@ -5,6 +5,7 @@ mod compile;
 mod export;
 mod plot;
 mod run;
+mod serve;
 mod train;
 
 use clap::{Args, Parser, Subcommand};
@@ -53,6 +54,9 @@ enum Cmd {
     /// A trained model as an ONNX file (opset 17): one input per model
     /// input, one output per head, the values `predict` gives.
     Export(export::ExportArgs),
+    /// Predictions over HTTP: GET /healthz, GET /v1/model, POST /v1/predict
+    /// (requests arriving together are batched).
+    Serve(serve::ServeArgs),
 }
 
 /// A failure the CLI reports: exit code and message (already rendered).
@@ -90,6 +94,7 @@ pub fn main() -> i32 {
         Cmd::Evaluate(a) => train::evaluate(a),
         Cmd::Plot(a) => plot::plot(a),
         Cmd::Export(a) => export::export(a),
+        Cmd::Serve(a) => serve::serve(a),
     };
     match r {
         Ok(code) => code,

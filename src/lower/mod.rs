@@ -9,8 +9,8 @@ mod params;
 mod prune;
 mod sharing;
 
-pub use exec::{head_output, Cut, Forward, RunError};
 pub use calls::fold_bn;
+pub use exec::{head_output, Cut, Forward, RunError};
 pub use kernel::{ConvKernel, FoldedBn, Kernel};
 pub use params::{init_params, save_atomic, Params};
 pub use sharing::{Group, Sharing};

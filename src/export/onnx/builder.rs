@@ -40,14 +40,26 @@ impl Builder {
     }
 
     /// One node with one output named after `hint`; returns the output's name.
-    pub fn op(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>, hint: &str) -> String {
+    pub fn op(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        attrs: Vec<AttributeProto>,
+        hint: &str,
+    ) -> String {
         let out = self.fresh(hint);
         self.push(op, inputs, std::slice::from_ref(&out), attrs);
         out
     }
 
     /// One node with outputs already named (an empty name omits an optional output).
-    pub fn push(&mut self, op: &str, inputs: &[&str], outputs: &[String], attrs: Vec<AttributeProto>) {
+    pub fn push(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        outputs: &[String],
+        attrs: Vec<AttributeProto>,
+    ) {
         let name = outputs
             .iter()
             .find(|o| !o.is_empty())

@@ -32,7 +32,9 @@ pub fn check(bytes: &[u8]) -> Result<Structure, String> {
         .map(|o| o.version)
         .unwrap_or(0);
     if opset < 17 {
-        problems.push(format!("default-domain opset {opset}, expected 17 or newer"));
+        problems.push(format!(
+            "default-domain opset {opset}, expected 17 or newer"
+        ));
     }
     let Some(g) = model.graph else {
         return Err("the model has no graph".into());
@@ -133,11 +135,18 @@ pub fn check(bytes: &[u8]) -> Result<Structure, String> {
 /// The element type a node's outputs have, or why its inputs do not fit.
 /// `ins` are the input types, `None` for omitted (or undefined) inputs.
 fn output_type(node: &NodeProto, ins: &[Option<i32>]) -> Result<i32, String> {
-    let attr_i = |name: &str| node.attribute.iter().find(|a| a.name == name).and_then(|a| a.i);
+    let attr_i = |name: &str| {
+        node.attribute
+            .iter()
+            .find(|a| a.name == name)
+            .and_then(|a| a.i)
+    };
     let at = |k: usize| ins.get(k).copied().flatten();
     let need = |k: usize, want: i32, what: &str| -> Result<(), String> {
         match at(k) {
-            Some(t) if t != want => Err(format!("input {k} ({what}) has element type {t}, expected {want}")),
+            Some(t) if t != want => Err(format!(
+                "input {k} ({what}) has element type {t}, expected {want}"
+            )),
             _ => Ok(()),
         }
     };
@@ -151,7 +160,9 @@ fn output_type(node: &NodeProto, ins: &[Option<i32>]) -> Result<i32, String> {
     };
     let all: Vec<usize> = (0..ins.len()).collect();
     match node.op_type.as_str() {
-        "Cast" => attr_i("to").map(|t| t as i32).ok_or_else(|| "no `to`".into()),
+        "Cast" => attr_i("to")
+            .map(|t| t as i32)
+            .ok_or_else(|| "no `to`".into()),
         "Shape" => Ok(elem::INT64),
         "Equal" => same(&all).map(|_| elem::BOOL),
         "Not" => {
@@ -160,7 +171,11 @@ fn output_type(node: &NodeProto, ins: &[Option<i32>]) -> Result<i32, String> {
         }
         "ConstantOfShape" => {
             need(0, elem::INT64, "the shape")?;
-            let t = node.attribute.iter().find(|a| a.name == "value").and_then(|a| a.t.as_ref());
+            let t = node
+                .attribute
+                .iter()
+                .find(|a| a.name == "value")
+                .and_then(|a| a.t.as_ref());
             Ok(t.map_or(elem::FLOAT, |t| t.data_type))
         }
         "Gather" => {
@@ -192,6 +207,8 @@ fn output_type(node: &NodeProto, ins: &[Option<i32>]) -> Result<i32, String> {
             }
             Ok(elem::FLOAT)
         }
-        other => Err(format!("operator `{other}` is not one this exporter writes")),
+        other => Err(format!(
+            "operator `{other}` is not one this exporter writes"
+        )),
     }
 }

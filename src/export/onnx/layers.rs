@@ -28,10 +28,14 @@ impl StepCx<'_> {
             }
             (Kernel::MergedLinear { parts }, _) => {
                 let get = |name: &str| -> R<Vec<Tensor>> {
-                    parts.iter().map(|(p, _)| self.tensor(&format!("{p}.{name}")).cloned()).collect()
+                    parts
+                        .iter()
+                        .map(|(p, _)| self.tensor(&format!("{p}.{name}")).cloned())
+                        .collect()
                 };
                 let (ws, bs) = (get(dense::WEIGHT)?, get(dense::BIAS)?);
-                let cat = |v: &[Tensor]| Tensor::cat(v, 0).map_err(|e| super::ExportError(e.to_string()));
+                let cat =
+                    |v: &[Tensor]| Tensor::cat(v, 0).map_err(|e| super::ExportError(e.to_string()));
                 self.linear(&x, &cat(&ws)?, &cat(&bs)?, None, &out)
             }
             (Kernel::Conv(k), Op::Conv(c)) => self.conv(&x, k, c),
@@ -48,7 +52,12 @@ impl StepCx<'_> {
         let out = self.out_name();
         let rank = self.in_tys[0].rank() + 1;
         match op {
-            Op::ConvTranspose2d(ConvTranspose2d { kernel, stride, padding, .. }) => {
+            Op::ConvTranspose2d(ConvTranspose2d {
+                kernel,
+                stride,
+                padding,
+                ..
+            }) => {
                 let (k, s) = (*kernel, *stride);
                 let (pad, out_pad) = match padding {
                     Padding::Valid if k >= s => (0, 0),
@@ -82,7 +91,9 @@ impl StepCx<'_> {
             Op::Pool(Pool { kind, size, stride }) => {
                 let spatial = rank - 2;
                 let per_axis = |v: &[usize]| -> Vec<i64> {
-                    (0..spatial).map(|a| *v.get(a).unwrap_or(&v[0]) as i64).collect()
+                    (0..spatial)
+                        .map(|a| *v.get(a).unwrap_or(&v[0]) as i64)
+                        .collect()
                 };
                 let attrs = vec![
                     A::ints("kernel_shape", &per_axis(size)),
@@ -130,7 +141,9 @@ impl StepCx<'_> {
             Op::Permute(Permute { axes }) => {
                 let mut perm = vec![0i64];
                 perm.extend(axes.iter().map(|a| *a as i64));
-                Ok(self.b.op("Transpose", &[x], vec![A::ints("perm", &perm)], &out))
+                Ok(self
+                    .b
+                    .op("Transpose", &[x], vec![A::ints("perm", &perm)], &out))
             }
             Op::Embedding(_) => {
                 let w = self.param_as_is(embedding::WEIGHT)?;
@@ -164,7 +177,11 @@ impl StepCx<'_> {
                         let mut acc = refs[0].to_string();
                         for (i, y) in refs[1..].iter().enumerate() {
                             let last = i + 2 == refs.len();
-                            let hint = if last { out.clone() } else { self.hint("product") };
+                            let hint = if last {
+                                out.clone()
+                            } else {
+                                self.hint("product")
+                            };
                             acc = self.b.op("Mul", &[&acc, y], vec![], &hint);
                         }
                         return Ok(acc);
@@ -187,19 +204,29 @@ impl StepCx<'_> {
                 let mut terms = vec![];
                 for (i, (y, w)) in ins.iter().zip(&ws).enumerate() {
                     let c = self.b.f32_scalar(&self.hint(&format!("w{i}")), *w);
-                    terms.push(self.b.op("Mul", &[y, &c], vec![], &self.hint(&format!("term{i}"))));
+                    terms.push(
+                        self.b
+                            .op("Mul", &[y, &c], vec![], &self.hint(&format!("term{i}"))),
+                    );
                 }
                 let refs: Vec<&str> = terms.iter().map(String::as_str).collect();
                 Ok(self.b.op("Sum", &refs, vec![], &out))
             }
             Op::Gated(_) => {
                 let (a, b) = (self.ins[0].clone(), self.ins[1].clone());
-                let cat = self.b.op("Concat", &[&a, &b], vec![A::int("axis", 1)], &self.hint("both"));
+                let cat = self.b.op(
+                    "Concat",
+                    &[&a, &b],
+                    vec![A::int("axis", 1)],
+                    &self.hint("both"),
+                );
                 let z = self.linear_key(&cat, fusion::WEIGHT, fusion::BIAS, &self.hint("logit"))?;
                 let g = self.b.op("Sigmoid", &[&z], vec![], &self.hint("gate"));
                 let one = self.b.f32_scalar(&self.hint("one"), 1.0);
                 let ga = self.b.op("Mul", &[&g, &a], vec![], &self.hint("gate_a"));
-                let rest = self.b.op("Sub", &[&one, &g], vec![], &self.hint("one_minus_gate"));
+                let rest = self
+                    .b
+                    .op("Sub", &[&one, &g], vec![], &self.hint("one_minus_gate"));
                 let gb = self.b.op("Mul", &[&rest, &b], vec![], &self.hint("gate_b"));
                 Ok(self.b.op("Add", &[&ga, &gb], vec![], &out))
             }
@@ -224,7 +251,12 @@ impl StepCx<'_> {
                 // A symbolic length: Gather takes the negative index as is.
                 let i = i.map_or(s.index, |i| i as i64);
                 let idx = self.b.i64_scalar(&self.hint("index"), i);
-                Ok(self.b.op("Gather", &[x, &idx], vec![A::int("axis", a as i64 + 1)], &out))
+                Ok(self.b.op(
+                    "Gather",
+                    &[x, &idx],
+                    vec![A::int("axis", a as i64 + 1)],
+                    &out,
+                ))
             }
             Op::Mixture(Mixture { experts }) => self.mixture(*experts),
             Op::Attention(a) => {
@@ -238,7 +270,9 @@ impl StepCx<'_> {
                 if vector {
                     // A vector query is a sequence of one.
                     let ax = self.b.i64s(&self.hint("axis1"), &[1]);
-                    let q = self.b.op("Unsqueeze", &[x, &ax], vec![], &self.hint("query_seq"));
+                    let q = self
+                        .b
+                        .op("Unsqueeze", &[x, &ax], vec![], &self.hint("query_seq"));
                     let y = self.attention(&q, &ctx, a, (None, km), &self.hint("attended"))?;
                     let ax = self.b.i64s(&self.hint("axis1"), &[1]);
                     Ok(self.b.op("Squeeze", &[&y, &ax], vec![], &out))
@@ -308,7 +342,8 @@ impl StepCx<'_> {
         out: &str,
     ) -> R<String> {
         let node = self.st.name.clone();
-        let err = |e: candle_core::Error| super::ExportError(format!("cannot export `{node}`: {e}"));
+        let err =
+            |e: candle_core::Error| super::ExportError(format!("cannot export `{node}`: {e}"));
         let (o, i) = w.dims2().map_err(err)?;
         let wt = values(&w.t().and_then(|t| t.contiguous()).map_err(err)?, &node)?;
         let bd = values(b, &node)?;
@@ -329,10 +364,16 @@ impl StepCx<'_> {
     fn conv(&mut self, x: &str, k: &ConvKernel, c: &crate::ir::Conv) -> R<String> {
         let (w, b) = self.folded(&k.bn)?;
         let node = self.st.name.clone();
-        let wn = self.b.f32(&self.hint("weight"), w.dims(), &values(&w, &node)?);
-        let bn = self.b.f32(&self.hint("bias"), b.dims(), &values(&b, &node)?);
+        let wn = self
+            .b
+            .f32(&self.hint("weight"), w.dims(), &values(&w, &node)?);
+        let bn = self
+            .b
+            .f32(&self.hint("bias"), b.dims(), &values(&b, &node)?);
         let spatial = c.kernel.len();
-        let pads: Vec<(usize, usize)> = (0..spatial).map(|a| k.pads.get(a).copied().unwrap_or((0, 0))).collect();
+        let pads: Vec<(usize, usize)> = (0..spatial)
+            .map(|a| k.pads.get(a).copied().unwrap_or((0, 0)))
+            .collect();
         let mut p: Vec<i64> = pads.iter().map(|p| p.0 as i64).collect();
         p.extend(pads.iter().map(|p| p.1 as i64));
         let i64s = |v: &[usize]| v.iter().map(|x| *x as i64).collect::<Vec<_>>();
@@ -344,15 +385,27 @@ impl StepCx<'_> {
             A::ints("pads", &p),
         ];
         let last = !k.relu && !k.mean;
-        let hint = if last { self.out_name() } else { self.hint("conv") };
+        let hint = if last {
+            self.out_name()
+        } else {
+            self.hint("conv")
+        };
         let mut y = self.b.op("Conv", &[x, &wn, &bn], attrs, &hint);
         if k.relu {
-            let hint = if k.mean { self.hint("relu") } else { self.out_name() };
+            let hint = if k.mean {
+                self.hint("relu")
+            } else {
+                self.out_name()
+            };
             y = self.b.op("Relu", &[&y], vec![], &hint);
         }
         if k.mean {
-            let p = self.b.op("GlobalAveragePool", &[&y], vec![], &self.hint("mean"));
-            y = self.b.op("Flatten", &[&p], vec![A::int("axis", 1)], &self.out_name());
+            let p = self
+                .b
+                .op("GlobalAveragePool", &[&y], vec![], &self.hint("mean"));
+            y = self
+                .b
+                .op("Flatten", &[&p], vec![A::int("axis", 1)], &self.out_name());
         }
         Ok(y)
     }
@@ -364,7 +417,12 @@ impl StepCx<'_> {
             Act::Tanh => self.b.op("Tanh", &[x], vec![], out),
             Act::Sigmoid => self.b.op("Sigmoid", &[x], vec![], out),
             Act::Softmax => self.b.op("Softmax", &[x], vec![A::int("axis", -1)], out),
-            Act::LeakyRelu(alpha) => self.b.op("LeakyRelu", &[x], vec![A::float("alpha", alpha as f32)], out),
+            Act::LeakyRelu(alpha) => self.b.op(
+                "LeakyRelu",
+                &[x],
+                vec![A::float("alpha", alpha as f32)],
+                out,
+            ),
             Act::Identity => self.b.op("Identity", &[x], vec![], out),
             Act::Silu => {
                 let s = self.b.op("Sigmoid", &[x], vec![], &self.hint("sigmoid"));
@@ -372,12 +430,16 @@ impl StepCx<'_> {
             }
             // 0.5·x·(1 + erf(x/√2)): opset 17 has no Gelu (it came in 20).
             Act::Gelu => {
-                let r2 = self.b.f32_scalar(&self.hint("sqrt2"), std::f32::consts::SQRT_2);
+                let r2 = self
+                    .b
+                    .f32_scalar(&self.hint("sqrt2"), std::f32::consts::SQRT_2);
                 let one = self.b.f32_scalar(&self.hint("one"), 1.0);
                 let half = self.b.f32_scalar(&self.hint("half"), 0.5);
                 let d = self.b.op("Div", &[x, &r2], vec![], &self.hint("scaled"));
                 let e = self.b.op("Erf", &[&d], vec![], &self.hint("erf"));
-                let s = self.b.op("Add", &[&e, &one], vec![], &self.hint("one_plus"));
+                let s = self
+                    .b
+                    .op("Add", &[&e, &one], vec![], &self.hint("one_plus"));
                 let m = self.b.op("Mul", &[x, &s], vec![], &self.hint("x_times"));
                 self.b.op("Mul", &[&m, &half], vec![], out)
             }
@@ -388,9 +450,23 @@ impl StepCx<'_> {
     fn batch_norm(&mut self, x: &str, eps: f64) -> R<String> {
         let node = self.st.name.clone();
         let get = |n: &str| -> R<Vec<f32>> { values(self.param(n)?, &node) };
-        let (g, b, m, v) = (get(norm::WEIGHT)?, get(norm::BIAS)?, get(norm::RUNNING_MEAN)?, get(norm::RUNNING_VAR)?);
-        let s: Vec<f32> = g.iter().zip(&v).map(|(g, v)| (*g as f64 / (*v as f64 + eps).sqrt()) as f32).collect();
-        let t: Vec<f32> = b.iter().zip(&m).zip(&s).map(|((b, m), s)| b - m * s).collect();
+        let (g, b, m, v) = (
+            get(norm::WEIGHT)?,
+            get(norm::BIAS)?,
+            get(norm::RUNNING_MEAN)?,
+            get(norm::RUNNING_VAR)?,
+        );
+        let s: Vec<f32> = g
+            .iter()
+            .zip(&v)
+            .map(|(g, v)| (*g as f64 / (*v as f64 + eps).sqrt()) as f32)
+            .collect();
+        let t: Vec<f32> = b
+            .iter()
+            .zip(&m)
+            .zip(&s)
+            .map(|((b, m), s)| b - m * s)
+            .collect();
         let mut dims = vec![s.len()];
         dims.extend(std::iter::repeat_n(1, self.in_tys[0].rank() - 1));
         let sn = self.b.f32(&self.hint("scale"), &dims, &s);
@@ -406,7 +482,12 @@ impl StepCx<'_> {
         // The mask [N, T] shaped to broadcast over x: [N, T, 1, …].
         let mk = self.unsqueeze_tail(m, rank, 2, "mask")?;
         let one_ax = self.b.i64s(&self.hint("axis1"), &[1]);
-        let count = self.b.op("ReduceSum", &[m, &one_ax], vec![A::int("keepdims", 1)], &self.hint("count"));
+        let count = self.b.op(
+            "ReduceSum",
+            &[m, &one_ax],
+            vec![A::int("keepdims", 1)],
+            &self.hint("count"),
+        );
         // [N, 1] → [N, 1…] over the pooled value's rank (rank − 1).
         let per_sample = |cx: &mut Self, t: &str, what: &str| -> R<String> {
             let mut shape = vec![0i64];
@@ -418,21 +499,36 @@ impl StepCx<'_> {
         if max {
             let zero = self.b.f32_scalar(&self.hint("zero"), 0.0);
             let one = self.b.f32_scalar(&self.hint("one"), 1.0);
-            let any = self.b.op("Clip", &[&count, &zero, &one], vec![], &self.hint("any"));
+            let any = self
+                .b
+                .op("Clip", &[&count, &zero, &one], vec![], &self.hint("any"));
             let any = per_sample(self, &any, "any_b")?;
             let onec = self.b.f32_scalar(&self.hint("one"), 1.0);
             let big = self.b.f32_scalar(&self.hint("big"), 1e30);
             let off = self.b.op("Sub", &[&mk, &onec], vec![], &self.hint("off"));
-            let off = self.b.op("Mul", &[&off, &big], vec![], &self.hint("off_big"));
-            let shifted = self.b.op("Add", &[&xm, &off], vec![], &self.hint("shifted"));
+            let off = self
+                .b
+                .op("Mul", &[&off, &big], vec![], &self.hint("off_big"));
+            let shifted = self
+                .b
+                .op("Add", &[&xm, &off], vec![], &self.hint("shifted"));
             let attrs = vec![A::ints("axes", &[1]), A::int("keepdims", 0)];
-            let mx = self.b.op("ReduceMax", &[&shifted], attrs, &self.hint("max"));
+            let mx = self
+                .b
+                .op("ReduceMax", &[&shifted], attrs, &self.hint("max"));
             Ok(self.b.op("Mul", &[&mx, &any], vec![], &out))
         } else {
-            let sum = self.b.op("ReduceSum", &[&xm, &one_ax], vec![A::int("keepdims", 0)], &self.hint("sum"));
+            let sum = self.b.op(
+                "ReduceSum",
+                &[&xm, &one_ax],
+                vec![A::int("keepdims", 0)],
+                &self.hint("sum"),
+            );
             let one = self.b.f32_scalar(&self.hint("one"), 1.0);
             let big = self.b.f32_scalar(&self.hint("max"), f32::MAX);
-            let c = self.b.op("Clip", &[&count, &one, &big], vec![], &self.hint("count_1"));
+            let c = self
+                .b
+                .op("Clip", &[&count, &one, &big], vec![], &self.hint("count_1"));
             let c = per_sample(self, &c, "count_b")?;
             Ok(self.b.op("Div", &[&sum, &c], vec![], &out))
         }
@@ -452,12 +548,22 @@ impl StepCx<'_> {
     fn mixture(&mut self, experts: usize) -> R<String> {
         let gate = self.ins[experts].clone();
         let z = self.linear_key(&gate, mixture::WEIGHT, mixture::BIAS, &self.hint("logits"))?;
-        let g = self.b.op("Softmax", &[&z], vec![A::int("axis", 1)], &self.hint("gate"));
+        let g = self.b.op(
+            "Softmax",
+            &[&z],
+            vec![A::int("axis", 1)],
+            &self.hint("gate"),
+        );
         let mut terms = vec![];
         for i in 0..experts {
             let e = self.ins[i].clone();
             let idx = self.b.i64s(&self.hint("expert"), &[i as i64]);
-            let gi = self.b.op("Gather", &[&g, &idx], vec![A::int("axis", 1)], &self.hint("g"));
+            let gi = self.b.op(
+                "Gather",
+                &[&g, &idx],
+                vec![A::int("axis", 1)],
+                &self.hint("g"),
+            );
             let gi = self.unsqueeze_tail(&gi, self.in_tys[i].rank() + 1, 2, "g_b")?;
             terms.push(self.b.op("Mul", &[&e, &gi], vec![], &self.hint("term")));
         }

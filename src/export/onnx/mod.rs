@@ -20,8 +20,8 @@ mod recurrent;
 use crate::ir::{DType as IrDType, Dim, LossKind, Type};
 use crate::lower::{Params, Program, Step};
 use builder::Builder;
-use proto::*;
 use prost::Message;
+use proto::*;
 use std::collections::HashMap;
 
 /// The opset every exported file declares.
@@ -219,7 +219,12 @@ fn value_info(name: &str, ty: &Type) -> ValueInfoProto {
 /// 1.0 at real positions and 0.0 at padding (token id 0) of the ids in
 /// `ids`, f32 `[N, T]`: the padding mask the masked ops read. Built once per
 /// token input.
-fn valid_mask(b: &mut Builder, cache: &mut HashMap<usize, String>, slot: usize, ids: &str) -> String {
+fn valid_mask(
+    b: &mut Builder,
+    cache: &mut HashMap<usize, String>,
+    slot: usize,
+    ids: &str,
+) -> String {
     if let Some(v) = cache.get(&slot) {
         return v.clone();
     }
@@ -272,7 +277,10 @@ impl StepCx<'_> {
     }
 
     pub fn fail<T>(&self, why: impl std::fmt::Display) -> R<T> {
-        Err(ExportError(format!("cannot export `{}`: {why}", self.st.name)))
+        Err(ExportError(format!(
+            "cannot export `{}`: {why}",
+            self.st.name
+        )))
     }
 }
 

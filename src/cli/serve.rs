@@ -1,0 +1,128 @@
+//! `serve`: a model behind HTTP until SIGTERM or Ctrl-C.
+
+use super::{build, resolve_model, DeviceArgs, Fail};
+use clap::Args;
+use mtl::data::Encoders;
+use mtl::lower::init_params;
+use mtl::pipeline::Mode;
+use mtl::serve::{Batching, ServeOptions, Served};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// A model file, or a run directory written by `mtl train` (its
+    /// vocabularies let clients send raw text; its label maps name classes).
+    model: PathBuf,
+    /// Weights (safetensors); defaults to the run directory's weights.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// How long a request waits for others to share its batch (0: no batching).
+    #[arg(long, default_value_t = 2.0, value_name = "MS")]
+    batch_window_ms: f64,
+    /// Rows at which a batch runs without waiting longer.
+    #[arg(long, default_value_t = 256)]
+    max_batch: usize,
+    /// Larger request bodies are refused with 413.
+    #[arg(long, default_value_t = 16, value_name = "MIB")]
+    max_body_mb: usize,
+    /// Rows one request may carry.
+    #[arg(long, default_value_t = 1024)]
+    max_rows: usize,
+    /// Requests decoded and queued at once; more wait their turn.
+    #[arg(long, default_value_t = 256)]
+    max_concurrent: usize,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+pub fn serve(a: ServeArgs) -> Result<i32, Fail> {
+    if !(a.batch_window_ms.is_finite() && (0.0..=10_000.0).contains(&a.batch_window_ms)) {
+        return Err(Fail::usage(
+            "error: --batch-window-ms is a number of milliseconds in [0, 10000]",
+        ));
+    }
+    if a.max_batch == 0 || a.max_rows == 0 || a.max_concurrent == 0 || a.max_body_mb == 0 {
+        return Err(Fail::usage(
+            "error: --max-batch, --max-rows, --max-concurrent and --max-body-mb are at least 1",
+        ));
+    }
+    let device = a.device.open()?;
+    let (model, run_weights) = resolve_model(&a.model);
+    let weights = a
+        .weights
+        .or(run_weights)
+        .ok_or_else(|| Fail::usage("error: --weights is required when MODEL is a file"))?;
+    let (g, _, prog) = build(&model, Mode::Infer, true, true)?;
+    let prog = a.device.place(prog, &device)?;
+    let mut params =
+        init_params(&prog, 0, &device).map_err(|e| Fail::model(format!("error: {e}")))?;
+    params
+        .load(&weights, &device)
+        .map_err(|e| Fail::model(format!("error: {e}")))?;
+    let enc = Encoders::load(&a.model.join("data.json"))
+        .map_err(|e| Fail::usage(format!("error: {e}")))?;
+    let opts = ServeOptions {
+        batching: Batching {
+            window: Duration::from_secs_f64(a.batch_window_ms / 1e3),
+            max_rows: a.max_batch,
+        },
+        max_body_bytes: a.max_body_mb << 20,
+        max_rows: a.max_rows,
+        max_concurrent: a.max_concurrent,
+    };
+    let served = Served {
+        name: g.name.clone(),
+        prog,
+        params,
+        enc,
+        device,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Fail::usage(format!("error: cannot start the runtime: {e}")))?;
+    rt.block_on(async move {
+        let addr = format!("{}:{}", a.host, a.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|e| Fail::usage(format!("error: cannot listen on {addr}: {e}")))?;
+        let local = listener.local_addr().map(|a| a.to_string()).unwrap_or(addr);
+        let app = mtl::serve::app(served, &opts);
+        eprintln!(
+            "serving `{}` on http://{local} (GET /healthz, GET /v1/model, POST /v1/predict); SIGTERM or Ctrl-C stops",
+            g.name
+        );
+        mtl::serve::serve(listener, app.router, shutdown_signal())
+            .await
+            .map_err(|e| Fail::usage(format!("error: {e}")))?;
+        eprintln!("stopped after {} requests", app.stats.requests.load(std::sync::atomic::Ordering::Relaxed));
+        Ok(0)
+    })
+}
+
+/// Resolves on SIGTERM or Ctrl-C (SIGINT).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
