@@ -55,7 +55,7 @@ async fn start(
         enc,
         device: Device::Cpu,
     };
-    let app = mtl::serve::app(served, &opts);
+    let app = mtl::serve::app(served, &opts).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -21,10 +21,11 @@ pub struct ServeArgs {
     host: String,
     #[arg(long, default_value_t = 8080)]
     port: u16,
-    /// How long a request waits for others to share its batch (0: no batching).
+    /// The longest a batch waits for requests still being decoded (0: it
+    /// runs what is queued at once; a lone client never waits).
     #[arg(long, default_value_t = 2.0, value_name = "MS")]
     batch_window_ms: f64,
-    /// Rows at which a batch runs without waiting longer.
+    /// Rows at which a batch stops taking requests (1: no batching).
     #[arg(long, default_value_t = 256)]
     max_batch: usize,
     /// Larger request bodies are refused with 413.
@@ -92,7 +93,8 @@ pub fn serve(a: ServeArgs) -> Result<i32, Fail> {
             .await
             .map_err(|e| Fail::usage(format!("error: cannot listen on {addr}: {e}")))?;
         let local = listener.local_addr().map(|a| a.to_string()).unwrap_or(addr);
-        let app = mtl::serve::app(served, &opts);
+        let app = mtl::serve::app(served, &opts)
+            .map_err(|e| Fail::usage(format!("error: cannot start the worker: {e}")))?;
         eprintln!(
             "serving `{}` on http://{local} (GET /healthz, GET /v1/model, POST /v1/predict); SIGTERM or Ctrl-C stops",
             g.name

@@ -8,7 +8,7 @@ use crate::lower::{head_output, Params, Program};
 use candle_core::{Device, Tensor};
 use rand::SeedableRng;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,9 +25,10 @@ pub struct Job {
 /// How requests are grouped.
 #[derive(Debug, Clone, Copy)]
 pub struct Batching {
-    /// How long the first request of a batch waits for others (0: none).
+    /// The longest a batch waits for requests still being decoded (0: it
+    /// takes what is queued and never waits).
     pub window: Duration,
-    /// Rows at which a batch stops waiting.
+    /// Rows at which a batch stops taking requests (1: no batching).
     pub max_rows: usize,
 }
 
@@ -40,35 +41,42 @@ pub struct Stats {
 }
 
 /// The worker loop: runs until every sender is gone (server shutdown).
+///
+/// A batch takes every request already queued; it waits (up to the window)
+/// only while `arriving` says more requests are being decoded, so a lone
+/// client never pays the window and concurrent clients share forwards.
 pub fn work(
     prog: Program,
     params: Params,
     device: Device,
     rx: Receiver<Job>,
     b: Batching,
+    arriving: Arc<AtomicUsize>,
     stats: Arc<Stats>,
 ) {
+    // How often the worker looks again while it waits for arriving requests.
+    const POLL: Duration = Duration::from_micros(100);
     while let Ok(first) = rx.recv() {
         let mut rows = first.rows;
         let mut jobs = vec![first];
         let deadline = Instant::now() + b.window;
         while rows < b.max_rows {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.try_recv() {
-                Ok(j) => {
-                    rows += j.rows;
-                    jobs.push(j);
-                    continue;
-                }
-                Err(_) if left.is_zero() => break,
-                Err(_) => {}
+            if let Ok(j) = rx.try_recv() {
+                rows += j.rows;
+                jobs.push(j);
+                continue;
             }
-            match rx.recv_timeout(left) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || arriving.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            match rx.recv_timeout(left.min(POLL)) {
                 Ok(j) => {
                     rows += j.rows;
                     jobs.push(j);
                 }
-                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
             }
         }
         stats.batches.fetch_add(1, Ordering::Relaxed);

@@ -34,7 +34,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use request::Decoder;
 use serde_json::{json, Value};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
@@ -77,6 +77,8 @@ struct AppState {
     decoder: Decoder,
     model: Value,
     jobs: Sender<batcher::Job>,
+    /// Requests being decoded: the worker waits for them to join a batch.
+    arriving: Arc<AtomicUsize>,
     permits: Semaphore,
     stats: Arc<Stats>,
 }
@@ -90,19 +92,18 @@ pub struct App {
 }
 
 /// Builds the HTTP application for `served`.
-pub fn app(served: Served, opts: &ServeOptions) -> App {
+pub fn app(served: Served, opts: &ServeOptions) -> std::io::Result<App> {
     let sig = served.prog.signature();
     let model = describe(&served, &sig);
     let stats = Arc::new(Stats::default());
     let (tx, rx) = std::sync::mpsc::channel();
+    let arriving = Arc::new(AtomicUsize::new(0));
     let worker = {
-        let (prog, params, device, stats) =
-            (served.prog, served.params, served.device, stats.clone());
-        let b = opts.batching;
+        let (prog, params, device) = (served.prog, served.params, served.device);
+        let (b, arriving, stats) = (opts.batching, arriving.clone(), stats.clone());
         std::thread::Builder::new()
             .name("mtl-serve-worker".into())
-            .spawn(move || batcher::work(prog, params, device, rx, b, stats))
-            .expect("spawning the worker thread")
+            .spawn(move || batcher::work(prog, params, device, rx, b, arriving, stats))?
     };
     let state = Arc::new(AppState {
         decoder: Decoder {
@@ -112,6 +113,7 @@ pub fn app(served: Served, opts: &ServeOptions) -> App {
         },
         model,
         jobs: tx,
+        arriving,
         permits: Semaphore::new(opts.max_concurrent.max(1)),
         stats: stats.clone(),
     });
@@ -132,11 +134,11 @@ pub fn app(served: Served, opts: &ServeOptions) -> App {
         })
         .layer(DefaultBodyLimit::max(opts.max_body_bytes))
         .with_state(state);
-    App {
+    Ok(App {
         router,
         stats,
         worker,
-    }
+    })
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves; requests in
@@ -236,6 +238,23 @@ async fn predict(
             "shutting_down",
             "the server is shutting down",
         )),
+    }
+}
+
+/// Counts a request as arriving (being decoded) until dropped, whichever
+/// way the handler leaves.
+struct Arriving<'a>(&'a AtomicUsize);
+
+impl<'a> Arriving<'a> {
+    fn new(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::AcqRel);
+        Arriving(n)
+    }
+}
+
+impl Drop for Arriving<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
