@@ -1,7 +1,8 @@
 //! Load test of `mtl serve`: requests/s and p50/p99 latency at 1, 16 and 64
 //! concurrent clients, with dynamic batching (the default: queued requests
 //! share a forward, waiting up to 2 ms for ones being decoded) and without
-//! (`--max-batch 1`: one forward per request), on
+//! (`--max-batch 1`: one forward per request), and batching what is queued
+//! without ever waiting (`--batch-window-ms 0`), on
 //! two fixture models; one sample per request, rows cycled from the
 //! fixture's inputs. The server is the release binary, started per
 //! configuration on an ephemeral port; the clients are hyper's, on the same
@@ -65,7 +66,7 @@ fn nest(d: &[f64], dims: &[usize]) -> Value {
 }
 
 /// Starts the server; returns it and its address.
-fn serve(model: &str, max_batch: usize) -> (std::process::Child, String) {
+fn serve(model: &str, window_ms: f64, max_batch: usize) -> (std::process::Child, String) {
     let f = fixtures();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mtl"))
         .arg("serve")
@@ -73,6 +74,7 @@ fn serve(model: &str, max_batch: usize) -> (std::process::Child, String) {
         .arg("--weights")
         .arg(f.join(format!("{model}.weights.safetensors")))
         .args(["--port", "0", "--max-batch", &max_batch.to_string()])
+        .args(["--batch-window-ms", &window_ms.to_string()])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("starting mtl serve");
@@ -177,8 +179,9 @@ fn main() {
     println!("|---|---|---|---|---|---|---|---|");
     for model in ["digits_mt", "shapes_mm"] {
         let bodies = bodies(model);
-        for max_batch in [256, 1] {
-            let (mut child, addr) = serve(model, max_batch);
+        // The default; no waiting at all; no batching.
+        for (mode, window, max_batch) in [("dynamic", 2.0, 256), ("no wait", 0.0, 256), ("off", 0.0, 1)] {
+            let (mut child, addr) = serve(model, window, max_batch);
             for clients in [1, 16, 64] {
                 let url = format!("http://{addr}/v1/predict");
                 let before = stats(&rt, &addr);
@@ -187,7 +190,7 @@ fn main() {
                 let batch = (after.1 - before.1) as f64 / ((after.0 - before.0).max(1)) as f64;
                 println!(
                     "| {model} | {} | {clients} | {:.0} | {:.2} | {:.2} | {batch:.1} | {} |",
-                    if max_batch > 1 { "dynamic" } else { "off" },
+                    mode,
                     r.requests as f64 / r.secs,
                     r.p50_ms,
                     r.p99_ms,

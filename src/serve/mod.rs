@@ -202,6 +202,7 @@ async fn predict(
         ));
     };
     // Decoding parses and copies the whole body: off the async threads.
+    let arriving = Arriving::new(&s.arriving);
     let st = s.clone();
     let decoded = match tokio::task::spawn_blocking(move || st.decoder.decode(&body)).await {
         Ok(Ok(d)) => d,
@@ -220,7 +221,9 @@ async fn predict(
         rows: decoded.rows,
         reply,
     };
-    if s.jobs.send(job).is_err() {
+    let sent = s.jobs.send(job);
+    drop(arriving);
+    if sent.is_err() {
         return error(&ApiError::new(
             503,
             "shutting_down",
