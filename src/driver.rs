@@ -117,11 +117,14 @@ fn compile_source(name: &str, text: &str, dir: Option<&Path>, opts: &Options) ->
             first
         }
     };
-    let (mut g, train, errs) = elaborate(model, &blocks);
+    let (mut g, train, errs) = elaborate(model, &blocks, &base);
     c.train = train;
     c.diagnostics.extend(errs);
     if !c.has_errors() {
         c.diagnostics.extend(ir::shape::infer(&mut g));
+    }
+    if !c.has_errors() {
+        c.diagnostics.extend(crate::elaborate::check_pretrained(&g));
     }
     if !c.has_errors() {
         let train_props = model.items.iter().filter_map(|i| match i {

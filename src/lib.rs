@@ -42,6 +42,7 @@ pub mod passes;
 pub mod pipeline;
 pub mod plot;
 pub mod predict;
+pub mod pretrained;
 pub mod render;
 pub mod serve;
 pub mod signature;

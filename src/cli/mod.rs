@@ -166,6 +166,16 @@ pub fn build(
     Ok((g, c.train, prog))
 }
 
+/// Copies every `pretrained(...)` layer's checkpoint into `params`.
+pub fn load_pretrained(g: &mtl::ir::Graph, params: &mtl::lower::Params) -> Result<(), Fail> {
+    for u in &g.pretrained {
+        let ck = mtl::pretrained::open(&u.dir).map_err(|e| Fail::model(format!("error: {e}")))?;
+        ck.load_into(params, &u.prefix)
+            .map_err(|e| Fail::model(format!("error: {e}")))?;
+    }
+    Ok(())
+}
+
 /// Where the program runs, and with which kernels.
 #[derive(Args, Clone)]
 pub struct DeviceArgs {

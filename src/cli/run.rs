@@ -159,9 +159,11 @@ fn write_tensors(
 }
 
 pub fn init(a: InitArgs) -> Result<i32, Fail> {
-    let (_, _, prog) = build(&a.model, Mode::Infer, true, true)?;
+    let (g, _, prog) = build(&a.model, Mode::Infer, true, true)?;
     let params: Params = init_params(&prog, a.seed, &candle_core::Device::Cpu)
         .map_err(|e| Fail::model(format!("error: {e}")))?;
+    // Pretrained encoders come from their checkpoints; the rest is fresh.
+    super::load_pretrained(&g, &params)?;
     params
         .save(&a.out)
         .map_err(|e| Fail::usage(format!("error: {e}")))?;

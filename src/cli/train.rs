@@ -70,6 +70,18 @@ pub struct TrainArgs {
     /// Run no optimizer passes (for debugging the compiler).
     #[arg(long)]
     no_opt: bool,
+    /// Keep the weights of every layer whose checkpoint prefix starts with
+    /// NAME fixed (repeatable; adds to `train { freeze }`).
+    #[arg(long, value_name = "NAME")]
+    freeze: Vec<String>,
+    /// Train layers that `train { freeze }` or `trainable = false` keep fixed
+    /// (repeatable): a second fine-tuning run.
+    #[arg(long, value_name = "NAME")]
+    unfreeze: Vec<String>,
+    /// Start from another run's weights (`RUN_DIR/weights.safetensors`)
+    /// instead of fresh and pretrained ones.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with = "resume")]
+    init_from: Option<PathBuf>,
     #[command(flatten)]
     storage: StorageArgs,
 }
@@ -238,9 +250,33 @@ fn copy_model(model: &Path, run_dir: &Path) -> Result<(), Fail> {
         if let Some(dir) = dest.parent() {
             std::fs::create_dir_all(dir).map_err(|e| fail(format!("{} ({e})", f.name)))?;
         }
-        std::fs::write(&dest, &f.text).map_err(|e| fail(format!("{} ({e})", f.name)))?;
+        let text = match &c.raw {
+            Some(g) => absolute_checkpoints(&f.text, i as u32, g),
+            None => f.text.clone(),
+        };
+        std::fs::write(&dest, text).map_err(|e| fail(format!("{} ({e})", f.name)))?;
     }
     Ok(())
+}
+
+/// The source with each `pretrained("DIR")` of file `file` pointing at the
+/// checkpoint's absolute path, so the run's copy of the model still finds it
+/// (the weights themselves are in the run's checkpoints).
+fn absolute_checkpoints(text: &str, file: u32, g: &mtl::ir::Graph) -> String {
+    let mut uses: Vec<&mtl::ir::PretrainedUse> =
+        g.pretrained.iter().filter(|u| u.span.file == file).collect();
+    uses.sort_by_key(|u| std::cmp::Reverse(u.span.start));
+    let mut out = text.to_string();
+    for u in uses {
+        let (start, end) = (u.span.start as usize, (u.span.end as usize).min(out.len()));
+        let Some(call) = out.get(start..end) else { continue };
+        let Some(open) = call.find('"') else { continue };
+        let Some(len) = call[open + 1..].find('"') else { continue };
+        let abs = std::fs::canonicalize(&u.dir).unwrap_or_else(|_| u.dir.clone());
+        let quoted = serde_json::to_string(&abs.to_string_lossy()).unwrap_or_default();
+        out.replace_range(start + open..start + open + len + 2, &quoted);
+    }
+    out
 }
 
 pub fn train(a: TrainArgs) -> Result<i32, Fail> {
@@ -264,10 +300,17 @@ pub fn train(a: TrainArgs) -> Result<i32, Fail> {
     }
     let (g, mut cfg, train_prog) = build(&model_path, Mode::Train, !a.no_opt, true)?;
     let (_, _, infer_prog) = build(&model_path, Mode::Infer, !a.no_opt, false)?;
-    let (train_prog, infer_prog) = (
+    let (mut train_prog, infer_prog) = (
         a.device.place(train_prog, &device)?,
         a.device.place(infer_prog, &device)?,
     );
+    let freeze: Vec<String> = cfg.freeze.iter().chain(&a.freeze).cloned().collect();
+    train_prog.set_frozen(&freeze, &a.unfreeze);
+    for f in &train_prog.frozen {
+        if !train_prog.param_specs.iter().any(|(k, _)| train_prog.is_frozen(k)) {
+            return Err(Fail::usage(format!("error: freeze `{f}`: no layer's checkpoint prefix starts with it (see `mtl summary`)")));
+        }
+    }
     if let Some(e) = a.epochs {
         cfg.epochs = e;
     }
@@ -332,7 +375,14 @@ pub fn train(a: TrainArgs) -> Result<i32, Fail> {
         Some(_) => Encoders::load(&enc_path).map_err(|e| Fail::usage(format!("error: {e}")))?,
         None => Encoders::default(),
     };
-    if let Some(t) = &a.tokenizer {
+    // A BERT checkpoint's own tokenizer, unless one is given.
+    let tokenizer = a.tokenizer.clone().or_else(|| {
+        g.pretrained
+            .iter()
+            .find(|u| u.input.is_some())
+            .and_then(|u| u.tokenizer.clone())
+    });
+    if let Some(t) = tokenizer.as_ref().filter(|_| a.resume.is_none()) {
         std::fs::create_dir_all(&run_dir)
             .map_err(|e| Fail::usage(format!("error: cannot create {}: {e}", run_dir.display())))?;
         let copy = run_dir.join("tokenizer.json");
@@ -385,6 +435,16 @@ pub fn train(a: TrainArgs) -> Result<i32, Fail> {
     }
     let mut params =
         init_params(&train_prog, cfg.seed, &device).map_err(|e| Fail::model(e.to_string()))?;
+    if a.resume.is_none() {
+        // Pretrained encoders from their checkpoints; or a whole earlier run.
+        super::load_pretrained(&g, &params)?;
+        if let Some(from) = &a.init_from {
+            let w = from.join("weights.safetensors");
+            params
+                .load(&w, &device)
+                .map_err(|e| Fail::model(format!("error: --init-from: {e}")))?;
+        }
+    }
     if !a.quiet && !a.json {
         eprintln!(
             "training `{}` on {} samples{} for {} epochs (batch {}, lr {}), run directory {}; * marks an epoch that improved the monitored value",

@@ -2,8 +2,10 @@
 //! parameter set, heads and auxiliary losses as graph outputs.
 
 mod apply;
+mod pretrained;
 pub mod args;
 mod props;
+pub use pretrained::check_pretrained;
 pub use props::check_monitor;
 
 use crate::diagnostics::{did_you_mean, Diagnostic, Span};
@@ -60,6 +62,8 @@ struct Elab<'a> {
     aliases: HashMap<String, Span>,
     block_stack: Vec<String>,
     namer: Namer,
+    /// The model file's directory: `pretrained("DIR")` paths are relative to it.
+    dir: std::path::PathBuf,
 }
 
 /// Elaborates the single model of a parsed file: its graph and its `train { }`
@@ -68,6 +72,7 @@ struct Elab<'a> {
 pub fn elaborate(
     model: &ast::Model,
     blocks: &[&BlockDef],
+    dir: &std::path::Path,
 ) -> (Graph, TrainConfig, Vec<Diagnostic>) {
     let mut e = Elab {
         g: Graph::new(model.name.name.clone()),
@@ -86,6 +91,7 @@ pub fn elaborate(
             shared: None,
             use_site: None,
         },
+        dir: dir.to_path_buf(),
     };
     let mut block_spans: HashMap<String, Span> = HashMap::new();
     for b in blocks
@@ -623,11 +629,28 @@ impl<'a> Elab<'a> {
         if name == residual::NAME {
             return self.apply_residual(c, input, env);
         }
+        if name == pretrained::NAME {
+            return self.apply_pretrained(c, input, env);
+        }
         // A name bound by an enclosing block parameter cannot be a layer.
         if let Some(layer) = layer_callee(name) {
-            let raw = self.raw_args(c, env)?;
+            let mut raw = self.raw_args(c, env)?;
+            let frozen = self.take_trainable(&mut raw)?;
             let op = self.layer_op(c, layer, &raw, input)?;
-            return Some(self.layer_node(op, c, &[input]));
+            let n = self.layer_node(op, c, &[input]);
+            if frozen {
+                match self.g.g[n].param {
+                    Some(p) => self.g.frozen.push(self.g.params[p.0].prefix.clone()),
+                    None => self.errs.push(
+                        Diagnostic::warning(
+                            "mtl::trainable-without-weights",
+                            format!("`{name}` has no weights to freeze"),
+                        )
+                        .label(c.span, "`trainable = false` has no effect here"),
+                    ),
+                }
+            }
+            return Some(n);
         }
         if let Some(fusion) = fusion_callee(name) {
             // `a -> concat(b)` is `concat(a, b)`.
@@ -638,6 +661,28 @@ impl<'a> Elab<'a> {
             Some((Binding::Block, _)) => self.apply_block(c, input, env),
             _ => {
                 self.errs.push(self.unknown_callee(c));
+                None
+            }
+        }
+    }
+
+    /// Removes a `trainable = true | false` argument (every layer with
+    /// weights takes one); returns whether the layer is frozen.
+    fn take_trainable(&mut self, raw: &mut Vec<ops::RawArg>) -> Option<bool> {
+        let Some(i) = raw
+            .iter()
+            .position(|a| a.name.as_ref().is_some_and(|n| n.0 == "trainable"))
+        else {
+            return Some(false);
+        };
+        let a = raw.remove(i);
+        match &a.value {
+            Value::Sym(s) if s == "true" || s == "false" => Some(s == "false"),
+            v => {
+                self.errs.push(
+                    Diagnostic::error("mtl::argument-type", "`trainable` is `true` or `false`")
+                        .label(a.span, format!("found {}", v.found())),
+                );
                 None
             }
         }

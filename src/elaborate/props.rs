@@ -24,6 +24,7 @@ pub const TRAIN_KEYS: &[&str] = &[
     "val_split",
     "seed",
     "weight_decay",
+    "freeze",
 ];
 pub const OPTIMIZERS: &[&str] = &["adam", "adamw", "sgd"];
 pub const SCHEDULES: &[&str] = &["constant", "step", "cosine"];
@@ -341,6 +342,24 @@ pub fn train_props(props: &[Prop], errs: &mut Vec<Diagnostic>) -> TrainConfig {
                 },
                 "weighting" => t.weighting = weighting(&p.value)?,
                 "schedule" => schedule(&p.value, &mut t)?,
+                "freeze" => match constant(&p.value)? {
+                    Value::List(items) if items.iter().all(|v| matches!(v, Value::Str(_))) => {
+                        t.freeze = items
+                            .into_iter()
+                            .filter_map(|v| match v {
+                                Value::Str(s) => Some(s),
+                                _ => None,
+                            })
+                            .collect()
+                    }
+                    v => {
+                        return Err(Diagnostic::error(
+                            "mtl::property-type",
+                            "`freeze` is a list of layer names, e.g. [\"bert\"]",
+                        )
+                        .label(p.value.span, format!("found {}", v.describe())))
+                    }
+                },
                 k => return Err(unknown_key(k, p.key.span, TRAIN_KEYS, "train")),
             }
             Ok(())

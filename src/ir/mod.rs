@@ -310,6 +310,23 @@ pub struct Graph {
     /// (the node's own span is the layer's definition). Diagnostics about a
     /// use point there.
     pub use_sites: std::collections::HashMap<NodeIndex, crate::diagnostics::Span>,
+    /// Each `pretrained(...)` layer: where its weights come from.
+    pub pretrained: Vec<PretrainedUse>,
+    /// Checkpoint prefixes whose weights stay fixed in training
+    /// (`trainable = false`).
+    pub frozen: Vec<String>,
+}
+
+/// A `pretrained("DIR")` layer: its checkpoint prefix (`NAME`), the
+/// directory, and the token input it reads (whose tokenizer is the
+/// checkpoint's, when it has one).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PretrainedUse {
+    pub prefix: String,
+    pub dir: std::path::PathBuf,
+    pub span: Span,
+    pub input: Option<String>,
+    pub tokenizer: Option<std::path::PathBuf>,
 }
 
 impl Graph {
@@ -322,6 +339,8 @@ impl Graph {
             heads: vec![],
             losses: vec![],
             use_sites: Default::default(),
+            pretrained: vec![],
+            frozen: vec![],
         }
     }
 

@@ -12,6 +12,7 @@ pub use super::ops::conv::{Conv, ConvTranspose2d, Padding, Upsample};
 pub use super::ops::dense::{Dense, MergedDense, Slice};
 pub use super::ops::embedding::Embedding;
 pub use super::ops::fusion::{Concat, Ew, Gated, Weighted};
+pub use super::ops::hf::HfOp;
 pub use super::ops::input::{Input, InputKind, InputPolicy};
 pub use super::ops::mixture::Mixture;
 pub use super::ops::norm::{BatchNorm, LayerNorm};
@@ -53,6 +54,8 @@ pub enum Op {
     Mixture(Mixture),
     Attend(Attend),
     Select(Select),
+    /// Parts of a `pretrained` encoder.
+    Hf(HfOp),
 }
 
 impl Op {
@@ -87,6 +90,7 @@ impl Op {
             Op::Mixture(o) => o,
             Op::Attend(o) => o,
             Op::Select(o) => o,
+            Op::Hf(o) => o,
         }
     }
 

@@ -97,6 +97,7 @@ pub fn kernel_name(op: &Op, mode: Mode) -> &'static str {
         Op::Weighted(Weighted { fixed: None }) => "weighted_sum(softmax(logits))",
         Op::Gated(_) => "mtl.gated",
         Op::Slice(_) => "narrow",
+        Op::Hf(_) => "hf(candle ops)",
     }
 }
 
@@ -599,7 +600,8 @@ pub struct AttentionWeights<'a> {
     pub q: (&'a Tensor, &'a Tensor),
     pub k: (&'a Tensor, &'a Tensor),
     pub v: (&'a Tensor, &'a Tensor),
-    pub out: (&'a Tensor, &'a Tensor),
+    /// None under Hugging Face's layout: the heads' concatenation is the output.
+    pub out: Option<(&'a Tensor, &'a Tensor)>,
 }
 
 /// Keras `MultiHeadAttention(heads, key_dim)(query, context)` over a
@@ -657,7 +659,7 @@ pub fn attention(
             .apply_op3(&k, &v, op)?
             .transpose(1, 2)?
             .reshape((b, tq, heads * value_dim))?;
-        return dense(&o, w.out.0, w.out.1);
+        return project_out(&o, w.out);
     }
     let k = split(context, w.k, key_dim)?;
     let v = split(context, w.v, value_dim)?;
@@ -710,7 +712,15 @@ pub fn attention(
             .matmul(&v)?
             .transpose(1, 2)?
             .reshape((b, tq, heads * value_dim))?;
-    dense(&o, w.out.0, w.out.1)
+    project_out(&o, w.out)
+}
+
+/// The output projection, where the layout has one.
+fn project_out(o: &Tensor, out: Option<(&Tensor, &Tensor)>) -> Result<Tensor> {
+    match out {
+        Some((w, b)) => dense(o, w, b),
+        None => Ok(o.clone()),
+    }
 }
 
 /// The allowed (query, key) pairs as 0/1 [B, Tq, Tk] on the host: real

@@ -343,7 +343,8 @@ impl Program {
                 p(mixture::BIAS)?,
             ),
             Op::Attention(a) => {
-                let masks = (mask(0), mask(0));
+                // Hugging Face masks keys only; Keras masks query rows too.
+                let masks = (mask(0).filter(|_| !a.hf), mask(0));
                 self.attention(st, x, x, a, masks, params, train, rng)
             }
             Op::Attend(Attend(a)) => {
@@ -508,6 +509,7 @@ impl Program {
                 }
                 Ok(acc)
             }
+            Op::Hf(h) => hf_step(h, x, &p),
             Op::Gated(_) => {
                 let (a, b) = (args[0], args[1]);
                 let g = candle_nn::ops::sigmoid(&calls::dense(
@@ -542,7 +544,11 @@ impl Program {
             q: (p(n::QUERY_WEIGHT)?, p(n::QUERY_BIAS)?),
             k: (p(n::KEY_WEIGHT)?, p(n::KEY_BIAS)?),
             v: (p(n::VALUE_WEIGHT)?, p(n::VALUE_BIAS)?),
-            out: (p(n::OUT_WEIGHT)?, p(n::OUT_BIAS)?),
+            out: if a.hf {
+                None
+            } else {
+                Some((p(n::OUT_WEIGHT)?, p(n::OUT_BIAS)?))
+            },
         };
         let drop = if train && a.dropout > 0.0 {
             let (b, tq, tk) = (query.dim(0)?, query.dim(1)?, context.dim(1)?);
@@ -612,6 +618,36 @@ impl Program {
                 }
             }
             (k, _) => candle_core::bail!("kernel `{k}` does not run `{}`", st.op),
+        }
+    }
+}
+
+/// The parts of a `pretrained` encoder, from candle's differentiable ops.
+fn hf_step<'a>(
+    h: &crate::ir::HfOp,
+    x: &Tensor,
+    p: &dyn Fn(&str) -> candle_core::Result<&'a Tensor>,
+) -> candle_core::Result<Tensor> {
+    use crate::ir::ops::hf;
+    use crate::ir::HfOp;
+    match h {
+        HfOp::PositionRows { .. } => {
+            let t = x.dim(1)?;
+            x.broadcast_add(&p(hf::WEIGHT)?.narrow(0, 0, t)?)
+        }
+        HfOp::SegmentRow { .. } => x.broadcast_add(&p(hf::WEIGHT)?.narrow(0, 0, 1)?),
+        HfOp::ClsAndPositions => {
+            let (b, _, d) = x.dims3()?;
+            let cls = p(hf::CLS_TOKEN)?.broadcast_as((b, 1, d))?;
+            Tensor::cat(&[&cls.to_dtype(x.dtype())?, x], 1)?.broadcast_add(p(hf::POSITIONS)?)
+        }
+        HfOp::Normalize { mean, std } => {
+            let c = mean.len();
+            let m: Vec<f32> = mean.iter().map(|v| *v as f32).collect();
+            let s: Vec<f32> = std.iter().map(|v| *v as f32).collect();
+            let m = Tensor::from_vec(m, (1, c, 1, 1), x.device())?.to_dtype(x.dtype())?;
+            let s = Tensor::from_vec(s, (1, c, 1, 1), x.device())?.to_dtype(x.dtype())?;
+            x.broadcast_sub(&m)?.broadcast_div(&s)
         }
     }
 }

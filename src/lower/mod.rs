@@ -77,6 +77,9 @@ pub struct Program {
     /// The dtype the forward computes in: f32, or bf16 for mixed precision
     /// (parameters stay f32 and are cast per step; see [`Program::with_precision`]).
     pub compute: candle_core::DType,
+    /// Checkpoint prefixes whose weights get no gradient and no optimizer
+    /// state (`trainable = false`, `train { freeze }`).
+    pub frozen: Vec<String>,
 }
 
 /// Lowers a typed graph. `mode` picks differentiable forms (train) or fast
@@ -230,6 +233,7 @@ fn plan(g: &Graph, mode: Mode) -> Program {
         param_specs,
         n_values: slot.len(),
         compute: candle_core::DType::F32,
+        frozen: g.frozen.clone(),
     }
 }
 
@@ -292,6 +296,27 @@ fn fuse_into(steps: &mut Vec<Step>, kept: &[usize], merge: impl Fn(&mut Step, &S
 }
 
 impl Program {
+    /// Whether the parameter `key` is frozen: it lies under a frozen prefix.
+    pub fn is_frozen(&self, key: &str) -> bool {
+        self.frozen
+            .iter()
+            .any(|f| key.strip_prefix(f.as_str()).is_some_and(|r| r.starts_with('.')))
+    }
+
+    /// Freezes the layers under `freeze` and thaws those under `unfreeze`
+    /// (which wins: a second fine-tuning run undoes the first's freezing).
+    pub fn set_frozen(&mut self, freeze: &[String], unfreeze: &[String]) {
+        self.frozen.extend(freeze.iter().cloned());
+        let thawed = |f: &String| {
+            unfreeze
+                .iter()
+                .any(|u| f == u || f.strip_prefix(u.as_str()).is_some_and(|r| r.starts_with('.')))
+        };
+        self.frozen.retain(|f| !thawed(f));
+        self.frozen.sort();
+        self.frozen.dedup();
+    }
+
     /// The inputs and heads as data and serving see them.
     pub fn signature(&self) -> Signature {
         let embedded = |slot: usize| {

@@ -94,7 +94,7 @@ pub fn init_params(p: &Program, seed: u64, device: &Device) -> candle_core::Resu
             key.clone(),
             Var::from_tensor(&Tensor::from_vec(v, t.shape.as_slice(), device)?)?,
         );
-        if t.trainable {
+        if t.trainable && !p.is_frozen(key) {
             trainable.push(key.clone());
         }
     }

@@ -219,6 +219,9 @@ pub struct TrainConfig {
     pub monitor: String,
     pub val_split: f64,
     pub seed: u64,
+    /// Checkpoint prefixes whose weights stay fixed (`train { freeze }`,
+    /// `--freeze`): every layer whose prefix starts with one.
+    pub freeze: Vec<String>,
 }
 
 impl TrainConfig {
@@ -268,6 +271,7 @@ impl Default for TrainConfig {
             patience: None,
             monitor: "val_loss".into(),
             val_split: 0.0,
+            freeze: vec![],
             seed: 0,
         }
     }

@@ -124,6 +124,10 @@ impl StepCx<'_> {
             &self.hint("heads_last"),
         );
         let s = self.b.i64s(&self.hint("merge_shape"), &[0, 0, heads * dv]);
+        if a.hf {
+            // Hugging Face's layout: the output projection is a dense step of its own.
+            return Ok(self.b.op("Reshape", &[&o, &s], vec![], out));
+        }
         let o = self
             .b
             .op("Reshape", &[&o, &s], vec![], &self.hint("merged"));

@@ -182,7 +182,7 @@ fn output_type(node: &NodeProto, ins: &[Option<i32>]) -> Result<i32, String> {
             need(1, elem::INT64, "the indices")?;
             at(0).ok_or_else(|| "untyped data".into())
         }
-        "Reshape" | "Unsqueeze" | "Squeeze" | "Split" | "ReduceSum" => {
+        "Reshape" | "Unsqueeze" | "Squeeze" | "Split" | "ReduceSum" | "Expand" => {
             need(1, elem::INT64, "the shape, axes or sizes")?;
             at(0).ok_or_else(|| "untyped data".into())
         }

@@ -261,7 +261,9 @@ impl StepCx<'_> {
             Op::Mixture(Mixture { experts }) => self.mixture(*experts),
             Op::Attention(a) => {
                 let m = self.masks.first().cloned().flatten();
-                self.attention(x, x, a, (m.clone(), m), &out)
+                // Hugging Face masks keys only; Keras masks query rows too.
+                let qm = m.clone().filter(|_| !a.hf);
+                self.attention(x, x, a, (qm, m), &out)
             }
             Op::Attend(Attend(a)) => {
                 let vector = self.in_tys[0].rank() == 1;
@@ -281,6 +283,7 @@ impl StepCx<'_> {
                     self.attention(x, &ctx, a, (qm, km), &out)
                 }
             }
+            Op::Hf(h) => self.hf(h, x),
             Op::Dense(_) | Op::Conv(_) | Op::MergedDense(_) | Op::Input(_) => {
                 self.fail("handled by its kernel")
             }
@@ -542,6 +545,55 @@ impl StepCx<'_> {
         let axes: Vec<i64> = (from as i64..rank as i64).collect();
         let a = self.b.i64s(&self.hint("axes"), &axes);
         Ok(self.b.op("Unsqueeze", &[t, &a], vec![], &self.hint(what)))
+    }
+
+    /// The parts of a `pretrained` encoder; learned tables become constants
+    /// (the rows a fixed length reads).
+    fn hf(&mut self, h: &crate::ir::HfOp, x: &str) -> R<String> {
+        use crate::ir::ops::hf;
+        use crate::ir::HfOp;
+        let out = self.out_name();
+        let node = self.st.name.clone();
+        let rows = |cx: &Self, name: &str, n: usize| -> R<(Vec<usize>, Vec<f32>)> {
+            let t = cx.param(name)?;
+            let d = t.dims().last().copied().unwrap_or(0);
+            let v = values(t, &node)?;
+            Ok((vec![n, d], v[..n * d].to_vec()))
+        };
+        match h {
+            HfOp::PositionRows { .. } => {
+                let Some(t) = self.in_tys[0].shape.first().and_then(|d| d.fixed()) else {
+                    return self.fail("positions of a symbolic length");
+                };
+                let (dims, v) = rows(self, hf::WEIGHT, t)?;
+                let c = self.b.f32(&self.hint("positions"), &dims, &v);
+                Ok(self.b.op("Add", &[x, &c], vec![], &out))
+            }
+            HfOp::SegmentRow { .. } => {
+                let (dims, v) = rows(self, hf::WEIGHT, 1)?;
+                let c = self.b.f32(&self.hint("segment"), &dims, &v);
+                Ok(self.b.op("Add", &[x, &c], vec![], &out))
+            }
+            HfOp::ClsAndPositions => {
+                let cls = self.param_as_is(hf::CLS_TOKEN)?;
+                let pos = self.param_as_is(hf::POSITIONS)?;
+                let d = self.in_tys[0].shape[1].fixed().unwrap_or(0) as i64;
+                let n = self.b.op("Shape", &[x], vec![A::int("start", 0), A::int("end", 1)], &self.hint("batch"));
+                let rest = self.b.i64s(&self.hint("one_by_d"), &[1, d]);
+                let shape = self.b.op("Concat", &[&n, &rest], vec![A::int("axis", 0)], &self.hint("cls_shape"));
+                let cls = self.b.op("Expand", &[&cls, &shape], vec![], &self.hint("cls"));
+                let seq = self.b.op("Concat", &[&cls, x], vec![A::int("axis", 1)], &self.hint("tokens"));
+                Ok(self.b.op("Add", &[&seq, &pos], vec![], &out))
+            }
+            HfOp::Normalize { mean, std } => {
+                let c = mean.len();
+                let f = |v: &[f64]| v.iter().map(|x| *x as f32).collect::<Vec<_>>();
+                let m = self.b.f32(&self.hint("mean"), &[c, 1, 1], &f(mean));
+                let s = self.b.f32(&self.hint("std"), &[c, 1, 1], &f(std));
+                let y = self.b.op("Sub", &[x, &m], vec![], &self.hint("centred"));
+                Ok(self.b.op("Div", &[&y, &s], vec![], &out))
+            }
+        }
     }
 
     /// Σᵢ softmax(W·gate + b)ᵢ · expertᵢ.

@@ -94,6 +94,7 @@ fn heads(b: &Build) -> R<Attention> {
         value_dim,
         dropout: rate,
         causal: false,
+        hf: false,
     })
 }
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -104,6 +105,11 @@ pub struct Attention {
     /// Dropout on the attention probabilities, in training.
     pub dropout: f64,
     pub causal: bool,
+    /// Hugging Face's layout (a `pretrained` encoder): the padding mask
+    /// applies to keys only (padded query rows attend like real ones, as
+    /// `transformers` computes them), and there is no output projection (a
+    /// dense layer follows, keyed as the checkpoint keys it).
+    pub hf: bool,
 }
 
 impl Rules for Attention {
@@ -124,9 +130,15 @@ impl Rules for Attention {
         if self.causal {
             s += ", causal";
         }
+        if self.hf {
+            s += ", keys-only mask, no output projection";
+        }
         s
     }
     fn params(&self) -> &'static [&'static str] {
+        if self.hf {
+            return &[QUERY_WEIGHT, QUERY_BIAS, KEY_WEIGHT, KEY_BIAS, VALUE_WEIGHT, VALUE_BIAS];
+        }
         &[
             QUERY_WEIGHT,
             QUERY_BIAS,
@@ -150,7 +162,11 @@ impl Rules for Attention {
     fn infer(&self, cx: &mut Cx) -> R<Typed> {
         cx.need_rank(2, 2, "a sequence [T, D]")?;
         let d = cx.fixed(&cx.s()[1], "the feature size of `attention`'s input")?;
-        Ok(self.projections(Typed::new(cx.x().clone()), d, d))
+        let mut ty = cx.x().clone();
+        if self.hf {
+            ty.shape[1] = crate::ir::Dim::Fixed(self.heads * self.value_dim);
+        }
+        Ok(self.projections(Typed::new(ty), d, d))
     }
 }
 
@@ -160,13 +176,17 @@ impl Attention {
     fn projections(&self, t: Typed, dq: usize, dk: usize) -> Typed {
         let (hk, hv) = (self.heads * self.key_dim, self.heads * self.value_dim);
         let glorot = |fan_in, fan_out| Init::GlorotUniform { fan_in, fan_out };
-        t.param(QUERY_WEIGHT, vec![hk, dq], glorot(dq, hk))
+        let t = t
+            .param(QUERY_WEIGHT, vec![hk, dq], glorot(dq, hk))
             .param(QUERY_BIAS, vec![hk], Init::Zeros)
             .param(KEY_WEIGHT, vec![hk, dk], glorot(dk, hk))
             .param(KEY_BIAS, vec![hk], Init::Zeros)
             .param(VALUE_WEIGHT, vec![hv, dk], glorot(dk, hv))
-            .param(VALUE_BIAS, vec![hv], Init::Zeros)
-            .param(OUT_WEIGHT, vec![dq, hv], glorot(hv, dq))
+            .param(VALUE_BIAS, vec![hv], Init::Zeros);
+        if self.hf {
+            return t;
+        }
+        t.param(OUT_WEIGHT, vec![dq, hv], glorot(hv, dq))
             .param(OUT_BIAS, vec![dq], Init::Zeros)
     }
 }
@@ -234,6 +254,7 @@ mod tests {
             value_dim,
             dropout: 0.0,
             causal: false,
+            hf: false,
         })
     }
 
@@ -266,6 +287,7 @@ mod tests {
                 value_dim: key_dim,
                 dropout: 0.0,
                 causal: false,
+                hf: false,
             };
             Op::Attend(Attend(m))
         };

@@ -21,6 +21,7 @@ pub mod conv;
 pub mod dense;
 pub mod embedding;
 pub mod fusion;
+pub mod hf;
 pub mod input;
 pub mod mixture;
 pub mod norm;
