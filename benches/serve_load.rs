@@ -180,7 +180,11 @@ fn main() {
     for model in ["digits_mt", "shapes_mm"] {
         let bodies = bodies(model);
         // The default; no waiting at all; no batching.
-        for (mode, window, max_batch) in [("dynamic", 2.0, 256), ("no wait", 0.0, 256), ("off", 0.0, 1)] {
+        for (mode, window, max_batch) in [
+            ("dynamic", 2.0, 256),
+            ("no wait", 0.0, 256),
+            ("off", 0.0, 1),
+        ] {
             let (mut child, addr) = serve(model, window, max_batch);
             for clients in [1, 16, 64] {
                 let url = format!("http://{addr}/v1/predict");

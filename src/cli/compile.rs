@@ -147,10 +147,17 @@ fn check_data(
     data: &std::path::Path,
     a: &CheckArgs,
 ) -> Result<mtl::data::audit::Audit, Fail> {
-    let (_, _, prog) = build(model, Mode::Train, true, false)?;
+    let (g, _, prog) = build(model, Mode::Train, true, false)?;
     let sig = prog.signature();
+    // As `train` encodes: a pretrained BERT's own tokenizer unless one is given.
+    let own = g
+        .pretrained
+        .iter()
+        .find(|u| u.input.is_some())
+        .and_then(|u| u.tokenizer.clone());
     let mut enc = mtl::data::Encoders {
-        tokenizer: a.tokenizer.clone(),
+        special_tokens: a.tokenizer.is_none() && own.is_some(),
+        tokenizer: a.tokenizer.clone().or(own),
         ..Default::default()
     };
     let dev = candle_core::Device::Cpu;

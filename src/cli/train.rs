@@ -263,15 +263,22 @@ fn copy_model(model: &Path, run_dir: &Path) -> Result<(), Fail> {
 /// checkpoint's absolute path, so the run's copy of the model still finds it
 /// (the weights themselves are in the run's checkpoints).
 fn absolute_checkpoints(text: &str, file: u32, g: &mtl::ir::Graph) -> String {
-    let mut uses: Vec<&mtl::ir::PretrainedUse> =
-        g.pretrained.iter().filter(|u| u.span.file == file).collect();
+    let mut uses: Vec<&mtl::ir::PretrainedUse> = g
+        .pretrained
+        .iter()
+        .filter(|u| u.span.file == file)
+        .collect();
     uses.sort_by_key(|u| std::cmp::Reverse(u.span.start));
     let mut out = text.to_string();
     for u in uses {
         let (start, end) = (u.span.start as usize, (u.span.end as usize).min(out.len()));
-        let Some(call) = out.get(start..end) else { continue };
+        let Some(call) = out.get(start..end) else {
+            continue;
+        };
         let Some(open) = call.find('"') else { continue };
-        let Some(len) = call[open + 1..].find('"') else { continue };
+        let Some(len) = call[open + 1..].find('"') else {
+            continue;
+        };
         let abs = std::fs::canonicalize(&u.dir).unwrap_or_else(|_| u.dir.clone());
         let quoted = serde_json::to_string(&abs.to_string_lossy()).unwrap_or_default();
         out.replace_range(start + open..start + open + len + 2, &quoted);
@@ -307,7 +314,11 @@ pub fn train(a: TrainArgs) -> Result<i32, Fail> {
     let freeze: Vec<String> = cfg.freeze.iter().chain(&a.freeze).cloned().collect();
     train_prog.set_frozen(&freeze, &a.unfreeze);
     for f in &train_prog.frozen {
-        if !train_prog.param_specs.iter().any(|(k, _)| train_prog.is_frozen(k)) {
+        if !train_prog
+            .param_specs
+            .iter()
+            .any(|(k, _)| train_prog.is_frozen(k))
+        {
             return Err(Fail::usage(format!("error: freeze `{f}`: no layer's checkpoint prefix starts with it (see `mtl summary`)")));
         }
     }
@@ -375,13 +386,17 @@ pub fn train(a: TrainArgs) -> Result<i32, Fail> {
         Some(_) => Encoders::load(&enc_path).map_err(|e| Fail::usage(format!("error: {e}")))?,
         None => Encoders::default(),
     };
-    // A BERT checkpoint's own tokenizer, unless one is given.
-    let tokenizer = a.tokenizer.clone().or_else(|| {
-        g.pretrained
-            .iter()
-            .find(|u| u.input.is_some())
-            .and_then(|u| u.tokenizer.clone())
-    });
+    // A BERT checkpoint's own tokenizer (with its special tokens, as
+    // `transformers` encodes), unless one is given.
+    let own = g
+        .pretrained
+        .iter()
+        .find(|u| u.input.is_some())
+        .and_then(|u| u.tokenizer.clone());
+    if a.tokenizer.is_none() && own.is_some() && a.resume.is_none() {
+        enc.special_tokens = true;
+    }
+    let tokenizer = a.tokenizer.clone().or(own);
     if let Some(t) = tokenizer.as_ref().filter(|_| a.resume.is_none()) {
         std::fs::create_dir_all(&run_dir)
             .map_err(|e| Fail::usage(format!("error: cannot create {}: {e}", run_dir.display())))?;

@@ -94,6 +94,11 @@ pub struct Encoders {
     /// built-in tokenizer; relative paths are relative to `data.json`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer: Option<std::path::PathBuf>,
+    /// Whether that tokenizer adds its special tokens (`[CLS] … [SEP]`), as
+    /// `transformers` does by default: set for a `pretrained` BERT's own
+    /// tokenizer, whose pooler reads the first position.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub special_tokens: bool,
 }
 
 impl Encoders {

@@ -433,7 +433,7 @@ impl Cx<'_> {
                 Some(tok) => {
                     let mut ids = Vec::with_capacity(slice.len() * dims[0]);
                     for (i, r) in slice.iter().enumerate() {
-                        match tok.encode(r[col].as_str(), false) {
+                        match tok.encode(r[col].as_str(), self.enc.special_tokens) {
                             Ok(e) => {
                                 let mut v: Vec<i64> = e
                                     .get_ids()

@@ -74,7 +74,9 @@ pub fn load(
     if is_manifest(path) {
         let m = Manifest::read(path)?;
         if fit {
+            let special_tokens = enc.special_tokens;
             *enc = Encoders::fit(sig, &m, enc.tokenizer.clone())?;
+            enc.special_tokens = special_tokens;
         }
         m.to_dataset(sig, enc, labels, opts)
     } else {

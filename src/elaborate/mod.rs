@@ -2,8 +2,8 @@
 //! parameter set, heads and auxiliary losses as graph outputs.
 
 mod apply;
-mod pretrained;
 pub mod args;
+mod pretrained;
 mod props;
 pub use pretrained::check_pretrained;
 pub use props::check_monitor;

@@ -48,7 +48,10 @@ impl Elab<'_> {
                 (name, v) => {
                     let what = match name {
                         Some(n) => format!("`pretrained` has no argument `{n} = {}`", v.found()),
-                        None => format!("`pretrained` takes one directory (a string), found {}", v.found()),
+                        None => format!(
+                            "`pretrained` takes one directory (a string), found {}",
+                            v.found()
+                        ),
                     };
                     self.errs.push(bad(a.span, what));
                     return None;
@@ -56,7 +59,10 @@ impl Elab<'_> {
             }
         }
         let Some(rel) = dir else {
-            self.errs.push(bad(c.span, "`pretrained` needs the checkpoint directory".into()));
+            self.errs.push(bad(
+                c.span,
+                "`pretrained` needs the checkpoint directory".into(),
+            ));
             return None;
         };
         let path = self.dir.join(&rel);
@@ -93,9 +99,12 @@ impl Elab<'_> {
             Family::Bert { .. } => {
                 if tokens.is_none() {
                     b.e.errs.push(
-                        Diagnostic::error("mtl::pretrained-input", "a BERT encoder reads a token input")
-                            .label(c.span, "this encoder")
-                            .help("apply it to an input declared `tokens[T] vocab V`"),
+                        Diagnostic::error(
+                            "mtl::pretrained-input",
+                            "a BERT encoder reads a token input",
+                        )
+                        .label(c.span, "this encoder")
+                        .help("apply it to an input declared `tokens[T] vocab V`"),
                     );
                     return None;
                 }
@@ -193,7 +202,12 @@ impl Expansion<'_, '_> {
 
     /// BERT: word + position + token-type embeddings, post-LN layers, pooler.
     fn bert(&mut self, ck: &Checkpoint, ids: NodeIndex, output: Output) -> NodeIndex {
-        let Family::Bert { vocab, positions, token_types } = ck.family else {
+        let Family::Bert {
+            vocab,
+            positions,
+            token_types,
+        } = ck.family
+        else {
             unreachable!("bert() is called for BERT checkpoints")
         };
         let enc = ck.encoder.clone();
@@ -203,19 +217,39 @@ impl Expansion<'_, '_> {
             mask_zero: true,
         });
         let x = self.node(emb, "embeddings.word_embeddings", &[ids]);
-        let x = self.node(Op::Hf(HfOp::PositionRows { rows: positions }), "embeddings.position_embeddings", &[x]);
-        let x = self.node(Op::Hf(HfOp::SegmentRow { types: token_types }), "embeddings.token_type_embeddings", &[x]);
+        let x = self.node(
+            Op::Hf(HfOp::PositionRows { rows: positions }),
+            "embeddings.position_embeddings",
+            &[x],
+        );
+        let x = self.node(
+            Op::Hf(HfOp::SegmentRow { types: token_types }),
+            "embeddings.token_type_embeddings",
+            &[x],
+        );
         let x = self.layer_norm(enc.eps, "embeddings.LayerNorm", x);
         let mut h = self.dropout(enc.hidden_dropout, "embeddings.dropout", x);
         for i in 0..enc.layers {
             let l = format!("encoder.layer.{i}");
             let a = self.self_attention(ck, &format!("{l}.attention.self"), h);
             let a = self.dense(enc.hidden, &format!("{l}.attention.output.dense"), a);
-            let a = self.dropout(enc.hidden_dropout, &format!("{l}.attention.output.dropout"), a);
-            let r = self.node(Op::Residual(crate::ir::Residual), &format!("{l}.attention.output.add"), &[h, a]);
+            let a = self.dropout(
+                enc.hidden_dropout,
+                &format!("{l}.attention.output.dropout"),
+                a,
+            );
+            let r = self.node(
+                Op::Residual(crate::ir::Residual),
+                &format!("{l}.attention.output.add"),
+                &[h, a],
+            );
             let h1 = self.layer_norm(enc.eps, &format!("{l}.attention.output.LayerNorm"), r);
             let f = self.feed_forward(ck, &l, h1);
-            let r = self.node(Op::Residual(crate::ir::Residual), &format!("{l}.output.add"), &[h1, f]);
+            let r = self.node(
+                Op::Residual(crate::ir::Residual),
+                &format!("{l}.output.add"),
+                &[h1, f],
+            );
             h = self.layer_norm(enc.eps, &format!("{l}.output.LayerNorm"), r);
         }
         match output {
@@ -227,11 +261,20 @@ impl Expansion<'_, '_> {
     /// ViT: normalisation, patch embedding, class token and positions,
     /// pre-LN layers, final layer norm, pooler.
     fn vit(&mut self, ck: &Checkpoint, image: NodeIndex, output: Output) -> NodeIndex {
-        let Family::Vit { patch, ref mean, ref std, .. } = ck.family else {
+        let Family::Vit {
+            patch,
+            ref mean,
+            ref std,
+            ..
+        } = ck.family
+        else {
             unreachable!("vit() is called for ViT checkpoints")
         };
         let enc = ck.encoder.clone();
-        let norm = HfOp::Normalize { mean: mean.clone(), std: std.clone() };
+        let norm = HfOp::Normalize {
+            mean: mean.clone(),
+            std: std.clone(),
+        };
         let x = self.node(Op::Hf(norm), "embeddings.normalize", &[image]);
         let conv = Op::Conv(crate::ir::Conv {
             filters: enc.hidden,
@@ -242,9 +285,15 @@ impl Expansion<'_, '_> {
             groups: 1,
         });
         let x = self.node(conv, "embeddings.patch_embeddings.projection", &[x]);
-        let flat = Op::Reshape(reshape::Reshape { shape: vec![enc.hidden as i64, -1] });
+        let flat = Op::Reshape(reshape::Reshape {
+            shape: vec![enc.hidden as i64, -1],
+        });
         let x = self.node(flat, "embeddings.patch_embeddings.flatten", &[x]);
-        let x = self.node(Op::Permute(reshape::Permute { axes: vec![2, 1] }), "embeddings.patch_embeddings.transpose", &[x]);
+        let x = self.node(
+            Op::Permute(reshape::Permute { axes: vec![2, 1] }),
+            "embeddings.patch_embeddings.transpose",
+            &[x],
+        );
         let x = self.node(Op::Hf(HfOp::ClsAndPositions), "embeddings", &[x]);
         let mut h = self.dropout(enc.hidden_dropout, "embeddings.dropout", x);
         for i in 0..enc.layers {
@@ -252,11 +301,23 @@ impl Expansion<'_, '_> {
             let n = self.layer_norm(enc.eps, &format!("{l}.layernorm_before"), h);
             let a = self.self_attention(ck, &format!("{l}.attention.attention"), n);
             let a = self.dense(enc.hidden, &format!("{l}.attention.output.dense"), a);
-            let a = self.dropout(enc.hidden_dropout, &format!("{l}.attention.output.dropout"), a);
-            let r = self.node(Op::Residual(crate::ir::Residual), &format!("{l}.attention.add"), &[h, a]);
+            let a = self.dropout(
+                enc.hidden_dropout,
+                &format!("{l}.attention.output.dropout"),
+                a,
+            );
+            let r = self.node(
+                Op::Residual(crate::ir::Residual),
+                &format!("{l}.attention.add"),
+                &[h, a],
+            );
             let n = self.layer_norm(enc.eps, &format!("{l}.layernorm_after"), r);
             let f = self.feed_forward(ck, &l, n);
-            h = self.node(Op::Residual(crate::ir::Residual), &format!("{l}.output.add"), &[r, f]);
+            h = self.node(
+                Op::Residual(crate::ir::Residual),
+                &format!("{l}.output.add"),
+                &[r, f],
+            );
         }
         let h = self.layer_norm(enc.eps, "layernorm", h);
         match output {
@@ -275,7 +336,10 @@ pub fn check_pretrained(g: &Graph) -> Vec<Diagnostic> {
         let ck = match crate::pretrained::open(&u.dir) {
             Ok(ck) => ck,
             Err(e) => {
-                out.push(Diagnostic::error("mtl::pretrained-checkpoint", e.to_string()).label(u.span, "this encoder"));
+                out.push(
+                    Diagnostic::error("mtl::pretrained-checkpoint", e.to_string())
+                        .label(u.span, "this encoder"),
+                );
                 continue;
             }
         };
@@ -284,7 +348,11 @@ pub fn check_pretrained(g: &Graph) -> Vec<Diagnostic> {
             .params
             .iter()
             .filter_map(|s| s.prefix.strip_prefix(&lead).map(|k| (k, s)))
-            .flat_map(|(k, s)| s.tensors.iter().map(move |t| (format!("{k}.{}", t.name), t.shape.clone())))
+            .flat_map(|(k, s)| {
+                s.tensors
+                    .iter()
+                    .map(move |t| (format!("{k}.{}", t.name), t.shape.clone()))
+            })
             .collect();
         for e in ck.check(&declared) {
             out.push(

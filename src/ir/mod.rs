@@ -419,10 +419,26 @@ impl Graph {
         used.dedup();
         let (mut tr, mut non) = (0, 0);
         for p in used {
-            tr += self.params[p.0].count(true);
-            non += self.params[p.0].count(false);
+            let set = &self.params[p.0];
+            if self.is_frozen(&set.prefix) {
+                non += set.count(true) + set.count(false);
+            } else {
+                tr += set.count(true);
+                non += set.count(false);
+            }
         }
         (tr + non, tr, non)
+    }
+
+    /// Whether the layer with checkpoint prefix `prefix` is frozen
+    /// (`trainable = false` on it or on a `pretrained` encoder holding it).
+    pub fn is_frozen(&self, prefix: &str) -> bool {
+        self.frozen.iter().any(|f| {
+            prefix == f
+                || prefix
+                    .strip_prefix(f.as_str())
+                    .is_some_and(|r| r.starts_with('.'))
+        })
     }
 
     /// How many nodes read each parameter set (one pass over the graph).

@@ -298,9 +298,10 @@ fn fuse_into(steps: &mut Vec<Step>, kept: &[usize], merge: impl Fn(&mut Step, &S
 impl Program {
     /// Whether the parameter `key` is frozen: it lies under a frozen prefix.
     pub fn is_frozen(&self, key: &str) -> bool {
-        self.frozen
-            .iter()
-            .any(|f| key.strip_prefix(f.as_str()).is_some_and(|r| r.starts_with('.')))
+        self.frozen.iter().any(|f| {
+            key.strip_prefix(f.as_str())
+                .is_some_and(|r| r.starts_with('.'))
+        })
     }
 
     /// Freezes the layers under `freeze` and thaws those under `unfreeze`
@@ -308,9 +309,11 @@ impl Program {
     pub fn set_frozen(&mut self, freeze: &[String], unfreeze: &[String]) {
         self.frozen.extend(freeze.iter().cloned());
         let thawed = |f: &String| {
-            unfreeze
-                .iter()
-                .any(|u| f == u || f.strip_prefix(u.as_str()).is_some_and(|r| r.starts_with('.')))
+            unfreeze.iter().any(|u| {
+                f == u
+                    || f.strip_prefix(u.as_str())
+                        .is_some_and(|r| r.starts_with('.'))
+            })
         };
         self.frozen.retain(|f| !thawed(f));
         self.frozen.sort();

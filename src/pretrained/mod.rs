@@ -123,7 +123,13 @@ impl Config {
         match self.v.get(key) {
             Some(x) if !x.is_null() && !ok.contains(&x) => Err(self.err(
                 key,
-                format!("{x} is not supported (mtl implements {})", ok.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", ")),
+                format!(
+                    "{x} is not supported (mtl implements {})",
+                    ok.iter()
+                        .map(|v| v.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             )),
             _ => Ok(()),
         }
@@ -154,7 +160,10 @@ pub fn open(dir: &Path) -> R<Checkpoint> {
     let hidden = cfg.usize("hidden_size", None)?;
     let heads = cfg.usize("num_attention_heads", None)?;
     if hidden % heads != 0 {
-        return Err(cfg.err("num_attention_heads", format!("{heads} heads do not divide hidden_size {hidden}")));
+        return Err(cfg.err(
+            "num_attention_heads",
+            format!("{heads} heads do not divide hidden_size {hidden}"),
+        ));
     }
     let act = match cfg.str("hidden_act").unwrap_or("gelu") {
         "gelu" => HiddenAct::Gelu,
@@ -344,7 +353,9 @@ impl Checkpoint {
                 Some(have) if have != want => out.push(CheckpointError {
                     file: self.file_of(key),
                     key: Some(key.clone()),
-                    message: format!("shape {have:?} in the checkpoint, but the model needs {want:?}"),
+                    message: format!(
+                        "shape {have:?} in the checkpoint, but the model needs {want:?}"
+                    ),
                 }),
                 _ => {}
             }
@@ -371,7 +382,11 @@ impl Checkpoint {
                 .map_err(|e| err(format!("cannot load: {e}")))?;
             let t = t.to_dtype(var.dtype()).map_err(|e| err(e.to_string()))?;
             if t.dims() != var.dims() {
-                return Err(err(format!("shape {:?} in the checkpoint, but the model needs {:?}", t.dims(), var.dims())));
+                return Err(err(format!(
+                    "shape {:?} in the checkpoint, but the model needs {:?}",
+                    t.dims(),
+                    var.dims()
+                )));
             }
             var.set(&t).map_err(|e| err(e.to_string()))?;
             n += 1;

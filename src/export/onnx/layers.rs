@@ -578,11 +578,28 @@ impl StepCx<'_> {
                 let cls = self.param_as_is(hf::CLS_TOKEN)?;
                 let pos = self.param_as_is(hf::POSITIONS)?;
                 let d = self.in_tys[0].shape[1].fixed().unwrap_or(0) as i64;
-                let n = self.b.op("Shape", &[x], vec![A::int("start", 0), A::int("end", 1)], &self.hint("batch"));
+                let n = self.b.op(
+                    "Shape",
+                    &[x],
+                    vec![A::int("start", 0), A::int("end", 1)],
+                    &self.hint("batch"),
+                );
                 let rest = self.b.i64s(&self.hint("one_by_d"), &[1, d]);
-                let shape = self.b.op("Concat", &[&n, &rest], vec![A::int("axis", 0)], &self.hint("cls_shape"));
-                let cls = self.b.op("Expand", &[&cls, &shape], vec![], &self.hint("cls"));
-                let seq = self.b.op("Concat", &[&cls, x], vec![A::int("axis", 1)], &self.hint("tokens"));
+                let shape = self.b.op(
+                    "Concat",
+                    &[&n, &rest],
+                    vec![A::int("axis", 0)],
+                    &self.hint("cls_shape"),
+                );
+                let cls = self
+                    .b
+                    .op("Expand", &[&cls, &shape], vec![], &self.hint("cls"));
+                let seq = self.b.op(
+                    "Concat",
+                    &[&cls, x],
+                    vec![A::int("axis", 1)],
+                    &self.hint("tokens"),
+                );
                 Ok(self.b.op("Add", &[&seq, &pos], vec![], &out))
             }
             HfOp::Normalize { mean, std } => {

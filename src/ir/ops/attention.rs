@@ -137,7 +137,14 @@ impl Rules for Attention {
     }
     fn params(&self) -> &'static [&'static str] {
         if self.hf {
-            return &[QUERY_WEIGHT, QUERY_BIAS, KEY_WEIGHT, KEY_BIAS, VALUE_WEIGHT, VALUE_BIAS];
+            return &[
+                QUERY_WEIGHT,
+                QUERY_BIAS,
+                KEY_WEIGHT,
+                KEY_BIAS,
+                VALUE_WEIGHT,
+                VALUE_BIAS,
+            ];
         }
         &[
             QUERY_WEIGHT,

@@ -93,9 +93,11 @@ impl Rules for HfOp {
                 let p = cx.fixed(&cx.s()[0], "the patch count of a ViT encoder")?;
                 let d = cx.fixed(&cx.s()[1], "the width of a ViT encoder")?;
                 let ty = Type::f32(vec![Dim::Fixed(p + 1), Dim::Fixed(d)]);
-                Ok(Typed::new(ty)
-                    .param(CLS_TOKEN, vec![1, 1, d], init)
-                    .param(POSITIONS, vec![1, p + 1, d], init))
+                Ok(Typed::new(ty).param(CLS_TOKEN, vec![1, 1, d], init).param(
+                    POSITIONS,
+                    vec![1, p + 1, d],
+                    init,
+                ))
             }
             HfOp::Normalize { mean, .. } => {
                 cx.need_rank(3, 3, "an image [C, H, W]")?;
@@ -104,7 +106,10 @@ impl Rules for HfOp {
                     return Err(cx.at_input(
                         Diagnostic::error(
                             "mtl::channels",
-                            format!("an image of {c} channels, but the processor normalises {}", mean.len()),
+                            format!(
+                                "an image of {c} channels, but the processor normalises {}",
+                                mean.len()
+                            ),
                         )
                         .label(cx.span(), "this encoder"),
                     ));
@@ -124,13 +129,22 @@ mod tests {
     #[test]
     fn shapes_and_parameters() {
         let t = infer(Op::Hf(HfOp::PositionRows { rows: 40 }), &[f32(&[12, 8])]).unwrap();
-        assert_eq!((t.ty.clone(), shapes(&t)), (f32(&[12, 8]), vec![(WEIGHT, vec![40, 8])]));
+        assert_eq!(
+            (t.ty.clone(), shapes(&t)),
+            (f32(&[12, 8]), vec![(WEIGHT, vec![40, 8])])
+        );
         let long = infer(Op::Hf(HfOp::PositionRows { rows: 10 }), &[f32(&[12, 8])]);
         assert_eq!(code(long), "mtl::sequence-too-long");
         let t = infer(Op::Hf(HfOp::ClsAndPositions), &[f32(&[16, 8])]).unwrap();
         assert_eq!(t.ty, f32(&[17, 8]));
-        assert_eq!(shapes(&t), [(CLS_TOKEN, vec![1, 1, 8]), (POSITIONS, vec![1, 17, 8])]);
-        let n = HfOp::Normalize { mean: vec![0.5; 3], std: vec![0.5; 3] };
+        assert_eq!(
+            shapes(&t),
+            [(CLS_TOKEN, vec![1, 1, 8]), (POSITIONS, vec![1, 17, 8])]
+        );
+        let n = HfOp::Normalize {
+            mean: vec![0.5; 3],
+            std: vec![0.5; 3],
+        };
         assert_eq!(code(infer(Op::Hf(n), &[f32(&[1, 4, 4])])), "mtl::channels");
     }
 }
