@@ -42,7 +42,9 @@ pub struct BenchArgs {
 pub fn bench(a: BenchArgs) -> Result<i32, Fail> {
     let dev = a.device.open()?;
     let mode = if a.infer { Mode::Infer } else { Mode::Train };
-    let (_, _, prog) = build(&a.model, mode, !a.no_opt, true)?;
+    let (_, cfg, mut prog) = build(&a.model, mode, !a.no_opt, true)?;
+    // Frozen layers (`train { freeze }`) get no gradient and no optimizer state.
+    prog.set_frozen(&cfg.freeze, &[]);
     let prog = a.device.place(prog, &dev)?;
     let params = init_params(&prog, 0, &dev).map_err(|e| Fail::model(e.to_string()))?;
     let b = a.batch_size.max(1);

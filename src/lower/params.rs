@@ -13,8 +13,9 @@ pub struct Params {
     pub vars: BTreeMap<String, Var>,
     /// Keys the optimizer updates (running statistics are not among them).
     pub trainable: Vec<String>,
-    /// What a mixed-precision forward reads instead of `vars`: their casts,
-    /// made once per forward ([`Params::cast_to`]); empty otherwise.
+    /// What the forward reads instead of `vars`: detached views of the
+    /// variables the optimizer does not update, and under mixed precision
+    /// the casts of all, made once per forward ([`Params::cast_to`]).
     pub cast: BTreeMap<String, Tensor>,
 }
 
@@ -98,10 +99,19 @@ pub fn init_params(p: &Program, seed: u64, device: &Device) -> candle_core::Resu
             trainable.push(key.clone());
         }
     }
+    // The forward reads what the optimizer does not update (frozen layers,
+    // running statistics) through detached views of the same storage: no
+    // gradient is tracked into them, so backward stops at the first trained
+    // layer (a frozen encoder costs its forward only).
+    let cast = vars
+        .iter()
+        .filter(|(k, _)| !trainable.contains(k))
+        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+        .collect();
     Ok(Params {
         vars,
         trainable,
-        cast: BTreeMap::new(),
+        cast,
     })
 }
 
@@ -116,10 +126,18 @@ impl Params {
     /// The same variables, read as `dtype` by the forward: the casts are
     /// tracked ops, so backward carries the gradients to the f32 variables.
     pub fn cast_to(&self, dtype: candle_core::DType) -> candle_core::Result<Params> {
+        let trained: std::collections::HashSet<&String> = self.trainable.iter().collect();
         let cast = self
             .vars
             .iter()
-            .map(|(k, v)| Ok((k.clone(), v.as_tensor().to_dtype(dtype)?)))
+            .map(|(k, v)| {
+                let t = if trained.contains(k) {
+                    v.as_tensor().clone()
+                } else {
+                    v.as_tensor().detach()
+                };
+                Ok((k.clone(), t.to_dtype(dtype)?))
+            })
             .collect::<candle_core::Result<_>>()?;
         Ok(Params {
             vars: self.vars.clone(),
