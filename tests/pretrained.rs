@@ -130,6 +130,19 @@ fn weights(path: &Path) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(path, &Device::Cpu).unwrap()
 }
 
+fn weights_i64(path: &Path, name: &str) -> Vec<i64> {
+    let t = candle_core::safetensors::load(path, &Device::Cpu)
+        .unwrap()
+        .remove(name)
+        .unwrap();
+    t.to_dtype(candle_core::DType::I64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<i64>()
+        .unwrap()
+}
+
 fn same(a: &Tensor, b: &Tensor) -> bool {
     a.flatten_all().unwrap().to_vec1::<f32>().unwrap()
         == b.flatten_all().unwrap().to_vec1::<f32>().unwrap()
@@ -185,6 +198,22 @@ fn freezing_keeps_the_encoder_bit_identical_and_trains_the_head() {
     }
     // The checkpoint's tokenizer, with its special tokens, encoded the text.
     let data = std::fs::read_to_string(frozen.join("data.json")).unwrap();
+    let decoded = tmp.join("decoded.safetensors");
+    let csv = tmp.join("train.csv");
+    mtl(&[
+        "data".as_ref(),
+        "decode".as_ref(),
+        frozen.as_os_str(),
+        "--data".as_ref(),
+        csv.as_os_str(),
+        "--output".as_ref(),
+        decoded.as_os_str(),
+        "--rows".as_ref(),
+        "1".as_ref(),
+    ]);
+    let ids = weights_i64(&decoded, "text");
+    // "w0 w20 w40": [CLS] w0 w20 w40 [SEP], then padding.
+    assert_eq!(&ids[..7], &[2, 5, 25, 45, 3, 0, 0], "{ids:?}");
     assert!(
         data.contains("tokenizer.json") && data.contains("special_tokens"),
         "{data}"

@@ -227,7 +227,9 @@ pub fn summary(a: SummaryArgs) -> Result<i32, Fail> {
         ..Default::default()
     };
     let (model, _) = super::resolve_model(&a.model);
-    let (g, _) = load(&model, &opts, true)?;
+    let (mut g, c) = load(&model, &opts, true)?;
+    // Layers `train { freeze }` keeps fixed count as non-trainable, as in Keras.
+    g.frozen.extend(c.train.freeze.iter().cloned());
     let s = mtl::summary::summarize(&g);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
