@@ -16,6 +16,21 @@ pub struct LayerRow {
     pub output_shapes: Vec<Vec<ShapeDim>>,
     pub params: usize,
     pub inputs: Vec<String>,
+    /// The `pretrained` encoder this layer belongs to (its prefix), so a
+    /// viewer can fold the encoder into one row.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+}
+
+/// A `pretrained` encoder as one collapsible group of layers.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupRow {
+    pub name: String,
+    /// The checkpoint directory.
+    pub checkpoint: String,
+    pub layers: usize,
+    pub params: usize,
+    pub frozen: bool,
 }
 
 /// A dimension as JSON shows it: a number, or a symbolic size's name.
@@ -68,6 +83,8 @@ pub struct Summary {
     pub trainable_params: usize,
     pub non_trainable_params: usize,
     pub layers: Vec<LayerRow>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<GroupRow>,
     pub heads: Vec<HeadRow>,
     /// Which parameter groups each head reaches (absent when the model
     /// cannot be lowered for training).
@@ -100,6 +117,7 @@ pub fn summarize(g: &Graph) -> Summary {
                 output_shapes: vec![],
                 params: set.count(true) + set.count(false),
                 inputs,
+                group: None,
             });
         } else {
             rows.push(LayerRow {
@@ -109,8 +127,26 @@ pub fn summarize(g: &Graph) -> Summary {
                 output_shapes: vec![],
                 params: 0,
                 inputs,
+                group: None,
             });
         }
+    }
+    let mut groups = vec![];
+    for u in &g.pretrained {
+        let lead = format!("{}.", u.prefix);
+        let mut gr = GroupRow {
+            name: u.prefix.clone(),
+            checkpoint: u.dir.display().to_string(),
+            layers: 0,
+            params: 0,
+            frozen: g.is_frozen(&u.prefix),
+        };
+        for r in rows.iter_mut().filter(|r| r.name.starts_with(&lead)) {
+            r.group = Some(u.prefix.clone());
+            gr.layers += 1;
+            gr.params += r.params;
+        }
+        groups.push(gr);
     }
     let (total, trainable, non) = g.param_counts();
     let heads = g
@@ -136,6 +172,7 @@ pub fn summarize(g: &Graph) -> Summary {
         trainable_params: trainable,
         non_trainable_params: non,
         layers: rows,
+        groups,
         heads,
         sharing: crate::lower::lower(g, crate::pipeline::Mode::Train)
             .ok()
@@ -163,7 +200,29 @@ pub fn render(s: &Summary) -> String {
         "Params".into(),
         "Connected to".into(),
     ]];
+    let mut opened: Vec<&str> = vec![];
     for l in &s.layers {
+        // An encoder's layers follow a header row with its totals, indented.
+        if let Some(gname) = l.group.as_deref() {
+            if !opened.contains(&gname) {
+                opened.push(gname);
+                if let Some(gr) = s.groups.iter().find(|x| x.name == gname) {
+                    rows.push([
+                        format!(
+                            "▾ {} (pretrained {}, {} layers{})",
+                            gr.name,
+                            gr.checkpoint,
+                            gr.layers,
+                            if gr.frozen { ", frozen" } else { "" }
+                        ),
+                        String::new(),
+                        group(gr.params),
+                        String::new(),
+                    ]);
+                }
+            }
+        }
+        let indent = if l.group.is_some() { "  " } else { "" };
         let mut shapes: Vec<String> = if l.output_shapes.is_empty() {
             vec![dims_text(&l.output_shape)]
         } else {
@@ -171,7 +230,7 @@ pub fn render(s: &Summary) -> String {
         };
         shapes.dedup();
         rows.push([
-            format!("{} ({})", l.name, l.op),
+            format!("{indent}{} ({})", l.name, l.op),
             shapes.join(", "),
             group(l.params),
             l.inputs.join(", "),

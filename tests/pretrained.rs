@@ -161,7 +161,7 @@ fn freezing_keeps_the_encoder_bit_identical_and_trains_the_head() {
         let data = tmp.join("train.csv");
         args.push(data.as_os_str());
         args.extend(["--out".as_ref(), out.as_os_str(), "--quiet".as_ref()]);
-        args.extend(extra.iter().map(|s| std::ffi::OsStr::new(s)));
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
         mtl(&args);
         out
     };
@@ -359,4 +359,39 @@ fn a_vit_input_of_another_size_is_refused_at_check_time() {
         "{}",
         d.message
     );
+}
+
+#[test]
+fn a_sharded_checkpoint_loads_as_one() {
+    let tmp = std::env::temp_dir().join(format!("mtl-sharded-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let ck = tmp.join("ck");
+    std::fs::create_dir_all(&ck).unwrap();
+    std::fs::copy(dir().join("bert/config.json"), ck.join("config.json")).unwrap();
+    let all = weights(&dir().join("bert/model.safetensors"));
+    let mut keys: Vec<&String> = all.keys().collect();
+    keys.sort();
+    let mut map = serde_json::Map::new();
+    for (i, part) in keys.chunks(keys.len().div_ceil(2)).enumerate() {
+        let file = format!("model-0000{}-of-00002.safetensors", i + 1);
+        let shard: HashMap<String, Tensor> = part
+            .iter()
+            .map(|k| ((*k).clone(), all[*k].clone()))
+            .collect();
+        candle_core::safetensors::save(&shard, ck.join(&file)).unwrap();
+        for k in part {
+            map.insert((*k).clone(), file.clone().into());
+        }
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": map});
+    std::fs::write(ck.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let model = tmp.join("m.mtl");
+    std::fs::write(&model, "model m {\n  input text: tokens[12] vocab 99\n  head sequence = text -> pretrained(\"ck\") as bert { loss: mse }\n}\n").unwrap();
+    let (out, _) = predict(&model, load("bert.inputs.safetensors"));
+    let want = load("bert.expected.safetensors")
+        .remove("sequence")
+        .unwrap();
+    let err = max_rel_err(&out["sequence"], &want);
+    let _ = std::fs::remove_dir_all(&tmp);
+    assert!(err < 1e-4, "max relative error {err}");
 }

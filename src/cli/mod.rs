@@ -39,7 +39,7 @@ enum Cmd {
     /// Run a model on tensors: one per input in, one per head out.
     Predict(run::PredictArgs),
     /// Train a model (the main job).
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
     /// Loss and metrics of a trained run on a data set.
     Evaluate(train::EvaluateArgs),
     /// Learning curves and loss weights of a run (PNG or SVG); with `--data`,
@@ -90,7 +90,7 @@ pub fn main() -> i32 {
         Cmd::Init(a) => run::init(a),
         Cmd::Data(a) => run::data(a),
         Cmd::Bench(a) => bench::bench(a),
-        Cmd::Train(a) => train::train(a),
+        Cmd::Train(a) => train::train(*a),
         Cmd::Evaluate(a) => train::evaluate(a),
         Cmd::Plot(a) => plot::plot(a),
         Cmd::Export(a) => export::export(a),
