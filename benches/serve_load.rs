@@ -38,31 +38,11 @@ fn bodies(model: &str) -> Vec<String> {
             let mut obj = serde_json::Map::new();
             for (name, t) in &inputs {
                 let row = t.narrow(0, r, 1).unwrap();
-                let dims = row.dims().to_vec();
-                let data: Vec<f64> = row
-                    .to_dtype(candle_core::DType::F64)
-                    .and_then(|x| x.flatten_all())
-                    .and_then(|x| x.to_vec1::<f64>())
-                    .unwrap();
-                obj.insert(name.clone(), nest(&data, &dims));
+                obj.insert(name.clone(), mtl::serve::tensor_json(&row).unwrap());
             }
             json!({ "inputs": obj }).to_string()
         })
         .collect()
-}
-
-fn nest(d: &[f64], dims: &[usize]) -> Value {
-    match dims.split_first() {
-        None => json!(d[0]),
-        Some((&n, rest)) => {
-            let per: usize = rest.iter().product();
-            Value::Array(
-                (0..n)
-                    .map(|i| nest(&d[i * per..(i + 1) * per], rest))
-                    .collect(),
-            )
-        }
-    }
 }
 
 /// Starts the server; returns it and its address.

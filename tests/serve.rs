@@ -93,24 +93,8 @@ async fn call(c: &HttpClient, method: &str, url: &str, body: Vec<u8>) -> (u16, V
     (status, v)
 }
 
-/// A tensor as batch-first nested JSON arrays.
 fn nested(t: &Tensor) -> Value {
-    let dims = t.dims().to_vec();
-    let data = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    fn go(d: &[f32], dims: &[usize]) -> Value {
-        match dims.split_first() {
-            None => json!(d[0]),
-            Some((&n, rest)) => {
-                let per: usize = rest.iter().product();
-                Value::Array(
-                    (0..n)
-                        .map(|i| go(&d[i * per..(i + 1) * per], rest))
-                        .collect(),
-                )
-            }
-        }
-    }
-    go(&data, &dims)
+    mtl::serve::tensor_json(t).unwrap()
 }
 
 fn flat(v: &Value, out: &mut Vec<f32>) {

@@ -1,10 +1,8 @@
 //! `export`: a trained model as a file other engines run.
 
-use super::{build, resolve_model, Fail};
+use super::{load_trained, Fail};
 use clap::Args;
 use mtl::export::onnx::{self, ExportOptions};
-use mtl::lower::init_params;
-use mtl::pipeline::Mode;
 use std::path::PathBuf;
 
 #[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
@@ -32,18 +30,10 @@ pub struct ExportArgs {
 }
 
 pub fn export(a: ExportArgs) -> Result<i32, Fail> {
-    let (model, run_weights) = resolve_model(&a.model);
-    let weights = a
-        .weights
-        .or(run_weights)
-        .ok_or_else(|| Fail::usage("error: --weights is required when MODEL is a file"))?;
     // The inference program after the inference passes: what `predict` runs.
-    let (g, _, prog) = build(&model, Mode::Infer, true, true)?;
     let dev = candle_core::Device::Cpu;
-    let mut params = init_params(&prog, 0, &dev).map_err(|e| Fail::model(format!("error: {e}")))?;
-    params
-        .load(&weights, &dev)
-        .map_err(|e| Fail::model(format!("error: {e}")))?;
+    let t = load_trained(&a.model, a.weights.clone(), &dev, None, true)?;
+    let (g, prog, params) = (t.graph, t.prog, t.params);
     let Format::Onnx = a.format;
     let opts = ExportOptions {
         heads: a.heads,

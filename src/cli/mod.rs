@@ -166,6 +166,47 @@ pub fn build(
     Ok((g, c.train, prog))
 }
 
+/// A trained model ready for inference: its graph, the inference program
+/// (placed on the device when `place` is given), its weights (`--weights`,
+/// else the run directory's), and the run's vocabularies and label maps.
+pub struct Trained {
+    pub graph: mtl::ir::Graph,
+    pub prog: Program,
+    pub params: mtl::lower::Params,
+    pub enc: mtl::data::Encoders,
+}
+
+pub fn load_trained(
+    model: &Path,
+    weights: Option<PathBuf>,
+    device: &candle_core::Device,
+    place: Option<&DeviceArgs>,
+    optimize: bool,
+) -> Result<Trained, Fail> {
+    let (file, run_weights) = resolve_model(model);
+    let weights = weights
+        .or(run_weights)
+        .ok_or_else(|| Fail::usage("error: --weights is required when MODEL is a file"))?;
+    let (graph, _, prog) = build(&file, Mode::Infer, optimize, true)?;
+    let prog = match place {
+        Some(d) => d.place(prog, device)?,
+        None => prog,
+    };
+    let mut params = mtl::lower::init_params(&prog, 0, device)
+        .map_err(|e| Fail::model(format!("error: {e}")))?;
+    params
+        .load(&weights, device)
+        .map_err(|e| Fail::model(format!("error: {e}")))?;
+    let enc = mtl::data::Encoders::load(&model.join("data.json"))
+        .map_err(|e| Fail::usage(format!("error: {e}")))?;
+    Ok(Trained {
+        graph,
+        prog,
+        params,
+        enc,
+    })
+}
+
 /// Copies every `pretrained(...)` layer's checkpoint into `params`.
 pub fn load_pretrained(g: &mtl::ir::Graph, params: &mtl::lower::Params) -> Result<(), Fail> {
     for u in &g.pretrained {

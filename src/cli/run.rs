@@ -59,22 +59,15 @@ pub fn predict(a: PredictArgs) -> Result<i32, Fail> {
         )));
     }
     let device = a.device.open()?;
-    let (model, run_weights) = resolve_model(&a.model);
-    let weights = a
-        .weights
-        .or(run_weights)
-        .ok_or_else(|| Fail::usage("error: --weights is required when MODEL is a file"))?;
-    let (_, _, prog) = build(&model, Mode::Infer, !a.no_opt, true)?;
-    let prog = a.device.place(prog, &device)?;
+    let t = super::load_trained(
+        &a.model,
+        a.weights.clone(),
+        &device,
+        Some(&a.device),
+        !a.no_opt,
+    )?;
+    let (prog, params, enc) = (t.prog, t.params, t.enc);
     let sig = prog.signature();
-    let mut params =
-        init_params(&prog, 0, &device).map_err(|e| Fail::model(format!("error: {e}")))?;
-    params
-        .load(&weights, &device)
-        .map_err(|e| Fail::model(format!("error: {e}")))?;
-    // Vocabularies and label maps of the run, when MODEL is a run directory.
-    let enc = Encoders::load(&a.model.join("data.json"))
-        .map_err(|e| Fail::usage(format!("error: {e}")))?;
     let opts = a.storage.options();
     // Inputs absent from the data (no column, no tensor): answer the heads
     // that do not need them and name the others.

@@ -1,10 +1,7 @@
 //! `serve`: a model behind HTTP until SIGTERM or Ctrl-C.
 
-use super::{build, resolve_model, DeviceArgs, Fail};
+use super::{load_trained, DeviceArgs, Fail};
 use clap::Args;
-use mtl::data::Encoders;
-use mtl::lower::init_params;
-use mtl::pipeline::Mode;
 use mtl::serve::{Batching, ServeOptions, Served};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -53,20 +50,7 @@ pub fn serve(a: ServeArgs) -> Result<i32, Fail> {
         ));
     }
     let device = a.device.open()?;
-    let (model, run_weights) = resolve_model(&a.model);
-    let weights = a
-        .weights
-        .or(run_weights)
-        .ok_or_else(|| Fail::usage("error: --weights is required when MODEL is a file"))?;
-    let (g, _, prog) = build(&model, Mode::Infer, true, true)?;
-    let prog = a.device.place(prog, &device)?;
-    let mut params =
-        init_params(&prog, 0, &device).map_err(|e| Fail::model(format!("error: {e}")))?;
-    params
-        .load(&weights, &device)
-        .map_err(|e| Fail::model(format!("error: {e}")))?;
-    let enc = Encoders::load(&a.model.join("data.json"))
-        .map_err(|e| Fail::usage(format!("error: {e}")))?;
+    let t = load_trained(&a.model, a.weights.clone(), &device, Some(&a.device), true)?;
     let opts = ServeOptions {
         batching: Batching {
             window: Duration::from_secs_f64(a.batch_window_ms / 1e3),
@@ -76,11 +60,12 @@ pub fn serve(a: ServeArgs) -> Result<i32, Fail> {
         max_rows: a.max_rows,
         max_concurrent: a.max_concurrent,
     };
+    let name = t.graph.name.clone();
     let served = Served {
-        name: g.name.clone(),
-        prog,
-        params,
-        enc,
+        name: name.clone(),
+        prog: t.prog,
+        params: t.params,
+        enc: t.enc,
         device,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -97,7 +82,7 @@ pub fn serve(a: ServeArgs) -> Result<i32, Fail> {
             .map_err(|e| Fail::usage(format!("error: cannot start the worker: {e}")))?;
         eprintln!(
             "serving `{}` on http://{local} (GET /healthz, GET /v1/model, POST /v1/predict); SIGTERM or Ctrl-C stops",
-            g.name
+            name
         );
         mtl::serve::serve(listener, app.router, shutdown_signal())
             .await

@@ -183,6 +183,33 @@ impl Expansion<'_, '_> {
         self.node(op, key, &[x])
     }
 
+    /// `skip + branch`.
+    fn residual(&mut self, key: &str, skip: NodeIndex, branch: NodeIndex) -> NodeIndex {
+        self.node(Op::Residual(crate::ir::Residual), key, &[skip, branch])
+    }
+
+    /// Self-attention over `x` (keyed `layer.keys.0`), its output dense and
+    /// dropout, added to `skip` (keyed `layer.keys.1`): BERT's post-LN and
+    /// ViT's pre-LN layers differ only in what `x` and `skip` are.
+    fn attention_sublayer(
+        &mut self,
+        ck: &Checkpoint,
+        layer: &str,
+        keys: (&str, &str),
+        x: NodeIndex,
+        skip: NodeIndex,
+    ) -> NodeIndex {
+        let enc = &ck.encoder;
+        let a = self.self_attention(ck, &format!("{layer}.{}", keys.0), x);
+        let a = self.dense(enc.hidden, &format!("{layer}.attention.output.dense"), a);
+        let a = self.dropout(
+            enc.hidden_dropout,
+            &format!("{layer}.attention.output.dropout"),
+            a,
+        );
+        self.residual(&format!("{layer}.{}", keys.1), skip, a)
+    }
+
     /// The feed-forward half: dense, activation, dense, dropout.
     fn feed_forward(&mut self, ck: &Checkpoint, layer: &str, x: NodeIndex) -> NodeIndex {
         let enc = &ck.encoder;
@@ -231,25 +258,11 @@ impl Expansion<'_, '_> {
         let mut h = self.dropout(enc.hidden_dropout, "embeddings.dropout", x);
         for i in 0..enc.layers {
             let l = format!("encoder.layer.{i}");
-            let a = self.self_attention(ck, &format!("{l}.attention.self"), h);
-            let a = self.dense(enc.hidden, &format!("{l}.attention.output.dense"), a);
-            let a = self.dropout(
-                enc.hidden_dropout,
-                &format!("{l}.attention.output.dropout"),
-                a,
-            );
-            let r = self.node(
-                Op::Residual(crate::ir::Residual),
-                &format!("{l}.attention.output.add"),
-                &[h, a],
-            );
+            let r =
+                self.attention_sublayer(ck, &l, ("attention.self", "attention.output.add"), h, h);
             let h1 = self.layer_norm(enc.eps, &format!("{l}.attention.output.LayerNorm"), r);
             let f = self.feed_forward(ck, &l, h1);
-            let r = self.node(
-                Op::Residual(crate::ir::Residual),
-                &format!("{l}.output.add"),
-                &[h1, f],
-            );
+            let r = self.residual(&format!("{l}.output.add"), h1, f);
             h = self.layer_norm(enc.eps, &format!("{l}.output.LayerNorm"), r);
         }
         match output {
@@ -299,25 +312,10 @@ impl Expansion<'_, '_> {
         for i in 0..enc.layers {
             let l = format!("encoder.layer.{i}");
             let n = self.layer_norm(enc.eps, &format!("{l}.layernorm_before"), h);
-            let a = self.self_attention(ck, &format!("{l}.attention.attention"), n);
-            let a = self.dense(enc.hidden, &format!("{l}.attention.output.dense"), a);
-            let a = self.dropout(
-                enc.hidden_dropout,
-                &format!("{l}.attention.output.dropout"),
-                a,
-            );
-            let r = self.node(
-                Op::Residual(crate::ir::Residual),
-                &format!("{l}.attention.add"),
-                &[h, a],
-            );
+            let r = self.attention_sublayer(ck, &l, ("attention.attention", "attention.add"), n, h);
             let n = self.layer_norm(enc.eps, &format!("{l}.layernorm_after"), r);
             let f = self.feed_forward(ck, &l, n);
-            h = self.node(
-                Op::Residual(crate::ir::Residual),
-                &format!("{l}.output.add"),
-                &[r, f],
-            );
+            h = self.residual(&format!("{l}.output.add"), r, f);
         }
         let h = self.layer_norm(enc.eps, "layernorm", h);
         match output {

@@ -22,6 +22,7 @@ mod response;
 
 pub use batcher::{Batching, Stats};
 pub use request::ApiError;
+pub use response::tensor_json;
 
 use crate::data::Encoders;
 use crate::ir::{Dim, InputKind, LossKind};

@@ -37,6 +37,27 @@ impl Serialize for Nested<'_> {
     }
 }
 
+/// A tensor as batch-first nested JSON arrays: what a client sends in
+/// `{"inputs": {...}}` (values widened to f64, so f32 inputs arrive exact).
+pub fn tensor_json(t: &Tensor) -> candle_core::Result<serde_json::Value> {
+    fn nest(d: &[f64], dims: &[usize]) -> serde_json::Value {
+        match dims.split_first() {
+            None => d.first().copied().into(),
+            Some((&n, rest)) => {
+                let per: usize = rest.iter().product();
+                (0..n)
+                    .map(|i| nest(&d[i * per..(i + 1) * per], rest))
+                    .collect()
+            }
+        }
+    }
+    let data = t
+        .to_dtype(candle_core::DType::F64)?
+        .flatten_all()?
+        .to_vec1::<f64>()?;
+    Ok(nest(&data, t.dims()))
+}
+
 /// One head's output rows.
 pub struct HeadRows {
     pub dims: Vec<usize>,

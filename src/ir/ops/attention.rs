@@ -24,6 +24,17 @@ pub const VALUE_WEIGHT: &str = "value.weight";
 pub const VALUE_BIAS: &str = "value.bias";
 pub const OUT_WEIGHT: &str = "out.weight";
 pub const OUT_BIAS: &str = "out.bias";
+/// Every projection's tensors, in declaration order.
+const PARAMS: [&str; 8] = [
+    QUERY_WEIGHT,
+    QUERY_BIAS,
+    KEY_WEIGHT,
+    KEY_BIAS,
+    VALUE_WEIGHT,
+    VALUE_BIAS,
+    OUT_WEIGHT,
+    OUT_BIAS,
+];
 
 fn zero() -> Value {
     Value::Float(0.0)
@@ -136,26 +147,12 @@ impl Rules for Attention {
         s
     }
     fn params(&self) -> &'static [&'static str] {
+        // Hugging Face's layout has no output projection: the first six.
         if self.hf {
-            return &[
-                QUERY_WEIGHT,
-                QUERY_BIAS,
-                KEY_WEIGHT,
-                KEY_BIAS,
-                VALUE_WEIGHT,
-                VALUE_BIAS,
-            ];
+            &PARAMS[..6]
+        } else {
+            &PARAMS
         }
-        &[
-            QUERY_WEIGHT,
-            QUERY_BIAS,
-            KEY_WEIGHT,
-            KEY_BIAS,
-            VALUE_WEIGHT,
-            VALUE_BIAS,
-            OUT_WEIGHT,
-            OUT_BIAS,
-        ]
     }
     fn is_pure(&self, training: bool) -> bool {
         !(training && self.dropout > 0.0)
