@@ -395,3 +395,37 @@ fn a_sharded_checkpoint_loads_as_one() {
     let _ = std::fs::remove_dir_all(&tmp);
     assert!(err < 1e-4, "max relative error {err}");
 }
+
+#[test]
+fn a_task_models_checkpoint_loads_its_encoder() {
+    // `BertForSequenceClassification.save_pretrained` keys the encoder under
+    // `bert.` and adds a classifier; old checkpoints name layer norms gamma/beta.
+    let tmp = std::env::temp_dir().join(format!("mtl-task-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let ck = tmp.join("ck");
+    std::fs::create_dir_all(&ck).unwrap();
+    std::fs::copy(dir().join("bert/config.json"), ck.join("config.json")).unwrap();
+    let mut renamed: HashMap<String, Tensor> = weights(&dir().join("bert/model.safetensors"))
+        .into_iter()
+        .map(|(k, v)| {
+            let k = k
+                .replace("LayerNorm.weight", "LayerNorm.gamma")
+                .replace("LayerNorm.bias", "LayerNorm.beta");
+            (format!("bert.{k}"), v)
+        })
+        .collect();
+    renamed.insert(
+        "classifier.weight".into(),
+        Tensor::zeros((2, 32), candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
+    candle_core::safetensors::save(&renamed, ck.join("model.safetensors")).unwrap();
+    let model = tmp.join("m.mtl");
+    std::fs::write(&model, "model m {\n  input text: tokens[12] vocab 99\n  head pooled = text -> pretrained(\"ck\", output = pooled) as enc { loss: mse }\n}\n").unwrap();
+    let c = mtl::compile_file(&model, &mtl::Options::default()).unwrap();
+    assert!(!c.has_errors(), "{:?}", c.diagnostics);
+    let (out, _) = predict(&model, load("bert.inputs.safetensors"));
+    let want = load("bert.expected.safetensors").remove("pooled").unwrap();
+    let err = max_rel_err(&out["pooled"], &want);
+    let _ = std::fs::remove_dir_all(&tmp);
+    assert!(err < 1e-4, "max relative error {err}");
+}

@@ -81,6 +81,9 @@ pub struct Checkpoint {
     pub tokenizer: Option<PathBuf>,
     /// The safetensors files holding the weights.
     pub weights: Vec<PathBuf>,
+    /// `bert` or `vit`: a task model's checkpoint (`BertForSequenceClassification`,
+    /// `ViTForImageClassification`) keys the encoder under this word.
+    pub model_type: String,
 }
 
 /// `config.json` as read, with errors that name the file and key.
@@ -232,6 +235,7 @@ pub fn open(dir: &Path) -> R<Checkpoint> {
         encoder,
         tokenizer,
         weights: weight_files(dir)?,
+        model_type: model_type.to_string(),
     })
 }
 
@@ -327,6 +331,26 @@ impl Checkpoint {
             .collect())
     }
 
+    /// The key in the file holding the encoder's tensor `key`: as is (a
+    /// `BertModel` / `ViTModel` checkpoint), under `bert.` / `vit.` (a task
+    /// model's), and with the old `gamma`/`beta` names of layer norms (as
+    /// `transformers` renames them on load).
+    fn stored_key(&self, key: &str, shapes: &BTreeMap<String, Vec<usize>>) -> Option<String> {
+        let old = key
+            .strip_suffix("LayerNorm.weight")
+            .map(|k| format!("{k}LayerNorm.gamma"))
+            .or_else(|| {
+                key.strip_suffix("LayerNorm.bias")
+                    .map(|k| format!("{k}LayerNorm.beta"))
+            });
+        let base = format!("{}.", self.model_type);
+        [Some(key.to_string()), old]
+            .into_iter()
+            .flatten()
+            .flat_map(|k| [k.clone(), format!("{base}{k}")])
+            .find(|k| shapes.contains_key(k))
+    }
+
     /// The file holding `key` (for messages).
     fn file_of(&self, _key: &str) -> PathBuf {
         match self.weights.as_slice() {
@@ -344,7 +368,8 @@ impl Checkpoint {
         };
         let mut out = vec![];
         for (key, want) in declared {
-            match shapes.get(key) {
+            let stored = self.stored_key(key, &shapes);
+            match stored.as_ref().and_then(|k| shapes.get(k)) {
                 None => out.push(CheckpointError {
                     file: self.file_of(key),
                     key: Some(key.clone()),
@@ -367,6 +392,7 @@ impl Checkpoint {
     /// returns how many were loaded.
     pub fn load_into(&self, params: &Params, prefix: &str) -> R<usize> {
         let st = self.open_weights()?;
+        let shapes = self.shapes()?;
         let mut n = 0;
         for (key, var) in params.vars.iter() {
             let Some(own) = key.strip_prefix(prefix).and_then(|k| k.strip_prefix('.')) else {
@@ -377,8 +403,11 @@ impl Checkpoint {
                 key: Some(own.to_string()),
                 message: m,
             };
+            let stored = self
+                .stored_key(own, &shapes)
+                .ok_or_else(|| err("missing from the checkpoint".into()))?;
             let t = st
-                .load(own, var.device())
+                .load(&stored, var.device())
                 .map_err(|e| err(format!("cannot load: {e}")))?;
             let t = t.to_dtype(var.dtype()).map_err(|e| err(e.to_string()))?;
             if t.dims() != var.dims() {
