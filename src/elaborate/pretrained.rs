@@ -46,12 +46,21 @@ impl Elab<'_> {
                     frozen = s == "false"
                 }
                 (name, v) => {
+                    let shown = match v {
+                        Value::Sym(s) => format!("`{s}`"),
+                        v => v.found(),
+                    };
                     let what = match name {
-                        Some(n) => format!("`pretrained` has no argument `{n} = {}`", v.found()),
-                        None => format!(
-                            "`pretrained` takes one directory (a string), found {}",
-                            v.found()
-                        ),
+                        Some("output") => {
+                            format!("`output` is `sequence` or `pooled`, found {shown}")
+                        }
+                        Some("trainable") => {
+                            format!("`trainable` is `true` or `false`, found {shown}")
+                        }
+                        Some(n) => format!("`pretrained` has no argument `{n}`"),
+                        None => {
+                            format!("`pretrained` takes one directory (a string), found {shown}")
+                        }
                     };
                     self.errs.push(bad(a.span, what));
                     return None;
@@ -352,11 +361,21 @@ pub fn check_pretrained(g: &Graph) -> Vec<Diagnostic> {
                     .map(move |t| (format!("{k}.{}", t.name), t.shape.clone()))
             })
             .collect();
+        let help = match &ck.family {
+            Family::Vit {
+                image, channels, ..
+            } => format!(
+                "declare the input `image[{channels}, {image}, {image}]`: the checkpoint's `image_size` in config.json"
+            ),
+            Family::Bert { positions, .. } => format!(
+                "the model's layers must be the checkpoint's (and at most {positions} tokens): is config.json the one saved with these weights?"
+            ),
+        };
         for e in ck.check(&declared) {
             out.push(
                 Diagnostic::error("mtl::pretrained-weights", e.to_string())
                     .label(u.span, "this encoder")
-                    .help("the model's input must fit the checkpoint (e.g. ViT's image size, BERT's positions)"),
+                    .help(help.clone()),
             );
         }
     }
