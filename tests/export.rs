@@ -15,6 +15,10 @@ use std::path::Path;
 
 /// The exported bytes of `path` with fresh weights.
 fn export(path: &Path, heads: &[&str]) -> Result<onnx::Exported, String> {
+    export_with(path, heads, false)
+}
+
+fn export_with(path: &Path, heads: &[&str], unroll: bool) -> Result<onnx::Exported, String> {
     let c = mtl::compile_file(path, &mtl::Options::default()).map_err(|e| e.to_string())?;
     let g = graph(c);
     let prog = lower(&g, Mode::Infer).map_err(|d| format!("{d:?}"))?;
@@ -22,6 +26,7 @@ fn export(path: &Path, heads: &[&str]) -> Result<onnx::Exported, String> {
     let opts = ExportOptions {
         heads: heads.iter().map(|h| h.to_string()).collect(),
         name: g.name.clone(),
+        unroll_recurrences: unroll,
     };
     onnx::export(&prog, &params, &opts).map_err(|e| e.to_string())
 }
@@ -158,4 +163,21 @@ fn export_on_the_command_line() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--weights"));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn recurrences_unroll_for_converters_without_lstm() {
+    std::env::set_current_dir(common::root()).unwrap();
+    let path = Path::new("benches/peers/onnx_ops.mtl");
+    let ops = |unroll| {
+        let out = export_with(path, &[], unroll).unwrap();
+        check::check(&out.bytes).unwrap().ops
+    };
+    let has = |ops: &[(String, usize)], op: &str| ops.iter().any(|(o, _)| o == op);
+    let (fused, unrolled) = (ops(false), ops(true));
+    assert!(has(&fused, "LSTM") && has(&fused, "GRU"));
+    assert!(
+        !has(&unrolled, "LSTM") && !has(&unrolled, "GRU"),
+        "{unrolled:?}"
+    );
 }

@@ -35,12 +35,15 @@ def rel_err(a, b):
     return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-3))) if a.size else 0.0
 
 
+EXTRA = []  # extra `mtl export` flags (`--unroll-rnn`)
+
+
 def check(mtl, model, out_dir):
     name = model.stem
     weights = model.with_name(f"{name}.weights.safetensors")
     onnx_path = out_dir / f"{name}.onnx"
     r = subprocess.run(
-        [mtl, "export", str(model), "--weights", str(weights), "--format", "onnx", "--output", str(onnx_path)],
+        [mtl, "export", str(model), "--weights", str(weights), "--format", "onnx", "--output", str(onnx_path)] + EXTRA,
         capture_output=True, text=True)
     if r.returncode != 0:
         return {"model": name, "ok": False, "error": r.stderr.strip()}
@@ -106,7 +109,7 @@ def check_model(mtl, model, out_dir, seed=0):
         weights[k] = np.abs(v) + 0.5 if k.endswith("running_var") else v
     save_file(weights, str(w))
     onnx_path = out_dir / f"{name}.onnx"
-    r = subprocess.run([mtl, "export", str(model), "--weights", str(w), "--output", str(onnx_path)],
+    r = subprocess.run([mtl, "export", str(model), "--weights", str(w), "--output", str(onnx_path)] + EXTRA,
                        capture_output=True, text=True)
     if r.returncode != 0:
         return {"model": name, "ok": False, "error": r.stderr.strip()}
@@ -131,8 +134,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mtl", default=str(ROOT / "target/release/mtl"))
     ap.add_argument("--models", nargs="+", help="compare with `mtl predict` on random weights instead")
+    ap.add_argument("--unroll-rnn", action="store_true", help="export recurrences unrolled (for onnx2torch)")
     ap.add_argument("dirs", nargs="*", default=[str(ROOT / "../shared/fixtures"), str(ROOT / "tests/reference")])
     a = ap.parse_args()
+    if a.unroll_rnn:
+        EXTRA.append("--unroll-rnn")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for model in a.models or []:

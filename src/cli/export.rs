@@ -27,6 +27,10 @@ pub struct ExportArgs {
     /// they need, inputs included.
     #[arg(long, value_delimiter = ',')]
     heads: Vec<String>,
+    /// Write LSTM/GRU layers unrolled over their length instead of as ONNX
+    /// `LSTM`/`GRU` nodes: for converters without those operators (onnx2torch).
+    #[arg(long)]
+    unroll_rnn: bool,
 }
 
 pub fn export(a: ExportArgs) -> Result<i32, Fail> {
@@ -38,6 +42,7 @@ pub fn export(a: ExportArgs) -> Result<i32, Fail> {
     let opts = ExportOptions {
         heads: a.heads,
         name: g.name.clone(),
+        unroll_recurrences: a.unroll_rnn,
     };
     let out =
         onnx::export(&prog, &params, &opts).map_err(|e| Fail::model(format!("error: {e}")))?;

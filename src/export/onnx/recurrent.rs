@@ -30,6 +30,14 @@ impl StepCx<'_> {
     pub fn rnn(&mut self, r: &Rnn, x: &str) -> R<String> {
         match self.masks.first().cloned().flatten() {
             Some(m) => self.rnn_unrolled(r, x, &m),
+            None if self.unroll => {
+                // Every step real: a mask of ones keeps one unrolled form.
+                let Some(t) = self.in_tys[0].shape.first().and_then(|d| d.fixed()) else {
+                    return self.fail("unrolling a recurrence over a symbolic length");
+                };
+                let ones = self.b.f32(&self.hint("all_real"), &[1, t], &vec![1.0; t]);
+                self.rnn_unrolled(r, x, &ones)
+            }
             None => self.rnn_node(r, x),
         }
     }
