@@ -429,3 +429,38 @@ fn a_task_models_checkpoint_loads_its_encoder() {
     let _ = std::fs::remove_dir_all(&tmp);
     assert!(err < 1e-4, "max relative error {err}");
 }
+
+#[test]
+fn predict_reads_an_untrained_encoder_from_its_checkpoint() {
+    // A weights file without any `bert.*` tensor: `predict` takes them from
+    // the checkpoint directory (as `init` and `train` do).
+    let tmp = std::env::temp_dir().join(format!("mtl-predict-ck-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let w = tmp.join("w.safetensors");
+    let unrelated = HashMap::from([(
+        "unrelated".to_string(),
+        Tensor::zeros(1, candle_core::DType::F32, &Device::Cpu).unwrap(),
+    )]);
+    candle_core::safetensors::save(&unrelated, &w).unwrap();
+    let out = tmp.join("out.safetensors");
+    let (model, input) = (
+        dir().join("bert.mtl"),
+        dir().join("bert.inputs.safetensors"),
+    );
+    mtl(&[
+        "predict".as_ref(),
+        model.as_os_str(),
+        "--weights".as_ref(),
+        w.as_os_str(),
+        "--input".as_ref(),
+        input.as_os_str(),
+        "--output".as_ref(),
+        out.as_os_str(),
+    ]);
+    let got = weights(&out);
+    let _ = std::fs::remove_dir_all(&tmp);
+    for (k, want) in load("bert.expected.safetensors") {
+        let err = max_rel_err(&got[&k], &want);
+        assert!(err < 1e-4, "{k}: max relative error {err}");
+    }
+}

@@ -194,8 +194,17 @@ pub fn load_trained(
     };
     let mut params = mtl::lower::init_params(&prog, 0, device)
         .map_err(|e| Fail::model(format!("error: {e}")))?;
+    // A weights file without a pretrained encoder's tensors (the heads of a
+    // model whose encoder was never trained) reads them from the checkpoint.
+    load_pretrained(&graph, &params)?;
+    let encoder = |k: &str| {
+        graph.pretrained.iter().any(|u| {
+            k.strip_prefix(u.prefix.as_str())
+                .is_some_and(|r| r.starts_with('.'))
+        })
+    };
     params
-        .load(&weights, device)
+        .load_except(&weights, device, encoder)
         .map_err(|e| Fail::model(format!("error: {e}")))?;
     let enc = mtl::data::Encoders::load(&model.join("data.json"))
         .map_err(|e| Fail::usage(format!("error: {e}")))?;

@@ -156,11 +156,24 @@ impl Params {
     /// Loads every parameter from a safetensors file; a missing or misshapen
     /// tensor is an error naming it with both shapes. Extra tensors are ignored.
     pub fn load(&mut self, path: &Path, device: &Device) -> Result<(), String> {
+        self.load_except(path, device, |_| false)
+    }
+
+    /// [`Params::load`], where a tensor `may_lack` accepts may be absent
+    /// from the file and keeps its value (a pretrained encoder's weights,
+    /// already loaded from its checkpoint).
+    pub fn load_except(
+        &mut self,
+        path: &Path,
+        device: &Device,
+        may_lack: impl Fn(&str) -> bool,
+    ) -> Result<(), String> {
         let tensors = candle_core::safetensors::load(path, device)
             .map_err(|e| format!("cannot read weights {}: {e}", path.display()))?;
         let mut errs = vec![];
         for (key, var) in &self.vars {
             match tensors.get(key) {
+                None if may_lack(key) => {}
                 None => errs.push(format!(
                     "weights file {} has no tensor `{key}` (expected shape {:?})",
                     path.display(),
