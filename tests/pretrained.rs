@@ -361,38 +361,48 @@ fn a_vit_input_of_another_size_is_refused_at_check_time() {
     );
 }
 
-#[test]
-fn a_sharded_checkpoint_loads_as_one() {
-    let tmp = std::env::temp_dir().join(format!("mtl-sharded-{}", std::process::id()));
+/// The tiny BERT's config with weights `write` puts in the directory, as
+/// `pretrained("ck", output = OUTPUT)`: the max relative error of that output
+/// against `transformers`'.
+fn rewritten_bert(tag: &str, output: &str, write: impl FnOnce(&Path)) -> f32 {
+    let tmp = std::env::temp_dir().join(format!("mtl-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     let ck = tmp.join("ck");
     std::fs::create_dir_all(&ck).unwrap();
     std::fs::copy(dir().join("bert/config.json"), ck.join("config.json")).unwrap();
-    let all = weights(&dir().join("bert/model.safetensors"));
-    let mut keys: Vec<&String> = all.keys().collect();
-    keys.sort();
-    let mut map = serde_json::Map::new();
-    for (i, part) in keys.chunks(keys.len().div_ceil(2)).enumerate() {
-        let file = format!("model-0000{}-of-00002.safetensors", i + 1);
-        let shard: HashMap<String, Tensor> = part
-            .iter()
-            .map(|k| ((*k).clone(), all[*k].clone()))
-            .collect();
-        candle_core::safetensors::save(&shard, ck.join(&file)).unwrap();
-        for k in part {
-            map.insert((*k).clone(), file.clone().into());
-        }
-    }
-    let index = serde_json::json!({"metadata": {}, "weight_map": map});
-    std::fs::write(ck.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    write(&ck);
     let model = tmp.join("m.mtl");
-    std::fs::write(&model, "model m {\n  input text: tokens[12] vocab 99\n  head sequence = text -> pretrained(\"ck\") as bert { loss: mse }\n}\n").unwrap();
+    let src = format!("model m {{\n  input text: tokens[12] vocab 99\n  head {output} = text -> pretrained(\"ck\", output = {output}) as enc {{ loss: mse }}\n}}\n");
+    std::fs::write(&model, src).unwrap();
+    let c = mtl::compile_file(&model, &mtl::Options::default()).unwrap();
+    assert!(!c.has_errors(), "{:?}", c.diagnostics);
     let (out, _) = predict(&model, load("bert.inputs.safetensors"));
-    let want = load("bert.expected.safetensors")
-        .remove("sequence")
-        .unwrap();
-    let err = max_rel_err(&out["sequence"], &want);
     let _ = std::fs::remove_dir_all(&tmp);
+    let want = load("bert.expected.safetensors").remove(output).unwrap();
+    max_rel_err(&out[output], &want)
+}
+
+#[test]
+fn a_sharded_checkpoint_loads_as_one() {
+    let err = rewritten_bert("sharded", "sequence", |ck| {
+        let all = weights(&dir().join("bert/model.safetensors"));
+        let mut keys: Vec<&String> = all.keys().collect();
+        keys.sort();
+        let mut map = serde_json::Map::new();
+        for (i, part) in keys.chunks(keys.len().div_ceil(2)).enumerate() {
+            let file = format!("model-0000{}-of-00002.safetensors", i + 1);
+            let shard: HashMap<String, Tensor> = part
+                .iter()
+                .map(|k| ((*k).clone(), all[*k].clone()))
+                .collect();
+            candle_core::safetensors::save(&shard, ck.join(&file)).unwrap();
+            for k in part {
+                map.insert((*k).clone(), file.clone().into());
+            }
+        }
+        let index = serde_json::json!({"metadata": {}, "weight_map": map});
+        std::fs::write(ck.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    });
     assert!(err < 1e-4, "max relative error {err}");
 }
 
@@ -400,33 +410,20 @@ fn a_sharded_checkpoint_loads_as_one() {
 fn a_task_models_checkpoint_loads_its_encoder() {
     // `BertForSequenceClassification.save_pretrained` keys the encoder under
     // `bert.` and adds a classifier; old checkpoints name layer norms gamma/beta.
-    let tmp = std::env::temp_dir().join(format!("mtl-task-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let ck = tmp.join("ck");
-    std::fs::create_dir_all(&ck).unwrap();
-    std::fs::copy(dir().join("bert/config.json"), ck.join("config.json")).unwrap();
-    let mut renamed: HashMap<String, Tensor> = weights(&dir().join("bert/model.safetensors"))
-        .into_iter()
-        .map(|(k, v)| {
-            let k = k
-                .replace("LayerNorm.weight", "LayerNorm.gamma")
-                .replace("LayerNorm.bias", "LayerNorm.beta");
-            (format!("bert.{k}"), v)
-        })
-        .collect();
-    renamed.insert(
-        "classifier.weight".into(),
-        Tensor::zeros((2, 32), candle_core::DType::F32, &Device::Cpu).unwrap(),
-    );
-    candle_core::safetensors::save(&renamed, ck.join("model.safetensors")).unwrap();
-    let model = tmp.join("m.mtl");
-    std::fs::write(&model, "model m {\n  input text: tokens[12] vocab 99\n  head pooled = text -> pretrained(\"ck\", output = pooled) as enc { loss: mse }\n}\n").unwrap();
-    let c = mtl::compile_file(&model, &mtl::Options::default()).unwrap();
-    assert!(!c.has_errors(), "{:?}", c.diagnostics);
-    let (out, _) = predict(&model, load("bert.inputs.safetensors"));
-    let want = load("bert.expected.safetensors").remove("pooled").unwrap();
-    let err = max_rel_err(&out["pooled"], &want);
-    let _ = std::fs::remove_dir_all(&tmp);
+    let err = rewritten_bert("task", "pooled", |ck| {
+        let mut renamed: HashMap<String, Tensor> = weights(&dir().join("bert/model.safetensors"))
+            .into_iter()
+            .map(|(k, v)| {
+                let k = k
+                    .replace("LayerNorm.weight", "LayerNorm.gamma")
+                    .replace("LayerNorm.bias", "LayerNorm.beta");
+                (format!("bert.{k}"), v)
+            })
+            .collect();
+        let classifier = Tensor::zeros((2, 32), candle_core::DType::F32, &Device::Cpu).unwrap();
+        renamed.insert("classifier.weight".into(), classifier);
+        candle_core::safetensors::save(&renamed, ck.join("model.safetensors")).unwrap();
+    });
     assert!(err < 1e-4, "max relative error {err}");
 }
 
