@@ -461,3 +461,23 @@ fn predict_reads_an_untrained_encoder_from_its_checkpoint() {
         assert!(err < 1e-4, "{k}: max relative error {err}");
     }
 }
+
+#[test]
+fn freezing_a_name_no_layer_has_is_a_usage_error() {
+    let tmp = std::env::temp_dir().join(format!("mtl-freeze-none-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    let model = classifier(&tmp, "");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_mtl"))
+        .arg("train")
+        .arg(&model)
+        .arg("--data")
+        .arg(tmp.join("train.csv"))
+        .args(["--freeze", "bart", "--quiet", "--out"])
+        .arg(tmp.join("run"))
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&tmp);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("freeze `bart`"));
+}

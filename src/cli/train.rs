@@ -314,11 +314,11 @@ pub fn train(a: TrainArgs) -> Result<i32, Fail> {
     let freeze: Vec<String> = cfg.freeze.iter().chain(&a.freeze).cloned().collect();
     train_prog.set_frozen(&freeze, &a.unfreeze);
     for f in &train_prog.frozen {
-        if !train_prog
-            .param_specs
-            .iter()
-            .any(|(k, _)| train_prog.is_frozen(k))
-        {
+        let under = |k: &String| {
+            k.strip_prefix(f.as_str())
+                .is_some_and(|r| r.starts_with('.'))
+        };
+        if !train_prog.param_specs.iter().any(|(k, _)| under(k)) {
             return Err(Fail::usage(format!("error: freeze `{f}`: no layer's checkpoint prefix starts with it (see `mtl summary`)")));
         }
     }
