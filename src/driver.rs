@@ -125,6 +125,8 @@ fn compile_source(name: &str, text: &str, dir: Option<&Path>, opts: &Options) ->
     }
     if !c.has_errors() {
         c.diagnostics.extend(crate::elaborate::check_pretrained(&g));
+        // What no kernel runs, reported at check time rather than at the first batch.
+        c.diagnostics.extend(crate::lower::unsupported(&g));
     }
     if !c.has_errors() {
         let train_props = model.items.iter().filter_map(|i| match i {

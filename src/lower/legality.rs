@@ -2,7 +2,7 @@
 //! kernels provide, reported as located diagnostics before any step runs.
 
 use crate::diagnostics::Diagnostic;
-use crate::ir::{Graph, Op, Pool, PoolKind};
+use crate::ir::{Conv, Graph, Op, Pool, PoolKind};
 
 /// Ops whose backward candle lacks: rejected for training unless lowered with
 /// our own. Max pooling has its own (any stride, CPU); average pooling with
@@ -32,6 +32,36 @@ pub fn check(g: &Graph) -> Vec<Diagnostic> {
                     .help(
                         "use a stride equal to the pool size, `max_pool`, or a strided convolution",
                     ),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// What no kernel runs, in either mode: a convolution whose strides or
+/// dilations differ per axis (our im2col kernel and candle's conv take one
+/// value for all axes). Found at check time, at the layer.
+pub fn unsupported(g: &Graph) -> Vec<Diagnostic> {
+    let mut out = vec![];
+    for n in g.topo_order() {
+        let node = &g.g[n];
+        if let Op::Conv(Conv {
+            stride, dilation, ..
+        }) = &node.op
+        {
+            let mixed = |v: &[usize]| v.iter().any(|x| *x != v[0]);
+            if mixed(stride) || mixed(dilation) {
+                out.push(
+                    Diagnostic::error(
+                        "mtl::unsupported",
+                        format!(
+                            "`{}` with strides {stride:?} and dilations {dilation:?} cannot run: each must be the same on every axis",
+                            node.op.kind_name()
+                        ),
+                    )
+                    .label(node.span, "per-axis strides or dilations that differ")
+                    .help("use one stride (and dilation) for both axes, e.g. `stride = 2`, and pool or reshape the other axis"),
                 );
             }
         }

@@ -12,6 +12,7 @@ mod sharing;
 pub use calls::fold_bn;
 pub use exec::{head_output, Cut, Forward, RunError};
 pub use kernel::{ConvKernel, FoldedBn, Kernel};
+pub use legality::unsupported;
 pub use params::{init_params, save_atomic, Params};
 pub use sharing::{Group, Sharing};
 
@@ -86,11 +87,12 @@ pub struct Program {
 /// paths (infer); training fails, with located diagnostics, where an op has
 /// no backward.
 pub fn lower(g: &Graph, mode: Mode) -> Result<Program, Vec<Diagnostic>> {
+    let mut d = legality::unsupported(g);
     if mode == Mode::Train {
-        let d = legality::check(g);
-        if !d.is_empty() {
-            return Err(d);
-        }
+        d.extend(legality::check(g));
+    }
+    if !d.is_empty() {
+        return Err(d);
     }
     Ok(plan(g, mode))
 }
