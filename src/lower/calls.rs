@@ -252,12 +252,7 @@ pub fn conv_transpose2d(
     stride: usize,
     padding: Padding,
 ) -> Result<Tensor> {
-    let (pad, out_pad) = match padding {
-        Padding::Valid if kernel >= stride => (0, 0),
-        Padding::Valid => (0, stride - kernel),
-        Padding::Same if kernel >= stride => ((kernel - stride).div_ceil(2), (kernel - stride) % 2),
-        Padding::Same => (0, stride - kernel),
-    };
+    let (pad, out_pad) = crate::ir::ops::conv::transposed_padding(kernel, stride, padding);
     let y = x.conv_transpose2d(w, pad, out_pad, stride, 1)?;
     y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)
 }

@@ -7,7 +7,7 @@ use super::proto::AttributeProto as A;
 use super::{values, StepCx, R};
 use crate::ir::ops::{conv, dense, embedding, fusion, mixture, norm, position_embedding};
 use crate::ir::{Act, Attend, BatchNorm, Concat, ConvTranspose2d, Ew, GlobalPool, LayerNorm};
-use crate::ir::{Mixture, Op, Padding, Permute, Pool, PoolKind, Slice, Upsample, Weighted};
+use crate::ir::{Mixture, Op, Permute, Pool, PoolKind, Slice, Upsample, Weighted};
 use crate::lower::{fold_bn, ConvKernel, Kernel};
 use candle_core::Tensor;
 
@@ -59,12 +59,7 @@ impl StepCx<'_> {
                 ..
             }) => {
                 let (k, s) = (*kernel, *stride);
-                let (pad, out_pad) = match padding {
-                    Padding::Valid if k >= s => (0, 0),
-                    Padding::Valid => (0, s - k),
-                    Padding::Same if k >= s => ((k - s).div_ceil(2), (k - s) % 2),
-                    Padding::Same => (0, s - k),
-                };
+                let (pad, out_pad) = conv::transposed_padding(k, s, *padding);
                 let w = self.param_as_is(conv::WEIGHT)?;
                 let b = self.param_as_is(conv::BIAS)?;
                 let ints = |v: usize| vec![v as i64; 2];

@@ -224,6 +224,18 @@ pub fn same_padding(len: usize, k: usize, stride: usize, dilation: usize) -> (us
     (total / 2, total - total / 2)
 }
 
+/// A transposed convolution's (padding, output padding) per side, in
+/// PyTorch's / ONNX's terms, for Keras's `valid` and `same`.
+pub fn transposed_padding(kernel: usize, stride: usize, padding: Padding) -> (usize, usize) {
+    let (k, s) = (kernel, stride);
+    match padding {
+        Padding::Valid if k >= s => (0, 0),
+        Padding::Valid => (0, s - k),
+        Padding::Same if k >= s => ((k - s).div_ceil(2), (k - s) % 2),
+        Padding::Same => (0, s - k),
+    }
+}
+
 /// A 2-D transposed convolution (square kernel and stride).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ConvTranspose2d {
