@@ -196,11 +196,7 @@ async fn predict(
         Err(r) => return error(&ApiError::new(400, "bad_body", r.body_text())),
     };
     let Ok(_permit) = s.permits.acquire().await else {
-        return error(&ApiError::new(
-            503,
-            "shutting_down",
-            "the server is shutting down",
-        ));
+        return shutting_down();
     };
     // Decoding parses and copies the whole body: off the async threads.
     let arriving = Arriving::new(&s.arriving);
@@ -225,11 +221,7 @@ async fn predict(
     let sent = s.jobs.send(job);
     drop(arriving);
     if sent.is_err() {
-        return error(&ApiError::new(
-            503,
-            "shutting_down",
-            "the server is shutting down",
-        ));
+        return shutting_down();
     }
     match answer.await {
         Ok(Ok(outs)) => json_text(
@@ -237,12 +229,17 @@ async fn predict(
             response::body(&s.decoder.sig, &s.decoder.enc, &outs),
         ),
         Ok(Err(e)) => error(&ApiError::new(500, "prediction_failed", e)),
-        Err(_) => error(&ApiError::new(
-            503,
-            "shutting_down",
-            "the server is shutting down",
-        )),
+        Err(_) => shutting_down(),
     }
+}
+
+/// 503: the worker or the semaphore is gone (the server is stopping).
+fn shutting_down() -> Response {
+    error(&ApiError::new(
+        503,
+        "shutting_down",
+        "the server is shutting down",
+    ))
 }
 
 /// Counts a request as arriving (being decoded) until dropped, whichever
