@@ -300,8 +300,8 @@ impl Expansion<'_, '_> {
         let x = self.node(Op::Hf(norm), "embeddings.normalize", &[image]);
         let conv = Op::Conv(crate::ir::Conv {
             filters: enc.hidden,
-            kernel: vec![patch; 2],
-            stride: vec![patch; 2],
+            kernel: vec![patch.0, patch.1],
+            stride: vec![patch.0, patch.1],
             padding: crate::ir::Padding::Valid,
             dilation: vec![1; 2],
             groups: 1,
@@ -363,9 +363,11 @@ pub fn check_pretrained(g: &Graph) -> Vec<Diagnostic> {
             .collect();
         let help = match &ck.family {
             Family::Vit {
-                image, channels, ..
+                image: (h, w),
+                channels,
+                ..
             } => format!(
-                "declare the input `image[{channels}, {image}, {image}]`: the checkpoint's `image_size` in config.json"
+                "declare the input `image[{channels}, {h}, {w}]`: the checkpoint's `image_size` in config.json"
             ),
             Family::Bert { positions, .. } => format!(
                 "the model's layers must be the checkpoint's (and at most {positions} tokens): is config.json the one saved with these weights?"

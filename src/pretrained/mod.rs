@@ -63,8 +63,9 @@ pub enum Family {
         token_types: usize,
     },
     Vit {
-        image: usize,
-        patch: usize,
+        /// (height, width): `image_size` and `patch_size` are an integer or a pair.
+        image: (usize, usize),
+        patch: (usize, usize),
         channels: usize,
         mean: Vec<f64>,
         std: Vec<f64>,
@@ -108,6 +109,26 @@ impl Config {
                 .map(|n| n as usize)
                 .ok_or_else(|| self.err(key, format!("expected a positive integer, found {x}"))),
             None => default.ok_or_else(|| self.err(key, "missing")),
+        }
+    }
+    /// An integer `n` (as `(n, n)`) or a pair `[h, w]`.
+    fn pair(&self, key: &str, default: usize) -> R<(usize, usize)> {
+        match self.v.get(key) {
+            Some(Value::Array(a)) => {
+                match a.iter().map(Value::as_u64).collect::<Option<Vec<_>>>() {
+                    Some(v) if v.len() == 2 && v.iter().all(|x| *x > 0) => {
+                        Ok((v[0] as usize, v[1] as usize))
+                    }
+                    _ => Err(self.err(
+                        key,
+                        format!(
+                            "expected a positive integer or two, found {}",
+                            Value::Array(a.clone())
+                        ),
+                    )),
+                }
+            }
+            _ => self.usize(key, Some(default)).map(|n| (n, n)),
         }
     }
     fn f64(&self, key: &str, default: f64) -> R<f64> {
@@ -214,8 +235,8 @@ pub fn open(dir: &Path) -> R<Checkpoint> {
             let channels = cfg.usize("num_channels", Some(3))?;
             let (mean, std) = normalisation(dir, channels)?;
             Family::Vit {
-                image: cfg.usize("image_size", Some(224))?,
-                patch: cfg.usize("patch_size", Some(16))?,
+                image: cfg.pair("image_size", 224)?,
+                patch: cfg.pair("patch_size", 16)?,
                 channels,
                 mean,
                 std,
