@@ -150,11 +150,7 @@ fn check_data(
     let (g, _, prog) = build(model, Mode::Train, true, false)?;
     let sig = prog.signature();
     // As `train` encodes: a pretrained BERT's own tokenizer unless one is given.
-    let own = g
-        .pretrained
-        .iter()
-        .find(|u| u.input.is_some())
-        .and_then(|u| u.tokenizer.clone());
+    let own = g.pretrained_tokenizer();
     let mut enc = mtl::data::Encoders {
         special_tokens: a.tokenizer.is_none() && own.is_some(),
         tokenizer: a.tokenizer.clone().or(own),

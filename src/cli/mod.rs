@@ -195,17 +195,25 @@ pub fn load_trained(
     let mut params = mtl::lower::init_params(&prog, 0, device)
         .map_err(|e| Fail::model(format!("error: {e}")))?;
     // A weights file without a pretrained encoder's tensors (the heads of a
-    // model whose encoder was never trained) reads them from the checkpoint.
-    load_pretrained(&graph, &params)?;
+    // model whose encoder was never trained): those alone are read from the
+    // checkpoint, which is not opened when the file has them all.
     let encoder = |k: &str| {
-        graph.pretrained.iter().any(|u| {
-            k.strip_prefix(u.prefix.as_str())
-                .is_some_and(|r| r.starts_with('.'))
-        })
+        graph
+            .pretrained
+            .iter()
+            .any(|u| mtl::ir::under(k, &u.prefix))
     };
-    params
+    let absent = params
         .load_except(&weights, device, encoder)
         .map_err(|e| Fail::model(format!("error: {e}")))?;
+    for u in &graph.pretrained {
+        if absent.iter().any(|k| mtl::ir::under(k, &u.prefix)) {
+            let ck =
+                mtl::pretrained::open(&u.dir).map_err(|e| Fail::model(format!("error: {e}")))?;
+            ck.load_matching(&params, &u.prefix, |k| absent.iter().any(|a| a == k))
+                .map_err(|e| Fail::model(format!("error: {e}")))?;
+        }
+    }
     let enc = mtl::data::Encoders::load(&model.join("data.json"))
         .map_err(|e| Fail::usage(format!("error: {e}")))?;
     Ok(Trained {

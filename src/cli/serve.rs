@@ -79,7 +79,7 @@ pub fn serve(a: ServeArgs) -> Result<i32, Fail> {
             .map_err(|e| Fail::usage(format!("error: cannot listen on {addr}: {e}")))?;
         let local = listener.local_addr().map(|a| a.to_string()).unwrap_or(addr);
         let app = mtl::serve::app(served, &opts)
-            .map_err(|e| Fail::usage(format!("error: cannot start the worker: {e}")))?;
+            .map_err(|e| Fail::usage(format!("error: cannot start serving: {e}")))?;
         eprintln!(
             "serving `{}` on http://{local} (GET /healthz, GET /v1/model, POST /v1/predict); SIGTERM or Ctrl-C stops",
             name

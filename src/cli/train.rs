@@ -314,11 +314,11 @@ pub fn train(a: TrainArgs) -> Result<i32, Fail> {
     let freeze: Vec<String> = cfg.freeze.iter().chain(&a.freeze).cloned().collect();
     train_prog.set_frozen(&freeze, &a.unfreeze);
     for f in &train_prog.frozen {
-        let under = |k: &String| {
-            k.strip_prefix(f.as_str())
-                .is_some_and(|r| r.starts_with('.'))
-        };
-        if !train_prog.param_specs.iter().any(|(k, _)| under(k)) {
+        if !train_prog
+            .param_specs
+            .iter()
+            .any(|(k, _)| mtl::ir::under(k, f))
+        {
             return Err(Fail::usage(format!("error: freeze `{f}`: no layer's checkpoint prefix starts with it (see `mtl summary`)")));
         }
     }
@@ -388,11 +388,7 @@ pub fn train(a: TrainArgs) -> Result<i32, Fail> {
     };
     // A BERT checkpoint's own tokenizer (with its special tokens, as
     // `transformers` encodes), unless one is given.
-    let own = g
-        .pretrained
-        .iter()
-        .find(|u| u.input.is_some())
-        .and_then(|u| u.tokenizer.clone());
+    let own = g.pretrained_tokenizer();
     if a.tokenizer.is_none() && own.is_some() && a.resume.is_none() {
         enc.special_tokens = true;
     }

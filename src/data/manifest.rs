@@ -94,13 +94,26 @@ impl Manifest {
         labels: bool,
         opts: &LoadOptions,
     ) -> Result<Dataset, String> {
-        let targets = self.targets(sig, labels)?;
         let hf = enc.hf_tokenizer()?;
+        self.to_dataset_with(sig, enc, hf.as_ref(), labels, opts)
+    }
+
+    /// [`Manifest::to_dataset`] with `enc`'s Hugging Face tokenizer already
+    /// loaded (a server encodes many small manifests with one).
+    pub fn to_dataset_with(
+        &self,
+        sig: &Signature,
+        enc: &Encoders,
+        hf: Option<&tokenizers::Tokenizer>,
+        labels: bool,
+        opts: &LoadOptions,
+    ) -> Result<Dataset, String> {
+        let targets = self.targets(sig, labels)?;
         let cx = Cx {
             m: self,
             sig,
             enc,
-            hf: hf.as_ref(),
+            hf,
         };
         let row_bytes: usize = targets.iter().map(Target::row_bytes).sum();
         let total = (row_bytes * self.rows.len()) as u64;

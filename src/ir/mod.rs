@@ -317,6 +317,14 @@ pub struct Graph {
     pub frozen: Vec<String>,
 }
 
+/// Whether checkpoint key (or prefix) `key` lies under layer prefix
+/// `prefix`: it is the prefix, or continues it after a dot (`bert` covers
+/// `bert.pooler.dense.weight`, not `bert2.x`).
+pub fn under(key: &str, prefix: &str) -> bool {
+    key.strip_prefix(prefix)
+        .is_some_and(|r| r.is_empty() || r.starts_with('.'))
+}
+
 /// A `pretrained("DIR")` layer: its checkpoint prefix (`NAME`), the
 /// directory, and the token input it reads (whose tokenizer is the
 /// checkpoint's, when it has one).
@@ -433,12 +441,16 @@ impl Graph {
     /// Whether the layer with checkpoint prefix `prefix` is frozen
     /// (`trainable = false` on it or on a `pretrained` encoder holding it).
     pub fn is_frozen(&self, prefix: &str) -> bool {
-        self.frozen.iter().any(|f| {
-            prefix == f
-                || prefix
-                    .strip_prefix(f.as_str())
-                    .is_some_and(|r| r.starts_with('.'))
-        })
+        self.frozen.iter().any(|f| under(prefix, f))
+    }
+
+    /// The tokenizer of the checkpoint a `pretrained` BERT reads its tokens
+    /// with, when it has one: what `train` and `check --data` encode text by.
+    pub fn pretrained_tokenizer(&self) -> Option<std::path::PathBuf> {
+        self.pretrained
+            .iter()
+            .find(|u| u.input.is_some())
+            .and_then(|u| u.tokenizer.clone())
     }
 
     /// How many nodes read each parameter set (one pass over the graph).

@@ -300,23 +300,14 @@ fn fuse_into(steps: &mut Vec<Step>, kept: &[usize], merge: impl Fn(&mut Step, &S
 impl Program {
     /// Whether the parameter `key` is frozen: it lies under a frozen prefix.
     pub fn is_frozen(&self, key: &str) -> bool {
-        self.frozen.iter().any(|f| {
-            key.strip_prefix(f.as_str())
-                .is_some_and(|r| r.starts_with('.'))
-        })
+        self.frozen.iter().any(|f| crate::ir::under(key, f))
     }
 
     /// Freezes the layers under `freeze` and thaws those under `unfreeze`
     /// (which wins: a second fine-tuning run undoes the first's freezing).
     pub fn set_frozen(&mut self, freeze: &[String], unfreeze: &[String]) {
         self.frozen.extend(freeze.iter().cloned());
-        let thawed = |f: &String| {
-            unfreeze.iter().any(|u| {
-                f == u
-                    || f.strip_prefix(u.as_str())
-                        .is_some_and(|r| r.starts_with('.'))
-            })
-        };
+        let thawed = |f: &String| unfreeze.iter().any(|u| crate::ir::under(f, u));
         self.frozen.retain(|f| !thawed(f));
         self.frozen.sort();
         self.frozen.dedup();
@@ -442,7 +433,7 @@ impl Program {
                 let keys: Vec<String> = self
                     .param_specs
                     .iter()
-                    .filter(|(k, _)| k.strip_prefix(p).is_some_and(|r| r.starts_with('.')))
+                    .filter(|(k, _)| crate::ir::under(k, p))
                     .map(|(k, _)| format!("{k}{:?}", shapes[k.as_str()]))
                     .collect();
                 let _ = write!(s, "  [{}]", keys.join(", "));

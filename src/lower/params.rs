@@ -103,9 +103,10 @@ pub fn init_params(p: &Program, seed: u64, device: &Device) -> candle_core::Resu
     // running statistics) through detached views of the same storage: no
     // gradient is tracked into them, so backward stops at the first trained
     // layer (a frozen encoder costs its forward only).
+    let trained: std::collections::HashSet<&String> = trainable.iter().collect();
     let cast = vars
         .iter()
-        .filter(|(k, _)| !trainable.contains(k))
+        .filter(|(k, _)| !trained.contains(k))
         .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
         .collect();
     Ok(Params {
@@ -156,24 +157,25 @@ impl Params {
     /// Loads every parameter from a safetensors file; a missing or misshapen
     /// tensor is an error naming it with both shapes. Extra tensors are ignored.
     pub fn load(&mut self, path: &Path, device: &Device) -> Result<(), String> {
-        self.load_except(path, device, |_| false)
+        self.load_except(path, device, |_| false).map(|_| ())
     }
 
     /// [`Params::load`], where a tensor `may_lack` accepts may be absent
-    /// from the file and keeps its value (a pretrained encoder's weights,
-    /// already loaded from its checkpoint).
+    /// from the file: it keeps its value, and its key is returned (a
+    /// pretrained encoder's weights, for the caller to read from the
+    /// checkpoint).
     pub fn load_except(
         &mut self,
         path: &Path,
         device: &Device,
         may_lack: impl Fn(&str) -> bool,
-    ) -> Result<(), String> {
+    ) -> Result<Vec<String>, String> {
         let tensors = candle_core::safetensors::load(path, device)
             .map_err(|e| format!("cannot read weights {}: {e}", path.display()))?;
-        let mut errs = vec![];
+        let (mut errs, mut absent) = (vec![], vec![]);
         for (key, var) in &self.vars {
             match tensors.get(key) {
-                None if may_lack(key) => {}
+                None if may_lack(key) => absent.push(key.clone()),
                 None => errs.push(format!(
                     "weights file {} has no tensor `{key}` (expected shape {:?})",
                     path.display(),
@@ -196,7 +198,7 @@ impl Params {
             }
         }
         if errs.is_empty() {
-            Ok(())
+            Ok(absent)
         } else {
             Err(errs.join("\n"))
         }

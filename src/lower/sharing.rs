@@ -158,7 +158,7 @@ impl Program {
             let keys: Vec<_> = self
                 .param_specs
                 .iter()
-                .filter(|(k, _)| k.strip_prefix(prefix).is_some_and(|r| r.starts_with('.')))
+                .filter(|(k, _)| crate::ir::under(k, prefix))
                 .collect();
             Group {
                 prefix: prefix.to_string(),

@@ -344,12 +344,7 @@ impl Checkpoint {
 
     /// Every tensor's shape, by the checkpoint's own key.
     pub fn shapes(&self) -> R<BTreeMap<String, Vec<usize>>> {
-        let st = self.open_weights()?;
-        Ok(st
-            .tensors()
-            .into_iter()
-            .map(|(k, v)| (k, v.shape().to_vec()))
-            .collect())
+        Ok(shapes_of(&self.open_weights()?))
     }
 
     /// The key in the file holding the encoder's tensor `key`: as is (a
@@ -412,10 +407,21 @@ impl Checkpoint {
     /// Copies the checkpoint's tensors into `params` under `prefix.`;
     /// returns how many were loaded.
     pub fn load_into(&self, params: &Params, prefix: &str) -> R<usize> {
+        self.load_matching(params, prefix, |_| true)
+    }
+
+    /// [`Checkpoint::load_into`] for the parameters `wanted` accepts (by
+    /// full key) only.
+    pub fn load_matching(
+        &self,
+        params: &Params,
+        prefix: &str,
+        wanted: impl Fn(&str) -> bool,
+    ) -> R<usize> {
         let st = self.open_weights()?;
-        let shapes = self.shapes()?;
+        let shapes = shapes_of(&st);
         let mut n = 0;
-        for (key, var) in params.vars.iter() {
+        for (key, var) in params.vars.iter().filter(|(k, _)| wanted(k)) {
             let Some(own) = key.strip_prefix(prefix).and_then(|k| k.strip_prefix('.')) else {
                 continue;
             };
@@ -443,4 +449,12 @@ impl Checkpoint {
         }
         Ok(n)
     }
+}
+
+/// Every tensor's shape in open weight files, by the file's own key.
+fn shapes_of(st: &MmapedSafetensors) -> BTreeMap<String, Vec<usize>> {
+    st.tensors()
+        .into_iter()
+        .map(|(k, v)| (k, v.shape().to_vec()))
+        .collect()
 }

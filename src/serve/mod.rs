@@ -92,10 +92,12 @@ pub struct App {
     pub worker: std::thread::JoinHandle<()>,
 }
 
-/// Builds the HTTP application for `served`.
+/// Builds the HTTP application for `served` (an error: the run's tokenizer
+/// cannot be read, or the worker thread cannot start).
 pub fn app(served: Served, opts: &ServeOptions) -> std::io::Result<App> {
     let sig = served.prog.signature();
     let model = describe(&served, &sig);
+    let hf = served.enc.hf_tokenizer().map_err(std::io::Error::other)?;
     let stats = Arc::new(Stats::default());
     let (tx, rx) = std::sync::mpsc::channel();
     let arriving = Arc::new(AtomicUsize::new(0));
@@ -110,6 +112,7 @@ pub fn app(served: Served, opts: &ServeOptions) -> std::io::Result<App> {
         decoder: Decoder {
             sig,
             enc: served.enc,
+            hf,
             max_rows: opts.max_rows,
         },
         model,

@@ -64,6 +64,8 @@ pub fn expected(input: &InputSig) -> String {
 pub struct Decoder {
     pub sig: Signature,
     pub enc: Encoders,
+    /// `enc`'s Hugging Face tokenizer, loaded once rather than per request.
+    pub hf: Option<tokenizers::Tokenizer>,
     pub max_rows: usize,
 }
 
@@ -243,7 +245,9 @@ impl Decoder {
             cache_dir: None,
         };
         let bad = |e: String| ApiError::new(422, "bad_text", e);
-        let ds = m.to_dataset(&sig, &self.enc, false, &opts).map_err(bad)?;
+        let ds = m
+            .to_dataset_with(&sig, &self.enc, self.hf.as_ref(), false, &opts)
+            .map_err(bad)?;
         let all: Vec<usize> = (0..ds.n).collect();
         let mut b = ds.batch(&all).map_err(|e| bad(e.to_string()))?;
         b.remove(&input.name)
