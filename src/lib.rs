@@ -31,6 +31,7 @@
 
 pub mod data;
 pub mod diagnostics;
+pub mod distributed;
 pub mod driver;
 pub mod elaborate;
 pub mod export;

@@ -93,6 +93,7 @@ fn train_eval(src: &str, data: &Path, epochs: usize) -> EvalResult {
         resume: false,
         device: dev.clone(),
         tensorboard: None,
+        comm: None,
     };
     let mut params = init_params(&t, 0, &dev).unwrap();
     mtl::train::fit(&fc, &t, &i, &mut params, &train, None, &mut Quiet).unwrap();
@@ -508,6 +509,7 @@ fn decoded_data_above_the_memory_limit_streams_to_a_reused_disk_cache() {
             resume: false,
             device: dev.clone(),
             tensorboard: None,
+            comm: None,
         };
         let mut params = init_params(&t, 0, &dev).unwrap();
         mtl::train::fit(&fc, &t, &i, &mut params, ds, None, &mut Quiet).unwrap();
@@ -638,6 +640,7 @@ fn a_header_only_manifest_does_not_train() {
         resume: false,
         device: Device::Cpu,
         tensorboard: None,
+        comm: None,
     };
     let mut params = init_params(&t, 0, &Device::Cpu).unwrap();
     let err = mtl::train::fit(&fc, &t, &i, &mut params, &ds, None, &mut Quiet).unwrap_err();

@@ -50,6 +50,7 @@ fn fit(
         resume,
         device: Device::Cpu,
         tensorboard: Some(dir.join("tensorboard")),
+        comm: None,
     };
     mtl::train::fit(&fc, t, i, params, train, val, &mut Quiet)
 }

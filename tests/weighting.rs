@@ -163,6 +163,7 @@ fn split_backward_reassembles_the_plain_gradient() {
         Some(&aux),
         &cp,
         &mut rng,
+        None,
     )
     .unwrap();
     assert_eq!(alpha, vec![1.0, 1.0, 1.0]);
@@ -202,6 +203,7 @@ fn mgda_weights_shared_parameters_only_and_skips_absent_heads() {
         None,
         &cp,
         &mut rng,
+        None,
     )
     .unwrap();
     assert_eq!(alpha[1], 0.0);
@@ -282,7 +284,7 @@ model apart {
         let mut rng = rand::rngs::StdRng::seed_from_u64(0);
         let mut state = combine::MethodState::default();
         let (got, alpha) = combine::step(
-            method, &mut state, &split, &hs, &[true; 3], None, &cp, &mut rng,
+            method, &mut state, &split, &hs, &[true; 3], None, &cp, &mut rng, None,
         )
         .unwrap();
         assert!(alpha.iter().all(|a| a.is_finite()), "{method:?}: {alpha:?}");

@@ -2,6 +2,7 @@
 
 mod bench;
 mod compile;
+mod distributed;
 mod export;
 mod plot;
 mod run;

@@ -1,5 +1,6 @@
 //! `train` and `evaluate`: the main job.
 
+use super::distributed::Ranks;
 use super::{build, report_storage, resolve_model, DeviceArgs, Fail, StorageArgs};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -82,6 +83,20 @@ pub struct TrainArgs {
     /// instead of fresh and pretrained ones.
     #[arg(long, value_name = "RUN_DIR", conflicts_with = "resume")]
     init_from: Option<PathBuf>,
+    /// Data-parallel training: launch N copies with `mpirun -np N mtl train
+    /// … --distributed`. Each rank trains on its share of every batch
+    /// (`batch_size` stays the whole batch) and rank 0 writes the run.
+    #[arg(long)]
+    distributed: bool,
+    /// With --distributed: how long one collective may wait for the other
+    /// ranks (seconds) before the run stops with an error.
+    #[arg(
+        long,
+        default_value_t = 60,
+        requires = "distributed",
+        value_name = "SECS"
+    )]
+    timeout: u64,
     #[command(flatten)]
     storage: StorageArgs,
 }
@@ -287,6 +302,22 @@ fn absolute_checkpoints(text: &str, file: u32, g: &mtl::ir::Graph) -> String {
 }
 
 pub fn train(a: TrainArgs) -> Result<i32, Fail> {
+    let ranks = if a.distributed {
+        Ranks::join(std::time::Duration::from_secs(a.timeout.max(1)))?
+    } else {
+        Ranks::alone()
+    };
+    train_ranks(a, &ranks).map_err(|f| ranks.fail(f))
+}
+
+fn train_ranks(mut a: TrainArgs, ranks: &Ranks) -> Result<i32, Fail> {
+    // Rank 0 writes (data, caches, the run directory) and reports; the
+    // others wait for it at two setup barriers.
+    let lead = ranks.lead();
+    if !lead {
+        a.quiet = true;
+        a.json = false;
+    }
     let device = a.device.open()?;
     let (model_path, _) = match &a.resume {
         Some(run) => resolve_model(run),
@@ -351,7 +382,7 @@ pub fn train(a: TrainArgs) -> Result<i32, Fail> {
             Some(gen) => {
                 let dir = PathBuf::from("data").join(&g.name);
                 let train = dir.join("train.csv");
-                if !train.exists() {
+                if !train.exists() && lead {
                     if !a.quiet { eprintln!("no --data given: generating the `{}` data set in {}", g.name, dir.display()); }
                     gen(&dir, 0).map_err(|e| Fail::usage(format!("error: {e}")))?;
                 }
@@ -360,7 +391,7 @@ pub fn train(a: TrainArgs) -> Result<i32, Fail> {
             None => return Err(Fail::usage("error: --data is required: a CSV / JSON Lines manifest, or a safetensors file with one tensor per input and label")),
         },
     };
-    if let Some(out) = &a.out {
+    if let Some(out) = a.out.as_ref().filter(|_| lead) {
         // A finished or interrupted run is never replaced by accident.
         if out.join("state.json").exists() {
             if !a.overwrite {
@@ -380,6 +411,10 @@ pub fn train(a: TrainArgs) -> Result<i32, Fail> {
         .clone()
         .or(a.out.clone())
         .unwrap_or_else(|| fresh_run_dir(&g.name));
+    // Generated data and a replaced run are in place; every rank takes rank
+    // 0's run directory (a fresh name depends on what exists).
+    ranks.setup_barrier()?;
+    let run_dir = PathBuf::from(ranks.agree(run_dir.to_string_lossy().into_owned())?);
     // Vocabularies and label maps: from the training data, or the run being resumed.
     let enc_path = run_dir.join("data.json");
     let mut enc = match &a.resume {
@@ -394,15 +429,22 @@ pub fn train(a: TrainArgs) -> Result<i32, Fail> {
     }
     let tokenizer = a.tokenizer.clone().or(own);
     if let Some(t) = tokenizer.as_ref().filter(|_| a.resume.is_none()) {
-        std::fs::create_dir_all(&run_dir)
-            .map_err(|e| Fail::usage(format!("error: cannot create {}: {e}", run_dir.display())))?;
         let copy = run_dir.join("tokenizer.json");
-        std::fs::copy(t, &copy).map_err(|e| {
-            Fail::usage(format!("error: cannot copy tokenizer {}: {e}", t.display()))
-        })?;
+        if lead {
+            std::fs::create_dir_all(&run_dir).map_err(|e| {
+                Fail::usage(format!("error: cannot create {}: {e}", run_dir.display()))
+            })?;
+            std::fs::copy(t, &copy).map_err(|e| {
+                Fail::usage(format!("error: cannot copy tokenizer {}: {e}", t.display()))
+            })?;
+        }
         enc.tokenizer = Some(copy);
     }
     let sig = train_prog.signature();
+    if !lead {
+        // Rank 0 has built the data's caches and written the run's files.
+        ranks.setup_barrier()?;
+    }
     let all = load_data(
         &data_path,
         &sig,
@@ -431,18 +473,21 @@ pub fn train(a: TrainArgs) -> Result<i32, Fail> {
         }
         _ => (all, None),
     };
-    std::fs::create_dir_all(&run_dir)
-        .map_err(|e| Fail::usage(format!("error: cannot create {}: {e}", run_dir.display())))?;
-    if a.resume.is_none() {
-        copy_model(&model_path, &run_dir)?;
-    }
-    if !enc.is_empty() {
-        // The tokenizer's copy sits next to data.json: store its name only.
-        let mut saved = enc.clone();
-        saved.tokenizer = saved.tokenizer.map(|_| PathBuf::from("tokenizer.json"));
-        saved
-            .save(&enc_path)
-            .map_err(|e| Fail::usage(format!("error: {e}")))?;
+    if lead {
+        std::fs::create_dir_all(&run_dir)
+            .map_err(|e| Fail::usage(format!("error: cannot create {}: {e}", run_dir.display())))?;
+        if a.resume.is_none() {
+            copy_model(&model_path, &run_dir)?;
+        }
+        if !enc.is_empty() {
+            // The tokenizer's copy sits next to data.json: store its name only.
+            let mut saved = enc.clone();
+            saved.tokenizer = saved.tokenizer.map(|_| PathBuf::from("tokenizer.json"));
+            saved
+                .save(&enc_path)
+                .map_err(|e| Fail::usage(format!("error: {e}")))?;
+        }
+        ranks.setup_barrier()?;
     }
     let mut params =
         init_params(&train_prog, cfg.seed, &device).map_err(|e| Fail::model(e.to_string()))?;
@@ -481,6 +526,7 @@ pub fn train(a: TrainArgs) -> Result<i32, Fail> {
                 .clone()
                 .unwrap_or_else(|| run_dir.join("tensorboard")),
         ),
+        comm: ranks.comm.clone(),
     };
     let mut obs = Cli {
         bar: None,

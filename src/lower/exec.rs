@@ -3,6 +3,7 @@
 use super::calls::{self, RnnWeights};
 use super::kernel::{FoldedBn, Kernel};
 use super::{Params, Program};
+use crate::distributed::Part;
 use crate::ir::ops::{conv, dense, embedding, fusion, mixture, norm, position_embedding};
 use crate::ir::{Attend, DType as IrDType, Ew, Op, RnnCell};
 use crate::ir::{
@@ -169,7 +170,7 @@ impl Program {
         inputs: Vec<(usize, Tensor)>,
         rng: &mut StdRng,
     ) -> Result<Forward, RunError> {
-        self.run(params, inputs, rng, None, None)
+        self.run(params, inputs, rng, None, None, None)
     }
 
     /// `forward` split at `cut` (training with per-task gradients).
@@ -180,7 +181,21 @@ impl Program {
         rng: &mut StdRng,
         cut: Cut,
     ) -> Result<Forward, RunError> {
-        self.run(params, inputs, rng, None, Some(cut))
+        self.run(params, inputs, rng, None, Some(cut), None)
+    }
+
+    /// A training forward of this rank's `part` of a batch split over ranks
+    /// (data-parallel training, [`crate::distributed`]); `cut` as in
+    /// [`Program::forward_cut`].
+    pub fn forward_part(
+        &self,
+        params: &Params,
+        inputs: Vec<(usize, Tensor)>,
+        rng: &mut StdRng,
+        cut: Option<Cut>,
+        part: &Part,
+    ) -> Result<Forward, RunError> {
+        self.run(params, inputs, rng, None, cut, Some(part))
     }
 
     /// `forward`, adding each step's wall time (seconds, by step index) to `times`.
@@ -191,7 +206,7 @@ impl Program {
         rng: &mut StdRng,
         times: Option<&mut Vec<f64>>,
     ) -> Result<Forward, RunError> {
-        self.run(params, inputs, rng, times, None)
+        self.run(params, inputs, rng, times, None, None)
     }
 
     fn run(
@@ -201,7 +216,20 @@ impl Program {
         rng: &mut StdRng,
         mut times: Option<&mut Vec<f64>>,
         cut: Option<Cut>,
+        part: Option<&Part>,
     ) -> Result<Forward, RunError> {
+        let whole;
+        let part = match part {
+            Some(p) => p,
+            None => {
+                let rows = inputs
+                    .first()
+                    .map_or(Ok(0), |(_, t)| t.dim(0))
+                    .map_err(run_err)?;
+                whole = Part::of(rows, None);
+                &whole
+            }
+        };
         let mut leaves: Vec<(usize, Var)> = vec![];
         let train = self.mode == Mode::Train;
         let mixed = self.compute != DType::F32;
@@ -256,7 +284,7 @@ impl Program {
                 .collect::<candle_core::Result<Vec<_>>>()
                 .map_err(err)?;
             let y = self
-                .step(st, &args, &valid, params, train, rng)
+                .step(st, &args, &valid, params, (train, rng, part))
                 .map_err(err)?;
             if cut.is_some_and(|c| c.boundary.contains(&st.out)) {
                 let leaf = Var::from_tensor(&y.detach()).map_err(err)?;
@@ -288,8 +316,7 @@ impl Program {
         args: &[&Tensor],
         valid: &[Option<Tensor>],
         params: &Params,
-        train: bool,
-        rng: &mut StdRng,
+        (train, rng, part): (bool, &mut StdRng, &Part),
     ) -> candle_core::Result<Tensor> {
         let p = |name: &str| -> candle_core::Result<&Tensor> {
             params.get(&format!("{}.{name}", st.params.as_deref().unwrap_or("")))
@@ -345,14 +372,22 @@ impl Program {
             Op::Attention(a) => {
                 // Hugging Face masks keys only; Keras masks query rows too.
                 let masks = (mask(0).filter(|_| !a.hf), mask(0));
-                self.attention(st, x, x, a, masks, params, train, rng)
+                self.attention(st, x, x, a, masks, params, (train, rng, part))
             }
             Op::Attend(Attend(a)) => {
                 // A vector query is a sequence of one.
                 let vector = x.rank() == 2;
                 let q = if vector { x.unsqueeze(1)? } else { x.clone() };
                 let qm = if vector { None } else { mask(0) };
-                let y = self.attention(st, &q, args[1], a, (qm, mask(1)), params, train, rng)?;
+                let y = self.attention(
+                    st,
+                    &q,
+                    args[1],
+                    a,
+                    (qm, mask(1)),
+                    params,
+                    (train, rng, part),
+                )?;
                 if vector {
                     y.squeeze(1)
                 } else {
@@ -429,24 +464,28 @@ impl Program {
                 }
             }
             Op::Dropout(Dropout { rate }) if train => {
-                let n = x.elem_count();
+                let per = x.elem_count() / x.dim(0)?.max(1);
                 let keep = 1.0 - *rate as f32;
-                let mask: Vec<f32> = (0..n)
-                    .map(|_| {
-                        if rng.random::<f32>() < keep {
-                            1.0 / keep
-                        } else {
-                            0.0
-                        }
-                    })
-                    .collect();
+                let mask: Vec<f32> = part.keep(per, || {
+                    if rng.random::<f32>() < keep {
+                        1.0 / keep
+                    } else {
+                        0.0
+                    }
+                });
                 x.mul(&Tensor::from_vec(mask, x.dims(), x.device())?.to_dtype(x.dtype())?)
             }
             Op::Dropout(_) => Ok(x.clone()),
             Op::BatchNorm(BatchNorm { eps, momentum }) => {
                 let (rm, rv) = (p(norm::RUNNING_MEAN)?, p(norm::RUNNING_VAR)?);
-                let (y, stats) =
-                    calls::batch_norm(x, p(norm::WEIGHT)?, p(norm::BIAS)?, rm, rv, *eps, train)?;
+                let (w, b) = (p(norm::WEIGHT)?, p(norm::BIAS)?);
+                let (y, stats) = if train && part.split() {
+                    let (y, stats) =
+                        crate::distributed::batch_norm::batch_norm(x, w, b, *eps, part)?;
+                    (y, Some(stats))
+                } else {
+                    calls::batch_norm(x, w, b, rm, rv, *eps, train)?
+                };
                 if let Some((m, v)) = stats {
                     let prefix = st.params.as_deref().unwrap_or("");
                     let var = |name: &str| params.vars.get(&format!("{prefix}.{name}"));
@@ -534,8 +573,7 @@ impl Program {
         a: &Attention,
         masks: (Option<&Tensor>, Option<&Tensor>),
         params: &Params,
-        train: bool,
-        rng: &mut StdRng,
+        (train, rng, part): (bool, &mut StdRng, &Part),
     ) -> candle_core::Result<Tensor> {
         use crate::ir::ops::attention as n;
         let own = st.params.as_deref().unwrap_or("");
@@ -552,9 +590,8 @@ impl Program {
         };
         let drop = if train && a.dropout > 0.0 {
             let (b, tq, tk) = (query.dim(0)?, query.dim(1)?, context.dim(1)?);
-            let u: Vec<f32> = (0..b * a.heads * tq * tk)
-                .map(|_| rng.random::<f32>())
-                .collect();
+            let u: Vec<f32> = part.keep(a.heads * tq * tk, || rng.random::<f32>());
+            debug_assert_eq!(u.len(), b * a.heads * tq * tk);
             Some((
                 a.dropout,
                 Tensor::from_vec(u, (b, a.heads, tq, tk), query.device())?,

@@ -1,7 +1,7 @@
 //! Lowering: the optimized IR becomes an ordered list of steps, each a candle
 //! call (or one of our kernels) over named parameters. Built once, run many times.
 
-mod calls;
+pub(crate) mod calls;
 mod exec;
 mod kernel;
 mod legality;
@@ -301,6 +301,49 @@ impl Program {
     /// Whether the parameter `key` is frozen: it lies under a frozen prefix.
     pub fn is_frozen(&self, key: &str) -> bool {
         self.frozen.iter().any(|f| crate::ir::under(key, f))
+    }
+
+    /// Biases whose gradient is zero in exact arithmetic: a dense or
+    /// convolution read only by a training batch norm, which subtracts each
+    /// channel's batch mean and so removes any per-channel constant. In
+    /// floats their gradient is rounding noise, which Adam normalizes into
+    /// steps of the learning rate's size: a random walk that depends on the
+    /// summation order (threads, ranks). Training keeps them at their
+    /// initial value instead; they stay in checkpoints and parameter counts.
+    pub fn inert_params(&self) -> Vec<String> {
+        if self.mode != Mode::Train {
+            return vec![];
+        }
+        let read_by_head = |slot: usize| {
+            self.heads.iter().any(|(_, s)| *s == slot)
+                || self.losses.iter().any(|l| l.slots.contains(&slot))
+        };
+        let mut out = vec![];
+        for st in &self.steps {
+            let Some(prefix) = st.params.as_deref() else {
+                continue;
+            };
+            // Channels on axis 1, where batch norm takes its statistics.
+            let channels_first = match &st.op {
+                Op::Dense(_) => st.ty.rank() == 1,
+                Op::Conv(_) => true,
+                _ => false,
+            };
+            let readers: Vec<&Step> = self
+                .steps
+                .iter()
+                .filter(|r| r.args.contains(&st.out))
+                .collect();
+            let key = format!("{prefix}.{}", crate::ir::ops::dense::BIAS);
+            if channels_first
+                && !read_by_head(st.out)
+                && matches!(readers.as_slice(), [r] if matches!(r.op, Op::BatchNorm(_)) && r.args[0] == st.out)
+                && self.param_specs.iter().any(|(k, _)| *k == key)
+            {
+                out.push(key);
+            }
+        }
+        out
     }
 
     /// Freezes the layers under `freeze` and thaws those under `unfreeze`

@@ -89,13 +89,14 @@ pub fn init_params(p: &Program, seed: u64, device: &Device) -> candle_core::Resu
     let mut rng = StdRng::seed_from_u64(seed);
     let mut vars = BTreeMap::new();
     let mut trainable = vec![];
+    let inert = p.inert_params();
     for (key, t) in &p.param_specs {
         let v = init_values(t.init, &t.shape, &mut rng);
         vars.insert(
             key.clone(),
             Var::from_tensor(&Tensor::from_vec(v, t.shape.as_slice(), device)?)?,
         );
-        if t.trainable && !p.is_frozen(key) {
+        if t.trainable && !p.is_frozen(key) && !inert.contains(key) {
             trainable.push(key.clone());
         }
     }

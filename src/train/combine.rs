@@ -14,6 +14,7 @@
 use super::config::Weighting;
 use super::optim::grads_for;
 use super::weighting::{aligned_mtl, cagrad, imtl, mgda, nash_mtl, pcgrad, Gram};
+use crate::distributed::{all_reduce_grads, Collective};
 use crate::lower::Forward;
 use candle_core::{backprop::GradStore, DType, Result, Tensor, Var};
 use rand::rngs::StdRng;
@@ -87,7 +88,9 @@ fn combination(xs: &[Grads], alpha: &[f64], n: usize) -> Result<Grads> {
 /// The Gram matrix of the vectors `xs` restricted to the entries `keep`:
 /// each task's entries flattened into one row (zeros where it has none),
 /// then one matrix product.
-fn gram(xs: &[Grads], keep: &[bool]) -> Result<Gram> {
+/// With `comm`, the vectors are this rank's parts of longer ones (gradients
+/// at its own samples' activations) and the products are summed over ranks.
+fn gram(xs: &[Grads], keep: &[bool], comm: Option<&dyn Collective>) -> Result<Gram> {
     let k = xs.len();
     // Per kept entry, one task's gradient there (for the zeros of the others).
     let entries: Vec<(usize, &Tensor)> = keep
@@ -97,7 +100,11 @@ fn gram(xs: &[Grads], keep: &[bool]) -> Result<Gram> {
         .filter_map(|(e, _)| xs.iter().find_map(|x| x[e].as_ref()).map(|t| (e, t)))
         .collect();
     if k == 0 || entries.is_empty() {
-        return Ok(Gram::new(k, vec![0.0; k * k]));
+        let mut m = vec![0.0; k * k];
+        if let Some(c) = comm {
+            c.all_reduce_f64(&mut m)?;
+        }
+        return Ok(Gram::new(k, m));
     }
     let mut rows = vec![];
     for x in xs {
@@ -112,10 +119,11 @@ fn gram(xs: &[Grads], keep: &[bool]) -> Result<Gram> {
     }
     let g = Tensor::stack(&rows, 0)?;
     let m: Vec<Vec<f32>> = g.matmul(&g.t()?)?.to_vec2()?;
-    Ok(Gram::new(
-        k,
-        m.into_iter().flatten().map(f64::from).collect(),
-    ))
+    let mut m: Vec<f64> = m.into_iter().flatten().map(f64::from).collect();
+    if let Some(c) = comm {
+        c.all_reduce_f64(&mut m)?;
+    }
+    Ok(Gram::new(k, m))
 }
 
 /// The method's coefficients α over the present tasks, from their Gram matrix.
@@ -188,14 +196,19 @@ pub fn step(
     aux: Option<&Tensor>,
     p: &Params,
     rng: &mut StdRng,
+    comm: Option<&dyn Collective>,
 ) -> Result<(Grads, Vec<f64>)> {
     let idx: Vec<usize> = (0..losses.len()).filter(|&i| present[i]).collect();
+    // Parameter gradients summed over ranks (data-parallel training) before
+    // any method reads them; gradients at the boundary stay per rank: they
+    // belong to each rank's own samples.
+    let summed = |g: Grads| all_reduce_grads(comm, g);
     // Each present head's backward, stopping at the boundary.
     let mut own: Vec<Grads> = vec![];
     let mut at_leaves: Vec<Grads> = vec![];
     for &i in &idx {
         let store = losses[i].backward()?;
-        own.push(grads_for(p.vars, &store));
+        own.push(summed(grads_for(p.vars, &store))?);
         at_leaves.push(leaf_grads(fwd, &store));
     }
     let mut alpha_all = vec![0.0; losses.len()];
@@ -204,9 +217,10 @@ pub fn step(
         // gradients at the shared representation, then one backward of the
         // weighted sum through the shared region.
         let all_leaves = vec![true; fwd.leaves.len()];
-        let alpha = coefficients(method, &gram(&at_leaves, &all_leaves)?, &idx, state, rng, 0);
+        let gram = gram(&at_leaves, &all_leaves, comm)?;
+        let alpha = coefficients(method, &gram, &idx, state, rng, 0);
         let seeds = combination(&at_leaves, &alpha, fwd.leaves.len())?;
-        let region = through_region(fwd, &seeds, p)?;
+        let region = summed(through_region(fwd, &seeds, p)?)?;
         let mut out = combine_own(&own, &alpha, p)?;
         for (o, r) in out.iter_mut().zip(region) {
             *o = add(o.take(), r)?;
@@ -219,7 +233,7 @@ pub fn step(
         // Full task gradients: own layers plus the shared region's share.
         let mut full: Vec<Grads> = vec![];
         for (g, seeds) in own.into_iter().zip(&at_leaves) {
-            let region = through_region(fwd, seeds, p)?;
+            let region = summed(through_region(fwd, seeds, p)?)?;
             full.push(
                 g.into_iter()
                     .zip(region)
@@ -229,7 +243,7 @@ pub fn step(
         }
         let alpha = coefficients(
             method,
-            &gram(&full, p.shared)?,
+            &gram(&full, p.shared, None)?,
             &idx,
             state,
             rng,
@@ -248,8 +262,10 @@ pub fn step(
     if let Some(a) = aux {
         let store = a.backward()?;
         let region = through_region(fwd, &leaf_grads(fwd, &store), p)?;
-        for ((o, g), r) in out.iter_mut().zip(grads_for(p.vars, &store)).zip(region) {
-            *o = add(add(o.take(), g)?, r)?;
+        let own = grads_for(p.vars, &store).into_iter().zip(region);
+        let own = summed(own.map(|(g, r)| add(g, r)).collect::<Result<_>>()?)?;
+        for (o, g) in out.iter_mut().zip(own) {
+            *o = add(o.take(), g)?;
         }
     }
     Ok((out, alpha_all))

@@ -10,6 +10,7 @@ use super::optim::{lr_at, Optimizer};
 use super::scheme::{Scheme, SchemeState, StepLosses};
 use super::tensorboard;
 use crate::data::Dataset;
+use crate::distributed::{all_gather_bytes, Collective, Comm, Part};
 
 /// One batch: a tensor per input, label and mask.
 type Batch = std::collections::HashMap<String, Tensor>;
@@ -116,6 +117,9 @@ pub struct FitConfig {
     pub device: Device,
     /// Where TensorBoard event files go (`RUN/tensorboard` from the CLI).
     pub tensorboard: Option<PathBuf>,
+    /// Data-parallel training over these ranks ([`crate::distributed`]):
+    /// each rank trains on its rows of every batch; rank 0 alone writes.
+    pub comm: Option<Comm>,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -136,6 +140,10 @@ struct State {
     #[serde(default)]
     files: BTreeMap<String, checkpoint::Stamp>,
 }
+
+/// How long a rank waits for rank 0 to set up (recover a checkpoint, build
+/// a data cache) before it gives up.
+const SETUP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// The files of a checkpoint, in the run directory.
 const LAST: &str = "last.safetensors";
@@ -183,11 +191,11 @@ fn label_tensor(batch: &Batch, head: &crate::ir::Head) -> candle_core::Result<Te
     }
 }
 
-/// One forward pass's losses: per head (order of `prog.heads`), whether the
-/// head has any label in the batch, and the auxiliary losses.
+/// One forward pass's losses: per head (order of `prog.heads`), how many
+/// labels the head has in the batch, and the auxiliary losses.
 struct Losses {
     heads: Vec<Tensor>,
-    present: Vec<bool>,
+    counts: Vec<f64>,
     aux: Vec<Tensor>,
 }
 
@@ -201,7 +209,7 @@ fn losses(
 ) -> Result<Losses, TrainError> {
     let mut out = Losses {
         heads: vec![],
-        present: vec![],
+        counts: vec![],
         aux: vec![],
     };
     for (h, slot) in &prog.heads {
@@ -215,7 +223,7 @@ fn losses(
             .transpose()?;
         let (loss, count) = head_loss_counted(h.loss, logits, &y, mask.as_ref(), reduction)?;
         out.heads.push(loss);
-        out.present.push(count > 0.0);
+        out.counts.push(count as f64);
     }
     for l in &prog.losses {
         let (a, b) = (fwd.output(l.slots[0]), fwd.output(l.slots[1]));
@@ -289,6 +297,30 @@ fn stats(prog: &Program) -> Vec<HeadStats> {
         .collect()
 }
 
+fn comm_err(e: crate::distributed::CommError) -> TrainError {
+    TrainError::Compute(e.0)
+}
+
+/// Every rank's metric counts merged, on every rank.
+fn merge_stats(
+    comm: &dyn Collective,
+    prog: &Program,
+    accs: &mut [HeadStats],
+) -> Result<(), TrainError> {
+    let own = serde_json::to_vec(&*accs).map_err(|e| TrainError::Compute(e.to_string()))?;
+    let all = all_gather_bytes(comm, own).map_err(comm_err)?;
+    let mut merged = stats(prog);
+    for bytes in all {
+        let part: Vec<HeadStats> =
+            serde_json::from_slice(&bytes).map_err(|e| TrainError::Compute(e.to_string()))?;
+        for (m, p) in merged.iter_mut().zip(&part) {
+            m.merge(p);
+        }
+    }
+    accs.clone_from_slice(&merged);
+    Ok(())
+}
+
 fn finish(prog: &Program, accs: &[HeadStats], mean_losses: &[f64], weights: &[f64]) -> EvalResult {
     let mut heads = BTreeMap::new();
     let mut total = 0.0;
@@ -318,24 +350,30 @@ pub fn evaluate(
 ) -> Result<EvalResult, TrainError> {
     ds.check(&prog.signature(), true, "data")
         .map_err(TrainError::Data)?;
-    evaluate_checked(prog, params, ds, batch_size, device)
+    evaluate_checked(prog, params, ds, batch_size, device, None)
 }
 
-/// [`evaluate`] on data already checked against `prog` (validation, every epoch).
+/// [`evaluate`] on data already checked against `prog` (validation, every
+/// epoch). With `comm`, each rank evaluates every size-th batch and the
+/// sums and counts are merged, so every rank gets the whole data's result.
 fn evaluate_checked(
     prog: &Program,
     params: &Params,
     ds: &Dataset,
     batch_size: usize,
     device: &Device,
+    comm: Option<&dyn Collective>,
 ) -> Result<EvalResult, TrainError> {
     let batch_size = batch_size.max(1);
     let mut accs = stats(prog);
     let mut sums = vec![0.0; prog.heads.len()];
     let mut aux: BTreeMap<String, f64> = BTreeMap::new();
     let mut rng = StdRng::seed_from_u64(0);
-    let mut start = 0;
-    while start < ds.n {
+    let (rank, size) = comm.map_or((0, 1), |c| (c.rank(), c.size()));
+    for (b, start) in (0..ds.n).step_by(batch_size).enumerate() {
+        if b % size != rank {
+            continue;
+        }
         let len = batch_size.min(ds.n - start);
         let idx: Vec<usize> = (start..start + len).collect();
         let batch = on_device(ds.batch(&idx)?, device)?;
@@ -355,7 +393,16 @@ fn evaluate_checked(
                 collect(&mut accs[i], h.loss, l, &y, mask)?;
             }
         }
-        start += len;
+    }
+    if let Some(c) = comm {
+        let names: Vec<String> = prog.losses.iter().map(|l| l.name.clone()).collect();
+        let mut v: Vec<f64> = sums.clone();
+        v.extend(names.iter().map(|n| aux.get(n).copied().unwrap_or(0.0)));
+        c.all_reduce_f64(&mut v).map_err(comm_err)?;
+        let k = sums.len();
+        sums.copy_from_slice(&v[..k]);
+        aux = names.into_iter().zip(v[k..].iter().copied()).collect();
+        merge_stats(c, prog, &mut accs)?;
     }
     let means: Vec<f64> = sums.iter().map(|s| s / ds.n.max(1) as f64).collect();
     let weights: Vec<f64> = prog.heads.iter().map(|(h, _)| h.weight).collect();
@@ -365,6 +412,40 @@ fn evaluate_checked(
         .map(|(k, v)| (k, v / ds.n.max(1) as f64))
         .collect();
     Ok(r)
+}
+
+/// One step's loss values and label counts, over the whole batch.
+struct Reduced {
+    heads: Vec<f64>,
+    counts: Vec<f64>,
+    aux: Vec<f64>,
+}
+
+/// On a batch split over ranks, scales this rank's batch-mean losses to its
+/// share of the whole batch's (so the ranks' gradients add up to one
+/// process's) and sums their values and label counts over ranks.
+fn shares(ls: &mut Losses, part: &Part) -> Result<Reduced, TrainError> {
+    if part.split() {
+        let share = part.share();
+        for l in ls.heads.iter_mut().chain(ls.aux.iter_mut()) {
+            *l = (&*l * share)?;
+        }
+    }
+    let value = |t: &Tensor| t.to_scalar::<f32>().map(f64::from);
+    let mut v: Vec<f64> = ls.heads.iter().map(value).collect::<Result<_, _>>()?;
+    let (k, a) = (v.len(), ls.aux.len());
+    v.extend(ls.counts.iter().copied());
+    for t in &ls.aux {
+        v.push(value(t)?);
+    }
+    if let Some(c) = part.comm {
+        c.all_reduce_f64(&mut v).map_err(comm_err)?;
+    }
+    Ok(Reduced {
+        heads: v[..k].to_vec(),
+        counts: v[k..2 * k].to_vec(),
+        aux: v[2 * k..2 * k + a].to_vec(),
+    })
 }
 
 /// Trains `train_prog` (its parameters shared with `infer_prog`) and writes the run directory.
@@ -380,6 +461,18 @@ pub fn fit(
 ) -> Result<Vec<EpochRecord>, TrainError> {
     let t = &cfg.train;
     let dev = &cfg.device;
+    let comm = cfg.comm.as_ref().filter(|c| c.size() > 1);
+    // Rank 0 alone writes checkpoints, statistics and events.
+    let lead = comm.is_none_or(|c| c.rank() == 0);
+    if comm.is_some() {
+        if let Some(l) = train_prog
+            .losses
+            .iter()
+            .find(|l| matches!(l.kind, AuxKind::Contrastive { .. }))
+        {
+            return Err(TrainError::Data(format!("`{}`: a contrastive loss compares every pair of samples in a batch, which a batch split over ranks does not hold; train this model in one process (without --distributed)", l.name)));
+        }
+    }
     if train.n == 0 {
         return Err(TrainError::Data(
             "the training data has no samples (after the validation split): nothing to train on"
@@ -429,9 +522,11 @@ pub fn fit(
         .collect();
     vars.extend(scheme.log_vars.iter().cloned());
     let mut opt = Optimizer::new(t.optimizer.clone());
-    std::fs::create_dir_all(&cfg.run_dir)
-        .map_err(|e| TrainError::Io(format!("cannot create {}: {e}", cfg.run_dir.display())))?;
-    let mut board = match &cfg.tensorboard {
+    if lead {
+        std::fs::create_dir_all(&cfg.run_dir)
+            .map_err(|e| TrainError::Io(format!("cannot create {}: {e}", cfg.run_dir.display())))?;
+    }
+    let mut board = match cfg.tensorboard.as_ref().filter(|_| lead) {
         Some(dir) => Some(tensorboard::Board::create(dir).map_err(|e| {
             TrainError::Io(format!(
                 "cannot write TensorBoard events in {}: {e}",
@@ -441,8 +536,14 @@ pub fn fit(
         None => None,
     };
     if cfg.resume {
-        checkpoint::recover(&cfg.run_dir, &st.files, st.epoch)
-            .map_err(|e| TrainError::Io(format!("cannot resume: {e}")))?;
+        if lead {
+            checkpoint::recover(&cfg.run_dir, &st.files, st.epoch)
+                .map_err(|e| TrainError::Io(format!("cannot resume: {e}")))?;
+        }
+        if let Some(c) = comm {
+            // The others read the checkpoint once rank 0 has recovered it.
+            c.barrier(SETUP_PATIENCE).map_err(comm_err)?;
+        }
         params.load(&last, dev).map_err(TrainError::Io)?;
         let ostate = candle_core::safetensors::load(&opt_path, dev)
             .map_err(|e| TrainError::Io(format!("cannot resume: {}: {e}", opt_path.display())))?;
@@ -483,17 +584,18 @@ pub fn fit(
         let mut aux_sums: BTreeMap<String, f64> = BTreeMap::new();
         let started = std::time::Instant::now();
         for (s, chunk) in order.chunks(t.batch_size.max(1)).enumerate() {
-            let batch = on_device(train.batch(chunk)?, dev)?;
+            // This rank's rows of the batch (all of it in one process).
+            let part = Part::of(chunk.len(), comm);
+            let batch = on_device(train.batch(&chunk[part.range()])?, dev)?;
             let mut inputs = train_prog.prepare_inputs(&batch, dev)?;
-            super::modality::drop_inputs(train_prog, &mut inputs, &mut rng)?;
-            let fwd = match scheme.cut() {
-                Some(cut) => train_prog.forward_cut(params, inputs, &mut rng, cut)?,
-                None => train_prog.forward(params, inputs, &mut rng)?,
-            };
-            let ls = losses(train_prog, params, &fwd, &batch, Reduction::Batch)?;
+            super::modality::drop_inputs(train_prog, &mut inputs, &mut rng, &part)?;
+            let fwd = train_prog.forward_part(params, inputs, &mut rng, scheme.cut(), &part)?;
+            let mut ls = losses(train_prog, params, &fwd, &batch, Reduction::Batch)?;
+            let reduced = shares(&mut ls, &part)?;
+            let present: Vec<bool> = reduced.counts.iter().map(|c| *c > 0.0).collect();
             let mut values = Vec::with_capacity(ls.heads.len());
-            for (i, l) in ls.heads.iter().enumerate() {
-                let v = l.to_scalar::<f32>()?;
+            for (i, v) in reduced.heads.iter().enumerate() {
+                let v = *v as f32;
                 if !v.is_finite() {
                     return Err(TrainError::NonFinite {
                         head: heads[i].clone(),
@@ -507,8 +609,8 @@ pub fn fit(
             }
             let mut aux_total: Option<Tensor> = None;
             let mut aux_value = 0.0;
-            for (a, l) in ls.aux.iter().zip(&train_prog.losses) {
-                let v = a.to_scalar::<f32>()?;
+            for ((a, l), v) in ls.aux.iter().zip(&train_prog.losses).zip(&reduced.aux) {
+                let v = *v as f32;
                 if !v.is_finite() {
                     return Err(TrainError::NonFinite {
                         head: l.name.clone(),
@@ -528,14 +630,16 @@ pub fn fit(
             let step = StepLosses {
                 heads: &ls.heads,
                 values: &values,
-                present: &ls.present,
+                present: &present,
                 aux: aux_total.as_ref(),
                 aux_value,
             };
-            let (grads, total) = scheme.gradients(&fwd, &step, &vars, lr, &mut rng)?;
+            let (grads, total) = scheme.gradients(&fwd, &step, &vars, (lr, &mut rng), &part)?;
             opt.apply(&vars, grads, lr, t.clip_norm)?;
+            // A batch every rank ran whole counts once, on rank 0.
+            let counted = part.split() || lead;
             for (i, (h, slot)) in train_prog.heads.iter().enumerate() {
-                if let Some(l) = fwd.get(*slot) {
+                if let Some(l) = fwd.get(*slot).filter(|_| counted) {
                     let y = label_tensor(&batch, h)?;
                     collect(
                         &mut accs[i],
@@ -553,6 +657,9 @@ pub fn fit(
                 done as f64 / started.elapsed().as_secs_f64().max(1e-9),
             );
         }
+        if let Some(c) = comm {
+            merge_stats(&**c, train_prog, &mut accs)?;
+        }
         let secs = started.elapsed().as_secs_f64();
         let in_force = scheme.in_force();
         let means: Vec<f64> = sums.iter().map(|s| s / steps.max(1) as f64).collect();
@@ -568,6 +675,7 @@ pub fn fit(
                 v,
                 t.batch_size.max(64),
                 dev,
+                comm.map(|c| &**c),
             )?),
             None => None,
         };
@@ -619,6 +727,13 @@ pub fn fit(
         st.epoch = epoch + 1;
         st.opt_step = opt.step;
         st.scheme = scheme.state.clone();
+        if !lead {
+            obs.epoch_end(&rec);
+            if t.patience.is_some_and(|p| st.since_best >= p) {
+                break;
+            }
+            continue;
+        }
         // Checkpoint: the files staged, state.json (the commit), then the
         // files in place (see `checkpoint`).
         let dir = &cfg.run_dir;

@@ -3,6 +3,7 @@
 //! training rate. Costs one backward pass per head per step.
 
 use super::optim::grads_for;
+use crate::distributed::{all_reduce_grads, Collective};
 use crate::lower::Program;
 use candle_core::{Result, Tensor, Var};
 use serde::{Deserialize, Serialize};
@@ -55,21 +56,25 @@ impl GradNorm {
 
     /// Gradients of Σ wᵢ·Lᵢ + aux for `vars`, then one update of the weights
     /// (learning rate `lr`), renormalized to sum to the number of heads.
+    ///
+    /// `values`: the losses' values (over every rank's rows); with `comm`,
+    /// each backward's gradients are summed over ranks before their norms.
     pub fn step(
         &mut self,
         losses: &[Tensor],
+        values: &[f64],
         aux: Option<&Tensor>,
         vars: &[(String, Var)],
-        lr: f64,
+        (lr, comm): (f64, Option<&dyn Collective>),
     ) -> Result<Vec<Option<Tensor>>> {
         let k = losses.len();
         let mut combined: Vec<Option<Tensor>> = match aux {
-            Some(a) => grads_for(vars, &a.backward()?),
+            Some(a) => all_reduce_grads(comm, grads_for(vars, &a.backward()?))?,
             None => vec![None; vars.len()],
         };
         let mut norms = vec![0f64; k];
         for (i, l) in losses.iter().enumerate() {
-            let g = grads_for(vars, &l.backward()?);
+            let g = all_reduce_grads(comm, grads_for(vars, &l.backward()?))?;
             let mut sq = 0f64;
             for ((key, _), gi) in vars.iter().zip(&g) {
                 if let (true, Some(t)) = (self.shared.contains(key), gi) {
@@ -87,10 +92,6 @@ impl GradNorm {
                 }
             }
         }
-        let values: Vec<f64> = losses
-            .iter()
-            .map(|l| l.to_scalar::<f32>().map(f64::from))
-            .collect::<Result<_>>()?;
         let initial = self
             .initial
             .get_or_insert_with(|| values.iter().map(|v| v.max(1e-8)).collect())

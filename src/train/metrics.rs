@@ -6,7 +6,7 @@
 use crate::ir::{LossKind, Metric};
 
 /// What one head's metrics need, summed over the batches seen so far.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct HeadStats {
     ce: bool,
     /// Classes per label element (cross-entropy), else 1; set by the first batch.
@@ -77,6 +77,30 @@ impl HeadStats {
                     v.push((pred[i], yb));
                 }
             }
+        }
+    }
+
+    /// Adds the counts of another part of the same data (another rank's
+    /// rows in data-parallel training).
+    pub fn merge(&mut self, o: &HeadStats) {
+        if o.confusion.is_empty() {
+            return;
+        }
+        if self.confusion.is_empty() {
+            self.k = o.k;
+            self.confusion = vec![0; o.confusion.len()];
+        }
+        self.n += o.n;
+        for (a, b) in self.confusion.iter_mut().zip(&o.confusion) {
+            *a += b;
+        }
+        for ((_, a), (_, b)) in self.topk.iter_mut().zip(&o.topk) {
+            *a += b;
+        }
+        self.abs_err += o.abs_err;
+        self.sq_err += o.sq_err;
+        if let (Some(a), Some(b)) = (&mut self.auc, &o.auc) {
+            a.extend_from_slice(b);
         }
     }
 
@@ -212,5 +236,26 @@ mod tests {
         assert!(HeadStats::new(LossKind::Mse, &[Metric::Mae])
             .value(Metric::Mae)
             .is_nan());
+    }
+
+    #[test]
+    fn merged_parts_give_the_whole_data_sets_metrics() {
+        let metrics = [Metric::Auc, Metric::Mae, Metric::Accuracy, Metric::F1];
+        let (pred, label) = ([0.9, 0.2, 0.6, 0.4, 0.7], [1.0, 0.0, 0.0, 1.0, 1.0]);
+        let mut whole = HeadStats::new(LossKind::BinaryCrossEntropy, &metrics);
+        whole.add(&pred, 1, &label, |_| true);
+        let mut a = HeadStats::new(LossKind::BinaryCrossEntropy, &metrics);
+        let mut b = a.clone();
+        let empty = a.clone();
+        a.add(&pred[..2], 1, &label[..2], |_| true);
+        b.add(&pred[2..], 1, &label[2..], |_| true);
+        // A part with no rows (a rank that saw no labels) changes nothing.
+        a.merge(&empty);
+        let mut c = empty.clone();
+        c.merge(&a);
+        c.merge(&b);
+        for m in metrics {
+            assert_eq!(c.value(m), whole.value(m), "{m:?}");
+        }
     }
 }

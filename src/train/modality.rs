@@ -4,14 +4,21 @@
 //! Zeros are what an absent value becomes in the data (`missing: zeros`),
 //! and for token ids they are padding.
 
+use crate::distributed::Part;
 use crate::lower::Program;
 use candle_core::{Result, Tensor};
 use rand::rngs::StdRng;
 use rand::Rng;
 
 /// Zeroes whole samples of the inputs with a dropout probability. Draws from
-/// `rng` only for such inputs, so other models' runs are unchanged.
-pub fn drop_inputs(prog: &Program, inputs: &mut [(usize, Tensor)], rng: &mut StdRng) -> Result<()> {
+/// `rng` only for such inputs, so other models' runs are unchanged; draws for
+/// the whole batch when it is split over ranks (`part`).
+pub fn drop_inputs(
+    prog: &Program,
+    inputs: &mut [(usize, Tensor)],
+    rng: &mut StdRng,
+    part: &Part,
+) -> Result<()> {
     for (name, slot, _) in &prog.inputs {
         let p = prog.input_policies.get(name).map_or(0.0, |p| p.dropout);
         if p <= 0.0 {
@@ -21,7 +28,7 @@ pub fn drop_inputs(prog: &Program, inputs: &mut [(usize, Tensor)], rng: &mut Std
             continue;
         };
         let n = t.dim(0)?;
-        let keep: Vec<u8> = (0..n).map(|_| u8::from(!rng.random_bool(p))).collect();
+        let keep: Vec<u8> = part.keep(1, || u8::from(!rng.random_bool(p)));
         let mut shape = vec![n];
         shape.extend(std::iter::repeat_n(1, t.rank() - 1));
         let keep = Tensor::from_vec(keep, shape, t.device())?.broadcast_as(t.shape())?;
@@ -50,7 +57,8 @@ mod tests {
                 .iter()
                 .map(|(_, s, _)| (*s, Tensor::ones((400, 3), DType::F32, &dev).unwrap()))
                 .collect();
-            drop_inputs(&p, &mut inputs, &mut StdRng::seed_from_u64(seed)).unwrap();
+            let part = Part::of(400, None);
+            drop_inputs(&p, &mut inputs, &mut StdRng::seed_from_u64(seed), &part).unwrap();
             inputs
                 .into_iter()
                 .map(|(_, t)| t.sum(1).unwrap().to_vec1::<f32>().unwrap())

@@ -11,6 +11,7 @@ use super::config::Weighting;
 use super::gradnorm::{last_shared_layer, GradNorm};
 use super::optim::grads_for;
 use super::weighting::{famo::Famo, rlw};
+use crate::distributed::{all_reduce_grads, Part};
 use crate::lower::{Cut, Forward, Program, Sharing};
 use candle_core::{DType, Device, Result, Tensor, Var};
 use rand::rngs::StdRng;
@@ -128,14 +129,20 @@ impl Scheme {
 
     /// The gradients of one step (aligned with `vars`, the model's trainable
     /// vars followed by `log_vars`) and the weighted total loss.
+    ///
+    /// On a batch split over ranks (`part`), `step.heads` are this rank's
+    /// shares of the batch losses (they add up over ranks), `values` and
+    /// `present` are already the whole batch's, and the gradients returned
+    /// are summed over ranks.
     pub fn gradients(
         &mut self,
         fwd: &Forward,
         step: &StepLosses,
         vars: &[(String, Var)],
-        lr: f64,
-        rng: &mut StdRng,
+        (lr, rng): (f64, &mut StdRng),
+        part: &Part,
     ) -> Result<(Vec<Option<Tensor>>, f64)> {
+        let comm = part.comm.map(|c| &**c);
         let StepLosses {
             heads: losses,
             values,
@@ -164,6 +171,7 @@ impl Scheme {
                 aux,
                 &p,
                 rng,
+                comm,
             )?;
             self.record(&alpha, present);
             let total = alpha.iter().zip(values).zip(&self.file_weights);
@@ -171,7 +179,7 @@ impl Scheme {
             return Ok((grads, total));
         }
         if let Some(gn) = self.state.gradnorm.as_mut() {
-            let grads = gn.step(losses, aux, vars, lr)?;
+            let grads = gn.step(losses, values, aux, vars, (lr, comm))?;
             let coef = gn.weights.clone();
             self.record(&coef, present);
             let total = coef.iter().zip(values).map(|(c, v)| c * v).sum::<f64>() + aux_value;
@@ -192,15 +200,24 @@ impl Scheme {
                     // Kendall et al. 2018, Eq. 10 as commonly implemented: L·e^{−s} + s.
                     let precision = s.as_tensor().neg()?.exp()?;
                     coef.push(precision.to_scalar::<f32>()? as f64);
-                    total = (total + ((l * precision)? + s.as_tensor())?)?;
+                    // The regularizer once over all ranks, not once per rank.
+                    let s = (s.as_tensor() * part.share())?;
+                    total = (total + ((l * precision)? + s)?)?;
                 }
                 self.record(&coef, present);
                 let total = match aux {
                     Some(a) => (total + a)?,
                     None => total,
                 };
-                let value = total.to_scalar::<f32>()? as f64;
-                return Ok((grads_for(vars, &total.backward()?), value));
+                let value = coef.iter().zip(values).map(|(c, v)| c * v).sum::<f64>()
+                    + self
+                        .log_vars
+                        .iter()
+                        .map(|(_, s)| s.as_tensor().to_scalar::<f32>().map(f64::from))
+                        .sum::<Result<f64>>()?
+                    + aux_value;
+                let grads = all_reduce_grads(comm, grads_for(vars, &total.backward()?))?;
+                return Ok((grads, value));
             }
             Weighting::Famo { lr, gamma } => {
                 let famo = self
@@ -240,7 +257,8 @@ impl Scheme {
             total = (total + a)?;
         }
         let value = coef.iter().zip(values).map(|(c, v)| c * v).sum::<f64>() + aux_value;
-        Ok((grads_for(vars, &total.backward()?), value))
+        let grads = all_reduce_grads(comm, grads_for(vars, &total.backward()?))?;
+        Ok((grads, value))
     }
 
     /// Continues from a checkpoint's state (the learned log-variances come
