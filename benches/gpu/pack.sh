@@ -6,7 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 eval "$(scripts/cuda-toolkit.sh)"
-cargo build --release --locked --features cuda
+# No MPI in this binary: the GPU machines have no MPI library to load.
+cargo build --release --locked --no-default-features --features cuda
 mkdir -p .gpu
 strip -o .gpu/mtl target/release/mtl
 gzip -f -9 .gpu/mtl
