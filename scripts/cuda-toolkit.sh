@@ -15,6 +15,9 @@
 # - The driver library (libcuda.so.1) comes with the GPU driver, never in a wheel.
 #   We link against a stub that defines the `cu*` symbols cudarc names, with the
 #   driver's SONAME, so that the real library is the one loaded at run time.
+# - NCCL (feature `nccl`) is linked the same way: a stub of the `nccl*`
+#   functions cudarc declares, SONAME libnccl.so.2; the GPU machine's NCCL
+#   (PyTorch's nvidia-nccl wheel) is the one loaded at run time.
 # - cudarc's build script searches `$CUDA_ROOT/lib` and `$CUDA_ROOT/lib/stubs`,
 #   which is where the links and the stub go: no RUSTFLAGS, nothing rebuilt twice.
 # - CUDA_COMPUTE_CAP=90 (Hopper: H100/H200); there is no nvidia-smi to ask.
@@ -50,4 +53,14 @@ if [ ! -f "$dir/.done" ]; then
   touch "$dir/.done"
 fi
 root="$dir/site/nvidia/cu13"
+if [ ! -f "$dir/.nccl" ]; then
+  find_cudarc() { ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-* 2>/dev/null | sort -V | tail -n1; }
+  [ -n "$(find_cudarc)" ] || (cd "$here" && cargo fetch --locked >&2)
+  cudarc="$(find_cudarc)"
+  grep -o '\bfn nccl[A-Za-z0-9_]*' "$cudarc/src/nccl/sys/mod.rs" | sed 's/fn //' | sort -u \
+    | sed 's/.*/void &(void) {}/' >"$dir/nccl_stub.c"
+  mkdir -p "$root/lib/stubs"
+  cc -shared -fPIC -Wl,-soname,libnccl.so.2 -o "$root/lib/stubs/libnccl.so" "$dir/nccl_stub.c"
+  touch "$dir/.nccl"
+fi
 echo "export PATH=\"$root/bin:\$PATH\" CUDA_ROOT=\"$root\" CUDA_PATH=\"$root\" CUDA_COMPUTE_CAP=$cap"

@@ -58,6 +58,9 @@ enum Cmd {
     /// Predictions over HTTP: GET /healthz, GET /v1/model, POST /v1/predict
     /// (requests arriving together are batched).
     Serve(serve::ServeArgs),
+    /// Checks and times the data-parallel transport (`mpirun -np N mtl
+    /// collective`; on GPUs NCCL): all-reduces, broadcast, barrier.
+    Collective(distributed::CollectiveArgs),
 }
 
 /// A failure the CLI reports: exit code and message (already rendered).
@@ -96,6 +99,7 @@ pub fn main() -> i32 {
         Cmd::Plot(a) => plot::plot(a),
         Cmd::Export(a) => export::export(a),
         Cmd::Serve(a) => serve::serve(a),
+        Cmd::Collective(a) => distributed::collective(a),
     };
     match r {
         Ok(code) => code,
@@ -266,6 +270,14 @@ pub enum Kernels {
 }
 
 impl DeviceArgs {
+    /// `--device cuda` in a data-parallel run: this rank's own GPU,
+    /// `cuda:LOCAL_RANK` (an explicit `cuda:N` is kept).
+    pub fn per_rank(&mut self, local_rank: Option<usize>) {
+        if let (true, Some(r)) = (self.device == "cuda", local_rank) {
+            self.device = format!("cuda:{r}");
+        }
+    }
+
     /// Opens the device and sets the kernel choice for this thread.
     pub fn open(&self) -> Result<candle_core::Device, Fail> {
         mtl::kernels::set_portable(self.kernels == Kernels::Candle);

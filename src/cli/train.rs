@@ -301,9 +301,11 @@ fn absolute_checkpoints(text: &str, file: u32, g: &mtl::ir::Graph) -> String {
     out
 }
 
-pub fn train(a: TrainArgs) -> Result<i32, Fail> {
+pub fn train(mut a: TrainArgs) -> Result<i32, Fail> {
     let ranks = if a.distributed {
-        Ranks::join(std::time::Duration::from_secs(a.timeout.max(1)))?
+        a.device.per_rank(super::distributed::local_rank());
+        let device = a.device.open()?;
+        Ranks::join(std::time::Duration::from_secs(a.timeout.max(1)), &device)?
     } else {
         Ranks::alone()
     };

@@ -28,6 +28,28 @@ impl CustomOp1 for AllReduce {
         Ok((CpuStorage::F32(v), l.shape().clone()))
     }
 
+    /// Through host memory: the transport sums host buffers (NCCL's own
+    /// device path is [`Collective::all_reduce_tensor`]; the values here
+    /// are a few per channel).
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let Some((a, b)) = l.contiguous_offsets() else {
+            candle_core::bail!("all-reduce: contiguous tensors only")
+        };
+        let dev = &s.device;
+        let mut v: Vec<f32> = dev.clone_dtoh(&s.as_cuda_slice::<f32>()?.slice(a..b))?;
+        self.comm.all_reduce_f32(&mut v)?;
+        let out = dev.clone_htod(&v)?;
+        Ok((
+            candle_core::CudaStorage::wrap_cuda_slice(out, dev.clone()),
+            l.shape().clone(),
+        ))
+    }
+
     fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(self.comm.all_reduce_tensor(grad)?))
     }

@@ -22,9 +22,6 @@ pub fn batch_norm(
     let Some(comm) = part.comm else {
         candle_core::bail!("synchronized batch norm on a batch that is not split")
     };
-    if !x.device().is_cpu() {
-        candle_core::bail!("batch norm over a batch split across ranks runs on the CPU only (its all-reduce goes through MPI in host memory); train this model on a GPU in one process")
-    }
     let dtype = x.dtype();
     let x = x.to_dtype(DType::F32)?;
     let c = x.dim(1)?;

@@ -3,7 +3,8 @@
 //! the same optimizer step everywhere (as Horovod and PyTorch DDP do).
 //!
 //! The transport is an engine users already run, behind [`Collective`]: MPI
-//! ([`mpi`], feature `mpi`). The rest of mtl sees only the trait, a
+//! on CPUs (`mpi`, feature `mpi`) and NCCL on GPUs (`nccl`, feature `nccl`,
+//! started over MPI). The rest of mtl sees only the trait, a
 //! [`Part`] (which rows of a batch this rank holds) and the helpers here.
 //!
 //! What makes a run with N ranks equal a run with one, up to the order of
@@ -23,6 +24,8 @@ pub mod batch_norm;
 pub mod local;
 #[cfg(feature = "mpi")]
 pub mod mpi;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 
 use candle_core::{Device, Tensor};
 use std::ops::Range;
