@@ -39,7 +39,7 @@ device="${DEVICE:-cuda}"
 bin="${BIN:-/tmp/mtl-cuda}"
 [ -n "${BIN:-}" ] || { gunzip -c .gpu/mtl.gz >"$bin" && chmod +x "$bin"; }
 libdirs="$(find /usr/local /opt /usr/lib \( -name libcublas.so.13 -o -name libcublasLt.so.13 \
-  -o -name libcudart.so.13 -o -name libnvrtc.so.13 -o -name libcurand.so.10 -o -name libnccl.so.2 \) -printf '%h\n' 2>/dev/null \
+  -o -name libcudart.so.13 -o -name libnvrtc.so.13 -o -name libcurand.so.10 \) -printf '%h\n' 2>/dev/null \
   | sort -u | paste -sd:)"
 export LD_LIBRARY_PATH="${libdirs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 ldd "$bin" | grep -E "not found|cuda|cublas|nvrtc|curand" >>"$log"
