@@ -352,3 +352,16 @@ fn a_stalled_rank_ends_the_run_after_the_timeout() {
     assert!(!status.success());
     assert!(text.contains("waited 3 s for the other ranks"), "{text}");
 }
+
+#[test]
+fn the_collective_check_passes_on_two_ranks() {
+    let mut c = mpirun();
+    c.arg(env!("CARGO_BIN_EXE_mtl"))
+        .args(["collective", "--floats", "1000", "--repeats", "3", "--json"]);
+    let out = run(c);
+    let line = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    assert_eq!(v["checks"], "passed");
+    assert_eq!(v["ranks"], 2);
+    assert_eq!(v["transport"], "mpi");
+}
