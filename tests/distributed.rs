@@ -143,7 +143,20 @@ fn worst_relative(a: &Path, b: &Path) -> (f64, String) {
 fn two_ranks_give_one_process_weights_and_rank_zero_alone_writes() {
     let tmp = scratch("equal");
     let data = write_data(&tmp);
-    for weighting in ["fixed", "pcgrad", "gradnorm", "uncertainty"] {
+    for weighting in [
+        "fixed",
+        "dwa",
+        "uncertainty",
+        "gradnorm",
+        "famo",
+        "rlw",
+        "pcgrad",
+        "mgda",
+        "cagrad",
+        "imtl",
+        "nash_mtl",
+        "aligned_mtl",
+    ] {
         let (one, two) = (
             tmp.join(format!("one_{weighting}")),
             tmp.join(format!("two_{weighting}")),
@@ -356,8 +369,14 @@ fn a_stalled_rank_ends_the_run_after_the_timeout() {
 #[test]
 fn the_collective_check_passes_on_two_ranks() {
     let mut c = mpirun();
-    c.arg(env!("CARGO_BIN_EXE_mtl"))
-        .args(["collective", "--floats", "1000", "--repeats", "3", "--json"]);
+    c.arg(env!("CARGO_BIN_EXE_mtl")).args([
+        "collective",
+        "--floats",
+        "1000",
+        "--repeats",
+        "3",
+        "--json",
+    ]);
     let out = run(c);
     let line = String::from_utf8_lossy(&out.stdout);
     let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
