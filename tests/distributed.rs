@@ -24,6 +24,10 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn mpirun() -> Command {
+    mpirun_n(2)
+}
+
+fn mpirun_n(ranks: usize) -> Command {
     let ok = Command::new("mpirun")
         .arg("--version")
         .stdout(Stdio::null())
@@ -39,7 +43,7 @@ fn mpirun() -> Command {
     c.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
-        .args(["-np", "2"]);
+        .args(["-np", &ranks.to_string()]);
     c
 }
 
@@ -201,6 +205,19 @@ fn two_ranks_give_one_process_weights_and_rank_zero_alone_writes() {
             }
         }
     }
+    // Three ranks: another summation order, the same run.
+    let three = tmp.join("three_fixed");
+    let mut c = mpirun_n(3);
+    c.arg(env!("CARGO_BIN_EXE_mtl"))
+        .args(train_args(&data, &three))
+        .arg("--distributed");
+    run(c);
+    let one = tmp.join("one_fixed");
+    let (d, at) = worst_relative(
+        &one.join("last.safetensors"),
+        &three.join("last.safetensors"),
+    );
+    assert!(d < 1e-4, "three ranks: {at} differs by {d:e}");
     // Rank 0 alone wrote: one TensorBoard event file, no stray temporaries.
     let two = tmp.join("two_fixed");
     let events = std::fs::read_dir(two.join("tensorboard/train"))
@@ -213,6 +230,7 @@ fn two_ranks_give_one_process_weights_and_rank_zero_alone_writes() {
         .filter(|e| e.file_name().to_string_lossy().contains("tmp"))
         .collect();
     assert!(stray.is_empty(), "{stray:?}");
+    let _ = std::fs::remove_dir_all(&tmp);
 }
 
 /// Starts a long two-rank run and returns it once its first epoch is
@@ -343,6 +361,7 @@ fn a_killed_rank_ends_the_run_with_an_error_and_resume_continues() {
         &whole.join("last.safetensors"),
     );
     assert!(d < 1e-6, "resumed: {at} differs by {d:e}");
+    let _ = std::fs::remove_dir_all(&tmp);
 }
 
 #[test]
@@ -364,6 +383,7 @@ fn a_stalled_rank_ends_the_run_after_the_timeout() {
         .status();
     assert!(!status.success());
     assert!(text.contains("waited 3 s for the other ranks"), "{text}");
+    let _ = std::fs::remove_dir_all(&tmp);
 }
 
 #[test]
