@@ -12,6 +12,7 @@ pub mod cuda;
 pub mod gelu;
 pub mod gemm;
 pub mod gru;
+pub mod gru_cell;
 pub mod host;
 pub mod layer_norm;
 pub mod linear;

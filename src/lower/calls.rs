@@ -541,6 +541,16 @@ pub fn rnn(x: &Tensor, w: &RnnWeights, run: &RnnRun) -> Result<Tensor> {
                 let c_new = ((fg * &c)? + (ig * gg)?)?;
                 ((og * c_new.tanh()?)?, c_new)
             }
+            RnnCell::Gru if x.dtype() == DType::F32 && !x.device().is_metal() => {
+                // Our cell op: one kernel each way per step (a GPU's path).
+                let mut hw = mm(&h, &w_hh_t)?;
+                if let Some(bh) = w.b_hh {
+                    hw = hw.broadcast_add(bh)?;
+                }
+                let xh = Tensor::cat(&[&xt, &hw], 1)?;
+                let h_new = xh.apply_op2(&h.contiguous()?, crate::kernels::gru_cell::GruCell)?;
+                (h_new, c.clone())
+            }
             RnnCell::Gru => {
                 let mut hw = mm(&h, &w_hh_t)?;
                 if let Some(bh) = w.b_hh {
