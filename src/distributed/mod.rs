@@ -45,6 +45,16 @@ impl std::fmt::Display for CommError {
     }
 }
 
+impl CommError {
+    /// A collective of `rank` of `size` that waited `waited` in vain.
+    pub fn timed_out(rank: usize, size: usize, what: &str, waited: Duration) -> CommError {
+        CommError(format!(
+            "rank {rank} of {size}: {what} waited {} s for the other ranks: one of them died or stalled (a longer wait: --timeout SECS)",
+            waited.as_secs()
+        ))
+    }
+}
+
 impl From<CommError> for candle_core::Error {
     fn from(e: CommError) -> Self {
         candle_core::Error::Msg(e.0)
@@ -71,13 +81,21 @@ pub trait Collective: Send + Sync {
     /// The sum over ranks of a tensor, on its device (through host memory;
     /// a device transport overrides this).
     fn all_reduce_tensor(&self, t: &Tensor) -> candle_core::Result<Tensor> {
-        let mut v = t
-            .flatten_all()?
-            .to_dtype(candle_core::DType::F32)?
-            .to_vec1()?;
-        self.all_reduce_f32(&mut v)?;
-        Tensor::from_vec(v, t.shape(), t.device())?.to_dtype(t.dtype())
+        all_reduce_on_host(self, t)
     }
+}
+
+/// The sum over ranks of a tensor through host memory, back on its device.
+pub fn all_reduce_on_host<C: Collective + ?Sized>(
+    comm: &C,
+    t: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let mut v = t
+        .flatten_all()?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec1()?;
+    comm.all_reduce_f32(&mut v)?;
+    Tensor::from_vec(v, t.shape(), t.device())?.to_dtype(t.dtype())
 }
 
 /// The rows `rank` holds of a batch of `len`: contiguous, sizes differing by

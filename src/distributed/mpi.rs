@@ -83,12 +83,7 @@ impl Mpi {
             if start.elapsed() > patience {
                 // Never completed, so never dropped (dropping panics).
                 std::mem::forget(req);
-                return Err(CommError(format!(
-                    "rank {} of {}: {what} waited {} s for the other ranks: one of them died or stalled (a longer wait: --timeout SECS)",
-                    self.rank,
-                    self.size,
-                    patience.as_secs()
-                )));
+                return Err(CommError::timed_out(self.rank, self.size, what, patience));
             }
             polls += 1;
             if polls < 10_000 {

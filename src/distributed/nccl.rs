@@ -96,12 +96,12 @@ impl Nccl {
                 Err(e) => return Err(err(what, e)),
             }
             if start.elapsed() > self.timeout {
-                return Err(CommError(format!(
-                    "rank {} of {}: {what} waited {} s for the other ranks: one of them died or stalled (a longer wait: --timeout SECS)",
+                return Err(CommError::timed_out(
                     self.rank,
                     self.size,
-                    self.timeout.as_secs()
-                )));
+                    what,
+                    self.timeout,
+                ));
             }
             std::thread::sleep(Duration::from_micros(20));
         }
@@ -178,12 +178,7 @@ impl Collective for Nccl {
     }
     fn all_reduce_tensor(&self, t: &Tensor) -> candle_core::Result<Tensor> {
         if !t.device().is_cuda() {
-            let mut v = t
-                .flatten_all()?
-                .to_dtype(candle_core::DType::F32)?
-                .to_vec1()?;
-            self.all_reduce_f32(&mut v)?;
-            return Tensor::from_vec(v, t.shape(), t.device())?.to_dtype(t.dtype());
+            return super::all_reduce_on_host(self, t);
         }
         let f = t.to_dtype(candle_core::DType::F32)?.contiguous()?;
         f.apply_op1_no_bwd(&DeviceSum(self))?.to_dtype(t.dtype())
