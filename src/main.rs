@@ -4,9 +4,10 @@ mod cli;
 
 // Training frees and re-allocates the same large activation buffers every step;
 // glibc's malloc returns each to the kernel (munmap) and page-faults it back in,
-// which measured as a large share of a step. mimalloc keeps them.
+// which measured as a large share of a step. mimalloc keeps them. The
+// wrapper counts the bytes in use (`mtl bench --memory`).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: cli::heap::Counting<mimalloc::MiMalloc> = cli::heap::Counting(mimalloc::MiMalloc);
 
 /// mimalloc's `mi_option_purge_delay` (the same index in its v2 and v3 headers).
 const MI_OPTION_PURGE_DELAY: i32 = 15;

@@ -17,10 +17,11 @@ pub fn predict(
 ) -> Result<HashMap<String, Tensor>, RunError> {
     let mut outs: HashMap<String, Vec<Tensor>> = HashMap::new();
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let mut exec = crate::lower::planned::Inference::new(prog, params);
     for batch in data.chunks(batch_size.max(1)) {
         let (_, batch) = batch.map_err(|e| RunError::Input(e.to_string()))?;
         let prepared = prog.prepare_inputs(&batch, device)?;
-        let fwd = prog.forward(params, prepared, &mut rng)?;
+        let fwd = exec.forward(prog, params, prepared, &mut rng)?;
         for (h, slot) in &prog.heads {
             let logits = fwd.get(*slot).ok_or_else(|| RunError::Step {
                 node: h.name.clone(),

@@ -1,5 +1,6 @@
 //! IR and plan snapshots of every shipped model: elaborated (`ir-raw`),
-//! optimized (`ir`), the lowered plan in both modes, and which parameters
+//! optimized (`ir`), the lowered plan in both modes, the planned executor's
+//! schedule and buffers (`schedule`), and which parameters
 //! each head reaches (`sharing`, as `mtl compile --emit sharing`).
 
 mod common;
@@ -37,6 +38,11 @@ fn ir_snapshots() {
             }
             let p = lower(g, mode).expect("lowers");
             insta::assert_snapshot!(format!("{name}.plan-{tag}"), p.render());
+            if mode == Mode::Infer {
+                // Which executor runs it, and the planned buffers.
+                let s = mtl::lower::planned::render(&p);
+                insta::assert_snapshot!(format!("{name}.schedule"), s);
+            }
             if mode == Mode::Train {
                 insta::assert_snapshot!(format!("{name}.sharing"), p.sharing().render());
             }

@@ -4,6 +4,7 @@ use super::{build, DeviceArgs, Fail};
 use candle_core::{DType, Tensor};
 use clap::Args;
 use mtl::lower::init_params;
+use mtl::lower::planned::Inference;
 use mtl::pipeline::Mode;
 use mtl::train::loss::head_loss;
 use mtl::train::optim::Optimizer;
@@ -37,6 +38,20 @@ pub struct BenchArgs {
     /// Time per IR node and op kind (forward), and the backward and optimizer totals.
     #[arg(long)]
     profile: bool,
+    /// Inference: `auto` runs the planned executor where the plan allows it
+    /// (`mtl compile --emit plan` says), `candle` the candle path always.
+    #[arg(long, value_enum, default_value_t = Executor::Auto)]
+    executor: Executor,
+    /// Report the activation memory of an inference batch: the planned
+    /// executor's arena against the values the candle path holds.
+    #[arg(long)]
+    memory: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Executor {
+    Auto,
+    Candle,
 }
 
 pub fn bench(a: BenchArgs) -> Result<i32, Fail> {
@@ -76,7 +91,30 @@ pub fn bench(a: BenchArgs) -> Result<i32, Fail> {
     // Forward time per step, then backward and optimizer totals.
     let mut node_times: Vec<f64> = vec![];
     let (mut back_time, mut opt_time, mut profiled) = (0f64, 0f64, 0usize);
+    let mut exec = match (mode, a.executor) {
+        (Mode::Infer, Executor::Auto) => Inference::new(&prog, &params),
+        (Mode::Train, _) => Inference::candle("training runs on candle's autograd"),
+        (_, Executor::Candle) => Inference::candle("--executor candle"),
+    };
+    let executor = exec.executor();
+    if a.memory {
+        print!(
+            "{}",
+            memory_report(&prog, &params, &inputs, exec.planned_mut(), b)?
+        );
+    }
     let mut step = |profile: bool| -> Result<(), Fail> {
+        if let (Some(pl), false) = (exec.planned_mut(), profile) {
+            let fwd = pl
+                .forward(&prog, &inputs)
+                .map_err(|e| Fail::model(e.to_string()))?;
+            for (_, slot) in &prog.heads {
+                let _ = fwd
+                    .get(*slot)
+                    .map(|t| t.sum_all().and_then(|s| s.to_scalar::<f32>()));
+            }
+            return Ok(());
+        }
         let fwd = prog
             .forward_timed(
                 &params,
@@ -162,16 +200,16 @@ pub fn bench(a: BenchArgs) -> Result<i32, Fail> {
     if a.json {
         println!(
             "{}",
-            serde_json::json!({"model": a.model.display().to_string(), "mode": if mode == Mode::Train { "train" } else { "infer" }, "optimized": !a.no_opt, "batch_size": b, "device": a.device.device, "precision": format!("{:?}", prog.compute).to_lowercase(), "step_ms": median * 1e3, "samples_per_sec": sps})
+            serde_json::json!({"model": a.model.display().to_string(), "mode": if mode == Mode::Train { "train" } else { "infer" }, "executor": executor, "optimized": !a.no_opt, "batch_size": b, "device": a.device.device, "precision": format!("{:?}", prog.compute).to_lowercase(), "step_ms": median * 1e3, "samples_per_sec": sps})
         );
     } else {
         println!(
             "{} ({}, {}batch {b}): {:.2} ms/step, {:.0} samples/s (median of {})",
             a.model.display(),
             if mode == Mode::Train {
-                "train"
+                "train".to_string()
             } else {
-                "infer"
+                format!("infer, {executor}")
             },
             if a.no_opt { "no-opt, " } else { "" },
             median * 1e3,
@@ -186,6 +224,44 @@ pub fn bench(a: BenchArgs) -> Result<i32, Fail> {
         );
     }
     Ok(0)
+}
+
+/// The heap one inference batch needs, at its peak: the candle path's
+/// tensors (every step's output, kept to the end of the forward, and the
+/// kernels' own buffers) against the planned executor's arena (allocated by
+/// its first batch) and its scratch. Inputs and weights exist before either.
+fn memory_report(
+    prog: &mtl::lower::Program,
+    params: &mtl::lower::Params,
+    inputs: &[(usize, Tensor)],
+    planned: Option<&mut mtl::lower::planned::Planned>,
+    batch: usize,
+) -> Result<String, Fail> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let fail = |e: mtl::lower::RunError| Fail::model(e.to_string());
+    let (fwd, candle) =
+        super::heap::peak_during(|| prog.forward(params, inputs.to_vec(), &mut rng));
+    fwd.map_err(fail)?;
+    let mib = |b: usize| b as f64 / (1 << 20) as f64;
+    let mut out = format!(
+        "memory (inference, batch {batch}): candle path peak {:.2} MiB",
+        mib(candle)
+    );
+    match planned {
+        Some(p) => {
+            let (fwd, planned) = super::heap::peak_during(|| p.forward(prog, inputs));
+            fwd.map_err(fail)?;
+            out += &format!(
+                "; planned peak {:.2} MiB (arena {:.2} MiB), {:.1}x less; packed weights {:.2} MiB\n",
+                mib(planned),
+                mib(p.arena_bytes(batch)),
+                candle as f64 / planned.max(1) as f64,
+                mib(p.packed_bytes())
+            )
+        }
+        None => out.push('\n'),
+    }
+    Ok(out)
 }
 
 /// Forward time per op kind and per IR node, then backward and optimizer, in ms per step.

@@ -293,6 +293,9 @@ pub fn compile(a: CompileArgs) -> Result<i32, Fail> {
             );
         }
         Emit::Plan => match mtl::lower::lower(&g, mode) {
+            Ok(p) if mode == Mode::Infer => {
+                print!("{}{}", p.render(), mtl::lower::planned::render(&p))
+            }
             Ok(p) => print!("{}", p.render()),
             Err(d) => return Err(Fail::model(super::rendered(&d, &c.sources))),
         },

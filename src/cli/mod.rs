@@ -4,6 +4,7 @@ mod bench;
 mod compile;
 mod distributed;
 mod export;
+pub mod heap;
 mod plot;
 mod run;
 mod serve;

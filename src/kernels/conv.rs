@@ -161,27 +161,33 @@ fn geom(x: &[usize], w: &[usize], s: usize, d: usize, pad: [usize; 4]) -> Result
     })
 }
 
-impl CustomOp3 for Conv2dIm2col {
-    fn name(&self) -> &'static str {
-        "mtl-conv2d-im2col"
+impl Conv2dIm2col {
+    /// Values per image of the output for input dims `xd` and weight dims `wd`.
+    pub fn out_len(&self, xd: &[usize], wd: &[usize]) -> Result<usize> {
+        let g = geom(xd, wd, self.stride, self.dilation, self.pad)?;
+        Ok(if self.mean { g.f } else { g.f * g.p() })
     }
 
-    fn cpu_fwd(
+    /// The forward into `out` ([N, F, OH, OW], or [N, F] with `mean`), from
+    /// contiguous `x` (dims `xd`), weights `w` (dims `wd`) and `bias`.
+    pub fn forward_into(
         &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let g = geom(l1.dims(), l2.dims(), self.stride, self.dilation, self.pad)?;
-        let b = l1.dims()[0];
-        let (x, w, bias) = (
-            contiguous(s1, l1)?,
-            contiguous(s2, l2)?,
-            contiguous(s3, l3)?,
-        );
+        x: &[f32],
+        xd: &[usize],
+        w: &[f32],
+        wd: &[usize],
+        bias: &[f32],
+        out: &mut [f32],
+    ) -> Result<()> {
+        let g = geom(xd, wd, self.stride, self.dilation, self.pad)?;
+        let b = xd[0];
+        if x.len() != xd.iter().product::<usize>() || w.len() != wd.iter().product::<usize>() {
+            candle_core::bail!(
+                "conv op: data of {} and {} values for shapes {xd:?} and {wd:?}",
+                x.len(),
+                w.len()
+            )
+        }
         if bias.len() != g.f {
             candle_core::bail!("conv op: a bias of {} for {} filters", bias.len(), g.f)
         }
@@ -213,7 +219,12 @@ impl CustomOp3 for Conv2dIm2col {
             }
         };
         let out_len = if self.mean { g.f } else { g.f * p };
-        let mut out = vec![0f32; b * out_len];
+        if out.len() != b * out_len {
+            candle_core::bail!(
+                "conv op: an output of {} values for {b} × {out_len}",
+                out.len()
+            )
+        }
         let image = |(cols, tmp): &mut (Vec<f32>, Vec<f32>), (bi, o): (usize, &mut [f32])| {
             if self.mean {
                 // The plane means while the image's outputs are in cache.
@@ -241,6 +252,33 @@ impl CustomOp3 for Conv2dIm2col {
                 .enumerate()
                 .for_each(|item| image(&mut bufs, item));
         }
+        Ok(())
+    }
+}
+
+impl CustomOp3 for Conv2dIm2col {
+    fn name(&self) -> &'static str {
+        "mtl-conv2d-im2col"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, w, bias) = (
+            contiguous(s1, l1)?,
+            contiguous(s2, l2)?,
+            contiguous(s3, l3)?,
+        );
+        let g = geom(l1.dims(), l2.dims(), self.stride, self.dilation, self.pad)?;
+        let b = l1.dims()[0];
+        let mut out = vec![0f32; b * self.out_len(l1.dims(), l2.dims())?];
+        self.forward_into(x, l1.dims(), w, l2.dims(), bias, &mut out)?;
         let shape = if self.mean {
             Shape::from((b, g.f))
         } else {

@@ -54,6 +54,21 @@ impl MaxPool2d {
         ((h - self.k.0) / self.s.0 + 1, (w - self.k.1) / self.s.1 + 1)
     }
 
+    /// The output size of an [h, w] plane, or `None` where the window does not fit.
+    pub fn out_dims(&self, h: usize, w: usize) -> Option<(usize, usize)> {
+        (h >= self.k.0 && w >= self.k.1 && self.s.0 > 0 && self.s.1 > 0).then(|| self.out(h, w))
+    }
+
+    /// The inference forward of contiguous planes of `hw` = (h, w) into `y`
+    /// (no argmax is kept). The caller checks the window fits ([`Self::out_dims`]).
+    pub fn forward_into(&self, x: &[f32], (h, w): (usize, usize), y: &mut [f32]) {
+        let (oh, ow) = self.out(h, w);
+        let par = y.len() * self.k.0 * self.k.1 >= par::MIN_ELEMENTS;
+        par::chunks_mut(y, oh * ow, par, |plane, y| {
+            self.plane(&x[plane * h * w..(plane + 1) * h * w], w, ow, y, None)
+        });
+    }
+
     /// Outputs, and with `arg` each window's first-maximum offset, of one plane.
     fn plane(&self, xp: &[f32], w: usize, ow: usize, y: &mut [f32], mut arg: Option<&mut [u16]>) {
         let ((kh, kw), (sh, sw)) = (self.k, self.s);
@@ -140,9 +155,7 @@ impl CustomOp1 for MaxPool2d {
                 *a = Some(arg);
             }
         } else {
-            par::chunks_mut(&mut y, p, par, |plane, y| {
-                self.plane(&x[plane * hw..(plane + 1) * hw], w, ow, y, None)
-            });
+            self.forward_into(x, (h, w), &mut y);
         }
         Ok((CpuStorage::F32(y), Shape::from((n, c, oh, ow))))
     }
@@ -196,6 +209,21 @@ pub struct GlobalPool {
     pub max: bool,
 }
 
+impl GlobalPool {
+    /// Each `s`-long plane of `x` pooled into one value of `y`.
+    pub fn forward_into(&self, x: &[f32], s: usize, y: &mut [f32]) {
+        let par = x.len() >= par::MIN_ELEMENTS;
+        par::chunks_mut(y, 1, par, |plane, y| {
+            let xp = &x[plane * s..(plane + 1) * s];
+            y[0] = if self.max {
+                xp.iter().fold(f32::NEG_INFINITY, |b, v| b.max(*v))
+            } else {
+                par::lane_sum(xp) / s as f32
+            };
+        });
+    }
+}
+
 impl CustomOp1 for GlobalPool {
     fn name(&self) -> &'static str {
         "mtl-global-pool"
@@ -207,15 +235,7 @@ impl CustomOp1 for GlobalPool {
         }
         let x = contiguous(st, l)?;
         let mut y = vec![0f32; n * c];
-        let par = x.len() >= par::MIN_ELEMENTS;
-        par::chunks_mut(&mut y, 1, par, |plane, y| {
-            let xp = &x[plane * s..(plane + 1) * s];
-            y[0] = if self.max {
-                xp.iter().fold(f32::NEG_INFINITY, |b, v| b.max(*v))
-            } else {
-                par::lane_sum(xp) / s as f32
-            };
-        });
+        self.forward_into(x, s, &mut y);
         Ok((CpuStorage::F32(y), Shape::from((n, c))))
     }
     fn bwd(&self, x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -243,6 +263,24 @@ pub struct Upsample2d {
     pub scale: usize,
 }
 
+impl Upsample2d {
+    /// Contiguous [h, w] planes of `x` upsampled into `y`.
+    pub fn forward_into(&self, x: &[f32], (h, w): (usize, usize), y: &mut [f32]) {
+        let k = self.scale;
+        let (oh, ow) = (h * k, w * k);
+        let par = y.len() >= par::MIN_ELEMENTS;
+        par::chunks_mut(y, oh * ow, par, |plane, y| {
+            let xp = &x[plane * h * w..(plane + 1) * h * w];
+            for (oy, row) in y.chunks_mut(ow).enumerate() {
+                let src = &xp[(oy / k) * w..(oy / k + 1) * w];
+                for (ox, v) in row.iter_mut().enumerate() {
+                    *v = src[ox / k];
+                }
+            }
+        });
+    }
+}
+
 impl CustomOp1 for Upsample2d {
     fn name(&self) -> &'static str {
         "mtl-upsample2d"
@@ -253,16 +291,7 @@ impl CustomOp1 for Upsample2d {
         let x = contiguous(s, l)?;
         let (oh, ow) = (h * k, w * k);
         let mut y = vec![0f32; n * c * oh * ow];
-        let par = y.len() >= par::MIN_ELEMENTS;
-        par::chunks_mut(&mut y, oh * ow, par, |plane, y| {
-            let xp = &x[plane * h * w..(plane + 1) * h * w];
-            for (oy, row) in y.chunks_mut(ow).enumerate() {
-                let src = &xp[(oy / k) * w..(oy / k + 1) * w];
-                for (ox, v) in row.iter_mut().enumerate() {
-                    *v = src[ox / k];
-                }
-            }
-        });
+        self.forward_into(x, (h, w), &mut y);
         Ok((CpuStorage::F32(y), Shape::from((n, c, oh, ow))))
     }
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {

@@ -30,6 +30,11 @@ pub fn erf(x: f32) -> f32 {
     (1.0 - poly * exp_fast(-a * a)).copysign(x)
 }
 
+/// GELU (the erf form) of one value.
+pub fn gelu(x: f32) -> f32 {
+    x * cdf(x)
+}
+
 fn cdf(x: f32) -> f32 {
     0.5 * (1.0 + erf(x * FRAC_1_SQRT_2))
 }

@@ -59,6 +59,22 @@ impl GruSeq {
         // W_hhᵀ [H, 3H], copied out once for all steps.
         let wt = transposed(w, g3, hu);
         let (mut hs, mut acts) = (vec![0f32; b * t * hu], vec![0f32; b * t * 4 * hu]);
+        self.forward_into(xw, &wt, bias, (b, t), &mut hs, &mut acts);
+        (hs, acts)
+    }
+
+    /// The forward into `hs` [B, T, H] and `acts` [B, T, 4H] from the input
+    /// projections `xw` [B, T, 3H], `wt` = W_hhᵀ [H, 3H] and the recurrent bias.
+    pub fn forward_into(
+        &self,
+        xw: &[f32],
+        wt: &[f32],
+        bias: &[f32],
+        (b, t): (usize, usize),
+        hs: &mut [f32],
+        acts: &mut [f32],
+    ) {
+        let (hu, g3) = (self.units, 3 * self.units);
         let par = b * t * self.units * self.units * 4 >= par::MIN_MACS;
         let rows = if par { row_block(b) } else { b };
         let items: Vec<_> = hs
@@ -72,11 +88,10 @@ impl GruSeq {
             #[cfg(target_arch = "x86_64")]
             if par::wide() {
                 // SAFETY: the CPU has AVX2 and FMA (checked).
-                return unsafe { self.forward_rows_wide(xw, &wt, bias, n, t, hs, acts) };
+                return unsafe { self.forward_rows_wide(xw, wt, bias, n, t, hs, acts) };
             }
-            self.forward_rows(xw, &wt, bias, n, t, hs, acts);
+            self.forward_rows(xw, wt, bias, n, t, hs, acts);
         });
-        (hs, acts)
     }
 
     /// [`Self::forward_rows`] compiled for AVX2 + FMA.

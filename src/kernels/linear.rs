@@ -16,6 +16,38 @@ pub struct Linear {
     pub relu: bool,
 }
 
+/// `y` [n, o] = `x` [n, i] · `wt` [i, o] + `b`, then max(0, ·) with `relu`.
+pub fn forward_into(
+    y: &mut [f32],
+    x: &[f32],
+    wt: &[f32],
+    b: &[f32],
+    (n, i, o): (usize, usize, usize),
+    relu: bool,
+) {
+    for row in y.chunks_mut(o).take(n) {
+        row.copy_from_slice(b);
+    }
+    let xv = View {
+        data: x,
+        rows: n,
+        cols: i,
+        rs: i,
+        cs: 1,
+    };
+    let w_t = View {
+        data: wt,
+        rows: i,
+        cols: o,
+        rs: o,
+        cs: 1,
+    };
+    matmul(y, o, true, xv, w_t);
+    if relu {
+        y.iter_mut().for_each(|v| *v = v.max(0.0));
+    }
+}
+
 impl CustomOp3 for Linear {
     fn name(&self) -> &'static str {
         "mtl-linear"
@@ -48,29 +80,9 @@ impl CustomOp3 for Linear {
             contiguous(s2, l2)?,
             contiguous(s3, l3)?,
         );
-        let mut y = Vec::with_capacity(n * o);
-        for _ in 0..n {
-            y.extend_from_slice(b);
-        }
-        let xv = View {
-            data: x,
-            rows: n,
-            cols: i,
-            rs: i,
-            cs: 1,
-        };
         let wt = transposed(w, o, i);
-        let w_t = View {
-            data: &wt,
-            rows: i,
-            cols: o,
-            rs: o,
-            cs: 1,
-        };
-        matmul(&mut y, o, true, xv, w_t);
-        if self.relu {
-            y.iter_mut().for_each(|v| *v = v.max(0.0));
-        }
+        let mut y = vec![0f32; n * o];
+        forward_into(&mut y, x, &wt, b, (n, i, o), self.relu);
         Ok((CpuStorage::F32(y), Shape::from((n, o))))
     }
 

@@ -62,6 +62,27 @@ impl LstmSeq {
             (vec![0f32; b * t * hu], keep(b * t * hu), keep(b * t * g4));
         // W_hhᵀ [H, 4H], copied out once for all steps.
         let wt = transposed(w, g4, hu);
+        self.run(xw, &wt, (b, t), &mut hs, &mut cs, &mut acts);
+        (hs, acts, cs)
+    }
+
+    /// The inference forward: hidden states [B, T, H] into `hs` from the
+    /// input projections `xw` [B, T, 4H] and `wt` = W_hhᵀ [H, 4H].
+    pub fn forward_into(&self, xw: &[f32], wt: &[f32], (b, t): (usize, usize), hs: &mut [f32]) {
+        self.run(xw, wt, (b, t), hs, &mut [], &mut [])
+    }
+
+    /// The recurrence over row blocks; `cs` and `acts` empty when not kept.
+    fn run(
+        &self,
+        xw: &[f32],
+        wt: &[f32],
+        (b, t): (usize, usize),
+        hs: &mut [f32],
+        cs: &mut [f32],
+        acts: &mut [f32],
+    ) {
+        let (hu, g4) = (self.units, 4 * self.units);
         let par = b * t * self.units * self.units * 4 >= par::MIN_MACS;
         let rows = if par { row_block(b) } else { b };
         let (mut cs_blocks, mut act_blocks) =
@@ -80,11 +101,10 @@ impl LstmSeq {
             #[cfg(target_arch = "x86_64")]
             if par::wide() {
                 // SAFETY: the CPU has AVX2 and FMA (checked).
-                return unsafe { self.forward_rows_wide(xw, &wt, n, t, hs, cs, acts) };
+                return unsafe { self.forward_rows_wide(xw, wt, n, t, hs, cs, acts) };
             }
-            self.forward_rows(xw, &wt, n, t, hs, cs, acts);
+            self.forward_rows(xw, wt, n, t, hs, cs, acts);
         });
-        (hs, acts, cs)
     }
 
     /// [`Self::forward_rows`] compiled for AVX2 + FMA.

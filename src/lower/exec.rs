@@ -612,22 +612,7 @@ impl Program {
         params: &Params,
     ) -> candle_core::Result<Tensor> {
         let get = |prefix: &str, name: &str| params.get(&format!("{prefix}.{name}"));
-        let own = st.params.as_deref().unwrap_or("");
-        let weights = |bn: &FoldedBn| -> candle_core::Result<(Tensor, Tensor)> {
-            let (w, b) = (get(own, dense::WEIGHT)?, get(own, dense::BIAS)?);
-            match bn {
-                Some((pre, eps)) => calls::fold_bn(
-                    w,
-                    b,
-                    get(pre, norm::WEIGHT)?,
-                    get(pre, norm::BIAS)?,
-                    get(pre, norm::RUNNING_MEAN)?,
-                    get(pre, norm::RUNNING_VAR)?,
-                    *eps,
-                ),
-                None => Ok((w.clone(), b.clone())),
-            }
-        };
+        let weights = |bn: &FoldedBn| weights(st, params, bn);
         match (&st.kernel, &st.op) {
             (Kernel::Linear { relu, bn }, _) => {
                 let (w, b) = weights(bn)?;
@@ -656,6 +641,30 @@ impl Program {
             }
             (k, _) => candle_core::bail!("kernel `{k}` does not run `{}`", st.op),
         }
+    }
+}
+
+/// A dense or conv step's (weight, bias), with a batch norm folded in where
+/// the plan says so.
+pub(super) fn weights(
+    st: &super::Step,
+    params: &Params,
+    bn: &FoldedBn,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let get = |prefix: &str, name: &str| params.get(&format!("{prefix}.{name}"));
+    let own = st.params.as_deref().unwrap_or("");
+    let (w, b) = (get(own, dense::WEIGHT)?, get(own, dense::BIAS)?);
+    match bn {
+        Some((pre, eps)) => calls::fold_bn(
+            w,
+            b,
+            get(pre, norm::WEIGHT)?,
+            get(pre, norm::BIAS)?,
+            get(pre, norm::RUNNING_MEAN)?,
+            get(pre, norm::RUNNING_VAR)?,
+            *eps,
+        ),
+        None => Ok((w.clone(), b.clone())),
     }
 }
 

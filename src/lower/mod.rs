@@ -6,6 +6,7 @@ mod exec;
 mod kernel;
 mod legality;
 mod params;
+pub mod planned;
 mod prune;
 mod sharing;
 

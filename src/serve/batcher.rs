@@ -4,6 +4,7 @@
 //! not depend on what it was batched with beyond float summation order.
 
 use super::response::HeadRows;
+use crate::lower::planned::Inference;
 use crate::lower::{head_output, Params, Program};
 use candle_core::{Device, Tensor};
 use rand::SeedableRng;
@@ -56,6 +57,7 @@ pub fn work(
 ) {
     // How often the worker looks again while it waits for arriving requests.
     const POLL: Duration = Duration::from_micros(100);
+    let mut exec = Inference::new(&prog, &params);
     while let Ok(first) = rx.recv() {
         let mut rows = first.rows;
         let mut jobs = vec![first];
@@ -84,19 +86,23 @@ pub fn work(
             .requests
             .fetch_add(jobs.len() as u64, Ordering::Relaxed);
         stats.rows.fetch_add(rows as u64, Ordering::Relaxed);
-        answer(&prog, &params, &device, jobs);
+        answer((&prog, &params, &mut exec), &device, jobs);
     }
 }
 
 /// Runs `jobs` as one batch; if that fails, each alone, so that one bad
 /// request cannot fail the others. A panic in a forward is caught and
 /// answered as an error: the worker keeps serving.
-fn answer(prog: &Program, params: &Params, device: &Device, jobs: Vec<Job>) {
+fn answer(
+    (prog, params, exec): (&Program, &Params, &mut Inference),
+    device: &Device,
+    jobs: Vec<Job>,
+) {
     let together = if jobs.len() == 1 {
         None
     } else {
         let stacked = stack(&jobs);
-        Some(stacked.and_then(|x| guarded(|| run(prog, params, device, &x))))
+        Some(stacked.and_then(|x| guarded(|| run((prog, params, &mut *exec), device, &x))))
     };
     match together {
         Some(Ok(outs)) => {
@@ -109,7 +115,7 @@ fn answer(prog: &Program, params: &Params, device: &Device, jobs: Vec<Job>) {
         }
         _ => {
             for j in jobs {
-                let r = guarded(|| run(prog, params, device, &j.inputs))
+                let r = guarded(|| run((prog, params, &mut *exec), device, &j.inputs))
                     .and_then(|o| split(&o, 0, j.rows));
                 let _ = j.reply.send(r);
             }
@@ -135,8 +141,7 @@ fn stack(jobs: &[Job]) -> Result<HashMap<String, Tensor>, String> {
 
 /// Head outputs (probabilities for classification heads), as `predict` gives them.
 fn run(
-    prog: &Program,
-    params: &Params,
+    (prog, params, exec): (&Program, &Params, &mut Inference),
     device: &Device,
     inputs: &HashMap<String, Tensor>,
 ) -> Result<HashMap<String, Tensor>, String> {
@@ -144,8 +149,8 @@ fn run(
         .prepare_inputs(inputs, device)
         .map_err(|e| e.to_string())?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    let fwd = prog
-        .forward(params, prepared, &mut rng)
+    let fwd = exec
+        .forward(prog, params, prepared, &mut rng)
         .map_err(|e| e.to_string())?;
     let mut outs = HashMap::new();
     for (h, slot) in &prog.heads {

@@ -1,0 +1,231 @@
+//! The planned executor, for inference in f32 on the CPU: the program as a
+//! static schedule of kernel calls ([`Schedule`]) over one arena whose
+//! buffers were assigned ahead of time by liveness ([`memory`]), with the
+//! weights packed once in the layout the kernels read (Wᵀ for GEMMs, batch
+//! norms folded in). A batch then costs no candle tensor, no autograd node
+//! and no allocation per step; the numeric code is our kernels' own
+//! (`crate::kernels`), called on slices of the arena.
+//!
+//! A program with a step the schedule has no kernel for (masks, attention,
+//! layer norm, …) runs on the candle path; `--emit plan` says which path and
+//! why. Training stays on the candle path (see issue 20 in the notes).
+
+pub mod memory;
+mod run;
+mod schedule;
+
+pub use schedule::{render, Loc, PKind, PStep, Schedule, Unplanned};
+
+use super::exec::weights;
+use super::kernel::Kernel;
+use super::{Forward, Params, Program, RunError};
+use crate::ir::ops::{embedding, rnn::Names};
+use crate::ir::{Op, RnnCell};
+use candle_core::Tensor;
+
+/// A step's weights in the layout its kernel reads.
+#[derive(Debug, Clone, Default)]
+pub(crate) enum Packed {
+    #[default]
+    None,
+    /// Wᵀ [i, o] and the bias [o].
+    Gemm { wt: Vec<f32>, b: Vec<f32> },
+    /// W [F, C, KH, KW] and the bias [F].
+    Conv { w: Vec<f32>, b: Vec<f32> },
+    /// An embedding table [vocab, dim].
+    Table(Vec<f32>),
+    /// Per direction: W_ihᵀ, b_ih, W_hhᵀ, and for a GRU b_hh.
+    Rnn(Vec<RnnPacked>),
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct RnnPacked {
+    pub w_ih_t: Vec<f32>,
+    pub b_ih: Vec<f32>,
+    pub w_hh_t: Vec<f32>,
+    pub b_hh: Vec<f32>,
+}
+
+/// A planned program with its packed weights and its arena.
+pub struct Planned {
+    pub schedule: Schedule,
+    packed: Vec<Packed>,
+    arena: Vec<f32>,
+}
+
+fn data(t: &Tensor) -> candle_core::Result<Vec<f32>> {
+    t.to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()
+}
+
+/// `w` [o, i] as Wᵀ [i, o].
+fn transposed(t: &Tensor) -> candle_core::Result<Vec<f32>> {
+    data(&t.t()?.contiguous()?)
+}
+
+impl Planned {
+    /// Plans `prog` and packs its weights from `params`, or says why it runs
+    /// on the candle path. Packing copies the weights: a planned program
+    /// does not see later changes to `params`.
+    pub fn new(prog: &Program, params: &Params) -> Result<Planned, Unplanned> {
+        let on_cpu = params
+            .vars
+            .values()
+            .next()
+            .is_none_or(|v| crate::kernels::native_device(v.device()));
+        if !on_cpu {
+            return Err(Unplanned(
+                "planned kernels run on the CPU with our kernels".into(),
+            ));
+        }
+        let schedule = Schedule::of(prog)?;
+        let packed = schedule
+            .steps
+            .iter()
+            .map(|ps| {
+                let st = &prog.steps[ps.step];
+                pack(st, &ps.kind, params)
+                    .map_err(|e| Unplanned(format!("step `{}`: its weights: {e}", st.name)))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Planned {
+            schedule,
+            packed,
+            arena: vec![],
+        })
+    }
+
+    /// Bytes of the arena at `batch` samples.
+    pub fn arena_bytes(&self, batch: usize) -> usize {
+        self.schedule.arena_per_sample() * batch * 4
+    }
+
+    /// Bytes of the packed weights.
+    pub fn packed_bytes(&self) -> usize {
+        let v = |p: &Packed| match p {
+            Packed::None => 0,
+            Packed::Gemm { wt, b } => wt.len() + b.len(),
+            Packed::Conv { w, b } => w.len() + b.len(),
+            Packed::Table(t) => t.len(),
+            Packed::Rnn(d) => d
+                .iter()
+                .map(|r| r.w_ih_t.len() + r.b_ih.len() + r.w_hh_t.len() + r.b_hh.len())
+                .sum(),
+        };
+        self.packed.iter().map(v).sum::<usize>() * 4
+    }
+
+    /// One forward pass over prepared inputs (`Program::prepare_inputs`):
+    /// the values of the heads and auxiliary-loss operands.
+    pub fn forward(
+        &mut self,
+        prog: &Program,
+        inputs: &[(usize, Tensor)],
+    ) -> Result<Forward, RunError> {
+        run::forward(self, prog, inputs)
+    }
+}
+
+/// Packs a step's weights for its planned kernel.
+fn pack(st: &super::Step, kind: &PKind, params: &Params) -> candle_core::Result<Packed> {
+    let p = |name: &str| params.get(&format!("{}.{name}", st.params.as_deref().unwrap_or("")));
+    Ok(match (kind, &st.kernel) {
+        (PKind::Linear { .. }, Kernel::Linear { bn, .. }) => {
+            let (w, b) = weights(st, params, bn)?;
+            Packed::Gemm {
+                wt: transposed(&w)?,
+                b: data(&b)?,
+            }
+        }
+        (PKind::Merged { .. }, Kernel::MergedLinear { parts }) => {
+            let get = |name: &str| -> candle_core::Result<Tensor> {
+                let ts = parts
+                    .iter()
+                    .map(|(pre, _)| params.get(&format!("{pre}.{name}")).cloned())
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                Tensor::cat(&ts, 0)
+            };
+            use crate::ir::ops::dense;
+            Packed::Gemm {
+                wt: transposed(&get(dense::WEIGHT)?)?,
+                b: data(&get(dense::BIAS)?)?,
+            }
+        }
+        (PKind::Conv { .. }, Kernel::Conv(k)) => {
+            let (w, b) = weights(st, params, &k.bn)?;
+            Packed::Conv {
+                w: data(&w)?,
+                b: data(&b)?,
+            }
+        }
+        (PKind::Embedding { .. }, _) => Packed::Table(data(p(embedding::WEIGHT)?)?),
+        (PKind::Rnn { cell, .. }, _) => {
+            let Op::Rnn(r) = &st.op else {
+                candle_core::bail!("a recurrence kernel on `{}`", st.op)
+            };
+            let dir = |n: &Names| -> candle_core::Result<RnnPacked> {
+                let (b_ih, b_hh) = match cell {
+                    RnnCell::Lstm => (data(p(n.bias)?)?, vec![]),
+                    RnnCell::Gru => (data(p(n.bias_ih)?)?, data(p(n.bias_hh)?)?),
+                };
+                Ok(RnnPacked {
+                    w_ih_t: transposed(p(n.weight_ih)?)?,
+                    b_ih,
+                    w_hh_t: transposed(p(n.weight_hh)?)?,
+                    b_hh,
+                })
+            };
+            Packed::Rnn(r.directions().iter().map(dir).collect::<Result<_, _>>()?)
+        }
+        _ => Packed::None,
+    })
+}
+
+/// Inference through the planned executor where the plan allows it, else
+/// the candle path: what `predict`, `serve` and `bench --infer` run.
+pub struct Inference {
+    planned: Result<Planned, Unplanned>,
+}
+
+impl Inference {
+    pub fn new(prog: &Program, params: &Params) -> Inference {
+        Inference {
+            planned: Planned::new(prog, params),
+        }
+    }
+
+    /// The candle path always (`--executor candle`).
+    pub fn candle(why: &str) -> Inference {
+        Inference {
+            planned: Err(Unplanned(why.into())),
+        }
+    }
+
+    /// `planned`, or `candle (why)`.
+    pub fn executor(&self) -> String {
+        match &self.planned {
+            Ok(_) => "planned".into(),
+            Err(why) => format!("candle ({why})"),
+        }
+    }
+
+    pub fn planned_mut(&mut self) -> Option<&mut Planned> {
+        self.planned.as_mut().ok()
+    }
+
+    /// One inference forward over prepared inputs; `params` must be those
+    /// the executor was built from.
+    pub fn forward(
+        &mut self,
+        prog: &Program,
+        params: &Params,
+        inputs: Vec<(usize, Tensor)>,
+        rng: &mut rand::rngs::StdRng,
+    ) -> Result<Forward, RunError> {
+        match &mut self.planned {
+            Ok(p) => p.forward(prog, &inputs),
+            Err(_) => prog.forward(params, inputs, rng),
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! Running a schedule: each step's kernel on slices of the arena.
+
+use super::schedule::{Loc, PKind, PStep};
+use super::{Packed, Planned};
+use crate::ir::ops::activation::Act;
+use crate::ir::{Ew, RnnCell};
+use crate::kernels::cpu_ops::{GlobalPool, MaxPool2d, Upsample2d};
+use crate::kernels::{conv::Conv2dIm2col, gru::GruSeq, host, linear, lstm::LstmSeq};
+use crate::lower::{Forward, Program, RunError};
+use candle_core::{DType, Tensor};
+
+/// An operand of a step: a caller's f32 tensor, its token ids, or the arena.
+enum Input<'a> {
+    F32(host::HostView<'a>),
+    Ids(Vec<u32>),
+}
+
+pub(super) fn forward(
+    pl: &mut Planned,
+    prog: &Program,
+    inputs: &[(usize, Tensor)],
+) -> Result<Forward, RunError> {
+    let input_err = |e: candle_core::Error| RunError::Input(e.to_string());
+    let batch = match inputs.first() {
+        Some((_, t)) => t.dim(0).map_err(input_err)?,
+        None => 0,
+    };
+    let mut held: Vec<Option<Input>> = Vec::with_capacity(prog.inputs.len());
+    for (_, slot, _) in &prog.inputs {
+        let t = inputs
+            .iter()
+            .find(|(s, _)| s == slot)
+            .map(|(_, t)| t)
+            .ok_or_else(|| RunError::Input(format!("no tensor for input value {slot}")))?;
+        held.push(Some(match t.dtype() {
+            DType::F32 => Input::F32(host::host(t).map_err(input_err)?),
+            _ => Input::Ids(
+                t.flatten_all()
+                    .and_then(|t| t.to_dtype(DType::U32)?.to_vec1::<u32>())
+                    .map_err(input_err)?,
+            ),
+        }));
+    }
+    let need = pl.schedule.arena_per_sample() * batch;
+    if pl.arena.len() < need {
+        pl.arena.resize(need, 0.0);
+    }
+    let arena = Arena {
+        base: pl.arena.as_mut_ptr(),
+        offsets: &pl.schedule.assignment.offsets,
+        sizes: pl.schedule.bufs.iter().map(|b| b.size).collect(),
+        batch,
+    };
+    for (ps, packed) in pl.schedule.steps.iter().zip(&pl.packed) {
+        let st = &prog.steps[ps.step];
+        step(ps, packed, &arena, &held, batch).map_err(|message| RunError::Step {
+            node: st.name.clone(),
+            message,
+        })?;
+    }
+    // The values read after the run, copied out of the arena.
+    let mut values: Vec<Option<Tensor>> = vec![None; prog.n_values];
+    let read = prog.heads.iter().map(|(_, s)| *s);
+    for slot in read.chain(prog.losses.iter().flat_map(|l| l.slots.iter().copied())) {
+        let dims = slot_dims(prog, slot).ok_or_else(|| RunError::Step {
+            node: format!("value {slot}"),
+            message: "no fixed size".into(),
+        })?;
+        let mut shape = vec![batch];
+        shape.extend(dims);
+        let data: &[f32] = match pl.schedule.loc[slot] {
+            // SAFETY: the run is over; nothing writes the arena.
+            Some(Loc::Buffer(b)) => unsafe { arena.get(b) },
+            Some(Loc::Input(k)) => match &held[k] {
+                Some(Input::F32(v)) => v,
+                _ => &[],
+            },
+            None => &[],
+        };
+        let t = Tensor::from_slice(data, shape, &candle_core::Device::Cpu).map_err(|e| {
+            RunError::Step {
+                node: format!("value {slot}"),
+                message: e.to_string(),
+            }
+        })?;
+        values[slot] = Some(t);
+    }
+    Ok(Forward {
+        values,
+        leaves: vec![],
+    })
+}
+
+fn slot_dims(prog: &Program, slot: usize) -> Option<Vec<usize>> {
+    match prog.steps.iter().find(|s| s.out == slot) {
+        Some(st) => st.ty.dims(),
+        None => prog
+            .inputs
+            .iter()
+            .find(|(_, s, _)| *s == slot)
+            .and_then(|(_, _, ty)| ty.dims()),
+    }
+}
+
+/// The arena during one run: buffer `b` is `sizes[b] × batch` floats at
+/// `offsets[b] × batch`.
+struct Arena<'a> {
+    base: *mut f32,
+    offsets: &'a [usize],
+    sizes: Vec<usize>,
+    batch: usize,
+}
+
+impl Arena<'_> {
+    /// # Safety
+    /// No mutable slice of a buffer live at the same step may exist: the
+    /// assignment keeps buffers live at one step apart, and a step writes
+    /// only its output and its scratch, which it does not read.
+    unsafe fn get(&self, b: usize) -> &[f32] {
+        std::slice::from_raw_parts(
+            self.base.add(self.offsets[b] * self.batch),
+            self.sizes[b] * self.batch,
+        )
+    }
+    /// # Safety
+    /// As for [`Arena::get`]: `b` is the step's output or scratch.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn get_mut(&self, b: usize) -> &mut [f32] {
+        std::slice::from_raw_parts_mut(
+            self.base.add(self.offsets[b] * self.batch),
+            self.sizes[b] * self.batch,
+        )
+    }
+}
+
+fn step(
+    ps: &PStep,
+    packed: &Packed,
+    arena: &Arena,
+    held: &[Option<Input>],
+    batch: usize,
+) -> Result<(), String> {
+    let arg = |i: usize| -> Result<&[f32], String> {
+        match ps.args.get(i) {
+            // SAFETY: operands are buffers live at this step other than its
+            // output and scratch (see `Arena::get`).
+            Some(Loc::Buffer(b)) => Ok(unsafe { arena.get(*b) }),
+            Some(Loc::Input(k)) => match &held[*k] {
+                Some(Input::F32(v)) => Ok(v),
+                _ => Err("an f32 operand holds token ids".into()),
+            },
+            None => Err(format!("no operand {i}")),
+        }
+    };
+    // SAFETY: the step's output, written only here.
+    let out = unsafe { arena.get_mut(ps.out) };
+    let temp = |i: usize| -> &mut [f32] {
+        // SAFETY: scratch of this step alone.
+        unsafe { arena.get_mut(ps.temps[i]) }
+    };
+    // Token ids are read by the embedding arm itself.
+    let x = match ps.kind {
+        PKind::Embedding { .. } => &[][..],
+        _ => arg(0)?,
+    };
+    let bad = || format!("weights packed for another kernel than {}", ps.kind);
+    match (&ps.kind, packed) {
+        (PKind::Linear { relu, i, o }, Packed::Gemm { wt, b }) => {
+            linear::forward_into(out, x, wt, b, (x.len() / i, *i, *o), *relu)
+        }
+        (PKind::Merged { i, o }, Packed::Gemm { wt, b }) => {
+            linear::forward_into(out, x, wt, b, (x.len() / i, *i, *o), false)
+        }
+        (
+            PKind::Conv {
+                stride,
+                dilation,
+                pad,
+                relu,
+                mean,
+                x: xd,
+                w: wd,
+            },
+            Packed::Conv { w, b },
+        ) => {
+            let op = Conv2dIm2col {
+                stride: *stride,
+                dilation: *dilation,
+                pad: *pad,
+                relu: *relu,
+                mean: *mean,
+            };
+            op.forward_into(x, &[batch, xd[0], xd[1], xd[2]], w, wd, b, out)
+                .map_err(|e| e.to_string())?
+        }
+        (PKind::MaxPool { k, s, hw }, _) => MaxPool2d::new(*k, *s, false).forward_into(x, *hw, out),
+        (PKind::GlobalPool { max, s }, _) => GlobalPool { max: *max }.forward_into(x, *s, out),
+        (PKind::Upsample { scale, hw }, _) => {
+            Upsample2d { scale: *scale }.forward_into(x, *hw, out)
+        }
+        (PKind::Act(a), _) => act(*a, x, out),
+        (PKind::Narrow { row, start, len }, _) => {
+            for (o, r) in out.chunks_mut(*len).zip(x.chunks(*row)) {
+                o.copy_from_slice(&r[*start..start + len]);
+            }
+        }
+        (PKind::Concat { blocks }, _) => {
+            let whole: usize = blocks.iter().sum();
+            let srcs = (0..blocks.len()).map(arg).collect::<Result<Vec<_>, _>>()?;
+            for (r, o) in out.chunks_mut(whole).enumerate() {
+                let mut at = 0;
+                for (src, n) in srcs.iter().zip(blocks) {
+                    o[at..at + n].copy_from_slice(&src[r * n..(r + 1) * n]);
+                    at += n;
+                }
+            }
+        }
+        (PKind::Embedding { dim }, Packed::Table(table)) => {
+            let Some(Loc::Input(k)) = ps.args.first() else {
+                return Err("token ids that are not an input".into());
+            };
+            let Some(Input::Ids(ids)) = &held[*k] else {
+                return Err("an embedding of f32 values".into());
+            };
+            for (o, id) in out.chunks_mut(*dim).zip(ids) {
+                let row = table
+                    .get(*id as usize * dim..(*id as usize + 1) * dim)
+                    .ok_or_else(|| format!("token id {id} outside the table"))?;
+                o.copy_from_slice(row);
+            }
+        }
+        (
+            PKind::Rnn {
+                cell,
+                units,
+                directions,
+                sequences,
+                t,
+                i,
+            },
+            Packed::Rnn(dirs),
+        ) => {
+            let (h, g) = (*units, if *cell == RnnCell::Lstm { 4 } else { 3 });
+            let apart = !*sequences || *directions > 1;
+            for (d, w) in dirs.iter().enumerate() {
+                let xw = temp(0);
+                linear::forward_into(xw, x, &w.w_ih_t, &w.b_ih, (batch * t, *i, g * h), false);
+                let acts = if *cell == RnnCell::Gru {
+                    temp(if apart { 2 } else { 1 })
+                } else {
+                    &mut []
+                };
+                let run = (*cell, h, d == 1, (batch, *t));
+                if !apart {
+                    recur(run, xw, w, out, acts);
+                    continue;
+                }
+                let hs = temp(1);
+                recur(run, xw, w, hs, acts);
+                let width = directions * h;
+                if *sequences {
+                    for (o, r) in out.chunks_mut(width).zip(hs.chunks(h)) {
+                        o[d * h..(d + 1) * h].copy_from_slice(r);
+                    }
+                } else {
+                    let last = if d == 1 { 0 } else { t - 1 };
+                    for (bi, o) in out.chunks_mut(width).enumerate() {
+                        let r = &hs[(bi * t + last) * h..][..h];
+                        o[d * h..(d + 1) * h].copy_from_slice(r);
+                    }
+                }
+            }
+        }
+        (PKind::Elementwise(e), _) => {
+            out.copy_from_slice(x);
+            for k in 1..ps.args.len() {
+                let y = arg(k)?;
+                let f: fn(f32, f32) -> f32 = match e {
+                    Ew::Add | Ew::Mean => |a, b| a + b,
+                    Ew::Mul => |a, b| a * b,
+                    Ew::Max => f32::max,
+                    Ew::Min => f32::min,
+                };
+                out.iter_mut().zip(y).for_each(|(a, b)| *a = f(*a, *b));
+            }
+            if *e == Ew::Mean {
+                let n = ps.args.len() as f32;
+                out.iter_mut().for_each(|a| *a /= n);
+            }
+        }
+        _ => return Err(bad()),
+    }
+    Ok(())
+}
+
+/// One direction's recurrence into `hs` [B, T, H] (`acts`: a GRU's scratch).
+fn recur(
+    (cell, h, reverse, bt): (RnnCell, usize, bool, (usize, usize)),
+    xw: &[f32],
+    w: &super::RnnPacked,
+    hs: &mut [f32],
+    acts: &mut [f32],
+) {
+    match cell {
+        RnnCell::Lstm => LstmSeq::new(h, reverse, false).forward_into(xw, &w.w_hh_t, bt, hs),
+        RnnCell::Gru => {
+            GruSeq::new(h, reverse, false).forward_into(xw, &w.w_hh_t, &w.b_hh, bt, hs, acts)
+        }
+    }
+}
+
+fn act(a: Act, x: &[f32], out: &mut [f32]) {
+    let f: fn(f32) -> f32 = match a {
+        Act::Relu => |v| v.max(0.0),
+        Act::Gelu => crate::kernels::gelu::gelu,
+        Act::Sigmoid => |v| 1.0 / (1.0 + (-v).exp()),
+        Act::Silu => |v| v / (1.0 + (-v).exp()),
+        Act::Tanh => f32::tanh,
+        _ => |v| v,
+    };
+    out.iter_mut().zip(x).for_each(|(o, v)| *o = f(*v));
+}

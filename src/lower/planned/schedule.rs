@@ -1,0 +1,469 @@
+//! The schedule: each step of an inference [`Program`] as one planned kernel
+//! over arena buffers, the buffers' lifetimes, and their assignment. Built
+//! from the program alone (no weights), so `--emit plan` can show it.
+
+use super::memory::{assign, Assignment, Interval};
+use crate::ir::ops::activation::Act;
+use crate::ir::{Concat, Conv, Ew, GlobalPool, Op, Pool, PoolKind, RnnCell, Slice, Upsample};
+use crate::lower::kernel::{ConvKernel, Kernel};
+use crate::lower::Program;
+use crate::pipeline::Mode;
+use std::fmt;
+
+/// Where a value lives while the schedule runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loc {
+    /// A caller's input tensor (index into `Program::inputs`), read in place.
+    Input(usize),
+    /// An arena buffer.
+    Buffer(usize),
+}
+
+/// What one planned step computes; sizes are per sample.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PKind {
+    /// x·Wᵀ + b over the last axis (`i` → `o`); the weights packed as Wᵀ.
+    Linear {
+        relu: bool,
+        i: usize,
+        o: usize,
+    },
+    /// Sibling dense layers as one GEMM.
+    Merged {
+        i: usize,
+        o: usize,
+    },
+    /// im2col + GEMM; 1-D convolutions as 2-D ones of height 1.
+    Conv {
+        stride: usize,
+        dilation: usize,
+        pad: [usize; 4],
+        relu: bool,
+        mean: bool,
+        /// Input [C, H, W] and weight [F, C, KH, KW].
+        x: [usize; 3],
+        w: [usize; 4],
+    },
+    MaxPool {
+        k: (usize, usize),
+        s: (usize, usize),
+        hw: (usize, usize),
+    },
+    /// Each channel's plane of `s` values to one value.
+    GlobalPool {
+        max: bool,
+        s: usize,
+    },
+    Act(Act),
+    /// `len` values from `start` of every `row`-long last-axis row.
+    Narrow {
+        row: usize,
+        start: usize,
+        len: usize,
+    },
+    /// Per operand, its block length; blocks interleave `outer` times per sample.
+    Concat {
+        blocks: Vec<usize>,
+    },
+    /// Rows of the table for token ids [T] → [T, dim].
+    Embedding {
+        dim: usize,
+    },
+    /// A whole recurrence with our fused kernel: the input projection of all
+    /// steps as one GEMM, then the cell loop; directions side by side.
+    Rnn {
+        cell: RnnCell,
+        units: usize,
+        directions: usize,
+        sequences: bool,
+        t: usize,
+        i: usize,
+    },
+    Upsample {
+        scale: usize,
+        hw: (usize, usize),
+    },
+    /// Operands of one shape, folded left (`Mean` divides at the end).
+    Elementwise(Ew),
+}
+
+impl fmt::Display for PKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PKind::Linear { relu, .. } => {
+                write!(f, "gemm+bias{}", if *relu { "+relu" } else { "" })
+            }
+            PKind::Merged { .. } => f.write_str("merged gemm+bias"),
+            PKind::Conv { relu, mean, .. } => write!(
+                f,
+                "im2col+gemm{}{}",
+                if *relu { "+relu" } else { "" },
+                if *mean { "+mean" } else { "" }
+            ),
+            PKind::MaxPool { .. } => f.write_str("max_pool"),
+            PKind::GlobalPool { max, .. } => {
+                f.write_str(if *max { "global_max" } else { "global_mean" })
+            }
+            PKind::Act(a) => f.write_str(a.name()),
+            PKind::Narrow { .. } => f.write_str("narrow(copy)"),
+            PKind::Concat { .. } => f.write_str("concat(copy)"),
+            PKind::Embedding { .. } => f.write_str("gather"),
+            PKind::Rnn { cell, .. } => write!(
+                f,
+                "{}(projection gemm + fused recurrence)",
+                match cell {
+                    RnnCell::Lstm => "lstm",
+                    RnnCell::Gru => "gru",
+                }
+            ),
+            PKind::Upsample { .. } => f.write_str("upsample"),
+            PKind::Elementwise(e) => write!(f, "{e:?}"),
+        }
+    }
+}
+
+/// One step of the schedule.
+#[derive(Debug, Clone)]
+pub struct PStep {
+    /// Index of the program step it runs.
+    pub step: usize,
+    pub kind: PKind,
+    pub args: Vec<Loc>,
+    pub out: usize,
+    /// Scratch buffers live during this step only.
+    pub temps: Vec<usize>,
+}
+
+/// The whole plan of an inference program.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    pub steps: Vec<PStep>,
+    /// Every buffer's per-sample size and lifetime.
+    pub bufs: Vec<Interval>,
+    pub assignment: Assignment,
+    /// Per value slot, where it lives (`None`: not computed).
+    pub loc: Vec<Option<Loc>>,
+}
+
+/// Why a program runs on the candle path instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unplanned(pub String);
+
+impl fmt::Display for Unplanned {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Schedule {
+    /// Plans `prog`, or says which step has no planned kernel.
+    pub fn of(prog: &Program) -> Result<Schedule, Unplanned> {
+        if prog.mode != Mode::Infer {
+            return Err(Unplanned("training runs on candle's autograd".into()));
+        }
+        if prog.compute != candle_core::DType::F32 {
+            return Err(Unplanned("planned kernels are f32".into()));
+        }
+        let mut dims: Vec<Option<Vec<usize>>> = vec![None; prog.n_values];
+        let mut loc: Vec<Option<Loc>> = vec![None; prog.n_values];
+        for (k, (name, slot, ty)) in prog.inputs.iter().enumerate() {
+            dims[*slot] = Some(ty.dims().ok_or_else(|| {
+                Unplanned(format!("input `{name}` has a size fixed only at run time"))
+            })?);
+            loc[*slot] = Some(Loc::Input(k));
+        }
+        let mut b = Builder {
+            bufs: vec![],
+            steps: vec![],
+        };
+        for (k, st) in prog.steps.iter().enumerate() {
+            let why = |m: &str| Unplanned(format!("step `{}` ({}): {m}", st.name, st.kernel));
+            if st.masks.iter().any(Option::is_some) {
+                return Err(why("reads a padding mask"));
+            }
+            let out_dims = st
+                .ty
+                .dims()
+                .ok_or_else(|| why("size fixed only at run time"))?;
+            let args: Vec<Loc> = st
+                .args
+                .iter()
+                .map(|a| loc[*a].ok_or_else(|| why("operand not planned")))
+                .collect::<Result<_, _>>()?;
+            let arg_dims: Vec<&Vec<usize>> = st
+                .args
+                .iter()
+                .map(|a| dims[*a].as_ref().ok_or_else(|| why("operand size unknown")))
+                .collect::<Result<_, _>>()?;
+            let len: usize = out_dims.iter().product();
+            let kind = match kind_of(st, &arg_dims, &out_dims) {
+                Ok(Some(kind)) => kind,
+                // A view: the result is the operand's buffer.
+                Ok(None) => {
+                    loc[st.out] = Some(args[0]);
+                    dims[st.out] = Some(out_dims);
+                    continue;
+                }
+                Err(m) => return Err(why(&m)),
+            };
+            if let PKind::Embedding { .. } = kind {
+                if !matches!(args[0], Loc::Input(_)) {
+                    return Err(why("token ids that are not an input"));
+                }
+            }
+            let temps = match &kind {
+                PKind::Rnn {
+                    cell,
+                    units,
+                    t,
+                    directions,
+                    sequences,
+                    ..
+                } => {
+                    let g = if *cell == RnnCell::Lstm { 4 } else { 3 };
+                    let mut temps = vec![b.temp(t * g * units, k)];
+                    if !*sequences || *directions > 1 {
+                        temps.push(b.temp(t * units, k));
+                    }
+                    if *cell == RnnCell::Gru {
+                        temps.push(b.temp(t * 4 * units, k));
+                    }
+                    temps
+                }
+                _ => vec![],
+            };
+            let out = b.buffer(len, k);
+            for a in &args {
+                b.read(*a, k);
+            }
+            loc[st.out] = Some(Loc::Buffer(out));
+            dims[st.out] = Some(out_dims);
+            b.steps.push(PStep {
+                step: k,
+                kind,
+                args,
+                out,
+                temps,
+            });
+        }
+        // Head values and auxiliary-loss operands are read after the last step.
+        let end = prog.steps.len();
+        let read = prog.heads.iter().map(|(_, s)| *s);
+        for slot in read.chain(prog.losses.iter().flat_map(|l| l.slots.iter().copied())) {
+            match loc.get(slot).copied().flatten() {
+                Some(l) => b.read(l, end),
+                None => return Err(Unplanned(format!("value {slot} is never computed"))),
+            }
+        }
+        let assignment = assign(&b.bufs);
+        Ok(Schedule {
+            steps: b.steps,
+            bufs: b.bufs,
+            assignment,
+            loc,
+        })
+    }
+
+    /// Arena floats per sample.
+    pub fn arena_per_sample(&self) -> usize {
+        self.assignment.arena
+    }
+
+    /// The floats every value would take without reuse (what an executor
+    /// keeping all values, as the candle path does, holds), per sample.
+    pub fn unshared_per_sample(&self) -> usize {
+        self.bufs.iter().map(|b| b.size).sum()
+    }
+}
+
+struct Builder {
+    bufs: Vec<Interval>,
+    steps: Vec<PStep>,
+}
+
+impl Builder {
+    fn buffer(&mut self, size: usize, at: usize) -> usize {
+        self.bufs.push(Interval {
+            size,
+            first: at,
+            last: at,
+        });
+        self.bufs.len() - 1
+    }
+    fn temp(&mut self, size: usize, at: usize) -> usize {
+        self.buffer(size, at)
+    }
+    fn read(&mut self, l: Loc, at: usize) {
+        if let Loc::Buffer(b) = l {
+            self.bufs[b].last = self.bufs[b].last.max(at);
+        }
+    }
+}
+
+/// The planned kernel of a step, `None` for a view, or why there is none.
+fn kind_of(
+    st: &crate::lower::Step,
+    args: &[&Vec<usize>],
+    out: &[usize],
+) -> Result<Option<PKind>, String> {
+    let x = args[0];
+    let last = |d: &[usize]| d.last().copied().unwrap_or(1);
+    Ok(Some(match (&st.kernel, &st.op) {
+        (Kernel::Linear { relu, .. }, _) => PKind::Linear {
+            relu: *relu,
+            i: last(x),
+            o: last(out),
+        },
+        (Kernel::MergedLinear { .. }, _) => PKind::Merged {
+            i: last(x),
+            o: last(out),
+        },
+        (Kernel::Conv(k), Op::Conv(c)) => conv_kind(k, c, x)?,
+        (Kernel::Conv(_), _) => return Err("a convolution kernel on another op".into()),
+        (_, Op::Slice(Slice { start, len })) => PKind::Narrow {
+            row: last(x),
+            start: *start,
+            len: *len,
+        },
+        (
+            _,
+            Op::Pool(Pool {
+                kind: PoolKind::Max,
+                size,
+                stride,
+            }),
+        ) => {
+            let pair = |v: &[usize]| match v {
+                [a] if x.len() == 2 => Ok((1, *a)),
+                [a] => Ok((*a, *a)),
+                [a, b] => Ok((*a, *b)),
+                _ => Err("a pool of more than two axes".to_string()),
+            };
+            let hw = match x.as_slice() {
+                [_, l] => (1, *l),
+                [_, h, w] => (*h, *w),
+                _ => return Err("a pool of more than two axes".into()),
+            };
+            let (k, s) = (pair(size)?, pair(stride)?);
+            let op = crate::kernels::cpu_ops::MaxPool2d::new(k, s, false);
+            if op.out_dims(hw.0, hw.1).is_none() {
+                return Err("the window does not fit".into());
+            }
+            PKind::MaxPool { k, s, hw }
+        }
+        (_, Op::GlobalPool(GlobalPool { kind, axis: None })) => PKind::GlobalPool {
+            max: *kind == PoolKind::Max,
+            s: x[1..].iter().product(),
+        },
+        (_, Op::Flatten(_) | Op::Reshape(_) | Op::Dropout(_) | Op::Act(Act::Identity)) => {
+            return Ok(None)
+        }
+        (_, Op::Act(a @ (Act::Relu | Act::Gelu | Act::Sigmoid | Act::Tanh | Act::Silu))) => {
+            PKind::Act(*a)
+        }
+        (_, Op::Concat(Concat { axis })) => {
+            let rank = x.len() as i64 + 1;
+            let a = if *axis < 0 { rank + axis } else { *axis };
+            if a < 1 || a >= rank {
+                return Err("concatenation over the batch axis".into());
+            }
+            let a = a as usize - 1;
+            PKind::Concat {
+                blocks: args.iter().map(|d| d[a..].iter().product()).collect(),
+            }
+        }
+        (_, Op::Embedding(e)) => PKind::Embedding { dim: e.dim },
+        (_, Op::Rnn(r)) => match x.as_slice() {
+            [t, i] => PKind::Rnn {
+                cell: r.cell,
+                units: r.units,
+                directions: r.directions().len(),
+                sequences: r.return_sequences,
+                t: *t,
+                i: *i,
+            },
+            _ => return Err("a recurrence over a non-sequence".into()),
+        },
+        (_, Op::Upsample(Upsample { scale })) => match x.as_slice() {
+            [_, h, w] => PKind::Upsample {
+                scale: *scale,
+                hw: (*h, *w),
+            },
+            _ => return Err("1-D upsampling".into()),
+        },
+        (_, Op::Elementwise(e)) if args.iter().all(|a| a == &x) => PKind::Elementwise(*e),
+        (_, Op::Residual(_)) if args.iter().all(|a| a == &x) => PKind::Elementwise(Ew::Add),
+        (_, op) => return Err(format!("no planned kernel for `{op}`")),
+    }))
+}
+
+fn conv_kind(k: &ConvKernel, c: &Conv, x: &[usize]) -> Result<PKind, String> {
+    if !k.im2col || c.groups != 1 {
+        return Err("a grouped or strided-per-axis convolution".into());
+    }
+    let p = |a: usize| k.pads.get(a).copied().unwrap_or((0, 0));
+    let (x3, w4, pad) = match (x, c.kernel.as_slice()) {
+        ([ch, l], [kw]) if !k.mean => ([*ch, 1, *l], [c.filters, *ch, 1, *kw], {
+            [0, 0, p(0).0, p(0).1]
+        }),
+        ([ch, h, w], [kh, kw]) => (
+            [*ch, *h, *w],
+            [c.filters, *ch, *kh, *kw],
+            [p(0).0, p(0).1, p(1).0, p(1).1],
+        ),
+        _ => return Err("a convolution of this rank".into()),
+    };
+    Ok(PKind::Conv {
+        stride: c.stride[0],
+        dilation: c.dilation[0],
+        pad,
+        relu: k.relu,
+        mean: k.mean,
+        x: x3,
+        w: w4,
+    })
+}
+
+/// Which executor runs `prog`'s inference and, when planned, each step's
+/// kernel, output buffer (offset and size per sample) and lifetime.
+pub fn render(prog: &Program) -> String {
+    use std::fmt::Write;
+    let s = match Schedule::of(prog) {
+        Err(why) => return format!("executor: candle ({why})\n"),
+        Ok(s) => s,
+    };
+    let mut out = format!(
+        "executor: planned (arena {} floats per sample; {} without reuse)\n",
+        s.arena_per_sample(),
+        s.unshared_per_sample()
+    );
+    let buf = |b: usize| {
+        let iv = &s.bufs[b];
+        format!(
+            "b{b}@{}+{} live {}..={}",
+            s.assignment.offsets[b], iv.size, iv.first, iv.last
+        )
+    };
+    let loc = |l: &Loc| match l {
+        Loc::Input(k) => format!("input {}", prog.inputs[*k].0),
+        Loc::Buffer(b) => format!("b{b}"),
+    };
+    for ps in &s.steps {
+        let st = &prog.steps[ps.step];
+        let args: Vec<String> = ps.args.iter().map(loc).collect();
+        let _ = write!(
+            out,
+            "  {} = {} ({})  # {}",
+            buf(ps.out),
+            ps.kind,
+            args.join(", "),
+            st.name
+        );
+        if !ps.temps.is_empty() {
+            let t: Vec<String> = ps.temps.iter().map(|t| buf(*t)).collect();
+            let _ = write!(out, "  scratch {}", t.join(", "));
+        }
+        out.push('\n');
+    }
+    out
+}

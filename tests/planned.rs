@@ -1,0 +1,102 @@
+//! The planned executor against the candle path: every shipped model and
+//! fixture, with and without the optimizer, at batch sizes 1 and 5, gives
+//! the same head outputs; and the models the plan covers stay covered.
+
+mod common;
+
+use candle_core::{Device, Tensor};
+use mtl::lower::planned::{Planned, Schedule};
+use mtl::lower::{init_params, lower};
+use mtl::pipeline::Mode;
+use rand::SeedableRng;
+use std::path::PathBuf;
+
+fn models() -> Vec<PathBuf> {
+    let mut v = common::mtl_files("models");
+    v.extend(common::mtl_files("../shared/fixtures"));
+    v
+}
+
+/// Largest |a − b| relative to max(1, |b|).
+fn diff(a: &Tensor, b: &Tensor) -> f32 {
+    let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs() / y.abs().max(1.0))
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn planned_outputs_equal_the_candle_path() {
+    let dev = Device::Cpu;
+    let mut planned = vec![];
+    for m in models() {
+        let name = m.file_stem().unwrap().to_string_lossy().to_string();
+        for optimize in [true, false] {
+            let opts = mtl::Options {
+                optimize,
+                ..Default::default()
+            };
+            let g = common::graph(mtl::compile_file(&m, &opts).unwrap());
+            let prog = lower(&g, Mode::Infer).unwrap().for_device(&dev);
+            // Random weights with large enough biases that relus are not all off.
+            let params = init_params(&prog, 7, &dev).unwrap();
+            let Ok(mut pl) = Planned::new(&prog, &params) else {
+                continue;
+            };
+            if optimize {
+                planned.push(name.clone());
+            }
+            for (batch, seed) in [(1, 1), (5, 2), (3, 3)] {
+                let x = common::random_inputs(&prog, batch, seed, -1.0);
+                let inputs = prog.prepare_inputs(&x, &dev).unwrap();
+                let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+                let want = prog.forward(&params, inputs.clone(), &mut rng).unwrap();
+                let got = pl.forward(&prog, &inputs).unwrap();
+                let read = prog.heads.iter().map(|(_, s)| *s);
+                for slot in read.chain(prog.losses.iter().flat_map(|l| l.slots.clone())) {
+                    let (a, b) = (got.get(slot).unwrap(), want.get(slot).unwrap());
+                    assert_eq!(a.dims(), b.dims(), "{name} value {slot}");
+                    let d = diff(a, b);
+                    assert!(
+                        d < 1e-5,
+                        "{name} (optimize {optimize}, batch {batch}) value {slot}: {d}"
+                    );
+                }
+            }
+        }
+    }
+    // The plan covers these; a model falling back to the candle path is a regression.
+    for want in [
+        "digits",
+        "digits_mt",
+        "fusion_ops",
+        "overlap",
+        "reviews",
+        "seed_multimodal",
+        "seed_multitask",
+        "seed_multitask_small",
+        "shapes",
+        "shapes_mm",
+        "siamese",
+        "tones",
+    ] {
+        assert!(planned.iter().any(|p| p == want), "{want} is not planned");
+    }
+}
+
+#[test]
+fn training_and_masks_stay_on_the_candle_path() {
+    let dev = Device::Cpu;
+    let g = common::compile(&PathBuf::from("models/shapes.mtl"), Mode::Train);
+    let prog = lower(&g, Mode::Train).unwrap().for_device(&dev);
+    let why = Schedule::of(&prog).unwrap_err();
+    assert!(why.0.contains("training"), "{why}");
+    // `clip`'s text LSTM reads a padding mask.
+    let g = common::compile(&PathBuf::from("models/clip.mtl"), Mode::Infer);
+    let prog = lower(&g, Mode::Infer).unwrap();
+    let why = Schedule::of(&prog).unwrap_err();
+    assert!(why.0.contains("padding mask"), "{why}");
+}
