@@ -70,9 +70,12 @@ fn planned_outputs_equal_the_candle_path() {
     }
     // The plan covers these; a model falling back to the candle path is a regression.
     for want in [
+        "captions",
         "digits",
         "digits_mt",
         "fusion_ops",
+        "fusions",
+        "mmoe",
         "overlap",
         "reviews",
         "seed_multimodal",
@@ -81,6 +84,7 @@ fn planned_outputs_equal_the_candle_path() {
         "shapes",
         "shapes_mm",
         "siamese",
+        "text_transformer",
         "tones",
     ] {
         assert!(planned.iter().any(|p| p == want), "{want} is not planned");

@@ -101,6 +101,43 @@ impl Sdpa {
     }
 }
 
+impl Sdpa {
+    /// The forward of blocks [B, H, T, ·] into `out` [B, H, Tq, V], with the
+    /// probabilities in `probs` [B, H, Tq, Tk]; the mask (if any) was checked
+    /// to be [B, Tq, Tk].
+    pub fn forward_into(
+        &self,
+        (q, k, v): (&[f32], &[f32], &[f32]),
+        (b, h, tq, tk, kd, vd): (usize, usize, usize, usize, usize, usize),
+        out: &mut [f32],
+        probs: &mut [f32],
+    ) {
+        let big = b * h * tq * tk * (kd + vd) >= par::MIN_MACS;
+        let block = |blk: usize, (o, p): (&mut [f32], &mut [f32])| {
+            let mask = self
+                .allowed
+                .as_deref()
+                .map(|m| &m[(blk / h) * tq * tk..(blk / h + 1) * tq * tk]);
+            let qb = &q[blk * tq * kd..(blk + 1) * tq * kd];
+            let kb = &k[blk * tk * kd..(blk + 1) * tk * kd];
+            let vb = &v[blk * tk * vd..(blk + 1) * tk * vd];
+            self.probs_of(qb, kb, mask, (tq, tk, kd), p);
+            matmul(o, vd, false, view(p, tq, tk), view(vb, tk, vd));
+        };
+        if big {
+            out.par_chunks_mut(tq * vd)
+                .zip(probs.par_chunks_mut(tq * tk))
+                .enumerate()
+                .for_each(|(i, pair)| block(i, pair));
+        } else {
+            out.chunks_mut(tq * vd)
+                .zip(probs.chunks_mut(tq * tk))
+                .enumerate()
+                .for_each(|(i, pair)| block(i, pair));
+        }
+    }
+}
+
 impl CustomOp3 for Sdpa {
     fn name(&self) -> &'static str {
         "mtl-attention"
@@ -130,29 +167,7 @@ impl CustomOp3 for Sdpa {
         }
         let mut out = vec![0f32; b * h * tq * vd];
         let mut probs = vec![0f32; b * h * tq * tk];
-        let big = b * h * tq * tk * (kd + vd) >= par::MIN_MACS;
-        let block = |blk: usize, (o, p): (&mut [f32], &mut [f32])| {
-            let mask = self
-                .allowed
-                .as_deref()
-                .map(|m| &m[(blk / h) * tq * tk..(blk / h + 1) * tq * tk]);
-            let qb = &q[blk * tq * kd..(blk + 1) * tq * kd];
-            let kb = &k[blk * tk * kd..(blk + 1) * tk * kd];
-            let vb = &v[blk * tk * vd..(blk + 1) * tk * vd];
-            self.probs_of(qb, kb, mask, (tq, tk, kd), p);
-            matmul(o, vd, false, view(p, tq, tk), view(vb, tk, vd));
-        };
-        if big {
-            out.par_chunks_mut(tq * vd)
-                .zip(probs.par_chunks_mut(tq * tk))
-                .enumerate()
-                .for_each(|(i, pair)| block(i, pair));
-        } else {
-            out.chunks_mut(tq * vd)
-                .zip(probs.chunks_mut(tq * tk))
-                .enumerate()
-                .for_each(|(i, pair)| block(i, pair));
-        }
+        self.forward_into((q, k, v), (b, h, tq, tk, kd, vd), &mut out, &mut probs);
         if self.train {
             if let Ok(mut s) = self.probs.lock() {
                 *s = Some(probs);

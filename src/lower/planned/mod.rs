@@ -10,6 +10,7 @@
 //! layer norm, …) runs on the candle path; `--emit plan` says which path and
 //! why. Training stays on the candle path (see issue 20 in the notes).
 
+mod layers;
 pub mod memory;
 mod run;
 mod schedule;
@@ -36,6 +37,18 @@ pub(crate) enum Packed {
     Table(Vec<f32>),
     /// Per direction: W_ihᵀ, b_ih, W_hhᵀ, and for a GRU b_hh.
     Rnn(Vec<RnnPacked>),
+    /// Query, key, value and (unless Hugging Face's layout) output
+    /// projections, each (Wᵀ, bias).
+    Attention {
+        q: (Vec<f32>, Vec<f32>),
+        k: (Vec<f32>, Vec<f32>),
+        v: (Vec<f32>, Vec<f32>),
+        out: Option<(Vec<f32>, Vec<f32>)>,
+    },
+    /// A norm's scale and offset.
+    Norm { w: Vec<f32>, b: Vec<f32> },
+    /// One weight per operand.
+    Weights(Vec<f32>),
 }
 
 #[derive(Debug, Clone)]
@@ -112,6 +125,13 @@ impl Planned {
                 .iter()
                 .map(|r| r.w_ih_t.len() + r.b_ih.len() + r.w_hh_t.len() + r.b_hh.len())
                 .sum(),
+            Packed::Attention { q, k, v, out } => [Some(q), Some(k), Some(v), out.as_ref()]
+                .iter()
+                .flatten()
+                .map(|(w, b)| w.len() + b.len())
+                .sum(),
+            Packed::Norm { w, b } => w.len() + b.len(),
+            Packed::Weights(w) => w.len(),
         };
         self.packed.iter().map(v).sum::<usize>() * 4
     }
@@ -178,6 +198,55 @@ fn pack(st: &super::Step, kind: &PKind, params: &Params) -> candle_core::Result<
             };
             Packed::Rnn(r.directions().iter().map(dir).collect::<Result<_, _>>()?)
         }
+        (PKind::Attention { hf, .. }, _) => {
+            use crate::ir::ops::attention as n;
+            let gemm = |w: &str, b: &str| -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
+                Ok((transposed(p(w)?)?, data(p(b)?)?))
+            };
+            Packed::Attention {
+                q: gemm(n::QUERY_WEIGHT, n::QUERY_BIAS)?,
+                k: gemm(n::KEY_WEIGHT, n::KEY_BIAS)?,
+                v: gemm(n::VALUE_WEIGHT, n::VALUE_BIAS)?,
+                out: if *hf {
+                    None
+                } else {
+                    Some(gemm(n::OUT_WEIGHT, n::OUT_BIAS)?)
+                },
+            }
+        }
+        (PKind::LayerNorm { .. }, _) => {
+            use crate::ir::ops::norm;
+            Packed::Norm {
+                w: data(p(norm::WEIGHT)?)?,
+                b: data(p(norm::BIAS)?)?,
+            }
+        }
+        (PKind::PositionAdd, _) => {
+            Packed::Table(data(p(crate::ir::ops::position_embedding::WEIGHT)?)?)
+        }
+        (PKind::Gated { .. }, _) => {
+            use crate::ir::ops::fusion;
+            Packed::Gemm {
+                wt: transposed(p(fusion::WEIGHT)?)?,
+                b: data(p(fusion::BIAS)?)?,
+            }
+        }
+        (PKind::Mixture { .. }, _) => {
+            use crate::ir::ops::mixture;
+            Packed::Gemm {
+                wt: transposed(p(mixture::WEIGHT)?)?,
+                b: data(p(mixture::BIAS)?)?,
+            }
+        }
+        (PKind::Weighted, _) => match &st.op {
+            Op::Weighted(crate::ir::Weighted { fixed: Some(ws) }) => {
+                Packed::Weights(ws.iter().map(|w| *w as f32).collect())
+            }
+            _ => {
+                let logits = p(crate::ir::ops::fusion::LOGITS)?;
+                Packed::Weights(data(&candle_nn::ops::softmax(logits, 0)?)?)
+            }
+        },
         _ => Packed::None,
     })
 }

@@ -1,5 +1,6 @@
 //! Running a schedule: each step's kernel on slices of the arena.
 
+use super::layers;
 use super::schedule::{Loc, PKind, PStep};
 use super::{Packed, Planned};
 use crate::ir::ops::activation::Act;
@@ -288,6 +289,85 @@ fn step(
                 out.iter_mut().for_each(|a| *a /= n);
             }
         }
+        (
+            PKind::Attention {
+                heads,
+                kd,
+                vd,
+                tq,
+                tk,
+                causal,
+                hf,
+            },
+            Packed::Attention { q, k, v, out: wo },
+        ) => {
+            let ids = |i: usize| match ps.masks.get(i).copied().flatten().map(|k| &held[k]) {
+                Some(Some(Input::Ids(v))) => Some(v.as_slice()),
+                _ => None,
+            };
+            // Attention: one operand, its mask on queries (not in Hugging
+            // Face's layout) and keys; attend: query and context masks.
+            let (context, masks) = match ps.args.len() {
+                1 => (x, (ids(0).filter(|_| !hf), ids(0))),
+                _ => (arg(1)?, (ids(0), ids(1))),
+            };
+            let g = layers::Geometry {
+                heads: *heads,
+                kd: *kd,
+                vd: *vd,
+                tq: *tq,
+                tk: *tk,
+                causal: *causal,
+            };
+            let mut ts: Vec<&mut [f32]> = (0..ps.temps.len()).map(temp).collect();
+            let w = (proj(q), proj(k), proj(v), wo.as_ref().map(proj));
+            layers::attention(&g, w, (x, context), masks, batch, &mut ts, out)?
+        }
+        (PKind::LayerNorm { eps, .. }, Packed::Norm { w, b }) => {
+            layers::layer_norm(x, (w, b), *eps, out)
+        }
+        (PKind::PositionAdd, Packed::Table(table)) => {
+            if x.len() != batch * table.len() {
+                return Err(format!("a position table of {} values", table.len()));
+            }
+            for (o, r) in out.chunks_mut(table.len()).zip(x.chunks(table.len())) {
+                o.iter_mut()
+                    .zip(r)
+                    .zip(table)
+                    .for_each(|((o, v), p)| *o = v + p);
+            }
+        }
+        (PKind::MeanSteps { t, d }, _) => {
+            let ids = match ps.masks.first().copied().flatten().map(|k| &held[k]) {
+                Some(Some(Input::Ids(v))) => Some(v.as_slice()),
+                _ => None,
+            };
+            layers::mean_steps(x, (*t, *d), ids, out)
+        }
+        (PKind::Permute { dims, axes }, _) => layers::permute(x, dims, axes, out),
+        (PKind::Select { n, i, inner }, _) => {
+            for (o, r) in out.chunks_mut(*inner).zip(x.chunks(n * inner)) {
+                o.copy_from_slice(&r[i * inner..(i + 1) * inner]);
+            }
+        }
+        (PKind::Gated { d }, Packed::Gemm { wt, b }) => {
+            let (cat, g) = (temp(0), temp(1));
+            layers::gated((x, arg(1)?), (wt, b), *d, (cat, g), out)
+        }
+        (PKind::Weighted, Packed::Weights(w)) => {
+            for (k, wk) in w.iter().enumerate() {
+                let y = arg(k)?;
+                if k == 0 {
+                    out.iter_mut().zip(y).for_each(|(o, v)| *o = v * wk);
+                } else {
+                    out.iter_mut().zip(y).for_each(|(o, v)| *o += v * wk);
+                }
+            }
+        }
+        (PKind::Mixture { experts, .. }, Packed::Gemm { wt, b }) => {
+            let ex = (0..*experts).map(arg).collect::<Result<Vec<_>, _>>()?;
+            layers::mixture(&ex, arg(*experts)?, (wt, b), temp(0), out)
+        }
         _ => return Err(bad()),
     }
     Ok(())
@@ -307,6 +387,11 @@ fn recur(
             GruSeq::new(h, reverse, false).forward_into(xw, &w.w_hh_t, &w.b_hh, bt, hs, acts)
         }
     }
+}
+
+/// A packed projection as slices.
+fn proj(p: &(Vec<f32>, Vec<f32>)) -> layers::Proj<'_> {
+    (&p.0, &p.1)
 }
 
 fn act(a: Act, x: &[f32], out: &mut [f32]) {

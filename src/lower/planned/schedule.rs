@@ -85,6 +85,52 @@ pub enum PKind {
     },
     /// Operands of one shape, folded left (`Mean` divides at the end).
     Elementwise(Ew),
+    /// Multi-head attention of a query [Tq, Dq] (`tq` = 1: a vector) over a
+    /// context [Tk, Dc]; `masks` of the step: (queries, keys).
+    Attention {
+        heads: usize,
+        kd: usize,
+        vd: usize,
+        tq: usize,
+        tk: usize,
+        causal: bool,
+        /// No output projection (a `pretrained` encoder's layout).
+        hf: bool,
+    },
+    /// Over the last axis of `d` values.
+    LayerNorm {
+        eps: f64,
+        d: usize,
+    },
+    /// The position table added to every sample.
+    PositionAdd,
+    /// Mean over the steps of [T, D] (real steps only under a mask).
+    MeanSteps {
+        t: usize,
+        d: usize,
+    },
+    /// Per-sample axes `axes` of dims `dims`.
+    Permute {
+        dims: Vec<usize>,
+        axes: Vec<usize>,
+    },
+    /// Index `i` of an axis of `n` between `outer` and `inner` blocks.
+    Select {
+        n: usize,
+        i: usize,
+        inner: usize,
+    },
+    /// g = σ([a, b]·Wᵀ + c); g·a + (1 − g)·b over `d` values.
+    Gated {
+        d: usize,
+    },
+    /// Σ wᵢ·xᵢ, the weights packed (fixed, or the softmax of the logits).
+    Weighted,
+    /// Σ softmax(gate·Wᵀ + b)ᵢ · expertᵢ over `experts` of `len` values.
+    Mixture {
+        experts: usize,
+        gate: usize,
+    },
 }
 
 impl fmt::Display for PKind {
@@ -118,6 +164,15 @@ impl fmt::Display for PKind {
             ),
             PKind::Upsample { .. } => f.write_str("upsample"),
             PKind::Elementwise(e) => write!(f, "{e:?}"),
+            PKind::Attention { .. } => f.write_str("attention(gemm projections + fused sdpa)"),
+            PKind::LayerNorm { .. } => f.write_str("layer_norm"),
+            PKind::PositionAdd => f.write_str("add(position table)"),
+            PKind::MeanSteps { .. } => f.write_str("mean(steps)"),
+            PKind::Permute { .. } => f.write_str("permute(copy)"),
+            PKind::Select { .. } => f.write_str("select(copy)"),
+            PKind::Gated { .. } => f.write_str("gated"),
+            PKind::Weighted => f.write_str("weighted_sum"),
+            PKind::Mixture { .. } => f.write_str("mixture"),
         }
     }
 }
@@ -132,6 +187,9 @@ pub struct PStep {
     pub out: usize,
     /// Scratch buffers live during this step only.
     pub temps: Vec<usize>,
+    /// Per operand, the input (index into `Program::inputs`) of the token
+    /// ids whose zeros pad it.
+    pub masks: Vec<Option<usize>>,
 }
 
 /// The whole plan of an inference program.
@@ -178,9 +236,16 @@ impl Schedule {
         };
         for (k, st) in prog.steps.iter().enumerate() {
             let why = |m: &str| Unplanned(format!("step `{}` ({}): {m}", st.name, st.kernel));
-            if st.masks.iter().any(Option::is_some) {
-                return Err(why("reads a padding mask"));
-            }
+            let masks: Vec<Option<usize>> = st
+                .masks
+                .iter()
+                .map(|m| match m.map(|m| loc[m]) {
+                    None => Ok(None),
+                    Some(Some(Loc::Input(k))) => Ok(Some(k)),
+                    Some(_) => Err(why("a padding mask of computed values")),
+                })
+                .collect::<Result<_, _>>()?;
+            let masked = masks.iter().any(Option::is_some);
             let out_dims = st
                 .ty
                 .dims()
@@ -206,6 +271,9 @@ impl Schedule {
                 }
                 Err(m) => return Err(why(&m)),
             };
+            if masked && !matches!(kind, PKind::Attention { .. } | PKind::MeanSteps { .. }) {
+                return Err(why("reads a padding mask"));
+            }
             if let PKind::Embedding { .. } = kind {
                 if !matches!(args[0], Loc::Input(_)) {
                     return Err(why("token ids that are not an input"));
@@ -230,6 +298,30 @@ impl Schedule {
                     }
                     temps
                 }
+                PKind::Attention {
+                    heads,
+                    kd,
+                    vd,
+                    tq,
+                    tk,
+                    ..
+                } => {
+                    let (hk, hv) = (heads * kd, heads * vd);
+                    let sizes = [
+                        tq * hk,
+                        tk * hk,
+                        tk * hv,
+                        tq * hk,
+                        tk * hk,
+                        tk * hv,
+                        tq * hv,
+                        heads * tq * tk,
+                        tq * hv,
+                    ];
+                    sizes.iter().map(|n| b.temp(*n, k)).collect()
+                }
+                PKind::Gated { d } => vec![b.temp(2 * d, k), b.temp(*d, k)],
+                PKind::Mixture { experts, .. } => vec![b.temp(*experts, k)],
                 _ => vec![],
             };
             let out = b.buffer(len, k);
@@ -244,6 +336,7 @@ impl Schedule {
                 args,
                 out,
                 temps,
+                masks,
             });
         }
         // Head values and auxiliary-loss operands are read after the last step.
@@ -393,8 +486,69 @@ fn kind_of(
         },
         (_, Op::Elementwise(e)) if args.iter().all(|a| a == &x) => PKind::Elementwise(*e),
         (_, Op::Residual(_)) if args.iter().all(|a| a == &x) => PKind::Elementwise(Ew::Add),
+        (_, Op::Attention(a)) => match x.as_slice() {
+            [t, _] => attention_kind(a, *t, *t),
+            _ => return Err("attention over a non-sequence".into()),
+        },
+        (_, Op::Attend(crate::ir::Attend(a))) => {
+            let tq = match x.as_slice() {
+                [_] => 1,
+                [t, _] => *t,
+                _ => return Err("a query of rank above 2".into()),
+            };
+            match args[1].as_slice() {
+                [tk, _] => attention_kind(a, tq, *tk),
+                _ => return Err("a context that is not a sequence".into()),
+            }
+        }
+        (_, Op::LayerNorm(n)) => PKind::LayerNorm {
+            eps: n.eps,
+            d: last(x),
+        },
+        (_, Op::PositionEmbedding(_)) => PKind::PositionAdd,
+        (_, Op::GlobalPool(gp @ GlobalPool { axis: Some(_), .. })) => {
+            match (gp.axis_index(x.len()), gp.kind, x.as_slice()) {
+                (Some(0), PoolKind::Avg, [t, d]) => PKind::MeanSteps { t: *t, d: *d },
+                _ => return Err("a pool over this axis".into()),
+            }
+        }
+        (_, Op::Permute(p)) => PKind::Permute {
+            dims: x.clone(),
+            axes: p.axes.iter().map(|a| a - 1).collect(),
+        },
+        (_, Op::Select(sel)) => {
+            let dims: Vec<crate::ir::Dim> = x.iter().map(|d| crate::ir::Dim::Fixed(*d)).collect();
+            match sel.resolve(&dims) {
+                Some((a, Some(i))) => PKind::Select {
+                    n: x[a],
+                    i,
+                    inner: x[a + 1..].iter().product(),
+                },
+                _ => return Err("select out of range".into()),
+            }
+        }
+        (_, Op::Gated(_)) if args.len() == 2 && args[1] == x => PKind::Gated {
+            d: x.iter().product(),
+        },
+        (_, Op::Weighted(_)) if args.iter().all(|a| a == &x) => PKind::Weighted,
+        (_, Op::Mixture(m)) if args[..m.experts].iter().all(|a| a == &x) => PKind::Mixture {
+            experts: m.experts,
+            gate: last(args[m.experts]),
+        },
         (_, op) => return Err(format!("no planned kernel for `{op}`")),
     }))
+}
+
+fn attention_kind(a: &crate::ir::Attention, tq: usize, tk: usize) -> PKind {
+    PKind::Attention {
+        heads: a.heads,
+        kd: a.key_dim,
+        vd: a.value_dim,
+        tq,
+        tk,
+        causal: a.causal,
+        hf: a.hf,
+    }
 }
 
 fn conv_kind(k: &ConvKernel, c: &Conv, x: &[usize]) -> Result<PKind, String> {

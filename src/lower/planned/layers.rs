@@ -1,0 +1,220 @@
+//! The planned kernels of attention, norms, pooling over steps, axis moves
+//! and fusions: numeric code over slices, computing what the candle path's
+//! calls (`lower::calls`) compute.
+
+use crate::kernels::{attention::Sdpa, linear};
+
+/// 1 at real positions (token id ≠ 0), 0 at padding.
+fn valid(ids: &[u32]) -> impl Iterator<Item = f32> + '_ {
+    ids.iter().map(|i| if *i == 0 { 0.0 } else { 1.0 })
+}
+
+/// The allowed (query, key) pairs [B, Tq, Tk] as `lower::calls` builds them:
+/// real queries × real keys × (causal) earlier keys; `None` allows all.
+fn allowed(
+    (b, tq, tk): (usize, usize, usize),
+    (queries, keys): (Option<&[u32]>, Option<&[u32]>),
+    causal: bool,
+) -> Result<Option<Vec<f32>>, String> {
+    if queries.is_none() && keys.is_none() && !causal {
+        return Ok(None);
+    }
+    let rows = |m: Option<&[u32]>, t: usize| -> Result<Vec<f32>, String> {
+        match m {
+            Some(ids) if ids.len() == b * t => Ok(valid(ids).collect()),
+            Some(ids) => Err(format!("a mask of {} ids for {b} × {t}", ids.len())),
+            None => Ok(vec![1.0; b * t]),
+        }
+    };
+    let (qm, km) = (rows(queries, tq)?, rows(keys, tk)?);
+    let mut out = vec![0f32; b * tq * tk];
+    for s in 0..b {
+        for i in 0..tq {
+            for j in 0..tk {
+                out[(s * tq + i) * tk + j] = if causal && j > i {
+                    0.0
+                } else {
+                    qm[s * tq + i] * km[s * tk + j]
+                };
+            }
+        }
+    }
+    Ok(Some(out))
+}
+
+/// [B, T, H, d] → [B, H, T, d].
+fn heads_first(src: &[f32], dst: &mut [f32], (t, h, d): (usize, usize, usize)) {
+    for (sb, db) in src.chunks(t * h * d).zip(dst.chunks_mut(t * h * d)) {
+        for ti in 0..t {
+            for hi in 0..h {
+                db[(hi * t + ti) * d..][..d].copy_from_slice(&sb[(ti * h + hi) * d..][..d]);
+            }
+        }
+    }
+}
+
+/// One attention's geometry: heads, key and value widths, query and key
+/// lengths, causal.
+pub(super) struct Geometry {
+    pub heads: usize,
+    pub kd: usize,
+    pub vd: usize,
+    pub tq: usize,
+    pub tk: usize,
+    pub causal: bool,
+}
+
+/// (Wᵀ, bias) of a projection.
+pub(super) type Proj<'a> = (&'a [f32], &'a [f32]);
+
+/// Multi-head attention: the projections as GEMMs, our fused scaled dot
+/// product per (sample, head), the output projection (when `out` has one).
+/// `t`: the nine scratch buffers the schedule gave the step.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn attention(
+    g: &Geometry,
+    (wq, wk, wv, wo): (Proj, Proj, Proj, Option<Proj>),
+    (query, context): (&[f32], &[f32]),
+    masks: (Option<&[u32]>, Option<&[u32]>),
+    batch: usize,
+    t: &mut [&mut [f32]],
+    out: &mut [f32],
+) -> Result<(), String> {
+    let (h, kd, vd, tq, tk) = (g.heads, g.kd, g.vd, g.tq, g.tk);
+    let (hk, hv) = (h * kd, h * vd);
+    let [q, k, v, qh, kh, vh, o, probs, om] = t else {
+        return Err("attention scratch".into());
+    };
+    let (dq, dc) = (wq.0.len() / hk, wk.0.len() / hk);
+    linear::forward_into(q, query, wq.0, wq.1, (batch * tq, dq, hk), false);
+    linear::forward_into(k, context, wk.0, wk.1, (batch * tk, dc, hk), false);
+    linear::forward_into(v, context, wv.0, wv.1, (batch * tk, dc, hv), false);
+    heads_first(q, qh, (tq, h, kd));
+    heads_first(k, kh, (tk, h, kd));
+    heads_first(v, vh, (tk, h, vd));
+    let mask = allowed((batch, tq, tk), masks, g.causal)?;
+    // Keras scales the query before the product; our op scales the scores.
+    let op = Sdpa::new(1.0 / (kd as f32).sqrt(), mask, false);
+    op.forward_into((qh, kh, vh), (batch, h, tq, tk, kd, vd), o, probs);
+    // [B, H, Tq, V] → [B, Tq, H·V], then the output projection.
+    let merged: &mut [f32] = if wo.is_some() { om } else { &mut *out };
+    for (sb, db) in o.chunks(hv * tq).zip(merged.chunks_mut(hv * tq)) {
+        for hi in 0..h {
+            for ti in 0..tq {
+                db[(ti * h + hi) * vd..][..vd].copy_from_slice(&sb[(hi * tq + ti) * vd..][..vd]);
+            }
+        }
+    }
+    if let Some((w, b)) = wo {
+        linear::forward_into(out, om, w, b, (batch * tq, hv, b.len()), false);
+    }
+    Ok(())
+}
+
+/// Layer norm over rows of `d` values (biased variance, as Keras and candle).
+pub(super) fn layer_norm(x: &[f32], (w, b): (&[f32], &[f32]), eps: f64, out: &mut [f32]) {
+    let d = w.len();
+    for (xr, yr) in x.chunks(d).zip(out.chunks_mut(d)) {
+        let mean = xr.iter().sum::<f32>() / d as f32;
+        let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+        let inv = 1.0 / (var + eps as f32).sqrt();
+        for (((y, v), w), b) in yr.iter_mut().zip(xr).zip(w).zip(b) {
+            *y = (v - mean) * inv * w + b;
+        }
+    }
+}
+
+/// The mean over the steps of each [T, D] sample; under a mask, over real
+/// steps only (0 where there are none).
+pub(super) fn mean_steps(x: &[f32], (t, d): (usize, usize), ids: Option<&[u32]>, out: &mut [f32]) {
+    for (s, (xs, ys)) in x.chunks(t * d).zip(out.chunks_mut(d)).enumerate() {
+        let w: Vec<f32> = match ids {
+            Some(ids) => {
+                let m: Vec<f32> = valid(&ids[s * t..(s + 1) * t]).collect();
+                let n = m.iter().sum::<f32>().max(1.0);
+                m.iter().map(|v| v / n).collect()
+            }
+            None => vec![1.0 / t as f32; t],
+        };
+        ys.fill(0.0);
+        for (row, wt) in xs.chunks(d).zip(&w) {
+            ys.iter_mut().zip(row).for_each(|(y, v)| *y += wt * v);
+        }
+    }
+}
+
+/// Each sample's axes moved: output axis `i` is input axis `axes[i]`.
+pub(super) fn permute(x: &[f32], dims: &[usize], axes: &[usize], out: &mut [f32]) {
+    let len: usize = dims.iter().product();
+    let mut strides = vec![1; dims.len()];
+    for a in (0..dims.len().saturating_sub(1)).rev() {
+        strides[a] = strides[a + 1] * dims[a + 1];
+    }
+    let out_dims: Vec<usize> = axes.iter().map(|a| dims[*a]).collect();
+    for (xs, ys) in x.chunks(len).zip(out.chunks_mut(len)) {
+        let mut idx = vec![0; dims.len()];
+        for y in ys.iter_mut() {
+            let at: usize = idx.iter().zip(axes).map(|(i, a)| i * strides[*a]).sum();
+            *y = xs[at];
+            // The next output index, last axis fastest.
+            for a in (0..idx.len()).rev() {
+                idx[a] += 1;
+                if idx[a] < out_dims[a] {
+                    break;
+                }
+                idx[a] = 0;
+            }
+        }
+    }
+}
+
+/// g = σ([a, b]·Wᵀ + c); out = g·a + (1 − g)·b.
+pub(super) fn gated(
+    (a, b): (&[f32], &[f32]),
+    (wt, bias): (&[f32], &[f32]),
+    d: usize,
+    (cat, g): (&mut [f32], &mut [f32]),
+    out: &mut [f32],
+) {
+    let n = a.len() / d;
+    for ((c, a), b) in cat.chunks_mut(2 * d).zip(a.chunks(d)).zip(b.chunks(d)) {
+        c[..d].copy_from_slice(a);
+        c[d..].copy_from_slice(b);
+    }
+    linear::forward_into(g, cat, wt, bias, (n, 2 * d, d), false);
+    for (((y, g), a), b) in out.iter_mut().zip(g.iter()).zip(a).zip(b) {
+        let g = 1.0 / (1.0 + (-g).exp());
+        *y = g * a + (1.0 - g) * b;
+    }
+}
+
+/// Σᵢ softmax(gate·Wᵀ + b)ᵢ · expertᵢ per sample.
+pub(super) fn mixture(
+    experts: &[&[f32]],
+    gate: &[f32],
+    (wt, bias): (&[f32], &[f32]),
+    logits: &mut [f32],
+    out: &mut [f32],
+) {
+    let e = experts.len();
+    let n = logits.len() / e;
+    linear::forward_into(logits, gate, wt, bias, (n, gate.len() / n, e), false);
+    for row in logits.chunks_mut(e) {
+        let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        row.iter_mut().for_each(|v| *v = (*v - mx).exp());
+        let sum: f32 = row.iter().sum();
+        row.iter_mut().for_each(|v| *v /= sum);
+    }
+    let len = out.len() / n;
+    for (s, ys) in out.chunks_mut(len).enumerate() {
+        for (i, ex) in experts.iter().enumerate() {
+            let g = logits[s * e + i];
+            let xs = &ex[s * len..(s + 1) * len];
+            if i == 0 {
+                ys.iter_mut().zip(xs).for_each(|(y, v)| *y = v * g);
+            } else {
+                ys.iter_mut().zip(xs).for_each(|(y, v)| *y += v * g);
+            }
+        }
+    }
+}
