@@ -104,10 +104,16 @@ pub fn bench(a: BenchArgs) -> Result<i32, Fail> {
         );
     }
     let mut step = |profile: bool| -> Result<(), Fail> {
-        if let (Some(pl), false) = (exec.planned_mut(), profile) {
-            let fwd = pl
-                .forward(&prog, &inputs)
-                .map_err(|e| Fail::model(e.to_string()))?;
+        if let Some(pl) = exec.planned_mut() {
+            let fwd = if profile {
+                pl.forward_timed(&prog, &inputs, &mut node_times)
+            } else {
+                pl.forward(&prog, &inputs)
+            }
+            .map_err(|e| Fail::model(e.to_string()))?;
+            if profile {
+                profiled += 1;
+            }
             for (_, slot) in &prog.heads {
                 let _ = fwd
                     .get(*slot)

@@ -31,6 +31,7 @@ pub fn erf(x: f32) -> f32 {
 }
 
 /// GELU (the erf form) of one value.
+#[inline(always)]
 pub fn gelu(x: f32) -> f32 {
     x * cdf(x)
 }

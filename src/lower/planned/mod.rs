@@ -143,7 +143,17 @@ impl Planned {
         prog: &Program,
         inputs: &[(usize, Tensor)],
     ) -> Result<Forward, RunError> {
-        run::forward(self, prog, inputs)
+        run::forward(self, prog, inputs, None)
+    }
+
+    /// `forward`, adding each step's wall time (seconds, by program step) to `times`.
+    pub fn forward_timed(
+        &mut self,
+        prog: &Program,
+        inputs: &[(usize, Tensor)],
+        times: &mut Vec<f64>,
+    ) -> Result<Forward, RunError> {
+        run::forward(self, prog, inputs, Some(times))
     }
 }
 

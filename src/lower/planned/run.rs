@@ -20,6 +20,7 @@ pub(super) fn forward(
     pl: &mut Planned,
     prog: &Program,
     inputs: &[(usize, Tensor)],
+    mut times: Option<&mut Vec<f64>>,
 ) -> Result<Forward, RunError> {
     let input_err = |e: candle_core::Error| RunError::Input(e.to_string());
     let batch = match inputs.first() {
@@ -54,10 +55,15 @@ pub(super) fn forward(
     };
     for (ps, packed) in pl.schedule.steps.iter().zip(&pl.packed) {
         let st = &prog.steps[ps.step];
+        let started = times.is_some().then(std::time::Instant::now);
         step(ps, packed, &arena, &held, batch).map_err(|message| RunError::Step {
             node: st.name.clone(),
             message,
         })?;
+        if let (Some(t), Some(s)) = (times.as_deref_mut(), started) {
+            t.resize(prog.steps.len().max(t.len()), 0.0);
+            t[ps.step] += s.elapsed().as_secs_f64();
+        }
     }
     // The values read after the run, copied out of the arena.
     let mut values: Vec<Option<Tensor>> = vec![None; prog.n_values];
@@ -276,13 +282,13 @@ fn step(
             out.copy_from_slice(x);
             for k in 1..ps.args.len() {
                 let y = arg(k)?;
-                let f: fn(f32, f32) -> f32 = match e {
-                    Ew::Add | Ew::Mean => |a, b| a + b,
-                    Ew::Mul => |a, b| a * b,
-                    Ew::Max => f32::max,
-                    Ew::Min => f32::min,
-                };
-                out.iter_mut().zip(y).for_each(|(a, b)| *a = f(*a, *b));
+                let pairs = out.iter_mut().zip(y);
+                match e {
+                    Ew::Add | Ew::Mean => pairs.for_each(|(a, b)| *a += b),
+                    Ew::Mul => pairs.for_each(|(a, b)| *a *= b),
+                    Ew::Max => pairs.for_each(|(a, b)| *a = a.max(*b)),
+                    Ew::Min => pairs.for_each(|(a, b)| *a = a.min(*b)),
+                }
             }
             if *e == Ew::Mean {
                 let n = ps.args.len() as f32;
@@ -395,13 +401,21 @@ fn proj(p: &(Vec<f32>, Vec<f32>)) -> layers::Proj<'_> {
 }
 
 fn act(a: Act, x: &[f32], out: &mut [f32]) {
-    let f: fn(f32) -> f32 = match a {
-        Act::Relu => |v| v.max(0.0),
-        Act::Gelu => crate::kernels::gelu::gelu,
-        Act::Sigmoid => |v| 1.0 / (1.0 + (-v).exp()),
-        Act::Silu => |v| v / (1.0 + (-v).exp()),
-        Act::Tanh => f32::tanh,
-        _ => |v| v,
-    };
-    out.iter_mut().zip(x).for_each(|(o, v)| *o = f(*v));
+    // One loop per activation (a function pointer would block inlining and
+    // vectorization), split over the pool for large values.
+    fn map(x: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32 + Sync + Send) {
+        const CHUNK: usize = 1 << 14;
+        let par = out.len() >= crate::kernels::par::MIN_ELEMENTS;
+        crate::kernels::par::chunks_mut(out, CHUNK, par, |c, o| {
+            o.iter_mut().zip(&x[c * CHUNK..]).for_each(|(o, v)| *o = f(*v))
+        });
+    }
+    match a {
+        Act::Relu => map(x, out, |v| v.max(0.0)),
+        Act::Gelu => map(x, out, crate::kernels::gelu::gelu),
+        Act::Sigmoid => map(x, out, |v| 1.0 / (1.0 + (-v).exp())),
+        Act::Silu => map(x, out, |v| v / (1.0 + (-v).exp())),
+        Act::Tanh => map(x, out, f32::tanh),
+        _ => out.copy_from_slice(x),
+    }
 }
