@@ -299,7 +299,6 @@ impl CustomOp3 for Conv2dIm2col {
             candle_core::bail!("the fused conv + global average pool is for inference only")
         }
         let g = geom(x.dims(), w.dims(), self.stride, self.dilation, self.pad)?;
-        let b = x.dim(0)?;
         let (xv, wv, dy) = (host(x)?, host(w)?, host(grad)?);
         let masked;
         let dy: &[f32] = if self.relu {
@@ -308,12 +307,42 @@ impl CustomOp3 for Conv2dIm2col {
         } else {
             &dy
         };
-        let (ckk, p, in_len) = (g.ckk(), g.p(), g.c * g.h * g.w);
         // The first layer's input (data) needs no gradient: skip Wᵀ·dy and col2im.
         let want_dx = x.track_op();
-        let mut dx = vec![0f32; if want_dx { b * in_len } else { 0 }];
+        let mut dx = vec![0f32; if want_dx { xv.len() } else { 0 }];
+        let (mut dw, mut db) = (vec![0f32; wv.len()], vec![0f32; g.f]);
+        let dxs = want_dx.then_some(dx.as_mut_slice());
+        self.backward_into((&xv, x.dims()), (&wv, w.dims()), dy, dxs, &mut dw, &mut db)?;
+        let dev = x.device();
+        Ok((
+            want_dx
+                .then(|| Tensor::from_vec(dx, x.dims(), dev))
+                .transpose()?,
+            Some(Tensor::from_vec(dw, w.dims(), dev)?),
+            Some(Tensor::from_vec(db, g.f, dev)?),
+        ))
+    }
+}
+
+impl Conv2dIm2col {
+    /// The backward from `dy` (relu already applied), added to `dx` (when
+    /// given), `dw` and `db`; `x` and `w` with their dims.
+    pub fn backward_into(
+        &self,
+        (xv, xd): (&[f32], &[usize]),
+        (wv, wd): (&[f32], &[usize]),
+        dy: &[f32],
+        dx: Option<&mut [f32]>,
+        dw: &mut [f32],
+        db: &mut [f32],
+    ) -> Result<()> {
+        let g = geom(xd, wd, self.stride, self.dilation, self.pad)?;
+        let b = xd[0];
+        let (ckk, p, in_len) = (g.ckk(), g.p(), g.c * g.h * g.w);
+        let want_dx = dx.is_some();
+        let dx = dx.unwrap_or_default();
         let w_t = View {
-            data: &wv,
+            data: wv,
             rows: ckk,
             cols: g.f,
             rs: 1,
@@ -377,24 +406,17 @@ impl CustomOp3 for Conv2dIm2col {
                 .enumerate()
                 .for_each(|item| image(&mut bufs, item));
         }
-        let sum_rows = |rows: &[f32], len: usize| {
-            let mut acc = vec![0f32; len];
-            for r in rows.chunks(len) {
+        let sum_rows = |rows: &[f32], acc: &mut [f32]| {
+            for r in rows.chunks(acc.len()) {
                 acc.iter_mut().zip(r).for_each(|(a, v)| *a += v);
             }
-            acc
         };
-        let (dw, db) = (sum_rows(&dw_rows, g.f * ckk), sum_rows(&db_rows, g.f));
-        let dev = x.device();
-        Ok((
-            want_dx
-                .then(|| Tensor::from_vec(dx, x.dims(), dev))
-                .transpose()?,
-            Some(Tensor::from_vec(dw, w.dims(), dev)?),
-            Some(Tensor::from_vec(db, g.f, dev)?),
-        ))
+        sum_rows(&dw_rows, dw);
+        sum_rows(&db_rows, db);
+        Ok(())
     }
 }
+
 
 #[cfg(test)]
 mod tests {

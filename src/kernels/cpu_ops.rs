@@ -69,6 +69,43 @@ impl MaxPool2d {
         });
     }
 
+    /// The training forward: outputs and each window's first-maximum offset.
+    pub fn forward_train_into(&self, x: &[f32], (h, w): (usize, usize), y: &mut [f32], arg: &mut [u16]) {
+        let (oh, ow) = self.out(h, w);
+        let p = oh * ow;
+        let one = |plane: usize, (y, a): (&mut [f32], &mut [u16])| {
+            self.plane(&x[plane * h * w..(plane + 1) * h * w], w, ow, y, Some(a))
+        };
+        if y.len() * self.k.0 * self.k.1 >= par::MIN_ELEMENTS {
+            y.par_chunks_mut(p)
+                .zip(arg.par_chunks_mut(p))
+                .enumerate()
+                .for_each(|(i, c)| one(i, c));
+        } else {
+            y.chunks_mut(p)
+                .zip(arg.chunks_mut(p))
+                .enumerate()
+                .for_each(|(i, c)| one(i, c));
+        }
+    }
+
+    /// The backward: each window's gradient added to `dx` at its first maximum.
+    pub fn backward_into(&self, arg: &[u16], (h, w): (usize, usize), g: &[f32], dx: &mut [f32]) {
+        let (oh, ow) = self.out(h, w);
+        let ((_, kw), (sh, sw)) = (self.k, self.s);
+        let par = dx.len() >= par::MIN_ELEMENTS;
+        par::chunks_mut(dx, h * w, par, |plane, dx| {
+            let o0 = plane * oh * ow;
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let o = o0 + oy * ow + ox;
+                    let at = arg[o] as usize;
+                    dx[(oy * sh + at / kw) * w + ox * sw + at % kw] += g[o];
+                }
+            }
+        });
+    }
+
     /// Outputs, and with `arg` each window's first-maximum offset, of one plane.
     fn plane(&self, xp: &[f32], w: usize, ow: usize, y: &mut [f32], mut arg: Option<&mut [u16]>) {
         let ((kh, kw), (sh, sw)) = (self.k, self.s);
@@ -132,25 +169,10 @@ impl CustomOp1 for MaxPool2d {
         }
         let x = contiguous(s, l)?;
         let (oh, ow) = self.out(h, w);
-        let (p, hw) = (oh * ow, h * w);
-        let mut y = vec![0f32; n * c * p];
-        let par = y.len() * self.k.0 * self.k.1 >= par::MIN_ELEMENTS;
+        let mut y = vec![0f32; n * c * oh * ow];
         if self.train {
             let mut arg = vec![0u16; y.len()];
-            let one = |plane: usize, (y, a): (&mut [f32], &mut [u16])| {
-                self.plane(&x[plane * hw..(plane + 1) * hw], w, ow, y, Some(a))
-            };
-            if par {
-                y.par_chunks_mut(p)
-                    .zip(arg.par_chunks_mut(p))
-                    .enumerate()
-                    .for_each(|(i, c)| one(i, c));
-            } else {
-                y.chunks_mut(p)
-                    .zip(arg.chunks_mut(p))
-                    .enumerate()
-                    .for_each(|(i, c)| one(i, c));
-            }
+            self.forward_train_into(x, (h, w), &mut y, &mut arg);
             if let Ok(mut a) = self.argmax.lock() {
                 *a = Some(arg);
             }
@@ -184,20 +206,8 @@ impl CustomOp1 for MaxPool2d {
         if arg.len() != grad.elem_count() {
             candle_core::bail!("max pool backward: saved positions do not fit the gradient")
         }
-        let g = host(grad)?;
-        let ((_, kw), (sh, sw)) = (self.k, self.s);
         let mut dx = vec![0f32; x.elem_count()];
-        let par = dx.len() >= par::MIN_ELEMENTS;
-        par::chunks_mut(&mut dx, h * w, par, |plane, dx| {
-            let o0 = plane * oh * ow;
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let o = o0 + oy * ow + ox;
-                    let at = arg[o] as usize;
-                    dx[(oy * sh + at / kw) * w + ox * sw + at % kw] += g[o];
-                }
-            }
-        });
+        self.backward_into(&arg, (h, w), &host(grad)?, &mut dx);
         Ok(Some(Tensor::from_vec(dx, x.dims(), x.device())?))
     }
 }
@@ -224,6 +234,25 @@ impl GlobalPool {
     }
 }
 
+impl GlobalPool {
+    /// The backward, added to `dx`: the mean's gradient spread evenly, the
+    /// max's to each plane's first maximum (`x` and its pooled `y`).
+    pub fn backward_into(&self, (x, y): (&[f32], &[f32]), s: usize, g: &[f32], dx: &mut [f32]) {
+        let par = dx.len() >= par::MIN_ELEMENTS;
+        par::chunks_mut(dx, s, par, |plane, dx| {
+            if self.max {
+                let xp = &x[plane * s..(plane + 1) * s];
+                if let Some(at) = xp.iter().position(|v| *v == y[plane]) {
+                    dx[at] += g[plane];
+                }
+            } else {
+                let v = g[plane] / s as f32;
+                dx.iter_mut().for_each(|d| *d += v);
+            }
+        });
+    }
+}
+
 impl CustomOp1 for GlobalPool {
     fn name(&self) -> &'static str {
         "mtl-global-pool"
@@ -242,17 +271,7 @@ impl CustomOp1 for GlobalPool {
         let (_, _, s) = x.dims3()?;
         let (xv, y, g) = (host(x)?, host(res)?, host(grad)?);
         let mut dx = vec![0f32; xv.len()];
-        let par = dx.len() >= par::MIN_ELEMENTS;
-        par::chunks_mut(&mut dx, s, par, |plane, dx| {
-            if self.max {
-                let xp = &xv[plane * s..(plane + 1) * s];
-                if let Some(at) = xp.iter().position(|v| *v == y[plane]) {
-                    dx[at] = g[plane];
-                }
-            } else {
-                dx.fill(g[plane] / s as f32);
-            }
-        });
+        self.backward_into((&xv, &y), s, &g, &mut dx);
         Ok(Some(Tensor::from_vec(dx, x.dims(), x.device())?))
     }
 }
@@ -281,6 +300,24 @@ impl Upsample2d {
     }
 }
 
+impl Upsample2d {
+    /// The backward, added to `dx`: each scale × scale block of `g` summed.
+    pub fn backward_into(&self, g: &[f32], (h, w): (usize, usize), dx: &mut [f32]) {
+        let k = self.scale;
+        let (oh, ow) = (h * k, w * k);
+        let par = g.len() >= par::MIN_ELEMENTS;
+        par::chunks_mut(dx, h * w, par, |plane, dx| {
+            let gp = &g[plane * oh * ow..(plane + 1) * oh * ow];
+            for (oy, row) in gp.chunks(ow).enumerate() {
+                let dst = &mut dx[(oy / k) * w..(oy / k + 1) * w];
+                for (ox, v) in row.iter().enumerate() {
+                    dst[ox / k] += v;
+                }
+            }
+        });
+    }
+}
+
 impl CustomOp1 for Upsample2d {
     fn name(&self) -> &'static str {
         "mtl-upsample2d"
@@ -296,20 +333,8 @@ impl CustomOp1 for Upsample2d {
     }
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let (_, _, h, w) = x.dims4()?;
-        let k = self.scale;
-        let (oh, ow) = (h * k, w * k);
-        let g = host(grad)?;
         let mut dx = vec![0f32; x.elem_count()];
-        let par = g.len() >= par::MIN_ELEMENTS;
-        par::chunks_mut(&mut dx, h * w, par, |plane, dx| {
-            let gp = &g[plane * oh * ow..(plane + 1) * oh * ow];
-            for (oy, row) in gp.chunks(ow).enumerate() {
-                let dst = &mut dx[(oy / k) * w..(oy / k + 1) * w];
-                for (ox, v) in row.iter().enumerate() {
-                    dst[ox / k] += v;
-                }
-            }
-        });
+        self.backward_into(&host(grad)?, (h, w), &mut dx);
         Ok(Some(Tensor::from_vec(dx, x.dims(), x.device())?))
     }
 }

@@ -48,6 +48,55 @@ pub fn forward_into(
     }
 }
 
+/// The backward of `y = x·Wᵀ + b` (`w` [o, i] row-major), added to `dx`
+/// (when given), `dw` and `db`: dx += dy·W, dW += dyᵀ·x, db += Σₙ dy.
+pub fn backward_into(
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    (n, i, o): (usize, usize, usize),
+    dx: Option<&mut [f32]>,
+    dw: &mut [f32],
+    db: &mut [f32],
+) {
+    let dy_view = View {
+        data: dy,
+        rows: n,
+        cols: o,
+        rs: o,
+        cs: 1,
+    };
+    if let Some(dx) = dx {
+        let wm = View {
+            data: w,
+            rows: o,
+            cols: i,
+            rs: i,
+            cs: 1,
+        };
+        matmul(dx, i, true, dy_view, wm);
+    }
+    let dy_t = View {
+        data: dy,
+        rows: o,
+        cols: n,
+        rs: 1,
+        cs: o,
+    };
+    let xm = View {
+        data: x,
+        rows: n,
+        cols: i,
+        rs: i,
+        cs: 1,
+    };
+    matmul(dw, i, true, dy_t, xm);
+    // In row order (deterministic).
+    for row in dy.chunks(o) {
+        db.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+    }
+}
+
 impl CustomOp3 for Linear {
     fn name(&self) -> &'static str {
         "mtl-linear"
@@ -103,51 +152,15 @@ impl CustomOp3 for Linear {
         } else {
             &dy
         };
-        let dy_view = View {
-            data: dy,
-            rows: n,
-            cols: o,
-            rs: o,
-            cs: 1,
-        };
         let dev = x.device();
-        // dx = dy·W, only when x needs a gradient.
-        let dx = if x.track_op() {
-            let mut dx = vec![0f32; n * i];
-            let wm = View {
-                data: &wv,
-                rows: o,
-                cols: i,
-                rs: i,
-                cs: 1,
-            };
-            matmul(&mut dx, i, false, dy_view, wm);
-            Some(Tensor::from_vec(dx, (n, i), dev)?)
-        } else {
-            None
-        };
-        // dW = dyᵀ·x.
-        let mut dw = vec![0f32; o * i];
-        let dy_t = View {
-            data: dy,
-            rows: o,
-            cols: n,
-            rs: 1,
-            cs: o,
-        };
-        let xm = View {
-            data: &xv,
-            rows: n,
-            cols: i,
-            rs: i,
-            cs: 1,
-        };
-        matmul(&mut dw, i, false, dy_t, xm);
-        // db = Σₙ dy, in row order (deterministic).
-        let mut db = vec![0f32; o];
-        for row in dy.chunks(o) {
-            db.iter_mut().zip(row).for_each(|(a, v)| *a += v);
-        }
+        let mut dx = vec![0f32; if x.track_op() { n * i } else { 0 }];
+        let (mut dw, mut db) = (vec![0f32; o * i], vec![0f32; o]);
+        let want_dx = x.track_op().then_some(dx.as_mut_slice());
+        backward_into(&xv, &wv, dy, (n, i, o), want_dx, &mut dw, &mut db);
+        let dx = x
+            .track_op()
+            .then(|| Tensor::from_vec(dx, (n, i), dev))
+            .transpose()?;
         Ok((
             dx,
             Some(Tensor::from_vec(dw, (o, i), dev)?),

@@ -303,6 +303,69 @@ pub(super) fn tanh_slice(v: &mut [f32]) {
     v.iter_mut().for_each(|x| *x = tanh(*x));
 }
 
+impl LstmSeq {
+    /// The backward of the recurrence from the hidden states' gradient
+    /// `grad` [B, T, H]: the gates' pre-activation gradient into `dg`
+    /// [B, T, 4H] (which is also the input projections'), and W_hh's added
+    /// to `dw` [4H, H]; `saved` = (activations, cell states, hidden states).
+    pub fn backward_into(
+        &self,
+        w: &[f32],
+        (b, t): (usize, usize),
+        (acts, cs, hs_v): (&[f32], &[f32], &[f32]),
+        grad: &[f32],
+        dg: &mut [f32],
+        dw: &mut [f32],
+    ) {
+        let (hu, g4) = (self.units, 4 * self.units);
+        let mut h_prev = vec![0f32; b * t * hu];
+        let par = b * t * self.units * self.units * 4 >= par::MIN_MACS;
+        let rows = if par { row_block(b) } else { b };
+        let items: Vec<_> = dg
+            .chunks_mut(rows * t * g4)
+            .zip(h_prev.chunks_mut(rows * t * hu))
+            .enumerate()
+            .collect();
+        par::each(items, par, |(blk, (dg, h_prev))| {
+            let n = h_prev.len() / (t * hu);
+            let (a, s) = (blk * rows * t * g4, blk * rows * t * hu);
+            let saved = (
+                &acts[a..a + n * t * g4],
+                &cs[s..s + n * t * hu],
+                &hs_v[s..s + n * t * hu],
+                &grad[s..s + n * t * hu],
+            );
+            #[cfg(target_arch = "x86_64")]
+            if par::wide() {
+                // SAFETY: the CPU has AVX2 and FMA (checked).
+                return unsafe { self.backward_rows_wide(w, n, t, saved, dg, h_prev) };
+            }
+            self.backward_rows(w, n, t, saved, dg, h_prev);
+        });
+        // dW_hh = Σ_t dgates_tᵀ · h_{t−1}: one GEMM over all steps.
+        let dg_t = View {
+            data: dg,
+            rows: g4,
+            cols: b * t,
+            rs: 1,
+            cs: g4,
+        };
+        let hp = View {
+            data: &h_prev,
+            rows: b * t,
+            cols: hu,
+            rs: hu,
+            cs: 1,
+        };
+        matmul(dw, hu, true, dg_t, hp);
+    }
+
+    /// The training forward: (hidden states, activations, cell states).
+    pub fn forward_saved(&self, xw: &[f32], w: &[f32], (b, t): (usize, usize)) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        self.forward(xw, w, b, t, true)
+    }
+}
+
 impl CustomOp2 for LstmSeq {
     fn name(&self) -> &'static str {
         "mtl-lstm-seq"
@@ -352,48 +415,8 @@ impl CustomOp2 for LstmSeq {
                 (a, c)
             }
         };
-        let mut dg = vec![0f32; b * t * g4];
-        let mut h_prev = vec![0f32; b * t * hu];
-        let par = b * t * self.units * self.units * 4 >= par::MIN_MACS;
-        let rows = if par { row_block(b) } else { b };
-        let items: Vec<_> = dg
-            .chunks_mut(rows * t * g4)
-            .zip(h_prev.chunks_mut(rows * t * hu))
-            .enumerate()
-            .collect();
-        par::each(items, par, |(blk, (dg, h_prev))| {
-            let n = h_prev.len() / (t * hu);
-            let (a, s) = (blk * rows * t * g4, blk * rows * t * hu);
-            let saved = (
-                &acts[a..a + n * t * g4],
-                &cs[s..s + n * t * hu],
-                &hs_v[s..s + n * t * hu],
-                &grad[s..s + n * t * hu],
-            );
-            #[cfg(target_arch = "x86_64")]
-            if par::wide() {
-                // SAFETY: the CPU has AVX2 and FMA (checked).
-                return unsafe { self.backward_rows_wide(&w, n, t, saved, dg, h_prev) };
-            }
-            self.backward_rows(&w, n, t, saved, dg, h_prev);
-        });
-        // dW_hh = Σ_t dgates_tᵀ · h_{t−1}: one GEMM over all steps.
-        let mut dw = vec![0f32; g4 * hu];
-        let dg_t = View {
-            data: &dg,
-            rows: g4,
-            cols: b * t,
-            rs: 1,
-            cs: g4,
-        };
-        let hp = View {
-            data: &h_prev,
-            rows: b * t,
-            cols: hu,
-            rs: hu,
-            cs: 1,
-        };
-        matmul(&mut dw, hu, false, dg_t, hp);
+        let (mut dg, mut dw) = (vec![0f32; b * t * g4], vec![0f32; g4 * hu]);
+        self.backward_into(&w, (b, t), (&acts, &cs, &hs_v), &grad, &mut dg, &mut dw);
         let dev = xw.device();
         Ok((
             Some(Tensor::from_vec(dg, (b, t, g4), dev)?),
