@@ -104,3 +104,92 @@ fn training_and_masks_stay_on_the_candle_path() {
     let why = Schedule::of(&prog).unwrap_err();
     assert!(why.0.contains("padding mask"), "{why}");
 }
+
+/// The summed head losses (zero labels, as `mtl bench --train`).
+fn total_loss(prog: &mtl::lower::Program, fwd: &mtl::lower::Forward) -> Tensor {
+    use mtl::train::loss::{head_loss, Reduction};
+    let dev = Device::Cpu;
+    let mut total = Tensor::zeros((), candle_core::DType::F32, &dev).unwrap();
+    for (h, slot) in &prog.heads {
+        let y = fwd.get(*slot).unwrap();
+        let label = match h.loss {
+            mtl::ir::LossKind::CrossEntropy => {
+                let mut dims = vec![y.dims()[0]];
+                dims.extend(y.dims().get(2..).unwrap_or(&[]));
+                Tensor::zeros(dims, candle_core::DType::I64, &dev).unwrap()
+            }
+            _ => (y.zeros_like().unwrap() + 0.5).unwrap(),
+        };
+        let l = head_loss(h.loss, y, &label, None, Reduction::Batch).unwrap();
+        total = (total + l).unwrap();
+    }
+    total
+}
+
+#[test]
+fn planned_training_gradients_equal_the_candle_path() {
+    use mtl::lower::planned::PlannedTrain;
+    let dev = Device::Cpu;
+    let mut planned = vec![];
+    for m in models() {
+        let name = m.file_stem().unwrap().to_string_lossy().to_string();
+        let g = common::compile(&m, Mode::Train);
+        let prog = lower(&g, Mode::Train).unwrap().for_device(&dev);
+        let params = init_params(&prog, 7, &dev).unwrap();
+        let Ok(mut pt) = PlannedTrain::new(&prog, &params) else {
+            continue;
+        };
+        planned.push(name.clone());
+        let vars: Vec<(String, candle_core::Var)> = params
+            .trainable
+            .iter()
+            .map(|k| (k.clone(), params.vars[k].clone()))
+            .collect();
+        for (batch, seed) in [(1, 4), (6, 5)] {
+            let x = common::random_inputs(&prog, batch, seed, -1.0);
+            let inputs = prog.prepare_inputs(&x, &dev).unwrap();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+            let fwd = prog.forward(&params, inputs.clone(), &mut rng).unwrap();
+            let want = total_loss(&prog, &fwd).backward().unwrap();
+            let want = mtl::train::optim::grads_for(&vars, &want);
+            let pf = pt.forward(&prog, &params, inputs).unwrap();
+            let store = total_loss(&prog, &pf).backward().unwrap();
+            let mut got = mtl::train::optim::grads_for(&vars, &store);
+            pt.backward(&prog, &params, (&pf, &store), &vars, &mut got)
+                .unwrap();
+            for ((k, _), (a, b)) in vars.iter().zip(got.iter().zip(&want)) {
+                let (Some(a), Some(b)) = (a, b) else {
+                    assert!(a.is_none() == b.is_none(), "{name}: {k} {a:?} vs {b:?}");
+                    continue;
+                };
+                let scale = b
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+                let d = d.to_scalar::<f32>().unwrap() / scale.max(1e-6);
+                assert!(
+                    d < 1e-4,
+                    "{name} (batch {batch}): gradient of {k} differs by {d} of {scale}"
+                );
+            }
+        }
+    }
+    eprintln!("trained planned: {planned:?}");
+    for want in [
+        "digits_mt",
+        "reviews",
+        "seed_multitask_small",
+        "shapes",
+        "shapes_mm",
+        "siamese",
+    ] {
+        assert!(
+            planned.iter().any(|p| p == want),
+            "{want} does not train planned: {planned:?}"
+        );
+    }
+}

@@ -417,7 +417,6 @@ impl Conv2dIm2col {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::Conv2dIm2col;

@@ -70,7 +70,13 @@ impl MaxPool2d {
     }
 
     /// The training forward: outputs and each window's first-maximum offset.
-    pub fn forward_train_into(&self, x: &[f32], (h, w): (usize, usize), y: &mut [f32], arg: &mut [u16]) {
+    pub fn forward_train_into(
+        &self,
+        x: &[f32],
+        (h, w): (usize, usize),
+        y: &mut [f32],
+        arg: &mut [u16],
+    ) {
         let (oh, ow) = self.out(h, w);
         let p = oh * ow;
         let one = |plane: usize, (y, a): (&mut [f32], &mut [u16])| {

@@ -36,6 +36,12 @@ pub fn gelu(x: f32) -> f32 {
     x * cdf(x)
 }
 
+/// d GELU / dx of one value.
+#[inline(always)]
+pub fn gelu_grad(x: f32) -> f32 {
+    cdf(x) + x * (1.0 / (2.0 * PI).sqrt()) * exp_fast(-0.5 * x * x)
+}
+
 fn cdf(x: f32) -> f32 {
     0.5 * (1.0 + erf(x * FRAC_1_SQRT_2))
 }

@@ -360,9 +360,18 @@ impl LstmSeq {
         matmul(dw, hu, true, dg_t, hp);
     }
 
-    /// The training forward: (hidden states, activations, cell states).
-    pub fn forward_saved(&self, xw: &[f32], w: &[f32], (b, t): (usize, usize)) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-        self.forward(xw, w, b, t, true)
+    /// The training forward into `hs` [B, T, H], `acts` [B, T, 4H] and
+    /// `cs` [B, T, H], from `wt` = W_hhᵀ [H, 4H].
+    pub fn forward_saved_into(
+        &self,
+        xw: &[f32],
+        wt: &[f32],
+        (b, t): (usize, usize),
+        hs: &mut [f32],
+        acts: &mut [f32],
+        cs: &mut [f32],
+    ) {
+        self.run(xw, wt, (b, t), hs, cs, acts)
     }
 }
 

@@ -14,8 +14,10 @@ mod layers;
 pub mod memory;
 mod run;
 mod schedule;
+mod train;
 
 pub use schedule::{render, Loc, PKind, PStep, Schedule, Unplanned};
+pub use train::PlannedTrain;
 
 use super::exec::weights;
 use super::kernel::Kernel;
@@ -158,7 +160,7 @@ impl Planned {
 }
 
 /// Packs a step's weights for its planned kernel.
-fn pack(st: &super::Step, kind: &PKind, params: &Params) -> candle_core::Result<Packed> {
+pub(super) fn pack(st: &super::Step, kind: &PKind, params: &Params) -> candle_core::Result<Packed> {
     let p = |name: &str| params.get(&format!("{}.{name}", st.params.as_deref().unwrap_or("")));
     Ok(match (kind, &st.kernel) {
         (PKind::Linear { .. }, Kernel::Linear { bn, .. }) => {

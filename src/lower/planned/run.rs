@@ -1,7 +1,7 @@
 //! Running a schedule: each step's kernel on slices of the arena.
 
 use super::layers;
-use super::schedule::{Loc, PKind, PStep};
+use super::schedule::{Loc, PKind, PStep, Schedule};
 use super::{Packed, Planned};
 use crate::ir::ops::activation::Act;
 use crate::ir::{Ew, RnnCell};
@@ -11,17 +11,25 @@ use crate::lower::{Forward, Program, RunError};
 use candle_core::{DType, Tensor};
 
 /// An operand of a step: a caller's f32 tensor, its token ids, or the arena.
-enum Input<'a> {
+pub(super) enum Input<'a> {
     F32(host::HostView<'a>),
     Ids(Vec<u32>),
 }
 
-pub(super) fn forward(
-    pl: &mut Planned,
+/// What a training forward keeps for the backward, per planned step.
+#[derive(Debug, Default)]
+pub(super) struct Saved {
+    /// A max pool's first-maximum offsets.
+    pub arg: Vec<u16>,
+    /// Per direction of a recurrence: (hidden states, activations, cell states).
+    pub lstm: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)>,
+}
+
+/// The batch size and each input's data, by index into `Program::inputs`.
+pub(super) fn hold<'a>(
     prog: &Program,
-    inputs: &[(usize, Tensor)],
-    mut times: Option<&mut Vec<f64>>,
-) -> Result<Forward, RunError> {
+    inputs: &'a [(usize, Tensor)],
+) -> Result<(usize, Vec<Option<Input<'a>>>), RunError> {
     let input_err = |e: candle_core::Error| RunError::Input(e.to_string());
     let batch = match inputs.first() {
         Some((_, t)) => t.dim(0).map_err(input_err)?,
@@ -43,20 +51,43 @@ pub(super) fn forward(
             ),
         }));
     }
-    let need = pl.schedule.arena_per_sample() * batch;
-    if pl.arena.len() < need {
-        pl.arena.resize(need, 0.0);
+    Ok((batch, held))
+}
+
+/// The arena grown to `batch` samples of `schedule`, viewed for one run.
+pub(super) fn arena_for<'a>(
+    schedule: &'a Schedule,
+    arena: &'a mut Vec<f32>,
+    batch: usize,
+) -> Arena<'a> {
+    let need = schedule.arena_per_sample() * batch;
+    if arena.len() < need {
+        arena.resize(need, 0.0);
     }
-    let arena = Arena {
-        base: pl.arena.as_mut_ptr(),
-        offsets: &pl.schedule.assignment.offsets,
-        sizes: pl.schedule.bufs.iter().map(|b| b.size).collect(),
+    Arena {
+        base: arena.as_mut_ptr(),
+        offsets: &schedule.assignment.offsets,
+        sizes: schedule.bufs.iter().map(|b| b.size).collect(),
         batch,
-    };
-    for (ps, packed) in pl.schedule.steps.iter().zip(&pl.packed) {
+    }
+}
+
+/// Runs every step of `schedule` (training: keeping `saved`).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn run_steps(
+    schedule: &Schedule,
+    packed: &[Packed],
+    arena: &Arena,
+    (held, batch): (&[Option<Input>], usize),
+    prog: &Program,
+    mut saved: Option<&mut [Saved]>,
+    mut times: Option<&mut Vec<f64>>,
+) -> Result<(), RunError> {
+    for (n, (ps, packed)) in schedule.steps.iter().zip(packed).enumerate() {
         let st = &prog.steps[ps.step];
         let started = times.is_some().then(std::time::Instant::now);
-        step(ps, packed, &arena, &held, batch).map_err(|message| RunError::Step {
+        let keep = saved.as_deref_mut().map(|s| &mut s[n]);
+        step(ps, packed, arena, (held, batch), keep).map_err(|message| RunError::Step {
             node: st.name.clone(),
             message,
         })?;
@@ -65,32 +96,58 @@ pub(super) fn forward(
             t[ps.step] += s.elapsed().as_secs_f64();
         }
     }
-    // The values read after the run, copied out of the arena.
+    Ok(())
+}
+
+/// The value of `slot` after a run, copied out of the arena.
+pub(super) fn value(
+    schedule: &Schedule,
+    arena: &Arena,
+    (held, batch): (&[Option<Input>], usize),
+    prog: &Program,
+    slot: usize,
+) -> Result<Tensor, RunError> {
+    let fail = |message: String| RunError::Step {
+        node: format!("value {slot}"),
+        message,
+    };
+    let dims = slot_dims(prog, slot).ok_or_else(|| fail("no fixed size".into()))?;
+    let mut shape = vec![batch];
+    shape.extend(dims);
+    let data: &[f32] = match schedule.loc[slot] {
+        // SAFETY: the steps have run; nothing writes the arena meanwhile.
+        Some(Loc::Buffer(b)) => unsafe { arena.get(b) },
+        Some(Loc::Input(k)) => match &held[k] {
+            Some(Input::F32(v)) => v,
+            _ => &[],
+        },
+        None => &[],
+    };
+    Tensor::from_slice(data, shape, &candle_core::Device::Cpu).map_err(|e| fail(e.to_string()))
+}
+
+/// The slots read after the forward: head values and auxiliary-loss operands.
+pub(super) fn read_slots(prog: &Program) -> Vec<usize> {
+    let mut v: Vec<usize> = prog.heads.iter().map(|(_, s)| *s).collect();
+    v.extend(prog.losses.iter().flat_map(|l| l.slots.iter().copied()));
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+pub(super) fn forward(
+    pl: &mut Planned,
+    prog: &Program,
+    inputs: &[(usize, Tensor)],
+    times: Option<&mut Vec<f64>>,
+) -> Result<Forward, RunError> {
+    let (batch, held) = hold(prog, inputs)?;
+    let arena = arena_for(&pl.schedule, &mut pl.arena, batch);
+    let run = (held.as_slice(), batch);
+    run_steps(&pl.schedule, &pl.packed, &arena, run, prog, None, times)?;
     let mut values: Vec<Option<Tensor>> = vec![None; prog.n_values];
-    let read = prog.heads.iter().map(|(_, s)| *s);
-    for slot in read.chain(prog.losses.iter().flat_map(|l| l.slots.iter().copied())) {
-        let dims = slot_dims(prog, slot).ok_or_else(|| RunError::Step {
-            node: format!("value {slot}"),
-            message: "no fixed size".into(),
-        })?;
-        let mut shape = vec![batch];
-        shape.extend(dims);
-        let data: &[f32] = match pl.schedule.loc[slot] {
-            // SAFETY: the run is over; nothing writes the arena.
-            Some(Loc::Buffer(b)) => unsafe { arena.get(b) },
-            Some(Loc::Input(k)) => match &held[k] {
-                Some(Input::F32(v)) => v,
-                _ => &[],
-            },
-            None => &[],
-        };
-        let t = Tensor::from_slice(data, shape, &candle_core::Device::Cpu).map_err(|e| {
-            RunError::Step {
-                node: format!("value {slot}"),
-                message: e.to_string(),
-            }
-        })?;
-        values[slot] = Some(t);
+    for slot in read_slots(prog) {
+        values[slot] = Some(value(&pl.schedule, &arena, run, prog, slot)?);
     }
     Ok(Forward {
         values,
@@ -111,7 +168,7 @@ fn slot_dims(prog: &Program, slot: usize) -> Option<Vec<usize>> {
 
 /// The arena during one run: buffer `b` is `sizes[b] × batch` floats at
 /// `offsets[b] × batch`.
-struct Arena<'a> {
+pub(super) struct Arena<'a> {
     base: *mut f32,
     offsets: &'a [usize],
     sizes: Vec<usize>,
@@ -123,7 +180,7 @@ impl Arena<'_> {
     /// No mutable slice of a buffer live at the same step may exist: the
     /// assignment keeps buffers live at one step apart, and a step writes
     /// only its output and its scratch, which it does not read.
-    unsafe fn get(&self, b: usize) -> &[f32] {
+    pub(super) unsafe fn get(&self, b: usize) -> &[f32] {
         std::slice::from_raw_parts(
             self.base.add(self.offsets[b] * self.batch),
             self.sizes[b] * self.batch,
@@ -132,7 +189,7 @@ impl Arena<'_> {
     /// # Safety
     /// As for [`Arena::get`]: `b` is the step's output or scratch.
     #[allow(clippy::mut_from_ref)]
-    unsafe fn get_mut(&self, b: usize) -> &mut [f32] {
+    pub(super) unsafe fn get_mut(&self, b: usize) -> &mut [f32] {
         std::slice::from_raw_parts_mut(
             self.base.add(self.offsets[b] * self.batch),
             self.sizes[b] * self.batch,
@@ -144,8 +201,8 @@ fn step(
     ps: &PStep,
     packed: &Packed,
     arena: &Arena,
-    held: &[Option<Input>],
-    batch: usize,
+    (held, batch): (&[Option<Input>], usize),
+    keep: Option<&mut Saved>,
 ) -> Result<(), String> {
     let arg = |i: usize| -> Result<&[f32], String> {
         match ps.args.get(i) {
@@ -200,7 +257,13 @@ fn step(
             op.forward_into(x, &[batch, xd[0], xd[1], xd[2]], w, wd, b, out)
                 .map_err(|e| e.to_string())?
         }
-        (PKind::MaxPool { k, s, hw }, _) => MaxPool2d::new(*k, *s, false).forward_into(x, *hw, out),
+        (PKind::MaxPool { k, s, hw }, _) => match keep {
+            Some(saved) => {
+                saved.arg.resize(out.len(), 0);
+                MaxPool2d::new(*k, *s, true).forward_train_into(x, *hw, out, &mut saved.arg)
+            }
+            None => MaxPool2d::new(*k, *s, false).forward_into(x, *hw, out),
+        },
         (PKind::GlobalPool { max, s }, _) => GlobalPool { max: *max }.forward_into(x, *s, out),
         (PKind::Upsample { scale, hw }, _) => {
             Upsample2d { scale: *scale }.forward_into(x, *hw, out)
@@ -249,9 +312,26 @@ fn step(
         ) => {
             let (h, g) = (*units, if *cell == RnnCell::Lstm { 4 } else { 3 });
             let apart = !*sequences || *directions > 1;
+            let mut keep = keep;
             for (d, w) in dirs.iter().enumerate() {
                 let xw = temp(0);
                 linear::forward_into(xw, x, &w.w_ih_t, &w.b_ih, (batch * t, *i, g * h), false);
+                let placing = (d, h, *directions, *sequences);
+                if let Some(saved) = keep.as_deref_mut() {
+                    // Training: every step's states kept for the backward.
+                    if *cell != RnnCell::Lstm {
+                        return Err("a planned GRU backward".into());
+                    }
+                    saved.lstm.resize_with(dirs.len(), Default::default);
+                    let (hs, acts, cs) = &mut saved.lstm[d];
+                    hs.resize(batch * t * h, 0.0);
+                    acts.resize(batch * t * g * h, 0.0);
+                    cs.resize(batch * t * h, 0.0);
+                    let op = LstmSeq::new(h, d == 1, true);
+                    op.forward_saved_into(xw, &w.w_hh_t, (batch, *t), hs, acts, cs);
+                    place(hs, out, placing);
+                    continue;
+                }
                 let acts = if *cell == RnnCell::Gru {
                     temp(if apart { 2 } else { 1 })
                 } else {
@@ -264,18 +344,7 @@ fn step(
                 }
                 let hs = temp(1);
                 recur(run, xw, w, hs, acts);
-                let width = directions * h;
-                if *sequences {
-                    for (o, r) in out.chunks_mut(width).zip(hs.chunks(h)) {
-                        o[d * h..(d + 1) * h].copy_from_slice(r);
-                    }
-                } else {
-                    let last = if d == 1 { 0 } else { t - 1 };
-                    for (bi, o) in out.chunks_mut(width).enumerate() {
-                        let r = &hs[(bi * t + last) * h..][..h];
-                        o[d * h..(d + 1) * h].copy_from_slice(r);
-                    }
-                }
+                place(hs, out, placing);
             }
         }
         (PKind::Elementwise(e), _) => {
@@ -379,6 +448,28 @@ fn step(
     Ok(())
 }
 
+/// Direction `d`'s hidden states [B, T, H] in a recurrence's output: all
+/// steps (`sequences`) or the last one read, side by side with the other
+/// direction's.
+pub(super) fn place(
+    hs: &[f32],
+    out: &mut [f32],
+    (d, h, directions, sequences): (usize, usize, usize, bool),
+) {
+    let width = directions * h;
+    if sequences {
+        for (o, r) in out.chunks_mut(width).zip(hs.chunks(h)) {
+            o[d * h..(d + 1) * h].copy_from_slice(r);
+        }
+    } else {
+        let t = hs.len() / (h * (out.len() / width)).max(1);
+        let last = if d == 1 { 0 } else { t - 1 };
+        for (bi, o) in out.chunks_mut(width).enumerate() {
+            o[d * h..(d + 1) * h].copy_from_slice(&hs[(bi * t + last) * h..][..h]);
+        }
+    }
+}
+
 /// One direction's recurrence into `hs` [B, T, H] (`acts`: a GRU's scratch).
 fn recur(
     (cell, h, reverse, bt): (RnnCell, usize, bool, (usize, usize)),
@@ -407,7 +498,9 @@ fn act(a: Act, x: &[f32], out: &mut [f32]) {
         const CHUNK: usize = 1 << 14;
         let par = out.len() >= crate::kernels::par::MIN_ELEMENTS;
         crate::kernels::par::chunks_mut(out, CHUNK, par, |c, o| {
-            o.iter_mut().zip(&x[c * CHUNK..]).for_each(|(o, v)| *o = f(*v))
+            o.iter_mut()
+                .zip(&x[c * CHUNK..])
+                .for_each(|(o, v)| *o = f(*v))
         });
     }
     match a {

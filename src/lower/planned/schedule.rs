@@ -214,11 +214,17 @@ impl fmt::Display for Unplanned {
 }
 
 impl Schedule {
-    /// Plans `prog`, or says which step has no planned kernel.
+    /// Plans an inference `prog`, or says which step has no planned kernel.
     pub fn of(prog: &Program) -> Result<Schedule, Unplanned> {
         if prog.mode != Mode::Infer {
-            return Err(Unplanned("training runs on candle's autograd".into()));
+            return Err(Unplanned("a training program (see `PlannedTrain`)".into()));
         }
+        Schedule::build(prog)
+    }
+
+    /// The forward schedule of `prog` in its mode (training keeps dropout,
+    /// which has no planned kernel).
+    pub(super) fn build(prog: &Program) -> Result<Schedule, Unplanned> {
         if prog.compute != candle_core::DType::F32 {
             return Err(Unplanned("planned kernels are f32".into()));
         }
@@ -261,6 +267,9 @@ impl Schedule {
                 .map(|a| dims[*a].as_ref().ok_or_else(|| why("operand size unknown")))
                 .collect::<Result<_, _>>()?;
             let len: usize = out_dims.iter().product();
+            if prog.mode == Mode::Train && matches!(st.op, Op::Dropout(_)) {
+                return Err(why("dropout in training"));
+            }
             let kind = match kind_of(st, &arg_dims, &out_dims) {
                 Ok(Some(kind)) => kind,
                 // A view: the result is the operand's buffer.

@@ -1,0 +1,598 @@
+//! The planned executor for training: the forward of the inference schedule
+//! (keeping what the backward reads), then the backward as a second static
+//! schedule over the same arena, no autograd graph and no candle tensor per
+//! step. The losses stay on candle: the forward's head values come out as
+//! leaf variables, the weighting builds its total from them, candle's
+//! backward of that small graph gives their gradients, and the planned
+//! backward carries them to the weights. The optimizer then runs as on the
+//! candle path, so every weighting that is a weighted sum of the losses
+//! (fixed, DWA, uncertainty, FAMO, RLW) is unchanged.
+//!
+//! Time in the schedule: forward step k at k, the losses at n, the backward
+//! of step k at 2n − k. A value the backward of step j reads lives until
+//! 2n − j; the gradient of a value lives from the backward of its last reader
+//! (or the losses) to the backward of its producer. One assignment
+//! ([`super::memory::assign`]) places values, scratch and gradients.
+
+use super::memory::{assign, Interval};
+use super::run::{self, Arena, Input, Saved};
+use super::schedule::{Loc, PKind, PStep, Schedule, Unplanned};
+use super::{pack, Packed};
+use crate::ir::ops::activation::Act;
+use crate::ir::ops::{dense, embedding, rnn::Names};
+use crate::ir::{Ew, Op, RnnCell};
+use crate::kernels::cpu_ops::{GlobalPool, MaxPool2d, Upsample2d};
+use crate::kernels::{conv::Conv2dIm2col, gelu, host, linear, lstm::LstmSeq};
+use crate::lower::{Forward, Params, Program, RunError};
+use crate::pipeline::Mode;
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
+use std::collections::HashMap;
+
+/// A training program's planned forward and backward.
+pub struct PlannedTrain {
+    schedule: Schedule,
+    /// Per buffer: the buffer of its gradient.
+    grad: Vec<Option<usize>>,
+    /// Gradient buffers to zero at a time of the backward (first written then).
+    zero_at: HashMap<usize, Vec<usize>>,
+    arena: Vec<f32>,
+    saved: Vec<Saved>,
+    packed: Vec<Packed>,
+    /// The weights' gradients by key, summed over the steps that read them.
+    pgrads: HashMap<String, Vec<f32>>,
+    /// The last forward's inputs, which the backward reads.
+    inputs: Vec<(usize, Tensor)>,
+}
+
+/// Whether the planned backward knows `kind`.
+fn has_backward(kind: &PKind) -> bool {
+    match kind {
+        PKind::Linear { .. }
+        | PKind::MaxPool { .. }
+        | PKind::GlobalPool { .. }
+        | PKind::Narrow { .. }
+        | PKind::Concat { .. }
+        | PKind::Embedding { .. }
+        | PKind::Upsample { .. } => true,
+        PKind::Conv { mean, .. } => !mean,
+        PKind::Act(a) => matches!(
+            a,
+            Act::Relu | Act::Gelu | Act::Sigmoid | Act::Tanh | Act::Silu
+        ),
+        PKind::Rnn { cell, .. } => *cell == RnnCell::Lstm,
+        PKind::Elementwise(e) => matches!(e, Ew::Add | Ew::Mean | Ew::Mul),
+        _ => false,
+    }
+}
+
+/// The operands (by index; `None`: the output) whose values the backward of
+/// a step reads.
+fn kept(ps: &PStep) -> Vec<Option<usize>> {
+    match &ps.kind {
+        PKind::Linear { relu, .. } | PKind::Conv { relu, .. } => {
+            let mut v = vec![Some(0)];
+            if *relu {
+                v.push(None);
+            }
+            v
+        }
+        PKind::GlobalPool { max: true, .. } => vec![Some(0), None],
+        PKind::Act(Act::Gelu | Act::Silu) => vec![Some(0)],
+        PKind::Act(_) => vec![None],
+        PKind::Rnn { .. } => vec![Some(0)],
+        PKind::Elementwise(Ew::Mul) => (0..ps.args.len()).map(Some).collect(),
+        _ => vec![],
+    }
+}
+
+impl PlannedTrain {
+    /// Plans the training `prog`, or says why it trains on the candle path.
+    pub fn new(prog: &Program, params: &Params) -> Result<PlannedTrain, Unplanned> {
+        if prog.mode != Mode::Train {
+            return Err(Unplanned("an inference program".into()));
+        }
+        let on_cpu = params
+            .vars
+            .values()
+            .next()
+            .is_none_or(|v| crate::kernels::native_device(v.device()));
+        if !on_cpu {
+            return Err(Unplanned(
+                "planned kernels run on the CPU with our kernels".into(),
+            ));
+        }
+        let mut schedule = Schedule::build(prog)?;
+        for ps in &schedule.steps {
+            if !has_backward(&ps.kind) {
+                let st = &prog.steps[ps.step];
+                return Err(Unplanned(format!(
+                    "step `{}` ({}): no planned backward",
+                    st.name, st.kernel
+                )));
+            }
+        }
+        let n = prog.steps.len();
+        let back = |k: usize| 2 * n - k;
+        // Values the backward reads live until it has.
+        for ps in &schedule.steps {
+            for op in kept(ps) {
+                let l = match op {
+                    Some(i) => ps.args[i],
+                    None => Loc::Buffer(ps.out),
+                };
+                if let Loc::Buffer(b) = l {
+                    let last = &mut schedule.bufs[b].last;
+                    *last = (*last).max(back(ps.step));
+                }
+            }
+        }
+        // Each value's gradient: from its last reader's backward to its producer's.
+        let mut first_grad: HashMap<usize, usize> = HashMap::new();
+        for ps in &schedule.steps {
+            for a in &ps.args {
+                if let Loc::Buffer(b) = a {
+                    let f = first_grad.entry(*b).or_insert(usize::MAX);
+                    *f = (*f).min(back(ps.step));
+                }
+            }
+        }
+        for slot in run::read_slots(prog) {
+            if let Some(Loc::Buffer(b)) = schedule.loc[slot] {
+                first_grad.insert(b, n);
+            }
+        }
+        let mut grad = vec![None; schedule.bufs.len()];
+        let mut zero_at: HashMap<usize, Vec<usize>> = HashMap::new();
+        for ps in &schedule.steps {
+            let Some(&first) = first_grad.get(&ps.out) else {
+                continue;
+            };
+            let g = schedule.bufs.len();
+            schedule.bufs.push(Interval {
+                size: schedule.bufs[ps.out].size,
+                first,
+                last: back(ps.step),
+            });
+            grad[ps.out] = Some(g);
+            zero_at.entry(first).or_default().push(g);
+        }
+        schedule.assignment = assign(&schedule.bufs);
+        let saved = schedule.steps.iter().map(|_| Saved::default()).collect();
+        Ok(PlannedTrain {
+            schedule,
+            grad,
+            zero_at,
+            arena: vec![],
+            saved,
+            packed: vec![],
+            pgrads: HashMap::new(),
+            inputs: vec![],
+        })
+    }
+
+    /// Arena floats per sample (values, scratch and gradients).
+    pub fn arena_per_sample(&self) -> usize {
+        self.schedule.arena_per_sample()
+    }
+
+    /// The training forward: the heads' values and auxiliary-loss operands
+    /// as leaf variables (in `values` and `leaves`), for the losses.
+    pub fn forward(
+        &mut self,
+        prog: &Program,
+        params: &Params,
+        inputs: Vec<(usize, Tensor)>,
+    ) -> Result<Forward, RunError> {
+        self.packed = self
+            .schedule
+            .steps
+            .iter()
+            .map(|ps| {
+                let st = &prog.steps[ps.step];
+                pack(st, &ps.kind, params).map_err(|e| RunError::Step {
+                    node: st.name.clone(),
+                    message: e.to_string(),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        self.inputs = inputs;
+        let (batch, held) = run::hold(prog, &self.inputs)?;
+        let arena = run::arena_for(&self.schedule, &mut self.arena, batch);
+        let at = (held.as_slice(), batch);
+        let saved = Some(self.saved.as_mut_slice());
+        run::run_steps(&self.schedule, &self.packed, &arena, at, prog, saved, None)?;
+        let mut values: Vec<Option<Tensor>> = vec![None; prog.n_values];
+        let mut leaves = vec![];
+        for slot in run::read_slots(prog) {
+            let t = run::value(&self.schedule, &arena, at, prog, slot)?;
+            let leaf = Var::from_tensor(&t).map_err(|e| RunError::Step {
+                node: format!("value {slot}"),
+                message: e.to_string(),
+            })?;
+            values[slot] = Some(leaf.as_tensor().clone());
+            leaves.push((slot, leaf));
+        }
+        Ok(Forward { values, leaves })
+    }
+
+    /// The backward of the last forward from the losses' gradients in
+    /// `store` (of `fwd`'s leaves): each weight's gradient added to its
+    /// entry in `grads` (aligned with `vars`).
+    pub fn backward(
+        &mut self,
+        prog: &Program,
+        params: &Params,
+        (fwd, store): (&Forward, &GradStore),
+        vars: &[(String, Var)],
+        grads: &mut [Option<Tensor>],
+    ) -> Result<(), RunError> {
+        let err = |node: &str| {
+            let node = node.to_string();
+            move |message: String| RunError::Step { node, message }
+        };
+        let n = prog.steps.len();
+        let (batch, held) = run::hold(prog, &self.inputs)?;
+        let arena = run::arena_for(&self.schedule, &mut self.arena, batch);
+        self.pgrads.values_mut().for_each(|g| g.fill(0.0));
+        let zero = |t: usize| {
+            for g in self.zero_at.get(&t).into_iter().flatten() {
+                // SAFETY: a gradient buffer first written at time `t`.
+                unsafe { arena.get_mut(*g) }.fill(0.0);
+            }
+        };
+        zero(n);
+        for (slot, leaf) in &fwd.leaves {
+            let (Some(Loc::Buffer(b)), Some(g)) =
+                (self.schedule.loc[*slot], store.get(leaf.as_tensor()))
+            else {
+                continue;
+            };
+            let Some(gb) = self.grad[b] else { continue };
+            let g = host::host(g).map_err(|e| err("losses")(e.to_string()))?;
+            // SAFETY: the gradient of a value read after the forward.
+            let dst = unsafe { arena.get_mut(gb) };
+            dst.iter_mut().zip(g.iter()).for_each(|(d, v)| *d += v);
+        }
+        let steps = self
+            .schedule
+            .steps
+            .iter()
+            .zip(&self.packed)
+            .zip(&self.saved);
+        for ((ps, packed), saved) in steps.rev() {
+            zero(2 * n - ps.step);
+            let Some(gy) = self.grad[ps.out] else {
+                continue;
+            };
+            let st = &prog.steps[ps.step];
+            let step = Back {
+                ps,
+                arena: &arena,
+                held: (&held, batch),
+                grad: &self.grad,
+                gy,
+            };
+            step.run(st, packed, params, saved, &mut self.pgrads)
+                .map_err(err(&st.name))?;
+        }
+        for ((key, var), g) in vars.iter().zip(grads.iter_mut()) {
+            let Some(pg) = self.pgrads.get(key) else {
+                continue;
+            };
+            let t = Tensor::from_slice(pg, var.shape(), var.device())
+                .map_err(|e| err(key)(e.to_string()))?;
+            *g = Some(match g.take() {
+                Some(prev) => (prev + t).map_err(|e| err(key)(e.to_string()))?,
+                None => t,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The backward of one step.
+struct Back<'a> {
+    ps: &'a PStep,
+    arena: &'a Arena<'a>,
+    held: (&'a [Option<Input<'a>>], usize),
+    grad: &'a [Option<usize>],
+    /// The gradient buffer of the step's output.
+    gy: usize,
+}
+
+impl Back<'_> {
+    fn value(&self, i: usize) -> Result<&[f32], String> {
+        match self.ps.args.get(i) {
+            // SAFETY: a value live at this step's backward (see `kept`).
+            Some(Loc::Buffer(b)) => Ok(unsafe { self.arena.get(*b) }),
+            Some(Loc::Input(k)) => match &self.held.0[*k] {
+                Some(Input::F32(v)) => Ok(v),
+                _ => Err("an f32 operand holds token ids".into()),
+            },
+            None => Err(format!("no operand {i}")),
+        }
+    }
+
+    fn out(&self) -> &[f32] {
+        // SAFETY: the output, kept for this backward where it reads it.
+        unsafe { self.arena.get(self.ps.out) }
+    }
+
+    /// The gradient buffer of operand `i`, if it needs one.
+    #[allow(clippy::mut_from_ref)]
+    fn dx(&self, i: usize) -> Option<&mut [f32]> {
+        match self.ps.args.get(i) {
+            // SAFETY: the operand's gradient, written by this step only now.
+            Some(Loc::Buffer(b)) => self.grad[*b].map(|g| unsafe { self.arena.get_mut(g) }),
+            _ => None,
+        }
+    }
+
+    fn run(
+        &self,
+        st: &crate::lower::Step,
+        packed: &Packed,
+        params: &Params,
+        saved: &Saved,
+        pgrads: &mut HashMap<String, Vec<f32>>,
+    ) -> Result<(), String> {
+        let prefix = st.params.as_deref().unwrap_or("");
+        let key = |name: &str| format!("{prefix}.{name}");
+        let weight = |name: &str| -> Result<Tensor, String> {
+            params.get(&key(name)).cloned().map_err(|e| e.to_string())
+        };
+        // A weight's gradient out of the map while a kernel adds to it.
+        let mut take = |name: &str, len: usize| -> Vec<f32> {
+            pgrads.remove(&key(name)).unwrap_or_else(|| vec![0.0; len])
+        };
+        let mut put = vec![];
+        // SAFETY: the output's gradient, dead after this step.
+        let gy = unsafe { self.arena.get_mut(self.gy) };
+        let batch = self.held.1;
+        let host_err = |e: candle_core::Error| e.to_string();
+        match (&self.ps.kind, packed) {
+            (PKind::Linear { relu, i, o }, _) => {
+                if *relu {
+                    relu_mask(gy, self.out());
+                }
+                let x = self.value(0)?;
+                let w = weight(dense::WEIGHT)?;
+                let w = host::host(&w).map_err(host_err)?;
+                let (mut dw, mut db) = (take(dense::WEIGHT, o * i), take(dense::BIAS, *o));
+                let dims = (x.len() / i, *i, *o);
+                linear::backward_into(x, &w, gy, dims, self.dx(0), &mut dw, &mut db);
+                put.extend([(dense::WEIGHT, dw), (dense::BIAS, db)]);
+            }
+            (
+                PKind::Conv {
+                    stride,
+                    dilation,
+                    pad,
+                    relu,
+                    x: xd,
+                    w: wd,
+                    ..
+                },
+                Packed::Conv { w, .. },
+            ) => {
+                if *relu {
+                    relu_mask(gy, self.out());
+                }
+                let op = Conv2dIm2col {
+                    stride: *stride,
+                    dilation: *dilation,
+                    pad: *pad,
+                    relu: false,
+                    mean: false,
+                };
+                let (mut dw, mut db) = (take(dense::WEIGHT, w.len()), take(dense::BIAS, wd[0]));
+                let xd = [batch, xd[0], xd[1], xd[2]];
+                op.backward_into(
+                    (self.value(0)?, &xd),
+                    (w, wd),
+                    gy,
+                    self.dx(0),
+                    &mut dw,
+                    &mut db,
+                )
+                .map_err(host_err)?;
+                put.extend([(dense::WEIGHT, dw), (dense::BIAS, db)]);
+            }
+            (PKind::MaxPool { k, s, hw }, _) => {
+                if let Some(dx) = self.dx(0) {
+                    MaxPool2d::new(*k, *s, true).backward_into(&saved.arg, *hw, gy, dx)
+                }
+            }
+            (PKind::GlobalPool { max, s }, _) => {
+                let x = if *max { self.value(0)? } else { &[] };
+                if let Some(dx) = self.dx(0) {
+                    GlobalPool { max: *max }.backward_into((x, self.out()), *s, gy, dx)
+                }
+            }
+            (PKind::Act(a), _) => {
+                if let Some(dx) = self.dx(0) {
+                    act_grad(*a, (self.value(0)?, self.out()), gy, dx)
+                }
+            }
+            (PKind::Narrow { row, start, len }, _) => {
+                if let Some(dx) = self.dx(0) {
+                    for (d, g) in dx.chunks_mut(*row).zip(gy.chunks(*len)) {
+                        add(&mut d[*start..start + len], g);
+                    }
+                }
+            }
+            (PKind::Concat { blocks }, _) => {
+                let whole: usize = blocks.iter().sum();
+                let mut at = 0;
+                for (k, n) in blocks.iter().enumerate() {
+                    if let Some(dx) = self.dx(k) {
+                        for (d, g) in dx.chunks_mut(*n).zip(gy.chunks(whole)) {
+                            add(d, &g[at..at + n]);
+                        }
+                    }
+                    at += n;
+                }
+            }
+            (PKind::Embedding { dim }, Packed::Table(table)) => {
+                let Some(Loc::Input(k)) = self.ps.args.first() else {
+                    return Err("token ids that are not an input".into());
+                };
+                let Some(Input::Ids(ids)) = &self.held.0[*k] else {
+                    return Err("an embedding of f32 values".into());
+                };
+                let mut dt = take(embedding::WEIGHT, table.len());
+                for (g, id) in gy.chunks(*dim).zip(ids) {
+                    let at = *id as usize * dim;
+                    add(
+                        dt.get_mut(at..at + dim)
+                            .ok_or_else(|| format!("token id {id} outside the table"))?,
+                        g,
+                    );
+                }
+                put.push((embedding::WEIGHT, dt));
+            }
+            (
+                PKind::Rnn {
+                    units,
+                    directions,
+                    sequences,
+                    t,
+                    i,
+                    ..
+                },
+                _,
+            ) => {
+                let Op::Rnn(r) = &st.op else {
+                    return Err(format!("a recurrence kernel on `{}`", st.op));
+                };
+                let (h, t, x) = (*units, *t, self.value(0)?);
+                let mut dx = self.dx(0);
+                for (d, names) in r.directions().iter().enumerate() {
+                    let (hs, acts, cs) = saved.lstm.get(d).ok_or("the forward kept no states")?;
+                    let dhs = unplace(gy, (d, h, *directions, *sequences), (batch, t));
+                    let w_hh = weight(names.weight_hh)?;
+                    let w_hh = host::host(&w_hh).map_err(host_err)?;
+                    let mut dg = vec![0f32; batch * t * 4 * h];
+                    let mut dwhh = take(names.weight_hh, 4 * h * h);
+                    let op = LstmSeq::new(h, d == 1, true);
+                    op.backward_into(&w_hh, (batch, t), (acts, cs, hs), &dhs, &mut dg, &mut dwhh);
+                    let w_ih = weight(names.weight_ih)?;
+                    let w_ih = host::host(&w_ih).map_err(host_err)?;
+                    let (mut dwih, mut db) =
+                        (take(names.weight_ih, 4 * h * i), take(names.bias, 4 * h));
+                    let dims = (batch * t, *i, 4 * h);
+                    linear::backward_into(
+                        x,
+                        &w_ih,
+                        &dg,
+                        dims,
+                        dx.as_deref_mut(),
+                        &mut dwih,
+                        &mut db,
+                    );
+                    put.extend([
+                        (names.weight_hh, dwhh),
+                        (names.weight_ih, dwih),
+                        (names.bias, db),
+                    ]);
+                }
+                let _: &[Names] = r.directions();
+            }
+            (PKind::Upsample { scale, hw }, _) => {
+                if let Some(dx) = self.dx(0) {
+                    Upsample2d { scale: *scale }.backward_into(gy, *hw, dx)
+                }
+            }
+            (PKind::Elementwise(e), _) => {
+                let n = self.ps.args.len();
+                for k in 0..n {
+                    let Some(dx) = self.dx(k) else { continue };
+                    match e {
+                        Ew::Add => add(dx, gy),
+                        Ew::Mean => {
+                            let s = 1.0 / n as f32;
+                            dx.iter_mut().zip(gy.iter()).for_each(|(d, g)| *d += g * s)
+                        }
+                        _ => {
+                            // The product of the other operands.
+                            let mut p = gy.to_vec();
+                            for j in (0..n).filter(|j| *j != k) {
+                                p.iter_mut().zip(self.value(j)?).for_each(|(p, v)| *p *= v);
+                            }
+                            add(dx, &p);
+                        }
+                    }
+                }
+            }
+            (kind, _) => return Err(format!("no planned backward for {kind}")),
+        }
+        for (name, g) in put {
+            pgrads.insert(key(name), g);
+        }
+        Ok(())
+    }
+}
+
+fn add(d: &mut [f32], g: &[f32]) {
+    d.iter_mut().zip(g).for_each(|(d, g)| *d += g);
+}
+
+/// The gradient through a fused relu: zero where the output is.
+fn relu_mask(g: &mut [f32], y: &[f32]) {
+    g.iter_mut().zip(y).for_each(|(g, y)| {
+        if *y <= 0.0 {
+            *g = 0.0
+        }
+    });
+}
+
+/// An activation's gradient added to `dx`, from its input and output.
+fn act_grad(a: Act, (x, y): (&[f32], &[f32]), g: &[f32], dx: &mut [f32]) {
+    let sig = |v: f32| 1.0 / (1.0 + (-v).exp());
+    match a {
+        Act::Relu => dx
+            .iter_mut()
+            .zip(g.iter().zip(y))
+            .for_each(|(d, (g, y))| *d += if *y > 0.0 { *g } else { 0.0 }),
+        Act::Sigmoid => dx
+            .iter_mut()
+            .zip(g.iter().zip(y))
+            .for_each(|(d, (g, y))| *d += g * y * (1.0 - y)),
+        Act::Tanh => dx
+            .iter_mut()
+            .zip(g.iter().zip(y))
+            .for_each(|(d, (g, y))| *d += g * (1.0 - y * y)),
+        Act::Gelu => dx
+            .iter_mut()
+            .zip(g.iter().zip(x))
+            .for_each(|(d, (g, x))| *d += g * gelu::gelu_grad(*x)),
+        Act::Silu => dx.iter_mut().zip(g.iter().zip(x)).for_each(|(d, (g, x))| {
+            let s = sig(*x);
+            *d += g * (s + x * s * (1.0 - s))
+        }),
+        _ => add(dx, g),
+    }
+}
+
+/// The hidden states' gradient [B, T, H] of direction `d` from the output's
+/// (the inverse of [`run::place`]).
+fn unplace(
+    gy: &[f32],
+    (d, h, directions, sequences): (usize, usize, usize, bool),
+    (batch, t): (usize, usize),
+) -> Vec<f32> {
+    let width = directions * h;
+    let mut dhs = vec![0f32; batch * t * h];
+    if sequences {
+        for (r, g) in dhs.chunks_mut(h).zip(gy.chunks(width)) {
+            r.copy_from_slice(&g[d * h..(d + 1) * h]);
+        }
+    } else {
+        let last = if d == 1 { 0 } else { t - 1 };
+        for (bi, g) in gy.chunks(width).enumerate() {
+            dhs[(bi * t + last) * h..][..h].copy_from_slice(&g[d * h..(d + 1) * h]);
+        }
+    }
+    dhs
+}
