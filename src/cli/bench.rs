@@ -4,7 +4,7 @@ use super::{build, DeviceArgs, Fail};
 use candle_core::{DType, Tensor};
 use clap::Args;
 use mtl::lower::init_params;
-use mtl::lower::planned::Inference;
+use mtl::lower::planned::{Inference, PlannedTrain};
 use mtl::pipeline::Mode;
 use mtl::train::loss::head_loss;
 use mtl::train::optim::Optimizer;
@@ -96,7 +96,18 @@ pub fn bench(a: BenchArgs) -> Result<i32, Fail> {
         (Mode::Train, _) => Inference::candle("training runs on candle's autograd"),
         (_, Executor::Candle) => Inference::candle("--executor candle"),
     };
-    let executor = exec.executor();
+    let mut trainer = match (mode, a.executor) {
+        (Mode::Train, Executor::Auto) => PlannedTrain::new(&prog, &params),
+        (Mode::Train, Executor::Candle) => {
+            Err(mtl::lower::planned::Unplanned("--executor candle".into()))
+        }
+        _ => Err(mtl::lower::planned::Unplanned("inference".into())),
+    };
+    let executor = match (mode, &trainer) {
+        (Mode::Infer, _) => exec.executor(),
+        (_, Ok(_)) => "planned".into(),
+        (_, Err(why)) => format!("candle ({why})"),
+    };
     if a.memory {
         print!(
             "{}",
@@ -121,14 +132,21 @@ pub fn bench(a: BenchArgs) -> Result<i32, Fail> {
             }
             return Ok(());
         }
-        let fwd = prog
-            .forward_timed(
+        let fwd = match trainer.as_mut() {
+            Ok(pt) => {
+                if profile && pt.times.is_none() {
+                    pt.times = Some(vec![]);
+                }
+                pt.forward(&prog, &params, inputs.clone())
+            }
+            Err(_) => prog.forward_timed(
                 &params,
                 inputs.clone(),
                 &mut rng,
                 profile.then_some(&mut node_times),
-            )
-            .map_err(|e| Fail::model(e.to_string()))?;
+            ),
+        }
+        .map_err(|e| Fail::model(e.to_string()))?;
         if mode == Mode::Train {
             let mut total = Tensor::zeros((), DType::F32, &dev).map_err(f)?;
             for (h, slot) in &prog.heads {
@@ -154,18 +172,17 @@ pub fn bench(a: BenchArgs) -> Result<i32, Fail> {
                 .map_err(f)?;
             }
             let t0 = Instant::now();
-            let grads = total.backward().map_err(f)?;
+            let store = total.backward().map_err(f)?;
+            let mut grads = mtl::train::optim::grads_for(&vars, &store);
+            if let Ok(pt) = trainer.as_mut() {
+                pt.backward(&prog, &params, (&fwd, &store), &vars, &mut grads)
+                    .map_err(|e| Fail::model(e.to_string()))?;
+            }
             let t1 = Instant::now();
             if profile {
                 back_time += (t1 - t0).as_secs_f64();
             }
-            opt.apply(
-                &vars,
-                mtl::train::optim::grads_for(&vars, &grads),
-                1e-4,
-                None,
-            )
-            .map_err(f)?;
+            opt.apply(&vars, grads, 1e-4, None).map_err(f)?;
             if profile {
                 opt_time += t1.elapsed().as_secs_f64();
             }
@@ -222,6 +239,10 @@ pub fn bench(a: BenchArgs) -> Result<i32, Fail> {
             sps,
             times.len()
         );
+    }
+    if let Some(t) = trainer.as_ref().ok().and_then(|pt| pt.times.as_ref()) {
+        // The planned steps' forward and backward, per node.
+        node_times = t.clone();
     }
     if a.profile {
         print!(
