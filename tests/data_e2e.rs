@@ -94,6 +94,7 @@ fn train_eval(src: &str, data: &Path, epochs: usize) -> EvalResult {
         device: dev.clone(),
         tensorboard: None,
         comm: None,
+        planned: true,
     };
     let mut params = init_params(&t, 0, &dev).unwrap();
     mtl::train::fit(&fc, &t, &i, &mut params, &train, None, &mut Quiet).unwrap();
@@ -510,6 +511,7 @@ fn decoded_data_above_the_memory_limit_streams_to_a_reused_disk_cache() {
             device: dev.clone(),
             tensorboard: None,
             comm: None,
+            planned: true,
         };
         let mut params = init_params(&t, 0, &dev).unwrap();
         mtl::train::fit(&fc, &t, &i, &mut params, ds, None, &mut Quiet).unwrap();
@@ -641,6 +643,7 @@ fn a_header_only_manifest_does_not_train() {
         device: Device::Cpu,
         tensorboard: None,
         comm: None,
+        planned: true,
     };
     let mut params = init_params(&t, 0, &Device::Cpu).unwrap();
     let err = mtl::train::fit(&fc, &t, &i, &mut params, &ds, None, &mut Quiet).unwrap_err();

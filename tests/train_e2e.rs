@@ -51,6 +51,7 @@ fn fit(
         device: Device::Cpu,
         tensorboard: Some(dir.join("tensorboard")),
         comm: None,
+        planned: true,
     };
     mtl::train::fit(&fc, t, i, params, train, val, &mut Quiet)
 }

@@ -2,7 +2,10 @@
 # mtl against its peers on this machine, in one run: Keras 3 (JAX backend),
 # PyTorch eager and torch.compile (CPU). Training and inference samples/s at
 # batch 32, mtl's ratio to the best peer per model and mode, and each one's
-# peak memory (RSS, MiB, of the whole process: /usr/bin/time).
+# peak memory (RSS, MiB, of the whole process: /usr/bin/time); mtl's own
+# candle path (`--executor candle`) beside its default (the planned executor
+# where it applies). Then inference alone at each batch size of
+# INFER_BATCHES (default "1 256"; empty skips it).
 #
 #   KERAS_PY=/tmp/kvenv/bin/python TORCH_PY=/tmp/tavenv/bin/python benches/peers/compare.sh
 #
@@ -18,6 +21,7 @@ OUT=${OUT:-/tmp/peers.jsonl}
 declare -A FILE=([shapes_mm]=../shared/fixtures/shapes_mm.mtl [digits_mt]=../shared/fixtures/digits_mt.mtl)
 for m in digits shapes reviews seed_multitask seed_multimodal siamese fusions captions mmoe; do FILE[$m]=models/$m.mtl; done
 MODELS=${MODELS:-"shapes_mm digits_mt digits shapes reviews seed_multitask seed_multimodal siamese fusions captions mmoe"}
+INFER_BATCHES=${INFER_BATCHES-"1 256"}
 # One measured command: its last stdout line (JSON) with "rss_mib" added.
 measure() {
   local t
@@ -31,23 +35,44 @@ d["rss_mib"] = round(rss)
 print(json.dumps(d))' "$t"
   rm -f "$t"
 }
-printf '%-16s %-6s %9s %9s %9s %9s %7s   %s\n' model mode mtl keras torch t.compile best "RSS MiB mtl/keras/torch/compile"
+printf '%-16s %-6s %9s %9s %9s %9s %9s %7s   %s\n' model mode mtl candle keras torch t.compile best "RSS MiB mtl/keras/torch/compile"
 for m in $MODELS; do
   mt=$(measure target/release/mtl bench "${FILE[$m]}" --train --json)
   mi=$(measure target/release/mtl bench "${FILE[$m]}" --infer --json)
+  ct=$(measure target/release/mtl bench "${FILE[$m]}" --train --json --executor candle)
+  ci=$(measure target/release/mtl bench "${FILE[$m]}" --infer --json --executor candle)
   k=$(KERAS_BACKEND=jax measure "$KPY" benches/peers/keras_bench.py "$m")
   te=$(measure "$TPY" benches/peers/torch_bench.py "$m" --mode eager)
   tc=$(measure "$TPY" benches/peers/torch_bench.py "$m" --mode compile)
-  python3 - "$m" "$mt" "$mi" "$k" "$te" "$tc" "$OUT" <<'PY'
+  python3 - "$m" "$mt" "$mi" "$k" "$te" "$tc" "$ct" "$ci" "$OUT" <<'PY'
 import json, sys
-m, mt, mi, k, te, tc = sys.argv[1], *map(json.loads, sys.argv[2:7])
-with open(sys.argv[7], "a") as f:
-    f.write(json.dumps({"model": m, "mtl_train": mt, "mtl_infer": mi, "keras": k, "torch_eager": te, "torch_compile": tc}) + "\n")
-for mode, ours in (("train", mt), ("infer", mi)):
-    peers = [p.get(f"{mode}_samples_per_sec", 0) for p in (k, te, tc)]
+m, mt, mi, k, te, tc, ct, ci = sys.argv[1], *map(json.loads, sys.argv[2:9])
+with open(sys.argv[9], "a") as f:
+    f.write(json.dumps({"model": m, "batch": 32, "mtl_train": mt, "mtl_infer": mi, "mtl_candle_train": ct, "mtl_candle_infer": ci, "keras": k, "torch_eager": te, "torch_compile": tc}) + "\n")
+for mode, ours, cand in (("train", mt, ct), ("infer", mi, ci)):
+    peers = [p.get(f"{mode}_samples_per_sec") or 0 for p in (k, te, tc)]
     best = max(peers) or float("nan")
     rss = "/".join(str(x.get("rss_mib", "?")) for x in (ours, k, te, tc))
-    print(f"{m:<16} {mode:<6} {ours.get('samples_per_sec', 0):9.0f} " + " ".join(f"{p:9.0f}" for p in peers)
+    print(f"{m:<16} {mode:<6} {ours.get('samples_per_sec', 0):9.0f} {cand.get('samples_per_sec', 0):9.0f} " + " ".join(f"{p:9.0f}" for p in peers)
           + f" {ours.get('samples_per_sec', 0) / best:6.2f}x   {rss}")
 PY
+done
+for b in $INFER_BATCHES; do
+  for m in $MODELS; do
+    mi=$(measure target/release/mtl bench "${FILE[$m]}" --infer --json --batch-size "$b")
+    ci=$(measure target/release/mtl bench "${FILE[$m]}" --infer --json --batch-size "$b" --executor candle)
+    k=$(KERAS_BACKEND=jax KERAS_BATCH=$b INFER_ONLY=1 measure "$KPY" benches/peers/keras_bench.py "$m")
+    te=$(measure "$TPY" benches/peers/torch_bench.py "$m" --mode eager --infer-only --batch-size "$b")
+    tc=$(measure "$TPY" benches/peers/torch_bench.py "$m" --mode compile --infer-only --batch-size "$b")
+    python3 - "$m" "$b" "$mi" "$ci" "$k" "$te" "$tc" "$OUT" <<'PY'
+import json, sys
+m, b, mi, ci, k, te, tc = sys.argv[1], int(sys.argv[2]), *map(json.loads, sys.argv[3:8])
+with open(sys.argv[8], "a") as f:
+    f.write(json.dumps({"model": m, "batch": b, "mtl_infer": mi, "mtl_candle_infer": ci, "keras": k, "torch_eager": te, "torch_compile": tc}) + "\n")
+peers = [p.get("infer_samples_per_sec") or 0 for p in (k, te, tc)]
+best = max(peers) or float("nan")
+print(f"{m:<16} {'inf@' + str(b):<6} {mi.get('samples_per_sec', 0):9.0f} {ci.get('samples_per_sec', 0):9.0f} " + " ".join(f"{p:9.0f}" for p in peers)
+      + f" {mi.get('samples_per_sec', 0) / best:6.2f}x")
+PY
+  done
 done

@@ -17,7 +17,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from keras import layers as L, ops  # noqa: E402
 
-B = 32
+B = int(os.environ.get("KERAS_BATCH", "32"))
+# Inference alone (other batch sizes than training's): INFER_ONLY=1.
+INFER_ONLY = os.environ.get("INFER_ONLY") == "1"
 CE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 BCE = keras.losses.BinaryCrossentropy(from_logits=True)
 
@@ -238,10 +240,12 @@ def bench(name, build):
     out_shape = {k: tuple(o.shape[1:]) for k, o in zip(model.output_names, model.outputs)} if hasattr(model, "output_names") else {}
     shape_of = lambda k: out_shape.get(k) or tuple(model.get_layer(k).output.shape[1:])  # noqa: E731
     ys = {k: (np.zeros((n,), "int32") if losses[k] is CE else np.zeros((n,) + shape_of(k), "float32")) for k in losses}
-    model.fit(xs, ys, batch_size=B, epochs=1, verbose=0)  # compile
-    t = time.perf_counter()
-    model.fit(xs, ys, batch_size=B, epochs=3, verbose=0)
-    train = 3 * n / (time.perf_counter() - t)
+    train = None
+    if not INFER_ONLY:
+        model.fit(xs, ys, batch_size=B, epochs=1, verbose=0)  # compile
+        t = time.perf_counter()
+        model.fit(xs, ys, batch_size=B, epochs=3, verbose=0)
+        train = 3 * n / (time.perf_counter() - t)
     model.predict(xs, batch_size=B, verbose=0)
     t = time.perf_counter()
     model.predict(xs, batch_size=B, verbose=0)

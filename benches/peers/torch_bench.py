@@ -546,6 +546,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=1, help="timed runs; the median is reported")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--infer-only", action="store_true",
+                    help="time inference alone (other batch sizes than training's)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch.set_num_threads(N) on CPU (default: PyTorch's own default, untouched)")
     args = ap.parse_args()
@@ -618,10 +620,11 @@ def main():
             xs, ys = batches[(offset + i) % N_BATCHES]
             train_fn(xs, ys)
 
-    run_train(args.warmup)
-    sync()
     train_runs = []
-    for _ in range(args.repeats):
+    if not args.infer_only:
+        run_train(args.warmup)
+        sync()
+    for _ in range(0 if args.infer_only else args.repeats):
         sync()
         t = time.perf_counter()
         run_train(args.steps)
@@ -664,7 +667,7 @@ def main():
         "mode": args.mode,
         "precision": args.precision,
         "batch_size": args.batch_size,
-        "train_samples_per_sec": statistics.median(train_runs),
+        "train_samples_per_sec": statistics.median(train_runs) if train_runs else None,
         "infer_samples_per_sec": statistics.median(infer_runs),
     }
     if args.repeats > 1:

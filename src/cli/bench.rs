@@ -1,6 +1,6 @@
 //! `bench`: training or inference throughput on random data of the model's shapes.
 
-use super::{build, DeviceArgs, Fail};
+use super::{build, DeviceArgs, Executor, Fail};
 use candle_core::{DType, Tensor};
 use clap::Args;
 use mtl::lower::init_params;
@@ -38,20 +38,14 @@ pub struct BenchArgs {
     /// Time per IR node and op kind (forward), and the backward and optimizer totals.
     #[arg(long)]
     profile: bool,
-    /// Inference: `auto` runs the planned executor where the plan allows it
-    /// (`mtl compile --emit plan` says), `candle` the candle path always.
+    /// `auto` runs the planned executor where the plan allows it (`mtl
+    /// compile --emit plan` says), `candle` the candle path always.
     #[arg(long, value_enum, default_value_t = Executor::Auto)]
     executor: Executor,
     /// Report the activation memory of an inference batch: the planned
     /// executor's arena against the values the candle path holds.
     #[arg(long)]
     memory: bool,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Executor {
-    Auto,
-    Candle,
 }
 
 pub fn bench(a: BenchArgs) -> Result<i32, Fail> {

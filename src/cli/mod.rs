@@ -349,3 +349,12 @@ pub fn report_storage(ds: &Dataset, what: &str) {
         ),
     }
 }
+
+/// Which executor runs a model's steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Executor {
+    /// The planned executor where it covers every step (CPU, f32), else candle.
+    Auto,
+    /// Candle's ops and autograd always.
+    Candle,
+}

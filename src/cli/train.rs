@@ -14,6 +14,11 @@ use std::path::{Path, PathBuf};
 #[derive(Args)]
 pub struct TrainArgs {
     model: PathBuf,
+    /// `auto`: the planned executor where it applies (one process, f32 on
+    /// the CPU, a weighting that sums the losses, every step planned);
+    /// `candle`: the candle path always.
+    #[arg(long, value_enum, default_value_t = super::Executor::Auto)]
+    executor: super::Executor,
     /// Training data: a CSV or JSON Lines manifest (one row per sample, a
     /// column per input and label) or a safetensors file (one tensor per
     /// input and label). For a model named after a built-in generator
@@ -529,6 +534,7 @@ fn train_ranks(mut a: TrainArgs, ranks: &Ranks) -> Result<i32, Fail> {
                 .unwrap_or_else(|| run_dir.join("tensorboard")),
         ),
         comm: ranks.comm.clone(),
+        planned: a.executor == super::Executor::Auto,
     };
     let mut obs = Cli {
         bar: None,

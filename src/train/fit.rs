@@ -15,6 +15,7 @@ use crate::distributed::{all_gather_bytes, Collective, Comm, Part};
 /// One batch: a tensor per input, label and mask.
 type Batch = std::collections::HashMap<String, Tensor>;
 use crate::ir::{AuxKind, LossKind, LOGIT_SCALE};
+use crate::lower::planned::{Inference, PlannedTrain};
 use crate::lower::{head_output, save_atomic, Params, Program};
 use candle_core::{DType, Device, Tensor, Var};
 use rand::rngs::StdRng;
@@ -120,6 +121,10 @@ pub struct FitConfig {
     /// Data-parallel training over these ranks ([`crate::distributed`]):
     /// each rank trains on its rows of every batch; rank 0 alone writes.
     pub comm: Option<Comm>,
+    /// Train with the planned executor where it applies (one process, a
+    /// weighting that sums the losses, every step with a planned backward);
+    /// `false`: the candle path always (`mtl train --executor candle`).
+    pub planned: bool,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -369,6 +374,7 @@ fn evaluate_checked(
     let mut sums = vec![0.0; prog.heads.len()];
     let mut aux: BTreeMap<String, f64> = BTreeMap::new();
     let mut rng = StdRng::seed_from_u64(0);
+    let mut exec = Inference::new(prog, params);
     let (rank, size) = comm.map_or((0, 1), |c| (c.rank(), c.size()));
     for (b, start) in (0..ds.n).step_by(batch_size).enumerate() {
         if b % size != rank {
@@ -378,7 +384,7 @@ fn evaluate_checked(
         let idx: Vec<usize> = (start..start + len).collect();
         let batch = on_device(ds.batch(&idx)?, device)?;
         let inputs = prog.prepare_inputs(&batch, device)?;
-        let fwd = prog.forward(params, inputs, &mut rng)?;
+        let fwd = exec.forward(prog, params, inputs, &mut rng)?;
         let ls = losses(prog, params, &fwd, &batch, Reduction::Present)?;
         for (a, l) in ls.aux.iter().zip(&prog.losses) {
             *aux.entry(l.name.clone()).or_insert(0.0) += a.to_scalar::<f32>()? as f64 * len as f64;
@@ -522,6 +528,17 @@ pub fn fit(
         .collect();
     vars.extend(scheme.log_vars.iter().cloned());
     let mut opt = Optimizer::new(t.optimizer.clone());
+    // The planned executor, where the step needs nothing it does not do: a
+    // split batch, a cut forward (gradient methods) and GradNorm's own
+    // backward stay on candle.
+    let plannable = cfg.planned
+        && comm.is_none()
+        && scheme.cut().is_none()
+        && !method.is_gradient_method()
+        && method != Weighting::Gradnorm;
+    let mut planned = plannable
+        .then(|| PlannedTrain::new(train_prog, params).ok())
+        .flatten();
     if lead {
         std::fs::create_dir_all(&cfg.run_dir)
             .map_err(|e| TrainError::Io(format!("cannot create {}: {e}", cfg.run_dir.display())))?;
@@ -589,7 +606,10 @@ pub fn fit(
             let batch = on_device(train.batch(&chunk[part.range()])?, dev)?;
             let mut inputs = train_prog.prepare_inputs(&batch, dev)?;
             super::modality::drop_inputs(train_prog, &mut inputs, &mut rng, &part)?;
-            let fwd = train_prog.forward_part(params, inputs, &mut rng, scheme.cut(), &part)?;
+            let fwd = match planned.as_mut() {
+                Some(p) => p.forward(train_prog, params, inputs)?,
+                None => train_prog.forward_part(params, inputs, &mut rng, scheme.cut(), &part)?,
+            };
             let mut ls = losses(train_prog, params, &fwd, &batch, Reduction::Batch)?;
             let reduced = shares(&mut ls, &part)?;
             let present: Vec<bool> = reduced.counts.iter().map(|c| *c > 0.0).collect();
@@ -634,7 +654,9 @@ pub fn fit(
                 aux: aux_total.as_ref(),
                 aux_value,
             };
-            let (grads, total) = scheme.gradients(&fwd, &step, &vars, (lr, &mut rng), &part)?;
+            let backprop = planned.as_mut().map(|p| (p, train_prog, &*params));
+            let (grads, total) =
+                scheme.gradients(&fwd, &step, &vars, (lr, &mut rng), &part, backprop)?;
             opt.apply(&vars, grads, lr, t.clip_norm)?;
             // A batch every rank ran whole counts once, on rank 0.
             let counted = part.split() || lead;

@@ -141,6 +141,7 @@ impl Scheme {
         vars: &[(String, Var)],
         (lr, rng): (f64, &mut StdRng),
         part: &Part,
+        mut backprop: Option<Backprop>,
     ) -> Result<(Vec<Option<Tensor>>, f64)> {
         let comm = part.comm.map(|c| &**c);
         let StepLosses {
@@ -156,6 +157,10 @@ impl Scheme {
             .zip(&self.file_weights)
             .map(|(l, w)| if *w == 1.0 { Ok(l.clone()) } else { l * *w })
             .collect::<Result<_>>()?;
+        if backprop.is_some() && (self.method.is_gradient_method() || self.state.gradnorm.is_some())
+        {
+            candle_core::bail!("the planned executor trains weightings that sum the losses only")
+        }
         if self.method.is_gradient_method() {
             let n = vars.len() - self.log_vars.len();
             let p = combine::Params {
@@ -216,7 +221,7 @@ impl Scheme {
                         .map(|(_, s)| s.as_tensor().to_scalar::<f32>().map(f64::from))
                         .sum::<Result<f64>>()?
                     + aux_value;
-                let grads = all_reduce_grads(comm, grads_for(vars, &total.backward()?))?;
+                let grads = all_reduce_grads(comm, backward(&total, vars, fwd, backprop.take())?)?;
                 return Ok((grads, value));
             }
             Weighting::Famo { lr, gamma } => {
@@ -257,7 +262,7 @@ impl Scheme {
             total = (total + a)?;
         }
         let value = coef.iter().zip(values).map(|(c, v)| c * v).sum::<f64>() + aux_value;
-        let grads = all_reduce_grads(comm, grads_for(vars, &total.backward()?))?;
+        let grads = all_reduce_grads(comm, backward(&total, vars, fwd, backprop.take())?)?;
         Ok((grads, value))
     }
 
@@ -290,4 +295,30 @@ impl Scheme {
             .map(|((s, n), w)| if *n > 0 { s / *n as f64 } else { *w })
             .collect()
     }
+}
+
+/// The planned training executor of a step, with its program and weights:
+/// its forward's leaves get their gradients from the losses' backward, and
+/// it carries them to the weights.
+pub type Backprop<'a> = (
+    &'a mut crate::lower::planned::PlannedTrain,
+    &'a crate::lower::Program,
+    &'a crate::lower::Params,
+);
+
+/// The gradients of `total` for `vars`: candle's backward, continued through
+/// the planned executor's when the forward was planned.
+fn backward(
+    total: &Tensor,
+    vars: &[(String, Var)],
+    fwd: &Forward,
+    backprop: Option<Backprop>,
+) -> Result<Vec<Option<Tensor>>> {
+    let store = total.backward()?;
+    let mut grads = grads_for(vars, &store);
+    if let Some((exec, prog, params)) = backprop {
+        exec.backward(prog, params, (fwd, &store), vars, &mut grads)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    }
+    Ok(grads)
 }

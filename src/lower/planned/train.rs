@@ -19,7 +19,7 @@ use super::run::{self, Arena, Input, Saved};
 use super::schedule::{Loc, PKind, PStep, Schedule, Unplanned};
 use super::{pack, Packed};
 use crate::ir::ops::activation::Act;
-use crate::ir::ops::{dense, embedding, rnn::Names};
+use crate::ir::ops::{dense, embedding};
 use crate::ir::{Ew, Op, RnnCell};
 use crate::kernels::cpu_ops::{GlobalPool, MaxPool2d, Upsample2d};
 use crate::kernels::{conv::Conv2dIm2col, gelu, host, linear, lstm::LstmSeq};
@@ -507,7 +507,6 @@ impl Back<'_> {
                         (names.bias, db),
                     ]);
                 }
-                let _: &[Names] = r.directions();
             }
             (PKind::Upsample { scale, hw }, _) => {
                 if let Some(dx) = self.dx(0) {
