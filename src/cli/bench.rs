@@ -42,8 +42,9 @@ pub struct BenchArgs {
     /// compile --emit plan` says), `candle` the candle path always.
     #[arg(long, value_enum, default_value_t = Executor::Auto)]
     executor: Executor,
-    /// Report the activation memory of an inference batch: the planned
-    /// executor's arena against the values the candle path holds.
+    /// Inference: the peak heap one batch adds on the candle path and on the
+    /// planned executor. Training: the whole heap's peak during a step on
+    /// the executor in use (run once with each `--executor` to compare).
     #[arg(long)]
     memory: bool,
 }
@@ -102,7 +103,7 @@ pub fn bench(a: BenchArgs) -> Result<i32, Fail> {
         (_, Ok(_)) => "planned".into(),
         (_, Err(why)) => format!("candle ({why})"),
     };
-    if a.memory {
+    if a.memory && mode == Mode::Infer {
         print!(
             "{}",
             memory_report(&prog, &params, &inputs, exec.planned_mut(), b)?
@@ -194,6 +195,17 @@ pub fn bench(a: BenchArgs) -> Result<i32, Fail> {
     };
     for _ in 0..2 {
         step(false)?;
+    }
+    if a.memory && mode == Mode::Train {
+        // The whole heap at its highest during a step: weights, optimizer
+        // state, a planned executor's arena and packed weights, and whatever
+        // the step allocates.
+        let (done, peak) = super::heap::peak_total_during(|| step(false));
+        done?;
+        println!(
+            "memory (training step, batch {b}, {executor}): heap peak {:.2} MiB",
+            peak as f64 / (1 << 20) as f64
+        );
     }
     let mut times = vec![];
     for _ in 0..a.repeats.max(1) {

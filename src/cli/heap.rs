@@ -58,3 +58,10 @@ pub fn peak_during<T>(f: impl FnOnce() -> T) -> (T, usize) {
     let out = f();
     (out, PEAK.load(Relaxed).saturating_sub(base))
 }
+
+/// The most bytes in use at any moment while `f` runs, everything counted.
+pub fn peak_total_during<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    PEAK.store(in_use(), Relaxed);
+    let out = f();
+    (out, PEAK.load(Relaxed))
+}
