@@ -54,9 +54,8 @@ pub fn in_use() -> usize {
 /// The most bytes `f` added to the heap at any moment, above what was in use before it.
 pub fn peak_during<T>(f: impl FnOnce() -> T) -> (T, usize) {
     let base = in_use();
-    PEAK.store(base, Relaxed);
-    let out = f();
-    (out, PEAK.load(Relaxed).saturating_sub(base))
+    let (out, peak) = peak_total_during(f);
+    (out, peak.saturating_sub(base))
 }
 
 /// The most bytes in use at any moment while `f` runs, everything counted.

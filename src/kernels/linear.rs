@@ -48,39 +48,6 @@ pub fn forward_into(
     }
 }
 
-/// `y` [n, o] = `x` [n, i] · Wᵀ + `b` from `w` [o, i] as stored (read
-/// through a transposed view: nothing is copied).
-pub fn forward_w_into(
-    y: &mut [f32],
-    x: &[f32],
-    w: &[f32],
-    b: &[f32],
-    (n, i, o): (usize, usize, usize),
-    relu: bool,
-) {
-    for row in y.chunks_mut(o).take(n) {
-        row.copy_from_slice(b);
-    }
-    let xv = View {
-        data: x,
-        rows: n,
-        cols: i,
-        rs: i,
-        cs: 1,
-    };
-    let w_t = View {
-        data: w,
-        rows: i,
-        cols: o,
-        rs: 1,
-        cs: i,
-    };
-    matmul(y, o, true, xv, w_t);
-    if relu {
-        y.iter_mut().for_each(|v| *v = v.max(0.0));
-    }
-}
-
 /// The backward of `y = x·Wᵀ + b` (`w` [o, i] row-major), added to `dx`
 /// (when given), `dw` and `db`: dx += dy·W, dW += dyᵀ·x, db += Σₙ dy.
 pub fn backward_into(

@@ -1,7 +1,8 @@
 //! Running a schedule: each step's kernel on slices of the arena.
 
 use super::layers;
-use super::schedule::{Loc, PKind, PStep, Schedule};
+use super::memory::Interval;
+use super::schedule::{read_slots, Loc, PKind, PStep, Schedule};
 use super::{Packed, Planned};
 use crate::ir::ops::activation::Act;
 use crate::ir::{Ew, RnnCell};
@@ -67,7 +68,7 @@ pub(super) fn arena_for<'a>(
     Arena {
         base: arena.as_mut_ptr(),
         offsets: &schedule.assignment.offsets,
-        sizes: schedule.bufs.iter().map(|b| b.size).collect(),
+        bufs: &schedule.bufs,
         batch,
     }
 }
@@ -126,15 +127,6 @@ pub(super) fn value(
     Tensor::from_slice(data, shape, &candle_core::Device::Cpu).map_err(|e| fail(e.to_string()))
 }
 
-/// The slots read after the forward: head values and auxiliary-loss operands.
-pub(super) fn read_slots(prog: &Program) -> Vec<usize> {
-    let mut v: Vec<usize> = prog.heads.iter().map(|(_, s)| *s).collect();
-    v.extend(prog.losses.iter().flat_map(|l| l.slots.iter().copied()));
-    v.sort_unstable();
-    v.dedup();
-    v
-}
-
 pub(super) fn forward(
     pl: &mut Planned,
     prog: &Program,
@@ -166,12 +158,12 @@ fn slot_dims(prog: &Program, slot: usize) -> Option<Vec<usize>> {
     }
 }
 
-/// The arena during one run: buffer `b` is `sizes[b] × batch` floats at
+/// The arena during one run: buffer `b` is `bufs[b].size × batch` floats at
 /// `offsets[b] × batch`.
 pub(super) struct Arena<'a> {
     base: *mut f32,
     offsets: &'a [usize],
-    sizes: Vec<usize>,
+    bufs: &'a [Interval],
     batch: usize,
 }
 
@@ -183,7 +175,7 @@ impl Arena<'_> {
     pub(super) unsafe fn get(&self, b: usize) -> &[f32] {
         std::slice::from_raw_parts(
             self.base.add(self.offsets[b] * self.batch),
-            self.sizes[b] * self.batch,
+            self.bufs[b].size * self.batch,
         )
     }
     /// # Safety
@@ -192,7 +184,7 @@ impl Arena<'_> {
     pub(super) unsafe fn get_mut(&self, b: usize) -> &mut [f32] {
         std::slice::from_raw_parts_mut(
             self.base.add(self.offsets[b] * self.batch),
-            self.sizes[b] * self.batch,
+            self.bufs[b].size * self.batch,
         )
     }
 }

@@ -298,12 +298,12 @@ impl Schedule {
                     ..
                 } => {
                     let g = if *cell == RnnCell::Lstm { 4 } else { 3 };
-                    let mut temps = vec![b.temp(t * g * units, k)];
+                    let mut temps = vec![b.buffer(t * g * units, k)];
                     if !*sequences || *directions > 1 {
-                        temps.push(b.temp(t * units, k));
+                        temps.push(b.buffer(t * units, k));
                     }
                     if *cell == RnnCell::Gru {
-                        temps.push(b.temp(t * 4 * units, k));
+                        temps.push(b.buffer(t * 4 * units, k));
                     }
                     temps
                 }
@@ -327,10 +327,10 @@ impl Schedule {
                         heads * tq * tk,
                         tq * hv,
                     ];
-                    sizes.iter().map(|n| b.temp(*n, k)).collect()
+                    sizes.iter().map(|n| b.buffer(*n, k)).collect()
                 }
-                PKind::Gated { d } => vec![b.temp(2 * d, k), b.temp(*d, k)],
-                PKind::Mixture { experts, .. } => vec![b.temp(*experts, k)],
+                PKind::Gated { d } => vec![b.buffer(2 * d, k), b.buffer(*d, k)],
+                PKind::Mixture { experts, .. } => vec![b.buffer(*experts, k)],
                 _ => vec![],
             };
             let out = b.buffer(len, k);
@@ -350,8 +350,7 @@ impl Schedule {
         }
         // Head values and auxiliary-loss operands are read after the last step.
         let end = prog.steps.len();
-        let read = prog.heads.iter().map(|(_, s)| *s);
-        for slot in read.chain(prog.losses.iter().flat_map(|l| l.slots.iter().copied())) {
+        for slot in read_slots(prog) {
             match loc.get(slot).copied().flatten() {
                 Some(l) => b.read(l, end),
                 None => return Err(Unplanned(format!("value {slot} is never computed"))),
@@ -392,14 +391,20 @@ impl Builder {
         });
         self.bufs.len() - 1
     }
-    fn temp(&mut self, size: usize, at: usize) -> usize {
-        self.buffer(size, at)
-    }
     fn read(&mut self, l: Loc, at: usize) {
         if let Loc::Buffer(b) = l {
             self.bufs[b].last = self.bufs[b].last.max(at);
         }
     }
+}
+
+/// The slots read after the forward: head values and auxiliary-loss operands.
+pub(super) fn read_slots(prog: &Program) -> Vec<usize> {
+    let mut v: Vec<usize> = prog.heads.iter().map(|(_, s)| *s).collect();
+    v.extend(prog.losses.iter().flat_map(|l| l.slots.iter().copied()));
+    v.sort_unstable();
+    v.dedup();
+    v
 }
 
 /// The planned kernel of a step, `None` for a view, or why there is none.
