@@ -294,6 +294,12 @@ fn memory_report(
         }
         None => out.push('\n'),
     }
+    // Kernel scratch is kept per thread from the first batch on, on either
+    // path; the first measured (the candle path) paid for it.
+    out += &format!(
+        "kernel scratch kept per thread (both paths, counted in the first): {:.2} MiB\n",
+        mib(mtl::kernels::scratch::held_bytes())
+    );
     Ok(out)
 }
 

@@ -20,6 +20,7 @@ pub mod lstm;
 pub mod lstm_cell;
 pub mod math;
 pub mod par;
+pub mod scratch;
 pub mod softmax;
 
 use std::cell::Cell;

@@ -34,9 +34,9 @@ pub(crate) enum Packed {
     /// Wᵀ [i, o] and the bias [o].
     Gemm { wt: Vec<f32>, b: Vec<f32> },
     /// W [F, C, KH, KW] and the bias [F].
-    Conv { w: Vec<f32>, b: Vec<f32> },
+    Conv { w: Shared, b: Shared },
     /// An embedding table [vocab, dim].
-    Table(Vec<f32>),
+    Table(Shared),
     /// Per direction: W_ihᵀ, b_ih, W_hhᵀ, and for a GRU b_hh.
     Rnn(Vec<RnnPacked>),
     /// Query, key, value and (unless Hugging Face's layout) output
@@ -66,6 +66,38 @@ pub struct Planned {
     pub schedule: Schedule,
     packed: Vec<Packed>,
     arena: Vec<f32>,
+}
+
+/// Weights a kernel reads as they are: the parameter's own tensor (its
+/// storage shared, not copied; a training step re-packs every step, and a
+/// copied embedding table was most of the planned path's extra memory),
+/// borrowed while a step runs.
+#[derive(Debug, Clone)]
+pub(crate) struct Shared {
+    t: Tensor,
+    /// Whether packing computed it (a folded batch norm): then it counts as
+    /// packed bytes.
+    computed: bool,
+}
+
+impl Shared {
+    fn of(t: &Tensor, computed: bool) -> candle_core::Result<Self> {
+        let t = t.to_dtype(candle_core::DType::F32)?.contiguous()?;
+        Ok(Shared { t, computed })
+    }
+
+    /// The values, read-locked while the view lives.
+    pub(crate) fn view(&self) -> Result<crate::kernels::host::HostView<'_>, String> {
+        crate::kernels::host::host(&self.t).map_err(|e| e.to_string())
+    }
+
+    fn packed_len(&self) -> usize {
+        if self.computed {
+            self.t.elem_count()
+        } else {
+            0
+        }
+    }
 }
 
 fn data(t: &Tensor) -> candle_core::Result<Vec<f32>> {
@@ -121,8 +153,8 @@ impl Planned {
         let v = |p: &Packed| match p {
             Packed::None => 0,
             Packed::Gemm { wt, b } => wt.len() + b.len(),
-            Packed::Conv { w, b } => w.len() + b.len(),
-            Packed::Table(t) => t.len(),
+            Packed::Conv { w, b } => w.packed_len() + b.packed_len(),
+            Packed::Table(t) => t.packed_len(),
             Packed::Rnn(d) => d
                 .iter()
                 .map(|r| r.w_ih_t.len() + r.b_ih.len() + r.w_hh_t.len() + r.b_hh.len())
@@ -186,12 +218,13 @@ pub(super) fn pack(st: &super::Step, kind: &PKind, params: &Params) -> candle_co
         }
         (PKind::Conv { .. }, Kernel::Conv(k)) => {
             let (w, b) = weights(st, params, &k.bn)?;
+            let folded = k.bn.is_some();
             Packed::Conv {
-                w: data(&w)?,
-                b: data(&b)?,
+                w: Shared::of(&w, folded)?,
+                b: Shared::of(&b, folded)?,
             }
         }
-        (PKind::Embedding { .. }, _) => Packed::Table(data(p(embedding::WEIGHT)?)?),
+        (PKind::Embedding { .. }, _) => Packed::Table(Shared::of(p(embedding::WEIGHT)?, false)?),
         (PKind::Rnn { cell, .. }, _) => {
             let Op::Rnn(r) = &st.op else {
                 candle_core::bail!("a recurrence kernel on `{}`", st.op)
@@ -233,9 +266,10 @@ pub(super) fn pack(st: &super::Step, kind: &PKind, params: &Params) -> candle_co
                 b: data(p(norm::BIAS)?)?,
             }
         }
-        (PKind::PositionAdd, _) => {
-            Packed::Table(data(p(crate::ir::ops::position_embedding::WEIGHT)?)?)
-        }
+        (PKind::PositionAdd, _) => Packed::Table(Shared::of(
+            p(crate::ir::ops::position_embedding::WEIGHT)?,
+            false,
+        )?),
         (PKind::Gated { .. }, _) => {
             use crate::ir::ops::fusion;
             Packed::Gemm {

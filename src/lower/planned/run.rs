@@ -246,7 +246,8 @@ fn step(
                 relu: *relu,
                 mean: *mean,
             };
-            op.forward_into(x, &[batch, xd[0], xd[1], xd[2]], w, wd, b, out)
+            let (w, b) = (w.view()?, b.view()?);
+            op.forward_into(x, &[batch, xd[0], xd[1], xd[2]], &w, wd, &b, out)
                 .map_err(|e| e.to_string())?
         }
         (PKind::MaxPool { k, s, hw }, _) => match keep {
@@ -284,6 +285,7 @@ fn step(
             let Some(Input::Ids(ids)) = &held[*k] else {
                 return Err("an embedding of f32 values".into());
             };
+            let table = table.view()?;
             for (o, id) in out.chunks_mut(*dim).zip(ids) {
                 let row = table
                     .get(*id as usize * dim..(*id as usize + 1) * dim)
@@ -394,6 +396,8 @@ fn step(
             layers::layer_norm(x, (w, b), *eps, out)
         }
         (PKind::PositionAdd, Packed::Table(table)) => {
+            let table = table.view()?;
+            let table: &[f32] = &table;
             if x.len() != batch * table.len() {
                 return Err(format!("a position table of {} values", table.len()));
             }

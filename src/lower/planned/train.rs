@@ -183,6 +183,8 @@ impl PlannedTrain {
         params: &Params,
         inputs: Vec<(usize, Tensor)>,
     ) -> Result<Forward, RunError> {
+        // The last step's packing goes before this one's is made.
+        self.packed.clear();
         self.packed = self
             .schedule
             .steps
@@ -234,7 +236,7 @@ impl PlannedTrain {
         let n = prog.steps.len();
         let (batch, held) = run::hold(prog, &self.inputs)?;
         let arena = run::arena_for(&self.schedule, &mut self.arena, batch);
-        self.pgrads.values_mut().for_each(|g| g.fill(0.0));
+        self.pgrads.clear();
         let zero = |t: usize| {
             for g in self.zero_at.get(&t).into_iter().flatten() {
                 // SAFETY: a gradient buffer first written at time `t`.
@@ -282,16 +284,20 @@ impl PlannedTrain {
             }
         }
         for ((key, var), g) in vars.iter().zip(grads.iter_mut()) {
-            let Some(pg) = self.pgrads.get(key) else {
+            // Handed over, not copied: the gradients exist once.
+            let Some(pg) = self.pgrads.remove(key) else {
                 continue;
             };
-            let t = Tensor::from_slice(pg, var.shape(), var.device())
+            let t = Tensor::from_vec(pg, var.shape(), var.device())
                 .map_err(|e| err(key)(e.to_string()))?;
             *g = Some(match g.take() {
                 Some(prev) => (prev + t).map_err(|e| err(key)(e.to_string()))?,
                 None => t,
             });
         }
+        // The packed weights are stale once the optimizer steps: freed now,
+        // they do not add to the heap while it runs.
+        self.packed.clear();
         Ok(())
     }
 }
@@ -391,11 +397,12 @@ impl Back<'_> {
                     relu: false,
                     mean: false,
                 };
+                let w = w.view()?;
                 let (mut dw, mut db) = (take(dense::WEIGHT, w.len()), take(dense::BIAS, wd[0]));
                 let xd = [batch, xd[0], xd[1], xd[2]];
                 op.backward_into(
                     (self.value(0)?, &xd),
-                    (w, wd),
+                    (&w, wd),
                     gy,
                     self.dx(0),
                     &mut dw,
@@ -446,7 +453,7 @@ impl Back<'_> {
                 let Some(Input::Ids(ids)) = &self.held.0[*k] else {
                     return Err("an embedding of f32 values".into());
                 };
-                let mut dt = take(embedding::WEIGHT, table.len());
+                let mut dt = take(embedding::WEIGHT, table.view()?.len());
                 for (g, id) in gy.chunks(*dim).zip(ids) {
                     let at = *id as usize * dim;
                     add(
