@@ -191,9 +191,11 @@ fn adam_tensor(
     Ok((m, v))
 }
 
-/// One Adam update on the host in a single pass per parameter, with the
-/// same f32 operations in the same order as the tensor form (so both give
-/// identical weights) but without its dozen allocating passes.
+/// One Adam update on the host in a single pass per parameter, in place:
+/// the same f32 operations in the same order as the tensor form (so both
+/// give identical weights), without its dozen allocating passes, and without
+/// copies of the weights and moments (a copying form held five more copies
+/// of the largest parameter, the embedding table, at the step's peak).
 fn adam_host(
     var: &Var,
     g: &Tensor,
@@ -201,19 +203,17 @@ fn adam_host(
     v: Option<&Tensor>,
     [beta1, beta2, alpha, eps]: [f64; 4],
 ) -> Result<(Tensor, Tensor)> {
-    let n = g.elem_count();
-    let host = |t: Option<&Tensor>| -> Result<Vec<f32>> {
+    // A moment that shares its storage with nothing else (restored ones may
+    // be views), so updating it in place changes only it.
+    let own = |t: Option<&Tensor>| -> Result<Tensor> {
         match t {
-            Some(t) => t.flatten_all()?.to_vec1::<f32>(),
-            None => Ok(vec![0f32; n]),
+            Some(t) if t.is_contiguous() => Ok(t.clone()),
+            Some(t) => t.contiguous(),
+            None => g.zeros_like(),
         }
     };
-    let (w, gv, mut m, mut v) = (
-        var.as_tensor().flatten_all()?.to_vec1::<f32>()?,
-        g.flatten_all()?.to_vec1::<f32>()?,
-        host(m)?,
-        host(v)?,
-    );
+    let (m, v) = (own(m)?, own(v)?);
+    let gv = crate::kernels::host::host(g)?;
     let (b1, c1, b2, c2) = (
         beta1 as f32,
         (1.0 - beta1) as f32,
@@ -221,18 +221,23 @@ fn adam_host(
         (1.0 - beta2) as f32,
     );
     let (alpha, eps) = (alpha as f32, eps as f32);
-    let mut w2 = vec![0f32; n];
-    for ((((w2, w), g), m), v) in w2.iter_mut().zip(&w).zip(&gv).zip(&mut m).zip(&mut v) {
-        *m = *m * b1 + g * c1;
-        *v = *v * b2 + g * g * c2;
-        *w2 = w - (*m * alpha) / (v.sqrt() + eps);
-    }
-    let (shape, dev) = (g.shape(), g.device());
-    var.set(&Tensor::from_vec(w2, shape, dev)?)?;
-    Ok((
-        Tensor::from_vec(m, shape, dev)?,
-        Tensor::from_vec(v, shape, dev)?,
-    ))
+    use crate::kernels::host::with_host_mut;
+    with_host_mut(var.as_tensor(), |w| {
+        with_host_mut(&m, |m| {
+            with_host_mut(&v, |v| {
+                if [w.len(), m.len(), v.len()] != [gv.len(); 3] {
+                    candle_core::bail!("adam: a gradient of {} for {} weights", gv.len(), w.len())
+                }
+                for (((w, g), m), v) in w.iter_mut().zip(gv.iter()).zip(m).zip(v) {
+                    *m = *m * b1 + g * c1;
+                    *v = *v * b2 + g * g * c2;
+                    *w -= (*m * alpha) / (v.sqrt() + eps);
+                }
+                Ok(())
+            })
+        })
+    })?;
+    Ok((m, v))
 }
 
 /// Learning rate at `epoch` (0-based) of `epochs`.

@@ -71,7 +71,8 @@ pub struct Planned {
 /// Weights a kernel reads as they are: the parameter's own tensor (its
 /// storage shared, not copied; a training step re-packs every step, and a
 /// copied embedding table was most of the planned path's extra memory),
-/// borrowed while a step runs.
+/// borrowed while a step runs. Like every packing, it belongs to the weights
+/// of its time: a plan is rebuilt (training re-packs) once they change.
 #[derive(Debug, Clone)]
 pub(crate) struct Shared {
     t: Tensor,

@@ -261,7 +261,7 @@ impl PlannedTrain {
             .steps
             .iter()
             .zip(&self.packed)
-            .zip(&self.saved);
+            .zip(&mut self.saved);
         for ((ps, packed), saved) in steps.rev() {
             zero(2 * n - ps.step);
             let Some(gy) = self.grad[ps.out] else {
@@ -345,7 +345,7 @@ impl Back<'_> {
         st: &crate::lower::Step,
         packed: &Packed,
         params: &Params,
-        saved: &Saved,
+        saved: &mut Saved,
         pgrads: &mut HashMap<String, Vec<f32>>,
     ) -> Result<(), String> {
         let prefix = st.params.as_deref().unwrap_or("");
@@ -481,14 +481,14 @@ impl Back<'_> {
                 let (h, t, x) = (*units, *t, self.value(0)?);
                 let mut dx = self.dx(0);
                 for (d, names) in r.directions().iter().enumerate() {
-                    let (hs, acts, cs) = saved.lstm.get(d).ok_or("the forward kept no states")?;
+                    let (hs, dg, cs) = saved.lstm.get_mut(d).ok_or("the forward kept no states")?;
                     let dhs = unplace(gy, (d, h, *directions, *sequences), (batch, t));
                     let w_hh = weight(names.weight_hh)?;
                     let w_hh = host::host(&w_hh).map_err(host_err)?;
-                    let mut dg = vec![0f32; batch * t * 4 * h];
                     let mut dwhh = take(names.weight_hh, 4 * h * h);
                     let op = LstmSeq::new(h, d == 1, true);
-                    op.backward_into(&w_hh, (batch, t), (acts, cs, hs), &dhs, &mut dg, &mut dwhh);
+                    // The saved activations become the gates' gradient.
+                    op.backward_into(&w_hh, (batch, t), dg, (cs, hs), &dhs, &mut dwhh);
                     let w_ih = weight(names.weight_ih)?;
                     let w_ih = host::host(&w_ih).map_err(host_err)?;
                     let (mut dwih, mut db) =
@@ -497,7 +497,7 @@ impl Back<'_> {
                     linear::backward_into(
                         x,
                         &w_ih,
-                        &dg,
+                        dg,
                         dims,
                         dx.as_deref_mut(),
                         &mut dwih,
