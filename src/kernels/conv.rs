@@ -9,6 +9,7 @@ use super::host::{contiguous, host};
 use super::{par, scratch};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::ops::Range;
 
 pub struct Conv2dIm2col {
     pub stride: usize,
@@ -73,17 +74,23 @@ impl Geom {
     /// cols[(c·kh + i)·kw + j][oy·ow + ox] = x[c, oy·s + i·d − pt, ox·s + j·d − pl]
     /// (zero outside the image).
     fn im2col(&self, x: &[f32], cols: &mut [f32]) {
+        self.im2col_rows(x, cols, 0..self.oh)
+    }
+
+    /// [`Self::im2col`] of output rows `r` only: `cols` [ckk, r.len()·ow].
+    fn im2col_rows(&self, x: &[f32], cols: &mut [f32], r: Range<usize>) {
         if self.shifted() {
-            return self.im2col_shifted(x, cols);
+            return self.im2col_shifted(x, cols, r);
         }
-        let p = self.p();
+        let n = r.len() * self.ow;
         for c in 0..self.c {
             for i in 0..self.kh {
                 for j in 0..self.kw {
-                    let row = &mut cols[((c * self.kh + i) * self.kw + j) * p..][..p];
+                    let row = &mut cols[((c * self.kh + i) * self.kw + j) * n..][..n];
                     let (lo, hi) = self.cols_inside(j);
-                    for oy in 0..self.oh {
-                        let dst = &mut row[oy * self.ow..(oy + 1) * self.ow];
+                    for oy in r.clone() {
+                        let at = (oy - r.start) * self.ow;
+                        let dst = &mut row[at..at + self.ow];
                         let Some(y) = self.row_inside(oy, i) else {
                             dst.fill(0.0);
                             continue;
@@ -106,6 +113,15 @@ impl Geom {
                 }
             }
         }
+    }
+
+    /// Output rows per block of the forward: im2col columns of about 32 KiB
+    /// (L1) but at least 256 wide (for the GEMM), so a large convolution's
+    /// columns (8 MiB an image in seed_multitask) never leave the cache
+    /// before the GEMM reads them.
+    fn block_rows(&self) -> usize {
+        let cols = (8192 / self.ckk().max(1)).max(256);
+        (cols / self.ow.max(1)).clamp(1, self.oh.max(1))
     }
 
     /// The adjoint of `im2col`: dx[c, y, x] += dcols[k][p] inside the image.
@@ -180,27 +196,31 @@ impl Geom {
         }
     }
 
-    fn im2col_shifted(&self, x: &[f32], cols: &mut [f32]) {
-        let (p, hw, ow) = (self.p(), self.h * self.w, self.ow);
+    fn im2col_shifted(&self, x: &[f32], cols: &mut [f32], r: Range<usize>) {
+        let (hw, ow) = (self.h * self.w, self.ow);
+        let (n, t0) = (r.len() * ow, r.start * ow);
         for c in 0..self.c {
             let plane = &x[c * hw..(c + 1) * hw];
             for i in 0..self.kh {
                 for j in 0..self.kw {
-                    let row = &mut cols[((c * self.kh + i) * self.kw + j) * p..][..p];
+                    let row = &mut cols[((c * self.kh + i) * self.kw + j) * n..][..n];
                     let (rows, (lo, hi), shift) = self.tap(i, j);
+                    let rows = rows.start.max(r.start)..rows.end.min(r.end).max(rows.start.max(r.start));
                     let span = self.span(&rows, shift);
                     if span.is_empty() || lo >= hi {
                         row.fill(0.0);
                         continue;
                     }
                     let src = (span.start as isize + shift) as usize;
-                    row[..span.start].fill(0.0);
-                    row[span.end..].fill(0.0);
-                    row[span.clone()].copy_from_slice(&plane[src..src + span.len()]);
+                    let (a, b) = (span.start - t0, span.end - t0);
+                    row[..a].fill(0.0);
+                    row[b..].fill(0.0);
+                    row[a..b].copy_from_slice(&plane[src..src + span.len()]);
                     if lo > 0 || hi < ow {
                         for oy in rows {
-                            row[oy * ow..oy * ow + lo].fill(0.0);
-                            row[oy * ow + hi..(oy + 1) * ow].fill(0.0);
+                            let at = (oy - r.start) * ow;
+                            row[at..at + lo].fill(0.0);
+                            row[at + hi..at + ow].fill(0.0);
                         }
                     }
                 }
@@ -294,8 +314,9 @@ impl Conv2dIm2col {
         }
         let (ckk, p, in_len) = (g.ckk(), g.p(), g.c * g.h * g.w);
         // One image: its f × p outputs into `y`.
+        let block = g.block_rows();
         let conv = |cols: &mut [f32], bi: usize, y: &mut [f32]| {
-            g.im2col(&x[bi * in_len..(bi + 1) * in_len], cols);
+            let xb = &x[bi * in_len..(bi + 1) * in_len];
             let lhs = View {
                 data: w,
                 rows: g.f,
@@ -303,14 +324,21 @@ impl Conv2dIm2col {
                 rs: ckk,
                 cs: 1,
             };
-            let rhs = View {
-                data: cols,
-                rows: ckk,
-                cols: p,
-                rs: p,
-                cs: 1,
-            };
-            matmul(y, p, false, lhs, rhs);
+            // Block by block of output rows: its columns, then its outputs.
+            for r0 in (0..g.oh).step_by(block) {
+                let r = r0..(r0 + block).min(g.oh);
+                let (n, t0) = (r.len() * g.ow, r0 * g.ow);
+                let cols = &mut cols[..ckk * n];
+                g.im2col_rows(xb, cols, r);
+                let rhs = View {
+                    data: cols,
+                    rows: ckk,
+                    cols: n,
+                    rs: n,
+                    cs: 1,
+                };
+                matmul(&mut y[t0..], p, false, lhs, rhs);
+            }
             for (row, b) in y.chunks_mut(p).zip(bias) {
                 if self.relu {
                     row.iter_mut().for_each(|v| *v = (*v + b).max(0.0));
@@ -328,7 +356,7 @@ impl Conv2dIm2col {
         }
         let image = |(bi, o): (usize, &mut [f32])| {
             let tmp_len = if self.mean { g.f * p } else { 0 };
-            scratch::with([ckk * p, tmp_len], |[cols, tmp]| {
+            scratch::with([ckk * block * g.ow, tmp_len], |[cols, tmp]| {
                 if self.mean {
                     // The plane means while the image's outputs are in cache.
                     conv(cols, bi, tmp);
@@ -550,6 +578,9 @@ mod tests {
             (2, 2, 6, 8, 3, 3, 1, 2, [2, 2, 2, 2]),
             (1, 3, 5, 7, 2, 3, 1, 1, [1, 0, 2, 0]),
             (2, 2, 4, 9, 3, 3, 1, 1, [0, 2, 1, 1]),
+            // Several blocks of output rows (block_rows < oh), both im2col forms.
+            (1, 2, 20, 20, 3, 3, 1, 1, [1, 1, 1, 1]),
+            (2, 2, 22, 21, 2, 3, 1, 1, [0; 4]),
         ] {
             for relu in [false, true] {
                 let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, c, h, w), &dev).unwrap())
