@@ -205,7 +205,8 @@ impl Geom {
                 for j in 0..self.kw {
                     let row = &mut cols[((c * self.kh + i) * self.kw + j) * n..][..n];
                     let (rows, (lo, hi), shift) = self.tap(i, j);
-                    let rows = rows.start.max(r.start)..rows.end.min(r.end).max(rows.start.max(r.start));
+                    let rows =
+                        rows.start.max(r.start)..rows.end.min(r.end).max(rows.start.max(r.start));
                     let span = self.span(&rows, shift);
                     if span.is_empty() || lo >= hi {
                         row.fill(0.0);
