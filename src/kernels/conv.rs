@@ -72,12 +72,8 @@ impl Geom {
     }
 
     /// cols[(c·kh + i)·kw + j][oy·ow + ox] = x[c, oy·s + i·d − pt, ox·s + j·d − pl]
-    /// (zero outside the image).
-    fn im2col(&self, x: &[f32], cols: &mut [f32]) {
-        self.im2col_rows(x, cols, 0..self.oh)
-    }
-
-    /// [`Self::im2col`] of output rows `r` only: `cols` [ckk, r.len()·ow].
+    /// (zero outside the image), for the output rows `r`: `cols` is
+    /// [ckk, r.len()·ow] and oy counts from `r.start`.
     fn im2col_rows(&self, x: &[f32], cols: &mut [f32], r: Range<usize>) {
         if self.shifted() {
             return self.im2col_shifted(x, cols, r);
@@ -115,7 +111,7 @@ impl Geom {
         }
     }
 
-    /// Output rows per block of the forward: im2col columns of about 32 KiB
+    /// Output rows per block (forward and backward): im2col columns of about 32 KiB
     /// (L1) but at least 256 wide (for the GEMM), so a large convolution's
     /// columns (8 MiB an image in seed_multitask) never leave the cache
     /// before the GEMM reads them.
@@ -124,24 +120,26 @@ impl Geom {
         (cols / self.ow.max(1)).clamp(1, self.oh.max(1))
     }
 
-    /// The adjoint of `im2col`: dx[c, y, x] += dcols[k][p] inside the image.
-    /// `dcols` is scratch: the shifted case zeroes its entries outside the image.
-    fn col2im(&self, dcols: &mut [f32], dx: &mut [f32]) {
+    /// The adjoint of `im2col_rows`: dx[c, y, x] += dcols[k][p] inside the
+    /// image, for the output rows `r` (`dcols` [ckk, r.len()·ow]). `dcols` is
+    /// scratch: the shifted case zeroes its entries outside the image.
+    fn col2im_rows(&self, dcols: &mut [f32], dx: &mut [f32], r: Range<usize>) {
         if self.shifted() {
-            return self.col2im_shifted(dcols, dx);
+            return self.col2im_shifted(dcols, dx, r);
         }
-        let p = self.p();
+        let n = r.len() * self.ow;
         for c in 0..self.c {
             for i in 0..self.kh {
                 for j in 0..self.kw {
-                    let row = &dcols[((c * self.kh + i) * self.kw + j) * p..][..p];
+                    let row = &dcols[((c * self.kh + i) * self.kw + j) * n..][..n];
                     let (lo, hi) = self.cols_inside(j);
-                    for oy in 0..self.oh {
+                    for oy in r.clone() {
                         let Some(y) = self.row_inside(oy, i).filter(|_| lo < hi) else {
                             continue;
                         };
                         let base = (c * self.h + y) * self.w + lo * self.s + j * self.d - self.pl;
-                        let src = &row[oy * self.ow + lo..oy * self.ow + hi];
+                        let at = (oy - r.start) * self.ow;
+                        let src = &row[at + lo..at + hi];
                         if self.s == 1 {
                             dx[base..base + (hi - lo)]
                                 .iter_mut()
@@ -229,32 +227,41 @@ impl Geom {
         }
     }
 
-    fn col2im_shifted(&self, dcols: &mut [f32], dx: &mut [f32]) {
-        let (p, hw, ow) = (self.p(), self.h * self.w, self.ow);
+    fn col2im_shifted(&self, dcols: &mut [f32], dx: &mut [f32], r: Range<usize>) {
+        let (hw, ow) = (self.h * self.w, self.ow);
+        let (n, t0) = (r.len() * ow, r.start * ow);
         for c in 0..self.c {
             let plane = &mut dx[c * hw..(c + 1) * hw];
             for i in 0..self.kh {
                 for j in 0..self.kw {
-                    let row = &mut dcols[((c * self.kh + i) * self.kw + j) * p..][..p];
+                    let row = &mut dcols[((c * self.kh + i) * self.kw + j) * n..][..n];
                     let (rows, (lo, hi), shift) = self.tap(i, j);
+                    let rows = self.within(rows, &r);
                     let span = self.span(&rows, shift);
                     if span.is_empty() || lo >= hi {
                         continue;
                     }
                     if lo > 0 || hi < ow {
                         for oy in rows {
-                            row[oy * ow..oy * ow + lo].fill(0.0);
-                            row[oy * ow + hi..(oy + 1) * ow].fill(0.0);
+                            let at = (oy - r.start) * ow;
+                            row[at..at + lo].fill(0.0);
+                            row[at + hi..at + ow].fill(0.0);
                         }
                     }
                     let dst = (span.start as isize + shift) as usize;
                     plane[dst..dst + span.len()]
                         .iter_mut()
-                        .zip(&row[span])
+                        .zip(&row[span.start - t0..span.end - t0])
                         .for_each(|(d, v)| *d += v);
                 }
             }
         }
+    }
+
+    /// Rows `a` that are also in `b` (empty, not reversed, when none are).
+    fn within(&self, a: Range<usize>, b: &Range<usize>) -> Range<usize> {
+        let start = a.start.max(b.start);
+        start..a.end.min(b.end).max(start)
     }
 }
 
@@ -480,6 +487,7 @@ impl Conv2dIm2col {
         // thread count nor on how rayon splits the work.
         let per = b.div_ceil(8).max(1);
         let groups = b.div_ceil(per);
+        let block = g.block_rows();
         let part = g.f * ckk + g.f;
         let dx_groups: Vec<Option<&mut [f32]>> = match dx {
             Some(dx) => dx.chunks_mut(per * in_len).map(Some).collect(),
@@ -489,45 +497,57 @@ impl Conv2dIm2col {
             let (pdw, pdb) = partial.split_at_mut(g.f * ckk);
             pdw.fill(0.0);
             pdb.fill(0.0);
-            scratch::with([ckk * p, ckk * p, ckk * g.f], |[cols, dcols, dwt]| {
+            let len = ckk * block * g.ow;
+            scratch::with([len, len, ckk * g.f], |[cols, dcols, dwt]| {
                 for k in 0..per.min(b - gi * per) {
                     let bi = gi * per + k;
                     let dyb = &dy[bi * out_len..(bi + 1) * out_len];
-                    if let Some(dxg) = dxg.as_deref_mut() {
-                        // dcols = Wᵀ·dy, then col2im into dx.
-                        let dy_view = View {
-                            data: dyb,
-                            rows: g.f,
-                            cols: p,
-                            rs: p,
+                    let xb = &xv[bi * in_len..(bi + 1) * in_len];
+                    // Block by block of output rows, as the forward.
+                    for r0 in (0..g.oh).step_by(block) {
+                        let r = r0..(r0 + block).min(g.oh);
+                        let (n, t0) = (r.len() * g.ow, r0 * g.ow);
+                        if let Some(dxg) = dxg.as_deref_mut() {
+                            // dcols = Wᵀ·dy, then col2im into dx.
+                            let dy_view = View {
+                                data: &dyb[t0..],
+                                rows: g.f,
+                                cols: n,
+                                rs: p,
+                                cs: 1,
+                            };
+                            let dcols = &mut dcols[..ckk * n];
+                            matmul(dcols, n, false, w_t, dy_view);
+                            g.col2im_rows(dcols, &mut dxg[k * in_len..(k + 1) * in_len], r.clone());
+                        }
+                        let cols = &mut cols[..ckk * n];
+                        g.im2col_rows(xb, cols, r);
+                        // dWᵀ = cols·dyᵀ ([ckk, F]), added transposed: gemm
+                        // ran this product 1.8–1.9× faster than dy·colsᵀ on
+                        // the shapes of shapes_mm's convolutions (N = ckk is
+                        // small).
+                        let cols_v = View {
+                            data: cols,
+                            rows: ckk,
+                            cols: n,
+                            rs: n,
                             cs: 1,
                         };
-                        matmul(dcols, p, false, w_t, dy_view);
-                        g.col2im(dcols, &mut dxg[k * in_len..(k + 1) * in_len]);
+                        let dy_t = View {
+                            data: &dyb[t0..],
+                            rows: n,
+                            cols: g.f,
+                            rs: 1,
+                            cs: p,
+                        };
+                        matmul(dwt, g.f, false, cols_v, dy_t);
+                        for (f, row) in pdw.chunks_mut(ckk).enumerate() {
+                            row.iter_mut()
+                                .zip(dwt[f..].iter().step_by(g.f))
+                                .for_each(|(v, t)| *v += t);
+                        }
                     }
-                    g.im2col(&xv[bi * in_len..(bi + 1) * in_len], cols);
-                    // dWᵀ = cols·dyᵀ ([ckk, F]), added transposed: gemm ran
-                    // this product 1.8–1.9× faster than dy·colsᵀ on the
-                    // shapes of shapes_mm's convolutions (N = ckk is small).
-                    let cols_v = View {
-                        data: cols,
-                        rows: ckk,
-                        cols: p,
-                        rs: p,
-                        cs: 1,
-                    };
-                    let dy_t = View {
-                        data: dyb,
-                        rows: p,
-                        cols: g.f,
-                        rs: 1,
-                        cs: p,
-                    };
-                    matmul(dwt, g.f, false, cols_v, dy_t);
-                    for (f, (row, d)) in pdw.chunks_mut(ckk).zip(pdb.iter_mut()).enumerate() {
-                        row.iter_mut()
-                            .zip(dwt[f..].iter().step_by(g.f))
-                            .for_each(|(v, t)| *v += t);
+                    for (f, d) in pdb.iter_mut().enumerate() {
                         *d += par::lane_sum(&dyb[f * p..(f + 1) * p]);
                     }
                 }
