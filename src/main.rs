@@ -26,5 +26,15 @@ fn main() {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
+    // `mtl ... | head` closes stdout early. Rust ignores SIGPIPE, so the
+    // next print panicked; end quietly on it instead, as other command-line
+    // tools do. Not for `serve`: a client that closes its socket must get
+    // an error on that connection, not end the server.
+    #[cfg(unix)]
+    if std::env::args().nth(1).as_deref() != Some("serve") {
+        // SAFETY: restores the default disposition of one signal, before any
+        // thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     std::process::exit(cli::main());
 }

@@ -69,3 +69,22 @@ fn check_cli_exit_codes() {
     assert_eq!(d["labels"][0]["line"], 3);
     assert_eq!(d["labels"][0]["column"], 11);
 }
+
+/// `mtl ... | head`: output cut short ends the command quietly, no panic.
+#[test]
+fn closed_stdout_is_not_a_panic() {
+    let bin = env!("CARGO_BIN_EXE_mtl");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut child = std::process::Command::new(bin)
+        .args(["compile", "models/captions.mtl", "--emit", "ir"])
+        .current_dir(root)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read nothing: the pipe's reader goes away at once.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
