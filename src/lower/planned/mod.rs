@@ -92,6 +92,10 @@ impl Shared {
         crate::kernels::host::host(&self.t).map_err(|e| e.to_string())
     }
 
+    pub(crate) fn len(&self) -> usize {
+        self.t.elem_count()
+    }
+
     fn packed_len(&self) -> usize {
         if self.computed {
             self.t.elem_count()

@@ -46,6 +46,9 @@ pub struct PlannedTrain {
     /// When set: seconds per program step, forward and backward added
     /// (`mtl bench --profile`).
     pub times: Option<Vec<f64>>,
+    /// Whether a forward's saved states await their backward: the backward
+    /// consumes them (an LSTM's gates become their gradient in place).
+    pending: bool,
 }
 
 /// Whether the planned backward knows `kind`.
@@ -172,6 +175,7 @@ impl PlannedTrain {
             pgrads: HashMap::new(),
             inputs: vec![],
             times: None,
+            pending: false,
         })
     }
 
@@ -204,6 +208,7 @@ impl PlannedTrain {
         let saved = Some(self.saved.as_mut_slice());
         let times = self.times.as_mut();
         run::run_steps(&self.schedule, &self.packed, &arena, at, prog, saved, times)?;
+        self.pending = true;
         let mut values: Vec<Option<Tensor>> = vec![None; prog.n_values];
         let mut leaves = vec![];
         for slot in read_slots(prog) {
@@ -220,7 +225,7 @@ impl PlannedTrain {
 
     /// The backward of the last forward from the losses' gradients in
     /// `store` (of `fwd`'s leaves): each weight's gradient added to its
-    /// entry in `grads` (aligned with `vars`).
+    /// entry in `grads` (aligned with `vars`). Once per forward.
     pub fn backward(
         &mut self,
         prog: &Program,
@@ -233,6 +238,9 @@ impl PlannedTrain {
             let node = node.to_string();
             move |message: String| RunError::Step { node, message }
         };
+        if !std::mem::take(&mut self.pending) {
+            return Err(err("backward")("a second backward of one forward".into()));
+        }
         let n = prog.steps.len();
         let (batch, held) = run::hold(prog, &self.inputs)?;
         let arena = run::arena_for(&self.schedule, &mut self.arena, batch);
@@ -453,7 +461,7 @@ impl Back<'_> {
                 let Some(Input::Ids(ids)) = &self.held.0[*k] else {
                     return Err("an embedding of f32 values".into());
                 };
-                let mut dt = take(embedding::WEIGHT, table.view()?.len());
+                let mut dt = take(embedding::WEIGHT, table.len());
                 for (g, id) in gy.chunks(*dim).zip(ids) {
                     let at = *id as usize * dim;
                     add(
