@@ -120,6 +120,16 @@ impl Geom {
         (cols / self.ow.max(1)).clamp(1, self.oh.max(1))
     }
 
+    /// The blocks of output rows, each with its width in output positions
+    /// and its first position.
+    fn blocks(&self) -> impl Iterator<Item = (Range<usize>, usize, usize)> + '_ {
+        let block = self.block_rows();
+        (0..self.oh).step_by(block).map(move |r0| {
+            let r = r0..(r0 + block).min(self.oh);
+            (r.clone(), r.len() * self.ow, r0 * self.ow)
+        })
+    }
+
     /// The adjoint of `im2col_rows`: dx[c, y, x] += dcols[k][p] inside the
     /// image, for the output rows `r` (`dcols` [ckk, r.len()·ow]). `dcols` is
     /// scratch: the shifted case zeroes its entries outside the image.
@@ -335,9 +345,7 @@ impl Conv2dIm2col {
                 cs: 1,
             };
             // Block by block of output rows: its columns, then its outputs.
-            for r0 in (0..g.oh).step_by(block) {
-                let r = r0..(r0 + block).min(g.oh);
-                let (n, t0) = (r.len() * g.ow, r0 * g.ow);
+            for (r, n, t0) in g.blocks() {
                 let cols = &mut cols[..ckk * n];
                 g.im2col_rows(xb, cols, r);
                 let rhs = View {
@@ -506,9 +514,7 @@ impl Conv2dIm2col {
                     let dyb = &dy[bi * out_len..(bi + 1) * out_len];
                     let xb = &xv[bi * in_len..(bi + 1) * in_len];
                     // Block by block of output rows, as the forward.
-                    for r0 in (0..g.oh).step_by(block) {
-                        let r = r0..(r0 + block).min(g.oh);
-                        let (n, t0) = (r.len() * g.ow, r0 * g.ow);
+                    for (r, n, t0) in g.blocks() {
                         if let Some(dxg) = dxg.as_deref_mut() {
                             // dcols = Wᵀ·dy, then col2im into dx.
                             let dy_view = View {

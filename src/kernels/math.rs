@@ -19,7 +19,7 @@ pub fn exp_fast(x0: f32) -> f32 {
     let er = p * r * r + r + 1.0;
     // 2ⁿ from n's bits in t, by integer adds and shifts: `n as i32` is a
     // saturating conversion that compiled to scalar compares and lane
-    // inserts, and was most of an LSTM's activation time.
+    // inserts, among the hottest instructions of the LSTM's gates.
     let n_bits = t.to_bits().wrapping_sub(0x4B40_0000);
     let e = er * f32::from_bits(n_bits.wrapping_add(127) << 23);
     if x0.is_nan() {

@@ -1,7 +1,7 @@
 //! Reusable per-thread scratch buffers for the kernels' temporaries (im2col
 //! columns, per-image products). A training step ran thousands of
 //! `vec![0; n]` of a few hundred KiB each — zeroed, and fresh pages from the
-//! allocator — measured as 7% of a `shapes_mm` step in `memset` alone. The
+//! allocator; `memset` was 7% of a `shapes_mm` step, much of it this. The
 //! buffers here live as long as their thread (rayon's workers live as long as
 //! the process), so a steady state allocates and zeroes nothing.
 
