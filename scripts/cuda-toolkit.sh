@@ -30,7 +30,7 @@ python="${PYTHON:-python3}"
 if [ ! -f "$dir/.done" ]; then
   rm -rf "$dir"
   mkdir -p "$dir"
-  "$python" -m pip install -q --disable-pip-version-check --no-deps --target "$dir/site" \
+  "$python" -m pip install -q --no-cache-dir --disable-pip-version-check --no-deps --target "$dir/site" \
     'nvidia-cuda-nvcc==13.0.88' 'nvidia-nvvm==13.0.*' 'nvidia-cuda-crt==13.0.*' \
     'nvidia-cuda-runtime==13.0.*' 'nvidia-cuda-cccl==13.0.*' 'nvidia-cuda-nvrtc==13.0.*' \
     'nvidia-cublas==13.0.*' 'nvidia-curand==10.4.0.*' >&2
