@@ -73,16 +73,16 @@ impl Geom {
 
     /// cols[(c·kh + i)·kw + j][oy·ow + ox] = x[c, oy·s + i·d − pt, ox·s + j·d − pl]
     /// (zero outside the image), for the output rows `r`: `cols` is
-    /// [ckk, r.len()·ow] and oy counts from `r.start`.
-    fn im2col_rows(&self, x: &[f32], cols: &mut [f32], r: Range<usize>) {
+    /// [ckk, r.len()·ow] with rows `ld` apart, and oy counts from `r.start`.
+    fn im2col_rows(&self, x: &[f32], cols: &mut [f32], r: Range<usize>, ld: usize) {
         if self.shifted() {
-            return self.im2col_shifted(x, cols, r);
+            return self.im2col_shifted(x, cols, r, ld);
         }
         let n = r.len() * self.ow;
         for c in 0..self.c {
             for i in 0..self.kh {
                 for j in 0..self.kw {
-                    let row = &mut cols[((c * self.kh + i) * self.kw + j) * n..][..n];
+                    let row = &mut cols[((c * self.kh + i) * self.kw + j) * ld..][..n];
                     let (lo, hi) = self.cols_inside(j);
                     for oy in r.clone() {
                         let at = (oy - r.start) * self.ow;
@@ -116,8 +116,47 @@ impl Geom {
     /// columns (8 MiB an image in seed_multitask) never leave the cache
     /// before the GEMM reads them.
     fn block_rows(&self) -> usize {
-        let cols = (8192 / self.ckk().max(1)).max(256);
-        (cols / self.ow.max(1)).clamp(1, self.oh.max(1))
+        if self.pointwise() {
+            return self.oh.max(1);
+        }
+        (self.block_cols() / self.ow.max(1)).clamp(1, self.oh.max(1))
+    }
+
+    /// Output positions per block: see `block_rows`.
+    fn block_cols(&self) -> usize {
+        (8192 / self.ckk().max(1)).max(256)
+    }
+
+    /// Images per GEMM, of a batch of `b`: a small image's columns are
+    /// narrower than a block (16 positions for a 4×4 output, where `gemm`
+    /// ran at a third of its speed at 256), so several images' columns go
+    /// side by side, [ckk, m·p], under one GEMM. One when an image fills a
+    /// block; a function of the sizes alone, never of the thread count.
+    fn images_per_block(&self, b: usize) -> usize {
+        let m = (self.block_cols() / self.p().max(1)).clamp(1, b.max(1));
+        if m < 2 {
+            return 1;
+        }
+        // Groups of equal size: 32 images at 14 a group run as 11, 11, 10.
+        b.div_ceil(b.div_ceil(m))
+    }
+
+    /// The columns of images `x` (each `in_len` values, `x.len() / in_len`
+    /// of them) side by side into `cols` ([ckk, m·p]).
+    fn group_columns<'a>(&self, x: &[f32], in_len: usize, cols: &'a mut [f32]) -> View<'a> {
+        let (p, m) = (self.p(), x.len() / in_len);
+        let n = m * p;
+        let cols = &mut cols[..self.ckk() * n];
+        for (k, xk) in x.chunks_exact(in_len).enumerate() {
+            self.im2col_rows(xk, &mut cols[k * p..], 0..self.oh, n);
+        }
+        View {
+            data: cols,
+            rows: self.ckk(),
+            cols: n,
+            rs: n,
+            cs: 1,
+        }
     }
 
     /// The blocks of output rows, each with its width in output positions
@@ -131,17 +170,18 @@ impl Geom {
     }
 
     /// The adjoint of `im2col_rows`: dx[c, y, x] += dcols[k][p] inside the
-    /// image, for the output rows `r` (`dcols` [ckk, r.len()·ow]). `dcols` is
+    /// image, for the output rows `r` (`dcols` [ckk, r.len()·ow], rows `ld`
+    /// apart). `dcols` is
     /// scratch: the shifted case zeroes its entries outside the image.
-    fn col2im_rows(&self, dcols: &mut [f32], dx: &mut [f32], r: Range<usize>) {
+    fn col2im_rows(&self, dcols: &mut [f32], dx: &mut [f32], r: Range<usize>, ld: usize) {
         if self.shifted() {
-            return self.col2im_shifted(dcols, dx, r);
+            return self.col2im_shifted(dcols, dx, r, ld);
         }
         let n = r.len() * self.ow;
         for c in 0..self.c {
             for i in 0..self.kh {
                 for j in 0..self.kw {
-                    let row = &dcols[((c * self.kh + i) * self.kw + j) * n..][..n];
+                    let row = &dcols[((c * self.kh + i) * self.kw + j) * ld..][..n];
                     let (lo, hi) = self.cols_inside(j);
                     for oy in r.clone() {
                         let Some(y) = self.row_inside(oy, i).filter(|_| lo < hi) else {
@@ -179,6 +219,50 @@ impl Geom {
         self.s == 1 && self.ow == self.w
     }
 
+    /// A 1×1, stride-1, unpadded convolution: its columns are the image
+    /// itself ([c, h·w]), so no im2col or col2im runs at all.
+    fn pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.s == 1 && self.oh == self.h && self.ow == self.w
+    }
+
+    /// The columns of output positions `t0..t0 + n` of image `x`: `cols`
+    /// filled by im2col, or a view of `x` itself for a pointwise convolution.
+    fn columns<'a>(
+        &self,
+        x: &'a [f32],
+        cols: &'a mut [f32],
+        (r, n, t0): (Range<usize>, usize, usize),
+    ) -> View<'a> {
+        let ckk = self.ckk();
+        if self.pointwise() {
+            return View {
+                data: &x[t0..],
+                rows: ckk,
+                cols: n,
+                rs: self.p(),
+                cs: 1,
+            };
+        }
+        let cols = &mut cols[..ckk * n];
+        self.im2col_rows(x, cols, r, n);
+        View {
+            data: cols,
+            rows: ckk,
+            cols: n,
+            rs: n,
+            cs: 1,
+        }
+    }
+
+    /// Scratch floats for one block's columns (none when pointwise).
+    fn cols_len(&self) -> usize {
+        if self.pointwise() {
+            0
+        } else {
+            self.ckk() * self.block_rows() * self.ow
+        }
+    }
+
     /// For kernel tap (i, j): the output rows whose input row is inside the
     /// image, the output columns likewise, and the constant shift.
     fn tap(&self, i: usize, j: usize) -> (std::ops::Range<usize>, (usize, usize), isize) {
@@ -204,14 +288,14 @@ impl Geom {
         }
     }
 
-    fn im2col_shifted(&self, x: &[f32], cols: &mut [f32], r: Range<usize>) {
+    fn im2col_shifted(&self, x: &[f32], cols: &mut [f32], r: Range<usize>, ld: usize) {
         let (hw, ow) = (self.h * self.w, self.ow);
         let (n, t0) = (r.len() * ow, r.start * ow);
         for c in 0..self.c {
             let plane = &x[c * hw..(c + 1) * hw];
             for i in 0..self.kh {
                 for j in 0..self.kw {
-                    let row = &mut cols[((c * self.kh + i) * self.kw + j) * n..][..n];
+                    let row = &mut cols[((c * self.kh + i) * self.kw + j) * ld..][..n];
                     let (rows, (lo, hi), shift) = self.tap(i, j);
                     let rows =
                         rows.start.max(r.start)..rows.end.min(r.end).max(rows.start.max(r.start));
@@ -231,14 +315,14 @@ impl Geom {
         }
     }
 
-    fn col2im_shifted(&self, dcols: &mut [f32], dx: &mut [f32], r: Range<usize>) {
+    fn col2im_shifted(&self, dcols: &mut [f32], dx: &mut [f32], r: Range<usize>, ld: usize) {
         let (hw, ow) = (self.h * self.w, self.ow);
         let (n, t0) = (r.len() * ow, r.start * ow);
         for c in 0..self.c {
             let plane = &mut dx[c * hw..(c + 1) * hw];
             for i in 0..self.kh {
                 for j in 0..self.kw {
-                    let row = &mut dcols[((c * self.kh + i) * self.kw + j) * n..][..n];
+                    let row = &mut dcols[((c * self.kh + i) * self.kw + j) * ld..][..n];
                     let (rows, (lo, hi), shift) = self.tap(i, j);
                     let rows = self.within(rows, &r);
                     let span = self.span(&rows, shift);
@@ -333,37 +417,31 @@ impl Conv2dIm2col {
             candle_core::bail!("conv op: a bias of {} for {} filters", bias.len(), g.f)
         }
         let (ckk, p, in_len) = (g.ckk(), g.p(), g.c * g.h * g.w);
-        // One image: its f × p outputs into `y`.
-        let block = g.block_rows();
+        let lhs = View {
+            data: w,
+            rows: g.f,
+            cols: ckk,
+            rs: ckk,
+            cs: 1,
+        };
+        let finish = |row: &mut [f32], b: f32| {
+            if self.relu {
+                row.iter_mut().for_each(|v| *v = (*v + b).max(0.0));
+            } else {
+                row.iter_mut().for_each(|v| *v += b);
+            }
+        };
+        // One image: its f × p outputs into `y`, block by block of output
+        // rows (its columns, then its outputs).
         let conv = |cols: &mut [f32], bi: usize, y: &mut [f32]| {
             let xb = &x[bi * in_len..(bi + 1) * in_len];
-            let lhs = View {
-                data: w,
-                rows: g.f,
-                cols: ckk,
-                rs: ckk,
-                cs: 1,
-            };
-            // Block by block of output rows: its columns, then its outputs.
             for (r, n, t0) in g.blocks() {
-                let cols = &mut cols[..ckk * n];
-                g.im2col_rows(xb, cols, r);
-                let rhs = View {
-                    data: cols,
-                    rows: ckk,
-                    cols: n,
-                    rs: n,
-                    cs: 1,
-                };
+                let rhs = g.columns(xb, cols, (r, n, t0));
                 matmul(&mut y[t0..], p, false, lhs, rhs);
             }
-            for (row, b) in y.chunks_mut(p).zip(bias) {
-                if self.relu {
-                    row.iter_mut().for_each(|v| *v = (*v + b).max(0.0));
-                } else {
-                    row.iter_mut().for_each(|v| *v += b);
-                }
-            }
+            y.chunks_mut(p)
+                .zip(bias)
+                .for_each(|(row, b)| finish(row, *b));
         };
         let out_len = if self.mean { g.f } else { g.f * p };
         if out.len() != b * out_len {
@@ -372,9 +450,36 @@ impl Conv2dIm2col {
                 out.len()
             )
         }
+        let m = g.images_per_block(b);
+        // Several small images: one GEMM into [f, m·p], then each image's
+        // rows out of it.
+        let images = |(b0, o): (usize, &mut [f32])| {
+            let mc = o.len() / out_len;
+            let n = mc * p;
+            scratch::with([ckk * n, g.f * n], |[cols, yt]| {
+                let rhs = g.group_columns(&x[b0 * in_len..(b0 + mc) * in_len], in_len, cols);
+                matmul(yt, n, false, lhs, rhs);
+                for (row, b) in yt.chunks_mut(n).zip(bias) {
+                    finish(row, *b);
+                }
+                for (k, ok) in o.chunks_mut(out_len).enumerate() {
+                    for (f, of) in ok.chunks_mut(out_len / g.f).enumerate() {
+                        let src = &yt[f * n + k * p..][..p];
+                        if self.mean {
+                            of[0] = par::lane_sum(src) / p as f32;
+                        } else {
+                            of.copy_from_slice(src);
+                        }
+                    }
+                }
+            })
+        };
         let image = |(bi, o): (usize, &mut [f32])| {
+            if m > 1 {
+                return images((bi * m, o));
+            }
             let tmp_len = if self.mean { g.f * p } else { 0 };
-            scratch::with([ckk * block * g.ow, tmp_len], |[cols, tmp]| {
+            scratch::with([g.cols_len(), tmp_len], |[cols, tmp]| {
                 if self.mean {
                     // The plane means while the image's outputs are in cache.
                     conv(cols, bi, tmp);
@@ -387,9 +492,9 @@ impl Conv2dIm2col {
             })
         };
         if b * g.f * p * ckk >= par::MIN_MACS {
-            out.par_chunks_mut(out_len).enumerate().for_each(image);
+            out.par_chunks_mut(m * out_len).enumerate().for_each(image);
         } else {
-            out.chunks_mut(out_len).enumerate().for_each(image);
+            out.chunks_mut(m * out_len).enumerate().for_each(image);
         }
         Ok(())
     }
@@ -491,72 +596,114 @@ impl Conv2dIm2col {
             rs: 1,
             cs: ckk,
         };
-        // Images in groups of `per` (a function of the batch size alone); each
+        // Images in groups of `per` (a function of the sizes alone); each
         // group sums its dW and db into a partial of its own and the partials
         // are added in group order, so the result depends neither on the
-        // thread count nor on how rayon splits the work.
-        let per = b.div_ceil(8).max(1);
+        // thread count nor on how rayon splits the work. Within a group,
+        // `m` small images share each GEMM, as in the forward.
+        let m = g.images_per_block(b);
+        let per = b.div_ceil(8).max(m).max(1);
         let groups = b.div_ceil(per);
-        let block = g.block_rows();
         let part = g.f * ckk + g.f;
         let dx_groups: Vec<Option<&mut [f32]>> = match dx {
             Some(dx) => dx.chunks_mut(per * in_len).map(Some).collect(),
             None => (0..groups).map(|_| None).collect(),
         };
+        // pdw += dWᵀ ([ckk, F]) transposed: gemm ran cols·dyᵀ 1.8–1.9×
+        // faster than dy·colsᵀ on the shapes of shapes_mm's convolutions
+        // (N = ckk is small).
+        let add_dw = |pdw: &mut [f32], dwt: &[f32]| {
+            for (f, row) in pdw.chunks_mut(ckk).enumerate() {
+                row.iter_mut()
+                    .zip(dwt[f..].iter().step_by(g.f))
+                    .for_each(|(v, t)| *v += t);
+            }
+        };
         let group = |(gi, (partial, mut dxg)): (usize, (&mut [f32], Option<&mut [f32]>))| {
             let (pdw, pdb) = partial.split_at_mut(g.f * ckk);
             pdw.fill(0.0);
             pdb.fill(0.0);
-            let len = ckk * block * g.ow;
-            scratch::with([len, len, ckk * g.f], |[cols, dcols, dwt]| {
-                for k in 0..per.min(b - gi * per) {
-                    let bi = gi * per + k;
-                    let dyb = &dy[bi * out_len..(bi + 1) * out_len];
-                    let xb = &xv[bi * in_len..(bi + 1) * in_len];
-                    // Block by block of output rows, as the forward.
-                    for (r, n, t0) in g.blocks() {
+            let len = g.cols_len().max(if m > 1 { ckk * m * p } else { 0 });
+            let dyg_len = if m > 1 { g.f * m * p } else { 0 };
+            let count = per.min(b - gi * per);
+            scratch::with([len, len, ckk * g.f, dyg_len], |[cols, dcols, dwt, dyg]| {
+                for k0 in (0..count).step_by(m) {
+                    let (mc, b0) = (m.min(count - k0), gi * per + k0);
+                    let dyb = &dy[b0 * out_len..(b0 + mc) * out_len];
+                    if m > 1 {
+                        // The images' dy side by side, [f, mc·p], then the
+                        // forward's three products over all of them at once.
+                        let n = mc * p;
+                        for (k, dk) in dyb.chunks_exact(out_len).enumerate() {
+                            for (f, src) in dk.chunks_exact(p).enumerate() {
+                                dyg[f * n + k * p..][..p].copy_from_slice(src);
+                            }
+                        }
+                        let dyg = &dyg[..g.f * n];
                         if let Some(dxg) = dxg.as_deref_mut() {
-                            // dcols = Wᵀ·dy, then col2im into dx.
-                            let dy_view = View {
-                                data: &dyb[t0..],
+                            let dy_v = View {
+                                data: dyg,
                                 rows: g.f,
                                 cols: n,
-                                rs: p,
+                                rs: n,
                                 cs: 1,
                             };
-                            let dcols = &mut dcols[..ckk * n];
-                            matmul(dcols, n, false, w_t, dy_view);
-                            g.col2im_rows(dcols, &mut dxg[k * in_len..(k + 1) * in_len], r.clone());
+                            matmul(&mut dcols[..ckk * n], n, false, w_t, dy_v);
+                            let dxs = dxg[k0 * in_len..(k0 + mc) * in_len].chunks_exact_mut(in_len);
+                            for (k, dxk) in dxs.enumerate() {
+                                g.col2im_rows(&mut dcols[k * p..], dxk, 0..g.oh, n);
+                            }
                         }
-                        let cols = &mut cols[..ckk * n];
-                        g.im2col_rows(xb, cols, r);
-                        // dWᵀ = cols·dyᵀ ([ckk, F]), added transposed: gemm
-                        // ran this product 1.8–1.9× faster than dy·colsᵀ on
-                        // the shapes of shapes_mm's convolutions (N = ckk is
-                        // small).
-                        let cols_v = View {
-                            data: cols,
-                            rows: ckk,
-                            cols: n,
-                            rs: n,
-                            cs: 1,
-                        };
+                        let xs = &xv[b0 * in_len..(b0 + mc) * in_len];
+                        let cols_v = g.group_columns(xs, in_len, cols);
                         let dy_t = View {
-                            data: &dyb[t0..],
+                            data: dyg,
                             rows: n,
                             cols: g.f,
                             rs: 1,
-                            cs: p,
+                            cs: n,
                         };
                         matmul(dwt, g.f, false, cols_v, dy_t);
-                        for (f, row) in pdw.chunks_mut(ckk).enumerate() {
-                            row.iter_mut()
-                                .zip(dwt[f..].iter().step_by(g.f))
-                                .for_each(|(v, t)| *v += t);
+                        add_dw(pdw, dwt);
+                    } else {
+                        let xb = &xv[b0 * in_len..(b0 + 1) * in_len];
+                        // Block by block of output rows, as the forward.
+                        for (r, n, t0) in g.blocks() {
+                            if let Some(dxg) = dxg.as_deref_mut() {
+                                // dcols = Wᵀ·dy, then col2im into dx.
+                                let dy_view = View {
+                                    data: &dyb[t0..],
+                                    rows: g.f,
+                                    cols: n,
+                                    rs: p,
+                                    cs: 1,
+                                };
+                                let dxb = &mut dxg[k0 * in_len..(k0 + 1) * in_len];
+                                if g.pointwise() {
+                                    // The columns are the image: dx += Wᵀ·dy.
+                                    matmul(&mut dxb[t0..], p, true, w_t, dy_view);
+                                } else {
+                                    let dcols = &mut dcols[..ckk * n];
+                                    matmul(dcols, n, false, w_t, dy_view);
+                                    g.col2im_rows(dcols, dxb, r.clone(), n);
+                                }
+                            }
+                            let cols_v = g.columns(xb, cols, (r, n, t0));
+                            let dy_t = View {
+                                data: &dyb[t0..],
+                                rows: n,
+                                cols: g.f,
+                                rs: 1,
+                                cs: p,
+                            };
+                            matmul(dwt, g.f, false, cols_v, dy_t);
+                            add_dw(pdw, dwt);
                         }
                     }
-                    for (f, d) in pdb.iter_mut().enumerate() {
-                        *d += par::lane_sum(&dyb[f * p..(f + 1) * p]);
+                    for dk in dyb.chunks_exact(out_len) {
+                        for (f, d) in pdb.iter_mut().enumerate() {
+                            *d += par::lane_sum(&dk[f * p..(f + 1) * p]);
+                        }
                     }
                 }
             })
@@ -610,6 +757,16 @@ mod tests {
             // Several blocks of output rows (block_rows < oh), both im2col forms.
             (1, 2, 20, 20, 3, 3, 1, 1, [1, 1, 1, 1]),
             (2, 2, 22, 21, 2, 3, 1, 1, [0; 4]),
+            // Pointwise (the image is its own columns), one filter and several;
+            // 1×1 kernels that are not pointwise (padded, strided).
+            (2, 5, 6, 7, 3, 1, 1, 1, [0; 4]),
+            (3, 4, 5, 5, 1, 1, 1, 1, [0; 4]),
+            (1, 5, 6, 7, 3, 1, 1, 1, [0; 4]),
+            (1, 4, 5, 5, 1, 1, 1, 1, [0; 4]),
+            // Small images three to a GEMM, the last group shorter (3, 3, 1).
+            (7, 4, 9, 9, 2, 3, 1, 1, [1; 4]),
+            (2, 3, 4, 4, 2, 1, 1, 1, [1, 1, 1, 1]),
+            (2, 3, 6, 6, 2, 1, 2, 1, [0; 4]),
         ] {
             for relu in [false, true] {
                 let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, c, h, w), &dev).unwrap())

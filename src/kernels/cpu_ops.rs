@@ -348,12 +348,24 @@ impl Upsample2d {
         let k = self.scale;
         let (oh, ow) = (h * k, w * k);
         let par = y.len() >= par::MIN_ELEMENTS;
+        // Per input row: its first output row, then k − 1 copies of it (an
+        // index division per output measured 2.2 ns a value on `shapes`).
         par::chunks_mut(y, oh * ow, par, |plane, y| {
             let xp = &x[plane * h * w..(plane + 1) * h * w];
-            for (oy, row) in y.chunks_mut(ow).enumerate() {
-                let src = &xp[(oy / k) * w..(oy / k + 1) * w];
-                for (ox, v) in row.iter_mut().enumerate() {
-                    *v = src[ox / k];
+            for (src, rows) in xp.chunks_exact(w).zip(y.chunks_exact_mut(k * ow)) {
+                let (first, rest) = rows.split_at_mut(ow);
+                if k == 2 {
+                    for (d, v) in first.chunks_exact_mut(2).zip(src) {
+                        d[0] = *v;
+                        d[1] = *v;
+                    }
+                } else {
+                    for (d, v) in first.chunks_exact_mut(k).zip(src) {
+                        d.fill(*v);
+                    }
+                }
+                for row in rest.chunks_exact_mut(ow) {
+                    row.copy_from_slice(first);
                 }
             }
         });
@@ -368,10 +380,14 @@ impl Upsample2d {
         let par = g.len() >= par::MIN_ELEMENTS;
         par::chunks_mut(dx, h * w, par, |plane, dx| {
             let gp = &g[plane * oh * ow..(plane + 1) * oh * ow];
-            for (oy, row) in gp.chunks(ow).enumerate() {
-                let dst = &mut dx[(oy / k) * w..(oy / k + 1) * w];
-                for (ox, v) in row.iter().enumerate() {
-                    dst[ox / k] += v;
+            // The same additions in the same order as one per output value.
+            for (rows, dst) in gp.chunks_exact(k * ow).zip(dx.chunks_exact_mut(w)) {
+                for row in rows.chunks_exact(ow) {
+                    for (d, block) in dst.iter_mut().zip(row.chunks_exact(k)) {
+                        for v in block {
+                            *d += v;
+                        }
+                    }
                 }
             }
         });
@@ -432,6 +448,12 @@ mod tests {
             &[2, 3, 4, 5],
             &|x| x.apply_op1(Upsample2d { scale: 3 }).unwrap(),
             &|x| x.upsample_nearest2d(12, 15).unwrap(),
+        );
+        // Scale 2 has a loop of its own.
+        compare(
+            &[2, 3, 4, 5],
+            &|x| x.apply_op1(Upsample2d { scale: 2 }).unwrap(),
+            &|x| x.upsample_nearest2d(8, 10).unwrap(),
         );
     }
 
