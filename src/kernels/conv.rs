@@ -79,11 +79,13 @@ impl Geom {
             return self.im2col_shifted(x, cols, r, ld);
         }
         let n = r.len() * self.ow;
+        // Per kernel column, once: its two divisions per (c, i, j) were the
+        // hottest instructions of a stride-4 patch convolution's im2col.
+        let inside: Vec<(usize, usize)> = (0..self.kw).map(|j| self.cols_inside(j)).collect();
         for c in 0..self.c {
             for i in 0..self.kh {
-                for j in 0..self.kw {
+                for (j, &(lo, hi)) in inside.iter().enumerate() {
                     let row = &mut cols[((c * self.kh + i) * self.kw + j) * ld..][..n];
-                    let (lo, hi) = self.cols_inside(j);
                     for oy in r.clone() {
                         let at = (oy - r.start) * self.ow;
                         let dst = &mut row[at..at + self.ow];
@@ -101,8 +103,14 @@ impl Geom {
                         if self.s == 1 {
                             dst[lo..hi].copy_from_slice(&x[base..base + (hi - lo)]);
                         } else {
+                            // One bounds check a row: a check per value, or
+                            // `step_by`'s division per row, made a stride-4
+                            // patch convolution's im2col 18% of `captions`
+                            // inference (rows of 4).
+                            let src = &x[base..=base + (hi - lo - 1) * self.s];
                             for (k, v) in dst[lo..hi].iter_mut().enumerate() {
-                                *v = x[base + k * self.s];
+                                // SAFETY: k·s ≤ (hi − lo − 1)·s < src.len().
+                                *v = unsafe { *src.get_unchecked(k * self.s) };
                             }
                         }
                     }
@@ -178,11 +186,11 @@ impl Geom {
             return self.col2im_shifted(dcols, dx, r, ld);
         }
         let n = r.len() * self.ow;
+        let inside: Vec<(usize, usize)> = (0..self.kw).map(|j| self.cols_inside(j)).collect();
         for c in 0..self.c {
             for i in 0..self.kh {
-                for j in 0..self.kw {
+                for (j, &(lo, hi)) in inside.iter().enumerate() {
                     let row = &dcols[((c * self.kh + i) * self.kw + j) * ld..][..n];
-                    let (lo, hi) = self.cols_inside(j);
                     for oy in r.clone() {
                         let Some(y) = self.row_inside(oy, i).filter(|_| lo < hi) else {
                             continue;
@@ -196,8 +204,10 @@ impl Geom {
                                 .zip(src)
                                 .for_each(|(d, v)| *d += v);
                         } else {
+                            let dst = &mut dx[base..=base + (hi - lo - 1) * self.s];
                             for (k, v) in src.iter().enumerate() {
-                                dx[base + k * self.s] += v;
+                                // SAFETY: k·s ≤ (hi − lo − 1)·s < dst.len().
+                                unsafe { *dst.get_unchecked_mut(k * self.s) += v };
                             }
                         }
                     }

@@ -14,6 +14,7 @@ use std::f32::consts::{FRAC_1_SQRT_2, PI};
 pub struct Gelu;
 
 /// erf(x), |error| ≤ 1.5e-7 (A&S 7.1.26).
+#[inline(always)]
 pub fn erf(x: f32) -> f32 {
     const P: f32 = 0.327_591_1;
     const A: [f32; 5] = [
@@ -42,6 +43,7 @@ pub fn gelu_grad(x: f32) -> f32 {
     cdf(x) + x * (1.0 / (2.0 * PI).sqrt()) * exp_fast(-0.5 * x * x)
 }
 
+#[inline(always)]
 fn cdf(x: f32) -> f32 {
     0.5 * (1.0 + erf(x * FRAC_1_SQRT_2))
 }

@@ -2,6 +2,7 @@
 //! and fusions: numeric code over slices, computing what the candle path's
 //! calls (`lower::calls`) compute.
 
+use crate::kernels::par::lane_sum;
 use crate::kernels::{attention::Sdpa, linear};
 
 /// 1 at real positions (token id ≠ 0), 0 at padding.
@@ -114,14 +115,24 @@ pub(super) fn attention(
 /// Layer norm over rows of `d` values (biased variance, as Keras and candle).
 pub(super) fn layer_norm(x: &[f32], (w, b): (&[f32], &[f32]), eps: f64, out: &mut [f32]) {
     let d = w.len();
-    for (xr, yr) in x.chunks(d).zip(out.chunks_mut(d)) {
-        let mean = xr.iter().sum::<f32>() / d as f32;
-        let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
-        let inv = 1.0 / (var + eps as f32).sqrt();
-        for (((y, v), w), b) in yr.iter_mut().zip(xr).zip(w).zip(b) {
-            *y = (v - mean) * inv * w + b;
-        }
-    }
+    // Sums in 8 lanes and loops compiled for the widest vector unit: one
+    // sequential f32 sum per row ran 0.9 ns a value on `captions`.
+    crate::kernels::par::widest(
+        #[inline(always)]
+        || {
+            let mut dev = vec![0f32; d];
+            for (xr, yr) in x.chunks(d).zip(out.chunks_mut(d)) {
+                let mean = lane_sum(xr) / d as f32;
+                dev.iter_mut()
+                    .zip(xr)
+                    .for_each(|(e, v)| *e = (v - mean) * (v - mean));
+                let inv = 1.0 / (lane_sum(&dev) / d as f32 + eps as f32).sqrt();
+                for (((y, v), w), b) in yr.iter_mut().zip(xr).zip(w).zip(b) {
+                    *y = (v - mean) * inv * w + b;
+                }
+            }
+        },
+    )
 }
 
 /// The mean over the steps of each [T, D] sample; under a mask, over real
@@ -151,12 +162,21 @@ pub(super) fn permute(x: &[f32], dims: &[usize], axes: &[usize], out: &mut [f32]
         strides[a] = strides[a + 1] * dims[a + 1];
     }
     let out_dims: Vec<usize> = axes.iter().map(|a| dims[*a]).collect();
+    let Some((&last, lead)) = axes.split_last() else {
+        out.copy_from_slice(x);
+        return;
+    };
+    // Output row by output row (all axes but the last), each one strided
+    // read: an index computed per value measured 5 ns a value.
+    let (row, step) = (dims[last], strides[last]);
     for (xs, ys) in x.chunks(len).zip(out.chunks_mut(len)) {
-        let mut idx = vec![0; dims.len()];
-        for y in ys.iter_mut() {
-            let at: usize = idx.iter().zip(axes).map(|(i, a)| i * strides[*a]).sum();
-            *y = xs[at];
-            // The next output index, last axis fastest.
+        let mut idx = vec![0; lead.len()];
+        for yr in ys.chunks_exact_mut(row) {
+            let at: usize = idx.iter().zip(lead).map(|(i, a)| i * strides[*a]).sum();
+            for (k, y) in yr.iter_mut().enumerate() {
+                *y = xs[at + k * step];
+            }
+            // The next output row, its last leading axis fastest.
             for a in (0..idx.len()).rev() {
                 idx[a] += 1;
                 if idx[a] < out_dims[a] {
@@ -214,6 +234,44 @@ pub(super) fn mixture(
                 ys.iter_mut().zip(xs).for_each(|(y, v)| *y = v * g);
             } else {
                 ys.iter_mut().zip(xs).for_each(|(y, v)| *y += v * g);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every axis order of a [2, 3, 4] sample (two samples) moves each value
+    /// where its index says.
+    #[test]
+    fn permute_moves_each_value_to_its_permuted_index() {
+        let dims = [2, 3, 4];
+        let x: Vec<f32> = (0..48).map(|i| i as f32).collect();
+        for axes in [
+            [0, 1, 2],
+            [0, 2, 1],
+            [1, 0, 2],
+            [1, 2, 0],
+            [2, 0, 1],
+            [2, 1, 0],
+        ] {
+            let mut out = vec![0f32; 48];
+            super::permute(&x, &dims, &axes, &mut out);
+            let od: Vec<usize> = axes.iter().map(|a| dims[*a]).collect();
+            for s in 0..2 {
+                for i in 0..od[0] {
+                    for j in 0..od[1] {
+                        for k in 0..od[2] {
+                            let mut idx = [0; 3];
+                            idx[axes[0]] = i;
+                            idx[axes[1]] = j;
+                            idx[axes[2]] = k;
+                            let src = s * 24 + (idx[0] * 3 + idx[1]) * 4 + idx[2];
+                            let dst = s * 24 + (i * od[1] + j) * od[2] + k;
+                            assert_eq!(out[dst], x[src], "axes {axes:?}");
+                        }
+                    }
+                }
             }
         }
     }

@@ -7,6 +7,7 @@ use super::{Packed, Planned};
 use crate::ir::ops::activation::Act;
 use crate::ir::{Ew, RnnCell};
 use crate::kernels::cpu_ops::{GlobalPool, MaxPool2d, Upsample2d};
+use crate::kernels::math::exp_fast;
 use crate::kernels::{conv::Conv2dIm2col, gru::GruSeq, host, linear, lstm::LstmSeq};
 use crate::lower::{Forward, Program, RunError};
 use candle_core::{DType, Tensor};
@@ -494,16 +495,21 @@ fn act(a: Act, x: &[f32], out: &mut [f32]) {
         const CHUNK: usize = 1 << 14;
         let par = out.len() >= crate::kernels::par::MIN_ELEMENTS;
         crate::kernels::par::chunks_mut(out, CHUNK, par, |c, o| {
-            o.iter_mut()
-                .zip(&x[c * CHUNK..])
-                .for_each(|(o, v)| *o = f(*v))
+            crate::kernels::par::widest(
+                #[inline(always)]
+                || {
+                    o.iter_mut()
+                        .zip(&x[c * CHUNK..])
+                        .for_each(|(o, v)| *o = f(*v))
+                },
+            )
         });
     }
     match a {
         Act::Relu => map(x, out, |v| v.max(0.0)),
         Act::Gelu => map(x, out, crate::kernels::gelu::gelu),
-        Act::Sigmoid => map(x, out, |v| 1.0 / (1.0 + (-v).exp())),
-        Act::Silu => map(x, out, |v| v / (1.0 + (-v).exp())),
+        Act::Sigmoid => map(x, out, |v| 1.0 / (1.0 + exp_fast(-v))),
+        Act::Silu => map(x, out, |v| v / (1.0 + exp_fast(-v))),
         Act::Tanh => map(x, out, f32::tanh),
         _ => out.copy_from_slice(x),
     }

@@ -569,7 +569,15 @@ fn relu_mask(g: &mut [f32], y: &[f32]) {
 
 /// An activation's gradient added to `dx`, from its input and output.
 fn act_grad(a: Act, (x, y): (&[f32], &[f32]), g: &[f32], dx: &mut [f32]) {
-    let sig = |v: f32| 1.0 / (1.0 + (-v).exp());
+    crate::kernels::par::widest(
+        #[inline(always)]
+        || act_grad_loop(a, (x, y), g, dx),
+    )
+}
+
+#[inline(always)]
+fn act_grad_loop(a: Act, (x, y): (&[f32], &[f32]), g: &[f32], dx: &mut [f32]) {
+    let sig = |v: f32| 1.0 / (1.0 + crate::kernels::math::exp_fast(-v));
     match a {
         Act::Relu => dx
             .iter_mut()
