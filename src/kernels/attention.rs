@@ -12,6 +12,7 @@
 
 use super::gemm::{matmul, View};
 use super::host::{contiguous, host};
+use super::math::exp_fast;
 use super::par;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -82,22 +83,26 @@ impl Sdpa {
     ) {
         let (tq, tk, kd) = d;
         matmul(p, tk, false, view(q, tq, kd), view_t(k, tk, kd));
-        for (i, row) in p.chunks_mut(tk).enumerate() {
-            row.iter_mut().for_each(|s| *s *= self.scale);
-            if let Some(m) = mask {
-                for (s, a) in row.iter_mut().zip(&m[i * tk..(i + 1) * tk]) {
-                    *s += (a - 1.0) * 1e9;
+        // Vectorized passes (exp_fast, sums and maxima in lanes, the widest
+        // vector unit): libm's scalar exp and a sequential sum were most of
+        // the softmax on `captions`.
+        par::widest(
+            #[inline(always)]
+            || {
+                for (i, row) in p.chunks_mut(tk).enumerate() {
+                    row.iter_mut().for_each(|s| *s *= self.scale);
+                    if let Some(m) = mask {
+                        for (s, a) in row.iter_mut().zip(&m[i * tk..(i + 1) * tk]) {
+                            *s += (a - 1.0) * 1e9;
+                        }
+                    }
+                    let mx = par::lane_max(row);
+                    row.iter_mut().for_each(|s| *s = exp_fast(*s - mx));
+                    let inv = 1.0 / par::lane_sum(row);
+                    row.iter_mut().for_each(|s| *s *= inv);
                 }
-            }
-            let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            row.iter_mut().for_each(|s| {
-                *s = (*s - mx).exp();
-                sum += *s;
-            });
-            let inv = 1.0 / sum;
-            row.iter_mut().for_each(|s| *s *= inv);
-        }
+            },
+        )
     }
 }
 

@@ -79,6 +79,11 @@ impl Geom {
             return self.im2col_shifted(x, cols, r, ld);
         }
         let n = r.len() * self.ow;
+        let inside_h = (self.oh.max(1) - 1) * self.s + (self.kh - 1) * self.d < self.h;
+        let inside_w = (self.ow.max(1) - 1) * self.s + (self.kw - 1) * self.d < self.w;
+        if self.pt == 0 && self.pl == 0 && inside_h && inside_w && self.s > 1 {
+            return self.im2col_strided(x, cols, r, ld);
+        }
         // Per kernel column, once: its two divisions per (c, i, j) were the
         // hottest instructions of a stride-4 patch convolution's im2col.
         let inside: Vec<(usize, usize)> = (0..self.kw).map(|j| self.cols_inside(j)).collect();
@@ -112,6 +117,39 @@ impl Geom {
                                 // SAFETY: k·s ≤ (hi − lo − 1)·s < src.len().
                                 *v = unsafe { *src.get_unchecked(k * self.s) };
                             }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `im2col_rows` of an unpadded strided convolution (a ViT's patches):
+    /// every tap inside the image, so each (c, i, j) row is one tight
+    /// strided gather with no per-row fills or checks. Rows of 4 outputs
+    /// (`captions`' 4×4/4 patches) spent most of their time in that
+    /// per-row logic.
+    fn im2col_strided(&self, x: &[f32], cols: &mut [f32], r: Range<usize>, ld: usize) {
+        let (s, d, w, ow) = (self.s, self.d, self.w, self.ow);
+        let n = r.len() * ow;
+        if n == 0 {
+            return;
+        }
+        // The largest index read: the last tap of the last output.
+        let last = ((self.c - 1) * self.h + (r.end - 1) * s + (self.kh - 1) * d) * w
+            + (ow - 1) * s
+            + (self.kw - 1) * d;
+        assert!(last < x.len(), "conv im2col: input of {} values", x.len());
+        for c in 0..self.c {
+            for i in 0..self.kh {
+                for j in 0..self.kw {
+                    let row = &mut cols[((c * self.kh + i) * self.kw + j) * ld..][..n];
+                    let base = (c * self.h + i * d) * w + j * d;
+                    for (oy, out) in r.clone().zip(row.chunks_exact_mut(ow)) {
+                        let at = base + oy * s * w;
+                        for (ox, v) in out.iter_mut().enumerate() {
+                            // SAFETY: at + ox·s ≤ `last` < x.len() (checked above).
+                            *v = unsafe { *x.get_unchecked(at + ox * s) };
                         }
                     }
                 }
@@ -755,6 +793,9 @@ mod tests {
         for (b, c, h, w, f, k, s, d, pad) in [
             (2, 3, 7, 6, 4, 3, 1, 1, [0; 4]),
             (3, 2, 9, 9, 5, 3, 2, 1, [0; 4]),
+            // Unpadded strided (the strided gather): patches, dilated.
+            (2, 3, 8, 8, 4, 4, 4, 1, [0; 4]),
+            (1, 2, 9, 9, 2, 3, 2, 2, [0; 4]),
             (1, 4, 8, 7, 2, 2, 1, 2, [0; 4]),
             (2, 1, 5, 5, 3, 1, 1, 1, [0; 4]),
             (2, 3, 7, 6, 4, 3, 1, 1, [1, 1, 1, 1]),

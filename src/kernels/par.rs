@@ -72,9 +72,26 @@ fn lane_parts(len: usize, f: impl Fn(usize) -> f32) -> ([f32; 8], f32) {
 }
 
 /// Σ of a slice, in lanes.
+#[inline(always)]
 pub fn lane_sum(v: &[f32]) -> f32 {
     let (acc, tail) = lane_parts(v.len(), |k| v[k]);
     acc.iter().sum::<f32>() + tail
+}
+
+/// The largest value of a slice (−∞ when empty), in lanes so it vectorizes.
+#[inline(always)]
+pub fn lane_max(v: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let mut blocks = v.chunks_exact(8);
+    for b in &mut blocks {
+        for (a, x) in acc.iter_mut().zip(b) {
+            *a = a.max(*x);
+        }
+    }
+    let tail = blocks.remainder().iter().copied();
+    acc.into_iter()
+        .chain(tail)
+        .fold(f32::NEG_INFINITY, f32::max)
 }
 
 /// Σ f(i) for i < len, in f32 lanes added up in f64.
