@@ -118,29 +118,10 @@ impl MaxPool2d {
     /// Outputs, and with `arg` each window's first-maximum offset, of one
     /// plane: compiled for the widest vectors the CPU has (identical results).
     fn plane(&self, xp: &[f32], w: usize, ow: usize, y: &mut [f32], arg: Option<&mut [u16]>) {
-        #[cfg(target_arch = "x86_64")]
-        if par::avx512() {
-            // SAFETY: the CPU has AVX-512F, AVX2 and FMA (checked).
-            return unsafe { self.plane_512(xp, w, ow, y, arg) };
-        }
-        #[cfg(target_arch = "x86_64")]
-        if par::wide() {
-            // SAFETY: the CPU has AVX2 and FMA (checked).
-            return unsafe { self.plane_wide(xp, w, ow, y, arg) };
-        }
-        self.plane_any(xp, w, ow, y, arg)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    fn plane_512(&self, xp: &[f32], w: usize, ow: usize, y: &mut [f32], arg: Option<&mut [u16]>) {
-        self.plane_any(xp, w, ow, y, arg)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    fn plane_wide(&self, xp: &[f32], w: usize, ow: usize, y: &mut [f32], arg: Option<&mut [u16]>) {
-        self.plane_any(xp, w, ow, y, arg)
+        par::widest(
+            #[inline(always)]
+            || self.plane_any(xp, w, ow, y, arg),
+        )
     }
 
     #[inline(always)]

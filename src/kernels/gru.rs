@@ -85,30 +85,11 @@ impl GruSeq {
         par::each(items, par, |(blk, (hs, acts))| {
             let n = hs.len() / (t * hu);
             let xw = &xw[blk * rows * t * g3..][..n * t * g3];
-            #[cfg(target_arch = "x86_64")]
-            if par::wide() {
-                // SAFETY: the CPU has AVX2 and FMA (checked).
-                return unsafe { self.forward_rows_wide(xw, wt, bias, n, t, hs, acts) };
-            }
-            self.forward_rows(xw, wt, bias, n, t, hs, acts);
+            par::widest(
+                #[inline(always)]
+                || self.forward_rows(xw, wt, bias, n, t, hs, acts),
+            )
         });
-    }
-
-    /// [`Self::forward_rows`] compiled for AVX2 + FMA.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    fn forward_rows_wide(
-        &self,
-        xw: &[f32],
-        wt: &[f32],
-        bias: &[f32],
-        b: usize,
-        t: usize,
-        hs: &mut [f32],
-        acts: &mut [f32],
-    ) {
-        self.forward_rows(xw, wt, bias, b, t, hs, acts)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -166,23 +147,6 @@ impl GruSeq {
                 hs[(bi * t + ts) * hu..][..hu].copy_from_slice(h);
             }
         }
-    }
-
-    /// [`Self::backward_rows`] compiled for AVX2 + FMA.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    fn backward_rows_wide(
-        &self,
-        w: &[f32],
-        b: usize,
-        t: usize,
-        saved: (&[f32], &[f32], &[f32]),
-        dx: &mut [f32],
-        dhw: &mut [f32],
-        h_prev: &mut [f32],
-    ) {
-        self.backward_rows(w, b, t, saved, dx, dhw, h_prev)
     }
 
     /// Backward for `b` rows: the input-projection gradient `dx` and the
@@ -329,12 +293,10 @@ impl CustomOp3 for GruSeq {
                 &hs_v[s..s + n * t * hu],
                 &grad[s..s + n * t * hu],
             );
-            #[cfg(target_arch = "x86_64")]
-            if par::wide() {
-                // SAFETY: the CPU has AVX2 and FMA (checked).
-                return unsafe { self.backward_rows_wide(&w, n, t, saved, dx, dhw, h_prev) };
-            }
-            self.backward_rows(&w, n, t, saved, dx, dhw, h_prev);
+            par::widest(
+                #[inline(always)]
+                || self.backward_rows(&w, n, t, saved, dx, dhw, h_prev),
+            )
         });
         // dW_hh = Σ dhwᵀ · h_{t−1} (one GEMM over all steps); db_hh = Σ dhw.
         let mut dw = vec![0f32; g3 * hu];

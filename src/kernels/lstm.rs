@@ -98,52 +98,11 @@ impl LstmSeq {
         par::each(items, par, |(blk, (hs, cs, acts))| {
             let n = hs.len() / (t * hu);
             let xw = &xw[blk * rows * t * g4..][..n * t * g4];
-            #[cfg(target_arch = "x86_64")]
-            if par::avx512() {
-                // SAFETY: the CPU has AVX-512F, AVX2 and FMA (checked).
-                return unsafe { self.forward_rows_512(xw, wt, n, t, hs, cs, acts) };
-            }
-            #[cfg(target_arch = "x86_64")]
-            if par::wide() {
-                // SAFETY: the CPU has AVX2 and FMA (checked).
-                return unsafe { self.forward_rows_wide(xw, wt, n, t, hs, cs, acts) };
-            }
-            self.forward_rows(xw, wt, n, t, hs, cs, acts);
+            par::widest(
+                #[inline(always)]
+                || self.forward_rows(xw, wt, n, t, hs, cs, acts),
+            )
         });
-    }
-
-    /// [`Self::forward_rows`] compiled for AVX2 + FMA.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    fn forward_rows_wide(
-        &self,
-        xw: &[f32],
-        wt: &[f32],
-        b: usize,
-        t: usize,
-        hs: &mut [f32],
-        cs: &mut [f32],
-        acts: &mut [f32],
-    ) {
-        self.forward_rows(xw, wt, b, t, hs, cs, acts)
-    }
-
-    /// [`Self::forward_rows`] compiled for AVX-512.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    fn forward_rows_512(
-        &self,
-        xw: &[f32],
-        wt: &[f32],
-        b: usize,
-        t: usize,
-        hs: &mut [f32],
-        cs: &mut [f32],
-        acts: &mut [f32],
-    ) {
-        self.forward_rows(xw, wt, b, t, hs, cs, acts)
     }
 
     /// The recurrence for `b` batch rows, sequentially; `wt` is W_hhᵀ [H, 4H].
@@ -215,36 +174,6 @@ impl LstmSeq {
                 }
             }
         }
-    }
-
-    /// [`Self::backward_rows`] compiled for AVX2 + FMA.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    fn backward_rows_wide(
-        &self,
-        w: &[f32],
-        b: usize,
-        t: usize,
-        saved: (&[f32], &[f32], &[f32]),
-        acts_dg: &mut [f32],
-        h_prev: &mut [f32],
-    ) {
-        self.backward_rows(w, b, t, saved, acts_dg, h_prev)
-    }
-
-    /// [`Self::backward_rows`] compiled for AVX-512.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    fn backward_rows_512(
-        &self,
-        w: &[f32],
-        b: usize,
-        t: usize,
-        saved: (&[f32], &[f32], &[f32]),
-        acts_dg: &mut [f32],
-        h_prev: &mut [f32],
-    ) {
-        self.backward_rows(w, b, t, saved, acts_dg, h_prev)
     }
 
     /// Backward through the recurrence for `b` batch rows: turns their gate
@@ -371,17 +300,10 @@ impl LstmSeq {
                 &hs_v[s..s + n * t * hu],
                 &grad[s..s + n * t * hu],
             );
-            #[cfg(target_arch = "x86_64")]
-            if par::avx512() {
-                // SAFETY: the CPU has AVX-512F, AVX2 and FMA (checked).
-                return unsafe { self.backward_rows_512(w, n, t, saved, dg, h_prev) };
-            }
-            #[cfg(target_arch = "x86_64")]
-            if par::wide() {
-                // SAFETY: the CPU has AVX2 and FMA (checked).
-                return unsafe { self.backward_rows_wide(w, n, t, saved, dg, h_prev) };
-            }
-            self.backward_rows(w, n, t, saved, dg, h_prev);
+            par::widest(
+                #[inline(always)]
+                || self.backward_rows(w, n, t, saved, dg, h_prev),
+            )
         });
         // dW_hh = Σ_t dgates_tᵀ · h_{t−1}: one GEMM over all steps.
         let dg_t = View {
