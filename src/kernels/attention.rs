@@ -12,8 +12,8 @@
 
 use super::gemm::{matmul, View};
 use super::host::{contiguous, host};
-use super::math::exp_fast;
 use super::par;
+use super::softmax::softmax_row;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -96,10 +96,7 @@ impl Sdpa {
                             *s += (a - 1.0) * 1e9;
                         }
                     }
-                    let mx = par::lane_max(row);
-                    row.iter_mut().for_each(|s| *s = exp_fast(*s - mx));
-                    let inv = 1.0 / par::lane_sum(row);
-                    row.iter_mut().for_each(|s| *s *= inv);
+                    softmax_row(row);
                 }
             },
         )

@@ -3,7 +3,7 @@
 //! batch. candle's CPU conv backward runs a direct transposed-convolution loop
 //! that dominated the training step of image models (see benches/README.md).
 
-use super::cpu_ops::relu_grad;
+use super::cpu_ops::{relu_grad, MaxPool2d};
 use super::gemm::{matmul, View};
 use super::host::{contiguous, host};
 use super::{par, scratch};
@@ -22,7 +22,13 @@ pub struct Conv2dIm2col {
     /// Output each plane's mean, [N, F] (a fused global average pool; for
     /// inference: there is no backward).
     pub mean: bool,
+    /// Max-pool each output plane 2×2 with stride 2, [N, F, OH/2, OW/2] (a
+    /// fused max pool, for inference: there is no backward).
+    pub pool: bool,
 }
+
+/// The fused max pool's window and stride.
+const POOL: ((usize, usize), (usize, usize)) = ((2, 2), (2, 2));
 
 /// Sizes of one convolution.
 #[derive(Clone, Copy)]
@@ -438,7 +444,22 @@ impl Conv2dIm2col {
     /// Values per image of the output for input dims `xd` and weight dims `wd`.
     pub fn out_len(&self, xd: &[usize], wd: &[usize]) -> Result<usize> {
         let g = geom(xd, wd, self.stride, self.dilation, self.pad)?;
-        Ok(if self.mean { g.f } else { g.f * g.p() })
+        Ok(match (self.mean, self.pooled(&g)?) {
+            (true, _) => g.f,
+            (false, Some((ph, pw))) => g.f * ph * pw,
+            (false, None) => g.f * g.p(),
+        })
+    }
+
+    /// The fused pool's output plane, when there is one.
+    fn pooled(&self, g: &Geom) -> Result<Option<(usize, usize)>> {
+        if !self.pool {
+            return Ok(None);
+        }
+        match MaxPool2d::new(POOL.0, POOL.1, false).out_dims(g.oh, g.ow) {
+            Some(d) => Ok(Some(d)),
+            None => candle_core::bail!("conv op: a {}×{} output to max-pool 2×2", g.oh, g.ow),
+        }
     }
 
     /// The forward into `out` ([N, F, OH, OW], or [N, F] with `mean`), from
@@ -491,7 +512,19 @@ impl Conv2dIm2col {
                 .zip(bias)
                 .for_each(|(row, b)| finish(row, *b));
         };
-        let out_len = if self.mean { g.f } else { g.f * p };
+        let out_len = self.out_len(xd, wd)?;
+        let pooler = MaxPool2d::new(POOL.0, POOL.1, false);
+        // A plane's outputs into its slot of the output: as they are, their
+        // mean, or max-pooled.
+        let emit = |src: &[f32], dst: &mut [f32]| {
+            if self.mean {
+                dst[0] = par::lane_sum(src) / p as f32;
+            } else if self.pool {
+                pooler.forward_into(src, (g.oh, g.ow), dst);
+            } else {
+                dst.copy_from_slice(src);
+            }
+        };
         if out.len() != b * out_len {
             candle_core::bail!(
                 "conv op: an output of {} values for {b} × {out_len}",
@@ -512,12 +545,7 @@ impl Conv2dIm2col {
                 }
                 for (k, ok) in o.chunks_mut(out_len).enumerate() {
                     for (f, of) in ok.chunks_mut(out_len / g.f).enumerate() {
-                        let src = &yt[f * n + k * p..][..p];
-                        if self.mean {
-                            of[0] = par::lane_sum(src) / p as f32;
-                        } else {
-                            of.copy_from_slice(src);
-                        }
+                        emit(&yt[f * n + k * p..][..p], of);
                     }
                 }
             })
@@ -526,16 +554,18 @@ impl Conv2dIm2col {
             if m > 1 {
                 return images((bi * m, o));
             }
-            let tmp_len = if self.mean { g.f * p } else { 0 };
+            let whole = !self.mean && !self.pool;
+            let tmp_len = if whole { 0 } else { g.f * p };
             scratch::with([g.cols_len(), tmp_len], |[cols, tmp]| {
-                if self.mean {
-                    // The plane means while the image's outputs are in cache.
-                    conv(cols, bi, tmp);
-                    for (o, row) in o.iter_mut().zip(tmp.chunks(p)) {
-                        *o = par::lane_sum(row) / p as f32;
-                    }
-                } else {
+                if whole {
                     conv(cols, bi, o);
+                } else {
+                    // The plane means or pools while the image's outputs
+                    // are in cache.
+                    conv(cols, bi, tmp);
+                    for (src, dst) in tmp.chunks(p).zip(o.chunks_mut(out_len / g.f)) {
+                        emit(src, dst);
+                    }
                 }
             })
         };
@@ -571,10 +601,10 @@ impl CustomOp3 for Conv2dIm2col {
         let b = l1.dims()[0];
         let mut out = vec![0f32; b * self.out_len(l1.dims(), l2.dims())?];
         self.forward_into(x, l1.dims(), w, l2.dims(), bias, &mut out)?;
-        let shape = if self.mean {
-            Shape::from((b, g.f))
-        } else {
-            Shape::from((b, g.f, g.oh, g.ow))
+        let shape = match (self.mean, self.pooled(&g)?) {
+            (true, _) => Shape::from((b, g.f)),
+            (false, Some((ph, pw))) => Shape::from((b, g.f, ph, pw)),
+            (false, None) => Shape::from((b, g.f, g.oh, g.ow)),
         };
         Ok((CpuStorage::F32(out), shape))
     }
@@ -587,8 +617,8 @@ impl CustomOp3 for Conv2dIm2col {
         res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        if self.mean {
-            candle_core::bail!("the fused conv + global average pool is for inference only")
+        if self.mean || self.pool {
+            candle_core::bail!("a conv with a fused pool is for inference only")
         }
         let g = geom(x.dims(), w.dims(), self.stride, self.dilation, self.pad)?;
         let (xv, wv, dy) = (host(x)?, host(w)?, host(grad)?);
@@ -786,6 +816,44 @@ mod tests {
     use crate::kernels::max_abs_diff as diff;
     use candle_core::{Device, Tensor, Var};
 
+    /// The fused pools (inference) equal the convolution followed by the
+    /// pool: small images several to a GEMM, one image over several blocks,
+    /// odd planes (the pool floors).
+    #[test]
+    fn fused_pools_equal_the_convolution_then_the_pool() {
+        use crate::kernels::cpu_ops::MaxPool2d;
+        let dev = Device::Cpu;
+        for (b, c, h, w, pad) in [
+            (5, 2, 8, 8, [1; 4]),
+            (1, 2, 40, 38, [1; 4]),
+            (3, 3, 9, 9, [0; 4]),
+        ] {
+            let x = Tensor::randn(0f32, 1.0, (b, c, h, w), &dev).unwrap();
+            let k = Tensor::randn(0f32, 1.0, (4, c, 3, 3), &dev).unwrap();
+            let bias = Tensor::randn(0f32, 1.0, 4, &dev).unwrap();
+            let conv = |mean, pool| {
+                let op = Conv2dIm2col {
+                    stride: 1,
+                    dilation: 1,
+                    pad,
+                    relu: true,
+                    mean,
+                    pool,
+                };
+                x.apply_op3(&k, &bias, op).unwrap()
+            };
+            let full = conv(false, false);
+            let pooled = full
+                .apply_op1(MaxPool2d::new((2, 2), (2, 2), false))
+                .unwrap();
+            let fused = conv(false, true);
+            assert_eq!(fused.dims(), pooled.dims());
+            assert!(diff(&fused, &pooled) == 0.0, "max pool {b}×{h}×{w}");
+            let mean = full.mean((2, 3)).unwrap();
+            assert!(diff(&conv(true, false), &mean) < 1e-5, "mean {b}×{h}×{w}");
+        }
+    }
+
     /// Output and both gradients equal candle's own conv2d (whose backward we replace).
     #[test]
     fn matches_candle_conv2d_forward_and_backward() {
@@ -831,6 +899,7 @@ mod tests {
                     pad,
                     relu,
                     mean: false,
+                    pool: false,
                 };
                 let ours = x
                     .as_tensor()
@@ -895,6 +964,7 @@ mod tests {
                 pad: [0; 4],
                 relu: false,
                 mean: false,
+                pool: false,
             };
             x.apply_op3(k.as_tensor(), b.as_tensor(), op)
                 .unwrap()

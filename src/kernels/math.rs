@@ -1,6 +1,6 @@
 //! Scalar math written so that loops over slices vectorize.
 
-/// eˣ for f32 to about 2 ulp, branch-free so loops over slices vectorize
+/// eˣ for f32 to about 2 ulp (0 below −87.3, where eˣ is subnormal), branch-free so loops over slices vectorize
 /// (Cephes expf: x = n·ln2 + r, a degree-6 polynomial for eʳ, 2ⁿ by bits).
 #[inline(always)]
 pub fn exp_fast(x0: f32) -> f32 {
@@ -22,8 +22,12 @@ pub fn exp_fast(x0: f32) -> f32 {
     // inserts, among the hottest instructions of the LSTM's gates.
     let n_bits = t.to_bits().wrapping_sub(0x4B40_0000);
     let e = er * f32::from_bits(n_bits.wrapping_add(127) << 23);
+    // Below the clamp eˣ is under the smallest normal float: 0, as a masked
+    // softmax entry (a score − 1e9) must be, not the clamp's 1.2e-38.
     if x0.is_nan() {
         x0
+    } else if x0 < -87.3 {
+        0.0
     } else {
         e
     }

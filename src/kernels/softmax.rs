@@ -7,6 +7,7 @@
 //! Backward, per row: dx = y ⊙ (dy − Σ dy ⊙ y).
 
 use super::host::{contiguous, host};
+use super::math::exp_fast;
 use super::par;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
@@ -19,6 +20,21 @@ fn row_len(shape: &Shape) -> Result<usize> {
     }
 }
 
+/// Rows per parallel task and per vector-unit dispatch.
+const ROWS: usize = 64;
+
+/// A row's softmax in place: max, exp, sum and scale as vectorizing passes
+/// (`exp_fast`, lane maxima and sums). libm's scalar `exp` and a sequential
+/// sum were most of a softmax's time. Call it inside [`par::widest`] for
+/// the CPU's widest vectors.
+#[inline(always)]
+pub fn softmax_row(row: &mut [f32]) {
+    let mx = par::lane_max(row);
+    row.iter_mut().for_each(|s| *s = exp_fast(*s - mx));
+    let inv = 1.0 / par::lane_sum(row);
+    row.iter_mut().for_each(|s| *s *= inv);
+}
+
 impl CustomOp1 for SoftmaxLastDim {
     fn name(&self) -> &'static str {
         "mtl-softmax-last-dim"
@@ -29,16 +45,12 @@ impl CustomOp1 for SoftmaxLastDim {
         let x = contiguous(s, l)?;
         let mut y = vec![0f32; x.len()];
         let big = x.len() >= par::MIN_ELEMENTS;
-        par::chunks_mut(&mut y, d, big, |r, y| {
-            let xr = &x[r * d..(r + 1) * d];
-            let m = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for (y, x) in y.iter_mut().zip(xr) {
-                *y = (x - m).exp();
-                sum += *y;
-            }
-            let inv = 1.0 / sum;
-            y.iter_mut().for_each(|y| *y *= inv);
+        par::chunks_mut(&mut y, d * ROWS, big, |r, y| {
+            y.copy_from_slice(&x[r * d * ROWS..][..y.len()]);
+            par::widest(
+                #[inline(always)]
+                || y.chunks_exact_mut(d).for_each(softmax_row),
+            )
         });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }

@@ -164,15 +164,16 @@ pub fn dense_act(x: &Tensor, w: &Tensor, b: &Tensor, relu: bool) -> Result<Tenso
 }
 
 /// Our im2col + GEMM convolution with the bias and the zero padding inside
-/// (forward and backward), followed by a relu when `relu` and by a global
-/// average pool (output [N, F]) when `mean`; conv1d runs as a 1×L conv2d.
+/// (forward and backward), followed by a relu when `relu`, by a global
+/// average pool (output [N, F]) when `mean` and by a 2×2, stride-2 max pool
+/// when `pool` (2-D, inference); conv1d runs as a 1×L conv2d.
 /// `pads` are the `same` padding per spatial axis (empty for `valid`).
 pub fn conv_im2col(
     x: &Tensor,
     (w, b): (&Tensor, &Tensor),
     (stride, dilation): (usize, usize),
     pads: &Pads,
-    (relu, mean): (bool, bool),
+    (relu, mean, pool): (bool, bool, bool),
 ) -> Result<Tensor> {
     let one_d = w.rank() == 3;
     let p = |a: usize| pads.get(a).copied().unwrap_or((0, 0));
@@ -192,6 +193,7 @@ pub fn conv_im2col(
         pad,
         relu,
         mean: mean && !one_d,
+        pool: pool && !one_d,
     };
     let y = x4
         .contiguous()?

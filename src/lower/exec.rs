@@ -633,10 +633,15 @@ impl Program {
                 let fused = (k.relu, k.mean);
                 if k.im2col && crate::kernels::native(x) {
                     let geometry = (c.stride[0], c.dilation[0]);
-                    calls::conv_im2col(x, (&w, &b), geometry, &k.pads, fused)
+                    calls::conv_im2col(x, (&w, &b), geometry, &k.pads, (k.relu, k.mean, k.pool))
                 } else {
                     let geometry = (c.stride.as_slice(), c.dilation.as_slice(), c.groups);
-                    calls::conv_candle(x, (&w, &b), geometry, &k.pads, fused)
+                    let y = calls::conv_candle(x, (&w, &b), geometry, &k.pads, fused)?;
+                    if k.pool {
+                        calls::pool(&y, crate::ir::PoolKind::Max, &[2, 2], &[2, 2], false)
+                    } else {
+                        Ok(y)
+                    }
                 }
             }
             (k, _) => candle_core::bail!("kernel `{k}` does not run `{}`", st.op),

@@ -37,6 +37,8 @@ pub struct ConvKernel {
     pub relu: bool,
     /// A global average pool fused in (inference: output [N, F]).
     pub mean: bool,
+    /// A 2×2, stride-2 max pool fused in (inference: output [N, F, H/2, W/2]).
+    pub pool: bool,
     pub bn: FoldedBn,
 }
 
@@ -57,7 +59,7 @@ impl Kernel {
     pub fn fuse_relu(&mut self) -> bool {
         match self {
             Kernel::Linear { relu, .. } => *relu = true,
-            Kernel::Conv(c) if c.im2col && !c.mean => c.relu = true,
+            Kernel::Conv(c) if c.im2col && !c.mean && !c.pool => c.relu = true,
             _ => return false,
         }
         true
@@ -66,8 +68,19 @@ impl Kernel {
     /// Fuses a following global average pool into a 2-D im2col convolution.
     pub fn fuse_mean(&mut self) -> bool {
         match self {
-            Kernel::Conv(c) if c.im2col && c.rank == 2 => {
+            Kernel::Conv(c) if c.im2col && c.rank == 2 && !c.pool => {
                 c.mean = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Fuses a following 2×2, stride-2 max pool into a 2-D im2col convolution.
+    pub fn fuse_max_pool(&mut self) -> bool {
+        match self {
+            Kernel::Conv(c) if c.im2col && c.rank == 2 && !c.mean => {
+                c.pool = true;
                 true
             }
             _ => false,
@@ -110,6 +123,9 @@ impl fmt::Display for Kernel {
                 }
                 if c.mean {
                     f.write_str("+global_avg_pool")?;
+                }
+                if c.pool {
+                    f.write_str("+max_pool")?;
                 }
                 Ok(())
             }

@@ -158,6 +158,7 @@ fn plan(g: &Graph, mode: Mode) -> Program {
                     pads,
                     relu: false,
                     mean: false,
+                    pool: false,
                     bn,
                 })
             }
@@ -199,6 +200,7 @@ fn plan(g: &Graph, mode: Mode) -> Program {
     fuse_relu(&mut steps, &kept);
     if mode == Mode::Infer {
         fuse_global_mean(&mut steps, &kept);
+        fuse_max_pool(&mut steps, &kept);
     }
     let mut param_specs = vec![];
     let mut used: Vec<usize> =
@@ -261,6 +263,24 @@ fn fuse_global_mean(steps: &mut Vec<Step>, kept: &[usize]) {
     });
     fuse_into(steps, kept, |st, next| {
         next.op == avg && st.kernel.fuse_mean()
+    });
+}
+
+/// Folds a 2×2, stride-2 max pool into the 2-D conv that alone feeds it,
+/// for inference: each image's outputs are pooled while in cache, so the
+/// full-size output is never written out and read again (the pools after
+/// `shapes_mm`'s convolutions took 13% of its inference step).
+fn fuse_max_pool(steps: &mut Vec<Step>, kept: &[usize]) {
+    // `max_pool(2)` holds one size for both axes, `max_pool(2, 2)` two.
+    let two = |v: &[usize]| matches!(v, [2] | [2, 2]);
+    fuse_into(steps, kept, |st, next| {
+        let Op::Pool(p) = &next.op else {
+            return false;
+        };
+        p.kind == crate::ir::PoolKind::Max
+            && two(&p.size)
+            && two(&p.stride)
+            && st.kernel.fuse_max_pool()
     });
 }
 

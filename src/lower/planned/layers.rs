@@ -219,12 +219,9 @@ pub(super) fn mixture(
     let e = experts.len();
     let n = logits.len() / e;
     linear::forward_into(logits, gate, wt, bias, (n, gate.len() / n, e), false);
-    for row in logits.chunks_mut(e) {
-        let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        row.iter_mut().for_each(|v| *v = (*v - mx).exp());
-        let sum: f32 = row.iter().sum();
-        row.iter_mut().for_each(|v| *v /= sum);
-    }
+    logits
+        .chunks_mut(e)
+        .for_each(crate::kernels::softmax::softmax_row);
     let len = out.len() / n;
     for (s, ys) in out.chunks_mut(len).enumerate() {
         for (i, ex) in experts.iter().enumerate() {

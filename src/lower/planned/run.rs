@@ -235,6 +235,7 @@ fn step(
                 pad,
                 relu,
                 mean,
+                pool,
                 x: xd,
                 w: wd,
             },
@@ -246,6 +247,7 @@ fn step(
                 pad: *pad,
                 relu: *relu,
                 mean: *mean,
+                pool: *pool,
             };
             let (w, b) = (w.view()?, b.view()?);
             op.forward_into(x, &[batch, xd[0], xd[1], xd[2]], &w, wd, &b, out)

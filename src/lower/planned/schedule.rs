@@ -40,6 +40,8 @@ pub enum PKind {
         pad: [usize; 4],
         relu: bool,
         mean: bool,
+        /// A 2×2, stride-2 max pool after (inference).
+        pool: bool,
         /// Input [C, H, W] and weight [F, C, KH, KW].
         x: [usize; 3],
         w: [usize; 4],
@@ -140,11 +142,14 @@ impl fmt::Display for PKind {
                 write!(f, "gemm+bias{}", if *relu { "+relu" } else { "" })
             }
             PKind::Merged { .. } => f.write_str("merged gemm+bias"),
-            PKind::Conv { relu, mean, .. } => write!(
+            PKind::Conv {
+                relu, mean, pool, ..
+            } => write!(
                 f,
-                "im2col+gemm{}{}",
+                "im2col+gemm{}{}{}",
                 if *relu { "+relu" } else { "" },
-                if *mean { "+mean" } else { "" }
+                if *mean { "+mean" } else { "" },
+                if *pool { "+max_pool" } else { "" }
             ),
             PKind::MaxPool { .. } => f.write_str("max_pool"),
             PKind::GlobalPool { max, .. } => {
@@ -571,7 +576,7 @@ fn conv_kind(k: &ConvKernel, c: &Conv, x: &[usize]) -> Result<PKind, String> {
     }
     let p = |a: usize| k.pads.get(a).copied().unwrap_or((0, 0));
     let (x3, w4, pad) = match (x, c.kernel.as_slice()) {
-        ([ch, l], [kw]) if !k.mean => ([*ch, 1, *l], [c.filters, *ch, 1, *kw], {
+        ([ch, l], [kw]) if !k.mean && !k.pool => ([*ch, 1, *l], [c.filters, *ch, 1, *kw], {
             [0, 0, p(0).0, p(0).1]
         }),
         ([ch, h, w], [kh, kw]) => (
@@ -587,6 +592,7 @@ fn conv_kind(k: &ConvKernel, c: &Conv, x: &[usize]) -> Result<PKind, String> {
         pad,
         relu: k.relu,
         mean: k.mean,
+        pool: k.pool,
         x: x3,
         w: w4,
     })

@@ -61,7 +61,7 @@ fn has_backward(kind: &PKind) -> bool {
         | PKind::Concat { .. }
         | PKind::Embedding { .. }
         | PKind::Upsample { .. } => true,
-        PKind::Conv { mean, .. } => !mean,
+        PKind::Conv { mean, pool, .. } => !mean && !pool,
         PKind::Act(a) => matches!(
             a,
             Act::Relu | Act::Gelu | Act::Sigmoid | Act::Tanh | Act::Silu
@@ -404,6 +404,7 @@ impl Back<'_> {
                     pad: *pad,
                     relu: false,
                     mean: false,
+                    pool: false,
                 };
                 let w = w.view()?;
                 let (mut dw, mut db) = (take(dense::WEIGHT, w.len()), take(dense::BIAS, wd[0]));
