@@ -13,7 +13,6 @@
 use super::gemm::{matmul, View};
 use super::host::{contiguous, host};
 use super::par;
-use super::softmax::softmax_row;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -83,23 +82,22 @@ impl Sdpa {
     ) {
         let (tq, tk, kd) = d;
         matmul(p, tk, false, view(q, tq, kd), view_t(k, tk, kd));
-        // Vectorized passes (exp_fast, sums and maxima in lanes, the widest
-        // vector unit): libm's scalar exp and a sequential sum were most of
-        // the softmax on `captions`.
-        par::widest(
-            #[inline(always)]
-            || {
-                for (i, row) in p.chunks_mut(tk).enumerate() {
-                    row.iter_mut().for_each(|s| *s *= self.scale);
-                    if let Some(m) = mask {
-                        for (s, a) in row.iter_mut().zip(&m[i * tk..(i + 1) * tk]) {
-                            *s += (a - 1.0) * 1e9;
-                        }
-                    }
-                    softmax_row(row);
+        for (i, row) in p.chunks_mut(tk).enumerate() {
+            row.iter_mut().for_each(|s| *s *= self.scale);
+            if let Some(m) = mask {
+                for (s, a) in row.iter_mut().zip(&m[i * tk..(i + 1) * tk]) {
+                    *s += (a - 1.0) * 1e9;
                 }
-            },
-        )
+            }
+            let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            row.iter_mut().for_each(|s| {
+                *s = (*s - mx).exp();
+                sum += *s;
+            });
+            let inv = 1.0 / sum;
+            row.iter_mut().for_each(|s| *s *= inv);
+        }
     }
 }
 
