@@ -14,6 +14,7 @@ pub mod gemm;
 pub mod gru;
 pub mod gru_cell;
 pub mod host;
+mod im2col;
 pub mod layer_norm;
 pub mod linear;
 pub mod lstm;
