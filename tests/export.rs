@@ -65,6 +65,17 @@ fn the_graph_of_a_transformer_fixture() {
     insta::assert_snapshot!(ops.join("\n"));
 }
 
+/// A CNN's graph keeps its pools: inference folds conv → relu → max_pool
+/// into one step, and the exporter writes the pool back out (it once
+/// dropped it, which only ONNX Runtime's shape inference noticed).
+#[test]
+fn the_graph_of_a_cnn_fixture() {
+    let out = export(Path::new("../shared/fixtures/shapes_mm.mtl"), &[]).unwrap();
+    let s = check::check(&out.bytes).unwrap();
+    let ops: Vec<String> = s.ops.iter().map(|(o, n)| format!("{o} × {n}")).collect();
+    insta::assert_snapshot!(ops.join("\n"));
+}
+
 #[test]
 fn heads_prune_what_they_do_not_need() {
     let path = Path::new("benches/peers/onnx_ops.mtl");

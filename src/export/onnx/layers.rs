@@ -382,7 +382,8 @@ impl StepCx<'_> {
             A::int("group", c.groups as i64),
             A::ints("pads", &p),
         ];
-        let last = !k.relu && !k.mean;
+        let then = k.mean || k.pool;
+        let last = !k.relu && !then;
         let hint = if last {
             self.out_name()
         } else {
@@ -390,12 +391,20 @@ impl StepCx<'_> {
         };
         let mut y = self.b.op("Conv", &[x, &wn, &bn], attrs, &hint);
         if k.relu {
-            let hint = if k.mean {
+            let hint = if then {
                 self.hint("relu")
             } else {
                 self.out_name()
             };
             y = self.b.op("Relu", &[&y], vec![], &hint);
+        }
+        if k.pool {
+            // The 2×2, stride-2 max pool the inference plan folded in.
+            let attrs = vec![
+                A::ints("kernel_shape", &[2, 2]),
+                A::ints("strides", &[2, 2]),
+            ];
+            y = self.b.op("MaxPool", &[&y], attrs, &self.out_name());
         }
         if k.mean {
             let p = self
