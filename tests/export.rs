@@ -57,12 +57,17 @@ fn every_model_exports_a_well_formed_graph() {
     assert!(n >= 20, "only {n} models exported");
 }
 
-#[test]
-fn the_graph_of_a_transformer_fixture() {
-    let out = export(Path::new("../shared/fixtures/text_transformer.mtl"), &[]).unwrap();
+/// The exported graph's operators of `path`, one "Op × count" a line.
+fn op_counts(path: &str) -> String {
+    let out = export(Path::new(path), &[]).unwrap();
     let s = check::check(&out.bytes).unwrap();
     let ops: Vec<String> = s.ops.iter().map(|(o, n)| format!("{o} × {n}")).collect();
-    insta::assert_snapshot!(ops.join("\n"));
+    ops.join("\n")
+}
+
+#[test]
+fn the_graph_of_a_transformer_fixture() {
+    insta::assert_snapshot!(op_counts("../shared/fixtures/text_transformer.mtl"));
 }
 
 /// A CNN's graph keeps its pools: inference folds conv → relu → max_pool
@@ -70,10 +75,7 @@ fn the_graph_of_a_transformer_fixture() {
 /// dropped it, which only ONNX Runtime's shape inference noticed).
 #[test]
 fn the_graph_of_a_cnn_fixture() {
-    let out = export(Path::new("../shared/fixtures/shapes_mm.mtl"), &[]).unwrap();
-    let s = check::check(&out.bytes).unwrap();
-    let ops: Vec<String> = s.ops.iter().map(|(o, n)| format!("{o} × {n}")).collect();
-    insta::assert_snapshot!(ops.join("\n"));
+    insta::assert_snapshot!(op_counts("../shared/fixtures/shapes_mm.mtl"));
 }
 
 #[test]

@@ -67,20 +67,20 @@ impl Kernel {
 
     /// Fuses a following global average pool into a 2-D im2col convolution.
     pub fn fuse_mean(&mut self) -> bool {
-        match self {
-            Kernel::Conv(c) if c.im2col && c.rank == 2 && !c.pool => {
-                c.mean = true;
-                true
-            }
-            _ => false,
-        }
+        self.fuse_plane_pool(|c| c.mean = true)
     }
 
     /// Fuses a following 2×2, stride-2 max pool into a 2-D im2col convolution.
     pub fn fuse_max_pool(&mut self) -> bool {
+        self.fuse_plane_pool(|c| c.pool = true)
+    }
+
+    /// Fuses a pool over each output plane (`set` marks which) into a 2-D
+    /// im2col convolution that has none yet.
+    fn fuse_plane_pool(&mut self, set: impl FnOnce(&mut ConvKernel)) -> bool {
         match self {
-            Kernel::Conv(c) if c.im2col && c.rank == 2 && !c.mean => {
-                c.pool = true;
+            Kernel::Conv(c) if c.im2col && c.rank == 2 && !c.mean && !c.pool => {
+                set(c);
                 true
             }
             _ => false,
