@@ -4,6 +4,7 @@
 //! that dominated the training step of image models (see benches/README.md).
 
 use super::cpu_ops::{relu_grad, MaxPool2d};
+use super::direct::{self, Grid};
 use super::gemm::{matmul, View};
 use super::host::{contiguous, host};
 use super::im2col::{geom, Geom};
@@ -92,8 +93,7 @@ impl Conv2dIm2col {
         };
         // One image: its f × p outputs into `y`, block by block of output
         // rows (its columns, then its outputs).
-        let conv = |cols: &mut [f32], bi: usize, y: &mut [f32]| {
-            let xb = &x[bi * in_len..(bi + 1) * in_len];
+        let conv = |cols: &mut [f32], xb: &[f32], y: &mut [f32]| {
             for (r, n, t0) in g.blocks() {
                 let rhs = g.columns(xb, cols, (r, n, t0));
                 matmul(&mut y[t0..], p, false, lhs, rhs);
@@ -121,7 +121,13 @@ impl Conv2dIm2col {
                 out.len()
             )
         }
-        let m = g.images_per_block(b);
+        // Direct where it serves (see `direct`), else im2col + GEMM.
+        let direct = Grid::forward_of(&g).map(|gr| (gr, gr.offsets(), direct::by_tap(w, g.f)));
+        let m = if direct.is_some() {
+            1
+        } else {
+            g.images_per_block(b)
+        };
         // Several small images: one GEMM into [f, m·p], then each image's
         // rows out of it.
         let images = |(b0, o): (usize, &mut [f32])| {
@@ -140,22 +146,38 @@ impl Conv2dIm2col {
                 }
             })
         };
+        // The plane means or pools while the image's outputs are in cache.
+        let emit_planes = |tmp: &[f32], o: &mut [f32]| {
+            for (src, dst) in tmp.chunks(p).zip(o.chunks_mut(out_len / g.f)) {
+                emit(src, dst);
+            }
+        };
+        let whole = !self.mean && !self.pool;
+        let tmp_len = if whole { 0 } else { g.f * p };
         let image = |(bi, o): (usize, &mut [f32])| {
             if m > 1 {
                 return images((bi * m, o));
             }
-            let whole = !self.mean && !self.pool;
-            let tmp_len = if whole { 0 } else { g.f * p };
+            let xb = &x[bi * in_len..(bi + 1) * in_len];
+            if let Some((gr, off, wt)) = &direct {
+                let lens = [gr.padded_len(), g.f * gr.q(), tmp_len];
+                return scratch::with(lens, |[xp, yg, tmp]| {
+                    gr.pad(xb, xp);
+                    gr.conv(xp, off, wt, Some(bias), self.relu, yg);
+                    if whole {
+                        gr.take(yg, o);
+                    } else {
+                        gr.take(yg, tmp);
+                        emit_planes(tmp, o);
+                    }
+                });
+            }
             scratch::with([g.cols_len(), tmp_len], |[cols, tmp]| {
                 if whole {
-                    conv(cols, bi, o);
+                    conv(cols, xb, o);
                 } else {
-                    // The plane means or pools while the image's outputs
-                    // are in cache.
-                    conv(cols, bi, tmp);
-                    for (src, dst) in tmp.chunks(p).zip(o.chunks_mut(out_len / g.f)) {
-                        emit(src, dst);
-                    }
+                    conv(cols, xb, tmp);
+                    emit_planes(tmp, o);
                 }
             })
         };
@@ -264,19 +286,16 @@ impl Conv2dIm2col {
             rs: 1,
             cs: ckk,
         };
-        // Images in groups of `per` (a function of the sizes alone); each
-        // group sums its dW and db into a partial of its own and the partials
-        // are added in group order, so the result depends neither on the
-        // thread count nor on how rayon splits the work. Within a group,
-        // `m` small images share each GEMM, as in the forward.
+        let par = b * g.f * p * ckk >= par::MIN_MACS;
+        if let Some(gr) =
+            Grid::forward_of(&g).filter(|gr| dx.is_none() || gr.backward_of(g.f).is_some())
+        {
+            direct::backward(&gr, (xv, wv, dy), (dx, dw, db), (b, g.f), par);
+            return Ok(());
+        }
+        // Within a group, `m` small images share each GEMM, as in the forward.
         let m = g.images_per_block(b);
         let per = b.div_ceil(8).max(m).max(1);
-        let groups = b.div_ceil(per);
-        let part = g.f * ckk + g.f;
-        let dx_groups: Vec<Option<&mut [f32]>> = match dx {
-            Some(dx) => dx.chunks_mut(per * in_len).map(Some).collect(),
-            None => (0..groups).map(|_| None).collect(),
-        };
         // pdw += dWᵀ ([ckk, F]) transposed: gemm ran cols·dyᵀ 1.8–1.9×
         // faster than dy·colsᵀ on the shapes of shapes_mm's convolutions
         // (N = ckk is small).
@@ -287,10 +306,7 @@ impl Conv2dIm2col {
                     .for_each(|(v, t)| *v += t);
             }
         };
-        let group = |(gi, (partial, mut dxg)): (usize, (&mut [f32], Option<&mut [f32]>))| {
-            let (pdw, pdb) = partial.split_at_mut(g.f * ckk);
-            pdw.fill(0.0);
-            pdb.fill(0.0);
+        let group = |gi: usize, pdw: &mut [f32], pdb: &mut [f32], mut dxg: Option<&mut [f32]>| {
             let len = g.cols_len().max(if m > 1 { ckk * m * p } else { 0 });
             let dyg_len = if m > 1 { g.f * m * p } else { 0 };
             let count = per.min(b - gi * per);
@@ -376,28 +392,55 @@ impl Conv2dIm2col {
                 }
             })
         };
-        scratch::with([groups * part], |[partials]| {
-            if b * g.f * p * ckk >= par::MIN_MACS {
-                partials
-                    .par_chunks_mut(part)
-                    .zip(dx_groups)
-                    .enumerate()
-                    .for_each(group);
-            } else {
-                partials
-                    .chunks_mut(part)
-                    .zip(dx_groups)
-                    .enumerate()
-                    .for_each(group);
-            }
-            for partial in partials.chunks(part) {
-                let (pdw, pdb) = partial.split_at(g.f * ckk);
-                dw.iter_mut().zip(pdw).for_each(|(a, v)| *a += v);
-                db.iter_mut().zip(pdb).for_each(|(a, v)| *a += v);
-            }
-        });
+        in_groups((b, per, in_len), par, dx, (dw, db), group);
         Ok(())
     }
+}
+
+/// Runs `group(gi, pdw, pdb, dx)` for each group of `per` images of the
+/// batch of `b` (on rayon's pool when `par`; `dx` the group's part of the
+/// input gradient, `in_len` values an image), each summing its dW and db
+/// into a zeroed partial of its own; then adds the partials to `dw` and `db`
+/// in group order. `per` is a function of the sizes alone, so the sums
+/// depend neither on the thread count nor on how rayon splits the work.
+pub(super) fn in_groups(
+    (b, per, in_len): (usize, usize, usize),
+    par: bool,
+    dx: Option<&mut [f32]>,
+    (dw, db): (&mut [f32], &mut [f32]),
+    group: impl Fn(usize, &mut [f32], &mut [f32], Option<&mut [f32]>) + Sync + Send,
+) {
+    let groups = b.div_ceil(per);
+    let (nw, part) = (dw.len(), dw.len() + db.len());
+    let dx_groups: Vec<Option<&mut [f32]>> = match dx {
+        Some(dx) => dx.chunks_mut(per * in_len).map(Some).collect(),
+        None => (0..groups).map(|_| None).collect(),
+    };
+    let run = |(gi, (partial, dxg)): (usize, (&mut [f32], Option<&mut [f32]>))| {
+        partial.fill(0.0);
+        let (pdw, pdb) = partial.split_at_mut(nw);
+        group(gi, pdw, pdb, dxg)
+    };
+    scratch::with([groups * part], |[partials]| {
+        if par {
+            partials
+                .par_chunks_mut(part)
+                .zip(dx_groups)
+                .enumerate()
+                .for_each(run);
+        } else {
+            partials
+                .chunks_mut(part)
+                .zip(dx_groups)
+                .enumerate()
+                .for_each(run);
+        }
+        for partial in partials.chunks(part) {
+            let (pdw, pdb) = partial.split_at(nw);
+            dw.iter_mut().zip(pdw).for_each(|(a, v)| *a += v);
+            db.iter_mut().zip(pdb).for_each(|(a, v)| *a += v);
+        }
+    });
 }
 
 #[cfg(test)]
@@ -413,14 +456,17 @@ mod tests {
     fn fused_pools_equal_the_convolution_then_the_pool() {
         use crate::kernels::cpu_ops::MaxPool2d;
         let dev = Device::Cpu;
-        for (b, c, h, w, pad) in [
-            (5, 2, 8, 8, [1; 4]),
-            (1, 2, 40, 38, [1; 4]),
-            (3, 3, 9, 9, [0; 4]),
+        // The last two direct (8 filters).
+        for (b, c, h, w, f, pad) in [
+            (5, 2, 8, 8, 4, [1; 4]),
+            (1, 2, 40, 38, 4, [1; 4]),
+            (3, 3, 9, 9, 4, [0; 4]),
+            (3, 3, 10, 10, 8, [1; 4]),
+            (2, 8, 11, 9, 8, [0; 4]),
         ] {
             let x = Tensor::randn(0f32, 1.0, (b, c, h, w), &dev).unwrap();
-            let k = Tensor::randn(0f32, 1.0, (4, c, 3, 3), &dev).unwrap();
-            let bias = Tensor::randn(0f32, 1.0, 4, &dev).unwrap();
+            let k = Tensor::randn(0f32, 1.0, (f, c, 3, 3), &dev).unwrap();
+            let bias = Tensor::randn(0f32, 1.0, f, &dev).unwrap();
             let conv = |mean, pool| {
                 let op = Conv2dIm2col {
                     stride: 1,
@@ -476,6 +522,17 @@ mod tests {
             (2, 3, 6, 6, 2, 1, 2, 1, [0; 4]),
             // Small images three to a GEMM, the last group shorter (3, 3, 1).
             (7, 4, 9, 9, 2, 3, 1, 1, [1; 4]),
+            // Direct (`direct`: stride 1, filters in eights): `same` and
+            // unpadded, uneven padding, rows narrower and wider than a
+            // vector, a 5×5 kernel, a 2×2 one, 3 channels (no dx grid: the
+            // im2col backward) and 8 (dx on a grid); 12 groups of 3, 3, …, 1.
+            (3, 3, 9, 7, 8, 3, 1, 1, [1; 4]),
+            (2, 8, 6, 5, 16, 3, 1, 1, [0; 4]),
+            (2, 8, 5, 20, 8, 2, 1, 1, [0, 1, 1, 0]),
+            (1, 8, 4, 4, 8, 3, 1, 1, [1, 2, 0, 2]),
+            (2, 8, 11, 37, 16, 5, 1, 1, [2; 4]),
+            (1, 16, 8, 8, 24, 3, 1, 1, [1; 4]),
+            (12, 8, 3, 3, 8, 3, 1, 1, [1; 4]),
         ] {
             for relu in [false, true] {
                 let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, c, h, w), &dev).unwrap())

@@ -9,6 +9,7 @@ pub mod conv;
 pub mod cpu_ops;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+mod direct;
 pub mod gelu;
 pub mod gemm;
 pub mod gru;
