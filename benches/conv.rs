@@ -1,0 +1,79 @@
+//! Our convolution kernel's three products at the shapes of the shipped
+//! image models (batch 32), in GFLOP/s of the useful work (2 per
+//! multiply-add; dx is the full backward's time less dW's). Run:
+//! `cargo bench --bench conv` (`RAYON_NUM_THREADS=1` for one core).
+
+use mtl::kernels::conv::Conv2dIm2col;
+
+/// The least seconds of `f` over 60 runs, after 5 warm-ups: the machine
+/// is shared, and the fastest run is the one least disturbed.
+fn fastest(mut f: impl FnMut()) -> f64 {
+    for _ in 0..5 {
+        f();
+    }
+    let mut t: Vec<f64> = (0..60)
+        .map(|_| {
+            let t0 = std::time::Instant::now();
+            f();
+            t0.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[0]
+}
+
+fn main() {
+    let mut rng = 1u32;
+    let mut rand = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                rng = rng.wrapping_mul(1664525).wrapping_add(1013904223);
+                (rng >> 8) as f32 / (1 << 24) as f32 - 0.5
+            })
+            .collect()
+    };
+    println!(
+        "{:<34} {:>9} {:>9} {:>9}",
+        "conv (batch 32)", "forward", "dW", "dx"
+    );
+    for (name, c, h, f, k, pad) in [
+        ("3→16, 32×32, 3×3 same", 3, 32, 16, 3, 1),
+        ("16→32, 16×16, 3×3 same", 16, 16, 32, 3, 1),
+        ("32→32, 8×8, 3×3 same", 32, 8, 32, 3, 1),
+        ("3→64, 32×32, 3×3 valid", 3, 32, 64, 3, 0),
+        ("64→128, 30×30, 3×3 valid", 64, 30, 128, 3, 0),
+    ] {
+        let b = 32;
+        let (xd, wd) = ([b, c, h, h], [f, c, k, k]);
+        let op = Conv2dIm2col {
+            stride: 1,
+            dilation: 1,
+            pad: [pad; 4],
+            relu: false,
+            mean: false,
+            pool: false,
+        };
+        let (x, w, bias) = (rand(b * c * h * h), rand(f * c * k * k), rand(f));
+        let out_len = op.out_len(&xd, &wd).unwrap();
+        let mut y = vec![0f32; b * out_len];
+        let dy = rand(b * out_len);
+        let (mut dw, mut db, mut dx) = (vec![0f32; w.len()], vec![0f32; f], vec![0f32; x.len()]);
+        let flops = 2.0 * (b * out_len * c * k * k) as f64;
+        let fwd = fastest(|| op.forward_into(&x, &xd, &w, &wd, &bias, &mut y).unwrap());
+        let dwt = fastest(|| {
+            op.backward_into((&x, &xd), (&w, &wd), &dy, None, &mut dw, &mut db)
+                .unwrap()
+        });
+        let both = fastest(|| {
+            op.backward_into((&x, &xd), (&w, &wd), &dy, Some(&mut dx), &mut dw, &mut db)
+                .unwrap()
+        });
+        let g = |t: f64| flops / t / 1e9;
+        println!(
+            "{name:<34} {:>9.1} {:>9.1} {:>9.1}",
+            g(fwd),
+            g(dwt),
+            g((both - dwt).max(1e-9))
+        );
+    }
+}
