@@ -68,7 +68,7 @@ impl Grid {
         let pads_fit = g.pt < g.kh && pb < g.kh && g.pl < g.kw && pr < g.kw;
         let fits = g.s == 1
             && g.d == 1
-            && g.f % FB == 0
+            && g.f.is_multiple_of(FB)
             && g.ckk() <= 320
             && !(g.kh == 1 && g.kw == 1)
             && pads_fit
@@ -90,7 +90,7 @@ impl Grid {
     /// channels come in eights too.
     pub(super) fn backward_of(&self, f: usize) -> Option<Grid> {
         let (oh, ow) = (self.oh(), self.ow());
-        (self.c % FB == 0).then_some(Grid {
+        self.c.is_multiple_of(FB).then_some(Grid {
             c: f,
             h: oh,
             w: ow,
@@ -197,11 +197,14 @@ impl Grid {
         let q = self.q();
         let no = y.len() / q;
         assert!(
-            no % FB == 0 && wt.len() == off.len() * no && xp.len() >= self.padded_len(),
+            no.is_multiple_of(FB) && wt.len() == off.len() * no && xp.len() >= self.padded_len(),
             "direct conv: buffers do not fit the grid"
         );
         // SAFETY: a grid exists only where the CPU has AVX-512 (`forward_of`).
-        unsafe { conv_512(xp, off, wt, bias, relu, y, q) }
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            conv_512(xp, off, wt, bias, relu, y, q)
+        }
     }
 
     /// dw [no, taps] += Σ over the images' pairs (xp, dyw [no, q]) of
@@ -211,14 +214,17 @@ impl Grid {
         let (q, taps) = (self.q(), off.len());
         let no = dw.len() / taps;
         assert!(
-            no % OB == 0
+            no.is_multiple_of(OB)
                 && pairs
                     .iter()
                     .all(|(xp, dyw)| xp.len() >= self.padded_len() && dyw.len() == no * q),
             "direct conv: gradient buffers do not fit the grid"
         );
         // SAFETY: a grid exists only where the CPU has AVX-512 (`forward_of`).
-        unsafe { weight_grad_512(pairs, off, dw, q) }
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            weight_grad_512(pairs, off, dw, (q, self.oh() * self.wp))
+        }
     }
 }
 
@@ -274,9 +280,14 @@ fn conv_512(
 /// [`Grid::weight_grad`]'s blocks in AVX-512 (see [`conv_512`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn weight_grad_512(pairs: &[(&[f32], &[f32])], off: &[usize], dw: &mut [f32], q: usize) {
+fn weight_grad_512(
+    pairs: &[(&[f32], &[f32])],
+    off: &[usize],
+    dw: &mut [f32],
+    (q, used): (usize, usize),
+) {
     use std::arch::x86_64::*;
-    let taps = off.len();
+    let (taps, used) = (off.len(), used.div_ceil(L) * L);
     let no = dw.len() / taps;
     for o0 in (0..no).step_by(OB) {
         for t0 in (0..taps).step_by(TB) {
@@ -288,8 +299,9 @@ fn weight_grad_512(pairs: &[(&[f32], &[f32])], off: &[usize], dw: &mut [f32], q:
             for (xp, dyw) in pairs {
                 // Whole blocks of the grid inside both buffers (checked by the caller).
                 let (xp, dyw) = (xp.as_ptr(), dyw.as_ptr());
-                for k in (0..q).step_by(L) {
-                    // SAFETY: k + L ≤ q and every offset + q ≤ the padded
+                // Past the last output row dy is zero: whole vectors up to it.
+                for k in (0..used).step_by(L) {
+                    // SAFETY: k + L ≤ used ≤ q and every offset + q ≤ the padded
                     // length, so the loads read inside `xp` and `dyw` [no, q].
                     unsafe {
                         let x: [__m512; TB] =
