@@ -64,6 +64,35 @@ impl Conv2dIm2col {
         bias: &[f32],
         out: &mut [f32],
     ) -> Result<()> {
+        self.forward_arg_into((x, xd), (w, wd), bias, out, None)
+    }
+
+    /// The training forward of a convolution with a fused max pool: as
+    /// [`Self::forward_into`], and each pooled output's window offset of its
+    /// first maximum into `arg` (one per output), for
+    /// [`Self::backward_pooled_into`].
+    pub fn forward_train_into(
+        &self,
+        (x, xd): (&[f32], &[usize]),
+        (w, wd): (&[f32], &[usize]),
+        bias: &[f32],
+        out: &mut [f32],
+        arg: &mut [u16],
+    ) -> Result<()> {
+        if !self.pool || self.mean || arg.len() != out.len() {
+            candle_core::bail!("conv op: a training forward saves a fused max pool's maxima")
+        }
+        self.forward_arg_into((x, xd), (w, wd), bias, out, Some(arg))
+    }
+
+    fn forward_arg_into(
+        &self,
+        (x, xd): (&[f32], &[usize]),
+        (w, wd): (&[f32], &[usize]),
+        bias: &[f32],
+        out: &mut [f32],
+        arg: Option<&mut [u16]>,
+    ) -> Result<()> {
         let g = geom(xd, wd, self.stride, self.dilation, self.pad)?;
         let b = xd[0];
         if x.len() != xd.iter().product::<usize>() || w.len() != wd.iter().product::<usize>() {
@@ -103,12 +132,14 @@ impl Conv2dIm2col {
                 .for_each(|(row, b)| finish(row, *b));
         };
         let out_len = self.out_len(xd, wd)?;
-        let pooler = MaxPool2d::new(POOL.0, POOL.1, false);
+        let pooler = MaxPool2d::new(POOL.0, POOL.1, arg.is_some());
         // A plane's outputs into its slot of the output: as they are, their
-        // mean, or max-pooled.
-        let emit = |src: &[f32], dst: &mut [f32]| {
+        // mean, or max-pooled (with the maxima's offsets into `arg` when given).
+        let emit = |src: &[f32], dst: &mut [f32], arg: Option<&mut [u16]>| {
             if self.mean {
                 dst[0] = par::lane_sum(src) / p as f32;
+            } else if let (true, Some(arg)) = (self.pool, arg) {
+                pooler.forward_train_into(src, (g.oh, g.ow), dst, arg);
             } else if self.pool {
                 pooler.forward_into(src, (g.oh, g.ow), dst);
             } else {
@@ -130,7 +161,7 @@ impl Conv2dIm2col {
         };
         // Several small images: one GEMM into [f, m·p], then each image's
         // rows out of it.
-        let images = |(b0, o): (usize, &mut [f32])| {
+        let images = |b0: usize, o: &mut [f32], mut arg: Option<&mut [u16]>| {
             let mc = o.len() / out_len;
             let n = mc * p;
             scratch::with([ckk * n, g.f * n], |[cols, yt]| {
@@ -139,24 +170,32 @@ impl Conv2dIm2col {
                 for (row, b) in yt.chunks_mut(n).zip(bias) {
                     finish(row, *b);
                 }
+                let plane = out_len / g.f;
                 for (k, ok) in o.chunks_mut(out_len).enumerate() {
-                    for (f, of) in ok.chunks_mut(out_len / g.f).enumerate() {
-                        emit(&yt[f * n + k * p..][..p], of);
+                    for (f, of) in ok.chunks_mut(plane).enumerate() {
+                        let at = (k * g.f + f) * plane;
+                        let a = arg.as_deref_mut().map(|a| &mut a[at..at + plane]);
+                        emit(&yt[f * n + k * p..][..p], of, a);
                     }
                 }
             })
         };
         // The plane means or pools while the image's outputs are in cache.
-        let emit_planes = |tmp: &[f32], o: &mut [f32]| {
-            for (src, dst) in tmp.chunks(p).zip(o.chunks_mut(out_len / g.f)) {
-                emit(src, dst);
+        let emit_planes = |tmp: &[f32], o: &mut [f32], mut arg: Option<&mut [u16]>| {
+            let plane = out_len / g.f;
+            for (f, (src, dst)) in tmp.chunks(p).zip(o.chunks_mut(plane)).enumerate() {
+                emit(
+                    src,
+                    dst,
+                    arg.as_deref_mut().map(|a| &mut a[f * plane..][..plane]),
+                );
             }
         };
         let whole = !self.mean && !self.pool;
         let tmp_len = if whole { 0 } else { g.f * p };
-        let image = |(bi, o): (usize, &mut [f32])| {
+        let image = |(bi, (o, arg)): (usize, (&mut [f32], Option<&mut [u16]>))| {
             if m > 1 {
-                return images((bi * m, o));
+                return images(bi * m, o, arg);
             }
             let xb = &x[bi * in_len..(bi + 1) * in_len];
             if let Some((gr, off, wt)) = &direct {
@@ -168,7 +207,7 @@ impl Conv2dIm2col {
                         gr.take(yg, o);
                     } else {
                         gr.take(yg, tmp);
-                        emit_planes(tmp, o);
+                        emit_planes(tmp, o, arg);
                     }
                 });
             }
@@ -177,14 +216,24 @@ impl Conv2dIm2col {
                     conv(cols, xb, o);
                 } else {
                     conv(cols, xb, tmp);
-                    emit_planes(tmp, o);
+                    emit_planes(tmp, o, arg);
                 }
             })
         };
+        let args: Vec<Option<&mut [u16]>> = match arg {
+            Some(a) => a.chunks_mut(m * out_len).map(Some).collect(),
+            None => (0..b.div_ceil(m)).map(|_| None).collect(),
+        };
         if b * g.f * p * ckk >= par::MIN_MACS {
-            out.par_chunks_mut(m * out_len).enumerate().for_each(image);
+            out.par_chunks_mut(m * out_len)
+                .zip(args)
+                .enumerate()
+                .for_each(image);
         } else {
-            out.chunks_mut(m * out_len).enumerate().for_each(image);
+            out.chunks_mut(m * out_len)
+                .zip(args)
+                .enumerate()
+                .for_each(image);
         }
         Ok(())
     }
@@ -395,6 +444,32 @@ impl Conv2dIm2col {
         in_groups((b, per, in_len), par, dx, (dw, db), group);
         Ok(())
     }
+
+    /// The backward of a convolution with a fused max pool, from the pooled
+    /// outputs' gradient `gy` (relu already applied: zero where the pooled
+    /// value is not positive, which is the relu's output at the window's
+    /// maximum) and the maxima's offsets `arg` of [`Self::forward_train_into`]:
+    /// each window's gradient goes to its first maximum, and from there as
+    /// [`Self::backward_into`].
+    pub fn backward_pooled_into(
+        &self,
+        x: (&[f32], &[usize]),
+        w: (&[f32], &[usize]),
+        (gy, arg): (&[f32], &[u16]),
+        dx: Option<&mut [f32]>,
+        (dw, db): (&mut [f32], &mut [f32]),
+    ) -> Result<()> {
+        let g = geom(x.1, w.1, self.stride, self.dilation, self.pad)?;
+        let full = x.1[0] * g.f * g.p();
+        if !self.pool || gy.len() != arg.len() || gy.len() * 4 > full {
+            candle_core::bail!("conv op backward: no fused max pool for these sizes")
+        }
+        scratch::with([full], |[dy]| {
+            dy.fill(0.0);
+            MaxPool2d::new(POOL.0, POOL.1, true).backward_into(arg, (g.oh, g.ow), gy, dy);
+            self.backward_into(x, w, dy, dx, dw, db)
+        })
+    }
 }
 
 /// Runs `group(gi, pdw, pdb, dx)` for each group of `per` images of the
@@ -591,6 +666,67 @@ mod tests {
                         (b, c, h, w, f, k, s, d, pad, relu)
                     );
                 }
+            }
+        }
+    }
+
+    /// A fused max pool in training (the planned executor's): the outputs
+    /// equal the inference forward's, and the gradients from the saved
+    /// maxima equal candle's autograd through the convolution, relu and a
+    /// separate pool; direct (8 filters) and im2col (4), odd planes.
+    #[test]
+    fn pooled_training_backward_equals_the_convolution_then_the_pool() {
+        use crate::kernels::cpu_ops::{relu_grad, MaxPool2d};
+        use crate::kernels::host::host;
+        let dev = Device::Cpu;
+        for (b, c, h, w, f) in [(3, 8, 10, 9, 8), (2, 3, 9, 11, 4), (5, 2, 4, 4, 8)] {
+            let op = |pool| Conv2dIm2col {
+                stride: 1,
+                dilation: 1,
+                pad: [1; 4],
+                relu: true,
+                mean: false,
+                pool,
+            };
+            let var = |d: &[usize]| {
+                Var::from_tensor(&Tensor::randn(0f32, 1.0, d, &dev).unwrap()).unwrap()
+            };
+            let (x, k, bias) = (var(&[b, c, h, w]), var(&[f, c, 3, 3]), var(&[f]));
+            let y = x
+                .as_tensor()
+                .apply_op3(k.as_tensor(), bias.as_tensor(), op(false))
+                .unwrap()
+                .apply_op1(MaxPool2d::new((2, 2), (2, 2), true))
+                .unwrap();
+            let r = Tensor::randn(0f32, 1.0, y.dims(), &dev).unwrap();
+            let want = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let (xv, kv, bv) = (host(&x).unwrap(), host(&k).unwrap(), host(&bias).unwrap());
+            let (xd, kd) = ([b, c, h, w], [f, c, 3, 3]);
+            let mut out = vec![0f32; y.elem_count()];
+            let mut arg = vec![0u16; out.len()];
+            op(true)
+                .forward_train_into((&xv, &xd), (&kv, &kd), &bv, &mut out, &mut arg)
+                .unwrap();
+            assert_eq!(out, host(&y).unwrap().to_vec(), "{b}×{c}×{h}×{w} → {f}");
+            let gy = relu_grad(&host(&r).unwrap(), &out);
+            let (mut dx, mut dw, mut db) =
+                (vec![0f32; xv.len()], vec![0f32; kv.len()], vec![0f32; f]);
+            op(true)
+                .backward_pooled_into(
+                    (&xv, &xd),
+                    (&kv, &kd),
+                    (&gy, &arg),
+                    Some(&mut dx),
+                    (&mut dw, &mut db),
+                )
+                .unwrap();
+            for (v, got) in [(&x, dx), (&k, dw), (&bias, db)] {
+                let theirs = host(want.get(v.as_tensor()).unwrap()).unwrap();
+                let d = got
+                    .iter()
+                    .zip(theirs.iter())
+                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(d < 1e-4, "{b}×{c}×{h}×{w} → {f}: a gradient differs by {d}");
             }
         }
     }

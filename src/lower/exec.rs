@@ -630,18 +630,25 @@ impl Program {
             }
             (Kernel::Conv(k), Op::Conv(c)) => {
                 let (w, b) = weights(&k.bn)?;
-                let fused = (k.relu, k.mean);
-                if k.im2col && crate::kernels::native(x) {
+                let (native, train) = (
+                    k.im2col && crate::kernels::native(x),
+                    self.mode == Mode::Train,
+                );
+                // A fused max pool has no autograd backward: in training
+                // (which the planned executor runs fused) and off our
+                // kernels the pool runs after the convolution.
+                let fold = k.pool && native && !train;
+                let y = if native {
                     let geometry = (c.stride[0], c.dilation[0]);
-                    calls::conv_im2col(x, (&w, &b), geometry, &k.pads, (k.relu, k.mean, k.pool))
+                    calls::conv_im2col(x, (&w, &b), geometry, &k.pads, (k.relu, k.mean, fold))?
                 } else {
                     let geometry = (c.stride.as_slice(), c.dilation.as_slice(), c.groups);
-                    let y = calls::conv_candle(x, (&w, &b), geometry, &k.pads, fused)?;
-                    if k.pool {
-                        calls::pool(&y, crate::ir::PoolKind::Max, &[2, 2], &[2, 2], false)
-                    } else {
-                        Ok(y)
-                    }
+                    calls::conv_candle(x, (&w, &b), geometry, &k.pads, (k.relu, k.mean))?
+                };
+                if k.pool && !fold {
+                    calls::pool(&y, crate::ir::PoolKind::Max, &[2, 2], &[2, 2], train)
+                } else {
+                    Ok(y)
                 }
             }
             (k, _) => candle_core::bail!("kernel `{k}` does not run `{}`", st.op),

@@ -200,8 +200,8 @@ fn plan(g: &Graph, mode: Mode) -> Program {
     fuse_relu(&mut steps, &kept);
     if mode == Mode::Infer {
         fuse_global_mean(&mut steps, &kept);
-        fuse_max_pool(&mut steps, &kept);
     }
+    fuse_max_pool(&mut steps, &kept);
     let mut param_specs = vec![];
     let mut used: Vec<usize> =
         g.g.node_weights()
@@ -266,10 +266,12 @@ fn fuse_global_mean(steps: &mut Vec<Step>, kept: &[usize]) {
     });
 }
 
-/// Folds a 2×2, stride-2 max pool into the 2-D conv that alone feeds it,
-/// for inference: each image's outputs are pooled while in cache, so the
-/// full-size output is never written out and read again (the pools after
-/// `shapes_mm`'s convolutions took 13% of its inference step).
+/// Folds a 2×2, stride-2 max pool into the 2-D conv that alone feeds it:
+/// each image's outputs are pooled while in cache, so the full-size output
+/// is never written out and read again (the pools after `shapes_mm`'s
+/// convolutions took 13% of its inference step). In training the planned
+/// executor saves the pool's maxima and runs the pair's backward as one;
+/// the candle path pools after the convolution, for autograd.
 fn fuse_max_pool(steps: &mut Vec<Step>, kept: &[usize]) {
     // `max_pool(2)` holds one size for both axes, `max_pool(2, 2)` two.
     let two = |v: &[usize]| matches!(v, [2] | [2, 2]);

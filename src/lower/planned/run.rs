@@ -250,8 +250,16 @@ fn step(
                 pool: *pool,
             };
             let (w, b) = (w.view()?, b.view()?);
-            op.forward_into(x, &[batch, xd[0], xd[1], xd[2]], &w, wd, &b, out)
-                .map_err(|e| e.to_string())?
+            let xd = [batch, xd[0], xd[1], xd[2]];
+            match keep {
+                // Training: the fused pool's maxima, for the backward.
+                Some(saved) if *pool => {
+                    saved.arg.resize(out.len(), 0);
+                    op.forward_train_into((x, &xd), (&w, wd), &b, out, &mut saved.arg)
+                }
+                _ => op.forward_into(x, &xd, &w, wd, &b, out),
+            }
+            .map_err(|e| e.to_string())?
         }
         (PKind::MaxPool { k, s, hw }, _) => match keep {
             Some(saved) => {

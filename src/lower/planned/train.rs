@@ -61,7 +61,7 @@ fn has_backward(kind: &PKind) -> bool {
         | PKind::Concat { .. }
         | PKind::Embedding { .. }
         | PKind::Upsample { .. } => true,
-        PKind::Conv { mean, pool, .. } => !mean && !pool,
+        PKind::Conv { mean, .. } => !mean,
         PKind::Act(a) => matches!(
             a,
             Act::Relu | Act::Gelu | Act::Sigmoid | Act::Tanh | Act::Silu
@@ -389,12 +389,15 @@ impl Back<'_> {
                     dilation,
                     pad,
                     relu,
+                    pool,
                     x: xd,
                     w: wd,
                     ..
                 },
                 Packed::Conv { w, .. },
             ) => {
+                // With a fused pool the output is pooled: where it is not
+                // positive, neither was the relu's output at the maximum.
                 if *relu {
                     relu_mask(gy, self.out());
                 }
@@ -404,19 +407,19 @@ impl Back<'_> {
                     pad: *pad,
                     relu: false,
                     mean: false,
-                    pool: false,
+                    pool: *pool,
                 };
                 let w = w.view()?;
                 let (mut dw, mut db) = (take(dense::WEIGHT, w.len()), take(dense::BIAS, wd[0]));
-                let xd = [batch, xd[0], xd[1], xd[2]];
-                op.backward_into(
-                    (self.value(0)?, &xd),
-                    (&w, wd),
-                    gy,
-                    self.dx(0),
-                    &mut dw,
-                    &mut db,
-                )
+                let (x, xd) = (self.value(0)?, [batch, xd[0], xd[1], xd[2]]);
+                let grads = (&mut dw[..], &mut db[..]);
+                if *pool {
+                    let dy = (&gy[..], &saved.arg[..]);
+                    op.backward_pooled_into((x, &xd), (&w, wd), dy, self.dx(0), grads)
+                } else {
+                    let (dw, db) = grads;
+                    op.backward_into((x, &xd), (&w, wd), gy, self.dx(0), dw, db)
+                }
                 .map_err(host_err)?;
                 put.extend([(dense::WEIGHT, dw), (dense::BIAS, db)]);
             }
