@@ -4,7 +4,7 @@
 //! that dominated the training step of image models (see benches/README.md).
 
 use super::cpu_ops::{relu_grad, MaxPool2d};
-use super::direct::{self, Grid};
+use super::direct::{self, Dy, Grid};
 use super::gemm::{matmul, View};
 use super::host::{contiguous, host};
 use super::im2col::{geom, Geom};
@@ -322,12 +322,13 @@ impl Conv2dIm2col {
         let g = geom(xd, wd, self.stride, self.dilation, self.pad)?;
         let b = xd[0];
         let (ckk, p, in_len, out_len) = (g.ckk(), g.p(), g.c * g.h * g.w, g.f * g.p());
-        let fits = |v: &[f32], n: usize| v.len() == n;
-        if !(fits(xv, b * in_len) && fits(dy, b * out_len) && fits(dw, g.f * ckk) && fits(db, g.f))
-            || dx.as_deref().is_some_and(|d| !fits(d, b * in_len))
-        {
-            candle_core::bail!("conv op backward: buffers do not fit {xd:?} and {wd:?}")
-        }
+        check_backward(
+            &g,
+            (xv, xd),
+            dy.len() == b * out_len,
+            dx.as_deref(),
+            (dw, db),
+        )?;
         let w_t = View {
             data: wv,
             rows: ckk,
@@ -336,10 +337,8 @@ impl Conv2dIm2col {
             cs: ckk,
         };
         let par = b * g.f * p * ckk >= par::MIN_MACS;
-        if let Some(gr) =
-            Grid::forward_of(&g).filter(|gr| dx.is_none() || gr.backward_of(g.f).is_some())
-        {
-            direct::backward(&gr, (xv, wv, dy), (dx, dw, db), (b, g.f), par);
+        if let Some(gr) = direct_grid(&g, dx.is_some()) {
+            direct::backward(&gr, (xv, wv, Dy::Full(dy)), (dx, dw, db), (b, g.f), par);
             return Ok(());
         }
         // Within a group, `m` small images share each GEMM, as in the forward.
@@ -460,16 +459,54 @@ impl Conv2dIm2col {
         (dw, db): (&mut [f32], &mut [f32]),
     ) -> Result<()> {
         let g = geom(x.1, w.1, self.stride, self.dilation, self.pad)?;
-        let full = x.1[0] * g.f * g.p();
-        if !self.pool || gy.len() != arg.len() || gy.len() * 4 > full {
-            candle_core::bail!("conv op backward: no fused max pool for these sizes")
+        let b = x.1[0];
+        let fits = self.pool && gy.len() == b * self.out_len(x.1, w.1)? && arg.len() == gy.len();
+        check_backward(&g, x, fits, dx.as_deref(), (dw, db))?;
+        let pool = MaxPool2d::new(POOL.0, POOL.1, true);
+        // Direct: each image's dy is spread from the pooled gradient while
+        // in cache, with no batch-wide full-size buffer.
+        if let Some(gr) = direct_grid(&g, dx.is_some()) {
+            let par = b * g.f * g.p() * g.ckk() >= par::MIN_MACS;
+            let dy = Dy::Pooled { gy, arg, pool };
+            direct::backward(&gr, (x.0, w.0, dy), (dx, dw, db), (b, g.f), par);
+            return Ok(());
         }
-        scratch::with([full], |[dy]| {
+        scratch::with([b * g.f * g.p()], |[dy]| {
             dy.fill(0.0);
-            MaxPool2d::new(POOL.0, POOL.1, true).backward_into(arg, (g.oh, g.ow), gy, dy);
+            pool.backward_into(arg, (g.oh, g.ow), gy, dy);
             self.backward_into(x, w, dy, dx, dw, db)
         })
     }
+}
+
+/// The direct backward's grid for `g`, when it serves (with a dx grid too
+/// when `want_dx`).
+fn direct_grid(g: &Geom, want_dx: bool) -> Option<Grid> {
+    Grid::forward_of(g).filter(|gr| !want_dx || gr.backward_of(g.f).is_some())
+}
+
+/// An error unless the backward's buffers fit `g` (`dy_fits`: the output's
+/// gradient, checked by the caller).
+fn check_backward(
+    g: &Geom,
+    (xv, xd): (&[f32], &[usize]),
+    dy_fits: bool,
+    dx: Option<&[f32]>,
+    (dw, db): (&[f32], &[f32]),
+) -> Result<()> {
+    let in_len = xd[0] * g.c * g.h * g.w;
+    let fits = xv.len() == in_len
+        && dy_fits
+        && dw.len() == g.f * g.ckk()
+        && db.len() == g.f
+        && dx.is_none_or(|d| d.len() == in_len);
+    if !fits {
+        candle_core::bail!(
+            "conv op backward: buffers do not fit {xd:?} and {} filters",
+            g.f
+        )
+    }
+    Ok(())
 }
 
 /// Runs `group(gi, pdw, pdb, dx)` for each group of `per` images of the

@@ -24,6 +24,7 @@
 //! im2col path runs. Every sum has a fixed order, so results do not depend
 //! on the thread count.
 
+use super::cpu_ops::MaxPool2d;
 use super::im2col::Geom;
 use super::{par, scratch};
 
@@ -356,12 +357,26 @@ pub(super) fn flipped(w: &[f32], (f, c, kh, kw): (usize, usize, usize, usize)) -
     wt
 }
 
+/// The gradient of a convolution's output, for [`backward`].
+pub(super) enum Dy<'a> {
+    /// As it is, [N, F, OH, OW].
+    Full(&'a [f32]),
+    /// A fused max pool's: the pooled outputs' gradient and each window's
+    /// maximum (`MaxPool2d::forward_train_into`), spread to the maxima
+    /// image by image.
+    Pooled {
+        gy: &'a [f32],
+        arg: &'a [u16],
+        pool: MaxPool2d,
+    },
+}
+
 /// The backward of a direct convolution on `gr` from `dy` (relu already
 /// applied): dx (when given), dW and db added to, for a batch of `b` images
 /// and `f` output channels; on rayon's pool when `par`.
 pub(super) fn backward(
     gr: &Grid,
-    (x, w, dy): (&[f32], &[f32], &[f32]),
+    (x, w, dy): (&[f32], &[f32], Dy),
     (dx, dw, db): (Option<&mut [f32]>, &mut [f32], &mut [f32]),
     (b, f): (usize, usize),
     par: bool,
@@ -381,11 +396,25 @@ pub(super) fn backward(
     let per = b.div_ceil(8).max(1);
     let group = |gi: usize, pdw: &mut [f32], pdb: &mut [f32], mut dxg: Option<&mut [f32]>| {
         let count = per.min(b - gi * per);
-        let lens = [count * pl, count * f * q, bpl, gr.c * bq];
-        scratch::with(lens, |[xps, dyws, dyp, dxw]| {
+        let spread_len = if matches!(dy, Dy::Pooled { .. }) {
+            f * p
+        } else {
+            0
+        };
+        let lens = [count * pl, count * f * q, bpl, gr.c * bq, spread_len];
+        scratch::with(lens, |[xps, dyws, dyp, dxw, spread]| {
             for k in 0..count {
                 let bi = gi * per + k;
-                let dyk = &dy[bi * f * p..(bi + 1) * f * p];
+                let dyk: &[f32] = match &dy {
+                    Dy::Full(dy) => &dy[bi * f * p..(bi + 1) * f * p],
+                    Dy::Pooled { gy, arg, pool } => {
+                        let n = gy.len() / b;
+                        let (gy, arg) = (&gy[bi * n..(bi + 1) * n], &arg[bi * n..(bi + 1) * n]);
+                        spread.fill(0.0);
+                        pool.backward_into(arg, (gr.oh(), gr.ow()), gy, spread);
+                        spread
+                    }
+                };
                 gr.pad(&x[bi * in_len..(bi + 1) * in_len], &mut xps[k * pl..]);
                 gr.spread(dyk, &mut dyws[k * f * q..(k + 1) * f * q]);
                 if let (Some((bk, boff, bwt)), Some(dxg)) = (&back, dxg.as_deref_mut()) {
