@@ -199,12 +199,26 @@ impl Conv2dIm2col {
             }
             let xb = &x[bi * in_len..(bi + 1) * in_len];
             if let Some((gr, off, wt)) = &direct {
-                let lens = [gr.padded_len(), g.f * gr.q(), tmp_len];
+                // Only a mean copies the planes out of the grid.
+                let lens = [
+                    gr.padded_len(),
+                    g.f * gr.q(),
+                    if self.mean { tmp_len } else { 0 },
+                ];
                 return scratch::with(lens, |[xp, yg, tmp]| {
                     gr.pad(xb, xp);
                     gr.conv(xp, off, wt, Some(bias), self.relu, yg);
                     if whole {
                         gr.take(yg, o);
+                    } else if self.pool {
+                        // Pooled straight from the grid: no copy of the planes.
+                        let (plane, q) = (out_len / g.f, gr.q());
+                        let mut arg = arg;
+                        for (f, dst) in o.chunks_mut(plane).enumerate() {
+                            let a = arg.as_deref_mut().map(|a| &mut a[f * plane..][..plane]);
+                            let src = &yg[f * q..(f + 1) * q];
+                            pooler.plane_pitched(src, gr.pitch(), (g.oh, g.ow), dst, a);
+                        }
                     } else {
                         gr.take(yg, tmp);
                         emit_planes(tmp, o, arg);

@@ -54,6 +54,22 @@ impl MaxPool2d {
         ((h - self.k.0) / self.s.0 + 1, (w - self.k.1) / self.s.1 + 1)
     }
 
+    /// One plane of `hw` = (h, w) values whose rows lie `pitch` apart (a
+    /// direct convolution's grid, [`crate::kernels::conv`]) into `y`, with
+    /// each window's first maximum into `arg` when given: a fused pool reads
+    /// the grid without copying the plane out first.
+    pub fn plane_pitched(
+        &self,
+        x: &[f32],
+        pitch: usize,
+        (h, w): (usize, usize),
+        y: &mut [f32],
+        arg: Option<&mut [u16]>,
+    ) {
+        let (_, ow) = self.out(h, w);
+        self.plane(x, pitch, ow, y, arg)
+    }
+
     /// The output size of an [h, w] plane, or `None` where the window does not fit.
     pub fn out_dims(&self, h: usize, w: usize) -> Option<(usize, usize)> {
         (h >= self.k.0 && w >= self.k.1 && self.s.0 > 0 && self.s.1 > 0).then(|| self.out(h, w))

@@ -110,6 +110,10 @@ impl Grid {
     pub(super) fn ow(&self) -> usize {
         self.wp + 1 - self.kw
     }
+    /// The grid's row length: output row oy starts at oy·pitch.
+    pub(super) fn pitch(&self) -> usize {
+        self.wp
+    }
     /// Grid positions computed, whole blocks.
     pub(super) fn q(&self) -> usize {
         (self.oh() * self.wp).div_ceil(QB) * QB
