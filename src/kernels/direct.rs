@@ -218,8 +218,11 @@ impl Grid {
     pub(super) fn weight_grad(&self, pairs: &[(&[f32], &[f32])], off: &[usize], dw: &mut [f32]) {
         let (q, taps) = (self.q(), off.len());
         let no = dw.len() / taps;
+        // The blocks read through raw pointers: every tap's reads must lie
+        // inside the padded input.
         assert!(
             no.is_multiple_of(OB)
+                && off.iter().all(|o| o + q <= self.padded_len())
                 && pairs
                     .iter()
                     .all(|(xp, dyw)| xp.len() >= self.padded_len() && dyw.len() == no * q),
