@@ -470,7 +470,8 @@ impl Conv2dIm2col {
         w: (&[f32], &[usize]),
         (gy, arg): (&[f32], &[u16]),
         dx: Option<&mut [f32]>,
-        (dw, db): (&mut [f32], &mut [f32]),
+        dw: &mut [f32],
+        db: &mut [f32],
     ) -> Result<()> {
         let g = geom(x.1, w.1, self.stride, self.dilation, self.pad)?;
         let b = x.1[0];
@@ -768,7 +769,8 @@ mod tests {
                     (&kv, &kd),
                     (&gy, &arg),
                     Some(&mut dx),
-                    (&mut dw, &mut db),
+                    &mut dw,
+                    &mut db,
                 )
                 .unwrap();
             for (v, got) in [(&x, dx), (&k, dw), (&bias, db)] {

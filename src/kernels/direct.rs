@@ -152,8 +152,8 @@ impl Grid {
         }
     }
 
-    /// `f(oy, grid row, output row)` for every output row of the `no`
-    /// planes in `y` [no, q] and `out` [no, oh, ow].
+    /// `f(grid row, output row)` for every output row of the `no` planes
+    /// in `y` [no, q] and `out` [no, oh, ow].
     fn rows(&self, y: &[f32], out: &mut [f32], mut f: impl FnMut(&[f32], &mut [f32])) {
         let (q, ow) = (self.q(), self.ow());
         for (plane, dst) in y.chunks_exact(q).zip(out.chunks_exact_mut(self.oh() * ow)) {

@@ -412,13 +412,11 @@ impl Back<'_> {
                 let w = w.view()?;
                 let (mut dw, mut db) = (take(dense::WEIGHT, w.len()), take(dense::BIAS, wd[0]));
                 let (x, xd) = (self.value(0)?, [batch, xd[0], xd[1], xd[2]]);
-                let grads = (&mut dw[..], &mut db[..]);
                 if *pool {
                     let dy = (&gy[..], &saved.arg[..]);
-                    op.backward_pooled_into((x, &xd), (&w, wd), dy, self.dx(0), grads)
+                    op.backward_pooled_into((x, &xd), (&w, wd), dy, self.dx(0), &mut dw, &mut db)
                 } else {
-                    let (dw, db) = grads;
-                    op.backward_into((x, &xd), (&w, wd), gy, self.dx(0), dw, db)
+                    op.backward_into((x, &xd), (&w, wd), gy, self.dx(0), &mut dw, &mut db)
                 }
                 .map_err(host_err)?;
                 put.extend([(dense::WEIGHT, dw), (dense::BIAS, db)]);
