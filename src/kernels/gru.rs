@@ -12,7 +12,7 @@
 
 use super::gemm::{matmul, transposed, View};
 use super::host::{contiguous, host};
-use super::lstm::{row_block, sigmoid_slice, tanh_slice};
+use super::lstm::{lane_blocks, row_block, sigmoid_slice, tanh_slice, LANES};
 use super::par;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use std::sync::Mutex;
@@ -175,35 +175,33 @@ impl GruSeq {
             cs: 1,
         };
         let mut carry = vec![0f32; b * hu];
+        // The hidden state before the first step.
+        let h0 = vec![0f32; hu];
         for k in (0..t).rev() {
             let ts = steps[k];
             let prev = (k > 0).then(|| steps[k - 1]);
             for bi in 0..b {
                 let (a, s, g) = ((bi * t + ts) * g4, (bi * t + ts) * hu, (bi * t + ts) * g3);
-                let p = prev.map(|p| (bi * t + p) * hu);
+                let hp = match prev {
+                    Some(p) => &hs[(bi * t + p) * hu..][..hu],
+                    None => &h0[..],
+                };
+                h_prev[s..s + hu].copy_from_slice(hp);
                 let carry = &mut carry[bi * hu..(bi + 1) * hu];
                 let dh_in = &dh_next[bi * hu..(bi + 1) * hu];
-                for j in 0..hu {
-                    let (r, z, n, hwn) = (
-                        acts[a + j],
-                        acts[a + hu + j],
-                        acts[a + 2 * hu + j],
-                        acts[a + 3 * hu + j],
-                    );
-                    let hp = p.map_or(0.0, |p| hs[p + j]);
-                    let dh = grad[s + j] + dh_in[j];
-                    let dan = dh * (1.0 - z) * (1.0 - n * n);
-                    let daz = dh * (hp - n) * z * (1.0 - z);
-                    let dar = dan * hwn * r * (1.0 - r);
-                    dx[g + j] = dar;
-                    dx[g + hu + j] = daz;
-                    dx[g + 2 * hu + j] = dan;
-                    dhw[g + j] = dar;
-                    dhw[g + hu + j] = daz;
-                    dhw[g + 2 * hu + j] = dan * r;
-                    carry[j] = dh * z;
-                    h_prev[s + j] = hp;
-                }
+                let (dx, dhw) = (&mut dx[g..g + g3], &mut dhw[g..g + g3]);
+                let (acts, grad) = (&acts[a..a + g4], &grad[s..s + hu]);
+                lane_blocks(
+                    hu,
+                    #[inline(always)]
+                    |j, whole| {
+                        let (ops, saved) = ([&mut *dx, &mut *dhw], (acts, hp));
+                        match whole {
+                            true => gates_block::<LANES>(ops, carry, saved, (grad, dh_in), j),
+                            false => gates_block::<1>(ops, carry, saved, (grad, dh_in), j),
+                        }
+                    },
+                );
             }
             // dh_{t−1} = dh·z + dhw_t · W_hh; rows of step ts are T·3H apart.
             dh_next.copy_from_slice(&carry);
@@ -215,6 +213,72 @@ impl GruSeq {
                 cs: 1,
             };
             matmul(&mut dh_next, hu, true, lhs, w_hh);
+        }
+    }
+}
+
+/// Lanes `j0..j0 + M` of one row's step in the GRU backward: the gates'
+/// gradients into `dx` (input projection, [r, z, n]) and `dhw` (recurrent
+/// pre-activations), and dh·z into `carry`. The operands go through local
+/// arrays: a loop over the slices themselves ran scalar (see the LSTM's
+/// `gates_block`).
+#[inline(always)]
+fn gates_block<const M: usize>(
+    [dx, dhw]: [&mut [f32]; 2],
+    carry: &mut [f32],
+    (acts, h_prev): (&[f32], &[f32]),
+    (grad, dh_in): (&[f32], &[f32]),
+    j0: usize,
+) {
+    let hu = carry.len();
+    let mut v = [[0f32; M]; 7];
+    let srcs = [
+        &acts[j0..],
+        &acts[hu + j0..],
+        &acts[2 * hu + j0..],
+        &acts[3 * hu + j0..],
+        &h_prev[j0..],
+        &grad[j0..],
+        &dh_in[j0..],
+    ];
+    for (v, s) in v.iter_mut().zip(srcs) {
+        let s = &s[..M];
+        for l in 0..M {
+            v[l] = s[l];
+        }
+    }
+    let [r, z, n, hwn, hp, gr, dhi] = &v;
+    let mut out = [[0f32; M]; 5];
+    for l in 0..M {
+        let dh = gr[l] + dhi[l];
+        let dan = dh * (1.0 - z[l]) * (1.0 - n[l] * n[l]);
+        let daz = dh * (hp[l] - n[l]) * z[l] * (1.0 - z[l]);
+        out[0][l] = dan * hwn[l] * r[l] * (1.0 - r[l]);
+        out[1][l] = daz;
+        out[2][l] = dan;
+        out[3][l] = dan * r[l];
+        out[4][l] = dh * z[l];
+    }
+    // dx = [dr, dz, dn]; dhw = [dr, dz, dn·r]; carry = dh·z.
+    let rows: [(&mut [f32], &[f32; M]); 7] = {
+        let (dx_r, rest) = dx.split_at_mut(hu);
+        let (dx_z, dx_n) = rest.split_at_mut(hu);
+        let (dw_r, rest) = dhw.split_at_mut(hu);
+        let (dw_z, dw_n) = rest.split_at_mut(hu);
+        [
+            (dx_r, &out[0]),
+            (dx_z, &out[1]),
+            (dx_n, &out[2]),
+            (dw_r, &out[0]),
+            (dw_z, &out[1]),
+            (dw_n, &out[3]),
+            (carry, &out[4]),
+        ]
+    };
+    for (d, o) in rows {
+        let d = &mut d[j0..][..M];
+        for l in 0..M {
+            d[l] = o[l];
         }
     }
 }

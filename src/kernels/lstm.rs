@@ -254,22 +254,32 @@ fn gates_backward(
     (grad, dh_next): (&[f32], &[f32]),
 ) {
     let n = dc_next.len();
-    let mut j0 = 0;
-    while j0 < n {
-        // A whole block with its length a constant (vector moves); the tail
-        // with it variable.
-        if n - j0 >= LANES {
-            gates_block::<LANES>(dgates, dc_next, (c, c_prev), (grad, dh_next), j0);
-        } else {
-            for j in j0..n {
-                gates_block::<1>(dgates, dc_next, (c, c_prev), (grad, dh_next), j);
-            }
-        }
-        j0 += LANES;
+    lane_blocks(
+        n,
+        #[inline(always)]
+        |j, whole| match whole {
+            true => gates_block::<LANES>(dgates, dc_next, (c, c_prev), (grad, dh_next), j),
+            false => gates_block::<1>(dgates, dc_next, (c, c_prev), (grad, dh_next), j),
+        },
+    );
+}
+
+/// Runs `f(j0, true)` on each whole block of [`LANES`] lanes of `0..n`, then
+/// `f(j, false)` on each lane of the tail: `f` gives a whole block's length
+/// as a constant, so its loops compile to vector moves and arithmetic.
+#[inline(always)]
+pub(super) fn lane_blocks(n: usize, mut f: impl FnMut(usize, bool)) {
+    let whole = n / LANES * LANES;
+    for j0 in (0..whole).step_by(LANES) {
+        f(j0, true);
+    }
+    for j in whole..n {
+        f(j, false);
     }
 }
 
-const LANES: usize = 16;
+/// Lanes per block of the recurrences' gate-gradient loops (one AVX-512 vector).
+pub(super) const LANES: usize = 16;
 
 /// Lanes `j0..j0 + M` of [`gates_backward`].
 #[inline(always)]
