@@ -12,6 +12,7 @@
 
 use super::gemm::{matmul, View};
 use super::host::{contiguous, host};
+use super::math::exp_fast;
 use super::par;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -90,11 +91,11 @@ impl Sdpa {
                 }
             }
             let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            row.iter_mut().for_each(|s| {
-                *s = (*s - mx).exp();
-                sum += *s;
-            });
+            // The exponentials as one pass of their own, which vectorizes;
+            // summed in the same pass, they ran one libm `expf` call at a
+            // time (5% of `captions`' inference on one thread).
+            row.iter_mut().for_each(|s| *s = exp_fast(*s - mx));
+            let sum: f32 = row.iter().sum();
             let inv = 1.0 / sum;
             row.iter_mut().for_each(|s| *s *= inv);
         }

@@ -26,6 +26,7 @@
 
 use super::cpu_ops::MaxPool2d;
 use super::im2col::Geom;
+use super::lanes::copy_short;
 use super::{par, scratch};
 
 /// Lanes of one vector.
@@ -147,7 +148,7 @@ impl Grid {
         for (c, plane) in x.chunks_exact(self.h * self.w).enumerate() {
             for (y, row) in plane.chunks_exact(self.w).enumerate() {
                 let at = (c * self.hp + self.pt + y) * self.wp + self.pl;
-                xp[at..at + self.w].copy_from_slice(row);
+                copy_short(&mut xp[at..at + self.w], row);
             }
         }
     }
@@ -165,7 +166,7 @@ impl Grid {
 
     /// `out` [no, oh, ow] ← the valid outputs of the grid's `y` [no, q].
     pub(super) fn take(&self, y: &[f32], out: &mut [f32]) {
-        self.rows(y, out, |src, dst| dst.copy_from_slice(src));
+        self.rows(y, out, |src, dst| copy_short(dst, src));
     }
 
     /// `out` [no, oh, ow] += the valid outputs of the grid's `y` [no, q].
@@ -182,7 +183,7 @@ impl Grid {
         dyw.fill(0.0);
         for (src, plane) in dy.chunks_exact(self.oh() * ow).zip(dyw.chunks_exact_mut(q)) {
             for (oy, row) in src.chunks_exact(ow).enumerate() {
-                plane[oy * self.wp..][..ow].copy_from_slice(row);
+                copy_short(&mut plane[oy * self.wp..][..ow], row);
             }
         }
     }

@@ -12,7 +12,8 @@
 
 use super::gemm::{matmul, transposed, View};
 use super::host::{contiguous, host};
-use super::lstm::{lane_blocks, row_block, sigmoid_slice, tanh_slice, LANES};
+use super::lanes::{lane_blocks, LANES};
+use super::lstm::{row_block, sigmoid_slice, tanh_slice};
 use super::par;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use std::sync::Mutex;

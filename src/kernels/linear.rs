@@ -9,6 +9,7 @@
 use super::cpu_ops::relu_grad;
 use super::gemm::{matmul, transposed, View};
 use super::host::{contiguous, host};
+use super::lanes::copy_short;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 pub struct Linear {
@@ -26,7 +27,7 @@ pub fn forward_into(
     relu: bool,
 ) {
     for row in y.chunks_mut(o).take(n) {
-        row.copy_from_slice(b);
+        copy_short(row, b);
     }
     let xv = View {
         data: x,

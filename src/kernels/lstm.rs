@@ -11,6 +11,7 @@
 
 use super::gemm::{matmul, transposed, View};
 use super::host::{contiguous, host};
+use super::lanes::{lane_blocks, LANES};
 use super::math::exp_fast;
 use super::par;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
@@ -263,23 +264,6 @@ fn gates_backward(
         },
     );
 }
-
-/// Runs `f(j0, true)` on each whole block of [`LANES`] lanes of `0..n`, then
-/// `f(j, false)` on each lane of the tail: `f` gives a whole block's length
-/// as a constant, so its loops compile to vector moves and arithmetic.
-#[inline(always)]
-pub(super) fn lane_blocks(n: usize, mut f: impl FnMut(usize, bool)) {
-    let whole = n / LANES * LANES;
-    for j0 in (0..whole).step_by(LANES) {
-        f(j0, true);
-    }
-    for j in whole..n {
-        f(j, false);
-    }
-}
-
-/// Lanes per block of the recurrences' gate-gradient loops (one AVX-512 vector).
-pub(super) const LANES: usize = 16;
 
 /// Lanes `j0..j0 + M` of [`gates_backward`].
 #[inline(always)]

@@ -16,6 +16,7 @@ pub mod gru;
 pub mod gru_cell;
 pub mod host;
 mod im2col;
+pub mod lanes;
 pub mod layer_norm;
 pub mod linear;
 pub mod lstm;

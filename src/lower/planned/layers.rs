@@ -2,6 +2,7 @@
 //! and fusions: numeric code over slices, computing what the candle path's
 //! calls (`lower::calls`) compute.
 
+use crate::kernels::lanes::copy_short;
 use crate::kernels::par::lane_sum;
 use crate::kernels::{attention::Sdpa, linear};
 
@@ -48,7 +49,7 @@ fn heads_first(src: &[f32], dst: &mut [f32], (t, h, d): (usize, usize, usize)) {
     for (sb, db) in src.chunks(t * h * d).zip(dst.chunks_mut(t * h * d)) {
         for ti in 0..t {
             for hi in 0..h {
-                db[(hi * t + ti) * d..][..d].copy_from_slice(&sb[(ti * h + hi) * d..][..d]);
+                copy_short(&mut db[(hi * t + ti) * d..][..d], &sb[(ti * h + hi) * d..]);
             }
         }
     }
