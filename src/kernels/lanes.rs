@@ -27,32 +27,28 @@ pub fn lane_blocks(n: usize, mut f: impl FnMut(usize, bool)) {
 /// `dst` ← `src[..dst.len()]`, as fixed-size moves of 16, 8 and 4 floats and
 /// at most three single ones, never a `memmove` call.
 #[inline(always)]
-pub fn copy_short(mut dst: &mut [f32], mut src: &[f32]) {
-    src = &src[..dst.len()];
-    while let (Some((d, dr)), Some((s, sr))) = (
-        std::mem::take(&mut dst).split_first_chunk_mut::<LANES>(),
-        src.split_first_chunk::<LANES>(),
-    ) {
-        *d = *s;
-        (dst, src) = (dr, sr);
-    }
-    if let (Some((d, dr)), Some((s, sr))) = (
-        std::mem::take(&mut dst).split_first_chunk_mut::<8>(),
-        src.split_first_chunk::<8>(),
-    ) {
-        *d = *s;
-        (dst, src) = (dr, sr);
-    }
-    if let (Some((d, dr)), Some((s, sr))) = (
-        std::mem::take(&mut dst).split_first_chunk_mut::<4>(),
-        src.split_first_chunk::<4>(),
-    ) {
-        *d = *s;
-        (dst, src) = (dr, sr);
-    }
-    for (d, s) in dst.iter_mut().zip(src) {
+pub fn copy_short(dst: &mut [f32], src: &[f32]) {
+    let src = &src[..dst.len()];
+    let mut at = copy_blocks::<LANES>(dst, src);
+    at += copy_blocks::<8>(&mut dst[at..], &src[at..]);
+    at += copy_blocks::<4>(&mut dst[at..], &src[at..]);
+    for (d, s) in dst[at..].iter_mut().zip(&src[at..]) {
         *d = *s;
     }
+}
+
+/// Copies the whole blocks of `K` floats of `src` into `dst` (equal
+/// lengths); returns how many floats that was.
+#[inline(always)]
+fn copy_blocks<const K: usize>(dst: &mut [f32], src: &[f32]) -> usize {
+    let mut done = 0;
+    for (d, s) in dst.chunks_exact_mut(K).zip(src.chunks_exact(K)) {
+        if let (Some(d), Some(s)) = (d.first_chunk_mut::<K>(), s.first_chunk::<K>()) {
+            *d = *s;
+        }
+        done += K;
+    }
+    done
 }
 
 #[cfg(test)]
