@@ -244,9 +244,7 @@ fn gates_block<const M: usize>(
     ];
     for (v, s) in v.iter_mut().zip(srcs) {
         let s = &s[..M];
-        for l in 0..M {
-            v[l] = s[l];
-        }
+        v.copy_from_slice(&s[..M]);
     }
     let [r, z, n, hwn, hp, gr, dhi] = &v;
     let mut out = [[0f32; M]; 5];
@@ -278,9 +276,7 @@ fn gates_block<const M: usize>(
     };
     for (d, o) in rows {
         let d = &mut d[j0..][..M];
-        for l in 0..M {
-            d[l] = o[l];
-        }
+        d.copy_from_slice(o);
     }
 }
 

@@ -275,8 +275,8 @@ fn gates_block<const M: usize>(
     j0: usize,
 ) {
     let n = dc_next.len();
-    // Plain loops: a library helper such as `array::from_fn` was not inlined
-    // into the AVX-512 caller, and ran outside it.
+    // Copies of a constant length M (vector moves); `array::from_fn` was not
+    // inlined into the AVX-512 caller and ran outside it.
     let mut v = [[0f32; M]; 9];
     let srcs = [
         &dgates[j0..],
@@ -291,9 +291,7 @@ fn gates_block<const M: usize>(
     ];
     for (v, s) in v.iter_mut().zip(srcs) {
         let s = &s[..M];
-        for l in 0..M {
-            v[l] = s[l];
-        }
+        v.copy_from_slice(&s[..M]);
     }
     let [i, f, g, o, c, cp, gr, dhn, dcn] = &v;
     let mut out = [[0f32; M]; 5];
@@ -309,14 +307,10 @@ fn gates_block<const M: usize>(
     }
     for (k, o) in out[..4].iter().enumerate() {
         let d = &mut dgates[k * n + j0..][..M];
-        for l in 0..M {
-            d[l] = o[l];
-        }
+        d.copy_from_slice(o);
     }
     let d = &mut dc_next[j0..][..M];
-    for l in 0..M {
-        d[l] = out[4][l];
-    }
+    d.copy_from_slice(&out[4]);
 }
 
 /// Batch rows per thread for the recurrence.
