@@ -243,7 +243,6 @@ fn gates_block<const M: usize>(
         &dh_in[j0..],
     ];
     for (v, s) in v.iter_mut().zip(srcs) {
-        let s = &s[..M];
         v.copy_from_slice(&s[..M]);
     }
     let [r, z, n, hwn, hp, gr, dhi] = &v;

@@ -290,7 +290,6 @@ fn gates_block<const M: usize>(
         &dc_next[j0..],
     ];
     for (v, s) in v.iter_mut().zip(srcs) {
-        let s = &s[..M];
         v.copy_from_slice(&s[..M]);
     }
     let [i, f, g, o, c, cp, gr, dhn, dcn] = &v;
