@@ -2,10 +2,11 @@
 //! lengths as constants: a block of [`LANES`] at a time.
 //!
 //! Why: `copy_from_slice` on a row of 16 or 32 floats is a call to libc's
-//! `memmove`, whose per-call cost outweighs the copy (8% of `shapes_mm`'s
-//! training step on one thread, in the direct convolution's padding), and a
-//! loop over several slices at once may vectorize only behind runtime
-//! checks that they do not overlap, which fall back to scalar code.
+//! `memmove`, a call per short row (`memmove` was 8% of `shapes_mm`'s
+//! one-thread training step in `perf`, half of it the direct convolution's
+//! padding); and a loop over several slices at once may vectorize only
+//! behind runtime checks that they do not overlap, which can fall back to
+//! scalar code.
 
 /// Floats per block: one AVX-512 vector.
 pub const LANES: usize = 16;
