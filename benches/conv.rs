@@ -1,7 +1,8 @@
 //! Our convolution kernel's three products at the shapes of the shipped
 //! image models (batch 32), in GFLOP/s of the useful work (2 per
 //! multiply-add; dx is the full backward's time less dW's). Run:
-//! `cargo bench --bench conv` (`RAYON_NUM_THREADS=1` for one core).
+//! `cargo bench --bench conv [-- WORDS]` (`RAYON_NUM_THREADS=1` for one
+//! core; WORDS pick the shapes whose names contain one, e.g. `patches`).
 
 use mtl::kernels::conv::Conv2dIm2col;
 
@@ -32,21 +33,27 @@ fn main() {
             })
             .collect()
     };
+    // Words after `--` pick the shapes whose names contain one of them.
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     println!(
         "{:<34} {:>9} {:>9} {:>9}",
         "conv (batch 32)", "forward", "dW", "dx"
     );
-    for (name, c, h, f, k, pad) in [
-        ("3→16, 32×32, 3×3 same", 3, 32, 16, 3, 1),
-        ("16→32, 16×16, 3×3 same", 16, 16, 32, 3, 1),
-        ("32→32, 8×8, 3×3 same", 32, 8, 32, 3, 1),
-        ("3→64, 32×32, 3×3 valid", 3, 32, 64, 3, 0),
-        ("64→128, 30×30, 3×3 valid", 64, 30, 128, 3, 0),
+    for (name, c, h, f, k, pad, stride) in [
+        ("3→16, 32×32, 3×3 same", 3, 32, 16, 3, 1, 1),
+        ("16→32, 16×16, 3×3 same", 16, 16, 32, 3, 1, 1),
+        ("32→32, 8×8, 3×3 same", 32, 8, 32, 3, 1, 1),
+        ("3→64, 32×32, 3×3 valid", 3, 32, 64, 3, 0, 1),
+        ("64→128, 30×30, 3×3 valid", 64, 30, 128, 3, 0, 1),
+        ("16→32, 16×16, 4×4/4 patches", 16, 16, 32, 4, 0, 4),
     ] {
         let b = 32;
         let (xd, wd) = ([b, c, h, h], [f, c, k, k]);
         let op = Conv2dIm2col {
-            stride: 1,
+            stride,
             dilation: 1,
             pad: [pad; 4],
             relu: false,
@@ -59,6 +66,9 @@ fn main() {
         let dy = rand(b * out_len);
         let (mut dw, mut db, mut dx) = (vec![0f32; w.len()], vec![0f32; f], vec![0f32; x.len()]);
         let flops = 2.0 * (b * out_len * c * k * k) as f64;
+        if !filters.is_empty() && !filters.iter().any(|a| name.contains(a.as_str())) {
+            continue;
+        }
         let fwd = fastest(|| op.forward_into(&x, &xd, &w, &wd, &bias, &mut y).unwrap());
         let dwt = fastest(|| {
             op.backward_into((&x, &xd), (&w, &wd), &dy, None, &mut dw, &mut db)

@@ -12,8 +12,9 @@
 
 use super::gemm::{matmul, View};
 use super::host::{contiguous, host};
+use super::lanes::{lane_blocks, LANES};
 use super::math::exp_fast;
-use super::par;
+use super::{par, scratch};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -84,21 +85,115 @@ impl Sdpa {
         let (tq, tk, kd) = d;
         matmul(p, tk, false, view(q, tq, kd), view_t(k, tk, kd));
         for (i, row) in p.chunks_mut(tk).enumerate() {
-            row.iter_mut().for_each(|s| *s *= self.scale);
-            if let Some(m) = mask {
-                for (s, a) in row.iter_mut().zip(&m[i * tk..(i + 1) * tk]) {
-                    *s += (a - 1.0) * 1e9;
-                }
-            }
-            let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            // The exponentials as one pass of their own, which vectorizes;
-            // summed in the same pass, they ran one libm `expf` call at a
-            // time (5% of `captions`' inference on one thread).
-            row.iter_mut().for_each(|s| *s = exp_fast(*s - mx));
-            let sum: f32 = row.iter().sum();
-            let inv = 1.0 / sum;
-            row.iter_mut().for_each(|s| *s *= inv);
+            self.softmax_row(row, mask.map(|m| &m[i * tk..(i + 1) * tk]));
         }
+    }
+
+    /// One row of scores (Q·Kᵀ, unscaled) into its probabilities: scaled,
+    /// masked, softmax.
+    #[inline(always)]
+    fn softmax_row(&self, row: &mut [f32], allowed: Option<&[f32]>) {
+        row.iter_mut().for_each(|s| *s *= self.scale);
+        if let Some(m) = allowed {
+            for (s, a) in row.iter_mut().zip(m) {
+                *s += (a - 1.0) * 1e9;
+            }
+        }
+        // Max and sum in lanes: as one f32 fold each they ran scalar.
+        let mx = par::lane_max(row);
+        // The exponentials as one pass of their own, which vectorizes;
+        // summed in the same pass, they ran one libm `expf` call at a
+        // time (5% of `captions`' inference on one thread).
+        row.iter_mut().for_each(|s| *s = exp_fast(*s - mx));
+        let sum: f32 = row.iter().sum();
+        let inv = 1.0 / sum;
+        row.iter_mut().for_each(|s| *s *= inv);
+    }
+}
+
+/// Keys short enough for [`Sdpa::forward_rows_into`]: a head's Kᵀ (`tk`·`kd`
+/// floats) stays in L1 while every query row reads it.
+pub fn short_keys(tk: usize, kd: usize) -> bool {
+    tk <= 64 && tk * kd <= 4096
+}
+
+impl Sdpa {
+    /// The inference forward read from and written to token rows, heads side
+    /// by side as the projections produce them and the output projection
+    /// reads them: q [B, Tq, H·K], k [B, Tk, H·K], v [B, Tk, H·V] → out
+    /// [B, Tq, H·V]. For [`short_keys`]: there a GEMM call per (sample, head)
+    /// block of 16 × 16 × 16 cost more than its arithmetic, and splitting
+    /// the rows into heads and back took three copies in and one out
+    /// (together a third of `captions`' attention, `perf`). Here each head's
+    /// Kᵀ is gathered once into a small buffer and each query row's scores,
+    /// softmax and weighted sum of V rows are loops over a row.
+    pub fn forward_rows_into(
+        &self,
+        (q, k, v): (&[f32], &[f32], &[f32]),
+        (b, h, tq, tk, kd, vd): (usize, usize, usize, usize, usize, usize),
+        out: &mut [f32],
+    ) {
+        let (hk, hv) = (h * kd, h * vd);
+        let big = b * h * tq * tk * (kd + vd) >= par::MIN_MACS;
+        // Kᵀ in blocks of LANES keys, [⌈tk/LANES⌉, kd, LANES], the last block
+        // padded with zero keys whose scores are computed and dropped: every
+        // score row is whole vectors accumulated in registers.
+        let blocks = tk.div_ceil(LANES);
+        let sample = |bi: usize, o: &mut [f32]| {
+            let qs = &q[bi * tq * hk..][..tq * hk];
+            let ks = &k[bi * tk * hk..][..tk * hk];
+            let vs = &v[bi * tk * hv..][..tk * hv];
+            let mask = self
+                .allowed
+                .as_deref()
+                .map(|m| &m[bi * tq * tk..][..tq * tk]);
+            scratch::with([blocks * kd * LANES, blocks * LANES], |[kt, s]| {
+                par::widest(
+                    #[inline(always)]
+                    || {
+                        kt.fill(0.0);
+                        for hi in 0..h {
+                            for (j, kr) in ks.chunks_exact(hk).enumerate() {
+                                let blk = &mut kt[(j / LANES) * kd * LANES + j % LANES..];
+                                for (d, x) in kr[hi * kd..][..kd].iter().enumerate() {
+                                    blk[d * LANES] = *x;
+                                }
+                            }
+                            let rows = qs.chunks_exact(hk).zip(o.chunks_exact_mut(hv));
+                            for (i, (qr, orow)) in rows.enumerate() {
+                                let qh = &qr[hi * kd..][..kd];
+                                for (sb, kb) in
+                                    s.chunks_exact_mut(LANES).zip(kt.chunks_exact(kd * LANES))
+                                {
+                                    let mut acc = [0f32; LANES];
+                                    for (a, kr) in qh.iter().zip(kb.chunks_exact(LANES)) {
+                                        acc.iter_mut().zip(kr).for_each(|(s, k)| *s += a * k);
+                                    }
+                                    sb.copy_from_slice(&acc);
+                                }
+                                let s = &mut s[..tk];
+                                self.softmax_row(s, mask.map(|m| &m[i * tk..][..tk]));
+                                let od = &mut orow[hi * vd..][..vd];
+                                lane_blocks(
+                                    vd,
+                                    #[inline(always)]
+                                    |c0, whole| {
+                                        let n = if whole { LANES } else { 1 };
+                                        let mut acc = [0f32; LANES];
+                                        for (pj, vr) in s.iter().zip(vs.chunks_exact(hv)) {
+                                            let vr = &vr[hi * vd + c0..][..n];
+                                            acc.iter_mut().zip(vr).for_each(|(o, v)| *o += pj * v);
+                                        }
+                                        od[c0..c0 + n].copy_from_slice(&acc[..n]);
+                                    },
+                                );
+                            }
+                        }
+                    },
+                )
+            })
+        };
+        par::chunks_mut(out, tq * hv, big, sample);
     }
 }
 
@@ -291,5 +386,60 @@ mod tests {
         let theirs = p.matmul(v.as_tensor()).unwrap();
         assert!(diff(&ours, &theirs) < 1e-5, "forward");
         assert_same_gradients(&ours, &theirs, &[&q, &k, &v], 1e-4, "attention");
+    }
+
+    /// The token-row forward equals the blocked one on the same numbers
+    /// split into heads, with a mask that leaves one query no key.
+    #[test]
+    fn rows_forward_matches_blocks() {
+        let (b, h, tq, tk, kd, vd) = (3, 2, 5, 19, 7, 17);
+        let rand = |n: usize, seed: u32| -> Vec<f32> {
+            (0..n)
+                .map(|i| {
+                    (((i as u32).wrapping_mul(2_654_435_761) ^ seed) % 1000) as f32 / 250.0 - 2.0
+                })
+                .collect()
+        };
+        let (q, k, v) = (
+            rand(b * tq * h * kd, 1),
+            rand(b * tk * h * kd, 2),
+            rand(b * tk * h * vd, 3),
+        );
+        let mut allowed = rand(b * tq * tk, 4);
+        allowed
+            .iter_mut()
+            .for_each(|a| *a = if *a > -1.0 { 1.0 } else { 0.0 });
+        allowed[tq * tk..][..tk].fill(0.0);
+        // [B, T, H, d] → [B, H, T, d]
+        let split = |x: &[f32], t: usize, d: usize| {
+            let mut y = vec![0f32; x.len()];
+            for (xs, ys) in x.chunks(t * h * d).zip(y.chunks_mut(t * h * d)) {
+                for ti in 0..t {
+                    for hi in 0..h {
+                        ys[(hi * t + ti) * d..][..d].copy_from_slice(&xs[(ti * h + hi) * d..][..d]);
+                    }
+                }
+            }
+            y
+        };
+        let op = Sdpa::new(0.3, Some(allowed), false);
+        let dims = (b, h, tq, tk, kd, vd);
+        let mut blocks = vec![0f32; b * h * tq * vd];
+        let mut probs = vec![0f32; b * h * tq * tk];
+        let heads = (
+            &split(&q, tq, kd)[..],
+            &split(&k, tk, kd)[..],
+            &split(&v, tk, vd)[..],
+        );
+        op.forward_into(heads, dims, &mut blocks, &mut probs);
+        let mut rows = vec![0f32; b * tq * h * vd];
+        op.forward_rows_into((&q, &k, &v), dims, &mut rows);
+        let rows = split(&rows, tq, vd);
+        let worst = rows
+            .iter()
+            .zip(&blocks)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-5, "largest difference {worst}");
     }
 }

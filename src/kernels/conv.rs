@@ -5,7 +5,7 @@
 
 use super::cpu_ops::{relu_grad, MaxPool2d};
 use super::direct::{self, Dy, Grid};
-use super::gemm::{matmul, View};
+use super::gemm::{matmul, transpose_into, View};
 use super::host::{contiguous, host};
 use super::im2col::{geom, Geom};
 use super::{par, scratch};
@@ -164,9 +164,26 @@ impl Conv2dIm2col {
         let images = |b0: usize, o: &mut [f32], mut arg: Option<&mut [u16]>| {
             let mc = o.len() / out_len;
             let n = mc * p;
-            scratch::with([ckk * n, g.f * n], |[cols, yt]| {
-                let rhs = g.group_columns(&x[b0 * in_len..(b0 + mc) * in_len], in_len, cols);
-                matmul(yt, n, false, lhs, rhs);
+            let patch_len = if g.patches() { (ckk + n) * g.f } else { 0 };
+            scratch::with([ckk * n, g.f * n, patch_len], |[cols, yt, tmp]| {
+                let xs = &x[b0 * in_len..(b0 + mc) * in_len];
+                if g.patches() {
+                    // [m·p, f] = rows · Wᵀ, then transposed to [f, m·p].
+                    let (wt, ty) = tmp.split_at_mut(ckk * g.f);
+                    transpose_into(w, g.f, ckk, wt);
+                    let rows = g.group_patches(xs, in_len, cols);
+                    let wt = View {
+                        data: wt,
+                        rows: ckk,
+                        cols: g.f,
+                        rs: g.f,
+                        cs: 1,
+                    };
+                    matmul(ty, g.f, false, rows, wt);
+                    transpose_into(ty, n, g.f, yt);
+                } else {
+                    matmul(yt, n, false, lhs, g.group_columns(xs, in_len, cols));
+                }
                 for (row, b) in yt.chunks_mut(n).zip(bias) {
                     finish(row, *b);
                 }
@@ -632,6 +649,8 @@ mod tests {
             (3, 2, 9, 9, 5, 3, 2, 1, [0; 4]),
             // Unpadded strided (the strided gather): patches, dilated.
             (2, 3, 8, 8, 4, 4, 4, 1, [0; 4]),
+            // Patches of a kernel width with no constant-length copy.
+            (2, 2, 11, 11, 3, 5, 3, 1, [0; 4]),
             (1, 2, 9, 9, 2, 3, 2, 2, [0; 4]),
             (1, 4, 8, 7, 2, 2, 1, 2, [0; 4]),
             (2, 1, 5, 5, 3, 1, 1, 1, [0; 4]),

@@ -2,9 +2,10 @@
 //! and fusions: numeric code over slices, computing what the candle path's
 //! calls (`lower::calls`) compute.
 
+use crate::kernels::attention::{short_keys, Sdpa};
 use crate::kernels::lanes::copy_short;
+use crate::kernels::linear;
 use crate::kernels::par::lane_sum;
-use crate::kernels::{attention::Sdpa, linear};
 
 /// 1 at real positions (token id ≠ 0), 0 at padding.
 fn valid(ids: &[u32]) -> impl Iterator<Item = f32> + '_ {
@@ -91,24 +92,42 @@ pub(super) fn attention(
     linear::forward_into(q, query, wq.0, wq.1, (batch * tq, dq, hk), false);
     linear::forward_into(k, context, wk.0, wk.1, (batch * tk, dc, hk), false);
     linear::forward_into(v, context, wv.0, wv.1, (batch * tk, dc, hv), false);
-    heads_first(q, qh, (tq, h, kd));
-    heads_first(k, kh, (tk, h, kd));
-    heads_first(v, vh, (tk, h, vd));
     let mask = allowed((batch, tq, tk), masks, g.causal)?;
     // Keras scales the query before the product; our op scales the scores.
     let op = Sdpa::new(1.0 / (kd as f32).sqrt(), mask, false);
+    let merged: &mut [f32] = if wo.is_some() { om } else { &mut *out };
+    if short_keys(tk, kd) {
+        op.forward_rows_into((q, k, v), (batch, h, tq, tk, kd, vd), merged);
+        return project(wo, om, out, (batch * tq, hv));
+    }
+    heads_first(q, qh, (tq, h, kd));
+    heads_first(k, kh, (tk, h, kd));
+    heads_first(v, vh, (tk, h, vd));
     op.forward_into((qh, kh, vh), (batch, h, tq, tk, kd, vd), o, probs);
     // [B, H, Tq, V] → [B, Tq, H·V], then the output projection.
-    let merged: &mut [f32] = if wo.is_some() { om } else { &mut *out };
     for (sb, db) in o.chunks(hv * tq).zip(merged.chunks_mut(hv * tq)) {
         for hi in 0..h {
             for ti in 0..tq {
-                db[(ti * h + hi) * vd..][..vd].copy_from_slice(&sb[(hi * tq + ti) * vd..][..vd]);
+                copy_short(
+                    &mut db[(ti * h + hi) * vd..][..vd],
+                    &sb[(hi * tq + ti) * vd..],
+                );
             }
         }
     }
+    project(wo, om, out, (batch * tq, hv))
+}
+
+/// The output projection of the merged heads `om` ([rows, hv]) into `out`,
+/// if there is one.
+fn project(
+    wo: Option<Proj>,
+    om: &[f32],
+    out: &mut [f32],
+    (rows, hv): (usize, usize),
+) -> Result<(), String> {
     if let Some((w, b)) = wo {
-        linear::forward_into(out, om, w, b, (batch * tq, hv, b.len()), false);
+        linear::forward_into(out, om, w, b, (rows, hv, b.len()), false);
     }
     Ok(())
 }
