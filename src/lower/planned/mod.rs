@@ -111,9 +111,16 @@ fn data(t: &Tensor) -> candle_core::Result<Vec<f32>> {
         .to_vec1::<f32>()
 }
 
-/// `w` [o, i] as Wᵀ [i, o].
+/// `w` [o, i] as Wᵀ [i, o], by our tiled transpose: candle's strided copy
+/// (`t().contiguous()`) moved one element at a time and was 5% of
+/// `shapes_mm`'s one-thread training step, which packs every step.
 fn transposed(t: &Tensor) -> candle_core::Result<Vec<f32>> {
-    data(&t.t()?.contiguous()?)
+    let (rows, cols) = t.dims2()?;
+    if t.dtype() != candle_core::DType::F32 {
+        return data(&t.t()?.contiguous()?);
+    }
+    let w = crate::kernels::host::host(t)?;
+    Ok(crate::kernels::gemm::transposed(&w, rows, cols))
 }
 
 impl Planned {
