@@ -418,8 +418,7 @@ pub(super) fn backward(
                     Dy::Pooled { gy, arg, pool } => {
                         let n = gy.len() / b;
                         let (gy, arg) = (&gy[bi * n..(bi + 1) * n], &arg[bi * n..(bi + 1) * n]);
-                        spread.fill(0.0);
-                        pool.backward_into(arg, (gr.oh(), gr.ow()), gy, spread);
+                        pool.backward_over(arg, (gr.oh(), gr.ow()), gy, spread);
                         spread
                     }
                 };
