@@ -5,7 +5,7 @@
 
 use super::cpu_ops::{relu_grad, MaxPool2d};
 use super::direct::{self, Dy, Grid};
-use super::gemm::{matmul, transpose_into, View};
+use super::gemm::{matmul, transpose_into, transposed, View};
 use super::host::{contiguous, host};
 use super::im2col::{geom, Geom};
 use super::{par, scratch};
@@ -159,18 +159,18 @@ impl Conv2dIm2col {
         } else {
             g.images_per_block(b)
         };
+        // A patch convolution's Wᵀ [ckk, f], once for all groups of images.
+        let patch_wt = (m > 1 && g.patches()).then(|| transposed(w, g.f, ckk));
         // Several small images: one GEMM into [f, m·p], then each image's
         // rows out of it.
         let images = |b0: usize, o: &mut [f32], mut arg: Option<&mut [u16]>| {
             let mc = o.len() / out_len;
             let n = mc * p;
-            let patch_len = if g.patches() { (ckk + n) * g.f } else { 0 };
-            scratch::with([ckk * n, g.f * n, patch_len], |[cols, yt, tmp]| {
+            let patch_len = if patch_wt.is_some() { n * g.f } else { 0 };
+            scratch::with([ckk * n, g.f * n, patch_len], |[cols, yt, ty]| {
                 let xs = &x[b0 * in_len..(b0 + mc) * in_len];
-                if g.patches() {
+                if let Some(wt) = &patch_wt {
                     // [m·p, f] = rows · Wᵀ, then transposed to [f, m·p].
-                    let (wt, ty) = tmp.split_at_mut(ckk * g.f);
-                    transpose_into(w, g.f, ckk, wt);
                     let rows = g.group_patches(xs, in_len, cols);
                     let wt = View {
                         data: wt,

@@ -229,7 +229,7 @@ fn adam_host(
                     candle_core::bail!("adam: a gradient of {} for {} weights", gv.len(), w.len())
                 }
                 // Compiled for the widest vector unit (16 lanes of sqrt and
-                // divide on AVX-512, where the baseline's 4 made this loop 8%
+                // divide on AVX-512, where the baseline's 4 made this loop 8–10%
                 // of `shapes_mm`'s one-thread training step) and, for large
                 // parameters, in parallel chunks: each element's operations
                 // are unchanged, so are the bits.
