@@ -62,9 +62,7 @@ impl Geom {
             return self.im2col_shifted(x, cols, r, ld);
         }
         let n = r.len() * self.ow;
-        let inside_h = (self.oh.max(1) - 1) * self.s + (self.kh - 1) * self.d < self.h;
-        let inside_w = (self.ow.max(1) - 1) * self.s + (self.kw - 1) * self.d < self.w;
-        if self.pt == 0 && self.pl == 0 && inside_h && inside_w && self.s > 1 {
+        if self.strided_inside() {
             return self.im2col_strided(x, cols, r, ld);
         }
         // Per kernel column, once: its two divisions per (c, i, j) were the
@@ -197,9 +195,14 @@ impl Geom {
     /// undilated kernel rows (a ViT's patches): its columns can be gathered
     /// transposed, each kernel row one contiguous run of `kw` inputs.
     pub(super) fn patches(&self) -> bool {
-        let inside_h = (self.oh.max(1) - 1) * self.s + self.kh - 1 < self.h;
-        let inside_w = (self.ow.max(1) - 1) * self.s + self.kw - 1 < self.w;
-        self.s > 1 && self.d == 1 && self.pt == 0 && self.pl == 0 && inside_h && inside_w
+        self.d == 1 && self.strided_inside()
+    }
+
+    /// Strided and unpadded, with every tap of every output inside the image.
+    fn strided_inside(&self) -> bool {
+        let inside_h = (self.oh.max(1) - 1) * self.s + (self.kh - 1) * self.d < self.h;
+        let inside_w = (self.ow.max(1) - 1) * self.s + (self.kw - 1) * self.d < self.w;
+        self.s > 1 && self.pt == 0 && self.pl == 0 && inside_h && inside_w
     }
 
     /// The columns of a [`Self::patches`] convolution's images `x`, gathered
