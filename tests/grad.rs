@@ -9,36 +9,10 @@ use candle_core::{DType, Device, Tensor};
 use common::{compile, graph, max_abs_diff, mtl_files, options, random_inputs};
 use mtl::lower::{init_params, lower, Params, Program};
 use mtl::pipeline::Mode;
-use rand::SeedableRng;
 use std::collections::HashMap;
 
-/// A scalar that depends on every output element non-trivially.
 fn objective(p: &Program, params: &Params, x: &HashMap<String, Tensor>) -> Tensor {
-    let dev = Device::Cpu;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    let fwd = p
-        .forward(params, p.prepare_inputs(x, &dev).unwrap(), &mut rng)
-        .unwrap();
-    let mut s = Tensor::zeros((), DType::F32, &dev).unwrap();
-    // Heads, and the values auxiliary losses read.
-    let outputs = p
-        .heads
-        .iter()
-        .map(|(_, slot)| *slot)
-        .chain(p.losses.iter().flat_map(|l| l.slots.iter().copied()));
-    for (i, slot) in outputs.enumerate() {
-        let y = fwd.get(slot).unwrap();
-        let w = Tensor::arange(0f32, y.elem_count() as f32, &dev)
-            .unwrap()
-            .reshape(y.dims())
-            .unwrap()
-            .affine(0.01, 0.3 + i as f64)
-            .unwrap()
-            .sin()
-            .unwrap();
-        s = (s + (y.sqr().unwrap() * w).unwrap().sum_all().unwrap()).unwrap();
-    }
-    s
+    common::objective(p, params, x, &Device::Cpu)
 }
 
 #[test]

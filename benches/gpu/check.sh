@@ -6,6 +6,7 @@
 #
 # In order of importance, each part bounded in time, stopping new parts once
 # BUDGET seconds (default 500) have passed:
+#   0. the CUDA tests (tests/cuda.rs) when pack.sh packed them;
 #   1. every Keras fixture (../shared/fixtures as packed, tests/reference)
 #      predicted on CUDA, optimized and not, against the expected outputs
 #      (max relative error, 1e-4 to pass, as tests/fixtures.rs on the CPU);
@@ -38,14 +39,24 @@ record() { echo "$1" >>"$lines"; }
 device="${DEVICE:-cuda}"
 bin="${BIN:-/tmp/mtl-cuda}"
 [ -n "${BIN:-}" ] || { gunzip -c .gpu/mtl.gz >"$bin" && chmod +x "$bin"; }
-libdirs="$(find /usr/local /opt /usr/lib \( -name libcublas.so.13 -o -name libcublasLt.so.13 \
-  -o -name libcudart.so.13 -o -name libnvrtc.so.13 -o -name libcurand.so.10 \) -printf '%h\n' 2>/dev/null \
-  | sort -u | paste -sd:)"
-export LD_LIBRARY_PATH="${libdirs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+. benches/gpu/libs.sh
 ldd "$bin" | grep -E "not found|cuda|cublas|nvrtc|curand" >>"$log"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >"$work/gpu.txt" 2>&1
 say "gpu: $(cat "$work/gpu.txt")"
 record "{\"part\": \"machine\", \"gpu\": \"$(head -n1 "$work/gpu.txt")\", \"cpus\": $(nproc)}"
+
+# 0. The CUDA tests (tests/cuda.rs, packed by pack.sh), run against this
+#    checkout; the shared fixtures they read come from .gpu/fixtures.
+if [ -f .gpu/cuda-tests.gz ] && [ -z "${BIN:-}" ]; then
+  gunzip -c .gpu/cuda-tests.gz >/tmp/mtl-cuda-tests && chmod +x /tmp/mtl-cuda-tests
+  [ -d ../shared/fixtures ] || { mkdir -p ../shared && ln -sfn "$PWD/.gpu/fixtures" ../shared/fixtures; }
+  ok=false
+  MTL_TEST_ROOT="$PWD" timeout "${TESTS_TIMEOUT:-300}" /tmp/mtl-cuda-tests --test-threads 1 --nocapture \
+    >"$out/cuda-tests.log" 2>&1 && ok=true
+  summary="$(grep -E '^test result' "$out/cuda-tests.log" | tail -n1)"
+  record "{\"part\": \"cuda_tests\", \"ok\": $ok, \"summary\": \"$summary\"}"
+  say "cuda tests: ok=$ok $summary"
+fi
 
 # 1. Fixtures.
 for dir in .gpu/fixtures tests/reference; do
@@ -69,7 +80,7 @@ done
 
 # 2. Training on CUDA (the data is generated on first use, on the CPU), then
 #    the test set evaluated on CUDA.
-for precision in f32 bf16; do
+for precision in ${PRECISIONS:-f32 bf16}; do
   left || break
   t0=$SECONDS
   run="$work/run-$precision"
@@ -104,6 +115,7 @@ for m in $models; do
   bench "$m" train 32 f32 && bench "$m" infer 32 f32 || break
 done
 for m in $models; do
+  [ -z "${NO_256:-}" ] || break
   bench "$m" train 256 f32 && bench "$m" train 256 bf16 || break
 done
 # Where a training step's time goes on the GPU (forward per op, backward, optimizer).

@@ -49,8 +49,11 @@ import torch_bench  # noqa: E402
 out, budget = sys.argv[1], float(sys.argv[2]) if len(sys.argv) > 2 else 240.0
 start = time.time()
 eager = [("eager", 32, "f32"), ("eager", 256, "f32"), ("eager", 256, "bf16")]
+# TORCH_MODELS (space-separated) narrows the plan to those models.
+only = set(os.environ.get("TORCH_MODELS", "").split())
 plan = [(m, eager) for m in sorted(torch_bench.MODELS)]
 plan += [(m, [("compile", 32, "f32")]) for m in ("shapes_mm", "digits_mt")]
+plan = [(m, c) for m, c in plan if not only or m in only]
 for model, configs in plan:
     left = budget - (time.time() - start)
     if left < 5:

@@ -1,6 +1,7 @@
 //! Launching our CUDA kernels: CUDA C compiled by NVRTC once per process and
 //! module (the PTX targets the GPU in use, no toolkit needed at build time),
-//! one thread per element, contiguous f32 operands, a fresh f32 output.
+//! one thread per element (or a grid the caller chooses), contiguous f32
+//! operands, fresh f32 outputs.
 
 use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::cudarc::nvrtc;
@@ -41,6 +42,24 @@ pub fn launch(
     threads: usize,
     args: &[Arg],
 ) -> Result<CudaStorage> {
+    let config = LaunchConfig::for_num_elems(threads as u32);
+    let mut outs = launch_on((module, source), name, operands, &[out_len], config, args)?;
+    outs.pop()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{name}: no output")))
+}
+
+/// Runs kernel `name` of `module` on the grid `config`: the operands, fresh
+/// outputs of `out_lens` floats each (a length of 0 passes a one-float
+/// placeholder the kernel leaves alone; every other element is written by
+/// the kernel), then `args`.
+pub fn launch_on(
+    (module, source): (&'static str, &'static str),
+    name: &str,
+    operands: &[(&CudaStorage, &Layout)],
+    out_lens: &[usize],
+    config: LaunchConfig,
+    args: &[Arg],
+) -> Result<Vec<CudaStorage>> {
     let dev = &operands[0].0.device;
     let func = dev.get_or_load_custom_func(name, module, &ptx(module, source)?)?;
     let slices = operands
@@ -50,13 +69,18 @@ pub fn launch(
             None => candle_core::bail!("{name}: contiguous operands only"),
         })
         .collect::<Result<Vec<_>>>()?;
-    // SAFETY: the kernels write every element of their output.
-    let out = unsafe { dev.alloc::<f32>(out_len)? };
+    // SAFETY: the kernels write every element of their outputs.
+    let outs = out_lens
+        .iter()
+        .map(|&n| unsafe { dev.alloc::<f32>(n.max(1)) })
+        .collect::<Result<Vec<_>>>()?;
     let mut b = func.builder();
     for s in &slices {
         b.arg(s);
     }
-    b.arg(&out);
+    for o in &outs {
+        b.arg(o);
+    }
     for a in args {
         match a {
             Arg::I32(v) => b.arg(v),
@@ -64,6 +88,9 @@ pub fn launch(
         };
     }
     // SAFETY: the arguments match the kernel's signature (its source is beside the caller).
-    unsafe { b.launch(LaunchConfig::for_num_elems(threads as u32)) }.w()?;
-    Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
+    unsafe { b.launch(config) }.w()?;
+    Ok(outs
+        .into_iter()
+        .map(|o| CudaStorage::wrap_cuda_slice(o, dev.clone()))
+        .collect())
 }

@@ -25,6 +25,9 @@ pub struct GruSeq {
     save: bool,
     /// Per step and row: r, z, n and hw_n [B, T, 4H], for the backward.
     saved: Mutex<Option<Vec<f32>>>,
+    /// The same on a GPU, where they stay ([`super::recurrence_cuda`]).
+    #[cfg(feature = "cuda")]
+    kept: Mutex<Option<Tensor>>,
 }
 
 impl GruSeq {
@@ -34,6 +37,8 @@ impl GruSeq {
             reverse,
             save,
             saved: Mutex::new(None),
+            #[cfg(feature = "cuda")]
+            kept: Mutex::new(None),
         }
     }
 
@@ -317,6 +322,39 @@ impl CustomOp3 for GruSeq {
         Ok((CpuStorage::F32(hs), Shape::from((b, t, hu))))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use super::recurrence_cuda::{gru_forward, MAX_UNITS};
+        let (b, t, g3) = l1.shape().dims3()?;
+        let hu = self.units;
+        if g3 != 3 * hu
+            || l2.shape().dims2()? != (g3, hu)
+            || l3.shape().dims1()? != g3
+            || hu > MAX_UNITS
+        {
+            candle_core::bail!(
+                "gru op on CUDA: shapes {:?}, {:?} and {:?} do not fit {hu} units (at most {MAX_UNITS})",
+                l1.shape(),
+                l2.shape(),
+                l3.shape()
+            )
+        }
+        let dims = (b, t, hu);
+        let (hs, kept) = gru_forward((s1, l1), (s2, l2), (s3, l3), dims, self.reverse, self.save)?;
+        if let (Some(kept), Ok(mut slot)) = (kept, self.kept.lock()) {
+            *slot = Some(kept);
+        }
+        Ok((hs, Shape::from(dims)))
+    }
+
     fn bwd(
         &self,
         xw: &Tensor,
@@ -325,6 +363,10 @@ impl CustomOp3 for GruSeq {
         hs: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        #[cfg(feature = "cuda")]
+        if xw.device().is_cuda() {
+            return self.cuda_bwd(xw, w_hh, b_hh, hs, grad);
+        }
         let (b, t, g3) = xw.dims3()?;
         let hu = self.units;
         let (w, hs_v, grad) = (host(w_hh)?, host(hs)?, host(grad)?);
@@ -385,5 +427,40 @@ impl CustomOp3 for GruSeq {
             Some(Tensor::from_vec(dw, (g3, hu), dev)?),
             Some(Tensor::from_vec(db, g3, dev)?),
         ))
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl GruSeq {
+    /// The backward on a GPU: the input projection's and the recurrent
+    /// pre-activations' gradients from one kernel over all steps, then
+    /// dW_hh = Σ_t dhw_tᵀ · h_{t−1} as one GEMM and db_hh = Σ dhw.
+    fn cuda_bwd(
+        &self,
+        xw: &Tensor,
+        w_hh: &Tensor,
+        b_hh: &Tensor,
+        hs: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        use super::recurrence_cuda::{gru_backward, previous_states};
+        let (b, t, g3) = xw.dims3()?;
+        let hu = self.units;
+        let acts = match self.kept.lock().ok().and_then(|mut k| k.take()) {
+            Some(a) => a,
+            None => {
+                // A backward without a training forward: run it again, keeping.
+                let again = GruSeq::new(hu, self.reverse, true);
+                xw.apply_op3_no_bwd(w_hh, b_hh, &again)?;
+                let k = again.kept.lock().ok().and_then(|mut k| k.take());
+                k.ok_or_else(|| candle_core::Error::Msg("gru op: nothing kept".into()))?
+            }
+        };
+        let (dx, dhw) = gru_backward(w_hh, grad, (hs, &acts), self.reverse)?;
+        let dhw = dhw.reshape((b * t, g3))?;
+        let h_prev = previous_states(hs, self.reverse)?.reshape((b * t, hu))?;
+        let dw = dhw.t()?.matmul(&h_prev)?;
+        let db = dhw.sum(0)?;
+        Ok((Some(dx), Some(dw), Some(db)))
     }
 }

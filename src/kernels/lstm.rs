@@ -24,6 +24,9 @@ pub struct LstmSeq {
     save: bool,
     /// Forward activations (i, f, g, o per step) and cell states, for backward.
     saved: Mutex<Option<(Vec<f32>, Vec<f32>)>>,
+    /// The same on a GPU, where they stay ([`super::recurrence_cuda`]).
+    #[cfg(feature = "cuda")]
+    kept: Mutex<Option<(Tensor, Tensor)>>,
 }
 
 impl LstmSeq {
@@ -33,6 +36,8 @@ impl LstmSeq {
             reverse,
             save,
             saved: Mutex::new(None),
+            #[cfg(feature = "cuda")]
+            kept: Mutex::new(None),
         }
     }
 
@@ -440,6 +445,39 @@ impl CustomOp2 for LstmSeq {
         Ok((CpuStorage::F32(hs), Shape::from((b, t, self.units))))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (b, t, g4) = l1.shape().dims3()?;
+        let hu = self.units;
+        if g4 != 4 * hu || l2.shape().dims2()? != (g4, hu) || hu > super::recurrence_cuda::MAX_UNITS
+        {
+            candle_core::bail!(
+                "lstm op on CUDA: shapes {:?} and {:?} do not fit {hu} units (at most {})",
+                l1.shape(),
+                l2.shape(),
+                super::recurrence_cuda::MAX_UNITS
+            )
+        }
+        let dims = (b, t, hu);
+        let (hs, kept) = super::recurrence_cuda::lstm_forward(
+            (s1, l1),
+            (s2, l2),
+            dims,
+            self.reverse,
+            self.save,
+        )?;
+        if let (Some(kept), Ok(mut slot)) = (kept, self.kept.lock()) {
+            *slot = Some(kept);
+        }
+        Ok((hs, Shape::from(dims)))
+    }
+
     fn bwd(
         &self,
         xw: &Tensor,
@@ -447,6 +485,10 @@ impl CustomOp2 for LstmSeq {
         hs: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        #[cfg(feature = "cuda")]
+        if xw.device().is_cuda() {
+            return self.cuda_bwd(xw, w_hh, hs, grad);
+        }
         let (b, t, g4) = xw.dims3()?;
         let hu = self.units;
         let (w, hs_v, grad) = (host(w_hh)?, host(hs)?, host(grad)?);
@@ -465,6 +507,42 @@ impl CustomOp2 for LstmSeq {
             Some(Tensor::from_vec(dg, (b, t, g4), dev)?),
             Some(Tensor::from_vec(dw, (g4, hu), dev)?),
         ))
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl LstmSeq {
+    /// The backward on a GPU: the gates' gradients (also xw's) from one
+    /// kernel over all steps, then dW_hh = Σ_t dgates_tᵀ · h_{t−1} as one
+    /// GEMM, h_{t−1} being the hidden states shifted one step in the
+    /// direction of the recurrence (zero before its first step).
+    fn cuda_bwd(
+        &self,
+        xw: &Tensor,
+        w_hh: &Tensor,
+        hs: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (b, t, g4) = xw.dims3()?;
+        let hu = self.units;
+        let kept = self.kept.lock().ok().and_then(|mut k| k.take());
+        let (acts, cs) = match kept {
+            Some(k) => k,
+            None => {
+                // A backward without a training forward: run it again, keeping.
+                let again = LstmSeq::new(hu, self.reverse, true);
+                xw.apply_op2_no_bwd(w_hh, &again)?;
+                let k = again.kept.lock().ok().and_then(|mut k| k.take());
+                k.ok_or_else(|| candle_core::Error::Msg("lstm op: nothing kept".into()))?
+            }
+        };
+        let dg = super::recurrence_cuda::lstm_backward(w_hh, grad, (&acts, &cs), self.reverse)?;
+        let h_prev = super::recurrence_cuda::previous_states(hs, self.reverse)?;
+        let dw = dg
+            .reshape((b * t, g4))?
+            .t()?
+            .matmul(&h_prev.reshape((b * t, hu))?)?;
+        Ok((Some(dg), Some(dw)))
     }
 }
 

@@ -23,6 +23,8 @@ pub mod lstm;
 pub mod lstm_cell;
 pub mod math;
 pub mod par;
+#[cfg(feature = "cuda")]
+pub mod recurrence_cuda;
 pub mod scratch;
 pub mod softmax;
 
@@ -44,6 +46,19 @@ pub fn native_device(device: &candle_core::Device) -> bool {
 /// [`native_device`].
 pub fn native(t: &candle_core::Tensor) -> bool {
     t.dtype() == candle_core::DType::F32 && native_device(t.device())
+}
+
+/// Whether a recurrence over `x` runs as one whole-sequence op (an
+/// unmasked, hoisted one: the caller checks that) rather than step by step:
+/// our CPU kernels, or on a CUDA device the sequence kernels
+/// (`recurrence_cuda`) up to their widest.
+pub fn sequence_op(x: &candle_core::Tensor, units: usize) -> bool {
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() && x.dtype() == candle_core::DType::F32 {
+        return units <= recurrence_cuda::MAX_UNITS;
+    }
+    let _ = units;
+    native(x)
 }
 
 /// Candle's ops instead of ours on this thread (the one that runs the

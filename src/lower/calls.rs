@@ -462,7 +462,8 @@ pub struct RnnRun<'a> {
     /// Every step's output, else the final state.
     pub sequences: bool,
     /// The recurrence as our custom op with its own backward (a hoisted,
-    /// unmasked LSTM or GRU on CPU); `train` keeps its activations for it.
+    /// unmasked LSTM or GRU on the CPU, or on CUDA in f32: see
+    /// `kernels::sequence_op`); `train` keeps its activations for it.
     pub fused: bool,
     pub train: bool,
     /// [B, T]: 1 for real steps, 0 for padded ones, over which the state is

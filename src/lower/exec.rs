@@ -450,7 +450,9 @@ impl Program {
                             hoisted: r.hoisted,
                             reverse: d == 1,
                             sequences: r.return_sequences,
-                            fused: r.hoisted && crate::kernels::native(x) && valid.is_none(),
+                            fused: r.hoisted
+                                && valid.is_none()
+                                && crate::kernels::sequence_op(x, r.units),
                             train,
                             valid,
                             zero_masked: r.bidirectional,

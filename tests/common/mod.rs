@@ -10,7 +10,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    // The GPU machine runs test binaries built here, from its own copy of
+    // the repository (benches/gpu/check.sh sets MTL_TEST_ROOT).
+    std::env::var_os("MTL_TEST_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 /// The `.mtl` files of a directory, sorted, as paths relative to the crate
@@ -111,4 +115,37 @@ pub fn assert_same_params(a: &mtl::lower::Params, b: &mtl::lower::Params, what: 
         let d = max_abs_diff(v.as_tensor(), b.vars[k].as_tensor());
         assert!(d == 0.0, "{k} differs by {d} {what}");
     }
+}
+
+/// A scalar on `dev` that depends on every output element non-trivially:
+/// Σ heads² (and the values auxiliary losses read) times a fixed pattern.
+pub fn objective(
+    p: &Program,
+    params: &mtl::lower::Params,
+    x: &HashMap<String, Tensor>,
+    dev: &Device,
+) -> Tensor {
+    let mut rng = StdRng::seed_from_u64(0);
+    let fwd = p
+        .forward(params, p.prepare_inputs(x, dev).unwrap(), &mut rng)
+        .unwrap();
+    let mut s = Tensor::zeros((), candle_core::DType::F32, dev).unwrap();
+    let outputs = p
+        .heads
+        .iter()
+        .map(|(_, slot)| *slot)
+        .chain(p.losses.iter().flat_map(|l| l.slots.iter().copied()));
+    for (i, slot) in outputs.enumerate() {
+        let y = fwd.get(slot).unwrap();
+        let w = Tensor::arange(0f32, y.elem_count() as f32, dev)
+            .unwrap()
+            .reshape(y.dims())
+            .unwrap()
+            .affine(0.01, 0.3 + i as f64)
+            .unwrap()
+            .sin()
+            .unwrap();
+        s = (s + (y.sqr().unwrap() * w).unwrap().sum_all().unwrap()).unwrap();
+    }
+    s
 }
