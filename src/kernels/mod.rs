@@ -5,6 +5,7 @@
 pub mod adam;
 pub mod attention;
 pub mod batch_norm;
+pub mod columns;
 pub mod conv;
 pub mod cpu_ops;
 #[cfg(feature = "cuda")]
@@ -59,6 +60,14 @@ pub fn sequence_op(x: &candle_core::Tensor, units: usize) -> bool {
     }
     let _ = units;
     native(x)
+}
+
+/// Whether the GPU path's own ops (CPU and CUDA code, such as
+/// [`columns`]) serve `x`: f32 off our CPU kernels, on CUDA or on a CPU
+/// running candle's ops (`--kernels candle`, which is how CI runs the GPU's
+/// path); Metal has no code of ours.
+pub fn gpu_path(x: &candle_core::Tensor) -> bool {
+    x.dtype() == candle_core::DType::F32 && !native(x) && !x.device().is_metal()
 }
 
 /// Candle's ops instead of ours on this thread (the one that runs the
