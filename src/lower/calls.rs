@@ -205,44 +205,6 @@ pub fn conv_im2col(
     }
 }
 
-/// A 2-D convolution (one group) as columns and one GEMM, in training on
-/// the GPU path: candle's matmul backward gives W's and the columns'
-/// gradients as two GEMMs, and the columns' goes back to x only when x
-/// needs one ([`crate::kernels::columns`] says why). Then the bias, a relu
-/// when `relu`, a global average pool when `mean`.
-pub fn conv_columns(
-    x: &Tensor,
-    (w, b): (&Tensor, &Tensor),
-    (stride, dilation): (&[usize], &[usize]),
-    pads: &Pads,
-    (relu, mean): (bool, bool),
-) -> Result<Tensor> {
-    let (n, _, h, wd) = x.dims4()?;
-    let (cout, cin, kh, kw) = w.dims4()?;
-    let p = |a: usize| pads.get(a).copied().unwrap_or((0, 0));
-    let two = |v: &[usize]| (v[0], v.get(1).copied().unwrap_or(v[0]));
-    let op = crate::kernels::columns::Columns {
-        kernel: (kh, kw),
-        stride: two(stride),
-        dilation: two(dilation),
-        pads: [p(0).0, p(0).1, p(1).0, p(1).1],
-    };
-    let (ho, wo) = op.output(h, wd)?;
-    let cols = x.contiguous()?.apply_op1(op)?; // [Cin·kh·kw, N·Ho·Wo]
-    let y = w
-        .reshape((cout, cin * kh * kw))?
-        .matmul(&cols)?
-        .broadcast_add(&b.reshape((cout, 1))?)?;
-    let y = if relu { y.relu()? } else { y };
-    let y = y.reshape((cout, n, ho, wo))?;
-    if mean {
-        // [Cout, N, Ho·Wo] → [N, Cout]
-        y.flatten_from(2)?.mean(2)?.t()?.contiguous()
-    } else {
-        y.transpose(0, 1)?.contiguous()
-    }
-}
-
 /// candle's convolution (any device, groups), asymmetric `same` padding
 /// applied as zeros first; then the bias, a relu when `relu`, a global
 /// average pool when `mean`.

@@ -643,9 +643,13 @@ impl Program {
                 let y = if native {
                     let geometry = (c.stride[0], c.dilation[0]);
                     calls::conv_im2col(x, (&w, &b), geometry, &k.pads, (k.relu, k.mean, fold))?
-                } else if train && c.groups == 1 && w.rank() == 4 && crate::kernels::gpu_path(x) {
+                } else if train
+                    && c.groups == 1
+                    && crate::kernels::gpu_path(x)
+                    && super::columns::pays(x, &w)
+                {
                     let geometry = (c.stride.as_slice(), c.dilation.as_slice());
-                    calls::conv_columns(x, (&w, &b), geometry, &k.pads, (k.relu, k.mean))?
+                    super::columns::conv_columns(x, (&w, &b), geometry, &k.pads, (k.relu, k.mean))?
                 } else {
                     let geometry = (c.stride.as_slice(), c.dilation.as_slice(), c.groups);
                     calls::conv_candle(x, (&w, &b), geometry, &k.pads, (k.relu, k.mean))?

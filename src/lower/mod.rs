@@ -2,6 +2,7 @@
 //! call (or one of our kernels) over named parameters. Built once, run many times.
 
 pub(crate) mod calls;
+mod columns;
 mod exec;
 mod kernel;
 mod legality;
