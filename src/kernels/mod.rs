@@ -51,15 +51,20 @@ pub fn native(t: &candle_core::Tensor) -> bool {
 
 /// Whether a recurrence over `x` runs as one whole-sequence op (an
 /// unmasked, hoisted one: the caller checks that) rather than step by step:
-/// our CPU kernels, or on a CUDA device the sequence kernels
-/// (`recurrence_cuda`) up to their widest.
+/// always on a CPU (our fused kernels; under `--kernels candle` too, since
+/// that is the GPU's path), and on a CUDA device up to the widest its
+/// sequence kernels (`recurrence_cuda`) take. The op computes in f32: other
+/// dtypes (a bf16 run) go through casts around it (`lower::calls::rnn`).
 pub fn sequence_op(x: &candle_core::Tensor, units: usize) -> bool {
+    if !x.dtype().is_float() {
+        return false;
+    }
     #[cfg(feature = "cuda")]
-    if x.device().is_cuda() && x.dtype() == candle_core::DType::F32 {
+    if x.device().is_cuda() {
         return units <= recurrence_cuda::MAX_UNITS;
     }
     let _ = units;
-    native(x)
+    x.device().is_cpu()
 }
 
 /// Whether the GPU path's own ops (CPU and CUDA code, such as

@@ -462,7 +462,7 @@ pub struct RnnRun<'a> {
     /// Every step's output, else the final state.
     pub sequences: bool,
     /// The recurrence as our custom op with its own backward (a hoisted,
-    /// unmasked LSTM or GRU on the CPU, or on CUDA in f32: see
+    /// unmasked LSTM or GRU on the CPU, or on CUDA up to 512 units: see
     /// `kernels::sequence_op`); `train` keeps its activations for it.
     pub fused: bool,
     pub train: bool,
@@ -488,10 +488,12 @@ pub fn rnn(x: &Tensor, w: &RnnWeights, run: &RnnRun) -> Result<Tensor> {
     } = *run;
     let (b, t, i) = x.dims3()?;
     if fused {
-        let xw = dense(&x.reshape((b * t, i))?, w.w_ih, w.b_ih)?
-            .reshape((b, t, ()))?
-            .contiguous()?;
-        let w_hh = w.w_hh.contiguous()?;
+        // The sequence ops compute in f32; under mixed precision the
+        // recurrence runs in f32 between casts (as the norms do).
+        let compute = x.dtype();
+        let f32 = |t: Tensor| t.to_dtype(DType::F32)?.contiguous();
+        let xw = f32(dense(&x.reshape((b * t, i))?, w.w_ih, w.b_ih)?.reshape((b, t, ()))?)?;
+        let w_hh = f32(w.w_hh.clone())?;
         let hs = match (cell, w.b_hh) {
             (RnnCell::Lstm, _) => xw.apply_op2(
                 &w_hh,
@@ -499,11 +501,12 @@ pub fn rnn(x: &Tensor, w: &RnnWeights, run: &RnnRun) -> Result<Tensor> {
             )?,
             (RnnCell::Gru, Some(b_hh)) => xw.apply_op3(
                 &w_hh,
-                &b_hh.contiguous()?,
+                &f32(b_hh.clone())?,
                 crate::kernels::gru::GruSeq::new(units, reverse, train),
             )?,
             (RnnCell::Gru, None) => candle_core::bail!("gru without a recurrent bias"),
-        };
+        }
+        .to_dtype(compute)?;
         return if sequences {
             Ok(hs)
         } else {

@@ -6,11 +6,13 @@ use candle_core::{Result, Tensor};
 
 /// Per sample, the multiply-adds of the transposed convolution candle's
 /// backward runs for x's gradient (C_in·H·W·C_out·kh·kw) from which the
-/// columns pay. Measured on an H200 at batch 32 (benches/README.md): the
-/// columns made `seed_multitask`'s training 1.6× faster (its 64 → 128
-/// channel convolution, 2.8·10⁸ per sample), but `digits` and `shapes`
-/// (convolutions of at most 5·10⁶) about 5% slower: at that size candle's
-/// kernels are not the bottleneck and the columns add launches.
+/// columns pay. Measured on an H200 at batch 32, two alternated rounds
+/// (benches/README.md): with the columns on every convolution,
+/// `seed_multitask` trained 1.61× faster (its 64 → 128 channel
+/// convolution, 2.8·10⁸ per sample) but `digits`, `shapes` and `captions`
+/// (convolutions of at most 5·10⁶) at 0.83×, 0.93× and 0.91×: at that size
+/// candle's kernels are not the bottleneck and the columns add launches.
+/// With this threshold: 1.55×, 1.08× and 1.03×.
 const PAYS_FROM: usize = 1 << 24;
 
 /// Whether a convolution of x [N, C, H, W] by w [C_out, C, kh, kw] trains
