@@ -38,7 +38,11 @@ pub fn conv_columns(
     let (n, _, h, wd) = x.dims4()?;
     let (cout, cin, kh, kw) = w.dims4()?;
     let p = |a: usize| pads.get(a).copied().unwrap_or((0, 0));
-    let two = |v: &[usize]| (v[0], v.get(1).copied().unwrap_or(v[0]));
+    // (vertical, horizontal); one value serves both axes.
+    let two = |v: &[usize]| {
+        let a = v.first().copied().unwrap_or(1);
+        (a, v.get(1).copied().unwrap_or(a))
+    };
     let op = crate::kernels::columns::Columns {
         kernel: (kh, kw),
         stride: two(stride),
