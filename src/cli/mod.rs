@@ -247,8 +247,9 @@ pub struct DeviceArgs {
     /// build with `--features cuda` / `metal`.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// `own`: our fused CPU kernels where they exist; `candle`: candle's ops
-    /// everywhere, the path a GPU run takes (to check it on a CPU).
+    /// `own`: our fused CPU kernels where they exist; `candle`: the path a
+    /// GPU run takes (to check it on a CPU): candle's ops, and the CPU code of
+    /// our ops that have CUDA code (recurrences, cells, columns, Adam).
     #[arg(long, value_enum, default_value = "own")]
     kernels: Kernels,
     /// `bf16`: mixed precision, the forward and backward in bfloat16 with f32
