@@ -416,7 +416,7 @@ fn on_tensors(
 /// W_hh's gradient multiplies).
 pub fn previous_states(hs: &Tensor, reverse: bool) -> Result<Tensor> {
     let (b, t, h) = hs.dims3()?;
-    if t == 1 {
+    if t <= 1 {
         return hs.zeros_like();
     }
     let zero = Tensor::zeros((b, 1, h), hs.dtype(), hs.device())?;
