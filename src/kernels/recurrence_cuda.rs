@@ -28,21 +28,14 @@ use candle_core::cuda_backend::cudarc::driver::LaunchConfig;
 use candle_core::op::BackpropOp;
 use candle_core::{CudaStorage, Layout, Result, Shape, Storage, Tensor};
 
-/// Batch rows per thread block, as a literal for the kernels' source too.
-macro_rules! rows {
-    () => {
-        4
-    };
-}
-const ROWS: usize = rows!();
+/// Batch rows per thread block (the kernels' `ROWS`).
+const ROWS: usize = 4;
 
-/// The widest recurrence the kernels take: 6·H floats of shared memory per row.
+/// The widest LSTM the kernels take: 6·H floats of shared memory per row.
 pub const MAX_UNITS: usize = 48 * 1024 / (4 * 6 * ROWS);
 
-const SOURCE: &str = concat!(
-    "#define ROWS ",
-    rows!(),
-    r#"
+const SOURCE: &str = r#"
+#define ROWS 4
 __device__ __forceinline__ float sg(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 extern "C" __global__ void mtl_transpose(const float* w, float* out, int rows, int cols) {
@@ -257,8 +250,7 @@ extern "C" __global__ void mtl_gru_seq_grad(const float* w, const float* grad, c
         __syncthreads();
     }
 }
-"#
-);
+"#;
 
 const MODULE: (&str, &str) = ("mtl_recurrence", SOURCE);
 
