@@ -28,10 +28,10 @@ use candle_core::cuda_backend::cudarc::driver::LaunchConfig;
 use candle_core::op::BackpropOp;
 use candle_core::{CudaStorage, Layout, Result, Shape, Storage, Tensor};
 
-/// Batch rows per thread block (the kernels' `ROWS`).
+/// Batch rows per thread block; the `#define ROWS` of the kernels' source must agree.
 const ROWS: usize = 4;
 
-/// The widest LSTM the kernels take: 6·H floats of shared memory per row.
+/// The widest recurrence the kernels take: 6·H floats of shared memory per row.
 pub const MAX_UNITS: usize = 48 * 1024 / (4 * 6 * ROWS);
 
 const SOURCE: &str = r#"
