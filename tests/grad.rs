@@ -93,33 +93,12 @@ fn candle_ops_give_the_gradients_of_our_kernels() {
         ]
         .map(|((l, g), d)| (l, g, d))
         {
-            let what = f.display();
-            assert!(
-                (l0 - l1).abs() <= 1e-4 * l0.abs().max(1.0),
-                "{what}: loss {l0} vs {l1}"
-            );
+            let what = f.display().to_string();
+            common::assert_same_loss(&what, l0, l1);
             if ties && dtype == DType::F64 {
                 continue;
             }
-            assert_eq!(
-                g0.len(),
-                g1.len(),
-                "{what}: the same parameters get gradients"
-            );
-            // Relative to the model's largest gradient: f32 summation order
-            // differs between the kernels, and tiny gradients carry its noise.
-            let scale = g0
-                .iter()
-                .map(|(_, a)| common::abs_max(a))
-                .fold(1e-3, f32::max);
-            for ((k, a), (_, b)) in g0.iter().zip(&g1) {
-                let d = max_abs_diff(a, &b.to_dtype(DType::F32).unwrap());
-                assert!(
-                    d <= 1e-4 * scale,
-                    "{what}: {k} gradient differs by {d} (scale {scale})"
-                );
-                checked += 1;
-            }
+            checked += common::assert_same_gradients(&what, &g0, &g1);
         }
     }
     assert!(checked > 100, "only {checked} gradients compared");

@@ -149,3 +149,37 @@ pub fn objective(
     }
     s
 }
+
+/// Two computations of a model's loss agree within 1e-4 (relative, or
+/// absolute below 1).
+pub fn assert_same_loss(what: &str, l0: f32, l1: f32) {
+    assert!(
+        (l0 - l1).abs() <= 1e-4 * l0.abs().max(1.0),
+        "{what}: loss {l0} vs {l1}"
+    );
+}
+
+/// The same parameters get gradients in `g0` and `g1`, and each pair
+/// agrees within 1e-4 of the model's largest gradient in `g0` (f32
+/// summation order differs between kernels and devices, and tiny gradients
+/// carry its noise). Returns how many were compared.
+pub fn assert_same_gradients(
+    what: &str,
+    g0: &[(String, Tensor)],
+    g1: &[(String, Tensor)],
+) -> usize {
+    assert_eq!(
+        g0.len(),
+        g1.len(),
+        "{what}: the same parameters get gradients"
+    );
+    let scale = g0.iter().map(|(_, a)| abs_max(a)).fold(1e-3, f32::max);
+    for ((k, a), (_, b)) in g0.iter().zip(g1) {
+        let d = max_abs_diff(a, &b.to_dtype(candle_core::DType::F32).unwrap());
+        assert!(
+            d <= 1e-4 * scale,
+            "{what}: {k} gradient differs by {d} (scale {scale})"
+        );
+    }
+    g0.len()
+}
