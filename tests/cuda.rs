@@ -9,8 +9,12 @@ mod common;
 
 use candle_core::{Device, Tensor, Var};
 use common::{compile, max_abs_diff, mtl_files, random_inputs};
+use mtl::kernels::batch_norm::{BatchNormTrain, Stats};
+use mtl::kernels::cpu_ops::MaxPool2d;
 use mtl::kernels::gru::GruSeq;
+use mtl::kernels::layer_norm::LayerNormTrain;
 use mtl::kernels::lstm::LstmSeq;
+use mtl::kernels::softmax::SoftmaxLastDim;
 use mtl::lower::{init_params, lower, Program};
 use mtl::pipeline::Mode;
 use std::collections::HashMap;
@@ -31,6 +35,56 @@ fn assert_close(a: &Tensor, b: &Tensor, tol: f32, what: &str) {
     let scale = common::abs_max(b).max(1.0);
     let d = max_abs_diff(&a, b);
     assert!(d <= tol * scale, "{what}: differs by {d} (scale {scale})");
+}
+
+/// An op applied to its operands.
+type Apply<'a> = dyn Fn(&[Tensor]) -> Tensor + 'a;
+
+/// The output of `apply` over `operands` (copied to `dev` as variables) and
+/// the gradient of each operand, through a fixed projection of the output.
+fn output_and_gradients(
+    operands: &[Tensor],
+    dev: &Device,
+    apply: &Apply<'_>,
+) -> (Tensor, Vec<Tensor>) {
+    let vars: Vec<Var> = operands
+        .iter()
+        .map(|x| Var::from_tensor(&x.to_device(dev).unwrap()).unwrap())
+        .collect();
+    let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let y = apply(&ts);
+    let n = y.elem_count() as u32;
+    let pattern = (Tensor::arange(0u32, n, dev)
+        .unwrap()
+        .to_dtype(candle_core::DType::F32))
+    .and_then(|t| (t * 0.37)?.sin()?.reshape(y.shape()))
+    .unwrap();
+    let g = (&y * pattern)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let grads = ts.iter().map(|x| g.get(x).unwrap().clone()).collect();
+    (y, grads)
+}
+
+/// `gpu_apply` on the GPU gives `cpu_apply`'s output (within `tol.0`) and
+/// operand gradients (within `tol.1`) on the CPU, relative to the CPU's
+/// largest value.
+fn assert_matches_the_cpu(
+    gpu: &Device,
+    operands: &[Tensor],
+    (cpu_apply, gpu_apply): (&Apply<'_>, &Apply<'_>),
+    tol: (f32, f32),
+    what: &str,
+) {
+    let (y0, g0) = output_and_gradients(operands, &Device::Cpu, cpu_apply);
+    let (y1, g1) = output_and_gradients(operands, gpu, gpu_apply);
+    assert_close(&y1, &y0, tol.0, &format!("{what}: output"));
+    for (k, (a, b)) in g1.iter().zip(&g0).enumerate() {
+        assert_close(a, b, tol.1, &format!("{what}: gradient of operand {k}"));
+    }
 }
 
 /// Shapes for the sequence kernels: forward and reversed, a partial last
@@ -62,30 +116,12 @@ fn sequence_matches_the_cpu(
         if with_bias {
             operands.push(Tensor::randn(0f32, 0.5, gates * h, &cpu).unwrap());
         }
-        let proj = Tensor::randn(0f32, 1.0, (b, t, h), &cpu).unwrap();
-        let run = |dev: &Device, train: bool| {
-            let vars: Vec<Var> = operands
-                .iter()
-                .map(|x| Var::from_tensor(&x.to_device(dev).unwrap()).unwrap())
-                .collect();
-            let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
-            let hs = apply(&ts, (h, reverse, train));
-            let loss = (&hs * proj.to_device(dev).unwrap())
-                .unwrap()
-                .sum_all()
-                .unwrap();
-            let g = loss.backward().unwrap();
-            let grads: Vec<Tensor> = ts.iter().map(|x| g.get(x).unwrap().clone()).collect();
-            (hs, grads)
-        };
-        let (hs0, g0) = run(&cpu, true);
         let what = format!("{gates} gates, b {b}, t {t}, h {h}, reverse {reverse}");
         for train in [true, false] {
-            let (hs1, g1) = run(&gpu, train);
-            assert_close(&hs1, &hs0, 1e-5, &format!("{what}: hidden states"));
-            for (k, (a, b)) in g1.iter().zip(&g0).enumerate() {
-                assert_close(a, b, 1e-4, &format!("{what}: gradient of operand {k}"));
-            }
+            let kept = |x: &[Tensor]| apply(x, (h, reverse, true));
+            let on_gpu = |x: &[Tensor]| apply(x, (h, reverse, train));
+            let what = format!("{what}, train {train}");
+            assert_matches_the_cpu(&gpu, &operands, (&kept, &on_gpu), (1e-5, 1e-4), &what);
         }
     }
 }
@@ -98,14 +134,111 @@ fn lstm_sequence_matches_the_cpu() {
     });
 }
 
-/// Not yet run on a GPU: written after the session's last lease (the GRU
-/// kernels were checked there through `fusions` and the fixtures).
 #[test]
 fn gru_sequence_matches_the_cpu() {
     sequence_matches_the_cpu(3, true, |x, (h, reverse, train)| {
         x[0].apply_op3(&x[1], &x[2], GruSeq::new(h, reverse, train))
             .unwrap()
     });
+}
+
+/// One op, the same code on both devices, over operands of `shapes` drawn
+/// from N(0, `spread`²).
+fn op_matches_the_cpu(shapes: &[&[usize]], spread: f32, apply: &Apply<'_>, what: &str) {
+    let Some(gpu) = gpu() else { return };
+    let operands: Vec<Tensor> = shapes
+        .iter()
+        .map(|s| Tensor::randn(0f32, spread, *s, &Device::Cpu).unwrap())
+        .collect();
+    let what = format!("{what} {shapes:?}");
+    assert_matches_the_cpu(&gpu, &operands, (apply, apply), (1e-5, 1e-4), &what);
+}
+
+/// Rows narrower and wider than a warp, rows not filling the last block.
+#[test]
+fn softmax_matches_the_cpu() {
+    let apply = |x: &[Tensor]| x[0].apply_op1(SoftmaxLastDim).unwrap();
+    for shape in [&[3, 7][..], &[2, 3, 5, 5], &[37, 77], &[4, 1], &[9, 300]] {
+        op_matches_the_cpu(&[shape], 3.0, &apply, "softmax");
+    }
+}
+
+#[test]
+fn layer_norm_matches_the_cpu() {
+    let apply = |x: &[Tensor]| {
+        x[0].apply_op3(&x[1], &x[2], LayerNormTrain { eps: 1e-3 })
+            .unwrap()
+    };
+    for (rows, d) in [
+        (&[4, 6][..], 6),
+        (&[2, 5, 8], 8),
+        (&[3, 1], 1),
+        (&[37, 100], 100),
+        (&[1000, 32], 32),
+    ] {
+        op_matches_the_cpu(&[rows, &[d], &[d]], 1.0, &apply, "layer norm");
+    }
+}
+
+/// Dense and convolutional shapes; the batch statistics the op leaves for
+/// the running averages too.
+#[test]
+fn batch_norm_matches_the_cpu() {
+    let kept: std::sync::Mutex<Vec<(Tensor, Tensor)>> = Default::default();
+    let apply = |x: &[Tensor]| {
+        let stats = Stats::default();
+        let op = BatchNormTrain {
+            eps: 1e-3,
+            stats: stats.clone(),
+        };
+        let y = x[0].apply_op3(&x[1], &x[2], op).unwrap();
+        let taken = stats.lock().unwrap().take().unwrap();
+        kept.lock().unwrap().push(taken);
+        y
+    };
+    for (shape, c) in [
+        (&[4, 3, 5, 6][..], 3),
+        (&[8, 5], 5),
+        (&[3, 2, 7], 2),
+        (&[32, 16, 9, 9], 16),
+    ] {
+        op_matches_the_cpu(&[shape, &[c], &[c]], 1.5, &apply, "batch norm");
+        let mut kept = kept.lock().unwrap();
+        if let [(m0, v0), (m1, v1)] = &kept[..] {
+            assert_close(m1, m0, 1e-5, &format!("batch norm {shape:?}: mean"));
+            assert_close(v1, v0, 1e-5, &format!("batch norm {shape:?}: variance"));
+        }
+        kept.clear();
+    }
+}
+
+/// Windows equal to the stride, overlapping, and apart; values on a coarse
+/// grid, so that windows hold ties (the first maximum takes the gradient).
+#[test]
+fn max_pool_matches_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    for ((k, s), shape) in [
+        (((2, 2), (2, 2)), [2, 3, 8, 9]),
+        (((3, 3), (2, 2)), [2, 3, 9, 11]),
+        (((1, 2), (1, 2)), [3, 4, 1, 10]),
+        (((3, 2), (1, 3)), [1, 2, 7, 8]),
+    ] {
+        let x = (Tensor::randn(0f32, 2.0, &shape, &Device::Cpu)
+            .unwrap()
+            .round()
+            .unwrap()
+            / 2.0)
+            .unwrap()
+            .relu()
+            .unwrap();
+        for train in [true, false] {
+            let kept = |x: &[Tensor]| x[0].apply_op1(MaxPool2d::new(k, s, true)).unwrap();
+            let on_gpu = |x: &[Tensor]| x[0].apply_op1(MaxPool2d::new(k, s, train)).unwrap();
+            let what = format!("max pool {k:?}/{s:?} of {shape:?}, train {train}");
+            let x = std::slice::from_ref(&x);
+            assert_matches_the_cpu(&gpu, x, (&kept, &on_gpu), (1e-6, 1e-6), &what);
+        }
+    }
 }
 
 /// The loss and every parameter's gradient of a model on `dev` (the

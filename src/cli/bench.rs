@@ -229,7 +229,7 @@ pub fn bench(a: BenchArgs) -> Result<i32, Fail> {
     if a.json {
         println!(
             "{}",
-            serde_json::json!({"model": a.model.display().to_string(), "mode": if mode == Mode::Train { "train" } else { "infer" }, "executor": executor, "optimized": !a.no_opt, "batch_size": b, "device": a.device.device, "precision": format!("{:?}", prog.compute).to_lowercase(), "step_ms": median * 1e3, "samples_per_sec": sps})
+            serde_json::json!({"model": a.model.display().to_string(), "mode": if mode == Mode::Train { "train" } else { "infer" }, "executor": executor, "optimized": !a.no_opt, "batch_size": b, "device": a.device.device, "precision": a.device.precision_name(), "step_ms": median * 1e3, "samples_per_sec": sps})
         );
     } else {
         println!(

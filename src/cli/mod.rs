@@ -249,12 +249,16 @@ pub struct DeviceArgs {
     device: String,
     /// `own`: our fused CPU kernels where they exist; `candle`: the path a
     /// GPU run takes (to check it on a CPU): candle's ops, and the CPU code of
-    /// our ops that have CUDA code (recurrences, cells, columns, Adam).
+    /// our ops that have CUDA code (recurrences, cells, columns, norms, max
+    /// pool, attention's softmax, Adam).
     #[arg(long, value_enum, default_value = "own")]
     kernels: Kernels,
     /// `bf16`: mixed precision, the forward and backward in bfloat16 with f32
     /// weights, optimizer, losses and norm statistics (for GPUs; on a CPU it
-    /// runs candle's bf16 ops, slower than f32).
+    /// runs candle's bf16 ops, slower than f32); `tf32`: f32 tensors whose
+    /// matrix products (and so convolutions) run on the GPU's TF32 tensor
+    /// cores, 10 bits of mantissa in the products (PyTorch's default for
+    /// cuDNN convolutions; CUDA only).
     #[arg(long, value_enum, default_value = "f32")]
     precision: Precision,
 }
@@ -263,6 +267,7 @@ pub struct DeviceArgs {
 pub enum Precision {
     F32,
     Bf16,
+    Tf32,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
@@ -286,6 +291,15 @@ impl DeviceArgs {
         mtl::predict::device(&self.device).map_err(Fail::usage)
     }
 
+    /// The precision's name, for reports.
+    pub fn precision_name(&self) -> &'static str {
+        match self.precision {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::Tf32 => "tf32",
+        }
+    }
+
     /// `prog` for the opened `device`: its kernels and its compute dtype.
     pub fn place(&self, prog: Program, device: &candle_core::Device) -> Result<Program, Fail> {
         let dtype = match self.precision {
@@ -296,6 +310,15 @@ impl DeviceArgs {
                 ))
             }
             Precision::Bf16 => candle_core::DType::BF16,
+            Precision::Tf32 if !device.is_cuda() => {
+                return Err(Fail::usage(
+                    "error: `--precision tf32` needs an NVIDIA GPU (`--device cuda`)",
+                ))
+            }
+            Precision::Tf32 => {
+                candle_core::cuda::set_gemm_reduced_precision_f32(true);
+                candle_core::DType::F32
+            }
         };
         Ok(prog.for_device(device).with_precision(dtype))
     }

@@ -13,8 +13,9 @@ use super::par;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use std::sync::{Arc, Mutex};
 
-/// Per-channel batch mean and biased variance of the last forward.
-pub type Stats = Arc<Mutex<Option<(Vec<f32>, Vec<f32>)>>>;
+/// Per-channel batch mean and biased variance of the last forward, [C]
+/// each, on its device.
+pub type Stats = Arc<Mutex<Option<(Tensor, Tensor)>>>;
 
 pub struct BatchNormTrain {
     pub eps: f64,
@@ -59,6 +60,14 @@ fn moments(x: &[f32], n: usize, c: usize, s: usize) -> (Vec<f32>, Vec<f32>) {
     (mean, var)
 }
 
+impl BatchNormTrain {
+    fn keep(&self, mean: Tensor, var: Tensor) {
+        if let Ok(mut st) = self.stats.lock() {
+            *st = Some((mean, var));
+        }
+    }
+}
+
 impl CustomOp3 for BatchNormTrain {
     fn name(&self) -> &'static str {
         "mtl-batch-norm-train"
@@ -98,10 +107,29 @@ impl CustomOp3 for BatchNormTrain {
                 .zip(xp)
                 .for_each(|(y, x)| *y = x * scale + shift);
         });
-        if let Ok(mut st) = self.stats.lock() {
-            *st = Some((mean, var));
-        }
+        let cpu = |v: Vec<f32>| Tensor::from_vec(v, c, &candle_core::Device::Cpu);
+        self.keep(cpu(mean)?, cpu(var)?);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let dims = dims(l1.shape())?;
+        let c = dims.1;
+        if l2.shape().elem_count() != c || l3.shape().elem_count() != c {
+            candle_core::bail!("batch norm: {c} channels, but γ {l2:?} and β {l3:?}")
+        }
+        let (y, mean, var) = cuda::forward([(s1, l1), (s2, l2), (s3, l3)], dims, self.eps)?;
+        self.keep(mean, var);
+        Ok((y, l1.shape().clone()))
     }
 
     fn bwd(
@@ -113,6 +141,11 @@ impl CustomOp3 for BatchNormTrain {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (n, c, s) = dims(x.shape())?;
+        #[cfg(feature = "cuda")]
+        if x.device().is_cuda() {
+            let (dx, dg, db) = cuda::backward(x, gamma, grad, (n, c, s), self.eps)?;
+            return Ok((Some(dx), Some(dg), Some(db)));
+        }
         let (xv, g, dy) = (host(x)?, host(gamma)?, host(grad)?);
         let (mean, var) = moments(&xv, n, c, s);
         let m = (n * s) as f32;
@@ -159,6 +192,138 @@ impl CustomOp3 for BatchNormTrain {
             Some(Tensor::from_vec(dgamma, c, dev)?),
             Some(Tensor::from_vec(dbeta, c, dev)?),
         ))
+    }
+}
+
+/// The CUDA side: a block per channel, which reads the channel's values
+/// over every sample (sums in f64, as the CPU code's), for the statistics,
+/// then writes its outputs; the backward recomputes the statistics, as the
+/// CPU code does, so the op keeps nothing between the passes.
+#[cfg(feature = "cuda")]
+mod cuda {
+    use crate::kernels::cuda::{blocks, launch_on, launch_tensors, missing, tensor, Arg};
+    use candle_core::{CudaStorage, Layout, Result, Tensor};
+
+    const SOURCE: &str = r#"
+#define THREADS 256
+
+// The sum of every thread's v in the block (THREADS threads).
+__device__ double block_sum(double v, double* sh) {
+    sh[threadIdx.x] = v;
+    __syncthreads();
+    for (int o = THREADS / 2; o > 0; o /= 2) {
+        if (threadIdx.x < o) sh[threadIdx.x] += sh[threadIdx.x + o];
+        __syncthreads();
+    }
+    const double r = sh[0];
+    __syncthreads();
+    return r;
+}
+
+// Element k of channel ch's m = n·s values of x [n, c, s].
+__device__ size_t at(size_t k, int ch, int c, int s) {
+    return ((k / s) * c + ch) * s + k % s;
+}
+
+// Channel ch's mean and biased variance.
+__device__ float2 moments(const float* x, int ch, int n, int c, int s, double* sh) {
+    const size_t m = (size_t)n * s;
+    double acc = 0.0;
+    for (size_t k = threadIdx.x; k < m; k += THREADS) acc += x[at(k, ch, c, s)];
+    const float mu = (float)(block_sum(acc, sh) / m);
+    acc = 0.0;
+    for (size_t k = threadIdx.x; k < m; k += THREADS) {
+        const float d = x[at(k, ch, c, s)] - mu;
+        acc += d * d;
+    }
+    return make_float2(mu, (float)(block_sum(acc, sh) / m));
+}
+
+extern "C" __global__ void mtl_bn_train(const float* x, const float* g, const float* b, float* y,
+                                        float* mean, float* var, int n, int c, int s, float eps) {
+    __shared__ double sh[THREADS];
+    const int ch = blockIdx.x;
+    const float2 mv = moments(x, ch, n, c, s, sh);
+    const float inv = 1.0f / sqrtf(mv.y + eps);
+    const float scale = g[ch] * inv, shift = b[ch] - g[ch] * inv * mv.x;
+    const size_t m = (size_t)n * s;
+    for (size_t k = threadIdx.x; k < m; k += THREADS) {
+        const size_t i = at(k, ch, c, s);
+        y[i] = x[i] * scale + shift;
+    }
+    if (threadIdx.x == 0) {
+        mean[ch] = mv.x;
+        var[ch] = mv.y;
+    }
+}
+
+// dβ = Σ dy, dγ = Σ dy·x̂, dx = γ / (m·√(σ² + ε)) · (m·dy − dβ − x̂·dγ).
+extern "C" __global__ void mtl_bn_grad(const float* x, const float* g, const float* dy, float* dx,
+                                       float* dg, float* db, int n, int c, int s, float eps) {
+    __shared__ double sh[THREADS];
+    const int ch = blockIdx.x;
+    const float2 mv = moments(x, ch, n, c, s, sh);
+    const float inv = 1.0f / sqrtf(mv.y + eps);
+    const size_t m = (size_t)n * s;
+    double sb = 0.0, sg = 0.0;
+    for (size_t k = threadIdx.x; k < m; k += THREADS) {
+        const size_t i = at(k, ch, c, s);
+        sb += dy[i];
+        sg += dy[i] * (x[i] - mv.x);
+    }
+    const float dbeta = (float)block_sum(sb, sh);
+    const float dgamma = (float)(block_sum(sg, sh) * inv);
+    const float k0 = g[ch] * inv / m;
+    for (size_t k = threadIdx.x; k < m; k += THREADS) {
+        const size_t i = at(k, ch, c, s);
+        const float xhat = (x[i] - mv.x) * inv;
+        dx[i] = k0 * ((float)m * dy[i] - dbeta - xhat * dgamma);
+    }
+    if (threadIdx.x == 0) {
+        dg[ch] = dgamma;
+        db[ch] = dbeta;
+    }
+}
+"#;
+
+    const MODULE: (&str, &str) = ("mtl_batch_norm", SOURCE);
+    const THREADS: u32 = 256;
+
+    fn args((n, c, s): (usize, usize, usize), eps: f64) -> [Arg; 4] {
+        let i = |v: usize| Arg::I32(v as i32);
+        [i(n), i(c), i(s), Arg::F32(eps as f32)]
+    }
+
+    /// (y, batch mean, batch variance) from x, γ and β (`operands`).
+    pub fn forward(
+        operands: [(&CudaStorage, &Layout); 3],
+        dims: (usize, usize, usize),
+        eps: f64,
+    ) -> Result<(CudaStorage, Tensor, Tensor)> {
+        let (n, c, s) = dims;
+        let name = "mtl_bn_train";
+        let lens = [n * c * s, c, c];
+        let grid = blocks(c, THREADS);
+        let outs = launch_on(MODULE, name, &operands, &lens, grid, &args(dims, eps))?;
+        let [y, mean, var]: [CudaStorage; 3] = outs.try_into().map_err(|_| missing(name))?;
+        Ok((y, tensor(mean, c), tensor(var, c)))
+    }
+
+    /// (dx, dγ, dβ).
+    pub fn backward(
+        x: &Tensor,
+        g: &Tensor,
+        dy: &Tensor,
+        dims: (usize, usize, usize),
+        eps: f64,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let (n, c, s) = dims;
+        let name = "mtl_bn_grad";
+        let lens = [n * c * s, c, c];
+        let grid = blocks(c, THREADS);
+        let outs = launch_tensors(MODULE, name, &[x, g, dy], &lens, grid, &args(dims, eps))?;
+        let [dx, dg, db]: [CudaStorage; 3] = outs.try_into().map_err(|_| missing(name))?;
+        Ok((tensor(dx, x.shape()), tensor(dg, c), tensor(db, c)))
     }
 }
 
@@ -222,6 +387,8 @@ mod tests {
             let want_var = v.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             assert!(saved
                 .1
+                .to_vec1::<f32>()
+                .unwrap()
                 .iter()
                 .zip(&want_var)
                 .all(|(a, b)| (a - b).abs() < 1e-5));

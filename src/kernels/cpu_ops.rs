@@ -40,6 +40,9 @@ pub struct MaxPool2d {
     pub s: (usize, usize),
     train: bool,
     argmax: Mutex<Option<Vec<u16>>>,
+    /// On CUDA, the training forward's first-maximum offsets.
+    #[cfg(feature = "cuda")]
+    kept: Mutex<Option<Tensor>>,
 }
 
 impl MaxPool2d {
@@ -49,6 +52,8 @@ impl MaxPool2d {
             s,
             train,
             argmax: Mutex::new(None),
+            #[cfg(feature = "cuda")]
+            kept: Mutex::new(None),
         }
     }
     fn out(&self, h: usize, w: usize) -> (usize, usize) {
@@ -291,9 +296,30 @@ impl CustomOp1 for MaxPool2d {
         }
         Ok((CpuStorage::F32(y), Shape::from((n, c, oh, ow))))
     }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (n, c, h, w) = l.shape().dims4()?;
+        let Some((oh, ow)) = self.out_dims(h, w) else {
+            candle_core::bail!("max pool of {:?} does not fit [{h}, {w}]", self.k)
+        };
+        let geo = (n * c, (h, w), (oh, ow), self.k, self.s);
+        let (y, arg) = super::max_pool_cuda::forward((s, l), geo, self.train)?;
+        if let (Some(arg), Ok(mut slot)) = (arg, self.kept.lock()) {
+            *slot = Some(arg);
+        }
+        Ok((y, Shape::from((n, c, oh, ow))))
+    }
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let (_, _, h, w) = x.dims4()?;
         let (oh, ow) = self.out(h, w);
+        #[cfg(feature = "cuda")]
+        if x.device().is_cuda() {
+            return self.cuda_bwd(x, grad).map(Some);
+        }
         let arg = match self.argmax.lock().ok().and_then(|mut a| a.take()) {
             Some(a) => a,
             None => {
@@ -319,6 +345,29 @@ impl CustomOp1 for MaxPool2d {
         let mut dx = vec![0f32; x.elem_count()];
         self.backward_into(&arg, (h, w), &host(grad)?, &mut dx);
         Ok(Some(Tensor::from_vec(dx, x.dims(), x.device())?))
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl MaxPool2d {
+    /// x's gradient on CUDA, from the kept offsets (recomputed when a
+    /// backward finds none, as on the CPU).
+    fn cuda_bwd(&self, x: &Tensor, grad: &Tensor) -> Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        let (oh, ow) = self.out(h, w);
+        let kept = self.kept.lock().ok().and_then(|mut k| k.take());
+        let arg = match kept {
+            Some(a) if a.elem_count() == grad.elem_count() => a,
+            _ => {
+                let again = MaxPool2d::new(self.k, self.s, true);
+                x.contiguous()?.apply_op1_no_bwd(&again)?;
+                let k = again.kept.lock().ok().and_then(|mut k| k.take());
+                k.ok_or_else(|| candle_core::Error::Msg("max pool: nothing kept".into()))?
+            }
+        };
+        let geo = (n * c, (h, w), (oh, ow), self.k, self.s);
+        let dx = super::max_pool_cuda::backward(grad, &arg, geo)?;
+        Ok(super::cuda::tensor(dx, x.dims()))
     }
 }
 

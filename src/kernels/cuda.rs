@@ -6,7 +6,8 @@
 use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::cudarc::nvrtc;
 use candle_core::cuda_backend::WrapErr;
-use candle_core::{CudaStorage, Layout, Result};
+use candle_core::op::BackpropOp;
+use candle_core::{CudaStorage, Layout, Result, Shape, Storage, Tensor};
 use std::sync::Mutex;
 
 /// A scalar argument after the output pointer.
@@ -43,9 +44,18 @@ pub fn launch(
     args: &[Arg],
 ) -> Result<CudaStorage> {
     let config = LaunchConfig::for_num_elems(threads as u32);
-    let mut outs = launch_on((module, source), name, operands, &[out_len], config, args)?;
-    outs.pop()
-        .ok_or_else(|| candle_core::Error::Msg(format!("{name}: no output")))
+    let outs = launch_on((module, source), name, operands, &[out_len], config, args)?;
+    first(outs, name)
+}
+
+/// The first of a kernel's outputs.
+pub fn first(outs: Vec<CudaStorage>, name: &str) -> Result<CudaStorage> {
+    outs.into_iter().next().ok_or_else(|| missing(name))
+}
+
+/// The error of a kernel call that left out an output.
+pub fn missing(name: &str) -> candle_core::Error {
+    candle_core::Error::Msg(format!("{name}: an output is missing"))
 }
 
 /// Runs kernel `name` of `module` on the grid `config`: the operands, fresh
@@ -93,4 +103,48 @@ pub fn launch_on(
         .into_iter()
         .map(|o| CudaStorage::wrap_cuda_slice(o, dev.clone()))
         .collect())
+}
+
+/// [`launch_on`] over tensors (a backward's operands; made contiguous
+/// here), which must be on a CUDA device.
+pub fn launch_tensors(
+    module: (&'static str, &'static str),
+    name: &str,
+    operands: &[&Tensor],
+    out_lens: &[usize],
+    config: LaunchConfig,
+    args: &[Arg],
+) -> Result<Vec<CudaStorage>> {
+    let operands = operands
+        .iter()
+        .map(|x| x.contiguous())
+        .collect::<Result<Vec<_>>>()?;
+    let guards: Vec<_> = operands.iter().map(|x| x.storage_and_layout()).collect();
+    let storages = guards
+        .iter()
+        .map(|(s, l)| match &**s {
+            Storage::Cuda(c) => Ok((c, *l)),
+            _ => candle_core::bail!("{name}: operands on a CUDA device only"),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    launch_on(module, name, &storages, out_lens, config, args)
+}
+
+/// A fresh tensor over a kernel's output (contiguous, outside autograd).
+pub fn tensor(s: CudaStorage, shape: impl Into<Shape>) -> Tensor {
+    Tensor::from_storage(Storage::Cuda(s), shape, BackpropOp::none(), false)
+}
+
+/// A grid of `blocks` blocks of `threads` threads, no dynamic shared memory.
+pub fn blocks(blocks: usize, threads: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (blocks.max(1) as u32, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// A grid of a warp per row, eight rows (256 threads) per block.
+pub fn warp_rows(rows: usize) -> LaunchConfig {
+    blocks(rows.div_ceil(8), 256)
 }

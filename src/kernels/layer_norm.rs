@@ -71,6 +71,25 @@ impl CustomOp3 for LayerNormTrain {
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let d = row_len(l1.shape())?;
+        if l2.shape().elem_count() != d || l3.shape().elem_count() != d {
+            candle_core::bail!("layer norm: {d} features, but γ {l2:?} and β {l3:?}")
+        }
+        let rows = l1.shape().elem_count() / d;
+        let y = cuda::forward([(s1, l1), (s2, l2), (s3, l3)], (rows, d), self.eps)?;
+        Ok((y, l1.shape().clone()))
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -80,6 +99,11 @@ impl CustomOp3 for LayerNormTrain {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let d = row_len(x.shape())?;
+        #[cfg(feature = "cuda")]
+        if x.device().is_cuda() {
+            let (dx, dg, db) = cuda::backward(x, gamma, grad, d, self.eps)?;
+            return Ok((Some(dx), Some(dg), Some(db)));
+        }
         let (xv, g, dy) = (host(x)?, host(gamma)?, host(grad)?);
         let rows = xv.len() / d;
         let mut dx = vec![0f32; xv.len()];
@@ -110,6 +134,151 @@ impl CustomOp3 for LayerNormTrain {
             Some(Tensor::from_vec(f32s(dgamma), d, dev)?),
             Some(Tensor::from_vec(f32s(dbeta), d, dev)?),
         ))
+    }
+}
+
+/// The CUDA side: a warp per row for the output and x's gradient; γ's and
+/// β's gradients as column sums, a thread per column and eighth of the rows.
+#[cfg(feature = "cuda")]
+mod cuda {
+    use crate::kernels::cuda::{self as launcher, first, missing, tensor, warp_rows, Arg};
+    use candle_core::{CudaStorage, Layout, Result, Tensor};
+
+    const SOURCE: &str = r#"
+__device__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffff, v, o);
+    return v;
+}
+
+// The row's mean and 1/√(σ² + ε) (biased variance, two passes).
+__device__ float2 row_stats(const float* xr, int d, float eps, int lane) {
+    float s = 0.0f;
+    for (int k = lane; k < d; k += 32) s += xr[k];
+    const float mu = warp_sum(s) / d;
+    float v = 0.0f;
+    for (int k = lane; k < d; k += 32) v += (xr[k] - mu) * (xr[k] - mu);
+    return make_float2(mu, 1.0f / sqrtf(warp_sum(v) / d + eps));
+}
+
+extern "C" __global__ void mtl_ln_rows(const float* x, const float* g, const float* b, float* y,
+                                       int rows, int d, float eps) {
+    const int r = blockIdx.x * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (r >= rows) return;
+    const size_t o = (size_t)r * d;
+    const float2 st = row_stats(x + o, d, eps, lane);
+    for (int k = lane; k < d; k += 32) y[o + k] = (x[o + k] - st.x) * st.y * g[k] + b[k];
+}
+
+// dx = (dy·γ − mean(dy·γ) − x̂·mean(dy·γ·x̂)) / √(σ² + ε); each row's mean
+// and 1/√(σ² + ε) into stats [2, rows] for the parameters' kernel.
+extern "C" __global__ void mtl_ln_rows_grad(const float* x, const float* g, const float* dy,
+                                            float* dx, float* stats, int rows, int d, float eps) {
+    const int r = blockIdx.x * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (r >= rows) return;
+    const size_t o = (size_t)r * d;
+    const float2 st = row_stats(x + o, d, eps, lane);
+    float mg = 0.0f, mgx = 0.0f;
+    for (int k = lane; k < d; k += 32) {
+        const float gk = dy[o + k] * g[k];
+        mg += gk;
+        mgx += gk * (x[o + k] - st.x) * st.y;
+    }
+    mg = warp_sum(mg) / d;
+    mgx = warp_sum(mgx) / d;
+    for (int k = lane; k < d; k += 32) {
+        const float xhat = (x[o + k] - st.x) * st.y;
+        dx[o + k] = (dy[o + k] * g[k] - mg - xhat * mgx) * st.y;
+    }
+    if (lane == 0) {
+        stats[r] = st.x;
+        stats[rows + r] = st.y;
+    }
+}
+
+// dγ = Σ dy·x̂ and dβ = Σ dy over rows: 32 columns per block, each summed by
+// 8 threads over every eighth row (reads coalesced along the columns), then
+// added in a fixed order.
+extern "C" __global__ void mtl_ln_params_grad(const float* x, const float* dy, const float* stats,
+                                              float* dg, float* db, int rows, int d) {
+    __shared__ float sg[8][32], sb[8][32];
+    const int lane = threadIdx.x % 32, part = threadIdx.x / 32, col = blockIdx.x * 32 + lane;
+    float a = 0.0f, c = 0.0f;
+    if (col < d) {
+        for (int r = part; r < rows; r += 8) {
+            const size_t i = (size_t)r * d + col;
+            a += dy[i] * (x[i] - stats[r]) * stats[rows + r];
+            c += dy[i];
+        }
+    }
+    sg[part][lane] = a;
+    sb[part][lane] = c;
+    __syncthreads();
+    if (part == 0 && col < d) {
+        for (int p = 1; p < 8; p++) {
+            a += sg[p][lane];
+            c += sb[p][lane];
+        }
+        dg[col] = a;
+        db[col] = c;
+    }
+}
+"#;
+
+    const MODULE: (&str, &str) = ("mtl_layer_norm", SOURCE);
+
+    fn dims((rows, d): (usize, usize)) -> [Arg; 2] {
+        [Arg::I32(rows as i32), Arg::I32(d as i32)]
+    }
+
+    /// y from x, γ and β (`operands`) of `rows` rows of `d` features.
+    pub fn forward(
+        operands: [(&CudaStorage, &Layout); 3],
+        (rows, d): (usize, usize),
+        eps: f64,
+    ) -> Result<CudaStorage> {
+        let [r, c] = dims((rows, d));
+        let args = [r, c, Arg::F32(eps as f32)];
+        let name = "mtl_ln_rows";
+        let outs =
+            launcher::launch_on(MODULE, name, &operands, &[rows * d], warp_rows(rows), &args)?;
+        first(outs, name)
+    }
+
+    /// (dx, dγ, dβ).
+    pub fn backward(
+        x: &Tensor,
+        g: &Tensor,
+        dy: &Tensor,
+        d: usize,
+        eps: f64,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let rows = x.elem_count() / d;
+        let [r, c] = dims((rows, d));
+        let args = [r, c, Arg::F32(eps as f32)];
+        let name = "mtl_ln_rows_grad";
+        let grid = warp_rows(rows);
+        let outs = launcher::launch_tensors(
+            MODULE,
+            name,
+            &[x, g, dy],
+            &[rows * d, 2 * rows],
+            grid,
+            &args,
+        )?;
+        let [dx, stats]: [CudaStorage; 2] = outs.try_into().map_err(|_| missing(name))?;
+        let stats = tensor(stats, 2 * rows);
+        let name = "mtl_ln_params_grad";
+        let grid = launcher::blocks(d.div_ceil(32), 256);
+        let outs = launcher::launch_tensors(
+            MODULE,
+            name,
+            &[x, dy, &stats],
+            &[d, d],
+            grid,
+            &dims((rows, d)),
+        )?;
+        let [dg, db]: [CudaStorage; 2] = outs.try_into().map_err(|_| missing(name))?;
+        Ok((tensor(dx, x.shape()), tensor(dg, d), tensor(db, d)))
     }
 }
 

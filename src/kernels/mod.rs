@@ -23,6 +23,8 @@ pub mod linear;
 pub mod lstm;
 pub mod lstm_cell;
 pub mod math;
+#[cfg(feature = "cuda")]
+mod max_pool_cuda;
 pub mod par;
 #[cfg(feature = "cuda")]
 pub mod recurrence_cuda;
@@ -73,6 +75,13 @@ pub fn sequence_op(x: &candle_core::Tensor, units: usize) -> bool {
 /// path); Metal has no code of ours.
 pub fn gpu_path(x: &candle_core::Tensor) -> bool {
     x.dtype() == candle_core::DType::F32 && !native(x) && !x.device().is_metal()
+}
+
+/// Whether one of our ops that has CPU and CUDA code (norms, the
+/// attention's softmax, the max pool, the recurrences) serves `x`: on our
+/// CPU kernels' path or on the GPU path ([`native`] or [`gpu_path`]).
+pub fn both_paths(x: &candle_core::Tensor) -> bool {
+    native(x) || gpu_path(x)
 }
 
 /// Candle's ops instead of ours on this thread (the one that runs the

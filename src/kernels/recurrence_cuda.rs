@@ -23,10 +23,9 @@
 //! H ≤ [`MAX_UNITS`] (48 KiB, the default limit without opting in); wider
 //! recurrences keep the step loop.
 
-use super::cuda::{launch, launch_on, Arg};
+use super::cuda::{launch, launch_on, launch_tensors, missing, tensor, Arg};
 use candle_core::cuda_backend::cudarc::driver::LaunchConfig;
-use candle_core::op::BackpropOp;
-use candle_core::{CudaStorage, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CudaStorage, Layout, Result, Tensor};
 
 /// Batch rows per thread block; the `#define ROWS` of the kernels' source must agree.
 const ROWS: usize = 4;
@@ -37,6 +36,19 @@ pub const MAX_UNITS: usize = 48 * 1024 / (4 * 6 * ROWS);
 const SOURCE: &str = r#"
 #define ROWS 4
 __device__ __forceinline__ float sg(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+// acc[r] += Σ_q in[r·k + q] · w[q·n + col] for the block's ROWS rows: column
+// `col` of the [ROWS, k] · [k, n] product, each weight read once for all rows
+// (the rows from shared memory, the weights coalesced across the threads'
+// columns). The forward's h·W_hhᵀ and the backward's dgates·W_hh.
+__device__ __forceinline__ void rows_times(const float* in, const float* w, int k, int n, int col,
+                                           float* acc) {
+    for (int q = 0; q < k; ++q) {
+        const float wv = w[(size_t)q * n + col];
+#pragma unroll
+        for (int r = 0; r < ROWS; ++r) acc[r] += in[r * k + q] * wv;
+    }
+}
 
 extern "C" __global__ void mtl_transpose(const float* w, float* out, int rows, int cols) {
     int k = blockIdx.x * blockDim.x + threadIdx.x;
@@ -63,11 +75,7 @@ extern "C" __global__ void mtl_lstm_seq(const float* xw, const float* wt, float*
             float acc[ROWS];
 #pragma unroll
             for (int r = 0; r < ROWS; ++r) acc[r] = 0.0f;
-            for (int q = 0; q < h; ++q) {
-                const float w = wt[(size_t)q * g4 + j];
-#pragma unroll
-                for (int r = 0; r < ROWS; ++r) acc[r] += hsm[r * h + q] * w;
-            }
+            rows_times(hsm, wt, h, g4, j, acc);
 #pragma unroll
             for (int r = 0; r < ROWS; ++r)
                 if (r < nr) gsm[r * g4 + j] = acc[r] + xw[((size_t)(r0 + r) * t + ts) * g4 + j];
@@ -115,11 +123,7 @@ extern "C" __global__ void mtl_lstm_seq_grad(const float* w, const float* grad, 
                 float acc[ROWS];
 #pragma unroll
                 for (int r = 0; r < ROWS; ++r) acc[r] = 0.0f;
-                for (int j = 0; j < g4; ++j) {
-                    const float wv = w[(size_t)j * h + u];
-#pragma unroll
-                    for (int r = 0; r < ROWS; ++r) acc[r] += dgs[r * g4 + j] * wv;
-                }
+                rows_times(dgs, w, g4, h, u, acc);
 #pragma unroll
                 for (int r = 0; r < ROWS; ++r) dhs[r * h + u] = acc[r];
             }
@@ -167,11 +171,7 @@ extern "C" __global__ void mtl_gru_seq(const float* xw, const float* wt, const f
             float acc[ROWS];
 #pragma unroll
             for (int r = 0; r < ROWS; ++r) acc[r] = 0.0f;
-            for (int q = 0; q < h; ++q) {
-                const float w = wt[(size_t)q * g3 + j];
-#pragma unroll
-                for (int r = 0; r < ROWS; ++r) acc[r] += hsm[r * h + q] * w;
-            }
+            rows_times(hsm, wt, h, g3, j, acc);
 #pragma unroll
             for (int r = 0; r < ROWS; ++r) wsm[r * g3 + j] = acc[r] + bias[j];
         }
@@ -219,11 +219,7 @@ extern "C" __global__ void mtl_gru_seq_grad(const float* w, const float* grad, c
                 float acc[ROWS];
 #pragma unroll
                 for (int r = 0; r < ROWS; ++r) acc[r] = crs[r * h + u];
-                for (int j = 0; j < g3; ++j) {
-                    const float wv = w[(size_t)j * h + u];
-#pragma unroll
-                    for (int r = 0; r < ROWS; ++r) acc[r] += dws[r * g3 + j] * wv;
-                }
+                rows_times(dws, w, g3, h, u, acc);
 #pragma unroll
                 for (int r = 0; r < ROWS; ++r) dhs[r * h + u] = acc[r];
             }
@@ -284,10 +280,6 @@ fn dims((b, t, h): (usize, usize, usize), reverse: bool, more: &[i32]) -> Vec<Ar
         .chain(more.iter().copied())
         .map(Arg::I32)
         .collect()
-}
-
-fn missing(name: &str) -> candle_core::Error {
-    candle_core::Error::Msg(format!("{name}: an output is missing"))
 }
 
 /// The LSTM forward from `xw` [B, T, 4H] and W_hh [4H, H]: the hidden
@@ -395,20 +387,8 @@ fn on_tensors(
     (b, t, h, gates): (usize, usize, usize, usize),
     reverse: bool,
 ) -> Result<Vec<CudaStorage>> {
-    let operands = operands
-        .iter()
-        .map(|x| x.contiguous())
-        .collect::<Result<Vec<_>>>()?;
-    let guards: Vec<_> = operands.iter().map(|x| x.storage_and_layout()).collect();
-    let storages = guards
-        .iter()
-        .map(|(s, l)| match &**s {
-            Storage::Cuda(c) => Ok((c, *l)),
-            _ => candle_core::bail!("{name}: operands on a CUDA device only"),
-        })
-        .collect::<Result<Vec<_>>>()?;
     let args = dims((b, t, h), reverse, &[]);
-    launch_on(MODULE, name, &storages, out_lens, grid(b, h, gates), &args)
+    launch_tensors(MODULE, name, operands, out_lens, grid(b, h, gates), &args)
 }
 
 /// The hidden state before each step's, [B, T, H]: `hs` shifted one step
@@ -424,9 +404,4 @@ pub fn previous_states(hs: &Tensor, reverse: bool) -> Result<Tensor> {
         false => Tensor::cat(&[&zero, &hs.narrow(1, 0, t - 1)?], 1),
         true => Tensor::cat(&[&hs.narrow(1, 1, t - 1)?, &zero], 1),
     }
-}
-
-/// A fresh tensor over a kernel's output (contiguous, outside autograd).
-fn tensor(s: CudaStorage, shape: impl Into<Shape>) -> Tensor {
-    Tensor::from_storage(Storage::Cuda(s), shape, BackpropOp::none(), false)
 }

@@ -55,8 +55,24 @@ impl CustomOp1 for SoftmaxLastDim {
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let d = row_len(l.shape())?;
+        let rows = l.shape().elem_count() / d;
+        let out = cuda::rows("mtl_softmax_rows", &[(s, l)], (rows, d))?;
+        Ok((out, l.shape().clone()))
+    }
+
     fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let d = row_len(res.shape())?;
+        #[cfg(feature = "cuda")]
+        if res.device().is_cuda() {
+            return cuda::grad(res, grad, d).map(Some);
+        }
         let (y, dy) = (host(res)?, host(grad)?);
         let mut dx = vec![0f32; y.len()];
         let big = y.len() >= par::MIN_ELEMENTS;
@@ -68,6 +84,78 @@ impl CustomOp1 for SoftmaxLastDim {
             }
         });
         Ok(Some(Tensor::from_vec(dx, res.dims(), res.device())?))
+    }
+}
+
+/// The CUDA side: a warp per row, as the CPU code a row per task.
+#[cfg(feature = "cuda")]
+mod cuda {
+    use crate::kernels::cuda::{first, launch_on, launch_tensors, tensor, warp_rows, Arg};
+    use candle_core::{CudaStorage, Layout, Result, Tensor};
+
+    const SOURCE: &str = r#"
+#define NEG_INF __int_as_float(0xff800000)
+
+__device__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffff, v, o);
+    return v;
+}
+
+extern "C" __global__ void mtl_softmax_rows(const float* x, float* y, int rows, int d) {
+    const int r = blockIdx.x * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (r >= rows) return;
+    const float* xr = x + (size_t)r * d;
+    float* yr = y + (size_t)r * d;
+    float m = NEG_INF;
+    for (int k = lane; k < d; k += 32) m = fmaxf(m, xr[k]);
+    for (int o = 16; o > 0; o /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, o));
+    float s = 0.0f;
+    for (int k = lane; k < d; k += 32) {
+        const float e = expf(xr[k] - m);
+        yr[k] = e;
+        s += e;
+    }
+    const float inv = 1.0f / warp_sum(s);
+    for (int k = lane; k < d; k += 32) yr[k] *= inv;
+}
+
+// dx = y ⊙ (dy − Σ dy ⊙ y) per row.
+extern "C" __global__ void mtl_softmax_rows_grad(const float* y, const float* dy, float* dx,
+                                                 int rows, int d) {
+    const int r = blockIdx.x * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (r >= rows) return;
+    const size_t o = (size_t)r * d;
+    float dot = 0.0f;
+    for (int k = lane; k < d; k += 32) dot += y[o + k] * dy[o + k];
+    dot = warp_sum(dot);
+    for (int k = lane; k < d; k += 32) dx[o + k] = y[o + k] * (dy[o + k] - dot);
+}
+"#;
+
+    const MODULE: (&str, &str) = ("mtl_softmax", SOURCE);
+
+    fn dims((rows, d): (usize, usize)) -> [Arg; 2] {
+        [Arg::I32(rows as i32), Arg::I32(d as i32)]
+    }
+
+    /// The forward kernel over `rows` rows of `d` values.
+    pub fn rows(
+        name: &str,
+        operands: &[(&CudaStorage, &Layout)],
+        (rows, d): (usize, usize),
+    ) -> Result<CudaStorage> {
+        let args = dims((rows, d));
+        let outs = launch_on(MODULE, name, operands, &[rows * d], warp_rows(rows), &args)?;
+        first(outs, name)
+    }
+
+    /// dx from the forward's output `y` and its gradient.
+    pub fn grad(y: &Tensor, dy: &Tensor, d: usize) -> Result<Tensor> {
+        let rows = y.elem_count() / d;
+        let name = "mtl_softmax_rows_grad";
+        let args = dims((rows, d));
+        let outs = launch_tensors(MODULE, name, &[y, dy], &[rows * d], warp_rows(rows), &args)?;
+        Ok(tensor(first(outs, name)?, y.shape()))
     }
 }
 

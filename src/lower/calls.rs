@@ -281,9 +281,10 @@ pub fn pool(
         (e(size), e(stride))
     };
     let y = match kind {
-        PoolKind::Max if crate::kernels::native(&x4) => x4
-            .contiguous()?
-            .apply_op1(crate::kernels::cpu_ops::MaxPool2d::new(k, s, train))?,
+        PoolKind::Max if crate::kernels::native(&x4) || train && crate::kernels::gpu_path(&x4) => {
+            x4.contiguous()?
+                .apply_op1(crate::kernels::cpu_ops::MaxPool2d::new(k, s, train))?
+        }
         PoolKind::Max if train && k == s => max_pool_first(&x4, k)?,
         PoolKind::Max => x4.max_pool2d_with_stride(k, s)?,
         PoolKind::Avg => x4.avg_pool2d_with_stride(k, s)?,
@@ -360,7 +361,7 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64, train: bool) -> 
     if !train {
         return candle_nn::ops::layer_norm(&x.contiguous()?, w, b, eps as f32);
     }
-    if crate::kernels::native(x) {
+    if crate::kernels::both_paths(x) {
         // Our op: one pass forward, the closed-form backward.
         let op = crate::kernels::layer_norm::LayerNormTrain { eps };
         return x
@@ -393,7 +394,7 @@ pub fn batch_norm(
         return Ok((y.to_dtype(x.dtype())?, stats));
     }
     let c = x.dim(1)?;
-    if train && crate::kernels::native(x) {
+    if train && crate::kernels::both_paths(x) {
         // Our op: one pass forward, the closed-form backward.
         let stats: crate::kernels::batch_norm::Stats = Default::default();
         let op = crate::kernels::batch_norm::BatchNormTrain {
@@ -408,10 +409,7 @@ pub fn batch_norm(
             candle_core::bail!("batch norm: the forward left no statistics")
         };
         let dev = x.device();
-        return Ok((
-            y,
-            Some((Tensor::from_vec(m, c, dev)?, Tensor::from_vec(v, c, dev)?)),
-        ));
+        return Ok((y, Some((m.to_device(dev)?, v.to_device(dev)?))));
     }
     let mut bshape = vec![1, c];
     bshape.extend(std::iter::repeat_n(1, x.rank() - 2));
@@ -706,7 +704,7 @@ pub fn attention(
     if let Some(a) = allowed {
         scores = scores.broadcast_add(&((a.to_dtype(DType::F32)? - 1.0)? * 1e9)?)?;
     }
-    let mut p = if train && crate::kernels::native(&scores) {
+    let mut p = if train && crate::kernels::both_paths(&scores) {
         // Our op: one pass forward, the closed-form backward.
         scores.apply_op1(crate::kernels::softmax::SoftmaxLastDim)?
     } else if train {
