@@ -9,6 +9,7 @@ mod common;
 
 use candle_core::{Device, Tensor, Var};
 use common::{compile, max_abs_diff, mtl_files, random_inputs};
+use mtl::kernels::attention::Sdpa;
 use mtl::kernels::batch_norm::{BatchNormTrain, Stats};
 use mtl::kernels::cpu_ops::MaxPool2d;
 use mtl::kernels::gru::GruSeq;
@@ -237,6 +238,58 @@ fn max_pool_matches_the_cpu() {
             let what = format!("max pool {k:?}/{s:?} of {shape:?}, train {train}");
             let x = std::slice::from_ref(&x);
             assert_matches_the_cpu(&gpu, x, (&kept, &on_gpu), (1e-6, 1e-6), &what);
+        }
+    }
+}
+
+/// The fused attention with its mask on the device against the CPU op with
+/// the same mask on the host: padding and causal masks with a query that
+/// may attend to no key, cross-attention shapes, more keys than a block
+/// has threads, a single key; kept and recomputed probabilities.
+#[test]
+fn attention_matches_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    for (b, h, tq, tk, kd, vd, masked) in [
+        (2, 3, 4, 5, 6, 2, true),
+        (3, 2, 16, 16, 16, 16, false),
+        (2, 2, 8, 300, 8, 24, true),
+        (1, 1, 1, 1, 3, 3, false),
+    ] {
+        let allowed: Option<Vec<f32>> = masked.then(|| {
+            (0..b * tq * tk)
+                .map(|n| {
+                    let (s, i, j) = (n / (tq * tk), n / tk % tq, n % tk);
+                    let blocked = j > i + 1 || (s == 0 && i == tq / 2) || (s > 0 && j == tk - 1);
+                    if blocked {
+                        0.0
+                    } else {
+                        1.0
+                    }
+                })
+                .collect()
+        });
+        let scale = 1.0 / (kd as f32).sqrt();
+        let operands: Vec<Tensor> = [(tq, kd), (tk, kd), (tk, vd)]
+            .iter()
+            .map(|&(t, d)| Tensor::randn(0f32, 1.0, (b, h, t, d), &Device::Cpu).unwrap())
+            .collect();
+        let on_cpu = |x: &[Tensor]| {
+            let op = Sdpa::new(scale, allowed.clone(), true);
+            x[0].apply_op3(&x[1], &x[2], op).unwrap()
+        };
+        for train in [true, false] {
+            let on_gpu = |x: &[Tensor]| {
+                let mask = allowed
+                    .clone()
+                    .map(|a| Tensor::from_vec(a, (b, tq, tk), x[0].device()).unwrap());
+                let op = Sdpa::with_mask(scale, mask, train).unwrap();
+                x[0].apply_op3(&x[1], &x[2], op).unwrap()
+            };
+            let what = format!(
+                "attention {:?}, train {train}",
+                (b, h, tq, tk, kd, vd, masked)
+            );
+            assert_matches_the_cpu(&gpu, &operands, (&on_cpu, &on_gpu), (1e-5, 1e-4), &what);
         }
     }
 }

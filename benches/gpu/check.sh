@@ -79,9 +79,9 @@ for dir in .gpu/fixtures tests/reference; do
 done
 
 # 2. Training on CUDA (the data is generated on first use, on the CPU), then
-#    the test set evaluated on CUDA.
+#    the test set evaluated on CUDA (SKIP_TRAIN=1 leaves it out).
 for precision in ${PRECISIONS:-f32 bf16}; do
-  left || break
+  left && [ -z "${SKIP_TRAIN:-}" ] || break
   t0=$SECONDS
   run="$work/run-$precision"
   ok=false
@@ -119,12 +119,12 @@ for m in $models; do
   bench "$m" train 256 f32 && bench "$m" train 256 bf16 || break
 done
 # Where a training step's time goes on the GPU (forward per op, backward, optimizer).
-if left; then
-  timeout 60 "$bin" bench models/shapes.mtl --train --device "$device" --profile --steps 10 --repeats 1 >"$out/profile-shapes.txt" 2>&1
-  for m in .gpu/fixtures/shapes_mm.mtl models/seed_multitask.mtl; do
-    timeout 60 "$bin" bench "$m" --train --device "$device" --profile --steps 10 --repeats 1 >>"$out/profile-more.txt" 2>&1
-  done
-fi
+# (PROFILE_MODELS: which; each into profile-NAME.txt.)
+for m in ${PROFILE_MODELS:-models/shapes.mtl .gpu/fixtures/shapes_mm.mtl models/seed_multitask.mtl}; do
+  left || break
+  timeout 60 "$bin" bench "$m" --train --device "$device" --profile --steps 10 --repeats 1 \
+    >"$out/profile-$(basename "$m" .mtl).txt" 2>&1
+done
 
 # 4. PyTorch on the same GPU (SKIP_TORCH=1 leaves it out, for a rerun of mtl alone).
 if left && [ -z "${SKIP_TORCH:-}" ]; then

@@ -48,7 +48,9 @@ import torch_bench  # noqa: E402
 
 out, budget = sys.argv[1], float(sys.argv[2]) if len(sys.argv) > 2 else 240.0
 start = time.time()
-eager = [("eager", 32, "f32"), ("eager", 256, "f32"), ("eager", 256, "bf16")]
+# TORCH_EAGER ("BATCH:PRECISION ...") narrows the eager points.
+points = os.environ.get("TORCH_EAGER", "32:f32 256:f32 256:bf16").split()
+eager = [("eager", int(b), p) for b, p in (x.split(":") for x in points)]
 # TORCH_MODELS (space-separated) narrows the plan to those models.
 only = set(os.environ.get("TORCH_MODELS", "").split())
 plan = [(m, eager) for m in sorted(torch_bench.MODELS)]

@@ -24,9 +24,21 @@ pub struct Sdpa {
     /// 1 where query i may attend to key j, 0 elsewhere: [B, Tq, Tk], shared
     /// by the heads of a sample; `None` allows every pair.
     pub allowed: Option<Vec<f32>>,
+    /// The same mask as a [B, Tq, Tk] tensor on a GPU ([`Sdpa::with_mask`]),
+    /// which its CUDA code reads there.
+    mask: Option<Tensor>,
     /// Keep P for backward (training).
     pub train: bool,
     probs: Mutex<Option<Vec<f32>>>,
+    /// On CUDA, P kept for backward.
+    #[cfg(feature = "cuda")]
+    kept: Mutex<Option<Tensor>>,
+}
+
+/// The most keys and the widest key or value rows the GPU path's fused
+/// attention takes (its CUDA code keeps a row's scores in shared memory).
+pub fn fits_gpu(tk: usize, kd: usize, vd: usize) -> bool {
+    tk <= 8192 && kd <= 1024 && vd <= 1024
 }
 
 impl Sdpa {
@@ -34,9 +46,24 @@ impl Sdpa {
         Sdpa {
             scale,
             allowed,
+            mask: None,
             train,
             probs: Mutex::new(None),
+            #[cfg(feature = "cuda")]
+            kept: Mutex::new(None),
         }
+    }
+
+    /// The op with its mask as a 0/1 [B, Tq, Tk] tensor where it was built
+    /// (the GPU path builds it on the device, so that no step waits for a
+    /// copy to the host); a mask on the CPU is read into the host form.
+    pub fn with_mask(scale: f32, mask: Option<Tensor>, train: bool) -> Result<Self> {
+        let mut op = Sdpa::new(scale, None, train);
+        match mask {
+            Some(m) if m.device().is_cpu() => op.allowed = Some(m.flatten_all()?.to_vec1()?),
+            m => op.mask = m,
+        }
+        Ok(op)
     }
 }
 
@@ -251,6 +278,9 @@ impl CustomOp3 for Sdpa {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (b, h, tq, tk, kd, vd) = dims(l1.shape(), l2.shape(), l3.shape())?;
+        if self.mask.is_some() {
+            candle_core::bail!("attention: a mask on a GPU for operands on the CPU")
+        }
         let (q, k, v) = (
             contiguous(s1, l1)?,
             contiguous(s2, l2)?,
@@ -274,6 +304,32 @@ impl CustomOp3 for Sdpa {
         Ok((CpuStorage::F32(out), Shape::from((b, h, tq, vd))))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let dims = dims(l1.shape(), l2.shape(), l3.shape())?;
+        let (b, h, tq, tk, kd, vd) = dims;
+        if !fits_gpu(tk, kd, vd) || self.allowed.is_some() {
+            candle_core::bail!(
+                "attention on CUDA: {tk} keys of {kd} and {vd} (at most 8192 of 1024), mask on the device"
+            )
+        }
+        let qkv = [(s1, l1), (s2, l2), (s3, l3)];
+        let (out, probs) =
+            super::attention_cuda::forward(qkv, self.mask.as_ref(), dims, self.scale, self.train)?;
+        if let (Some(p), Ok(mut slot)) = (probs, self.kept.lock()) {
+            *slot = Some(p);
+        }
+        Ok((out, Shape::from((b, h, tq, vd))))
+    }
+
     fn bwd(
         &self,
         q: &Tensor,
@@ -283,6 +339,11 @@ impl CustomOp3 for Sdpa {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (b, h, tq, tk, kd, vd) = dims(q.shape(), k.shape(), v.shape())?;
+        #[cfg(feature = "cuda")]
+        if q.device().is_cuda() {
+            let (dq, dk, dv) = self.cuda_bwd((q, k, v), grad, (b, h, tq, tk, kd, vd))?;
+            return Ok((Some(dq), Some(dk), Some(dv)));
+        }
         let (qv, kv, vv, dov) = (host(q)?, host(k)?, host(v)?, host(grad)?);
         let saved = self.probs.lock().ok().and_then(|mut s| s.take());
         let one = |blk: usize| {
@@ -341,6 +402,31 @@ impl CustomOp3 for Sdpa {
             Some(Tensor::from_vec(dk, k.dims(), dev)?),
             Some(Tensor::from_vec(dv, v.dims(), dev)?),
         ))
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl Sdpa {
+    /// The backward on CUDA from the kept probabilities (recomputed when a
+    /// backward finds none, as on the CPU).
+    fn cuda_bwd(
+        &self,
+        (q, k, v): (&Tensor, &Tensor, &Tensor),
+        grad: &Tensor,
+        dims: (usize, usize, usize, usize, usize, usize),
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let kept = self.kept.lock().ok().and_then(|mut p| p.take());
+        let probs = match kept {
+            Some(p) => p,
+            None => {
+                let again = Sdpa::with_mask(self.scale, self.mask.clone(), true)?;
+                q.contiguous()?
+                    .apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &again)?;
+                let p = again.kept.lock().ok().and_then(|mut p| p.take());
+                p.ok_or_else(|| candle_core::Error::Msg("attention: nothing kept".into()))?
+            }
+        };
+        super::attention_cuda::backward((q, k, v), &probs, grad, dims, self.scale)
     }
 }
 

@@ -4,6 +4,8 @@
 
 pub mod adam;
 pub mod attention;
+#[cfg(feature = "cuda")]
+mod attention_cuda;
 pub mod batch_norm;
 pub mod columns;
 pub mod conv;

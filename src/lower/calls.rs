@@ -4,6 +4,7 @@
 use super::Pads;
 use crate::ir::{Act, Ew, Op, Padding, PoolKind, RnnCell};
 use crate::ir::{Attend, GlobalPool, Pool, Rnn, Weighted};
+use crate::kernels::attention::{fits_gpu, Sdpa};
 use crate::pipeline::Mode;
 use candle_core::{DType, Result, Tensor, D};
 
@@ -642,7 +643,11 @@ pub fn attention(
     };
     // Keras scales the query before the product.
     let scale = 1.0 / (key_dim as f64).sqrt();
-    if crate::kernels::native(query) && drop.is_none() {
+    // Our fused op: on the CPU, and on the GPU path (its CUDA code) for rows
+    // that fit its shared memory.
+    let native = crate::kernels::native(query);
+    let gpu = crate::kernels::gpu_path(query) && fits_gpu(tk, key_dim, value_dim);
+    if (native || gpu) && drop.is_none() {
         // Self-attention projects Q, K and V in one GEMM over stacked weights
         // (three calls become one; at width 32, models/captions.mtl, no
         // difference was measurable on the 2-core machine).
@@ -662,8 +667,16 @@ pub fn attention(
             (split(query, w.q, key_dim)?, k, v)
         };
         // Our op: scores, mask, softmax and the weighted sum per head.
-        let allowed = allowed_pairs((b, tq, tk), queries, keys, causal)?;
-        let op = crate::kernels::attention::Sdpa::new(scale as f32, allowed, train);
+        let op = if native {
+            Sdpa::new(
+                scale as f32,
+                allowed_pairs((b, tq, tk), queries, keys, causal)?,
+                train,
+            )
+        } else {
+            let allowed = allowed_on_device((b, tq, tk), queries, keys, causal, query.device())?;
+            Sdpa::with_mask(scale as f32, allowed, train)?
+        };
         let o = q
             .apply_op3(&k, &v, op)?
             .transpose(1, 2)?
@@ -764,6 +777,34 @@ fn allowed_pairs(
         }
     }
     Ok(Some(out))
+}
+
+/// The pairs of [`allowed_pairs`] as a [B, Tq, Tk] tensor built where the
+/// masks are, so that a GPU step does not wait for a copy to the host.
+fn allowed_on_device(
+    (b, tq, tk): (usize, usize, usize),
+    queries: Option<&Tensor>,
+    keys: Option<&Tensor>,
+    causal: bool,
+    dev: &candle_core::Device,
+) -> Result<Option<Tensor>> {
+    if queries.is_none() && keys.is_none() && !causal {
+        return Ok(None);
+    }
+    let f = |m: &Tensor| m.detach().to_dtype(DType::F32);
+    let mut a = Tensor::ones((b, tq, tk), DType::F32, dev)?;
+    if let Some(m) = queries {
+        a = a.broadcast_mul(&f(m)?.reshape((b, tq, 1))?)?;
+    }
+    if let Some(m) = keys {
+        a = a.broadcast_mul(&f(m)?.reshape((b, 1, tk))?)?;
+    }
+    if causal {
+        let i = Tensor::arange(0u32, tq as u32, dev)?.reshape((tq, 1))?;
+        let j = Tensor::arange(0u32, tk as u32, dev)?.reshape((1, tk))?;
+        a = a.broadcast_mul(&f(&j.broadcast_le(&i)?)?)?;
+    }
+    Ok(Some(a))
 }
 
 /// Mean or max over tensor axis `axis`; with `valid` [B, T] (1 real, 0
