@@ -854,16 +854,26 @@ fn mean_over_steps(x: &Tensor, valid: Option<&Tensor>) -> Result<Tensor> {
 
 /// Σᵢ softmax(W·gate + b)ᵢ · expertᵢ, the experts of one shape [B, ...].
 pub fn mixture(experts: &[&Tensor], gate: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let g = candle_nn::ops::softmax(&dense(gate, w, b)?, 1)?; // [B, n]
-    let mut acc: Option<Tensor> = None;
-    for (i, e) in experts.iter().enumerate() {
-        let mut shape = vec![e.dim(0)?];
-        shape.extend(std::iter::repeat_n(1, e.rank() - 1));
-        let term = e.broadcast_mul(&g.narrow(1, i, 1)?.reshape(shape)?)?;
-        acc = Some(match acc {
-            Some(a) => (a + term)?,
-            None => term,
-        });
-    }
-    acc.ok_or_else(|| candle_core::Error::Msg("mixture of no experts".into()))
+    let logits = dense(gate, w, b)?; // [B, n]
+    let g = if crate::kernels::both_paths(&logits) {
+        logits
+            .contiguous()?
+            .apply_op1(crate::kernels::softmax::SoftmaxLastDim)?
+    } else {
+        candle_nn::ops::softmax(&logits, 1)?
+    };
+    let Some(first) = experts.first() else {
+        candle_core::bail!("mixture of no experts")
+    };
+    // Σ_i g_i·e_i as one batched product, [B, 1, n] · [B, n, F]: a stack
+    // and one GEMM forward, two GEMMs back, where a broadcast product and a
+    // sum per expert each had their own backward (on a GPU, launches).
+    let flat = experts
+        .iter()
+        .map(|e| e.flatten_from(1))
+        .collect::<Result<Vec<_>>>()?;
+    let stacked = Tensor::stack(&flat, 1)?; // [B, n, F]
+    g.unsqueeze(1)?
+        .matmul(&stacked)?
+        .reshape(first.shape())
 }
