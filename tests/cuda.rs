@@ -89,11 +89,14 @@ fn assert_matches_the_cpu(
 }
 
 /// Shapes for the sequence kernels: forward and reversed, a partial last
-/// block of rows, one step, and rows wider than the grid's 1,024 threads.
-const SEQUENCES: [(usize, usize, usize, bool); 5] = [
+/// block of rows, one step, and rows wider than the grid's 1,024 threads;
+/// W_hh in shared memory (up to 24 units within the default 48 KiB, 64
+/// units opted in above it) and, from 128 units, read from L2.
+const SEQUENCES: [(usize, usize, usize, bool); 6] = [
     (5, 7, 24, false),
     (5, 7, 24, true),
     (2, 1, 8, false),
+    (9, 5, 64, true),
     (33, 6, 128, true),
     (3, 4, 300, false),
 ];

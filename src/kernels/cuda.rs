@@ -84,6 +84,12 @@ pub fn launch_on(
         .iter()
         .map(|&n| unsafe { dev.alloc::<f32>(n.max(1)) })
         .collect::<Result<Vec<_>>>()?;
+    if config.shared_mem_bytes > 48 * 1024 {
+        // Above 48 KiB a kernel must opt in to its dynamic shared memory.
+        use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum as F;
+        let attr = F::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+        func.set_attribute(attr, config.shared_mem_bytes as i32).w()?;
+    }
     let mut b = func.builder();
     for s in &slices {
         b.arg(s);
@@ -103,6 +109,14 @@ pub fn launch_on(
         .into_iter()
         .map(|o| CudaStorage::wrap_cuda_slice(o, dev.clone()))
         .collect())
+}
+
+/// The most shared memory a block of `dev` may opt in to, in bytes.
+pub fn shared_optin(dev: &candle_core::CudaDevice) -> Result<usize> {
+    use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute_enum as A;
+    let attr = A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN;
+    let bytes = dev.cuda_stream().context().attribute(attr).w()?;
+    Ok(bytes.max(0) as usize)
 }
 
 /// [`launch_on`] over tensors (a backward's operands; made contiguous

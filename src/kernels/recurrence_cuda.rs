@@ -23,9 +23,9 @@
 //! H ≤ [`MAX_UNITS`] (48 KiB, the default limit without opting in); wider
 //! recurrences keep the step loop.
 
-use super::cuda::{launch, launch_on, launch_tensors, missing, tensor, Arg};
+use super::cuda::{launch, launch_on, launch_tensors, missing, shared_optin, tensor, Arg};
 use candle_core::cuda_backend::cudarc::driver::LaunchConfig;
-use candle_core::{CudaStorage, Layout, Result, Tensor};
+use candle_core::{CudaDevice, CudaStorage, Layout, Result, Tensor};
 
 /// Batch rows per thread block; the `#define ROWS` of the kernels' source must agree.
 const ROWS: usize = 4;
@@ -50,6 +50,15 @@ __device__ __forceinline__ void rows_times(const float* in, const float* w, int 
     }
 }
 
+// The weights a kernel reads each step: with w_smem, copied once into
+// shared memory after the rows' state (6·ROWS·H floats), else in place.
+__device__ __forceinline__ const float* weights(const float* w, int len, float* sm, int h, int w_smem) {
+    if (!w_smem) return w;
+    float* ws = sm + 6 * ROWS * h;
+    for (int e = threadIdx.x; e < len; e += blockDim.x) ws[e] = w[e];
+    return ws;
+}
+
 extern "C" __global__ void mtl_transpose(const float* w, float* out, int rows, int cols) {
     int k = blockIdx.x * blockDim.x + threadIdx.x;
     if (k >= rows * cols) return;
@@ -59,7 +68,8 @@ extern "C" __global__ void mtl_transpose(const float* w, float* out, int rows, i
 // xw [B, T, 4H], wt = W_hhᵀ [H, 4H] -> hs [B, T, H]; with `save`, also the
 // gate activations (i, f, g, o) [B, T, 4H] and the cell states [B, T, H].
 extern "C" __global__ void mtl_lstm_seq(const float* xw, const float* wt, float* hs, float* acts,
-                                        float* cs, int b, int t, int h, int reverse, int save) {
+                                        float* cs, int b, int t, int h, int reverse, int save,
+                                        int w_smem) {
     extern __shared__ float sm[];
     float* hsm = sm;                 // [ROWS, H] h of the step before
     float* csm = sm + ROWS * h;      // [ROWS, H] c of the step before
@@ -68,6 +78,7 @@ extern "C" __global__ void mtl_lstm_seq(const float* xw, const float* wt, float*
     const int r0 = blockIdx.x * ROWS;
     const int nr = min(ROWS, b - r0);
     for (int e = threadIdx.x; e < ROWS * h; e += blockDim.x) { hsm[e] = 0.0f; csm[e] = 0.0f; }
+    const float* wr = weights(wt, h * g4, sm, h, w_smem);
     __syncthreads();
     for (int k = 0; k < t; ++k) {
         const int ts = reverse ? t - 1 - k : k;
@@ -75,7 +86,7 @@ extern "C" __global__ void mtl_lstm_seq(const float* xw, const float* wt, float*
             float acc[ROWS];
 #pragma unroll
             for (int r = 0; r < ROWS; ++r) acc[r] = 0.0f;
-            rows_times(hsm, wt, h, g4, j, acc);
+            rows_times(hsm, wr, h, g4, j, acc);
 #pragma unroll
             for (int r = 0; r < ROWS; ++r)
                 if (r < nr) gsm[r * g4 + j] = acc[r] + xw[((size_t)(r0 + r) * t + ts) * g4 + j];
@@ -104,7 +115,8 @@ extern "C" __global__ void mtl_lstm_seq(const float* xw, const float* wt, float*
 // w = W_hh [4H, H], grad = ∂hs [B, T, H], acts and cs from the forward
 // -> the gates' pre-activation gradients dg [B, T, 4H].
 extern "C" __global__ void mtl_lstm_seq_grad(const float* w, const float* grad, const float* acts,
-                                             const float* cs, float* dg, int b, int t, int h, int reverse) {
+                                             const float* cs, float* dg, int b, int t, int h, int reverse,
+                                             int w_smem) {
     extern __shared__ float sm[];
     float* dgs = sm;                 // [ROWS, 4H] the later step's gate gradients
     float* dhs = sm + ROWS * 4 * h;  // [ROWS, H] dh carried from the later step
@@ -114,6 +126,7 @@ extern "C" __global__ void mtl_lstm_seq_grad(const float* w, const float* grad, 
     const int nr = min(ROWS, b - r0);
     for (int e = threadIdx.x; e < ROWS * h; e += blockDim.x) { dhs[e] = 0.0f; dcs[e] = 0.0f; }
     for (int e = threadIdx.x; e < ROWS * g4; e += blockDim.x) dgs[e] = 0.0f;
+    const float* wr = weights(w, g4 * h, sm, h, w_smem);
     __syncthreads();
     for (int k = t - 1; k >= 0; --k) {
         const int ts = reverse ? t - 1 - k : k;
@@ -123,7 +136,7 @@ extern "C" __global__ void mtl_lstm_seq_grad(const float* w, const float* grad, 
                 float acc[ROWS];
 #pragma unroll
                 for (int r = 0; r < ROWS; ++r) acc[r] = 0.0f;
-                rows_times(dgs, w, g4, h, u, acc);
+                rows_times(dgs, wr, g4, h, u, acc);
 #pragma unroll
                 for (int r = 0; r < ROWS; ++r) dhs[r * h + u] = acc[r];
             }
@@ -156,7 +169,8 @@ extern "C" __global__ void mtl_lstm_seq_grad(const float* w, const float* grad, 
 // wt = W_hhᵀ [H, 3H], bias = b_hh [3H] -> hs [B, T, H]; with `save`, per
 // step r, z, n and the recurrent n pre-activation hw_n [B, T, 4H].
 extern "C" __global__ void mtl_gru_seq(const float* xw, const float* wt, const float* bias, float* hs,
-                                       float* acts, int b, int t, int h, int reverse, int save) {
+                                       float* acts, int b, int t, int h, int reverse, int save,
+                                       int w_smem) {
     extern __shared__ float sm[];
     float* hsm = sm;              // [ROWS, H] h of the step before
     float* wsm = sm + ROWS * h;   // [ROWS, 3H] this step's h·W_hhᵀ + b_hh
@@ -164,6 +178,7 @@ extern "C" __global__ void mtl_gru_seq(const float* xw, const float* wt, const f
     const int r0 = blockIdx.x * ROWS;
     const int nr = min(ROWS, b - r0);
     for (int e = threadIdx.x; e < ROWS * h; e += blockDim.x) hsm[e] = 0.0f;
+    const float* wr = weights(wt, h * g3, sm, h, w_smem);
     __syncthreads();
     for (int k = 0; k < t; ++k) {
         const int ts = reverse ? t - 1 - k : k;
@@ -171,7 +186,7 @@ extern "C" __global__ void mtl_gru_seq(const float* xw, const float* wt, const f
             float acc[ROWS];
 #pragma unroll
             for (int r = 0; r < ROWS; ++r) acc[r] = 0.0f;
-            rows_times(hsm, wt, h, g3, j, acc);
+            rows_times(hsm, wr, h, g3, j, acc);
 #pragma unroll
             for (int r = 0; r < ROWS; ++r) wsm[r * g3 + j] = acc[r] + bias[j];
         }
@@ -200,7 +215,7 @@ extern "C" __global__ void mtl_gru_seq(const float* xw, const float* wt, const f
 // pre-activations' dhw [B, T, 3H].
 extern "C" __global__ void mtl_gru_seq_grad(const float* w, const float* grad, const float* hs,
                                             const float* acts, float* dx, float* dhw,
-                                            int b, int t, int h, int reverse) {
+                                            int b, int t, int h, int reverse, int w_smem) {
     extern __shared__ float sm[];
     float* dws = sm;                 // [ROWS, 3H] the later step's dhw
     float* dhs = sm + ROWS * 3 * h;  // [ROWS, H] dh carried from the later step
@@ -210,6 +225,7 @@ extern "C" __global__ void mtl_gru_seq_grad(const float* w, const float* grad, c
     const int nr = min(ROWS, b - r0);
     for (int e = threadIdx.x; e < ROWS * h; e += blockDim.x) { dhs[e] = 0.0f; crs[e] = 0.0f; }
     for (int e = threadIdx.x; e < ROWS * g3; e += blockDim.x) dws[e] = 0.0f;
+    const float* wr = weights(w, g3 * h, sm, h, w_smem);
     __syncthreads();
     for (int k = t - 1; k >= 0; --k) {
         const int ts = reverse ? t - 1 - k : k;
@@ -219,7 +235,7 @@ extern "C" __global__ void mtl_gru_seq_grad(const float* w, const float* grad, c
                 float acc[ROWS];
 #pragma unroll
                 for (int r = 0; r < ROWS; ++r) acc[r] = crs[r * h + u];
-                rows_times(dws, w, g3, h, u, acc);
+                rows_times(dws, wr, g3, h, u, acc);
 #pragma unroll
                 for (int r = 0; r < ROWS; ++r) dhs[r * h + u] = acc[r];
             }
@@ -252,13 +268,21 @@ const MODULE: (&str, &str) = ("mtl_recurrence", SOURCE);
 
 /// A recurrence's grid: a block per [`ROWS`] rows, a thread per gate
 /// column (`gates`·H of them, at most 1,024, looping over the rest), 6·H
-/// floats per row of shared memory (the most any kernel here takes).
-fn grid(b: usize, h: usize, gates: usize) -> LaunchConfig {
-    LaunchConfig {
+/// floats per row of shared memory (the most any kernel here takes); and
+/// W_hh's `gates`·H² floats after them where the device lets a block have
+/// that much (227 KiB on an H100 or H200: up to 117 LSTM units, 135 GRU
+/// units), so that every step reads the weights from shared memory rather
+/// than from L2. The flag is the kernels' last argument.
+fn grid(dev: &CudaDevice, b: usize, h: usize, gates: usize) -> Result<(LaunchConfig, i32)> {
+    let state = 4 * 6 * ROWS * h;
+    let weights = 4 * gates * h * h;
+    let in_smem = state + weights <= shared_optin(dev)?;
+    let config = LaunchConfig {
         grid_dim: (b.div_ceil(ROWS) as u32, 1, 1),
         block_dim: ((gates * h).next_multiple_of(32).min(1024) as u32, 1, 1),
-        shared_mem_bytes: (4 * 6 * ROWS * h) as u32,
-    }
+        shared_mem_bytes: (state + if in_smem { weights } else { 0 }) as u32,
+    };
+    Ok((config, in_smem as i32))
 }
 
 /// W_hh [G·H, H] → W_hhᵀ [H, G·H], which the forward kernels read a row
@@ -295,10 +319,11 @@ pub fn lstm_forward(
     let (wt, wtl) = transposed(w, 4 * h, h)?;
     let n = b * t * h;
     let lens = if save { [n, n * 4, n] } else { [n, 0, 0] };
-    let args = dims((b, t, h), reverse, &[save as i32]);
+    let (config, w_smem) = grid(&xw.0.device, b, h, 4)?;
+    let args = dims((b, t, h), reverse, &[save as i32, w_smem]);
     let name = "mtl_lstm_seq";
     let operands = [xw, (&wt, &wtl)];
-    let mut outs = launch_on(MODULE, name, &operands, &lens, grid(b, h, 4), &args)?.into_iter();
+    let mut outs = launch_on(MODULE, name, &operands, &lens, config, &args)?.into_iter();
     let hs = outs.next().ok_or_else(|| missing(name))?;
     let kept = match (save, outs.next(), outs.next()) {
         (true, Some(acts), Some(cs)) => Some((tensor(acts, (b, t, 4 * h)), tensor(cs, (b, t, h)))),
@@ -346,10 +371,11 @@ pub fn gru_forward(
     let (wt, wtl) = transposed(w, 3 * h, h)?;
     let n = b * t * h;
     let lens = if save { [n, n * 4] } else { [n, 0] };
-    let args = dims((b, t, h), reverse, &[save as i32]);
+    let (config, w_smem) = grid(&xw.0.device, b, h, 3)?;
+    let args = dims((b, t, h), reverse, &[save as i32, w_smem]);
     let name = "mtl_gru_seq";
     let operands = [xw, (&wt, &wtl), bias];
-    let mut outs = launch_on(MODULE, name, &operands, &lens, grid(b, h, 3), &args)?.into_iter();
+    let mut outs = launch_on(MODULE, name, &operands, &lens, config, &args)?.into_iter();
     let hs = outs.next().ok_or_else(|| missing(name))?;
     let kept = match (save, outs.next()) {
         (true, Some(acts)) => Some(tensor(acts, (b, t, 4 * h))),
@@ -387,8 +413,14 @@ fn on_tensors(
     (b, t, h, gates): (usize, usize, usize, usize),
     reverse: bool,
 ) -> Result<Vec<CudaStorage>> {
-    let args = dims((b, t, h), reverse, &[]);
-    launch_tensors(MODULE, name, operands, out_lens, grid(b, h, gates), &args)
+    let dev = operands
+        .first()
+        .ok_or_else(|| missing(name))?
+        .device()
+        .as_cuda_device()?;
+    let (config, w_smem) = grid(dev, b, h, gates)?;
+    let args = dims((b, t, h), reverse, &[w_smem]);
+    launch_tensors(MODULE, name, operands, out_lens, config, &args)
 }
 
 /// The hidden state before each step's, [B, T, H]: `hs` shifted one step
