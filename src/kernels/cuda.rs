@@ -88,7 +88,8 @@ pub fn launch_on(
         // Above 48 KiB a kernel must opt in to its dynamic shared memory.
         use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum as F;
         let attr = F::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
-        func.set_attribute(attr, config.shared_mem_bytes as i32).w()?;
+        func.set_attribute(attr, config.shared_mem_bytes as i32)
+            .w()?;
     }
     let mut b = func.builder();
     for s in &slices {

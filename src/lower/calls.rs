@@ -873,7 +873,5 @@ pub fn mixture(experts: &[&Tensor], gate: &Tensor, w: &Tensor, b: &Tensor) -> Re
         .map(|e| e.flatten_from(1))
         .collect::<Result<Vec<_>>>()?;
     let stacked = Tensor::stack(&flat, 1)?; // [B, n, F]
-    g.unsqueeze(1)?
-        .matmul(&stacked)?
-        .reshape(first.shape())
+    g.unsqueeze(1)?.matmul(&stacked)?.reshape(first.shape())
 }
