@@ -855,7 +855,26 @@ fn mean_over_steps(x: &Tensor, valid: Option<&Tensor>) -> Result<Tensor> {
 /// Σᵢ softmax(W·gate + b)ᵢ · expertᵢ, the experts of one shape [B, ...].
 pub fn mixture(experts: &[&Tensor], gate: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     let logits = dense(gate, w, b)?; // [B, n]
-    let g = if crate::kernels::both_paths(&logits) {
+    if crate::kernels::native(&logits) {
+        // Our CPU kernels' path: a broadcast product and a sum per expert.
+        // The batched product below was 0.69× as fast in training here
+        // (`mmoe`, 2 cores: 111,777 against 162,957 samples/s, best of 5
+        // alternated), its [1, n] · [n, F] GEMM per sample costing more
+        // than its arithmetic.
+        let g = candle_nn::ops::softmax(&logits, 1)?;
+        let mut acc: Option<Tensor> = None;
+        for (i, e) in experts.iter().enumerate() {
+            let mut shape = vec![e.dim(0)?];
+            shape.extend(std::iter::repeat_n(1, e.rank() - 1));
+            let term = e.broadcast_mul(&g.narrow(1, i, 1)?.reshape(shape)?)?;
+            acc = Some(match acc {
+                Some(a) => (a + term)?,
+                None => term,
+            });
+        }
+        return acc.ok_or_else(|| candle_core::Error::Msg("mixture of no experts".into()));
+    }
+    let g = if crate::kernels::gpu_path(&logits) {
         logits
             .contiguous()?
             .apply_op1(crate::kernels::softmax::SoftmaxLastDim)?
@@ -865,9 +884,10 @@ pub fn mixture(experts: &[&Tensor], gate: &Tensor, w: &Tensor, b: &Tensor) -> Re
     let Some(first) = experts.first() else {
         candle_core::bail!("mixture of no experts")
     };
-    // Σ_i g_i·e_i as one batched product, [B, 1, n] · [B, n, F]: a stack
-    // and one GEMM forward, two GEMMs back, where a broadcast product and a
-    // sum per expert each had their own backward (on a GPU, launches).
+    // The GPU path: Σ_i g_i·e_i as one batched product, [B, 1, n] · [B, n, F]:
+    // a stack and one GEMM forward, two GEMMs back, where a broadcast product
+    // and a sum per expert each had their own backward, each a launch
+    // (`mmoe` on an H200: 1.3× in training, 1.7–2.3× in inference).
     let flat = experts
         .iter()
         .map(|e| e.flatten_from(1))
