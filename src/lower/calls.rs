@@ -369,12 +369,7 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64, train: bool) -> 
             .contiguous()?
             .apply_op3(&w.contiguous()?, &b.contiguous()?, op);
     }
-    let mean = x.mean_keepdim(D::Minus1)?;
-    let xc = x.broadcast_sub(&mean)?;
-    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-    xc.broadcast_div(&(var + eps)?.sqrt()?)?
-        .broadcast_mul(w)?
-        .broadcast_add(b)
+    super::composite::layer_norm(x, w, b, eps)
 }
 
 /// Batch norm over the channel axis 1. Returns the output and, in training,
@@ -394,7 +389,6 @@ pub fn batch_norm(
         let (y, stats) = batch_norm(&f(x)?, &f(w)?, &f(b)?, &f(rm)?, &f(rv)?, eps, train)?;
         return Ok((y.to_dtype(x.dtype())?, stats));
     }
-    let c = x.dim(1)?;
     if train && crate::kernels::both_paths(x) {
         // Our op: one pass forward, the closed-form backward.
         let stats: crate::kernels::batch_norm::Stats = Default::default();
@@ -412,33 +406,8 @@ pub fn batch_norm(
         let dev = x.device();
         return Ok((y, Some((m.to_device(dev)?, v.to_device(dev)?))));
     }
-    let mut bshape = vec![1, c];
-    bshape.extend(std::iter::repeat_n(1, x.rank() - 2));
-    let (mean, var, stats) = if train {
-        let flat = x.transpose(0, 1)?.flatten_from(1)?; // [C, B·N]
-        let mean = flat.mean_keepdim(1)?;
-        let var = flat.broadcast_sub(&mean)?.sqr()?.mean_keepdim(1)?;
-        let (m, v) = (mean.flatten_all()?, var.flatten_all()?);
-        (
-            m.reshape(bshape.clone())?,
-            v.reshape(bshape.clone())?,
-            Some((m.detach(), v.detach())),
-        )
-    } else {
-        (
-            rm.reshape(bshape.clone())?,
-            rv.reshape(bshape.clone())?,
-            None,
-        )
-    };
-    let y = x
-        .broadcast_sub(&mean)?
-        .broadcast_div(&(var + eps)?.sqrt()?)?;
-    Ok((
-        y.broadcast_mul(&w.reshape(bshape.clone())?)?
-            .broadcast_add(&b.reshape(bshape)?)?,
-        stats,
-    ))
+    let running = (!train).then_some((rm, rv));
+    super::composite::batch_norm(x, (w, b), running, eps)
 }
 
 /// One recurrent direction's weights.

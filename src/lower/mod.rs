@@ -3,6 +3,7 @@
 
 pub(crate) mod calls;
 mod columns;
+mod composite;
 mod exec;
 mod kernel;
 mod legality;
