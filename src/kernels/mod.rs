@@ -32,6 +32,7 @@ pub mod par;
 pub mod recurrence_cuda;
 pub mod scratch;
 pub mod softmax;
+mod winograd;
 
 use std::cell::Cell;
 
