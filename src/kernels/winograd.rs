@@ -310,17 +310,35 @@ fn input_block(
                 ]
             });
             let [t0, t1, t2, t3] = t;
-            for (j, (((a, b), c2), d)) in t0.into_iter().zip(t1).zip(t2).zip(t3).enumerate() {
-                let vals = [
-                    _mm512_sub_ps(a, c2),
-                    _mm512_add_ps(b, c2),
-                    _mm512_sub_ps(c2, b),
-                    _mm512_sub_ps(b, d),
-                ];
-                for (i, val) in vals.into_iter().enumerate() {
-                    _mm512_storeu_ps(v.add(((4 * i + j) * c + ci) * cs + k), val);
-                }
-            }
+            let patch = [
+                std::array::from_fn(|j| _mm512_sub_ps(t0[j], t2[j])),
+                std::array::from_fn(|j| _mm512_add_ps(t1[j], t2[j])),
+                std::array::from_fn(|j| _mm512_sub_ps(t2[j], t1[j])),
+                std::array::from_fn(|j| _mm512_sub_ps(t1[j], t3[j])),
+            ];
+            store_patch(v, (c, ci, cs, k), patch);
+        }
+    }
+}
+
+/// Position e = 4i + j of a transformed 4×4 `patch` of 16 tiles into row
+/// `ch` of plane e of `dst` [16, n, cs], from column `k`.
+///
+/// # Safety
+/// AVX-512, and every row's 16 values inside `dst` (the callers check).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn store_patch(
+    dst: *mut f32,
+    (n, ch, cs, k): (usize, usize, usize, usize),
+    patch: [[std::arch::x86_64::__m512; 4]; 4],
+) {
+    for (i, row) in patch.into_iter().enumerate() {
+        for (j, val) in row.into_iter().enumerate() {
+            // SAFETY: inside `dst`, as the caller checked.
+            unsafe {
+                std::arch::x86_64::_mm512_storeu_ps(dst.add(((4 * i + j) * n + ch) * cs + k), val)
+            };
         }
     }
 }
@@ -370,17 +388,15 @@ fn grad_block(
                 ],
                 [_mm512_sub_ps(zero, q[1][0]), _mm512_sub_ps(zero, q[1][1])],
             ];
-            for (i, [a, b]) in r.into_iter().enumerate() {
-                let vals = [
+            let patch = r.map(|[a, b]| {
+                [
                     a,
                     _mm512_add_ps(a, b),
                     _mm512_sub_ps(a, b),
                     _mm512_sub_ps(zero, b),
-                ];
-                for (j, val) in vals.into_iter().enumerate() {
-                    _mm512_storeu_ps(dm.add(((4 * i + j) * f + o) * cs + k), val);
-                }
-            }
+                ]
+            });
+            store_patch(dm, (f, o, cs, k), patch);
         }
     }
 }
