@@ -174,20 +174,8 @@ impl Tiles {
                     unsafe { input_block(xp, (c, 2 * half, hc), (ty - ty0, tx), (v, cs), k) };
                 }
                 for e in 0..E {
-                    let lhs = View {
-                        data: &u[e * f * c..(e + 1) * f * c],
-                        rows: f,
-                        cols: c,
-                        rs: c,
-                        cs: 1,
-                    };
-                    let rhs = View {
-                        data: &v[e * c * cs..(e + 1) * c * cs],
-                        rows: c,
-                        cols: n,
-                        rs: cs,
-                        cs: 1,
-                    };
+                    let lhs = plane(u, e, (f, c), (c, 1));
+                    let rhs = plane(v, e, (c, n), (cs, 1));
                     matmul(&mut m[e * f * cs..(e + 1) * f * cs], cs, false, lhs, rhs);
                 }
                 for (ty, tx, len, k) in self.blocks(t0, n) {
@@ -247,24 +235,30 @@ impl Tiles {
                     }
                 }
                 for e in 0..E {
-                    let lhs = View {
-                        data: &dm[e * f * cs..(e + 1) * f * cs],
-                        rows: f,
-                        cols: n,
-                        rs: cs,
-                        cs: 1,
-                    };
-                    let rhs = View {
-                        data: &v[e * c * cs..(e + 1) * c * cs],
-                        rows: n,
-                        cols: c,
-                        rs: 1,
-                        cs,
-                    };
+                    let lhs = plane(dm, e, (f, n), (cs, 1));
+                    let rhs = plane(v, e, (n, c), (1, cs));
                     matmul(&mut du[e * f * c..(e + 1) * f * c], c, true, lhs, rhs);
                 }
             }
         })
+    }
+}
+
+/// Plane `e` of the 16 in `data` as a [rows, cols] view with strides
+/// (rs, cs).
+fn plane(
+    data: &[f32],
+    e: usize,
+    (rows, cols): (usize, usize),
+    (rs, cs): (usize, usize),
+) -> View<'_> {
+    let len = data.len() / E;
+    View {
+        data: &data[e * len..(e + 1) * len],
+        rows,
+        cols,
+        rs,
+        cs,
     }
 }
 
