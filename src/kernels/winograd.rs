@@ -265,7 +265,7 @@ fn plane(
 /// Lanes of one vector: a block of 16 tiles.
 const L: usize = 16;
 
-/// `v` [16, c, CS] at chunk offset `k` ← Bᵀ d B of the 4×4 patches of the
+/// `v` [16, c, cs] at chunk offset `k` ← Bᵀ d B of the 4×4 patches of the
 /// 16 tiles from (ty, tx) in each of the `c` parity-split planes of `xp`
 /// (rows `wp` long, `hp` of them), as (Bᵀ (d B)): each patch row's column
 /// transform, then the rows combined.
@@ -337,7 +337,7 @@ unsafe fn store_patch(
     }
 }
 
-/// `dm` [16, f, CS] at chunk offset `k` ← A dY Aᵀ of the 2×2 output
+/// `dm` [16, f, cs] at chunk offset `k` ← A dY Aᵀ of the 2×2 output
 /// gradients of the 16 tiles from (ty, tx), in each of the `f` parity-split
 /// planes of `dyp` (rows `wp` long, `hp` of them).
 #[cfg(target_arch = "x86_64")]
@@ -396,7 +396,7 @@ fn grad_block(
 }
 
 /// Aᵀ m A of output plane `o`'s products of the 16 tiles at chunk offset
-/// `k` in `m` [16, f, CS], into the plane: `cols` outputs from each of the
+/// `k` in `m` [16, f, cs], into the plane: `cols` outputs from each of the
 /// two rows' starts (`None`: past the last row), interleaved (tile l's
 /// outputs at 2l and 2l + 1).
 #[cfg(target_arch = "x86_64")]
