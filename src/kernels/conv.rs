@@ -399,9 +399,7 @@ impl Conv2dIm2col {
         let per = b.div_ceil(8).max(m).max(1);
         // pdw += dWᵀ ([ckk, F]) transposed: gemm ran cols·dyᵀ 1.8–1.9×
         // faster than dy·colsᵀ on the shapes of shapes_mm's convolutions
-        // (N = ckk is small). The GEMMs add into one dWᵀ over the group's
-        // blocks and images, transposed into pdw once: a strided add per
-        // block was 6% of `seed_multitask`'s training step.
+        // (N = ckk is small).
         let add_dw = |pdw: &mut [f32], dwt: &[f32]| {
             for (f, row) in pdw.chunks_mut(ckk).enumerate() {
                 row.iter_mut()
@@ -414,7 +412,6 @@ impl Conv2dIm2col {
             let dyg_len = if m > 1 { g.f * m * p } else { 0 };
             let count = per.min(b - gi * per);
             scratch::with([len, len, ckk * g.f, dyg_len], |[cols, dcols, dwt, dyg]| {
-                dwt.fill(0.0);
                 for k0 in (0..count).step_by(m) {
                     let (mc, b0) = (m.min(count - k0), gi * per + k0);
                     let dyb = &dy[b0 * out_len..(b0 + mc) * out_len];
@@ -451,7 +448,8 @@ impl Conv2dIm2col {
                             rs: 1,
                             cs: n,
                         };
-                        matmul(dwt, g.f, true, cols_v, dy_t);
+                        matmul(dwt, g.f, false, cols_v, dy_t);
+                        add_dw(pdw, dwt);
                     } else {
                         let xb = &xv[b0 * in_len..(b0 + 1) * in_len];
                         // Block by block of output rows, as the forward.
@@ -483,7 +481,8 @@ impl Conv2dIm2col {
                                 rs: 1,
                                 cs: p,
                             };
-                            matmul(dwt, g.f, true, cols_v, dy_t);
+                            matmul(dwt, g.f, false, cols_v, dy_t);
+                            add_dw(pdw, dwt);
                         }
                     }
                     for dk in dyb.chunks_exact(out_len) {
@@ -492,7 +491,6 @@ impl Conv2dIm2col {
                         }
                     }
                 }
-                add_dw(pdw, dwt);
             })
         };
         in_groups((b, per, in_len), par, dx, (dw, db), group);
