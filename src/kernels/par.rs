@@ -26,20 +26,6 @@ pub fn chunks_mut<T: Send>(
     }
 }
 
-/// `f(d, s)` over matching chunks of `d` and `s`, on rayon's pool when they
-/// are long: the planned backward's relu masks and gradient sums over
-/// `seed_multitask`'s 14.7 M-value trunk ran on one thread, 3% of a step.
-pub fn zip_chunks(d: &mut [f32], s: &[f32], f: impl Fn(&mut [f32], &[f32]) + Sync + Send) {
-    const CHUNK: usize = 1 << 15;
-    if d.len() >= MIN_ELEMENTS {
-        d.par_chunks_mut(CHUNK)
-            .zip(s.par_chunks(CHUNK))
-            .for_each(|(d, s)| f(d, s));
-    } else {
-        f(d, s)
-    }
-}
-
 /// `f` of every element.
 pub fn map(src: &[f32], f: impl Fn(f32) -> f32 + Sync + Send) -> Vec<f32> {
     if src.len() >= MIN_ELEMENTS {

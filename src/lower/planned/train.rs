@@ -22,7 +22,7 @@ use crate::ir::ops::activation::Act;
 use crate::ir::ops::{dense, embedding};
 use crate::ir::{Ew, Op, RnnCell};
 use crate::kernels::cpu_ops::{GlobalPool, MaxPool2d, Upsample2d};
-use crate::kernels::{conv::Conv2dIm2col, gelu, host, linear, lstm::LstmSeq, par};
+use crate::kernels::{conv::Conv2dIm2col, gelu, host, linear, lstm::LstmSeq};
 use crate::lower::{Forward, Params, Program, RunError};
 use crate::pipeline::Mode;
 use candle_core::backprop::GradStore;
@@ -556,12 +556,7 @@ impl Back<'_> {
 }
 
 fn add(d: &mut [f32], g: &[f32]) {
-    par::zip_chunks(d, g, |d, g| {
-        par::widest(
-            #[inline(always)]
-            || d.iter_mut().zip(g).for_each(|(d, g)| *d += g),
-        )
-    });
+    d.iter_mut().zip(g).for_each(|(d, g)| *d += g);
 }
 
 /// The gradient through a fused relu: zero where the output is.
@@ -569,16 +564,9 @@ fn relu_mask(g: &mut [f32], y: &[f32]) {
     // A select, not a branch: relu outputs are zero at random, and the
     // branchy loop measured about twice the convolution's own backward
     // (`siamese`: ~160 µs against ~70 µs).
-    par::zip_chunks(g, y, |g, y| {
-        par::widest(
-            #[inline(always)]
-            || {
-                g.iter_mut()
-                    .zip(y)
-                    .for_each(|(g, y)| *g = if *y > 0.0 { *g } else { 0.0 })
-            },
-        )
-    });
+    g.iter_mut()
+        .zip(y)
+        .for_each(|(g, y)| *g = if *y > 0.0 { *g } else { 0.0 });
 }
 
 /// An activation's gradient added to `dx`, from its input and output.
