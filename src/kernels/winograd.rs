@@ -99,7 +99,7 @@ impl Tiles {
     fn tw(&self) -> usize {
         self.ow.div_ceil(2)
     }
-    /// Its columns in one parity: a padded row is stored as its even
+    /// A padded row's columns in one parity: the row is stored as its even
     /// columns, then its odd ones, so tile tx's patch columns 2tx … 2tx + 3
     /// are entry tx and tx + 1 of each half, and 16 neighbouring tiles read
     /// 16 consecutive values (zeros past the last tile: whole vectors).
@@ -499,32 +499,32 @@ fn output_block(
 }
 
 /// `a[k]`, `b[k]` ← `src[2k]`, `src[2k + 1]` for every pair of `src`
-/// (`a` and `b` at least half as long): 16 pairs a step on AVX-512, where
-/// the scalar loop was a tenth of a training step.
+/// (`a` and `b` at least half as long), 16 pairs a step on AVX-512. The
+/// split's time is mostly its first reads of the image and of dy, which
+/// the vector code does not shorten: split and this stayed about 12% of
+/// `seed_multitask`'s step either way.
 fn deinterleave(src: &[f32], a: &mut [f32], b: &mut [f32]) {
     let pairs = src.len() / 2;
     assert!(
         a.len() >= pairs && b.len() >= pairs,
         "winograd: short halves"
     );
-    let mut k = 0;
     #[cfg(target_arch = "x86_64")]
     if super::par::avx512() {
         // SAFETY: the CPU has AVX-512 (checked); `deinterleave_512` reads
-        // and writes only whole steps inside the slices.
-        k = unsafe { deinterleave_512(src, a, b) };
+        // and writes inside the slices.
+        return unsafe { deinterleave_512(src, a, b) };
     }
-    for k in k..pairs {
+    for k in 0..pairs {
         a[k] = src[2 * k];
         b[k] = src[2 * k + 1];
     }
 }
 
-/// [`deinterleave`] in steps of 16 pairs, the last one masked; returns
-/// the pairs done (all of them).
+/// [`deinterleave`] in steps of 16 pairs, the last one masked.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn deinterleave_512(src: &[f32], a: &mut [f32], b: &mut [f32]) -> usize {
+fn deinterleave_512(src: &[f32], a: &mut [f32], b: &mut [f32]) {
     use std::arch::x86_64::*;
     let pairs = src.len() / 2;
     let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
@@ -549,7 +549,6 @@ fn deinterleave_512(src: &[f32], a: &mut [f32], b: &mut [f32]) -> usize {
             );
         }
     }
-    pairs
 }
 
 /// The mask of the first `n` of 16 lanes.
