@@ -521,7 +521,7 @@ impl Conv2dIm2col {
         // in cache, with no batch-wide full-size buffer.
         if let Some(gr) = direct_grid(&g, dx.is_some()) {
             let par = b * g.f * g.p() * g.ckk() >= par::MIN_MACS;
-            let dy = Dy::Pooled { gy, arg, pool };
+            let dy = Dy::Pooled { gy, arg };
             direct::backward(&gr, (x.0, w.0, dy), (dx, dw, db), (b, g.f), par);
             return Ok(());
         }
@@ -791,7 +791,16 @@ mod tests {
         use crate::kernels::cpu_ops::{relu_grad, MaxPool2d};
         use crate::kernels::host::host;
         let dev = Device::Cpu;
-        for (b, c, h, w, f) in [(3, 8, 10, 9, 8), (2, 3, 9, 11, 4), (5, 2, 4, 4, 8)] {
+        // 3 → 16 and 16 → 24 (two vectors of channels, the second part full)
+        // run direct only without dx (3 channels: no dx grid).
+        let cases = [
+            (3, 8, 10, 9, 8),
+            (2, 3, 9, 11, 4),
+            (5, 2, 4, 4, 8),
+            (2, 3, 12, 10, 16),
+            (2, 16, 8, 11, 24),
+        ];
+        for ((b, c, h, w, f), with_dx) in cases.into_iter().flat_map(|c| [(c, true), (c, false)]) {
             let op = |pool| Conv2dIm2col {
                 stride: 1,
                 dilation: 1,
@@ -828,18 +837,22 @@ mod tests {
                     (&xv, &xd),
                     (&kv, &kd),
                     (&gy, &arg),
-                    Some(&mut dx),
+                    with_dx.then_some(&mut dx[..]),
                     &mut dw,
                     &mut db,
                 )
                 .unwrap();
-            for (v, got) in [(&x, dx), (&k, dw), (&bias, db)] {
+            let checked = [(&x, dx), (&k, dw), (&bias, db)];
+            for (v, got) in checked.into_iter().skip(usize::from(!with_dx)) {
                 let theirs = host(want.get(v.as_tensor()).unwrap()).unwrap();
                 let d = got
                     .iter()
                     .zip(theirs.iter())
                     .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-                assert!(d < 1e-4, "{b}×{c}×{h}×{w} → {f}: a gradient differs by {d}");
+                assert!(
+                    d < 1e-4,
+                    "{b}×{c}×{h}×{w} → {f} ({with_dx}): a gradient differs by {d}"
+                );
             }
         }
     }

@@ -16,15 +16,18 @@
 //! - forward: y = conv(xp, W);
 //! - dx: the convolution of dy, padded by kh − 1 − pt (…) rows and columns,
 //!   with the flipped and transposed kernel, which stays stride 1;
-//! - dW[f, tap] = Σₖ dy[f, k] · xp[k + tap], dy scattered onto the grid with
-//!   zeros in the junk columns, summed in vector lanes over the images of a
-//!   group before the lanes are added.
+//! - dW[f, tap] = Σₖ dy[f, k] · xp[k + tap] over the valid outputs k, with
+//!   dy transposed to [k, f] so that 16 output channels fill a vector: a
+//!   block's accumulators are whole sums (no adding across lanes), each tap
+//!   one broadcast of x per output. The earlier form, positions in the lanes
+//!   and dy spread onto the grid, read 10 vectors per 24 multiply-adds and
+//!   added every sum's 16 lanes at the end.
 //!
 //! The blocks run only where AVX-512 does (`par::widest`); elsewhere the
 //! im2col path runs. Every sum has a fixed order, so results do not depend
 //! on the thread count.
 
-use super::cpu_ops::MaxPool2d;
+use super::gemm::transpose_into;
 use super::im2col::Geom;
 use super::lanes::copy_short;
 use super::{par, scratch};
@@ -37,9 +40,6 @@ const FB: usize = 8;
 const NV: usize = 3;
 /// Grid positions per block.
 const QB: usize = L * NV;
-/// dW blocks: `OB` output channels × `TB` taps, 24 accumulators.
-const OB: usize = 4;
-const TB: usize = 6;
 
 /// One image's stride-1 convolution on its wide grid.
 #[derive(Clone, Copy, Debug)]
@@ -147,10 +147,16 @@ impl Grid {
         xp.fill(0.0);
         for (c, plane) in x.chunks_exact(self.h * self.w).enumerate() {
             for (y, row) in plane.chunks_exact(self.w).enumerate() {
-                let at = (c * self.hp + self.pt + y) * self.wp + self.pl;
+                let at = self.at(c, y, 0);
                 copy_short(&mut xp[at..at + self.w], row);
             }
         }
+    }
+
+    /// The place of the image's (channel, row, column) in its padded grid.
+    #[inline(always)]
+    fn at(&self, c: usize, y: usize, x: usize) -> usize {
+        (c * self.hp + self.pt + y) * self.wp + self.pl + x
     }
 
     /// `f(grid row, output row)` for every output row of the `no` planes
@@ -174,18 +180,6 @@ impl Grid {
         self.rows(y, out, |src, dst| {
             dst.iter_mut().zip(src).for_each(|(d, s)| *d += s)
         });
-    }
-
-    /// `dyw` [f, q] ← `dy` [f, oh, ow] on the grid, zero in the junk columns
-    /// and past the last row.
-    pub(super) fn spread(&self, dy: &[f32], dyw: &mut [f32]) {
-        let (q, ow) = (self.q(), self.ow());
-        dyw.fill(0.0);
-        for (src, plane) in dy.chunks_exact(self.oh() * ow).zip(dyw.chunks_exact_mut(q)) {
-            for (oy, row) in src.chunks_exact(ow).enumerate() {
-                copy_short(&mut plane[oy * self.wp..][..ow], row);
-            }
-        }
     }
 
     /// y [no, q] ← init + Σₜ wt[t·no + o] · xp[k + off[t]] at every grid
@@ -213,26 +207,38 @@ impl Grid {
         }
     }
 
-    /// dw [no, taps] += Σ over the images' pairs (xp, dyw [no, q]) of
-    /// Σₖ dyw[o, k] · xp[k + off[t]]: each of a block's sums in 16 lanes
-    /// over every image, then the lanes added. `no` a multiple of `OB`.
-    pub(super) fn weight_grad(&self, pairs: &[(&[f32], &[f32])], off: &[usize], dw: &mut [f32]) {
-        let (q, taps) = (self.q(), off.len());
+    /// dw [no, taps] += Σ over the images' pairs (xp, dyt) of
+    /// Σ_{oy, ox} dyt[oy·ow + ox, o] · xp[oy·wp + ox + off[t]], where `dyt`
+    /// [oh·ow, no] is an image's output gradient transposed: the output
+    /// channels lie in the vector lanes, so a block's sums never need adding
+    /// across lanes, and the junk columns of the grid are skipped.
+    pub(super) fn weight_grad(&self, pairs: &[(&[f32], &[f32])], dw: &mut [f32]) {
+        let (oh, ow, wp, taps) = (self.oh(), self.ow(), self.wp, self.taps());
         let no = dw.len() / taps;
-        // The blocks read through raw pointers: every tap's reads must lie
-        // inside the padded input.
+        // The blocks read through raw pointers: the last output's last tap
+        // lies inside the padded input, each dyt holds oh·ow rows.
         assert!(
-            no.is_multiple_of(OB)
-                && off.iter().all(|o| o + q <= self.padded_len())
-                && pairs
-                    .iter()
-                    .all(|(xp, dyw)| xp.len() >= self.padded_len() && dyw.len() == no * q),
+            dw.len() == no * taps
+                && pairs.iter().all(|(xp, dyt)| {
+                    xp.len() >= self.c * self.hp * wp && dyt.len() >= oh * ow * no
+                }),
             "direct conv: gradient buffers do not fit the grid"
         );
+        // Taps by kernel row: a row of kw taps reads kw neighbouring floats.
+        let rows: Vec<usize> = (0..self.c * self.kh)
+            .map(|ci| (ci / self.kh * self.hp + ci % self.kh) * wp)
+            .collect();
+        let (off, one) = (self.offsets(), no <= L);
+        let geo = (no, oh, ow, wp);
         // SAFETY: a grid exists only where the CPU has AVX-512 (`forward_of`).
         #[cfg(target_arch = "x86_64")]
         unsafe {
-            weight_grad_512(pairs, off, dw, (q, self.oh() * self.wp))
+            match (self.kw, one) {
+                (3, true) => weight_grad_512::<3, 9, 1>(pairs, &rows, dw, geo),
+                (3, false) => weight_grad_512::<3, 4, 2>(pairs, &rows, dw, geo),
+                (_, true) => weight_grad_512::<1, 28, 1>(pairs, &off, dw, geo),
+                (_, false) => weight_grad_512::<1, 14, 2>(pairs, &off, dw, geo),
+            }
         }
     }
 }
@@ -286,50 +292,67 @@ fn conv_512(
     }
 }
 
-/// [`Grid::weight_grad`]'s blocks in AVX-512 (see [`conv_512`]).
+/// [`Grid::weight_grad`]'s blocks in AVX-512: `R` rows of `KW`
+/// neighbouring taps (`rows` their offsets; `KW` = 1: each tap a row of its
+/// own) × `OV` vectors of 16 output channels, R·KW·OV accumulators in
+/// registers; per output position one load of dyt per vector and one
+/// broadcast of x per tap.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn weight_grad_512(
+fn weight_grad_512<const KW: usize, const R: usize, const OV: usize>(
     pairs: &[(&[f32], &[f32])],
-    off: &[usize],
+    rows: &[usize],
     dw: &mut [f32],
-    (q, used): (usize, usize),
+    (no, oh, ow, wp): (usize, usize, usize, usize),
 ) {
     use std::arch::x86_64::*;
-    let (taps, used) = (off.len(), used.div_ceil(L) * L);
-    let no = dw.len() / taps;
-    for o0 in (0..no).step_by(OB) {
-        for t0 in (0..taps).step_by(TB) {
-            // The last block's missing taps read offset 0; their sums are dropped.
-            let mut offs = [0usize; TB];
-            let tn = TB.min(taps - t0);
-            offs[..tn].copy_from_slice(&off[t0..t0 + tn]);
-            let mut acc = [[_mm512_setzero_ps(); TB]; OB];
-            for (xp, dyw) in pairs {
-                // Whole blocks of the grid inside both buffers (checked by the caller).
-                let (xp, dyw) = (xp.as_ptr(), dyw.as_ptr());
-                // Past the last output row dy is zero: whole vectors up to it.
-                for k in (0..used).step_by(L) {
-                    // SAFETY: k + L ≤ used ≤ q and every offset + q ≤ the padded
-                    // length, so the loads read inside `xp` and `dyw` [no, q].
+    let taps = rows.len() * KW;
+    for o0 in (0..no).step_by(L * OV) {
+        // Lanes past the last channel read nothing and are dropped.
+        let lanes: [usize; OV] = std::array::from_fn(|v| no.saturating_sub(o0 + v * L).min(L));
+        let masks: [__mmask16; OV] = lanes.map(|n| ((1u32 << n) - 1) as __mmask16);
+        for r0 in (0..rows.len()).step_by(R) {
+            // The last block's missing rows read row 0; their sums are dropped.
+            let rn = R.min(rows.len() - r0);
+            let mut roff = [0usize; R];
+            roff[..rn].copy_from_slice(&rows[r0..r0 + rn]);
+            let mut acc = [[[_mm512_setzero_ps(); OV]; KW]; R];
+            for (xp, dyt) in pairs {
+                let (xp, dyt) = (xp.as_ptr(), dyt.as_ptr());
+                for oy in 0..oh {
+                    // SAFETY (all reads): the caller checked that every tap of
+                    // every output lies in `xp` and that `dyt` holds oh·ow
+                    // rows of `no` channels; masked lanes read nothing.
                     unsafe {
-                        let x: [__m512; TB] =
-                            std::array::from_fn(|j| _mm512_loadu_ps(xp.add(k + offs[j])));
-                        for (i, a) in acc.iter_mut().enumerate() {
-                            let d = _mm512_loadu_ps(dyw.add((o0 + i) * q + k));
-                            for (s, x) in a.iter_mut().zip(x) {
-                                *s = _mm512_fmadd_ps(d, x, *s);
+                        let xr: [*const f32; R] = roff.map(|o| xp.add(oy * wp + o));
+                        let dr = dyt.add(oy * ow * no + o0);
+                        for ox in 0..ow {
+                            let d: [__m512; OV] = std::array::from_fn(|v| {
+                                _mm512_maskz_loadu_ps(masks[v], dr.add(ox * no + v * L))
+                            });
+                            for (a, x) in acc.iter_mut().zip(xr) {
+                                for (j, a) in a.iter_mut().enumerate() {
+                                    let x = _mm512_set1_ps(*x.add(ox + j));
+                                    for (s, d) in a.iter_mut().zip(d) {
+                                        *s = _mm512_fmadd_ps(x, d, *s);
+                                    }
+                                }
                             }
                         }
                     }
                 }
             }
-            for (i, a) in acc.iter().enumerate() {
-                for (j, s) in a.iter().enumerate().take(tn) {
-                    let mut lanes = [0f32; L];
-                    // SAFETY: `lanes` holds L values.
-                    unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), *s) };
-                    dw[(o0 + i) * taps + t0 + j] += lanes.iter().sum::<f32>();
+            for (r, a) in acc.iter().enumerate().take(rn) {
+                for (j, a) in a.iter().enumerate() {
+                    let t = (r0 + r) * KW + j;
+                    for (v, s) in a.iter().enumerate() {
+                        let mut sums = [0f32; L];
+                        // SAFETY: `sums` holds L values.
+                        unsafe { _mm512_storeu_ps(sums.as_mut_ptr(), *s) };
+                        for (l, s) in sums.iter().enumerate().take(lanes[v]) {
+                            dw[(o0 + v * L + l) * taps + t] += s;
+                        }
+                    }
                 }
             }
         }
@@ -369,19 +392,43 @@ pub(super) fn flipped(w: &[f32], (f, c, kh, kw): (usize, usize, usize, usize)) -
 pub(super) enum Dy<'a> {
     /// As it is, [N, F, OH, OW].
     Full(&'a [f32]),
-    /// A fused max pool's: the pooled outputs' gradient and each window's
-    /// maximum (`MaxPool2d::forward_train_into`), spread to the maxima
-    /// image by image.
-    Pooled {
-        gy: &'a [f32],
-        arg: &'a [u16],
-        pool: MaxPool2d,
-    },
+    /// A fused 2×2, stride-2 max pool's: the pooled outputs' gradient and
+    /// each window's first maximum, 2·row + column
+    /// (`MaxPool2d::forward_train_into`), spread image by image straight
+    /// into the layouts the products read.
+    Pooled { gy: &'a [f32], arg: &'a [u16] },
+}
+
+/// `put(channel, y, x, g)` for each 2×2 window's gradient g and the place
+/// (y, x) of its first maximum, of one image's `f` pooled planes over an
+/// (oh, ow) output; the other places (and an odd last row or column) get
+/// nothing. Row pairs outermost, so the writes of all channels stay near.
+#[inline(always)]
+fn unpool(
+    (gy, arg): (&[f32], &[u16]),
+    (f, oh, ow): (usize, usize, usize),
+    mut put: impl FnMut(usize, usize, usize, f32),
+) {
+    let (ph, pw) = (oh / 2, ow / 2);
+    for py in 0..ph {
+        for o in 0..f {
+            let at = (o * ph + py) * pw;
+            for (px, (g, a)) in gy[at..at + pw].iter().zip(&arg[at..at + pw]).enumerate() {
+                let a = usize::from(*a);
+                put(o, 2 * py + a / 2, 2 * px + a % 2, *g);
+            }
+        }
+    }
 }
 
 /// The backward of a direct convolution on `gr` from `dy` (relu already
 /// applied): dx (when given), dW and db added to, for a batch of `b` images
 /// and `f` output channels; on rayon's pool when `par`.
+///
+/// Per image, dy goes once into each layout a product reads: transposed,
+/// [oh·ow, f], for dW; padded on the dx grid for dx. A pooled dy is spread
+/// from the pooled gradient straight into both, and db summed over the
+/// pooled gradient (each window's value lands at one place).
 pub(super) fn backward(
     gr: &Grid,
     (x, w, dy): (&[f32], &[f32], Dy),
@@ -389,8 +436,8 @@ pub(super) fn backward(
     (b, f): (usize, usize),
     par: bool,
 ) {
-    let (in_len, p) = (gr.c * gr.h * gr.w, gr.oh() * gr.ow());
-    let (q, pl, off) = (gr.q(), gr.padded_len(), gr.offsets());
+    let (in_len, p, pl) = (gr.c * gr.h * gr.w, gr.oh() * gr.ow(), gr.padded_len());
+    let out = (f, gr.oh(), gr.ow());
     // dx: dy padded by kh − 1 − pt (…) on a grid of its own, convolved with
     // the flipped kernel.
     let back = dx.is_some().then(|| {
@@ -404,28 +451,34 @@ pub(super) fn backward(
     let per = b.div_ceil(8).max(1);
     let group = |gi: usize, pdw: &mut [f32], pdb: &mut [f32], mut dxg: Option<&mut [f32]>| {
         let count = per.min(b - gi * per);
-        let spread_len = if matches!(dy, Dy::Pooled { .. }) {
-            f * p
-        } else {
-            0
-        };
-        let lens = [count * pl, count * f * q, bpl, gr.c * bq, spread_len];
-        scratch::with(lens, |[xps, dyws, dyp, dxw, spread]| {
+        let lens = [count * pl, count * p * f, bpl, gr.c * bq];
+        scratch::with(lens, |[xps, dyts, dyp, dxw]| {
             for k in 0..count {
                 let bi = gi * per + k;
-                let dyk: &[f32] = match &dy {
-                    Dy::Full(dy) => &dy[bi * f * p..(bi + 1) * f * p],
-                    Dy::Pooled { gy, arg, pool } => {
+                gr.pad(&x[bi * in_len..(bi + 1) * in_len], &mut xps[k * pl..]);
+                let dyt = &mut dyts[k * p * f..(k + 1) * p * f];
+                let sums = match &dy {
+                    Dy::Full(dy) => {
+                        let dyk = &dy[bi * f * p..(bi + 1) * f * p];
+                        transpose_into(dyk, f, p, dyt);
+                        if let Some((bk, ..)) = &back {
+                            bk.pad(dyk, dyp);
+                        }
+                        dyk
+                    }
+                    Dy::Pooled { gy, arg } => {
                         let n = gy.len() / b;
-                        let (gy, arg) = (&gy[bi * n..(bi + 1) * n], &arg[bi * n..(bi + 1) * n]);
-                        pool.backward_over(arg, (gr.oh(), gr.ow()), gy, spread);
-                        spread
+                        let img = (&gy[bi * n..(bi + 1) * n], &arg[bi * n..(bi + 1) * n]);
+                        dyt.fill(0.0);
+                        unpool(img, out, |o, y, x, g| dyt[(y * gr.ow() + x) * f + o] = g);
+                        if let Some((bk, ..)) = &back {
+                            dyp[..bpl].fill(0.0);
+                            unpool(img, out, |o, y, x, g| dyp[bk.at(o, y, x)] = g);
+                        }
+                        img.0
                     }
                 };
-                gr.pad(&x[bi * in_len..(bi + 1) * in_len], &mut xps[k * pl..]);
-                gr.spread(dyk, &mut dyws[k * f * q..(k + 1) * f * q]);
                 if let (Some((bk, boff, bwt)), Some(dxg)) = (&back, dxg.as_deref_mut()) {
-                    bk.pad(dyk, dyp);
                     bk.conv(dyp, boff, bwt, None, false, dxw);
                     bk.add(dxw, &mut dxg[k * in_len..(k + 1) * in_len]);
                 }
@@ -434,7 +487,8 @@ pub(super) fn backward(
                 par::widest(
                     #[inline(always)]
                     || {
-                        for (d, plane) in pdb.iter_mut().zip(dyk.chunks_exact(p)) {
+                        let planes = sums.chunks_exact(sums.len() / f);
+                        for (d, plane) in pdb.iter_mut().zip(planes) {
                             *d += par::lane_sum(plane);
                         }
                     },
@@ -444,11 +498,11 @@ pub(super) fn backward(
                 .map(|k| {
                     (
                         &xps[k * pl..(k + 1) * pl],
-                        &dyws[k * f * q..(k + 1) * f * q],
+                        &dyts[k * p * f..(k + 1) * p * f],
                     )
                 })
                 .collect();
-            gr.weight_grad(&pairs, &off, pdw);
+            gr.weight_grad(&pairs, pdw);
         })
     };
     super::conv::in_groups((b, per, in_len), par, dx, (dw, db), group);
