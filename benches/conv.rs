@@ -86,4 +86,43 @@ fn main() {
             g((both - dwt).max(1e-9))
         );
     }
+    // The planned training step's form: relu and a 2×2 max pool fused, the
+    // backward from the pooled gradient and the saved maxima.
+    println!(
+        "\n{:<34} {:>9} {:>9}",
+        "fused relu + pool (batch 32)", "fwd ms", "bwd ms"
+    );
+    for (name, c, h, f, dx) in [
+        ("3→16, 32×32 (shapes_mm conv1)", 3, 32, 16, false),
+        ("16→32, 16×16 (shapes_mm conv2)", 16, 16, 32, true),
+    ] {
+        if !filters.is_empty() && !filters.iter().any(|a| name.contains(a.as_str())) {
+            continue;
+        }
+        let b = 32;
+        let (xd, wd) = ([b, c, h, h], [f, c, 3, 3]);
+        let op = Conv2dIm2col {
+            stride: 1,
+            dilation: 1,
+            pad: [1; 4],
+            relu: true,
+            mean: false,
+            pool: true,
+        };
+        let (x, w, bias) = (rand(b * c * h * h), rand(f * c * 9), rand(f));
+        let mut y = vec![0f32; b * op.out_len(&xd, &wd).unwrap()];
+        let mut arg = vec![0u16; y.len()];
+        let gy = rand(y.len());
+        let (mut dw, mut db, mut dxv) = (vec![0f32; w.len()], vec![0f32; f], vec![0f32; x.len()]);
+        let fwd = fastest(|| {
+            op.forward_train_into((&x, &xd), (&w, &wd), &bias, &mut y, &mut arg)
+                .unwrap()
+        });
+        let bwd = fastest(|| {
+            let dx = dx.then_some(&mut dxv[..]);
+            op.backward_pooled_into((&x, &xd), (&w, &wd), (&gy, &arg), dx, &mut dw, &mut db)
+                .unwrap()
+        });
+        println!("{name:<34} {:>9.3} {:>9.3}", fwd * 1e3, bwd * 1e3);
+    }
 }

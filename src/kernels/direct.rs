@@ -27,6 +27,7 @@
 //! im2col path runs. Every sum has a fixed order, so results do not depend
 //! on the thread count.
 
+use super::cpu_ops::MaxPool2d;
 use super::gemm::transpose_into;
 use super::im2col::Geom;
 use super::lanes::copy_short;
@@ -393,42 +394,21 @@ pub(super) enum Dy<'a> {
     /// As it is, [N, F, OH, OW].
     Full(&'a [f32]),
     /// A fused 2×2, stride-2 max pool's: the pooled outputs' gradient and
-    /// each window's first maximum, 2·row + column
-    /// (`MaxPool2d::forward_train_into`), spread image by image straight
-    /// into the layouts the products read.
+    /// each window's first maximum (`MaxPool2d::forward_train_into`),
+    /// spread image by image while in cache.
     Pooled { gy: &'a [f32], arg: &'a [u16] },
-}
-
-/// `put(channel, y, x, g)` for each 2×2 window's gradient g and the place
-/// (y, x) of its first maximum, of one image's `f` pooled planes over an
-/// (oh, ow) output; the other places (and an odd last row or column) get
-/// nothing. Row pairs outermost, so the writes of all channels stay near.
-#[inline(always)]
-fn unpool(
-    (gy, arg): (&[f32], &[u16]),
-    (f, oh, ow): (usize, usize, usize),
-    mut put: impl FnMut(usize, usize, usize, f32),
-) {
-    let (ph, pw) = (oh / 2, ow / 2);
-    for py in 0..ph {
-        for o in 0..f {
-            let at = (o * ph + py) * pw;
-            for (px, (g, a)) in gy[at..at + pw].iter().zip(&arg[at..at + pw]).enumerate() {
-                let a = usize::from(*a);
-                put(o, 2 * py + a / 2, 2 * px + a % 2, *g);
-            }
-        }
-    }
 }
 
 /// The backward of a direct convolution on `gr` from `dy` (relu already
 /// applied): dx (when given), dW and db added to, for a batch of `b` images
 /// and `f` output channels; on rayon's pool when `par`.
 ///
-/// Per image, dy goes once into each layout a product reads: transposed,
-/// [oh·ow, f], for dW; padded on the dx grid for dx. A pooled dy is spread
-/// from the pooled gradient straight into both, and db summed over the
-/// pooled gradient (each window's value lands at one place).
+/// Per image, dy goes into each layout a product reads: transposed,
+/// [oh·ow, f], for dW; padded on the dx grid for dx. A pooled dy is first
+/// spread from the pooled gradient, and db summed over the pooled gradient
+/// (each window's value lands at one place). Scattering the pooled values
+/// straight into both layouts, one at a time after zeroing them, took
+/// longer than the dW products it fed.
 pub(super) fn backward(
     gr: &Grid,
     (x, w, dy): (&[f32], &[f32], Dy),
@@ -437,7 +417,6 @@ pub(super) fn backward(
     par: bool,
 ) {
     let (in_len, p, pl) = (gr.c * gr.h * gr.w, gr.oh() * gr.ow(), gr.padded_len());
-    let out = (f, gr.oh(), gr.ow());
     // dx: dy padded by kh − 1 − pt (…) on a grid of its own, convolved with
     // the flipped kernel.
     let back = dx.is_some().then(|| {
@@ -449,35 +428,36 @@ pub(super) fn backward(
         .as_ref()
         .map_or((0, 0), |(bk, ..)| (bk.padded_len(), bk.q()));
     let per = b.div_ceil(8).max(1);
+    let unpool = MaxPool2d::new((2, 2), (2, 2), true);
     let group = |gi: usize, pdw: &mut [f32], pdb: &mut [f32], mut dxg: Option<&mut [f32]>| {
         let count = per.min(b - gi * per);
-        let lens = [count * pl, count * p * f, bpl, gr.c * bq];
-        scratch::with(lens, |[xps, dyts, dyp, dxw]| {
+        let spread_len = if matches!(dy, Dy::Pooled { .. }) {
+            f * p
+        } else {
+            0
+        };
+        let lens = [count * pl, count * p * f, bpl, gr.c * bq, spread_len];
+        scratch::with(lens, |[xps, dyts, dyp, dxw, spread]| {
             for k in 0..count {
                 let bi = gi * per + k;
                 gr.pad(&x[bi * in_len..(bi + 1) * in_len], &mut xps[k * pl..]);
                 let dyt = &mut dyts[k * p * f..(k + 1) * p * f];
-                let sums = match &dy {
+                let (dyk, sums): (&[f32], &[f32]) = match &dy {
                     Dy::Full(dy) => {
                         let dyk = &dy[bi * f * p..(bi + 1) * f * p];
-                        transpose_into(dyk, f, p, dyt);
-                        if let Some((bk, ..)) = &back {
-                            bk.pad(dyk, dyp);
-                        }
-                        dyk
+                        (dyk, dyk)
                     }
                     Dy::Pooled { gy, arg } => {
                         let n = gy.len() / b;
-                        let img = (&gy[bi * n..(bi + 1) * n], &arg[bi * n..(bi + 1) * n]);
-                        dyt.fill(0.0);
-                        unpool(img, out, |o, y, x, g| dyt[(y * gr.ow() + x) * f + o] = g);
-                        if let Some((bk, ..)) = &back {
-                            dyp[..bpl].fill(0.0);
-                            unpool(img, out, |o, y, x, g| dyp[bk.at(o, y, x)] = g);
-                        }
-                        img.0
+                        let (gy, arg) = (&gy[bi * n..(bi + 1) * n], &arg[bi * n..(bi + 1) * n]);
+                        unpool.backward_over(arg, (gr.oh(), gr.ow()), gy, spread);
+                        (spread, gy)
                     }
                 };
+                transpose_into(dyk, f, p, dyt);
+                if let Some((bk, ..)) = &back {
+                    bk.pad(dyk, dyp);
+                }
                 if let (Some((bk, boff, bwt)), Some(dxg)) = (&back, dxg.as_deref_mut()) {
                     bk.conv(dyp, boff, bwt, None, false, dxw);
                     bk.add(dxw, &mut dxg[k * in_len..(k + 1) * in_len]);
