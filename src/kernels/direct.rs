@@ -234,11 +234,15 @@ impl Grid {
         // SAFETY: a grid exists only where the CPU has AVX-512 (`forward_of`).
         #[cfg(target_arch = "x86_64")]
         unsafe {
-            match (self.kw, one) {
-                (3, true) => weight_grad_512::<3, 9, 1>(pairs, &rows, dw, geo),
-                (3, false) => weight_grad_512::<3, 4, 2>(pairs, &rows, dw, geo),
-                (_, true) => weight_grad_512::<1, 28, 1>(pairs, &off, dw, geo),
-                (_, false) => weight_grad_512::<1, 14, 2>(pairs, &off, dw, geo),
+            // Few rows (one or two input channels) take short blocks: the
+            // missing rows of a block cost as much as present ones.
+            match (self.kw, one, rows.len()) {
+                (3, true, ..=3) => weight_grad_512::<3, 3, 1>(pairs, &rows, dw, geo),
+                (3, true, _) => weight_grad_512::<3, 9, 1>(pairs, &rows, dw, geo),
+                (3, false, ..=2) => weight_grad_512::<3, 2, 2>(pairs, &rows, dw, geo),
+                (3, false, _) => weight_grad_512::<3, 4, 2>(pairs, &rows, dw, geo),
+                (_, true, _) => weight_grad_512::<1, 28, 1>(pairs, &off, dw, geo),
+                (_, false, _) => weight_grad_512::<1, 14, 2>(pairs, &off, dw, geo),
             }
         }
     }
