@@ -521,7 +521,7 @@ impl Conv2dIm2col {
         // in cache, with no batch-wide full-size buffer.
         if let Some(gr) = direct_grid(&g, dx.is_some()) {
             let par = b * g.f * g.p() * g.ckk() >= par::MIN_MACS;
-            let dy = Dy::Pooled { gy, arg };
+            let dy = Dy::Pooled { gy, arg, pool };
             direct::backward(&gr, (x.0, w.0, dy), (dx, dw, db), (b, g.f), par);
             return Ok(());
         }
@@ -791,8 +791,9 @@ mod tests {
         use crate::kernels::cpu_ops::{relu_grad, MaxPool2d};
         use crate::kernels::host::host;
         let dev = Device::Cpu;
-        // 3 → 16 and 16 → 24 (two vectors of channels, the second part full)
-        // run direct only without dx (3 channels: no dx grid).
+        // Each case with and without dx. 3 → 16 runs direct only without dx
+        // (3 channels have no dx grid); 16 → 24 fills one vector of dW's
+        // filters and half of a second.
         let cases = [
             (3, 8, 10, 9, 8),
             (2, 3, 9, 11, 4),

@@ -148,16 +148,10 @@ impl Grid {
         xp.fill(0.0);
         for (c, plane) in x.chunks_exact(self.h * self.w).enumerate() {
             for (y, row) in plane.chunks_exact(self.w).enumerate() {
-                let at = self.at(c, y, 0);
+                let at = (c * self.hp + self.pt + y) * self.wp + self.pl;
                 copy_short(&mut xp[at..at + self.w], row);
             }
         }
-    }
-
-    /// The place of the image's (channel, row, column) in its padded grid.
-    #[inline(always)]
-    fn at(&self, c: usize, y: usize, x: usize) -> usize {
-        (c * self.hp + self.pt + y) * self.wp + self.pl + x
     }
 
     /// `f(grid row, output row)` for every output row of the `no` planes
@@ -397,10 +391,14 @@ pub(super) fn flipped(w: &[f32], (f, c, kh, kw): (usize, usize, usize, usize)) -
 pub(super) enum Dy<'a> {
     /// As it is, [N, F, OH, OW].
     Full(&'a [f32]),
-    /// A fused 2×2, stride-2 max pool's: the pooled outputs' gradient and
-    /// each window's first maximum (`MaxPool2d::forward_train_into`),
-    /// spread image by image while in cache.
-    Pooled { gy: &'a [f32], arg: &'a [u16] },
+    /// A fused max pool's: the pooled outputs' gradient and each window's
+    /// maximum (`MaxPool2d::forward_train_into`), spread to the maxima
+    /// image by image while in cache.
+    Pooled {
+        gy: &'a [f32],
+        arg: &'a [u16],
+        pool: MaxPool2d,
+    },
 }
 
 /// The backward of a direct convolution on `gr` from `dy` (relu already
@@ -432,7 +430,6 @@ pub(super) fn backward(
         .as_ref()
         .map_or((0, 0), |(bk, ..)| (bk.padded_len(), bk.q()));
     let per = b.div_ceil(8).max(1);
-    let unpool = MaxPool2d::new((2, 2), (2, 2), true);
     let group = |gi: usize, pdw: &mut [f32], pdb: &mut [f32], mut dxg: Option<&mut [f32]>| {
         let count = per.min(b - gi * per);
         let spread_len = if matches!(dy, Dy::Pooled { .. }) {
@@ -451,10 +448,10 @@ pub(super) fn backward(
                         let dyk = &dy[bi * f * p..(bi + 1) * f * p];
                         (dyk, dyk)
                     }
-                    Dy::Pooled { gy, arg } => {
+                    Dy::Pooled { gy, arg, pool } => {
                         let n = gy.len() / b;
                         let (gy, arg) = (&gy[bi * n..(bi + 1) * n], &arg[bi * n..(bi + 1) * n]);
-                        unpool.backward_over(arg, (gr.oh(), gr.ow()), gy, spread);
+                        pool.backward_over(arg, (gr.oh(), gr.ow()), gy, spread);
                         (spread, gy)
                     }
                 };
