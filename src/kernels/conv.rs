@@ -791,9 +791,8 @@ mod tests {
         use crate::kernels::cpu_ops::{relu_grad, MaxPool2d};
         use crate::kernels::host::host;
         let dev = Device::Cpu;
-        // Each case with and without dx. 3 → 16 runs direct only without dx
-        // (3 channels have no dx grid); 16 → 24 fills one vector of dW's
-        // filters and half of a second.
+        // With and without dx: 3 → 16 runs direct only without (no dx grid for
+        // 3 channels); 16 → 24 fills one vector of dW's filters and half another.
         let cases = [
             (3, 8, 10, 9, 8),
             (2, 3, 9, 11, 4),
