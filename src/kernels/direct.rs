@@ -520,4 +520,76 @@ mod tests {
         assert!(grid([1, 3, 8, 8], [8, 3, 3, 3], 1, [3; 4]).is_none());
         assert!(grid([1, 64, 30, 30], [128, 64, 3, 3], 1, [0; 4]).is_none());
     }
+
+    /// dW's blocks against a plain f64 sum over the valid outputs, for every
+    /// block shape: 3-wide kernels with 1–3 and 16 channels (short and full
+    /// row blocks), 5- and 2-wide ones (a tap per row), 8 to 64 filters (a
+    /// half vector, one, one and a half, two and a half, two pairs), uneven
+    /// padding, two images.
+    #[test]
+    fn weight_grad_equals_the_plain_sum() {
+        if !crate::kernels::par::avx512() {
+            return;
+        }
+        let mut seed = 7u32;
+        let mut rand = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|_| {
+                    seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+                    (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
+                })
+                .collect()
+        };
+        for (c, f, k, pad, h, w) in [
+            (1, 8, 3, [0; 4], 9, 11),
+            (2, 16, 3, [1; 4], 7, 20),
+            (3, 24, 3, [1, 0, 2, 1], 10, 9),
+            (16, 40, 3, [1; 4], 6, 6),
+            (3, 64, 3, [1; 4], 5, 17),
+            (2, 16, 5, [2; 4], 8, 8),
+            (8, 24, 2, [0, 1, 1, 0], 6, 9),
+        ] {
+            let g = geom(&[2, c, h, w], &[f, c, k, k], 1, 1, pad).unwrap();
+            let gr = Grid::forward_of(&g).expect("a direct grid");
+            let (oh, ow, p) = (gr.oh(), gr.ow(), gr.oh() * gr.ow());
+            let (x, dy) = (rand(2 * c * h * w), rand(2 * f * p));
+            let mut xps = vec![0f32; 2 * gr.padded_len()];
+            let mut dyts = vec![0f32; 2 * p * f];
+            for i in 0..2 {
+                let xp = &mut xps[i * gr.padded_len()..];
+                gr.pad(&x[i * c * h * w..(i + 1) * c * h * w], xp);
+                let dyt = &mut dyts[i * p * f..(i + 1) * p * f];
+                super::transpose_into(&dy[i * f * p..(i + 1) * f * p], f, p, dyt);
+            }
+            let pl = gr.padded_len();
+            let pairs: Vec<(&[f32], &[f32])> = (0..2)
+                .map(|i| {
+                    (
+                        &xps[i * pl..(i + 1) * pl],
+                        &dyts[i * p * f..(i + 1) * p * f],
+                    )
+                })
+                .collect();
+            let mut dw = vec![0f32; f * c * k * k];
+            gr.weight_grad(&pairs, &mut dw);
+            let off = gr.offsets();
+            for o in 0..f {
+                for (t, of) in off.iter().enumerate() {
+                    let mut want = 0f64;
+                    for i in 0..2 {
+                        for (oy, ox) in (0..oh).flat_map(|y| (0..ow).map(move |x| (y, x))) {
+                            let d = dy[(i * f + o) * p + oy * ow + ox] as f64;
+                            let xv = xps[i * pl + oy * gr.pitch() + ox + of] as f64;
+                            want += d * xv;
+                        }
+                    }
+                    let got = dw[o * off.len() + t] as f64;
+                    assert!(
+                        (got - want).abs() < 1e-4,
+                        "{c} → {f}, {k}×{k}: dW[{o}, {t}] = {got}, want {want}"
+                    );
+                }
+            }
+        }
+    }
 }
