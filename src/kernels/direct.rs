@@ -223,7 +223,7 @@ impl Grid {
         let rows: Vec<usize> = (0..self.c * self.kh)
             .map(|ci| (ci / self.kh * self.hp + ci % self.kh) * wp)
             .collect();
-        let (off, one) = (self.offsets(), no <= L);
+        let one = no <= L;
         let geo = (no, oh, ow, wp);
         // SAFETY: a grid exists only where the CPU has AVX-512 (`forward_of`).
         #[cfg(target_arch = "x86_64")]
@@ -235,8 +235,8 @@ impl Grid {
                 (3, true, _) => weight_grad_512::<3, 9, 1>(pairs, &rows, dw, geo),
                 (3, false, ..=2) => weight_grad_512::<3, 2, 2>(pairs, &rows, dw, geo),
                 (3, false, _) => weight_grad_512::<3, 4, 2>(pairs, &rows, dw, geo),
-                (_, true, _) => weight_grad_512::<1, 28, 1>(pairs, &off, dw, geo),
-                (_, false, _) => weight_grad_512::<1, 14, 2>(pairs, &off, dw, geo),
+                (_, true, _) => weight_grad_512::<1, 28, 1>(pairs, &self.offsets(), dw, geo),
+                (_, false, _) => weight_grad_512::<1, 14, 2>(pairs, &self.offsets(), dw, geo),
             }
         }
     }
@@ -456,10 +456,8 @@ pub(super) fn backward(
                     }
                 };
                 transpose_into(dyk, f, p, dyt);
-                if let Some((bk, ..)) = &back {
-                    bk.pad(dyk, dyp);
-                }
                 if let (Some((bk, boff, bwt)), Some(dxg)) = (&back, dxg.as_deref_mut()) {
+                    bk.pad(dyk, dyp);
                     bk.conv(dyp, boff, bwt, None, false, dxw);
                     bk.add(dxw, &mut dxg[k * in_len..(k + 1) * in_len]);
                 }
@@ -531,14 +529,9 @@ mod tests {
         if !crate::kernels::par::avx512() {
             return;
         }
-        let mut seed = 7u32;
-        let mut rand = |n: usize| -> Vec<f32> {
-            (0..n)
-                .map(|_| {
-                    seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
-                    (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
-                })
-                .collect()
+        let rand = |n: usize| -> Vec<f32> {
+            let t = candle_core::Tensor::randn(0f32, 1.0, n, &candle_core::Device::Cpu);
+            t.and_then(|t| t.to_vec1()).unwrap()
         };
         for (c, f, k, pad, h, w) in [
             (1, 8, 3, [0; 4], 9, 11),
@@ -553,15 +546,13 @@ mod tests {
             let gr = Grid::forward_of(&g).expect("a direct grid");
             let (oh, ow, p) = (gr.oh(), gr.ow(), gr.oh() * gr.ow());
             let (x, dy) = (rand(2 * c * h * w), rand(2 * f * p));
-            let mut xps = vec![0f32; 2 * gr.padded_len()];
-            let mut dyts = vec![0f32; 2 * p * f];
+            let pl = gr.padded_len();
+            let (mut xps, mut dyts) = (vec![0f32; 2 * pl], vec![0f32; 2 * p * f]);
             for i in 0..2 {
-                let xp = &mut xps[i * gr.padded_len()..];
-                gr.pad(&x[i * c * h * w..(i + 1) * c * h * w], xp);
+                gr.pad(&x[i * c * h * w..(i + 1) * c * h * w], &mut xps[i * pl..]);
                 let dyt = &mut dyts[i * p * f..(i + 1) * p * f];
                 super::transpose_into(&dy[i * f * p..(i + 1) * f * p], f, p, dyt);
             }
-            let pl = gr.padded_len();
             let pairs: Vec<(&[f32], &[f32])> = (0..2)
                 .map(|i| {
                     (
