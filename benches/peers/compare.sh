@@ -18,9 +18,11 @@ KPY=${KERAS_PY:-python3}
 TPY=${TORCH_PY:-python3}
 OUT=${OUT:-/tmp/peers.jsonl}
 : >"$OUT"
-declare -A FILE=([shapes_mm]=../shared/fixtures/shapes_mm.mtl [digits_mt]=../shared/fixtures/digits_mt.mtl)
-for m in digits shapes reviews seed_multitask seed_multimodal siamese fusions captions mmoe; do FILE[$m]=models/$m.mtl; done
-MODELS=${MODELS:-"shapes_mm digits_mt digits shapes reviews seed_multitask seed_multimodal siamese fusions captions mmoe"}
+# Every shipped model and every fixture (the fixture `mmoe` as mmoe_fixture).
+declare -A FILE=([mmoe_fixture]=../shared/fixtures/mmoe.mtl)
+for m in shapes_mm digits_mt text_transformer fusion_ops seed_multitask_small; do FILE[$m]=../shared/fixtures/$m.mtl; done
+for m in digits shapes reviews seed_multitask seed_multimodal siamese fusions captions mmoe overlap tones clip; do FILE[$m]=models/$m.mtl; done
+MODELS=${MODELS:-"shapes_mm digits_mt digits shapes reviews seed_multitask seed_multimodal siamese fusions captions mmoe overlap tones clip text_transformer fusion_ops seed_multitask_small mmoe_fixture"}
 INFER_BATCHES=${INFER_BATCHES-"1 256"}
 # One measured command: its last stdout line (JSON) with "rss_mib" added.
 measure() {

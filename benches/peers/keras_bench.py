@@ -159,12 +159,12 @@ class PosEmb(L.Layer):
         return mask
 
 
-def post_ln(x, heads, key_dim, ff, width):
+def post_ln(x, heads, key_dim, ff, width, eps=1e-5):
     """models/lib/transformer.mtl `encoder` (keras-hub TransformerEncoder)."""
     a = L.Dropout(0.1)(L.MultiHeadAttention(heads, key_dim)(x, x))
-    x = L.LayerNormalization(epsilon=1e-5)(L.Add()([x, a]))
+    x = L.LayerNormalization(epsilon=eps)(L.Add()([x, a]))
     f = L.Dropout(0.1)(L.Dense(width)(L.Dense(ff, activation="gelu")(x)))
-    return L.LayerNormalization(epsilon=1e-5)(L.Add()([x, f]))
+    return L.LayerNormalization(epsilon=eps)(L.Add()([x, f]))
 
 
 def pre_ln(x, heads, key_dim, ff, width):
@@ -220,6 +220,101 @@ def mmoe():
     return keras.Model(x, outs), {"y1": "mse", "y2": "mse"}
 
 
+def overlap():
+    img = keras.Input((28, 28, 1), name="image")
+    x = L.MaxPooling2D(2)(L.Conv2D(16, 3, padding="same", activation="relu")(img))
+    x = L.MaxPooling2D(2)(L.Conv2D(32, 3, padding="same", activation="relu")(x))
+    trunk = L.Dense(64, activation="relu")(L.Flatten()(x))
+    outs = {t: L.Dense(6, name=t)(L.Dense(32, activation="relu")(trunk)) for t in ("left", "right")}
+    return keras.Model(img, outs), {"left": CE, "right": CE}
+
+
+def tones():
+    sound = keras.Input((40, 50), name="sound")  # log-mel bands x frames
+    img = keras.Input((28, 28, 1), name="image")
+    a = L.Reshape((40, 50, 1))(sound)
+    a = L.MaxPooling2D(2)(L.Conv2D(16, 3, padding="same", activation="relu")(a))
+    a = L.MaxPooling2D(2)(L.Conv2D(32, 3, padding="same", activation="relu")(a))
+    heard = L.Dense(32, activation="relu")(L.Flatten()(a))
+    s = L.MaxPooling2D(2)(L.Conv2D(16, 3, padding="same", activation="relu")(img))
+    s = L.GlobalMaxPooling2D()(L.Conv2D(32, 3, padding="same", activation="relu")(s))
+    seen = L.Dense(32, activation="relu")(s)
+    outs = {
+        "sound_class": L.Dense(4, name="sound_class")(heard),
+        "shape": L.Dense(3, name="shape")(seen),
+        "agree": L.Dense(1, name="agree")(L.Dense(32, activation="relu")(L.Concatenate()([heard, seen]))),
+    }
+    return keras.Model([sound, img], outs), {"sound_class": CE, "shape": CE, "agree": BCE}
+
+
+class Contrastive(L.Layer):
+    """mtl's `contrastive(a, b, learn_temperature = true)`: CLIP's symmetric
+    InfoNCE over the batch between the L2-normalised a and b, with a learned
+    log inverse temperature (init ln(1/0.07), its exp clamped at 100). Adds
+    the loss and passes `x` through (to keep the layer in the model)."""
+
+    def build(self, *shapes):
+        self.logit_scale = self.add_weight(shape=(), initializer=keras.initializers.Constant(float(np.log(1 / 0.07))))
+
+    def call(self, x, a, b):
+        a = a / ops.norm(a, axis=-1, keepdims=True)
+        b = b / ops.norm(b, axis=-1, keepdims=True)
+        logits = ops.minimum(ops.exp(self.logit_scale), 100.0) * ops.matmul(a, ops.transpose(b))
+        labels = ops.arange(ops.shape(logits)[0])
+        ce = lambda z: ops.mean(keras.losses.sparse_categorical_crossentropy(labels, z, from_logits=True))  # noqa: E731
+        self.add_loss((ce(logits) + ce(ops.transpose(logits))) / 2)
+        return x
+
+
+def clip():
+    img = keras.Input((28, 28, 1), name="image")
+    cap = keras.Input((5,), dtype="int32", name="caption")
+    x = L.MaxPooling2D(2)(L.Conv2D(16, 3, padding="same", activation="relu")(img))
+    x = L.MaxPooling2D(2)(L.Conv2D(32, 3, padding="same", activation="relu")(x))
+    v = L.Dense(64, activation="relu")(L.Flatten()(x))
+    t = L.LSTM(64)(L.Embedding(32, 32, mask_zero=True)(cap))
+    v = Contrastive()(v, L.Dense(32)(v), L.Dense(32)(t))
+    outs = {"left": L.Dense(6, name="left")(v), "right": L.Dense(6, name="right")(t)}
+    return keras.Model([img, cap], outs), {"left": CE, "right": CE}
+
+
+def text_transformer():
+    """../shared/fixtures/text_transformer.mtl: one post-LN block (eps 1e-3)."""
+    txt = keras.Input((12,), dtype="int32", name="text")
+    e = PosEmb()(L.Embedding(50, 16, mask_zero=True)(txt))
+    pooled = L.GlobalAveragePooling1D()(post_ln(e, 2, 8, 32, 16, eps=1e-3))
+    outs = {"topic": L.Dense(3, name="topic")(pooled), "score": L.Dense(1, name="score")(pooled)}
+    return keras.Model(txt, outs), {"topic": CE, "score": "mse"}
+
+
+def fusion_ops():
+    """../shared/fixtures/fusion_ops.mtl."""
+    a, b = keras.Input((12,), name="a"), keras.Input((20,), name="b")
+    pa, pb = L.Dense(16)(a), L.Dense(16)(b)
+    fs = {"s": L.Add(), "m": L.Multiply(), "avg": L.Average(), "mx": L.Maximum()}
+    outs = {k: L.Dense(2, name=k)(f([pa, pb])) for k, f in fs.items()}
+    return keras.Model([a, b], outs), {k: "mse" for k in fs}
+
+
+def seed_multitask_small():
+    """../shared/fixtures/seed_multitask_small.mtl."""
+    img = keras.Input((32, 32, 3), name="image")
+    feat = L.Conv2D(16, 3, activation="relu")(L.Conv2D(8, 3, activation="relu")(img))
+    outs = {
+        "classifier": L.Dense(10, name="classifier")(L.GlobalAveragePooling2D()(feat)),
+        "segmentation": L.Conv2D(1, 1, name="segmentation")(feat),
+    }
+    return keras.Model(img, outs), {"classifier": CE, "segmentation": BCE}
+
+
+def mmoe_fixture():
+    """../shared/fixtures/mmoe.mtl: three experts of 16, a gate per head."""
+    x = keras.Input((12,), name="x")
+    experts = [L.Dense(16, activation="relu")(x) for _ in range(3)]
+    outs = {t: L.Dense(1, name=t)(Mixture()(experts + [x])) for t in ("click", "buy")}
+    return keras.Model(x, outs), {"click": BCE, "buy": BCE}
+
+
 def data(model, n):
     rng = np.random.default_rng(0)
     xs = []
@@ -266,6 +361,13 @@ MODELS = {
     "fusions": fusions,
     "captions": captions,
     "mmoe": mmoe,
+    "overlap": overlap,
+    "tones": tones,
+    "clip": clip,
+    "text_transformer": text_transformer,
+    "fusion_ops": fusion_ops,
+    "seed_multitask_small": seed_multitask_small,
+    "mmoe_fixture": mmoe_fixture,
 }
 
 if __name__ == "__main__":

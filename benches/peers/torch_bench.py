@@ -126,13 +126,13 @@ class FFN(nn.Module):
 class PostLN(nn.Module):
     """keras_bench post_ln (models/lib/transformer.mtl `encoder`)."""
 
-    def __init__(self, width, heads, key_dim, ff):
+    def __init__(self, width, heads, key_dim, ff, eps=1e-5):
         super().__init__()
         self.att = MHA(width, width, heads, key_dim)
         self.drop = nn.Dropout(0.1)
-        self.ln1 = nn.LayerNorm(width, eps=1e-5)
+        self.ln1 = nn.LayerNorm(width, eps=eps)
         self.ff = FFN(width, ff)
-        self.ln2 = nn.LayerNorm(width, eps=1e-5)
+        self.ln2 = nn.LayerNorm(width, eps=eps)
 
     def forward(self, x, mask=None):
         x = self.ln1(x + self.drop(self.att(x, x, mask)))
@@ -473,6 +473,179 @@ def mmoe():
     return (MMoE(), [("x", (16,), "f32", None)], {"y1": (MSE, (1,), 1.0), "y2": (MSE, (1,), 1.0)})
 
 
+class Overlap(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = conv_same(1, 16, 3)
+        self.conv2 = conv_same(16, 32, 3)
+        self.trunk = nn.Linear(32 * 7 * 7, 64)
+        self.towers = nn.ModuleDict({t: nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 6))
+                                     for t in ("left", "right")})
+
+    def forward(self, image):
+        x = F.max_pool2d(F.relu(self.conv1(image)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        trunk = F.relu(self.trunk(x.flatten(1)))
+        return {t: m(trunk) for t, m in self.towers.items()}
+
+
+def overlap():
+    return (Overlap(), [("image", (1, 28, 28), "f32", None)],
+            {"left": (CE, (6,), 1.0), "right": (CE, (6,), 1.0)})
+
+
+class Tones(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a1 = conv_same(1, 16, 3)
+        self.a2 = conv_same(16, 32, 3)
+        self.audio_fc = nn.Linear(32 * 10 * 12, 32)  # [40, 50] pooled twice (floor)
+        self.i1 = conv_same(1, 16, 3)
+        self.i2 = conv_same(16, 32, 3)
+        self.image_fc = nn.Linear(32, 32)
+        self.sound_class = nn.Linear(32, 4)
+        self.shape = nn.Linear(32, 3)
+        self.agree_h = nn.Linear(64, 32)
+        self.agree = nn.Linear(32, 1)
+
+    def forward(self, sound, image):
+        a = F.max_pool2d(F.relu(self.a1(sound[:, None])), 2)  # the log-mel features as one channel
+        a = F.max_pool2d(F.relu(self.a2(a)), 2)
+        heard = F.relu(self.audio_fc(a.flatten(1)))
+        s = F.max_pool2d(F.relu(self.i1(image)), 2)
+        seen = F.relu(self.image_fc(gmp2d(F.relu(self.i2(s)))))
+        return {
+            "sound_class": self.sound_class(heard),
+            "shape": self.shape(seen),
+            "agree": self.agree(F.relu(self.agree_h(torch.cat([heard, seen], 1)))),
+        }
+
+
+def tones():
+    return (Tones(), [("sound", (40, 50), "f32", None), ("image", (1, 28, 28), "f32", None)],
+            {"sound_class": (CE, (4,), 1.0), "shape": (CE, (3,), 1.0), "agree": (BCE, (1,), 1.0)})
+
+
+class Clip(nn.Module):
+    """models/clip.mtl. The caption LSTM runs over every position: the padding
+    mask (which keeps the state through padded steps, as Keras does) is left
+    out, which can only make this peer faster."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = conv_same(1, 16, 3)
+        self.conv2 = conv_same(16, 32, 3)
+        self.img_fc = nn.Linear(32 * 7 * 7, 64)
+        self.embed = nn.Embedding(32, 32)
+        self.lstm = lstm(32, 64)
+        self.img_proj = nn.Linear(64, 32)
+        self.txt_proj = nn.Linear(64, 32)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.left_fc = nn.Linear(64, 6)
+        self.right_fc = nn.Linear(64, 6)
+        self.aux_loss = None
+
+    def forward(self, image, caption):
+        x = F.max_pool2d(F.relu(self.conv1(image)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        img = F.relu(self.img_fc(x.flatten(1)))
+        txt = self.lstm(self.embed(caption))
+        # mtl's contrastive(learn_temperature = true): CLIP's symmetric InfoNCE
+        a = F.normalize(self.img_proj(img).float(), dim=-1)
+        b = F.normalize(self.txt_proj(txt).float(), dim=-1)
+        logits = self.logit_scale.exp().clamp(max=100.0) * a @ b.T
+        labels = torch.arange(logits.shape[0], device=logits.device)
+        self.aux_loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+        return {"left": self.left_fc(img), "right": self.right_fc(txt)}
+
+
+def clip():
+    return (Clip(), [("image", (1, 28, 28), "f32", None), ("caption", (5,), "int", 32)],
+            {"left": (CE, (6,), 1.0), "right": (CE, (6,), 1.0)})
+
+
+class TextTransformer(nn.Module):
+    """../shared/fixtures/text_transformer.mtl: one post-LN block (eps 1e-3)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(50, 16)
+        self.pos = PosEmb(12, 16)
+        self.enc = PostLN(16, 2, 8, 32, eps=1e-3)
+        self.topic = nn.Linear(16, 3)
+        self.score = nn.Linear(16, 1)
+
+    def forward(self, text):
+        keep = text != 0  # Embedding(mask_zero=True)
+        w = self.enc(self.pos(self.embed(text)), attention_mask(keep, keep))
+        m = keep.to(w.dtype)[:, :, None]
+        pooled = (w * m).sum(1) / m.sum(1).clamp_min(1.0)
+        return {"topic": self.topic(pooled), "score": self.score(pooled)}
+
+
+def text_transformer():
+    return (TextTransformer(), [("text", (12,), "int", 50)],
+            {"topic": (CE, (3,), 1.0), "score": (MSE, (1,), 1.0)})
+
+
+class FusionOps(nn.Module):
+    """../shared/fixtures/fusion_ops.mtl."""
+
+    def __init__(self):
+        super().__init__()
+        self.a_proj = nn.Linear(12, 16)
+        self.b_proj = nn.Linear(20, 16)
+        self.fc = nn.ModuleDict({k: nn.Linear(16, 2) for k in ("s", "m", "avg", "mx")})
+
+    def forward(self, a, b):
+        pa, pb = self.a_proj(a), self.b_proj(b)
+        fused = {"s": pa + pb, "m": pa * pb, "avg": (pa + pb) / 2, "mx": torch.maximum(pa, pb)}
+        return {k: self.fc[k](v) for k, v in fused.items()}
+
+
+def fusion_ops():
+    return (FusionOps(), [("a", (12,), "f32", None), ("b", (20,), "f32", None)],
+            {k: (MSE, (2,), 1.0) for k in ("s", "m", "avg", "mx")})
+
+
+class SeedMultitaskSmall(nn.Module):
+    """../shared/fixtures/seed_multitask_small.mtl."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3)
+        self.conv2 = nn.Conv2d(8, 16, 3)
+        self.classifier = nn.Linear(16, 10)
+        self.segmentation = nn.Conv2d(16, 1, 1)
+
+    def forward(self, image):
+        feat = F.relu(self.conv2(F.relu(self.conv1(image))))  # [16, 28, 28]
+        return {"classifier": self.classifier(gap2d(feat)), "segmentation": self.segmentation(feat)}
+
+
+def seed_multitask_small():
+    return (SeedMultitaskSmall(), [("image", (3, 32, 32), "f32", None)],
+            {"classifier": (CE, (10,), 1.0), "segmentation": (BCE, (1, 28, 28), 1.0)})
+
+
+class MMoEFixture(nn.Module):
+    """../shared/fixtures/mmoe.mtl: three experts of 16, a gate per head."""
+
+    def __init__(self):
+        super().__init__()
+        self.experts = nn.ModuleList([nn.Linear(12, 16) for _ in range(3)])
+        self.gates = nn.ModuleDict({t: Mixture(12, 3) for t in ("click", "buy")})
+        self.fc = nn.ModuleDict({t: nn.Linear(16, 1) for t in ("click", "buy")})
+
+    def forward(self, x):
+        experts = [F.relu(e(x)) for e in self.experts]
+        return {t: self.fc[t](g(experts, x)) for t, g in self.gates.items()}
+
+
+def mmoe_fixture():
+    return (MMoEFixture(), [("x", (12,), "f32", None)], {"click": (BCE, (1,), 1.0), "buy": (BCE, (1,), 1.0)})
+
+
 MODELS = {
     "shapes_mm": shapes_mm,
     "digits_mt": digits_mt,
@@ -485,6 +658,13 @@ MODELS = {
     "fusions": fusions,
     "captions": captions,
     "mmoe": mmoe,
+    "overlap": overlap,
+    "tones": tones,
+    "clip": clip,
+    "text_transformer": text_transformer,
+    "fusion_ops": fusion_ops,
+    "seed_multitask_small": seed_multitask_small,
+    "mmoe_fixture": mmoe_fixture,
 }
 
 
