@@ -132,7 +132,7 @@ pub fn bench(a: BenchArgs) -> Result<i32, Fail> {
                 if profile && pt.times.is_none() {
                     pt.times = Some(vec![]);
                 }
-                pt.forward(&prog, &params, inputs.clone())
+                pt.forward(&prog, &params, inputs.clone(), &mut rng)
             }
             Err(_) => prog.forward_timed(
                 &params,

@@ -263,6 +263,52 @@ impl Sdpa {
     }
 }
 
+impl Sdpa {
+    /// The gradients of Q, K and V [B, H, T, ·] (overwritten) from the
+    /// output's `dout` [B, H, Tq, V] and the forward's probabilities.
+    #[allow(clippy::type_complexity)]
+    pub fn backward_into(
+        &self,
+        (q, k, v): (&[f32], &[f32], &[f32]),
+        probs: &[f32],
+        dout: &[f32],
+        (b, h, tq, tk, kd, vd): (usize, usize, usize, usize, usize, usize),
+        (dq, dk, dv): (&mut [f32], &mut [f32], &mut [f32]),
+    ) {
+        let one = |blk: usize, ((dqb, dkb), dvb): ((&mut [f32], &mut [f32]), &mut [f32])| {
+            let qb = &q[blk * tq * kd..(blk + 1) * tq * kd];
+            let kb = &k[blk * tk * kd..(blk + 1) * tk * kd];
+            let vb = &v[blk * tk * vd..(blk + 1) * tk * vd];
+            let dob = &dout[blk * tq * vd..(blk + 1) * tq * vd];
+            let p = &probs[blk * tq * tk..(blk + 1) * tq * tk];
+            matmul(dvb, vd, false, view_t(p, tq, tk), view(dob, tq, vd));
+            let mut ds = vec![0f32; tq * tk];
+            matmul(&mut ds, tk, false, view(dob, tq, vd), view_t(vb, tk, vd));
+            for (drow, prow) in ds.chunks_mut(tk).zip(p.chunks(tk)) {
+                let dot: f32 = drow.iter().zip(prow).map(|(d, p)| d * p).sum();
+                for (d, p) in drow.iter_mut().zip(prow) {
+                    *d = p * (*d - dot) * self.scale;
+                }
+            }
+            matmul(dqb, kd, false, view(&ds, tq, tk), view(kb, tk, kd));
+            matmul(dkb, kd, false, view_t(&ds, tq, tk), view(qb, tq, kd));
+        };
+        if b * h * tq * tk * (kd + vd) >= par::MIN_MACS {
+            dq.par_chunks_mut(tq * kd)
+                .zip(dk.par_chunks_mut(tk * kd))
+                .zip(dv.par_chunks_mut(tk * vd))
+                .enumerate()
+                .for_each(|(i, blk)| one(i, blk));
+        } else {
+            dq.chunks_mut(tq * kd)
+                .zip(dk.chunks_mut(tk * kd))
+                .zip(dv.chunks_mut(tk * vd))
+                .enumerate()
+                .for_each(|(i, blk)| one(i, blk));
+        }
+    }
+}
+
 impl CustomOp3 for Sdpa {
     fn name(&self) -> &'static str {
         "mtl-attention"
@@ -345,57 +391,36 @@ impl CustomOp3 for Sdpa {
             return Ok((Some(dq), Some(dk), Some(dv)));
         }
         let (qv, kv, vv, dov) = (host(q)?, host(k)?, host(v)?, host(grad)?);
-        let saved = self.probs.lock().ok().and_then(|mut s| s.take());
-        let one = |blk: usize| {
-            let qb = &qv[blk * tq * kd..(blk + 1) * tq * kd];
-            let kb = &kv[blk * tk * kd..(blk + 1) * tk * kd];
-            let vb = &vv[blk * tk * vd..(blk + 1) * tk * vd];
-            let dob = &dov[blk * tq * vd..(blk + 1) * tq * vd];
-            let p = match &saved {
-                Some(p) => p[blk * tq * tk..(blk + 1) * tq * tk].to_vec(),
-                None => {
-                    // Recomputed (a second backward through the same graph).
-                    let mut p = vec![0f32; tq * tk];
+        let probs = match self.probs.lock().ok().and_then(|mut s| s.take()) {
+            Some(p) => p,
+            None => {
+                // Recomputed (a second backward through the same graph).
+                let mut p = vec![0f32; b * h * tq * tk];
+                for (blk, pb) in p.chunks_mut(tq * tk).enumerate() {
                     let mask = self
                         .allowed
                         .as_deref()
                         .map(|m| &m[(blk / h) * tq * tk..(blk / h + 1) * tq * tk]);
-                    self.probs_of(qb, kb, mask, (tq, tk, kd), &mut p);
-                    p
+                    let qb = &qv[blk * tq * kd..(blk + 1) * tq * kd];
+                    let kb = &kv[blk * tk * kd..(blk + 1) * tk * kd];
+                    self.probs_of(qb, kb, mask, (tq, tk, kd), pb);
                 }
-            };
-            let mut dv = vec![0f32; tk * vd];
-            matmul(&mut dv, vd, false, view_t(&p, tq, tk), view(dob, tq, vd));
-            let mut ds = vec![0f32; tq * tk];
-            matmul(&mut ds, tk, false, view(dob, tq, vd), view_t(vb, tk, vd));
-            for (drow, prow) in ds.chunks_mut(tk).zip(p.chunks(tk)) {
-                let dot: f32 = drow.iter().zip(prow).map(|(d, p)| d * p).sum();
-                for (d, p) in drow.iter_mut().zip(prow) {
-                    *d = p * (*d - dot) * self.scale;
-                }
+                p
             }
-            let mut dq = vec![0f32; tq * kd];
-            matmul(&mut dq, kd, false, view(&ds, tq, tk), view(kb, tk, kd));
-            let mut dk = vec![0f32; tk * kd];
-            matmul(&mut dk, kd, false, view_t(&ds, tq, tk), view(qb, tq, kd));
-            (dq, dk, dv)
         };
-        let blocks: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> =
-            if b * h * tq * tk * (kd + vd) >= par::MIN_MACS {
-                (0..b * h).into_par_iter().map(one).collect()
-            } else {
-                (0..b * h).map(one).collect()
-            };
         let (mut dq, mut dk, mut dv) = (
-            Vec::with_capacity(qv.len()),
-            Vec::with_capacity(kv.len()),
-            Vec::with_capacity(vv.len()),
+            vec![0f32; qv.len()],
+            vec![0f32; kv.len()],
+            vec![0f32; vv.len()],
         );
-        for (a, b2, c) in blocks {
-            dq.extend(a);
-            dk.extend(b2);
-            dv.extend(c);
-        }
+        let dims = (b, h, tq, tk, kd, vd);
+        self.backward_into(
+            (&qv, &kv, &vv),
+            &probs,
+            &dov,
+            dims,
+            (&mut dq, &mut dk, &mut dv),
+        );
         let dev = q.device();
         Ok((
             Some(Tensor::from_vec(dq, q.dims(), dev)?),

@@ -32,6 +32,43 @@ impl LayerNormTrain {
     }
 }
 
+impl LayerNormTrain {
+    /// The backward over rows of `gamma.len()` values: x's gradient added to
+    /// `dx`, γ's and β's (summed over rows in a fixed order, deterministic)
+    /// added to theirs.
+    pub fn backward_into(
+        &self,
+        x: &[f32],
+        gamma: &[f32],
+        dy: &[f32],
+        dx: &mut [f32],
+        (dg, db): (&mut [f32], &mut [f32]),
+    ) {
+        let d = gamma.len();
+        let (mut dgamma, mut dbeta) = (vec![0f64; d], vec![0f64; d]);
+        let mut xhat = vec![0f32; d];
+        let rows = x.chunks(d).zip(dy.chunks(d)).zip(dx.chunks_mut(d));
+        for ((xr, gr), dxr) in rows {
+            let (mu, inv) = self.stats(xr);
+            let (mut mg, mut mgx) = (0f32, 0f32);
+            for k in 0..d {
+                xhat[k] = (xr[k] - mu) * inv;
+                let gk = gr[k] * gamma[k];
+                mg += gk;
+                mgx += gk * xhat[k];
+                dgamma[k] += (gr[k] * xhat[k]) as f64;
+                dbeta[k] += gr[k] as f64;
+            }
+            let (mg, mgx) = (mg / d as f32, mgx / d as f32);
+            for (k, dx) in dxr.iter_mut().enumerate() {
+                *dx += (gr[k] * gamma[k] - mg - xhat[k] * mgx) * inv;
+            }
+        }
+        dg.iter_mut().zip(dgamma).for_each(|(a, v)| *a += v as f32);
+        db.iter_mut().zip(dbeta).for_each(|(a, v)| *a += v as f32);
+    }
+}
+
 impl CustomOp3 for LayerNormTrain {
     fn name(&self) -> &'static str {
         "mtl-layer-norm-train"
@@ -105,34 +142,14 @@ impl CustomOp3 for LayerNormTrain {
             return Ok((Some(dx), Some(dg), Some(db)));
         }
         let (xv, g, dy) = (host(x)?, host(gamma)?, host(grad)?);
-        let rows = xv.len() / d;
         let mut dx = vec![0f32; xv.len()];
-        // dγ and dβ summed over rows in a fixed order (deterministic).
-        let (mut dgamma, mut dbeta) = (vec![0f64; d], vec![0f64; d]);
-        let mut xhat = vec![0f32; d];
-        for r in 0..rows {
-            let (xr, gr) = (&xv[r * d..(r + 1) * d], &dy[r * d..(r + 1) * d]);
-            let (mu, inv) = self.stats(xr);
-            let (mut mg, mut mgx) = (0f32, 0f32);
-            for k in 0..d {
-                xhat[k] = (xr[k] - mu) * inv;
-                let gk = gr[k] * g[k];
-                mg += gk;
-                mgx += gk * xhat[k];
-                dgamma[k] += (gr[k] * xhat[k]) as f64;
-                dbeta[k] += gr[k] as f64;
-            }
-            let (mg, mgx) = (mg / d as f32, mgx / d as f32);
-            for (k, dx) in dx[r * d..(r + 1) * d].iter_mut().enumerate() {
-                *dx = (gr[k] * g[k] - mg - xhat[k] * mgx) * inv;
-            }
-        }
+        let (mut dgamma, mut dbeta) = (vec![0f32; d], vec![0f32; d]);
+        self.backward_into(&xv, &g, &dy, &mut dx, (&mut dgamma, &mut dbeta));
         let dev = x.device();
-        let f32s = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect::<Vec<_>>();
         Ok((
             Some(Tensor::from_vec(dx, x.dims(), dev)?),
-            Some(Tensor::from_vec(f32s(dgamma), d, dev)?),
-            Some(Tensor::from_vec(f32s(dbeta), d, dev)?),
+            Some(Tensor::from_vec(dgamma, d, dev)?),
+            Some(Tensor::from_vec(dbeta, d, dev)?),
         ))
     }
 }

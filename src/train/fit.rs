@@ -607,7 +607,7 @@ pub fn fit(
             let mut inputs = train_prog.prepare_inputs(&batch, dev)?;
             super::modality::drop_inputs(train_prog, &mut inputs, &mut rng, &part)?;
             let fwd = match planned.as_mut() {
-                Some(p) => p.forward(train_prog, params, inputs)?,
+                Some(p) => p.forward(train_prog, params, inputs, &mut rng)?,
                 None => train_prog.forward_part(params, inputs, &mut rng, scheme.cut(), &part)?,
             };
             let mut ls = losses(train_prog, params, &fwd, &batch, Reduction::Batch)?;

@@ -70,9 +70,22 @@ pub(super) struct Geometry {
 /// (Wᵀ, bias) of a projection.
 pub(super) type Proj<'a> = (&'a [f32], &'a [f32]);
 
+/// [B, H, T, d] → [B, T, H, d] (the inverse of [`heads_first`]).
+fn heads_last(src: &[f32], dst: &mut [f32], (t, h, d): (usize, usize, usize)) {
+    for (sb, db) in src.chunks(t * h * d).zip(dst.chunks_mut(t * h * d)) {
+        for hi in 0..h {
+            for ti in 0..t {
+                copy_short(&mut db[(ti * h + hi) * d..][..d], &sb[(hi * t + ti) * d..]);
+            }
+        }
+    }
+}
+
 /// Multi-head attention: the projections as GEMMs, our fused scaled dot
 /// product per (sample, head), the output projection (when `out` has one).
-/// `t`: the nine scratch buffers the schedule gave the step.
+/// `t`: the nine scratch buffers the schedule gave the step; `saved`
+/// (training): where Q, K and V by heads, the probabilities and the merged
+/// heads are kept for [`attention_grads`].
 #[allow(clippy::too_many_arguments)]
 pub(super) fn attention(
     g: &Geometry,
@@ -80,7 +93,7 @@ pub(super) fn attention(
     (query, context): (&[f32], &[f32]),
     masks: (Option<&[u32]>, Option<&[u32]>),
     batch: usize,
-    t: &mut [&mut [f32]],
+    (t, saved): (&mut [&mut [f32]], Option<&mut Vec<Vec<f32>>>),
     out: &mut [f32],
 ) -> Result<(), String> {
     let (h, kd, vd, tq, tk) = (g.heads, g.kd, g.vd, g.tq, g.tk);
@@ -96,7 +109,7 @@ pub(super) fn attention(
     // Keras scales the query before the product; our op scales the scores.
     let op = Sdpa::new(1.0 / (kd as f32).sqrt(), mask, false);
     let merged: &mut [f32] = if wo.is_some() { om } else { &mut *out };
-    if short_keys(tk, kd) {
+    if short_keys(tk, kd) && saved.is_none() {
         op.forward_rows_into((q, k, v), (batch, h, tq, tk, kd, vd), merged);
         return project(wo, om, out, (batch * tq, hv));
     }
@@ -105,17 +118,70 @@ pub(super) fn attention(
     heads_first(v, vh, (tk, h, vd));
     op.forward_into((qh, kh, vh), (batch, h, tq, tk, kd, vd), o, probs);
     // [B, H, Tq, V] → [B, Tq, H·V], then the output projection.
-    for (sb, db) in o.chunks(hv * tq).zip(merged.chunks_mut(hv * tq)) {
-        for hi in 0..h {
-            for ti in 0..tq {
-                copy_short(
-                    &mut db[(ti * h + hi) * vd..][..vd],
-                    &sb[(hi * tq + ti) * vd..],
-                );
-            }
+    heads_last(o, merged, (tq, h, vd));
+    if let Some(saved) = saved {
+        let keep: [&[f32]; 5] = [qh, kh, vh, probs, merged];
+        saved.resize_with(keep.len(), Vec::new);
+        for (s, v) in saved.iter_mut().zip(keep) {
+            s.clear();
+            s.extend_from_slice(v);
         }
     }
     project(wo, om, out, (batch * tq, hv))
+}
+
+/// The backward of a training [`attention`] from its output's gradient
+/// `gy` and what it kept (`saved`): the output projection's weight and bias
+/// gradients added to `dwo` (`wo`: its weight [D, H·V], if it has one), and
+/// the gradients of the projected Q, K and V rows ([B, T, H·K] or [H·V]),
+/// which the projections' backward carries to their weights and operands.
+pub(super) fn attention_grads(
+    g: &Geometry,
+    (wo, dwo): (Option<&[f32]>, (&mut [f32], &mut [f32])),
+    saved: &[Vec<f32>],
+    batch: usize,
+    gy: &[f32],
+) -> Result<[Vec<f32>; 3], String> {
+    let [qh, kh, vh, probs, merged] = saved else {
+        return Err("the forward kept no attention states".into());
+    };
+    let (h, kd, vd, tq, tk) = (g.heads, g.kd, g.vd, g.tq, g.tk);
+    let hv = h * vd;
+    let dmerged = match wo {
+        Some(w) => {
+            let mut d = vec![0f32; batch * tq * hv];
+            let dims = (batch * tq, hv, gy.len() / (batch * tq).max(1));
+            linear::backward_into(merged, w, gy, dims, Some(&mut d), dwo.0, dwo.1);
+            d
+        }
+        None => gy.to_vec(),
+    };
+    let mut doh = vec![0f32; dmerged.len()];
+    heads_first(&dmerged, &mut doh, (tq, h, vd));
+    let (mut dqh, mut dkh, mut dvh) = (
+        vec![0f32; qh.len()],
+        vec![0f32; kh.len()],
+        vec![0f32; vh.len()],
+    );
+    let op = Sdpa::new(1.0 / (kd as f32).sqrt(), None, false);
+    let dims = (batch, h, tq, tk, kd, vd);
+    op.backward_into(
+        (qh, kh, vh),
+        probs,
+        &doh,
+        dims,
+        (&mut dqh, &mut dkh, &mut dvh),
+    );
+    let rows = |src: &[f32], (t, d): (usize, usize)| {
+        let mut r = vec![0f32; src.len()];
+        heads_last(src, &mut r, (t, h, d));
+        r
+    };
+    Ok([
+        rows(&dqh, (tq, kd)),
+        rows(&dkh, (tk, kd)),
+        rows(&dvh, (tk, vd)),
+    ])
 }
 
 /// The output projection of the merged heads `om` ([rows, hv]) into `out`,
@@ -159,18 +225,37 @@ pub(super) fn layer_norm(x: &[f32], (w, b): (&[f32], &[f32]), eps: f64, out: &mu
 /// steps only (0 where there are none).
 pub(super) fn mean_steps(x: &[f32], (t, d): (usize, usize), ids: Option<&[u32]>, out: &mut [f32]) {
     for (s, (xs, ys)) in x.chunks(t * d).zip(out.chunks_mut(d)).enumerate() {
-        let w: Vec<f32> = match ids {
-            Some(ids) => {
-                let m: Vec<f32> = valid(&ids[s * t..(s + 1) * t]).collect();
-                let n = m.iter().sum::<f32>().max(1.0);
-                m.iter().map(|v| v / n).collect()
-            }
-            None => vec![1.0 / t as f32; t],
-        };
         ys.fill(0.0);
-        for (row, wt) in xs.chunks(d).zip(&w) {
+        for (row, wt) in xs.chunks(d).zip(&step_weights(ids, s, t)) {
             ys.iter_mut().zip(row).for_each(|(y, v)| *y += wt * v);
         }
+    }
+}
+
+/// The backward of [`mean_steps`]: each step's share of the gradient added
+/// to `dx`.
+pub(super) fn mean_steps_backward(
+    gy: &[f32],
+    (t, d): (usize, usize),
+    ids: Option<&[u32]>,
+    dx: &mut [f32],
+) {
+    for (s, (dxs, g)) in dx.chunks_mut(t * d).zip(gy.chunks(d)).enumerate() {
+        for (row, wt) in dxs.chunks_mut(d).zip(&step_weights(ids, s, t)) {
+            row.iter_mut().zip(g).for_each(|(r, g)| *r += wt * g);
+        }
+    }
+}
+
+/// Sample `s`'s weight per step: 1/T, or 1/(real steps) at real steps only.
+fn step_weights(ids: Option<&[u32]>, s: usize, t: usize) -> Vec<f32> {
+    match ids {
+        Some(ids) => {
+            let m: Vec<f32> = valid(&ids[s * t..(s + 1) * t]).collect();
+            let n = m.iter().sum::<f32>().max(1.0);
+            m.iter().map(|v| v / n).collect()
+        }
+        None => vec![1.0 / t as f32; t],
     }
 }
 

@@ -25,6 +25,10 @@ pub(super) struct Saved {
     pub arg: Vec<u16>,
     /// Per direction of a recurrence: (hidden states, activations, cell states).
     pub lstm: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)>,
+    /// A dropout's mask: 0 or 1/keep per value, drawn before the forward.
+    pub mask: Vec<f32>,
+    /// An attention's Q, K and V by heads, probabilities and merged heads.
+    pub attn: Vec<Vec<f32>>,
 }
 
 /// The batch size and each input's data, by index into `Program::inputs`.
@@ -401,7 +405,17 @@ fn step(
             };
             let mut ts: Vec<&mut [f32]> = (0..ps.temps.len()).map(temp).collect();
             let w = (proj(q), proj(k), proj(v), wo.as_ref().map(proj));
-            layers::attention(&g, w, (x, context), masks, batch, &mut ts, out)?
+            let keep = keep.map(|s| &mut s.attn);
+            layers::attention(&g, w, (x, context), masks, batch, (&mut ts, keep), out)?
+        }
+        (PKind::Dropout { .. }, _) => {
+            let mask = keep.map(|s| &s.mask[..]).unwrap_or_default();
+            if mask.len() != out.len() {
+                return Err("a dropout without its mask".into());
+            }
+            for ((o, v), m) in out.iter_mut().zip(x).zip(mask) {
+                *o = v * m;
+            }
         }
         (PKind::LayerNorm { eps, .. }, Packed::Norm { w, b }) => {
             layers::layer_norm(x, (w, b), *eps, out)

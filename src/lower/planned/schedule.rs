@@ -133,6 +133,11 @@ pub enum PKind {
         experts: usize,
         gate: usize,
     },
+    /// Training's dropout: each value kept with probability `keep` and
+    /// scaled by 1/keep, under a mask drawn before the forward runs.
+    Dropout {
+        keep: f32,
+    },
 }
 
 impl fmt::Display for PKind {
@@ -178,6 +183,7 @@ impl fmt::Display for PKind {
             PKind::Gated { .. } => f.write_str("gated"),
             PKind::Weighted => f.write_str("weighted_sum"),
             PKind::Mixture { .. } => f.write_str("mixture"),
+            PKind::Dropout { .. } => f.write_str("dropout(mask)"),
         }
     }
 }
@@ -228,7 +234,7 @@ impl Schedule {
     }
 
     /// The forward schedule of `prog` in its mode (training keeps dropout,
-    /// which has no planned kernel).
+    /// whose masks the training forward draws).
     pub(super) fn build(prog: &Program) -> Result<Schedule, Unplanned> {
         if prog.compute != candle_core::DType::F32 {
             return Err(Unplanned("planned kernels are f32".into()));
@@ -272,10 +278,14 @@ impl Schedule {
                 .map(|a| dims[*a].as_ref().ok_or_else(|| why("operand size unknown")))
                 .collect::<Result<_, _>>()?;
             let len: usize = out_dims.iter().product();
-            if prog.mode == Mode::Train && matches!(st.op, Op::Dropout(_)) {
-                return Err(why("dropout in training"));
-            }
-            let kind = match kind_of(st, &arg_dims, &out_dims) {
+            let kind = match (&st.op, prog.mode) {
+                // Training draws a mask (inference's dropout is a view).
+                (Op::Dropout(d), Mode::Train) => Ok(Some(PKind::Dropout {
+                    keep: 1.0 - d.rate as f32,
+                })),
+                _ => kind_of(st, &arg_dims, &out_dims),
+            };
+            let kind = match kind {
                 Ok(Some(kind)) => kind,
                 // A view: the result is the operand's buffer.
                 Ok(None) => {

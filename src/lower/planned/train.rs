@@ -14,19 +14,23 @@
 //! (or the losses) to the backward of its producer. One assignment
 //! ([`super::memory::assign`]) places values, scratch and gradients.
 
+use super::layers;
 use super::memory::{assign, Interval};
 use super::run::{self, Arena, Input, Saved};
 use super::schedule::{read_slots, Loc, PKind, PStep, Schedule, Unplanned};
 use super::{pack, Packed};
 use crate::ir::ops::activation::Act;
-use crate::ir::ops::{dense, embedding};
+use crate::ir::ops::{dense, embedding, norm, position_embedding};
 use crate::ir::{Ew, Op, RnnCell};
 use crate::kernels::cpu_ops::{GlobalPool, MaxPool2d, Upsample2d};
+use crate::kernels::layer_norm::LayerNormTrain;
 use crate::kernels::{conv::Conv2dIm2col, gelu, host, linear, lstm::LstmSeq};
 use crate::lower::{Forward, Params, Program, RunError};
 use crate::pipeline::Mode;
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
+use rand::rngs::StdRng;
+use rand::Rng;
 use std::collections::HashMap;
 
 /// A training program's planned forward and backward.
@@ -60,7 +64,14 @@ fn has_backward(kind: &PKind) -> bool {
         | PKind::Narrow { .. }
         | PKind::Concat { .. }
         | PKind::Embedding { .. }
-        | PKind::Upsample { .. } => true,
+        | PKind::Upsample { .. }
+        | PKind::Attention { .. }
+        | PKind::LayerNorm { .. }
+        | PKind::PositionAdd
+        | PKind::MeanSteps { .. }
+        | PKind::Select { .. }
+        | PKind::Permute { .. }
+        | PKind::Dropout { .. } => true,
         PKind::Conv { mean, .. } => !mean,
         PKind::Act(a) => matches!(
             a,
@@ -87,7 +98,10 @@ fn kept(ps: &PStep) -> Vec<Option<usize>> {
         PKind::Act(Act::Gelu | Act::Silu) => vec![Some(0)],
         PKind::Act(_) => vec![None],
         PKind::Rnn { .. } => vec![Some(0)],
-        PKind::Elementwise(Ew::Mul) => (0..ps.args.len()).map(Some).collect(),
+        PKind::Elementwise(Ew::Mul) | PKind::Attention { .. } => {
+            (0..ps.args.len()).map(Some).collect()
+        }
+        PKind::LayerNorm { .. } => vec![Some(0)],
         _ => vec![],
     }
 }
@@ -181,11 +195,14 @@ impl PlannedTrain {
 
     /// The training forward: the heads' values and auxiliary-loss operands
     /// as leaf variables (in `values` and `leaves`), for the losses.
+    /// Dropout draws from `rng` as the candle path does: a value at a time,
+    /// the steps in program order.
     pub fn forward(
         &mut self,
         prog: &Program,
         params: &Params,
         inputs: Vec<(usize, Tensor)>,
+        rng: &mut StdRng,
     ) -> Result<Forward, RunError> {
         // The last step's packing goes before this one's is made.
         self.packed.clear();
@@ -203,6 +220,19 @@ impl PlannedTrain {
             .collect::<Result<_, _>>()?;
         self.inputs = inputs;
         let (batch, held) = run::hold(prog, &self.inputs)?;
+        for (ps, saved) in self.schedule.steps.iter().zip(&mut self.saved) {
+            if let PKind::Dropout { keep } = ps.kind {
+                let n = self.schedule.bufs[ps.out].size * batch;
+                saved.mask.clear();
+                saved.mask.extend((0..n).map(|_| {
+                    if rng.random::<f32>() < keep {
+                        1.0 / keep
+                    } else {
+                        0.0
+                    }
+                }));
+            }
+        }
         let arena = run::arena_for(&self.schedule, &mut self.arena, batch);
         let at = (held.as_slice(), batch);
         let saved = Some(self.saved.as_mut_slice());
@@ -330,6 +360,15 @@ impl Back<'_> {
                 _ => Err("an f32 operand holds token ids".into()),
             },
             None => Err(format!("no operand {i}")),
+        }
+    }
+
+    /// The token ids of input `k`, whose zeros pad an operand.
+    fn ids(&self, k: Option<usize>) -> Result<Option<&[u32]>, String> {
+        match k.map(|k| &self.held.0[k]) {
+            None => Ok(None),
+            Some(Some(Input::Ids(v))) => Ok(Some(v)),
+            Some(_) => Err("a padding mask of f32 values".into()),
         }
     }
 
@@ -544,6 +583,135 @@ impl Back<'_> {
                             add(dx, &p);
                         }
                     }
+                }
+            }
+            (PKind::Dropout { .. }, _) => {
+                if let Some(dx) = self.dx(0) {
+                    let pairs = dx.iter_mut().zip(gy.iter().zip(&saved.mask));
+                    pairs.for_each(|(d, (g, m))| *d += g * m);
+                }
+            }
+            (PKind::PositionAdd, Packed::Table(table)) => {
+                let mut dt = take(position_embedding::WEIGHT, table.len());
+                for g in gy.chunks(dt.len()) {
+                    add(&mut dt, g);
+                }
+                if let Some(dx) = self.dx(0) {
+                    add(dx, gy);
+                }
+                put.push((position_embedding::WEIGHT, dt));
+            }
+            (PKind::LayerNorm { eps, d }, _) => {
+                let gamma = weight(norm::WEIGHT)?;
+                let gamma = host::host(&gamma).map_err(host_err)?;
+                let (mut dg, mut db) = (take(norm::WEIGHT, *d), take(norm::BIAS, *d));
+                let (x, op) = (self.value(0)?, LayerNormTrain { eps: *eps });
+                let mut scratch;
+                let dx = match self.dx(0) {
+                    Some(dx) => dx,
+                    None => {
+                        scratch = vec![0f32; x.len()];
+                        &mut scratch[..]
+                    }
+                };
+                op.backward_into(x, &gamma, gy, dx, (&mut dg, &mut db));
+                put.extend([(norm::WEIGHT, dg), (norm::BIAS, db)]);
+            }
+            (PKind::MeanSteps { t, d }, _) => {
+                let ids = self.ids(self.ps.masks.first().copied().flatten())?;
+                if let Some(dx) = self.dx(0) {
+                    layers::mean_steps_backward(gy, (*t, *d), ids, dx)
+                }
+            }
+            (PKind::Permute { dims, axes }, _) => {
+                if let Some(dx) = self.dx(0) {
+                    // The inverse move: output axis i goes back to axes[i].
+                    let moved: Vec<usize> = axes.iter().map(|a| dims[*a]).collect();
+                    let mut back = vec![0; axes.len()];
+                    for (i, a) in axes.iter().enumerate() {
+                        back[*a] = i;
+                    }
+                    let mut g = vec![0f32; gy.len()];
+                    layers::permute(gy, &moved, &back, &mut g);
+                    add(dx, &g);
+                }
+            }
+            (PKind::Select { n, i, inner }, _) => {
+                if let Some(dx) = self.dx(0) {
+                    for (d, g) in dx.chunks_mut(n * inner).zip(gy.chunks(*inner)) {
+                        add(&mut d[i * inner..(i + 1) * inner], g);
+                    }
+                }
+            }
+            (
+                PKind::Attention {
+                    heads,
+                    kd,
+                    vd,
+                    tq,
+                    tk,
+                    causal,
+                    hf,
+                },
+                _,
+            ) => {
+                use crate::ir::ops::attention as n;
+                let g = layers::Geometry {
+                    heads: *heads,
+                    kd: *kd,
+                    vd: *vd,
+                    tq: *tq,
+                    tk: *tk,
+                    causal: *causal,
+                };
+                let (hk, hv) = (heads * kd, heads * vd);
+                // Self-attention reads one operand as query and context.
+                let c = usize::from(self.ps.args.len() > 1);
+                let (query, context) = (self.value(0)?, self.value(c)?);
+                let [dq, dk, dv] = if *hf {
+                    layers::attention_grads(&g, (None, (&mut [], &mut [])), &saved.attn, batch, gy)?
+                } else {
+                    let wo = weight(n::OUT_WEIGHT)?;
+                    let wo = host::host(&wo).map_err(host_err)?;
+                    let (mut dw, mut db) = (
+                        take(n::OUT_WEIGHT, wo.len()),
+                        take(n::OUT_BIAS, wo.len() / hv),
+                    );
+                    let out = (Some(&wo[..]), (&mut dw[..], &mut db[..]));
+                    let r = layers::attention_grads(&g, out, &saved.attn, batch, gy)?;
+                    put.extend([(n::OUT_WEIGHT, dw), (n::OUT_BIAS, db)]);
+                    r
+                };
+                let (rq, rk) = (batch * tq, batch * tk);
+                let projections = [
+                    (
+                        n::QUERY_WEIGHT,
+                        n::QUERY_BIAS,
+                        (query, 0),
+                        dq,
+                        (rq, query.len() / rq, hk),
+                    ),
+                    (
+                        n::KEY_WEIGHT,
+                        n::KEY_BIAS,
+                        (context, c),
+                        dk,
+                        (rk, context.len() / rk, hk),
+                    ),
+                    (
+                        n::VALUE_WEIGHT,
+                        n::VALUE_BIAS,
+                        (context, c),
+                        dv,
+                        (rk, context.len() / rk, hv),
+                    ),
+                ];
+                for (wn, bn, (x, xi), dy, dims) in projections {
+                    let w = weight(wn)?;
+                    let w = host::host(&w).map_err(host_err)?;
+                    let (mut dw, mut db) = (take(wn, w.len()), take(bn, dims.2));
+                    linear::backward_into(x, &w, &dy, dims, self.dx(xi), &mut dw, &mut db);
+                    put.extend([(wn, dw), (bn, db)]);
                 }
             }
             (kind, _) => return Err(format!("no planned backward for {kind}")),
