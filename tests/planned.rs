@@ -93,7 +93,7 @@ fn planned_outputs_equal_the_candle_path() {
 }
 
 #[test]
-fn inference_schedules_refuse_training_programs_and_masked_recurrences() {
+fn schedules_refuse_training_programs_masked_recurrences_and_attention_dropout() {
     let dev = Device::Cpu;
     let g = common::compile(&PathBuf::from("models/shapes.mtl"), Mode::Train);
     let prog = lower(&g, Mode::Train).unwrap().for_device(&dev);
@@ -104,6 +104,15 @@ fn inference_schedules_refuse_training_programs_and_masked_recurrences() {
     let prog = lower(&g, Mode::Infer).unwrap();
     let why = Schedule::of(&prog).unwrap_err();
     assert!(why.0.contains("padding mask"), "{why}");
+    // Dropout on attention probabilities trains on the candle path.
+    let src = "model m {\n  input t: tokens[6] vocab 9\n  let h = t -> embedding(8) -> attention(2, 4, dropout = 0.1) -> global_avg_pool(axis = 1)\n  head y = h -> dense(1) {\n    loss: mse\n  }\n}\n";
+    let c = mtl::compile_str("m.mtl", src, &common::options(Mode::Train));
+    let prog = lower(&common::graph(c), Mode::Train).unwrap();
+    let params = init_params(&prog, 1, &dev).unwrap();
+    let why = mtl::lower::planned::PlannedTrain::new(&prog, &params)
+        .err()
+        .unwrap();
+    assert!(why.0.contains("attention probabilities"), "{why}");
 }
 
 /// The summed head losses (zero labels, as `mtl bench --train`).

@@ -278,6 +278,13 @@ impl Schedule {
                 .map(|a| dims[*a].as_ref().ok_or_else(|| why("operand size unknown")))
                 .collect::<Result<_, _>>()?;
             let len: usize = out_dims.iter().product();
+            if let (Op::Attention(a) | Op::Attend(crate::ir::Attend(a)), Mode::Train) =
+                (&st.op, prog.mode)
+            {
+                if a.dropout > 0.0 {
+                    return Err(why("dropout on attention probabilities"));
+                }
+            }
             let kind = match (&st.op, prog.mode) {
                 // Training draws a mask (inference's dropout is a view).
                 (Op::Dropout(d), Mode::Train) => Ok(Some(PKind::Dropout {
