@@ -72,6 +72,7 @@ fn planned_outputs_equal_the_candle_path() {
     // The plan covers these; a model falling back to the candle path is a regression.
     for want in [
         "captions",
+        "clip",
         "digits",
         "digits_mt",
         "fusion_ops",
@@ -99,9 +100,10 @@ fn schedules_refuse_training_programs_masked_recurrences_and_attention_dropout()
     let prog = lower(&g, Mode::Train).unwrap().for_device(&dev);
     let why = Schedule::of(&prog).unwrap_err();
     assert!(why.0.contains("training"), "{why}");
-    // `clip`'s text LSTM reads a padding mask.
-    let g = common::compile(&PathBuf::from("models/clip.mtl"), Mode::Infer);
-    let prog = lower(&g, Mode::Infer).unwrap();
+    // A GRU over padded tokens: only LSTMs carry their state over padding.
+    let src = "model m {\n  input t: tokens[6] vocab 9\n  let h = t -> embedding(8, mask_zero = true) -> gru(4)\n  head y = h -> dense(1) {\n    loss: mse\n  }\n}\n";
+    let c = mtl::compile_str("m.mtl", src, &common::options(Mode::Infer));
+    let prog = lower(&common::graph(c), Mode::Infer).unwrap();
     let why = Schedule::of(&prog).unwrap_err();
     assert!(why.0.contains("padding mask"), "{why}");
     // Dropout on attention probabilities trains on the candle path.
@@ -115,8 +117,13 @@ fn schedules_refuse_training_programs_masked_recurrences_and_attention_dropout()
     assert!(why.0.contains("attention probabilities"), "{why}");
 }
 
-/// The summed head losses (zero labels, as `mtl bench --train`).
-fn total_loss(prog: &mtl::lower::Program, fwd: &mtl::lower::Forward) -> Tensor {
+/// The summed head losses (zero labels, as `mtl bench --train`) and
+/// auxiliary losses (as training computes them).
+fn total_loss(
+    prog: &mtl::lower::Program,
+    params: &mtl::lower::Params,
+    fwd: &mtl::lower::Forward,
+) -> Tensor {
     use mtl::train::loss::{head_loss, Reduction};
     let dev = Device::Cpu;
     let mut total = Tensor::zeros((), candle_core::DType::F32, &dev).unwrap();
@@ -132,6 +139,28 @@ fn total_loss(prog: &mtl::lower::Program, fwd: &mtl::lower::Forward) -> Tensor {
         };
         let l = head_loss(h.loss, y, &label, None, Reduction::Batch).unwrap();
         total = (total + l).unwrap();
+    }
+    for l in &prog.losses {
+        let (a, b) = (fwd.get(l.slots[0]).unwrap(), fwd.get(l.slots[1]).unwrap());
+        let loss = match l.kind {
+            mtl::ir::AuxKind::Compare(kind) => {
+                head_loss(kind, a, &b.detach(), None, Reduction::Batch).unwrap()
+            }
+            mtl::ir::AuxKind::Contrastive {
+                temperature,
+                learned,
+            } => {
+                let scale = match (learned, &l.params) {
+                    (true, Some(p)) => params
+                        .get(&format!("{p}.{}", mtl::ir::LOGIT_SCALE))
+                        .unwrap()
+                        .clone(),
+                    _ => Tensor::new((1.0 / temperature).ln() as f32, &dev).unwrap(),
+                };
+                mtl::train::contrastive::contrastive(a, b, &scale).unwrap()
+            }
+        };
+        total = (total + loss).unwrap();
     }
     total
 }
@@ -160,12 +189,12 @@ fn planned_training_gradients_equal_the_candle_path() {
             let inputs = prog.prepare_inputs(&x, &dev).unwrap();
             let mut rng = rand::rngs::StdRng::seed_from_u64(0);
             let fwd = prog.forward(&params, inputs.clone(), &mut rng).unwrap();
-            let want = total_loss(&prog, &fwd).backward().unwrap();
+            let want = total_loss(&prog, &params, &fwd).backward().unwrap();
             let want = mtl::train::optim::grads_for(&vars, &want);
             // The same dropout masks: a stream as the candle path's.
             let mut rng = rand::rngs::StdRng::seed_from_u64(0);
             let pf = pt.forward(&prog, &params, inputs, &mut rng).unwrap();
-            let store = total_loss(&prog, &pf).backward().unwrap();
+            let store = total_loss(&prog, &params, &pf).backward().unwrap();
             let mut got = mtl::train::optim::grads_for(&vars, &store);
             pt.backward(&prog, &params, (&pf, &store), &vars, &mut got)
                 .unwrap();
@@ -197,6 +226,7 @@ fn planned_training_gradients_equal_the_candle_path() {
     }
     for want in [
         "captions",
+        "clip",
         "digits_mt",
         "reviews",
         "seed_multitask_small",

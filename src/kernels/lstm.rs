@@ -22,6 +22,10 @@ pub struct LstmSeq {
     pub reverse: bool,
     /// Keep the activations for a backward (training).
     save: bool,
+    /// [B, T]: 0 at padded steps, over which the state carries over
+    /// unchanged and is the step's output (Keras's masked RNN); `None`:
+    /// every step is real.
+    valid: Option<Vec<f32>>,
     /// Forward activations (i, f, g, o per step) and cell states, for backward.
     saved: Mutex<Option<(Vec<f32>, Vec<f32>)>>,
     /// The same on a GPU, where they stay ([`super::recurrence_cuda`]).
@@ -35,10 +39,24 @@ impl LstmSeq {
             units,
             reverse,
             save,
+            valid: None,
             saved: Mutex::new(None),
             #[cfg(feature = "cuda")]
             kept: Mutex::new(None),
         }
+    }
+
+    /// The recurrence over padded sequences (`valid` [B, T], 1 at real
+    /// steps); the planned executor's only.
+    pub fn with_valid(mut self, valid: Option<Vec<f32>>) -> Self {
+        self.valid = valid;
+        self
+    }
+
+    /// Whether step `ts` of batch row `bi` (of `t` steps) is padding.
+    #[inline(always)]
+    fn padded(valid: Option<&[f32]>, bi: usize, t: usize, ts: usize) -> bool {
+        valid.is_some_and(|v| v[bi * t + ts] == 0.0)
     }
 
     fn order(&self, t: usize) -> Vec<usize> {
@@ -104,9 +122,10 @@ impl LstmSeq {
         par::each(items, par, |(blk, (hs, cs, acts))| {
             let n = hs.len() / (t * hu);
             let xw = &xw[blk * rows * t * g4..][..n * t * g4];
+            let valid = self.valid.as_deref().map(|v| &v[blk * rows * t..][..n * t]);
             par::widest(
                 #[inline(always)]
-                || self.forward_rows(xw, wt, n, t, hs, cs, acts),
+                || self.forward_rows(xw, wt, (n, t), valid, hs, cs, acts),
             )
         });
     }
@@ -119,8 +138,8 @@ impl LstmSeq {
         &self,
         xw: &[f32],
         wt: &[f32],
-        b: usize,
-        t: usize,
+        (b, t): (usize, usize),
+        valid: Option<&[f32]>,
         hs: &mut [f32],
         cs: &mut [f32],
         acts: &mut [f32],
@@ -159,6 +178,15 @@ impl LstmSeq {
                 .zip(g.chunks_mut(g4))
                 .enumerate()
             {
+                let (a, s) = ((bi * t + ts) * g4, (bi * t + ts) * hu);
+                if Self::padded(valid, bi, t, ts) {
+                    // The state carries over and is the step's output.
+                    hs[s..s + hu].copy_from_slice(h);
+                    if !acts.is_empty() {
+                        cs[s..s + hu].copy_from_slice(c);
+                    }
+                    continue;
+                }
                 let x = &xw[(bi * t + ts) * g4..(bi * t + ts + 1) * g4];
                 row.iter_mut().zip(x).for_each(|(g, x)| *g += x);
                 sigmoid_slice(&mut row[..2 * hu]);
@@ -176,7 +204,6 @@ impl LstmSeq {
                 for j in 0..hu {
                     h[j] *= go[j];
                 }
-                let (a, s) = ((bi * t + ts) * g4, (bi * t + ts) * hu);
                 hs[s..s + hu].copy_from_slice(h);
                 if !acts.is_empty() {
                     acts[a..a + g4].copy_from_slice(row);
@@ -194,8 +221,8 @@ impl LstmSeq {
     fn backward_rows(
         &self,
         w: &[f32],
-        b: usize,
-        t: usize,
+        (b, t): (usize, usize),
+        valid: Option<&[f32]>,
         (cs, hs, grad): (&[f32], &[f32], &[f32]),
         acts_dg: &mut [f32],
         h_prev: &mut [f32],
@@ -204,6 +231,8 @@ impl LstmSeq {
         let g4 = 4 * hu;
         let steps = self.order(t);
         let (mut dh_next, mut dc_next) = (vec![0f32; b * hu], vec![0f32; b * hu]);
+        // A padded step's state gradient, carried past the product.
+        let mut carry = vec![0f32; if valid.is_some() { b * hu } else { 0 }];
         // The cell state before the first step.
         let c0 = vec![0f32; hu];
         let w_hh = View {
@@ -224,6 +253,17 @@ impl LstmSeq {
                 };
                 h_prev[s..s + hu].copy_from_slice(hp);
                 let (c, gr) = (&cs[s..s + hu], &grad[s..s + hu]);
+                if Self::padded(valid, bi, t, ts) {
+                    // No gate saw this step; the state's gradient passes to
+                    // the step before (the cell's, in dc_next, as it is).
+                    acts_dg[a..a + g4].fill(0.0);
+                    let dh = &dh_next[bi * hu..(bi + 1) * hu];
+                    let cr = &mut carry[bi * hu..(bi + 1) * hu];
+                    cr.iter_mut()
+                        .zip(dh.iter().zip(gr))
+                        .for_each(|(r, (d, g))| *r = d + g);
+                    continue;
+                }
                 let (dc_next, dh_next) = (
                     &mut dc_next[bi * hu..(bi + 1) * hu],
                     &dh_next[bi * hu..(bi + 1) * hu],
@@ -241,6 +281,10 @@ impl LstmSeq {
                 cs: 1,
             };
             matmul(&mut dh_next, hu, false, lhs, w_hh);
+            for bi in (0..b).filter(|bi| Self::padded(valid, *bi, t, ts)) {
+                let r = bi * hu..(bi + 1) * hu;
+                dh_next[r.clone()].copy_from_slice(&carry[r]);
+            }
         }
     }
 }
@@ -371,6 +415,7 @@ impl LstmSeq {
         par::each(items, par, |(blk, (dg, h_prev))| {
             let n = h_prev.len() / (t * hu);
             let s = blk * rows * t * hu;
+            let valid = self.valid.as_deref().map(|v| &v[blk * rows * t..][..n * t]);
             let saved = (
                 &cs[s..s + n * t * hu],
                 &hs_v[s..s + n * t * hu],
@@ -378,7 +423,7 @@ impl LstmSeq {
             );
             par::widest(
                 #[inline(always)]
-                || self.backward_rows(w, n, t, saved, dg, h_prev),
+                || self.backward_rows(w, (n, t), valid, saved, dg, h_prev),
             )
         });
         // dW_hh = Σ_t dgates_tᵀ · h_{t−1}: one GEMM over all steps.

@@ -321,6 +321,7 @@ fn step(
         ) => {
             let (h, g) = (*units, if *cell == RnnCell::Lstm { 4 } else { 3 });
             let apart = !*sequences || *directions > 1;
+            let valid = valid_steps(ps, held)?;
             let mut keep = keep;
             for (d, w) in dirs.iter().enumerate() {
                 let xw = temp(0);
@@ -336,7 +337,7 @@ fn step(
                     hs.resize(batch * t * h, 0.0);
                     acts.resize(batch * t * g * h, 0.0);
                     cs.resize(batch * t * h, 0.0);
-                    let op = LstmSeq::new(h, d == 1, true);
+                    let op = LstmSeq::new(h, d == 1, true).with_valid(valid.clone());
                     op.forward_saved_into(xw, &w.w_hh_t, (batch, *t), hs, acts, cs);
                     place(hs, out, placing);
                     continue;
@@ -348,11 +349,11 @@ fn step(
                 };
                 let run = (*cell, h, d == 1, (batch, *t));
                 if !apart {
-                    recur(run, xw, w, out, acts);
+                    recur(run, xw, w, &valid, out, acts);
                     continue;
                 }
                 let hs = temp(1);
-                recur(run, xw, w, hs, acts);
+                recur(run, xw, w, &valid, hs, acts);
                 place(hs, out, placing);
             }
         }
@@ -491,19 +492,37 @@ pub(super) fn place(
     }
 }
 
-/// One direction's recurrence into `hs` [B, T, H] (`acts`: a GRU's scratch).
+/// One direction's recurrence into `hs` [B, T, H] (`acts`: a GRU's scratch;
+/// `valid`: an LSTM's real steps, see [`valid_steps`]).
 fn recur(
     (cell, h, reverse, bt): (RnnCell, usize, bool, (usize, usize)),
     xw: &[f32],
     w: &super::RnnPacked,
+    valid: &Option<Vec<f32>>,
     hs: &mut [f32],
     acts: &mut [f32],
 ) {
     match cell {
-        RnnCell::Lstm => LstmSeq::new(h, reverse, false).forward_into(xw, &w.w_hh_t, bt, hs),
+        RnnCell::Lstm => LstmSeq::new(h, reverse, false)
+            .with_valid(valid.clone())
+            .forward_into(xw, &w.w_hh_t, bt, hs),
         RnnCell::Gru => {
             GruSeq::new(h, reverse, false).forward_into(xw, &w.w_hh_t, &w.b_hh, bt, hs, acts)
         }
+    }
+}
+
+/// A recurrence's real steps [B, T] (1, and 0 where the token ids that
+/// mask its input are 0), or `None` when it reads no mask.
+pub(super) fn valid_steps(ps: &PStep, held: &[Option<Input>]) -> Result<Option<Vec<f32>>, String> {
+    match ps.masks.first().copied().flatten().map(|k| &held[k]) {
+        None => Ok(None),
+        Some(Some(Input::Ids(ids))) => Ok(Some(
+            ids.iter()
+                .map(|i| if *i == 0 { 0.0 } else { 1.0 })
+                .collect(),
+        )),
+        Some(_) => Err("a padding mask of f32 values".into()),
     }
 }
 

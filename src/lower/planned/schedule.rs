@@ -302,7 +302,15 @@ impl Schedule {
                 }
                 Err(m) => return Err(why(&m)),
             };
-            if masked && !matches!(kind, PKind::Attention { .. } | PKind::MeanSteps { .. }) {
+            let masks_ok = match &kind {
+                PKind::Attention { .. } | PKind::MeanSteps { .. } => true,
+                // One direction of an LSTM carries its state over padding.
+                PKind::Rnn {
+                    cell, directions, ..
+                } => *cell == RnnCell::Lstm && *directions == 1,
+                _ => false,
+            };
+            if masked && !masks_ok {
                 return Err(why("reads a padding mask"));
             }
             if let PKind::Embedding { .. } = kind {

@@ -528,6 +528,7 @@ impl Back<'_> {
                     return Err(format!("a recurrence kernel on `{}`", st.op));
                 };
                 let (h, t, x) = (*units, *t, self.value(0)?);
+                let valid = run::valid_steps(self.ps, self.held.0)?;
                 let mut dx = self.dx(0);
                 for (d, names) in r.directions().iter().enumerate() {
                     let (hs, dg, cs) = saved.lstm.get_mut(d).ok_or("the forward kept no states")?;
@@ -535,7 +536,7 @@ impl Back<'_> {
                     let w_hh = weight(names.weight_hh)?;
                     let w_hh = host::host(&w_hh).map_err(host_err)?;
                     let mut dwhh = take(names.weight_hh, 4 * h * h);
-                    let op = LstmSeq::new(h, d == 1, true);
+                    let op = LstmSeq::new(h, d == 1, true).with_valid(valid.clone());
                     // The saved activations become the gates' gradient.
                     op.backward_into(&w_hh, (batch, t), dg, (cs, hs), &dhs, &mut dwhh);
                     let w_ih = weight(names.weight_ih)?;
