@@ -228,6 +228,8 @@ fn planned_training_gradients_equal_the_candle_path() {
         "captions",
         "clip",
         "digits_mt",
+        "fusion_ops",
+        "mmoe",
         "reviews",
         "seed_multitask_small",
         "shapes",

@@ -341,8 +341,106 @@ pub(super) fn mixture(
     }
 }
 
+/// A mixture's gate probabilities [N, E]: softmax(gate·Wᵀ + b) per sample,
+/// as [`mixture`] computes them.
+pub(super) fn gate_probs(gate: &[f32], (wt, bias): (&[f32], &[f32]), e: usize) -> Vec<f32> {
+    let n = gate.len() / (wt.len() / e).max(1);
+    let mut p = vec![0f32; n * e];
+    linear::forward_into(&mut p, gate, wt, bias, (n, gate.len() / n.max(1), e), false);
+    p.chunks_mut(e)
+        .for_each(crate::kernels::softmax::softmax_row);
+    p
+}
+
+/// The gradient of a mixture's gate logits [N, E] from its output's `gy`:
+/// dpᵢ = gy·expertᵢ per sample, then through the softmax
+/// (dz = p ⊙ (dp − Σ p·dp)).
+pub(super) fn mixture_gate_grad(experts: &[&[f32]], p: &[f32], gy: &[f32]) -> Vec<f32> {
+    let e = experts.len();
+    let n = p.len() / e;
+    let len = gy.len() / n.max(1);
+    let mut dz = vec![0f32; n * e];
+    for (s, (dzs, ps)) in dz.chunks_mut(e).zip(p.chunks(e)).enumerate() {
+        let g = &gy[s * len..(s + 1) * len];
+        for (d, ex) in dzs.iter_mut().zip(experts) {
+            *d = g.iter().zip(&ex[s * len..]).map(|(a, b)| a * b).sum();
+        }
+        let dot: f32 = dzs.iter().zip(ps).map(|(d, p)| d * p).sum();
+        dzs.iter_mut()
+            .zip(ps)
+            .for_each(|(d, p)| *d = p * (*d - dot));
+    }
+    dz
+}
+
+/// The operands' gradients of a left fold of maxima (`max`) or minima,
+/// as candle's backward of each pairwise step gives them: where a step's
+/// two sides tie, each gets half.
+pub(super) fn extremum_grads(xs: &[&[f32]], max: bool, gy: &[f32]) -> Vec<Vec<f32>> {
+    let n = xs.len();
+    let mut d = vec![vec![0f32; gy.len()]; n];
+    let mut acc = vec![0f32; n];
+    for (j, g) in gy.iter().enumerate() {
+        acc[0] = xs[0][j];
+        for k in 1..n {
+            let v = xs[k][j];
+            acc[k] = if max {
+                acc[k - 1].max(v)
+            } else {
+                acc[k - 1].min(v)
+            };
+        }
+        let mut g = *g;
+        for k in (1..n).rev() {
+            let (ml, mr) = (
+                f32::from(u8::from(acc[k] == acc[k - 1])),
+                f32::from(u8::from(acc[k] == xs[k][j])),
+            );
+            d[k][j] = mr * g / (ml + 1.0);
+            g = ml * g / (mr + 1.0);
+        }
+        d[0][j] = g;
+    }
+    d
+}
+
 #[cfg(test)]
 mod tests {
+    /// Maxima and minima of three operands, with two- and three-way ties:
+    /// the operands' gradients equal candle's backward of the same fold.
+    #[test]
+    fn extremum_grads_equal_candle_with_ties() {
+        use candle_core::{Device, Tensor, Var};
+        let xs: [Vec<f32>; 3] = [
+            vec![1.0, 2.0, 3.0, 0.5, 4.0, -1.0],
+            vec![1.0, 5.0, 0.0, 0.5, 4.0, -2.0],
+            vec![1.0, 2.0, 3.0, 0.7, 3.0, -1.0],
+        ];
+        let gy = [0.3f32, -1.1, 2.0, 0.9, 1.7, -0.4];
+        for max in [true, false] {
+            let vars: Vec<Var> = xs
+                .iter()
+                .map(|x| Var::new(x.as_slice(), &Device::Cpu).unwrap())
+                .collect();
+            let mut acc = vars[0].as_tensor().clone();
+            for v in &vars[1..] {
+                acc = if max {
+                    acc.maximum(v.as_tensor()).unwrap()
+                } else {
+                    acc.minimum(v.as_tensor()).unwrap()
+                };
+            }
+            let g = Tensor::new(&gy[..], &Device::Cpu).unwrap();
+            let store = (acc * g).unwrap().sum_all().unwrap().backward().unwrap();
+            let slices: Vec<&[f32]> = xs.iter().map(|x| x.as_slice()).collect();
+            let ours = super::extremum_grads(&slices, max, &gy);
+            for (v, o) in vars.iter().zip(&ours) {
+                let want: Vec<f32> = store.get(v.as_tensor()).unwrap().to_vec1().unwrap();
+                assert_eq!(&want, o, "max {max}");
+            }
+        }
+    }
+
     /// Every axis order of a [2, 3, 4] sample (two samples) moves each value
     /// where its index says.
     #[test]

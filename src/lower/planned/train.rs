@@ -20,7 +20,7 @@ use super::run::{self, Arena, Input, Saved};
 use super::schedule::{read_slots, Loc, PKind, PStep, Schedule, Unplanned};
 use super::{pack, Packed};
 use crate::ir::ops::activation::Act;
-use crate::ir::ops::{dense, embedding, norm, position_embedding};
+use crate::ir::ops::{dense, embedding, mixture, norm, position_embedding};
 use crate::ir::{Ew, Op, RnnCell};
 use crate::kernels::cpu_ops::{GlobalPool, MaxPool2d, Upsample2d};
 use crate::kernels::layer_norm::LayerNormTrain;
@@ -78,7 +78,7 @@ fn has_backward(kind: &PKind) -> bool {
             Act::Relu | Act::Gelu | Act::Sigmoid | Act::Tanh | Act::Silu
         ),
         PKind::Rnn { cell, .. } => *cell == RnnCell::Lstm,
-        PKind::Elementwise(e) => matches!(e, Ew::Add | Ew::Mean | Ew::Mul),
+        PKind::Elementwise(_) | PKind::Mixture { .. } => true,
         _ => false,
     }
 }
@@ -98,9 +98,9 @@ fn kept(ps: &PStep) -> Vec<Option<usize>> {
         PKind::Act(Act::Gelu | Act::Silu) => vec![Some(0)],
         PKind::Act(_) => vec![None],
         PKind::Rnn { .. } => vec![Some(0)],
-        PKind::Elementwise(Ew::Mul) | PKind::Attention { .. } => {
-            (0..ps.args.len()).map(Some).collect()
-        }
+        PKind::Elementwise(Ew::Mul | Ew::Max | Ew::Min)
+        | PKind::Attention { .. }
+        | PKind::Mixture { .. } => (0..ps.args.len()).map(Some).collect(),
         PKind::LayerNorm { .. } => vec![Some(0)],
         _ => vec![],
     }
@@ -564,6 +564,43 @@ impl Back<'_> {
                 if let Some(dx) = self.dx(0) {
                     Upsample2d { scale: *scale }.backward_into(gy, *hw, dx)
                 }
+            }
+            (PKind::Elementwise(e @ (Ew::Max | Ew::Min)), _) => {
+                let xs = (0..self.ps.args.len())
+                    .map(|k| self.value(k))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let grads = layers::extremum_grads(&xs, *e == Ew::Max, gy);
+                for (k, g) in grads.iter().enumerate() {
+                    if let Some(dx) = self.dx(k) {
+                        add(dx, g);
+                    }
+                }
+            }
+            (PKind::Mixture { experts, gate }, Packed::Gemm { wt, b }) => {
+                let ex = (0..*experts)
+                    .map(|k| self.value(k))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let gx = self.value(*experts)?;
+                let p = layers::gate_probs(gx, (wt, b), *experts);
+                let len = gy.len() / batch.max(1);
+                for k in 0..*experts {
+                    // expertₖ's share: pₖ·gy per sample.
+                    let Some(dx) = self.dx(k) else { continue };
+                    for (s, (d, g)) in dx.chunks_mut(len).zip(gy.chunks(len)).enumerate() {
+                        let pk = p[s * experts + k];
+                        d.iter_mut().zip(g).for_each(|(d, g)| *d += pk * g);
+                    }
+                }
+                let dz = layers::mixture_gate_grad(&ex, &p, gy);
+                let w = weight(mixture::WEIGHT)?;
+                let w = host::host(&w).map_err(host_err)?;
+                let (mut dw, mut db) = (
+                    take(mixture::WEIGHT, w.len()),
+                    take(mixture::BIAS, *experts),
+                );
+                let dims = (batch, *gate, *experts);
+                linear::backward_into(gx, &w, &dz, dims, self.dx(*experts), &mut dw, &mut db);
+                put.extend([(mixture::WEIGHT, dw), (mixture::BIAS, db)]);
             }
             (PKind::Elementwise(e), _) => {
                 let n = self.ps.args.len();
