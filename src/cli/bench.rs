@@ -8,7 +8,7 @@ use mtl::lower::planned::{Inference, PlannedTrain};
 use mtl::pipeline::Mode;
 use mtl::train::loss::head_loss;
 use mtl::train::optim::Optimizer;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -60,6 +60,10 @@ pub fn bench(a: BenchArgs) -> Result<i32, Fail> {
     let b = a.batch_size.max(1);
     let f = |e: candle_core::Error| Fail::model(format!("error: {e}"));
     let mut x: HashMap<String, Tensor> = HashMap::new();
+    // Token ids drawn from the whole vocabulary, as the peers' are: padding
+    // (id 0) where it falls, real tokens elsewhere.
+    let sig = prog.signature();
+    let mut ids = rand::rngs::StdRng::seed_from_u64(1);
     for (name, _, ty) in &prog.inputs {
         let mut shape = vec![b];
         shape.extend(
@@ -67,7 +71,18 @@ pub fn bench(a: BenchArgs) -> Result<i32, Fail> {
                 .ok_or_else(|| Fail::usage("error: bench needs fixed input sizes"))?,
         );
         let t = if ty.dtype == mtl::ir::DType::I64 {
-            Tensor::zeros(shape, DType::I64, &dev).map_err(f)?
+            let vocab = sig
+                .inputs
+                .iter()
+                .find(|i| &i.name == name)
+                .and_then(|i| match i.kind {
+                    mtl::ir::InputKind::Tokens { vocab } => Some(vocab.max(1) as i64),
+                    _ => None,
+                })
+                .unwrap_or(1);
+            let n: usize = shape.iter().product();
+            let v: Vec<i64> = (0..n).map(|_| ids.random_range(0..vocab)).collect();
+            Tensor::from_vec(v, shape, &dev).map_err(f)?
         } else {
             Tensor::rand(0f32, 1.0, shape, &dev).map_err(f)?
         };
