@@ -187,13 +187,39 @@ fn planned_training_gradients_equal_the_candle_path() {
         for (batch, seed) in [(1, 4), (6, 5)] {
             let x = common::random_inputs(&prog, batch, seed, -1.0);
             let inputs = prog.prepare_inputs(&x, &dev).unwrap();
+            // Batch norms' running statistics: both paths move them alike.
+            let running: Vec<&candle_core::Var> = params
+                .vars
+                .iter()
+                .filter(|(k, _)| k.contains("running_"))
+                .map(|(_, v)| v)
+                .collect();
+            let copies = || -> Vec<Tensor> {
+                running
+                    .iter()
+                    .map(|v| v.as_tensor().copy().unwrap())
+                    .collect()
+            };
+            let before = copies();
             let mut rng = rand::rngs::StdRng::seed_from_u64(0);
             let fwd = prog.forward(&params, inputs.clone(), &mut rng).unwrap();
+            let moved = copies();
+            for (v, b) in running.iter().zip(&before) {
+                v.set(b).unwrap();
+            }
             let want = total_loss(&prog, &params, &fwd).backward().unwrap();
             let want = mtl::train::optim::grads_for(&vars, &want);
             // The same dropout masks: a stream as the candle path's.
             let mut rng = rand::rngs::StdRng::seed_from_u64(0);
             let pf = pt.forward(&prog, &params, inputs, &mut rng).unwrap();
+            for ((v, want), b) in running.iter().zip(&moved).zip(&before) {
+                assert!(
+                    diff(want, b) > 0.0,
+                    "{name}: a running statistic stayed put"
+                );
+                let d = diff(v.as_tensor(), want);
+                assert!(d < 1e-6, "{name}: running statistics differ by {d}");
+            }
             let store = total_loss(&prog, &params, &pf).backward().unwrap();
             let mut got = mtl::train::optim::grads_for(&vars, &store);
             pt.backward(&prog, &params, (&pf, &store), &vars, &mut got)
@@ -229,6 +255,7 @@ fn planned_training_gradients_equal_the_candle_path() {
         "clip",
         "digits_mt",
         "fusion_ops",
+        "fusions",
         "mmoe",
         "reviews",
         "seed_multitask_small",

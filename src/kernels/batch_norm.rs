@@ -68,6 +68,82 @@ impl BatchNormTrain {
     }
 }
 
+impl BatchNormTrain {
+    /// y = γ·x̂ + β over [N, C, S] (`dims`) into `y`; returns the batch's
+    /// per-channel mean and biased variance.
+    pub fn forward_into(
+        &self,
+        x: &[f32],
+        (n, c, s): (usize, usize, usize),
+        (g, b): (&[f32], &[f32]),
+        y: &mut [f32],
+    ) -> (Vec<f32>, Vec<f32>) {
+        let (mean, var) = moments(x, n, c, s);
+        let big = x.len() >= par::MIN_ELEMENTS;
+        par::chunks_mut(y, s, big, |plane, y| {
+            let ch = plane % c;
+            let inv = 1.0 / (var[ch] + self.eps as f32).sqrt();
+            let (scale, shift) = (g[ch] * inv, b[ch] - g[ch] * inv * mean[ch]);
+            let xp = &x[plane * s..(plane + 1) * s];
+            y.iter_mut()
+                .zip(xp)
+                .for_each(|(y, x)| *y = x * scale + shift);
+        });
+        (mean, var)
+    }
+
+    /// The backward from `dy`, the statistics recomputed from `x`: x's
+    /// gradient added to `dx` (if wanted), γ's and β's added to `dg`, `db`.
+    pub fn backward_into(
+        &self,
+        xv: &[f32],
+        (n, c, s): (usize, usize, usize),
+        g: &[f32],
+        dy: &[f32],
+        (dx, dg, db): (Option<&mut [f32]>, &mut [f32], &mut [f32]),
+    ) {
+        let (mean, var) = moments(xv, n, c, s);
+        let m = (n * s) as f32;
+        let inv: Vec<f32> = var
+            .iter()
+            .map(|v| 1.0 / (v + self.eps as f32).sqrt())
+            .collect();
+        // dβ and dγ per channel, in a fixed order (deterministic).
+        let (mut dbeta, mut dgamma) = (vec![0f64; c], vec![0f64; c]);
+        for plane in 0..n * c {
+            let ch = plane % c;
+            let (xp, gp) = (
+                &xv[plane * s..(plane + 1) * s],
+                &dy[plane * s..(plane + 1) * s],
+            );
+            let (mu, iv) = (mean[ch], inv[ch]);
+            dbeta[ch] += par::lane_sum_f64(s, |k| gp[k]);
+            dgamma[ch] += par::lane_sum_f64(s, |k| gp[k] * (xp[k] - mu)) * iv as f64;
+        }
+        let (dbeta, dgamma): (Vec<f32>, Vec<f32>) = (
+            dbeta.iter().map(|v| *v as f32).collect(),
+            dgamma.iter().map(|v| *v as f32).collect(),
+        );
+        if let Some(dx) = dx {
+            let big = xv.len() >= par::MIN_ELEMENTS;
+            par::chunks_mut(dx, s, big, |plane, dx| {
+                let ch = plane % c;
+                let k = g[ch] * inv[ch] / m;
+                let (xp, gp) = (
+                    &xv[plane * s..(plane + 1) * s],
+                    &dy[plane * s..(plane + 1) * s],
+                );
+                for ((dx, x), d) in dx.iter_mut().zip(xp).zip(gp) {
+                    let xhat = (x - mean[ch]) * inv[ch];
+                    *dx += k * (m * d - dbeta[ch] - xhat * dgamma[ch]);
+                }
+            });
+        }
+        dg.iter_mut().zip(&dgamma).for_each(|(a, v)| *a += v);
+        db.iter_mut().zip(&dbeta).for_each(|(a, v)| *a += v);
+    }
+}
+
 impl CustomOp3 for BatchNormTrain {
     fn name(&self) -> &'static str {
         "mtl-batch-norm-train"
@@ -95,18 +171,8 @@ impl CustomOp3 for BatchNormTrain {
                 b.len()
             )
         }
-        let (mean, var) = moments(x, n, c, s);
         let mut y = vec![0f32; x.len()];
-        let big = x.len() >= par::MIN_ELEMENTS;
-        par::chunks_mut(&mut y, s, big, |plane, y| {
-            let ch = plane % c;
-            let inv = 1.0 / (var[ch] + self.eps as f32).sqrt();
-            let (scale, shift) = (g[ch] * inv, b[ch] - g[ch] * inv * mean[ch]);
-            let xp = &x[plane * s..(plane + 1) * s];
-            y.iter_mut()
-                .zip(xp)
-                .for_each(|(y, x)| *y = x * scale + shift);
-        });
+        let (mean, var) = self.forward_into(x, (n, c, s), (g, b), &mut y);
         let cpu = |v: Vec<f32>| Tensor::from_vec(v, c, &candle_core::Device::Cpu);
         self.keep(cpu(mean)?, cpu(var)?);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
@@ -147,45 +213,10 @@ impl CustomOp3 for BatchNormTrain {
             return Ok((Some(dx), Some(dg), Some(db)));
         }
         let (xv, g, dy) = (host(x)?, host(gamma)?, host(grad)?);
-        let (mean, var) = moments(&xv, n, c, s);
-        let m = (n * s) as f32;
-        let inv: Vec<f32> = var
-            .iter()
-            .map(|v| 1.0 / (v + self.eps as f32).sqrt())
-            .collect();
-        // dβ and dγ per channel, in a fixed order (deterministic).
-        let (mut dbeta, mut dgamma) = (vec![0f64; c], vec![0f64; c]);
-        for plane in 0..n * c {
-            let ch = plane % c;
-            let (xp, gp) = (
-                &xv[plane * s..(plane + 1) * s],
-                &dy[plane * s..(plane + 1) * s],
-            );
-            let (mu, iv) = (mean[ch], inv[ch]);
-            dbeta[ch] += par::lane_sum_f64(s, |k| gp[k]);
-            dgamma[ch] += par::lane_sum_f64(s, |k| gp[k] * (xp[k] - mu)) * iv as f64;
-        }
-        let (dbeta, dgamma): (Vec<f32>, Vec<f32>) = (
-            dbeta.iter().map(|v| *v as f32).collect(),
-            dgamma.iter().map(|v| *v as f32).collect(),
-        );
-        let dx = x.track_op().then(|| {
-            let mut dx = vec![0f32; xv.len()];
-            let big = xv.len() >= par::MIN_ELEMENTS;
-            par::chunks_mut(&mut dx, s, big, |plane, dx| {
-                let ch = plane % c;
-                let k = g[ch] * inv[ch] / m;
-                let (xp, gp) = (
-                    &xv[plane * s..(plane + 1) * s],
-                    &dy[plane * s..(plane + 1) * s],
-                );
-                for ((dx, x), d) in dx.iter_mut().zip(xp).zip(gp) {
-                    let xhat = (x - mean[ch]) * inv[ch];
-                    *dx = k * (m * d - dbeta[ch] - xhat * dgamma[ch]);
-                }
-            });
-            dx
-        });
+        let mut dx = x.track_op().then(|| vec![0f32; xv.len()]);
+        let (mut dgamma, mut dbeta) = (vec![0f32; c], vec![0f32; c]);
+        let grads = (dx.as_deref_mut(), &mut dgamma[..], &mut dbeta[..]);
+        self.backward_into(&xv, (n, c, s), &g, &dy, grads);
         let dev = x.device();
         Ok((
             dx.map(|v| Tensor::from_vec(v, x.dims(), dev)).transpose()?,

@@ -98,6 +98,63 @@ impl GruSeq {
         });
     }
 
+    /// The backward from the hidden states' gradient `grad` [B, T, H] and
+    /// what the forward kept (`acts` [B, T, 4H], `hs` [B, T, H]): the input
+    /// projections' gradient into `dx` [B, T, 3H] (overwritten), W_hh's and
+    /// b_hh's added to `dw` [3H, H] and `db` [3H].
+    pub fn backward_into(
+        &self,
+        w: &[f32],
+        (b, t): (usize, usize),
+        (acts, hs): (&[f32], &[f32]),
+        grad: &[f32],
+        dx: &mut [f32],
+        (dw, db): (&mut [f32], &mut [f32]),
+    ) {
+        let (hu, g3) = (self.units, 3 * self.units);
+        let (mut dhw, mut h_prev) = (vec![0f32; b * t * g3], vec![0f32; b * t * hu]);
+        let par = b * t * self.units * self.units * 4 >= par::MIN_MACS;
+        let rows = if par { row_block(b) } else { b };
+        let items: Vec<_> = dx
+            .chunks_mut(rows * t * g3)
+            .zip(dhw.chunks_mut(rows * t * g3))
+            .zip(h_prev.chunks_mut(rows * t * hu))
+            .enumerate()
+            .collect();
+        par::each(items, par, |(blk, ((dx, dhw), h_prev))| {
+            let n = h_prev.len() / (t * hu);
+            let (a, s) = (blk * rows * t * 4 * hu, blk * rows * t * hu);
+            let saved = (
+                &acts[a..a + n * t * 4 * hu],
+                &hs[s..s + n * t * hu],
+                &grad[s..s + n * t * hu],
+            );
+            par::widest(
+                #[inline(always)]
+                || self.backward_rows(w, n, t, saved, dx, dhw, h_prev),
+            )
+        });
+        // dW_hh = Σ dhwᵀ · h_{t−1} (one GEMM over all steps); db_hh = Σ dhw.
+        let dhw_t = View {
+            data: &dhw,
+            rows: g3,
+            cols: b * t,
+            rs: 1,
+            cs: g3,
+        };
+        let hp = View {
+            data: &h_prev,
+            rows: b * t,
+            cols: hu,
+            rs: hu,
+            cs: 1,
+        };
+        matmul(dw, hu, true, dhw_t, hp);
+        for row in dhw.chunks(g3) {
+            db.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn forward_rows(
@@ -374,53 +431,16 @@ impl CustomOp3 for GruSeq {
             Some(a) => a,
             None => self.forward(&host(xw)?, &w, &host(b_hh)?, b, t).1,
         };
-        let (mut dx, mut dhw, mut h_prev) = (
-            vec![0f32; b * t * g3],
-            vec![0f32; b * t * g3],
-            vec![0f32; b * t * hu],
+        let (mut dx, mut dw, mut db) =
+            (vec![0f32; b * t * g3], vec![0f32; g3 * hu], vec![0f32; g3]);
+        self.backward_into(
+            &w,
+            (b, t),
+            (&acts, &hs_v),
+            &grad,
+            &mut dx,
+            (&mut dw, &mut db),
         );
-        let par = b * t * self.units * self.units * 4 >= par::MIN_MACS;
-        let rows = if par { row_block(b) } else { b };
-        let items: Vec<_> = dx
-            .chunks_mut(rows * t * g3)
-            .zip(dhw.chunks_mut(rows * t * g3))
-            .zip(h_prev.chunks_mut(rows * t * hu))
-            .enumerate()
-            .collect();
-        par::each(items, par, |(blk, ((dx, dhw), h_prev))| {
-            let n = h_prev.len() / (t * hu);
-            let (a, s) = (blk * rows * t * 4 * hu, blk * rows * t * hu);
-            let saved = (
-                &acts[a..a + n * t * 4 * hu],
-                &hs_v[s..s + n * t * hu],
-                &grad[s..s + n * t * hu],
-            );
-            par::widest(
-                #[inline(always)]
-                || self.backward_rows(&w, n, t, saved, dx, dhw, h_prev),
-            )
-        });
-        // dW_hh = Σ dhwᵀ · h_{t−1} (one GEMM over all steps); db_hh = Σ dhw.
-        let mut dw = vec![0f32; g3 * hu];
-        let dhw_t = View {
-            data: &dhw,
-            rows: g3,
-            cols: b * t,
-            rs: 1,
-            cs: g3,
-        };
-        let hp = View {
-            data: &h_prev,
-            rows: b * t,
-            cols: hu,
-            rs: hu,
-            cs: 1,
-        };
-        matmul(&mut dw, hu, false, dhw_t, hp);
-        let mut db = vec![0f32; g3];
-        for row in dhw.chunks(g3) {
-            db.iter_mut().zip(row).for_each(|(a, v)| *a += v);
-        }
         let dev = xw.device();
         Ok((
             Some(Tensor::from_vec(dx, (b, t, g3), dev)?),

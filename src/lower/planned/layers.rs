@@ -313,6 +313,42 @@ pub(super) fn gated(
     }
 }
 
+/// The backward of [`gated`] from its output's gradient `gy`: the gate's
+/// weight [d, 2d] and bias gradients added to `dw` and `db`, and the
+/// gradients of `a` and `b` returned (the gate recomputed from them).
+pub(super) fn gated_grads(
+    (a, b): (&[f32], &[f32]),
+    (wt, bias, w): (&[f32], &[f32], &[f32]),
+    d: usize,
+    gy: &[f32],
+    (dw, db): (&mut [f32], &mut [f32]),
+) -> (Vec<f32>, Vec<f32>) {
+    let n = a.len() / d;
+    let (mut cat, mut g) = (vec![0f32; n * 2 * d], vec![0f32; n * d]);
+    let mut y = vec![0f32; n * d];
+    gated((a, b), (wt, bias), d, (&mut cat, &mut g), &mut y);
+    let (mut da, mut dbv) = (vec![0f32; a.len()], vec![0f32; b.len()]);
+    // g again as the forward's σ; dz = gy·(a − b)·g(1 − g).
+    let mut dz = vec![0f32; n * d];
+    for k in 0..n * d {
+        let s = 1.0 / (1.0 + (-g[k]).exp());
+        da[k] = s * gy[k];
+        dbv[k] = (1.0 - s) * gy[k];
+        dz[k] = gy[k] * (a[k] - b[k]) * s * (1.0 - s);
+    }
+    let mut dcat = vec![0f32; n * 2 * d];
+    linear::backward_into(&cat, w, &dz, (n, 2 * d, d), Some(&mut dcat), dw, db);
+    for ((c, da), dbv) in dcat
+        .chunks(2 * d)
+        .zip(da.chunks_mut(d))
+        .zip(dbv.chunks_mut(d))
+    {
+        da.iter_mut().zip(&c[..d]).for_each(|(x, v)| *x += v);
+        dbv.iter_mut().zip(&c[d..]).for_each(|(x, v)| *x += v);
+    }
+    (da, dbv)
+}
+
 /// Σᵢ softmax(gate·Wᵀ + b)ᵢ · expertᵢ per sample.
 pub(super) fn mixture(
     experts: &[&[f32]],

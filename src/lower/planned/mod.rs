@@ -271,7 +271,7 @@ pub(super) fn pack(st: &super::Step, kind: &PKind, params: &Params) -> candle_co
                 },
             }
         }
-        (PKind::LayerNorm { .. }, _) => {
+        (PKind::LayerNorm { .. } | PKind::BatchNorm { .. }, _) => {
             use crate::ir::ops::norm;
             Packed::Norm {
                 w: data(p(norm::WEIGHT)?)?,

@@ -23,12 +23,15 @@ pub(super) enum Input<'a> {
 pub(super) struct Saved {
     /// A max pool's first-maximum offsets.
     pub arg: Vec<u16>,
-    /// Per direction of a recurrence: (hidden states, activations, cell states).
-    pub lstm: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)>,
+    /// Per direction of a recurrence: (hidden states, activations, cell
+    /// states: an LSTM's only).
+    pub rnn: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)>,
     /// A dropout's mask: 0 or 1/keep per value, drawn before the forward.
     pub mask: Vec<f32>,
     /// An attention's Q, K and V by heads, probabilities and merged heads.
     pub attn: Vec<Vec<f32>>,
+    /// A batch norm's per-channel batch mean and biased variance.
+    pub stats: (Vec<f32>, Vec<f32>),
 }
 
 /// The batch size and each input's data, by index into `Program::inputs`.
@@ -328,17 +331,21 @@ fn step(
                 linear::forward_into(xw, x, &w.w_ih_t, &w.b_ih, (batch * t, *i, g * h), false);
                 let placing = (d, h, *directions, *sequences);
                 if let Some(saved) = keep.as_deref_mut() {
-                    // Training: every step's states kept for the backward.
-                    if *cell != RnnCell::Lstm {
-                        return Err("a planned GRU backward".into());
-                    }
-                    saved.lstm.resize_with(dirs.len(), Default::default);
-                    let (hs, acts, cs) = &mut saved.lstm[d];
+                    // Training: every step's states kept for the backward
+                    // (a GRU's activations are r, z, n and hw_n: 4H a step).
+                    saved.rnn.resize_with(dirs.len(), Default::default);
+                    let (hs, acts, cs) = &mut saved.rnn[d];
                     hs.resize(batch * t * h, 0.0);
-                    acts.resize(batch * t * g * h, 0.0);
-                    cs.resize(batch * t * h, 0.0);
-                    let op = LstmSeq::new(h, d == 1, true).with_valid(valid.clone());
-                    op.forward_saved_into(xw, &w.w_hh_t, (batch, *t), hs, acts, cs);
+                    acts.resize(batch * t * 4 * h, 0.0);
+                    let bt = (batch, *t);
+                    if *cell == RnnCell::Lstm {
+                        cs.resize(batch * t * h, 0.0);
+                        let op = LstmSeq::new(h, d == 1, true).with_valid(valid.clone());
+                        op.forward_saved_into(xw, &w.w_hh_t, bt, hs, acts, cs);
+                    } else {
+                        GruSeq::new(h, d == 1, true)
+                            .forward_into(xw, &w.w_hh_t, &w.b_hh, bt, hs, acts);
+                    }
                     place(hs, out, placing);
                     continue;
                 }
@@ -408,6 +415,14 @@ fn step(
             let w = (proj(q), proj(k), proj(v), wo.as_ref().map(proj));
             let keep = keep.map(|s| &mut s.attn);
             layers::attention(&g, w, (x, context), masks, batch, (&mut ts, keep), out)?
+        }
+        (PKind::BatchNorm { eps, c, s, .. }, Packed::Norm { w, b }) => {
+            let saved = keep.ok_or("batch statistics outside training")?;
+            let op = crate::kernels::batch_norm::BatchNormTrain {
+                eps: *eps,
+                stats: Default::default(),
+            };
+            saved.stats = op.forward_into(x, (x.len() / (c * s).max(1), *c, *s), (w, b), out);
         }
         (PKind::Dropout { .. }, _) => {
             let mask = keep.map(|s| &s.mask[..]).unwrap_or_default();

@@ -133,6 +133,14 @@ pub enum PKind {
         experts: usize,
         gate: usize,
     },
+    /// Training's batch norm over channels `c` of `s` values per sample,
+    /// with the batch's statistics (which update the running ones).
+    BatchNorm {
+        eps: f64,
+        momentum: f64,
+        c: usize,
+        s: usize,
+    },
     /// Training's dropout: each value kept with probability `keep` and
     /// scaled by 1/keep, under a mask drawn before the forward runs.
     Dropout {
@@ -184,6 +192,7 @@ impl fmt::Display for PKind {
             PKind::Weighted => f.write_str("weighted_sum"),
             PKind::Mixture { .. } => f.write_str("mixture"),
             PKind::Dropout { .. } => f.write_str("dropout(mask)"),
+            PKind::BatchNorm { .. } => f.write_str("batch_norm(batch statistics)"),
         }
     }
 }
@@ -290,6 +299,16 @@ impl Schedule {
                 (Op::Dropout(d), Mode::Train) => Ok(Some(PKind::Dropout {
                     keep: 1.0 - d.rate as f32,
                 })),
+                // Training normalizes with the batch's statistics.
+                (Op::BatchNorm(bn), Mode::Train) => match arg_dims[0].split_first() {
+                    Some((c, rest)) => Ok(Some(PKind::BatchNorm {
+                        eps: bn.eps,
+                        momentum: bn.momentum,
+                        c: *c,
+                        s: rest.iter().product(),
+                    })),
+                    None => Err("a batch norm of scalars".into()),
+                },
                 _ => kind_of(st, &arg_dims, &out_dims),
             };
             let kind = match kind {

@@ -20,11 +20,11 @@ use super::run::{self, Arena, Input, Saved};
 use super::schedule::{read_slots, Loc, PKind, PStep, Schedule, Unplanned};
 use super::{pack, Packed};
 use crate::ir::ops::activation::Act;
-use crate::ir::ops::{dense, embedding, mixture, norm, position_embedding};
+use crate::ir::ops::{dense, embedding, fusion, mixture, norm, position_embedding};
 use crate::ir::{Ew, Op, RnnCell};
 use crate::kernels::cpu_ops::{GlobalPool, MaxPool2d, Upsample2d};
 use crate::kernels::layer_norm::LayerNormTrain;
-use crate::kernels::{conv::Conv2dIm2col, gelu, host, linear, lstm::LstmSeq};
+use crate::kernels::{conv::Conv2dIm2col, gelu, gru::GruSeq, host, linear, lstm::LstmSeq};
 use crate::lower::{Forward, Params, Program, RunError};
 use crate::pipeline::Mode;
 use candle_core::backprop::GradStore;
@@ -71,14 +71,17 @@ fn has_backward(kind: &PKind) -> bool {
         | PKind::MeanSteps { .. }
         | PKind::Select { .. }
         | PKind::Permute { .. }
+        | PKind::BatchNorm { .. }
         | PKind::Dropout { .. } => true,
         PKind::Conv { mean, .. } => !mean,
         PKind::Act(a) => matches!(
             a,
             Act::Relu | Act::Gelu | Act::Sigmoid | Act::Tanh | Act::Silu
         ),
-        PKind::Rnn { cell, .. } => *cell == RnnCell::Lstm,
-        PKind::Elementwise(_) | PKind::Mixture { .. } => true,
+        PKind::Rnn { .. } => true,
+        PKind::Elementwise(_) | PKind::Mixture { .. } | PKind::Gated { .. } | PKind::Weighted => {
+            true
+        }
         _ => false,
     }
 }
@@ -100,8 +103,10 @@ fn kept(ps: &PStep) -> Vec<Option<usize>> {
         PKind::Rnn { .. } => vec![Some(0)],
         PKind::Elementwise(Ew::Mul | Ew::Max | Ew::Min)
         | PKind::Attention { .. }
-        | PKind::Mixture { .. } => (0..ps.args.len()).map(Some).collect(),
-        PKind::LayerNorm { .. } => vec![Some(0)],
+        | PKind::Mixture { .. }
+        | PKind::Gated { .. }
+        | PKind::Weighted => (0..ps.args.len()).map(Some).collect(),
+        PKind::LayerNorm { .. } | PKind::BatchNorm { .. } => vec![Some(0)],
         _ => vec![],
     }
 }
@@ -238,6 +243,7 @@ impl PlannedTrain {
         let saved = Some(self.saved.as_mut_slice());
         let times = self.times.as_mut();
         run::run_steps(&self.schedule, &self.packed, &arena, at, prog, saved, times)?;
+        update_running_stats(&self.schedule, &self.saved, prog, params)?;
         self.pending = true;
         let mut values: Vec<Option<Tensor>> = vec![None; prog.n_values];
         let mut leaves = vec![];
@@ -338,6 +344,41 @@ impl PlannedTrain {
         self.packed.clear();
         Ok(())
     }
+}
+
+/// Each batch norm's running statistics moved toward the batch's, as
+/// the candle path moves them: run·momentum + batch·(1 − momentum).
+fn update_running_stats(
+    schedule: &Schedule,
+    saved: &[Saved],
+    prog: &Program,
+    params: &Params,
+) -> Result<(), RunError> {
+    for (ps, saved) in schedule.steps.iter().zip(saved) {
+        let PKind::BatchNorm { momentum, c, .. } = ps.kind else {
+            continue;
+        };
+        let st = &prog.steps[ps.step];
+        let fail = |e: candle_core::Error| RunError::Step {
+            node: st.name.clone(),
+            message: e.to_string(),
+        };
+        let prefix = st.params.as_deref().unwrap_or("");
+        let (mean, var) = &saved.stats;
+        for (name, batch) in [(norm::RUNNING_MEAN, mean), (norm::RUNNING_VAR, var)] {
+            let Some(run) = params.vars.get(&format!("{prefix}.{name}")) else {
+                continue;
+            };
+            let batch = Tensor::from_slice(batch, c, run.device())
+                .and_then(|b| b.to_dtype(run.dtype()))
+                .map_err(fail)?;
+            let moved = (run.as_tensor() * momentum)
+                .and_then(|r| r + (batch * (1.0 - momentum))?)
+                .map_err(fail)?;
+            run.set(&moved).map_err(fail)?;
+        }
+    }
+    Ok(())
 }
 
 /// The backward of one step.
@@ -515,12 +556,12 @@ impl Back<'_> {
             }
             (
                 PKind::Rnn {
+                    cell,
                     units,
                     directions,
                     sequences,
                     t,
                     i,
-                    ..
                 },
                 _,
             ) => {
@@ -528,41 +569,93 @@ impl Back<'_> {
                     return Err(format!("a recurrence kernel on `{}`", st.op));
                 };
                 let (h, t, x) = (*units, *t, self.value(0)?);
+                let lstm = *cell == RnnCell::Lstm;
+                let g = if lstm { 4 } else { 3 };
                 let valid = run::valid_steps(self.ps, self.held.0)?;
                 let mut dx = self.dx(0);
                 for (d, names) in r.directions().iter().enumerate() {
-                    let (hs, dg, cs) = saved.lstm.get_mut(d).ok_or("the forward kept no states")?;
+                    let (hs, acts, cs) =
+                        saved.rnn.get_mut(d).ok_or("the forward kept no states")?;
                     let dhs = unplace(gy, (d, h, *directions, *sequences), (batch, t));
                     let w_hh = weight(names.weight_hh)?;
                     let w_hh = host::host(&w_hh).map_err(host_err)?;
-                    let mut dwhh = take(names.weight_hh, 4 * h * h);
-                    let op = LstmSeq::new(h, d == 1, true).with_valid(valid.clone());
-                    // The saved activations become the gates' gradient.
-                    op.backward_into(&w_hh, (batch, t), dg, (cs, hs), &dhs, &mut dwhh);
+                    let mut dwhh = take(names.weight_hh, g * h * h);
+                    // The input projections' gradient [B, T, g·H].
+                    let gru_dxw;
+                    let dxw: &[f32] = if lstm {
+                        let op = LstmSeq::new(h, d == 1, true).with_valid(valid.clone());
+                        // The saved activations become the gates' gradient.
+                        op.backward_into(&w_hh, (batch, t), acts, (cs, hs), &dhs, &mut dwhh);
+                        acts
+                    } else {
+                        let mut dbhh = take(names.bias_hh, 3 * h);
+                        let mut dxw = vec![0f32; batch * t * 3 * h];
+                        let op = GruSeq::new(h, d == 1, true);
+                        let saved = (&acts[..], &hs[..]);
+                        op.backward_into(
+                            &w_hh,
+                            (batch, t),
+                            saved,
+                            &dhs,
+                            &mut dxw,
+                            (&mut dwhh, &mut dbhh),
+                        );
+                        put.push((names.bias_hh, dbhh));
+                        gru_dxw = dxw;
+                        &gru_dxw
+                    };
                     let w_ih = weight(names.weight_ih)?;
                     let w_ih = host::host(&w_ih).map_err(host_err)?;
-                    let (mut dwih, mut db) =
-                        (take(names.weight_ih, 4 * h * i), take(names.bias, 4 * h));
-                    let dims = (batch * t, *i, 4 * h);
+                    let bias = if lstm { names.bias } else { names.bias_ih };
+                    let (mut dwih, mut db) = (take(names.weight_ih, g * h * i), take(bias, g * h));
+                    let dims = (batch * t, *i, g * h);
                     linear::backward_into(
                         x,
                         &w_ih,
-                        dg,
+                        dxw,
                         dims,
                         dx.as_deref_mut(),
                         &mut dwih,
                         &mut db,
                     );
-                    put.extend([
-                        (names.weight_hh, dwhh),
-                        (names.weight_ih, dwih),
-                        (names.bias, db),
-                    ]);
+                    put.extend([(names.weight_hh, dwhh), (names.weight_ih, dwih), (bias, db)]);
                 }
             }
             (PKind::Upsample { scale, hw }, _) => {
                 if let Some(dx) = self.dx(0) {
                     Upsample2d { scale: *scale }.backward_into(gy, *hw, dx)
+                }
+            }
+            (PKind::Gated { d }, Packed::Gemm { wt, b }) => {
+                let w = weight(fusion::WEIGHT)?;
+                let w = host::host(&w).map_err(host_err)?;
+                let (mut dw, mut db) = (take(fusion::WEIGHT, w.len()), take(fusion::BIAS, *d));
+                let ab = (self.value(0)?, self.value(1)?);
+                let grads = layers::gated_grads(ab, (wt, b, &w), *d, gy, (&mut dw, &mut db));
+                for (k, g) in [grads.0, grads.1].iter().enumerate() {
+                    if let Some(dx) = self.dx(k) {
+                        add(dx, g);
+                    }
+                }
+                put.extend([(fusion::WEIGHT, dw), (fusion::BIAS, db)]);
+            }
+            (PKind::Weighted, Packed::Weights(w)) => {
+                let n = self.ps.args.len();
+                // dwₖ = Σ gy·xₖ, for learned weights (softmax of logits).
+                let mut dwk = vec![0f32; n];
+                for (k, wk) in w.iter().enumerate() {
+                    dwk[k] = gy.iter().zip(self.value(k)?).map(|(g, x)| g * x).sum();
+                    if let Some(dx) = self.dx(k) {
+                        dx.iter_mut().zip(gy.iter()).for_each(|(d, g)| *d += wk * g);
+                    }
+                }
+                if let Op::Weighted(crate::ir::Weighted { fixed: None }) = &st.op {
+                    let dot: f32 = dwk.iter().zip(w).map(|(d, w)| d * w).sum();
+                    let mut dl = take(fusion::LOGITS, n);
+                    for ((l, d), w) in dl.iter_mut().zip(&dwk).zip(w) {
+                        *l += w * (d - dot);
+                    }
+                    put.push((fusion::LOGITS, dl));
                 }
             }
             (PKind::Elementwise(e @ (Ew::Max | Ew::Min)), _) => {
@@ -622,6 +715,19 @@ impl Back<'_> {
                         }
                     }
                 }
+            }
+            (PKind::BatchNorm { eps, c, s, .. }, _) => {
+                let gamma = weight(norm::WEIGHT)?;
+                let gamma = host::host(&gamma).map_err(host_err)?;
+                let (mut dg, mut db) = (take(norm::WEIGHT, *c), take(norm::BIAS, *c));
+                let x = self.value(0)?;
+                let op = crate::kernels::batch_norm::BatchNormTrain {
+                    eps: *eps,
+                    stats: Default::default(),
+                };
+                let dims = (x.len() / (c * s).max(1), *c, *s);
+                op.backward_into(x, dims, &gamma, gy, (self.dx(0), &mut dg, &mut db));
+                put.extend([(norm::WEIGHT, dg), (norm::BIAS, db)]);
             }
             (PKind::Dropout { .. }, _) => {
                 if let Some(dx) = self.dx(0) {
