@@ -137,7 +137,8 @@ pub(super) fn attention(
 /// which the projections' backward carries to their weights and operands.
 pub(super) fn attention_grads(
     g: &Geometry,
-    (wo, dwo): (Option<&[f32]>, (&mut [f32], &mut [f32])),
+    wo: Option<&[f32]>,
+    dwo: (&mut [f32], &mut [f32]),
     saved: &[Vec<f32>],
     batch: usize,
     gy: &[f32],
