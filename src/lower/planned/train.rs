@@ -288,6 +288,12 @@ impl PlannedTrain {
             }
         };
         zero(n);
+        // Values a loss's gradient reaches. Steps off every such path are
+        // skipped, so that their weights get no gradient (`None`), as from
+        // candle's autograd: Adam would move a weight on a zero gradient
+        // (its moments decay), and not on none (a head with no labels in
+        // the batch, the detached side of an auxiliary loss).
+        let mut reached = vec![false; self.schedule.bufs.len()];
         for (slot, leaf) in &fwd.leaves {
             let (Some(Loc::Buffer(b)), Some(g)) =
                 (self.schedule.loc[*slot], store.get(leaf.as_tensor()))
@@ -295,6 +301,7 @@ impl PlannedTrain {
                 continue;
             };
             let Some(gb) = self.grad[b] else { continue };
+            reached[b] = true;
             let g = host::host(g).map_err(|e| err("losses")(e.to_string()))?;
             // SAFETY: the gradient of a value read after the forward.
             let dst = unsafe { arena.get_mut(gb) };
@@ -308,9 +315,14 @@ impl PlannedTrain {
             .zip(&mut self.saved);
         for ((ps, packed), saved) in steps.rev() {
             zero(2 * n - ps.step);
-            let Some(gy) = self.grad[ps.out] else {
+            let Some(gy) = self.grad[ps.out].filter(|_| reached[ps.out]) else {
                 continue;
             };
+            for a in &ps.args {
+                if let Loc::Buffer(b) = a {
+                    reached[*b] = true;
+                }
+            }
             let st = &prog.steps[ps.step];
             let step = Back {
                 ps,
