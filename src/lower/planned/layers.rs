@@ -67,6 +67,31 @@ pub(super) struct Geometry {
     pub causal: bool,
 }
 
+impl Geometry {
+    /// An attention step's geometry (`None` for other kernels).
+    pub(super) fn of(kind: &super::schedule::PKind) -> Option<Geometry> {
+        match *kind {
+            super::schedule::PKind::Attention {
+                heads,
+                kd,
+                vd,
+                tq,
+                tk,
+                causal,
+                ..
+            } => Some(Geometry {
+                heads,
+                kd,
+                vd,
+                tq,
+                tk,
+                causal,
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// (Wᵀ, bias) of a projection.
 pub(super) type Proj<'a> = (&'a [f32], &'a [f32]);
 

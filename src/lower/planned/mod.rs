@@ -10,6 +10,7 @@
 //! layer norm, …) runs on the candle path; `--emit plan` says which path and
 //! why. Training stays on the candle path (see issue 20 in the notes).
 
+mod backward;
 mod layers;
 pub mod memory;
 mod run;

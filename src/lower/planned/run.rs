@@ -381,18 +381,7 @@ fn step(
                 out.iter_mut().for_each(|a| *a /= n);
             }
         }
-        (
-            PKind::Attention {
-                heads,
-                kd,
-                vd,
-                tq,
-                tk,
-                causal,
-                hf,
-            },
-            Packed::Attention { q, k, v, out: wo },
-        ) => {
+        (PKind::Attention { hf, .. }, Packed::Attention { q, k, v, out: wo }) => {
             let ids = |i: usize| match ps.masks.get(i).copied().flatten().map(|k| &held[k]) {
                 Some(Some(Input::Ids(v))) => Some(v.as_slice()),
                 _ => None,
@@ -403,14 +392,7 @@ fn step(
                 1 => (x, (ids(0).filter(|_| !hf), ids(0))),
                 _ => (arg(1)?, (ids(0), ids(1))),
             };
-            let g = layers::Geometry {
-                heads: *heads,
-                kd: *kd,
-                vd: *vd,
-                tq: *tq,
-                tk: *tk,
-                causal: *causal,
-            };
+            let g = layers::Geometry::of(&ps.kind).ok_or_else(bad)?;
             let mut ts: Vec<&mut [f32]> = (0..ps.temps.len()).map(temp).collect();
             let w = (proj(q), proj(k), proj(v), wo.as_ref().map(proj));
             let keep = keep.map(|s| &mut s.attn);
