@@ -73,9 +73,10 @@ def digits():
     return digits_mt()
 
 
-def seed_multitask():
-    img = keras.Input((64, 64, 3), name="image")
-    trunk = L.Conv2D(128, 3, activation="relu")(L.Conv2D(64, 3, activation="relu")(img))
+def seed_multitask(hw=64, c1=64, c2=128):
+    """models/seed_multitask.mtl (the fixture seed_multitask_small: 32, 8, 16)."""
+    img = keras.Input((hw, hw, 3), name="image")
+    trunk = L.Conv2D(c2, 3, activation="relu")(L.Conv2D(c1, 3, activation="relu")(img))
     outs = {
         "classifier": L.Dense(10, name="classifier")(L.GlobalAveragePooling2D()(trunk)),
         "segmentation": L.Conv2D(1, 1, name="segmentation")(trunk),
@@ -297,14 +298,7 @@ def fusion_ops():
 
 
 def seed_multitask_small():
-    """../shared/fixtures/seed_multitask_small.mtl."""
-    img = keras.Input((32, 32, 3), name="image")
-    feat = L.Conv2D(16, 3, activation="relu")(L.Conv2D(8, 3, activation="relu")(img))
-    outs = {
-        "classifier": L.Dense(10, name="classifier")(L.GlobalAveragePooling2D()(feat)),
-        "segmentation": L.Conv2D(1, 1, name="segmentation")(feat),
-    }
-    return keras.Model(img, outs), {"classifier": CE, "segmentation": BCE}
+    return seed_multitask(32, 8, 16)
 
 
 def mmoe_fixture():

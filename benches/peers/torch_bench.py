@@ -283,15 +283,17 @@ def reviews():
 
 
 class SeedMultitask(nn.Module):
-    def __init__(self):
+    """models/seed_multitask.mtl (the fixture seed_multitask_small: 8, 16)."""
+
+    def __init__(self, c1=64, c2=128):
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 3)
-        self.conv2 = nn.Conv2d(64, 128, 3)
-        self.classifier = nn.Linear(128, 10)
-        self.segmentation = nn.Conv2d(128, 1, 1)
+        self.conv1 = nn.Conv2d(3, c1, 3)
+        self.conv2 = nn.Conv2d(c1, c2, 3)
+        self.classifier = nn.Linear(c2, 10)
+        self.segmentation = nn.Conv2d(c2, 1, 1)
 
     def forward(self, image):
-        trunk = F.relu(self.conv2(F.relu(self.conv1(image))))  # [128, 60, 60]
+        trunk = F.relu(self.conv2(F.relu(self.conv1(image))))  # [c2, H − 4, W − 4]
         return {"classifier": self.classifier(gap2d(trunk)), "segmentation": self.segmentation(trunk)}
 
 
@@ -608,23 +610,8 @@ def fusion_ops():
             {k: (MSE, (2,), 1.0) for k in ("s", "m", "avg", "mx")})
 
 
-class SeedMultitaskSmall(nn.Module):
-    """../shared/fixtures/seed_multitask_small.mtl."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3)
-        self.conv2 = nn.Conv2d(8, 16, 3)
-        self.classifier = nn.Linear(16, 10)
-        self.segmentation = nn.Conv2d(16, 1, 1)
-
-    def forward(self, image):
-        feat = F.relu(self.conv2(F.relu(self.conv1(image))))  # [16, 28, 28]
-        return {"classifier": self.classifier(gap2d(feat)), "segmentation": self.segmentation(feat)}
-
-
 def seed_multitask_small():
-    return (SeedMultitaskSmall(), [("image", (3, 32, 32), "f32", None)],
+    return (SeedMultitask(8, 16), [("image", (3, 32, 32), "f32", None)],
             {"classifier": (CE, (10,), 1.0), "segmentation": (BCE, (1, 28, 28), 1.0)})
 
 
