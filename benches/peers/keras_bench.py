@@ -24,11 +24,16 @@ CE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 BCE = keras.losses.BinaryCrossentropy(from_logits=True)
 
 
+def conv_pool2(x):
+    """Conv2D(16, 3, same, relu) -> MaxPool(2) -> Conv2D(32, ...) -> MaxPool(2)."""
+    x = L.MaxPooling2D(2)(L.Conv2D(16, 3, padding="same", activation="relu")(x))
+    return L.MaxPooling2D(2)(L.Conv2D(32, 3, padding="same", activation="relu")(x))
+
+
 def shapes_mm():
     img = keras.Input((32, 32, 3), name="image")
     txt = keras.Input((16,), dtype="int32", name="text")
-    x = L.MaxPooling2D(2)(L.Conv2D(16, 3, padding="same", activation="relu")(img))
-    x = L.MaxPooling2D(2)(L.Conv2D(32, 3, padding="same", activation="relu")(x))
+    x = conv_pool2(img)
     x = L.Dense(64, activation="relu")(L.Flatten()(x))
     t = L.LSTM(32)(L.Embedding(1000, 32)(txt))
     h = L.Dense(64, activation="relu")(L.Concatenate()([x, t]))
@@ -223,8 +228,7 @@ def mmoe():
 
 def overlap():
     img = keras.Input((28, 28, 1), name="image")
-    x = L.MaxPooling2D(2)(L.Conv2D(16, 3, padding="same", activation="relu")(img))
-    x = L.MaxPooling2D(2)(L.Conv2D(32, 3, padding="same", activation="relu")(x))
+    x = conv_pool2(img)
     trunk = L.Dense(64, activation="relu")(L.Flatten()(x))
     outs = {t: L.Dense(6, name=t)(L.Dense(32, activation="relu")(trunk)) for t in ("left", "right")}
     return keras.Model(img, outs), {"left": CE, "right": CE}
@@ -234,8 +238,7 @@ def tones():
     sound = keras.Input((40, 50), name="sound")  # log-mel bands x frames
     img = keras.Input((28, 28, 1), name="image")
     a = L.Reshape((40, 50, 1))(sound)
-    a = L.MaxPooling2D(2)(L.Conv2D(16, 3, padding="same", activation="relu")(a))
-    a = L.MaxPooling2D(2)(L.Conv2D(32, 3, padding="same", activation="relu")(a))
+    a = conv_pool2(a)
     heard = L.Dense(32, activation="relu")(L.Flatten()(a))
     s = L.MaxPooling2D(2)(L.Conv2D(16, 3, padding="same", activation="relu")(img))
     s = L.GlobalMaxPooling2D()(L.Conv2D(32, 3, padding="same", activation="relu")(s))
@@ -270,8 +273,7 @@ class Contrastive(L.Layer):
 def clip():
     img = keras.Input((28, 28, 1), name="image")
     cap = keras.Input((5,), dtype="int32", name="caption")
-    x = L.MaxPooling2D(2)(L.Conv2D(16, 3, padding="same", activation="relu")(img))
-    x = L.MaxPooling2D(2)(L.Conv2D(32, 3, padding="same", activation="relu")(x))
+    x = conv_pool2(img)
     v = L.Dense(64, activation="relu")(L.Flatten()(x))
     t = L.LSTM(64)(L.Embedding(32, 32, mask_zero=True)(cap))
     v = Contrastive()(v, L.Dense(32)(v), L.Dense(32)(t))
