@@ -13,7 +13,7 @@
 use super::gemm::{matmul, transposed, View};
 use super::host::{contiguous, host};
 use super::lanes::{lane_blocks, LANES};
-use super::lstm::{row_block, sigmoid_slice, tanh_slice};
+use super::lstm::{recurrent_weight_grad, row_block, sigmoid_slice, tanh_slice};
 use super::par;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use std::sync::Mutex;
@@ -135,21 +135,7 @@ impl GruSeq {
             )
         });
         // dW_hh = Σ dhwᵀ · h_{t−1} (one GEMM over all steps); db_hh = Σ dhw.
-        let dhw_t = View {
-            data: &dhw,
-            rows: g3,
-            cols: b * t,
-            rs: 1,
-            cs: g3,
-        };
-        let hp = View {
-            data: &h_prev,
-            rows: b * t,
-            cols: hu,
-            rs: hu,
-            cs: 1,
-        };
-        matmul(dw, hu, true, dhw_t, hp);
+        recurrent_weight_grad(&dhw, &h_prev, hu, dw);
         for row in dhw.chunks(g3) {
             db.iter_mut().zip(row).for_each(|(a, v)| *a += v);
         }

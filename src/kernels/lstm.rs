@@ -361,6 +361,28 @@ fn gates_block<const M: usize>(
     d.copy_from_slice(&out[4]);
 }
 
+/// dW_hh += Σ_t dgᵀ · h_{t−1} over all rows and steps as one GEMM: `dg`
+/// [B·T, G] (the gates' or recurrent pre-activations' gradient), `h_prev`
+/// [B·T, H], `dw` [G, H].
+pub(super) fn recurrent_weight_grad(dg: &[f32], h_prev: &[f32], hu: usize, dw: &mut [f32]) {
+    let (rows, g) = (h_prev.len() / hu, dw.len() / hu);
+    let dg_t = View {
+        data: dg,
+        rows: g,
+        cols: rows,
+        rs: 1,
+        cs: g,
+    };
+    let hp = View {
+        data: h_prev,
+        rows,
+        cols: hu,
+        rs: hu,
+        cs: 1,
+    };
+    matmul(dw, hu, true, dg_t, hp);
+}
+
 /// Batch rows per thread for the recurrence.
 pub(super) fn row_block(b: usize) -> usize {
     b.div_ceil(rayon::current_num_threads().clamp(1, b.max(1)))
@@ -427,21 +449,7 @@ impl LstmSeq {
             )
         });
         // dW_hh = Σ_t dgates_tᵀ · h_{t−1}: one GEMM over all steps.
-        let dg_t = View {
-            data: acts_dg,
-            rows: g4,
-            cols: b * t,
-            rs: 1,
-            cs: g4,
-        };
-        let hp = View {
-            data: &h_prev,
-            rows: b * t,
-            cols: hu,
-            rs: hu,
-            cs: 1,
-        };
-        matmul(dw, hu, true, dg_t, hp);
+        recurrent_weight_grad(acts_dg, &h_prev, hu, dw);
     }
 
     /// The training forward into `hs` [B, T, H], `acts` [B, T, 4H] and

@@ -277,15 +277,16 @@ impl Back<'_> {
             }
             (PKind::Weighted, Packed::Weights(w)) => {
                 let n = self.ps.args.len();
-                // dwₖ = Σ gy·xₖ, for learned weights (softmax of logits).
-                let mut dwk = vec![0f32; n];
                 for (k, wk) in w.iter().enumerate() {
-                    dwk[k] = gy.iter().zip(self.value(k)?).map(|(g, x)| g * x).sum();
                     if let Some(dx) = self.dx(k) {
                         dx.iter_mut().zip(gy.iter()).for_each(|(d, g)| *d += wk * g);
                     }
                 }
                 if let Op::Weighted(crate::ir::Weighted { fixed: None }) = &st.op {
+                    // Learned weights (softmax of logits): dwₖ = Σ gy·xₖ.
+                    let dwk = (0..n)
+                        .map(|k| Ok(gy.iter().zip(self.value(k)?).map(|(g, x)| g * x).sum()))
+                        .collect::<Result<Vec<f32>, String>>()?;
                     let dot: f32 = dwk.iter().zip(w).map(|(d, w)| d * w).sum();
                     let mut dl = take(fusion::LOGITS, n);
                     for ((l, d), w) in dl.iter_mut().zip(&dwk).zip(w) {
