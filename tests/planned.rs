@@ -119,11 +119,15 @@ fn schedules_refuse_training_programs_masked_recurrences_and_attention_dropout()
 
 /// The summed head losses (zero labels, as `mtl bench --train`) but head
 /// `skip`'s (as a batch without its labels), and the auxiliary losses (as
-/// training computes them).
+/// training computes them). With `planned`, the heads' losses are its fused
+/// ones (`PlannedTrain::head_loss`).
 fn total_loss(
     prog: &mtl::lower::Program,
     params: &mtl::lower::Params,
-    fwd: &mtl::lower::Forward,
+    (fwd, mut planned): (
+        &mtl::lower::Forward,
+        Option<&mut mtl::lower::planned::PlannedTrain>,
+    ),
     skip: Option<usize>,
 ) -> Tensor {
     use mtl::train::loss::{head_loss, Reduction};
@@ -142,7 +146,14 @@ fn total_loss(
             }
             _ => (y.zeros_like().unwrap() + 0.5).unwrap(),
         };
-        let l = head_loss(h.loss, y, &label, None, Reduction::Batch).unwrap();
+        let l = match planned.as_deref_mut() {
+            Some(p) => {
+                p.head_loss(fwd, *slot, h.loss, (&label, None), false)
+                    .unwrap()
+                    .0
+            }
+            None => head_loss(h.loss, y, &label, None, Reduction::Batch).unwrap(),
+        };
         total = (total + l).unwrap();
     }
     for l in &prog.losses {
@@ -214,7 +225,9 @@ fn planned_training_gradients_equal_the_candle_path() {
             for (v, b) in running.iter().zip(&before) {
                 v.set(b).unwrap();
             }
-            let want = total_loss(&prog, &params, &fwd, skip).backward().unwrap();
+            let want = total_loss(&prog, &params, (&fwd, None), skip)
+                .backward()
+                .unwrap();
             let want = mtl::train::optim::grads_for(&vars, &want);
             // The same dropout masks: a stream as the candle path's.
             let mut rng = rand::rngs::StdRng::seed_from_u64(0);
@@ -227,7 +240,9 @@ fn planned_training_gradients_equal_the_candle_path() {
                 let d = diff(v.as_tensor(), want);
                 assert!(d < 1e-6, "{name}: running statistics differ by {d}");
             }
-            let store = total_loss(&prog, &params, &pf, skip).backward().unwrap();
+            let store = total_loss(&prog, &params, (&pf, Some(&mut pt)), skip)
+                .backward()
+                .unwrap();
             let mut got = mtl::train::optim::grads_for(&vars, &store);
             pt.backward(&prog, &params, (&pf, &store), &vars, &mut got)
                 .unwrap();

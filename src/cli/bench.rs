@@ -176,10 +176,17 @@ pub fn bench(a: BenchArgs) -> Result<i32, Fail> {
                     _ => y.zeros_like(),
                 }
                 .map_err(f)?;
-                total = (total
-                    + head_loss(h.loss, y, &label, None, mtl::train::loss::Reduction::Batch)
-                        .map_err(f)?)
-                .map_err(f)?;
+                let loss = match trainer.as_mut() {
+                    Ok(pt) => {
+                        let fused = pt.head_loss(&fwd, *slot, h.loss, (&label, None), false);
+                        fused.map_err(|e| Fail::model(e.to_string()))?.0
+                    }
+                    Err(_) => {
+                        let batch = mtl::train::loss::Reduction::Batch;
+                        head_loss(h.loss, y, &label, None, batch).map_err(f)?
+                    }
+                };
+                total = (total + loss).map_err(f)?;
             }
             let t0 = Instant::now();
             let store = total.backward().map_err(f)?;

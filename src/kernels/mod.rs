@@ -22,6 +22,7 @@ mod im2col;
 pub mod lanes;
 pub mod layer_norm;
 pub mod linear;
+pub mod loss;
 pub mod lstm;
 pub mod lstm_cell;
 pub mod math;

@@ -205,10 +205,11 @@ struct Losses {
 }
 
 /// Per-head losses of one forward pass and aux losses.
+/// With `planned`, the heads' losses are its fused ones.
 fn losses(
     prog: &Program,
     params: &Params,
-    fwd: &crate::lower::Forward,
+    (fwd, mut planned): (&crate::lower::Forward, Option<&mut PlannedTrain>),
     batch: &Batch,
     reduction: Reduction,
 ) -> Result<Losses, TrainError> {
@@ -226,7 +227,13 @@ fn losses(
             .get(&format!("{}.mask", h.name))
             .map(|m| m.flatten_all())
             .transpose()?;
-        let (loss, count) = head_loss_counted(h.loss, logits, &y, mask.as_ref(), reduction)?;
+        let (loss, count) = match planned.as_deref_mut() {
+            Some(p) => {
+                let present_only = reduction == Reduction::Present;
+                p.head_loss(fwd, *slot, h.loss, (&y, mask.as_ref()), present_only)?
+            }
+            None => head_loss_counted(h.loss, logits, &y, mask.as_ref(), reduction)?,
+        };
         out.heads.push(loss);
         out.counts.push(count as f64);
     }
@@ -385,7 +392,7 @@ fn evaluate_checked(
         let batch = on_device(ds.batch(&idx)?, device)?;
         let inputs = prog.prepare_inputs(&batch, device)?;
         let fwd = exec.forward(prog, params, inputs, &mut rng)?;
-        let ls = losses(prog, params, &fwd, &batch, Reduction::Present)?;
+        let ls = losses(prog, params, (&fwd, None), &batch, Reduction::Present)?;
         for (a, l) in ls.aux.iter().zip(&prog.losses) {
             *aux.entry(l.name.clone()).or_insert(0.0) += a.to_scalar::<f32>()? as f64 * len as f64;
         }
@@ -610,7 +617,8 @@ pub fn fit(
                 Some(p) => p.forward(train_prog, params, inputs, &mut rng)?,
                 None => train_prog.forward_part(params, inputs, &mut rng, scheme.cut(), &part)?,
             };
-            let mut ls = losses(train_prog, params, &fwd, &batch, Reduction::Batch)?;
+            let with = (&fwd, planned.as_mut());
+            let mut ls = losses(train_prog, params, with, &batch, Reduction::Batch)?;
             let reduced = shares(&mut ls, &part)?;
             let present: Vec<bool> = reduced.counts.iter().map(|c| *c > 0.0).collect();
             let mut values = Vec::with_capacity(ls.heads.len());

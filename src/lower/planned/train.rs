@@ -1,12 +1,15 @@
 //! The planned executor for training: the forward of the inference schedule
 //! (keeping what the backward reads), then the backward as a second static
 //! schedule over the same arena, no autograd graph and no candle tensor per
-//! step. The losses stay on candle: the forward's head values come out as
-//! leaf variables, the weighting builds its total from them, candle's
-//! backward of that small graph gives their gradients, and the planned
-//! backward carries them to the weights. The optimizer then runs as on the
-//! candle path, so every weighting that is a weighted sum of the losses
-//! (fixed, DWA, uncertainty, FAMO, RLW) is unchanged.
+//! step. Each head's loss is computed here with its gradient in one pass
+//! ([`PlannedTrain::head_loss`], `kernels::loss`) and comes out as a scalar
+//! leaf variable; the auxiliary losses' operands come out as leaves too and
+//! their losses stay on candle. The weighting builds its total from these
+//! leaves, candle's backward of that small graph gives each loss's
+//! coefficient and each operand's gradient, and the planned backward
+//! carries them to the weights. The optimizer then runs as on the candle
+//! path, so every weighting that is a weighted sum of the losses (fixed,
+//! DWA, uncertainty, FAMO, RLW) is unchanged.
 //!
 //! Time in the schedule: forward step k at k, the losses at n, the backward
 //! of step k at 2n − k. A value the backward of step j reads lives until
@@ -21,12 +24,12 @@ use super::schedule::{read_slots, Loc, PKind, PStep, Schedule, Unplanned};
 use super::{pack, Packed};
 use crate::ir::ops::activation::Act;
 use crate::ir::ops::norm;
-use crate::ir::Ew;
-use crate::kernels::host;
+use crate::ir::{Ew, LossKind};
+use crate::kernels::{host, loss};
 use crate::lower::{Forward, Params, Program, RunError};
 use crate::pipeline::Mode;
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::Rng;
 use std::collections::HashMap;
@@ -51,6 +54,17 @@ pub struct PlannedTrain {
     /// Whether a forward's saved states await their backward: the backward
     /// consumes them (an LSTM's gates become their gradient in place).
     pending: bool,
+    /// The heads' losses of the last forward (buffers kept across steps).
+    fused: Vec<Fused>,
+}
+
+/// A head's loss computed by [`PlannedTrain::head_loss`]: the head's value
+/// slot, the loss as the leaf the weighting reads (`None` until computed
+/// for this forward), and dLoss/dvalue.
+struct Fused {
+    slot: usize,
+    loss: Option<Var>,
+    grad: Vec<f32>,
 }
 
 /// Whether the planned backward knows `kind`.
@@ -193,6 +207,7 @@ impl PlannedTrain {
             inputs: vec![],
             times: None,
             pending: false,
+            fused: vec![],
         })
     }
 
@@ -243,6 +258,7 @@ impl PlannedTrain {
         run::run_steps(&self.schedule, &self.packed, &arena, at, prog, saved, times)?;
         update_running_stats(&self.schedule, &self.saved, prog, params)?;
         self.pending = true;
+        self.fused.iter_mut().for_each(|f| f.loss = None);
         let mut values: Vec<Option<Tensor>> = vec![None; prog.n_values];
         let mut leaves = vec![];
         for slot in read_slots(prog) {
@@ -255,6 +271,78 @@ impl PlannedTrain {
             leaves.push((slot, leaf));
         }
         Ok(Forward { values, leaves })
+    }
+
+    /// Head `slot`'s loss in the last forward `fwd`, with its gradient kept
+    /// for the backward: the loss as a scalar leaf (for the weighting's
+    /// total, whose backward gives the coefficient the gradient is scaled
+    /// by) and the number of labels present. `label` and `sample` as
+    /// `train::loss::head_loss` takes them; `present_only`: divided by the
+    /// labels present rather than by all.
+    pub fn head_loss(
+        &mut self,
+        fwd: &Forward,
+        slot: usize,
+        kind: LossKind,
+        (label, sample): (&Tensor, Option<&Tensor>),
+        present_only: bool,
+    ) -> Result<(Tensor, f32), RunError> {
+        let fail = |message: String| RunError::Step {
+            node: format!("the loss of value {slot}"),
+            message,
+        };
+        let candle = |e: candle_core::Error| fail(e.to_string());
+        let logits = fwd.get(slot).ok_or_else(|| fail("not computed".into()))?;
+        let flat = label.flatten_all().map_err(candle)?;
+        let (kind, labels) = match kind {
+            LossKind::CrossEntropy => {
+                let ids = flat.to_dtype(DType::I64).and_then(|c| c.to_vec1::<i64>());
+                (
+                    loss::Kind::CrossEntropy,
+                    loss::Labels::Classes(ids.map_err(candle)?),
+                )
+            }
+            other => {
+                let k = match other {
+                    LossKind::BinaryCrossEntropy => loss::Kind::BinaryCrossEntropy,
+                    LossKind::Mse => loss::Kind::Mse,
+                    LossKind::Mae => loss::Kind::Mae,
+                    _ => loss::Kind::Huber,
+                };
+                let t = flat.to_dtype(DType::F32).and_then(|t| t.to_vec1::<f32>());
+                (k, loss::Labels::Targets(t.map_err(candle)?))
+            }
+        };
+        let sample = sample
+            .map(|s| s.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>())
+            .transpose()
+            .map_err(candle)?;
+        let at = match self.fused.iter().position(|f| f.slot == slot) {
+            Some(i) => i,
+            None => {
+                self.fused.push(Fused {
+                    slot,
+                    loss: None,
+                    grad: vec![],
+                });
+                self.fused.len() - 1
+            }
+        };
+        let f = &mut self.fused[at];
+        let x = host::host(logits).map_err(candle)?;
+        let r = loss::head(
+            kind,
+            (&x, logits.dims()),
+            &labels,
+            sample.as_deref(),
+            present_only,
+            &mut f.grad,
+        )
+        .map_err(fail)?;
+        let leaf = Var::new(r.loss, logits.device()).map_err(candle)?;
+        let value = leaf.as_tensor().clone();
+        f.loss = Some(leaf);
+        Ok((value, r.present))
     }
 
     /// The backward of the last forward from the losses' gradients in
@@ -304,6 +392,26 @@ impl PlannedTrain {
             // SAFETY: the gradient of a value read after the forward.
             let dst = unsafe { arena.get_mut(gb) };
             dst.iter_mut().zip(g.iter()).for_each(|(d, v)| *d += v);
+        }
+        for f in &mut self.fused {
+            let Some(c) = f
+                .loss
+                .take()
+                .and_then(|l| store.get(l.as_tensor()).cloned())
+            else {
+                continue;
+            };
+            let Some(Loc::Buffer(b)) = self.schedule.loc[f.slot] else {
+                continue;
+            };
+            let Some(gb) = self.grad[b] else { continue };
+            reached[b] = true;
+            let c = c
+                .to_scalar::<f32>()
+                .map_err(|e| err("losses")(e.to_string()))?;
+            // SAFETY: the gradient of a value read after the forward.
+            let dst = unsafe { arena.get_mut(gb) };
+            dst.iter_mut().zip(&f.grad).for_each(|(d, g)| *d += c * g);
         }
         let steps = self
             .schedule
