@@ -566,8 +566,15 @@ mod tests {
                     want[at..at + w].copy_from_slice(&x[(ci * h + y) * w..][..w]);
                 }
             }
-            assert_eq!(&got[..want.len()], &want[..], "{c}×{h}×{w}, {k}×{k}, {pad:?}");
-            assert!(got[want.len()..].iter().all(|v| v.is_nan()), "wrote past the grid");
+            assert_eq!(
+                &got[..want.len()],
+                &want[..],
+                "{c}×{h}×{w}, {k}×{k}, {pad:?}"
+            );
+            assert!(
+                got[want.len()..].iter().all(|v| v.is_nan()),
+                "wrote past the grid"
+            );
         }
     }
 

@@ -4,6 +4,39 @@
 //! statistic, keeps its (score, label) pairs, and only for heads that ask for it.
 
 use crate::ir::{LossKind, Metric};
+use std::borrow::Cow;
+
+/// A head's predictions as [`HeadStats::add`] takes them, from its logits
+/// `x` of shape `dims`, and the classes per label element: softmax over the
+/// classes (axis 1) laid out [B·S…, K] for cross-entropy, the sigmoid for
+/// binary cross-entropy, the values themselves otherwise. The formulas of
+/// `lower::head_output`, on the host.
+pub fn probabilities<'a>(loss: LossKind, x: &'a [f32], dims: &[usize]) -> (Cow<'a, [f32]>, usize) {
+    match loss {
+        LossKind::CrossEntropy => {
+            let k = dims.get(1).copied().unwrap_or(1).max(1);
+            let s: usize = dims.get(2..).map_or(1, |d| d.iter().product());
+            let mut out = vec![0f32; x.len()];
+            for (xb, ob) in x.chunks_exact(k * s).zip(out.chunks_exact_mut(k * s)) {
+                for (p, o) in ob.chunks_exact_mut(k).enumerate() {
+                    let at = |c: usize| xb[c * s + p];
+                    let max = (0..k).map(at).fold(f32::NEG_INFINITY, f32::max);
+                    for (c, o) in o.iter_mut().enumerate() {
+                        *o = (at(c) - max).exp();
+                    }
+                    let sum: f32 = o.iter().sum();
+                    o.iter_mut().for_each(|v| *v /= sum);
+                }
+            }
+            (Cow::Owned(out), k)
+        }
+        LossKind::BinaryCrossEntropy => {
+            let sig = x.iter().map(|v| 1.0 / (1.0 + (-v).exp())).collect();
+            (Cow::Owned(sig), 1)
+        }
+        _ => (Cow::Borrowed(x), 1),
+    }
+}
 
 /// What one head's metrics need, summed over the batches seen so far.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -199,6 +232,43 @@ fn auc(pairs: &[(f32, bool)]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The host probabilities equal candle's `head_output`, laid out as the
+    /// metrics read them ([B·S, K] for cross-entropy over positions).
+    #[test]
+    fn probabilities_equal_the_head_outputs() {
+        use candle_core::{Device, Tensor};
+        let dev = Device::Cpu;
+        for (loss, dims) in [
+            (LossKind::CrossEntropy, vec![4, 5]),
+            (LossKind::CrossEntropy, vec![3, 4, 2, 3]),
+            (LossKind::BinaryCrossEntropy, vec![3, 1, 4, 4]),
+            (LossKind::Mse, vec![5, 2]),
+        ] {
+            let t = Tensor::randn(0f32, 3.0, dims.as_slice(), &dev).unwrap();
+            let x: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+            let (got, k) = probabilities(loss, &x, &dims);
+            let want = crate::lower::head_output(loss, &t).unwrap();
+            let want = if loss == LossKind::CrossEntropy && dims.len() > 2 {
+                let w = want.flatten_from(2).unwrap().transpose(1, 2).unwrap();
+                w.reshape(((), dims[1])).unwrap()
+            } else {
+                want
+            };
+            let want: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
+            assert_eq!(
+                k,
+                if loss == LossKind::CrossEntropy {
+                    dims[1]
+                } else {
+                    1
+                }
+            );
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert!((a - b).abs() < 1e-6, "{loss:?} {dims:?} [{i}]: {a} vs {b}");
+            }
+        }
+    }
 
     #[test]
     fn metrics_from_running_counts_match_hand_counts() {
