@@ -211,8 +211,9 @@ impl PlannedTrain {
         })
     }
 
-    /// The training forward: the heads' values and auxiliary-loss operands
-    /// as leaf variables (in `values` and `leaves`), for the losses.
+    /// The training forward: the heads' values (for [`Self::head_loss`]
+    /// and the metrics) and the auxiliary losses' operands as leaf
+    /// variables (in `values` and `leaves`), for candle's losses.
     /// Dropout draws from `rng` as the candle path does: a value at a time,
     /// the steps in program order.
     pub fn forward(
@@ -263,6 +264,12 @@ impl PlannedTrain {
         let mut leaves = vec![];
         for slot in read_slots(prog) {
             let t = run::value(&self.schedule, &arena, at, prog, slot)?;
+            // The heads' losses are ours (`head_loss`); only the auxiliary
+            // losses, on candle, need their operands as leaves.
+            if !prog.losses.iter().any(|l| l.slots.contains(&slot)) {
+                values[slot] = Some(t);
+                continue;
+            }
             let leaf = Var::from_tensor(&t).map_err(|e| RunError::Step {
                 node: format!("value {slot}"),
                 message: e.to_string(),
@@ -370,7 +377,10 @@ impl PlannedTrain {
         let zero = |t: usize| {
             for g in self.zero_at.get(&t).into_iter().flatten() {
                 // SAFETY: a gradient buffer first written at time `t`.
-                unsafe { arena.get_mut(*g) }.fill(0.0);
+                let g = unsafe { arena.get_mut(*g) };
+                // Bound by memory: both cores on a large one.
+                let big = g.len() >= crate::kernels::par::MIN_ELEMENTS;
+                crate::kernels::par::chunks_mut(g, 1 << 15, big, |_, g| g.fill(0.0));
             }
         };
         zero(n);
