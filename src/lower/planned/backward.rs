@@ -424,9 +424,8 @@ impl Back<'_> {
                     }
                 }
             }
-            (PKind::Attention { hf, .. }, _) => {
+            (PKind::Attention { geo: g, hf }, _) => {
                 use crate::ir::ops::attention as n;
-                let g = layers::Geometry::of(&self.ps.kind).ok_or("an attention's geometry")?;
                 let (tq, tk) = (g.tq, g.tk);
                 let (hk, hv) = (g.heads * g.kd, g.heads * g.vd);
                 // Self-attention reads one operand as query and context.

@@ -58,38 +58,14 @@ fn heads_first(src: &[f32], dst: &mut [f32], (t, h, d): (usize, usize, usize)) {
 
 /// One attention's geometry: heads, key and value widths, query and key
 /// lengths, causal.
-pub(super) struct Geometry {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
     pub heads: usize,
     pub kd: usize,
     pub vd: usize,
     pub tq: usize,
     pub tk: usize,
     pub causal: bool,
-}
-
-impl Geometry {
-    /// An attention step's geometry (`None` for other kernels).
-    pub(super) fn of(kind: &super::schedule::PKind) -> Option<Geometry> {
-        match *kind {
-            super::schedule::PKind::Attention {
-                heads,
-                kd,
-                vd,
-                tq,
-                tk,
-                causal,
-                ..
-            } => Some(Geometry {
-                heads,
-                kd,
-                vd,
-                tq,
-                tk,
-                causal,
-            }),
-            _ => None,
-        }
-    }
 }
 
 /// (Wᵀ, bias) of a projection.

@@ -381,7 +381,7 @@ fn step(
                 out.iter_mut().for_each(|a| *a /= n);
             }
         }
-        (PKind::Attention { hf, .. }, Packed::Attention { q, k, v, out: wo }) => {
+        (PKind::Attention { geo: g, hf }, Packed::Attention { q, k, v, out: wo }) => {
             let ids = |i: usize| match ps.masks.get(i).copied().flatten().map(|k| &held[k]) {
                 Some(Some(Input::Ids(v))) => Some(v.as_slice()),
                 _ => None,
@@ -392,11 +392,10 @@ fn step(
                 1 => (x, (ids(0).filter(|_| !hf), ids(0))),
                 _ => (arg(1)?, (ids(0), ids(1))),
             };
-            let g = layers::Geometry::of(&ps.kind).ok_or_else(bad)?;
             let mut ts: Vec<&mut [f32]> = (0..ps.temps.len()).map(temp).collect();
             let w = (proj(q), proj(k), proj(v), wo.as_ref().map(proj));
             let keep = keep.map(|s| &mut s.attn);
-            layers::attention(&g, w, (x, context), masks, batch, (&mut ts, keep), out)?
+            layers::attention(g, w, (x, context), masks, batch, (&mut ts, keep), out)?
         }
         (PKind::BatchNorm { eps, c, s, .. }, Packed::Norm { w, b }) => {
             let saved = keep.ok_or("batch statistics outside training")?;

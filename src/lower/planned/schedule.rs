@@ -2,6 +2,7 @@
 //! over arena buffers, the buffers' lifetimes, and their assignment. Built
 //! from the program alone (no weights), so `--emit plan` can show it.
 
+use super::layers::Geometry;
 use super::memory::{assign, Assignment, Interval};
 use crate::ir::ops::activation::Act;
 use crate::ir::{Concat, Conv, Ew, GlobalPool, Op, Pool, PoolKind, RnnCell, Slice, Upsample};
@@ -90,12 +91,7 @@ pub enum PKind {
     /// Multi-head attention of a query [Tq, Dq] (`tq` = 1: a vector) over a
     /// context [Tk, Dc]; `masks` of the step: (queries, keys).
     Attention {
-        heads: usize,
-        kd: usize,
-        vd: usize,
-        tq: usize,
-        tk: usize,
-        causal: bool,
+        geo: Geometry,
         /// No output projection (a `pretrained` encoder's layout).
         hf: bool,
     },
@@ -357,11 +353,15 @@ impl Schedule {
                     temps
                 }
                 PKind::Attention {
-                    heads,
-                    kd,
-                    vd,
-                    tq,
-                    tk,
+                    geo:
+                        Geometry {
+                            heads,
+                            kd,
+                            vd,
+                            tq,
+                            tk,
+                            ..
+                        },
                     ..
                 } => {
                     let (hk, hv) = (heads * kd, heads * vd);
@@ -604,12 +604,14 @@ fn kind_of(
 
 fn attention_kind(a: &crate::ir::Attention, tq: usize, tk: usize) -> PKind {
     PKind::Attention {
-        heads: a.heads,
-        kd: a.key_dim,
-        vd: a.value_dim,
-        tq,
-        tk,
-        causal: a.causal,
+        geo: Geometry {
+            heads: a.heads,
+            kd: a.key_dim,
+            vd: a.value_dim,
+            tq,
+            tk,
+            causal: a.causal,
+        },
         hf: a.hf,
     }
 }
