@@ -432,7 +432,7 @@ impl Back<'_> {
                 let c = usize::from(self.ps.args.len() > 1);
                 let (query, context) = (self.value(0)?, self.value(c)?);
                 let [dq, dk, dv] = if *hf {
-                    layers::attention_grads(&g, None, (&mut [], &mut []), &saved.attn, batch, gy)?
+                    layers::attention_grads(g, None, (&mut [], &mut []), &saved.attn, batch, gy)?
                 } else {
                     let wo = weight(n::OUT_WEIGHT)?;
                     let wo = host::host(&wo).map_err(host_err)?;
@@ -441,7 +441,7 @@ impl Back<'_> {
                         take(n::OUT_BIAS, wo.len() / hv),
                     );
                     let dwo = (&mut dw[..], &mut db[..]);
-                    let r = layers::attention_grads(&g, Some(&wo), dwo, &saved.attn, batch, gy)?;
+                    let r = layers::attention_grads(g, Some(&wo), dwo, &saved.attn, batch, gy)?;
                     put.extend([(n::OUT_WEIGHT, dw), (n::OUT_BIAS, db)]);
                     r
                 };
