@@ -32,9 +32,10 @@ pub struct Reduced {
     pub present: f32,
 }
 
-/// Σ over the batch (and positions) of each element's loss, each present
-/// label's share of the divisor: `present_only` divides by the labels
-/// present, else by every label element (Keras's `sum_over_batch_size`).
+/// A head's loss: the sum of its element losses over the present labels
+/// (each times its sample's weight), divided by the labels present when
+/// `present_only`, else by every label element (Keras's
+/// `sum_over_batch_size`), and that loss's gradient into `grad`.
 /// `logits` has `dims`: [B, K, S…] for cross-entropy (K classes at each of
 /// the S positions; labels [B, S…]), else the targets' shape; `sample` [B]
 /// scales whole samples.

@@ -301,24 +301,19 @@ impl PlannedTrain {
         let candle = |e: candle_core::Error| fail(e.to_string());
         let logits = fwd.get(slot).ok_or_else(|| fail("not computed".into()))?;
         let flat = label.flatten_all().map_err(candle)?;
-        let (kind, labels) = match kind {
-            LossKind::CrossEntropy => {
-                let ids = flat.to_dtype(DType::I64).and_then(|c| c.to_vec1::<i64>());
-                (
-                    loss::Kind::CrossEntropy,
-                    loss::Labels::Classes(ids.map_err(candle)?),
-                )
-            }
-            other => {
-                let k = match other {
-                    LossKind::BinaryCrossEntropy => loss::Kind::BinaryCrossEntropy,
-                    LossKind::Mse => loss::Kind::Mse,
-                    LossKind::Mae => loss::Kind::Mae,
-                    _ => loss::Kind::Huber,
-                };
-                let t = flat.to_dtype(DType::F32).and_then(|t| t.to_vec1::<f32>());
-                (k, loss::Labels::Targets(t.map_err(candle)?))
-            }
+        let kind = match kind {
+            LossKind::CrossEntropy => loss::Kind::CrossEntropy,
+            LossKind::BinaryCrossEntropy => loss::Kind::BinaryCrossEntropy,
+            LossKind::Mse => loss::Kind::Mse,
+            LossKind::Mae => loss::Kind::Mae,
+            LossKind::Huber => loss::Kind::Huber,
+        };
+        let labels = if kind == loss::Kind::CrossEntropy {
+            let ids = flat.to_dtype(DType::I64).and_then(|c| c.to_vec1::<i64>());
+            loss::Labels::Classes(ids.map_err(candle)?)
+        } else {
+            let t = flat.to_dtype(DType::F32).and_then(|t| t.to_vec1::<f32>());
+            loss::Labels::Targets(t.map_err(candle)?)
         };
         let sample = sample
             .map(|s| s.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>())
