@@ -259,8 +259,9 @@ fn losses(
 }
 
 /// Adds one batch of a head's predictions to its metric counts. On the
-/// host from the logits' own storage: candle's softmax, transpose and copies
-/// took a fifth of the main thread of `mtl train models/shapes.mtl` in `perf`.
+/// host from the logits' own storage: collecting the metrics took a fifth of
+/// the main thread of `mtl train models/shapes.mtl` in `perf`, half of it
+/// candle's softmax or sigmoid, transpose and copies.
 fn collect(
     acc: &mut HeadStats,
     loss: LossKind,
