@@ -30,7 +30,7 @@ pub struct Conv2dIm2col {
 }
 
 /// The fused max pool's window and stride.
-const POOL: ((usize, usize), (usize, usize)) = ((2, 2), (2, 2));
+pub(super) const POOL: ((usize, usize), (usize, usize)) = ((2, 2), (2, 2));
 
 impl Conv2dIm2col {
     /// Values per image of the output for input dims `xd` and weight dims `wd`.
@@ -496,41 +496,6 @@ impl Conv2dIm2col {
         in_groups((b, per, in_len), par, dx, (dw, db), group);
         Ok(())
     }
-
-    /// The backward of a convolution with a fused max pool, from the pooled
-    /// outputs' gradient `gy` (relu already applied: zero where the pooled
-    /// value is not positive, which is the relu's output at the window's
-    /// maximum) and the maxima's offsets `arg` of [`Self::forward_train_into`]:
-    /// each window's gradient goes to its first maximum, and from there as
-    /// [`Self::backward_into`].
-    pub fn backward_pooled_into(
-        &self,
-        x: (&[f32], &[usize]),
-        w: (&[f32], &[usize]),
-        (gy, arg): (&[f32], &[u16]),
-        dx: Option<&mut [f32]>,
-        dw: &mut [f32],
-        db: &mut [f32],
-    ) -> Result<()> {
-        let g = geom(x.1, w.1, self.stride, self.dilation, self.pad)?;
-        let b = x.1[0];
-        let fits = self.pool && gy.len() == b * self.out_len(x.1, w.1)? && arg.len() == gy.len();
-        check_backward(&g, x, fits, dx.as_deref(), (dw, db))?;
-        let pool = MaxPool2d::new(POOL.0, POOL.1, true);
-        // Direct: each image's dy is spread from the pooled gradient while
-        // in cache, with no batch-wide full-size buffer.
-        if let Some(gr) = direct_grid(&g, dx.is_some()) {
-            let par = b * g.f * g.p() * g.ckk() >= par::MIN_MACS;
-            let dy = Dy::Pooled { gy, arg, pool };
-            direct::backward(&gr, (x.0, w.0, dy), (dx, dw, db), (b, g.f), par);
-            return Ok(());
-        }
-        scratch::with([b * g.f * g.p()], |[dy]| {
-            dy.fill(0.0);
-            pool.backward_into(arg, (g.oh, g.ow), gy, dy);
-            self.backward_into(x, w, dy, dx, dw, db)
-        })
-    }
 }
 
 /// The direct backward's grid for `g`, when it serves (with a dx grid too
@@ -540,14 +505,14 @@ impl Conv2dIm2col {
 /// fill few of dW's 16 lanes (a 4×4 output's 24 grid positions take two
 /// vectors), and im2col + GEMM trained `digits` (8×8, then 4×4) faster:
 /// one thread, alternated, 1.09–1.21 against 1.26–1.47 ms a step.
-fn direct_grid(g: &Geom, want_dx: bool) -> Option<Grid> {
+pub(super) fn direct_grid(g: &Geom, want_dx: bool) -> Option<Grid> {
     let small = g.oh * g.ow <= 64;
     Grid::forward_of(g).filter(|gr| !small && (!want_dx || gr.backward_of(g.f).is_some()))
 }
 
 /// An error unless the backward's buffers fit `g` (`dy_fits`: the output's
 /// gradient, checked by the caller).
-fn check_backward(
+pub(super) fn check_backward(
     g: &Geom,
     (xv, xd): (&[f32], &[usize]),
     dy_fits: bool,

@@ -413,6 +413,10 @@ pub(super) fn flipped(w: &[f32], (f, c, kh, kw): (usize, usize, usize, usize)) -
 pub(super) enum Dy<'a> {
     /// As it is, [N, F, OH, OW].
     Full(&'a [f32]),
+    /// Through a fused relu: `dy` where the output `y` is positive, masked
+    /// image by image while in cache (a pass over the whole batch first
+    /// read and wrote it all once more).
+    Relu { dy: &'a [f32], y: &'a [f32] },
     /// A fused max pool's: the pooled outputs' gradient and each window's
     /// maximum (`MaxPool2d::forward_train_into`), spread to the maxima
     /// image by image while in cache.
@@ -454,7 +458,7 @@ pub(super) fn backward(
     let per = b.div_ceil(8).max(1);
     let group = |gi: usize, pdw: &mut [f32], pdb: &mut [f32], mut dxg: Option<&mut [f32]>| {
         let count = per.min(b - gi * per);
-        let spread_len = if matches!(dy, Dy::Pooled { .. }) {
+        let spread_len = if matches!(dy, Dy::Pooled { .. } | Dy::Relu { .. }) {
             f * p
         } else {
             0
@@ -469,6 +473,18 @@ pub(super) fn backward(
                     Dy::Full(dy) => {
                         let dyk = &dy[bi * f * p..(bi + 1) * f * p];
                         (dyk, dyk)
+                    }
+                    Dy::Relu { dy, y } => {
+                        let (dyk, yk) = (&dy[bi * f * p..][..f * p], &y[bi * f * p..][..f * p]);
+                        par::widest(
+                            #[inline(always)]
+                            || {
+                                for ((s, d), y) in spread.iter_mut().zip(dyk).zip(yk) {
+                                    *s = if *y > 0.0 { *d } else { 0.0 };
+                                }
+                            },
+                        );
+                        (&spread[..], &spread[..])
                     }
                     Dy::Pooled { gy, arg, pool } => {
                         let n = gy.len() / b;

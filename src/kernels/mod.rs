@@ -9,6 +9,7 @@ mod attention_cuda;
 pub mod batch_norm;
 pub mod columns;
 pub mod conv;
+mod conv_fused;
 pub mod cpu_ops;
 #[cfg(feature = "cuda")]
 pub mod cuda;

@@ -10,7 +10,7 @@ use super::Packed;
 use crate::ir::ops::activation::Act;
 use crate::ir::ops::{dense, embedding, fusion, mixture, norm, position_embedding};
 use crate::ir::{Ew, Op, RnnCell};
-use crate::kernels::cpu_ops::{GlobalPool, MaxPool2d, Upsample2d};
+use crate::kernels::cpu_ops::{relu_mask, GlobalPool, MaxPool2d, Upsample2d};
 use crate::kernels::layer_norm::LayerNormTrain;
 use crate::kernels::{conv::Conv2dIm2col, gelu, gru::GruSeq, host, linear, lstm::LstmSeq};
 use crate::lower::Params;
@@ -114,7 +114,7 @@ impl Back<'_> {
             ) => {
                 // With a fused pool the output is pooled: where it is not
                 // positive, neither was the relu's output at the maximum.
-                if *relu {
+                if *relu && *pool {
                     relu_mask(gy, self.out());
                 }
                 let op = Conv2dIm2col {
@@ -131,6 +131,9 @@ impl Back<'_> {
                 if *pool {
                     let dy = (&gy[..], &saved.arg[..]);
                     op.backward_pooled_into((x, &xd), (&w, wd), dy, self.dx(0), &mut dw, &mut db)
+                } else if *relu {
+                    let dy = (&mut gy[..], self.out());
+                    op.backward_relu_into((x, &xd), (&w, wd), dy, self.dx(0), (&mut dw, &mut db))
                 } else {
                     op.backward_into((x, &xd), (&w, wd), gy, self.dx(0), &mut dw, &mut db)
                 }
@@ -488,28 +491,6 @@ impl Back<'_> {
 
 fn add(d: &mut [f32], g: &[f32]) {
     d.iter_mut().zip(g).for_each(|(d, g)| *d += g);
-}
-
-/// The gradient through a fused relu: zero where the output is.
-fn relu_mask(g: &mut [f32], y: &[f32]) {
-    use crate::kernels::par;
-    // A select, not a branch: relu outputs are zero at random, and the
-    // branchy loop measured about twice the convolution's own backward
-    // (`siamese`: ~160 µs against ~70 µs). Bound by memory, so both cores
-    // on a large one (a convolution's output).
-    const CHUNK: usize = 1 << 14;
-    let big = g.len() >= par::MIN_ELEMENTS;
-    par::chunks_mut(g, CHUNK, big, |i, g| {
-        let y = &y[i * CHUNK..][..g.len()];
-        par::widest(
-            #[inline(always)]
-            || {
-                g.iter_mut()
-                    .zip(y)
-                    .for_each(|(g, y)| *g = if *y > 0.0 { *g } else { 0.0 })
-            },
-        )
-    });
 }
 
 /// An activation's gradient added to `dx`, from its input and output.
