@@ -80,11 +80,12 @@ pub fn serve(a: ServeArgs) -> Result<i32, Fail> {
         let local = listener.local_addr().map(|a| a.to_string()).unwrap_or(addr);
         let app = mtl::serve::app(served, &opts)
             .map_err(|e| Fail::usage(format!("error: cannot start serving: {e}")))?;
+        let shutdown = shutdown_signal();
         eprintln!(
             "serving `{}` on http://{local} (GET /healthz, GET /v1/model, POST /v1/predict); SIGTERM or Ctrl-C stops",
             name
         );
-        mtl::serve::serve(listener, app.router, shutdown_signal())
+        mtl::serve::serve(listener, app.router, shutdown)
             .await
             .map_err(|e| Fail::usage(format!("error: {e}")))?;
         eprintln!("stopped after {} requests", app.stats.requests.load(std::sync::atomic::Ordering::Relaxed));
@@ -92,24 +93,40 @@ pub fn serve(a: ServeArgs) -> Result<i32, Fail> {
     })
 }
 
-/// Resolves on SIGTERM or Ctrl-C (SIGINT).
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGTERM or Ctrl-C (SIGINT). The handlers are installed
+/// here, before the address is announced: installed on the future's first
+/// poll (axum polls it from a task of its own), a SIGTERM sent right after
+/// the first answer could still find the default action and kill the
+/// process (`tests/serve.rs` saw it once). Inside the runtime.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+    let handlers = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::terminate()).ok(),
+            signal(SignalKind::interrupt()).ok(),
+        )
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+    async move {
+        #[cfg(unix)]
+        {
+            let recv = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            let (term, int) = handlers;
+            tokio::select! {
+                _ = recv(term) => {},
+                _ = recv(int) => {},
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
