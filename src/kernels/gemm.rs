@@ -32,22 +32,194 @@ pub fn matmul(dst: &mut [f32], dst_rs: usize, read_dst: bool, lhs: View, rhs: Vi
     if m == 0 || n == 0 {
         return;
     }
-    let par = if m * n * k >= 1 << 24 {
-        gemm::Parallelism::Rayon(rayon::current_num_threads())
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: every index the kernel touches is inside the slices (checked
-    // above); `dst` is borrowed mutably and does not alias `lhs` or `rhs`.
+    let out = Out(dst.as_mut_ptr());
+    let macs = m * n * k;
+    if macs >= CRATE_PARALLEL {
+        let par = gemm::Parallelism::Rayon(rayon::current_num_threads());
+        // SAFETY: the views and dst were checked above.
+        return unsafe { product(out, dst_rs, read_dst, lhs, rhs, par) };
+    }
+    match Cut::of(m, n, k) {
+        // SAFETY: the views and dst were checked above; the parts cover
+        // disjoint ranges inside them.
+        Some(cut) => unsafe { cut.run(out, dst_rs, read_dst, lhs, rhs) },
+        None => unsafe { product(out, dst_rs, read_dst, lhs, rhs, gemm::Parallelism::None) },
+    }
+}
+
+/// Products of this many multiply-adds and more: the gemm crate splits them
+/// over rayon's pool itself.
+const CRATE_PARALLEL: usize = 1 << 24;
+/// Smaller products of at least this many are cut into parts that run on
+/// rayon's pool ([`Cut`]): the gemm crate runs them on one thread, and
+/// `shapes_mm`'s dense layer (32 × 2048 × 64) and LSTM projections (512 ×
+/// 32 × 128) took as long on two threads as on one.
+const SPLIT_MACS: usize = 1 << 20;
+/// Multiply-adds a part has at least, so that handing it to the pool (a few
+/// µs) stays small next to it.
+const PART_MACS: usize = 1 << 19;
+
+/// `dst` as a pointer the parts share: each writes its own elements.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: the parts of a product write disjoint elements (see `Cut::run`).
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// `n` floats on (a method, so closures capture the whole `Out`).
+    fn add(self, n: usize) -> Out {
+        Out(self.0.wrapping_add(n))
+    }
+}
+
+/// How a product is cut: along the output's columns or rows (each part a
+/// whole product of its own elements), or along the inner size (each part
+/// a partial sum, added in part order). The sizes alone decide, so the
+/// results do not depend on the thread count.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Cut {
+    Cols(usize),
+    Rows(usize),
+    Depth(usize),
+}
+
+impl Cut {
+    /// The cut of an [m, k] · [k, n] product, or none below [`SPLIT_MACS`]
+    /// or where no axis is long enough for two parts. Column parts are
+    /// whole vectors of 16 (the gemm crate's kernels run along the
+    /// output's rows, here its contiguous columns).
+    fn of(m: usize, n: usize, k: usize) -> Option<Cut> {
+        let macs = m * n * k;
+        if macs < SPLIT_MACS {
+            return None;
+        }
+        let parts = (macs / PART_MACS).clamp(2, 8);
+        let size = |len: usize, align: usize, least: usize| {
+            (len.div_ceil(parts).div_ceil(align) * align).max(least)
+        };
+        let cut = if n >= 128 {
+            Cut::Cols(size(n, 16, 64))
+        } else if m >= 128 {
+            Cut::Rows(size(m, 8, 32))
+        } else if k >= 256 {
+            Cut::Depth(size(k, 16, 128))
+        } else {
+            return None;
+        };
+        (cut.parts(m, n, k) > 1).then_some(cut)
+    }
+
+    fn parts(self, m: usize, n: usize, k: usize) -> usize {
+        match self {
+            Cut::Cols(c) => n.div_ceil(c),
+            Cut::Rows(r) => m.div_ceil(r),
+            Cut::Depth(d) => k.div_ceil(d),
+        }
+    }
+
+    /// The product in parts on rayon's pool.
+    ///
+    /// # Safety
+    /// `out` is valid for the [m, n] output at row stride `out_rs`, the
+    /// views for their sizes (checked by [`matmul`]).
+    unsafe fn run(self, out: Out, out_rs: usize, read: bool, lhs: View, rhs: View) {
+        use rayon::prelude::*;
+        let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+        let parts = self.parts(m, n, k);
+        let serial = gemm::Parallelism::None;
+        let Cut::Depth(d) = self else {
+            (0..parts).into_par_iter().for_each(|i| {
+                let (out, lhs, rhs) = match self {
+                    Cut::Cols(c) => {
+                        let (c0, cols) = (i * c, c.min(n - i * c));
+                        let rhs = View {
+                            data: &rhs.data[c0 * rhs.cs..],
+                            cols,
+                            ..rhs
+                        };
+                        (out.add(c0), lhs, rhs)
+                    }
+                    _ => {
+                        let r = match self {
+                            Cut::Rows(r) => r,
+                            _ => unreachable!("depth parts are summed below"),
+                        };
+                        let (r0, rows) = (i * r, r.min(m - i * r));
+                        let lhs = View {
+                            data: &lhs.data[r0 * lhs.rs..],
+                            rows,
+                            ..lhs
+                        };
+                        (out.add(r0 * out_rs), lhs, rhs)
+                    }
+                };
+                // SAFETY: the part's rows and columns lie inside the output
+                // and views the caller vouched for; parts do not overlap.
+                unsafe { product(out, out_rs, read, lhs, rhs, serial) }
+            });
+            return;
+        };
+        // Along k: the first part into dst, the others into partial sums
+        // of their own, added to dst in part order.
+        super::scratch::with([(parts - 1) * m * n], |[partials]| {
+            let sums: Vec<Out> = std::iter::once(out)
+                .chain(
+                    partials
+                        .chunks_exact_mut(m * n)
+                        .map(|p| Out(p.as_mut_ptr())),
+                )
+                .collect();
+            sums.par_iter().enumerate().for_each(|(i, sum)| {
+                let (k0, depth) = (i * d, d.min(k - i * d));
+                let lhs = View {
+                    data: &lhs.data[k0 * lhs.cs..],
+                    cols: depth,
+                    ..lhs
+                };
+                let rhs = View {
+                    data: &rhs.data[k0 * rhs.rs..],
+                    rows: depth,
+                    ..rhs
+                };
+                let (rs, read) = if i == 0 { (out_rs, read) } else { (n, false) };
+                // SAFETY: part 0 writes dst, the others their own partial.
+                unsafe { product(*sum, rs, read, lhs, rhs, serial) }
+            });
+            for p in partials.chunks_exact(m * n) {
+                for (r, row) in p.chunks_exact(n).enumerate() {
+                    // SAFETY: row r of dst lies inside it (checked by `matmul`),
+                    // and no part writes it any more.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(out.add(r * out_rs).0, n) };
+                    dst.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+                }
+            }
+        })
+    }
+}
+
+/// `out` (row stride `out_rs`) ← (`read` ? out : 0) + lhs · rhs on the gemm crate.
+///
+/// # Safety
+/// `out` is valid for [lhs.rows, rhs.cols] at row stride `out_rs` and
+/// overlaps neither view; the views are valid for their sizes.
+unsafe fn product(
+    out: Out,
+    out_rs: usize,
+    read: bool,
+    lhs: View,
+    rhs: View,
+    par: gemm::Parallelism,
+) {
     unsafe {
         gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
+            lhs.rows,
+            rhs.cols,
+            lhs.cols,
+            out.0,
             1,
-            dst_rs as isize,
-            read_dst,
+            out_rs as isize,
+            read,
             lhs.data.as_ptr(),
             lhs.cs as isize,
             lhs.rs as isize,
@@ -188,6 +360,81 @@ mod tests {
             for r in 0..rows {
                 for c in 0..cols {
                     assert_eq!(t[c * rows + r], m[r * cols + c]);
+                }
+            }
+        }
+    }
+
+    /// The cuts at the shapes they were made for, and none for small
+    /// products or products without a long axis.
+    #[test]
+    fn products_are_cut_along_their_longest_useful_axis() {
+        use super::Cut;
+        // shapes_mm's dense layer: forward (long inner size), dx, dW.
+        assert_eq!(Cut::of(32, 64, 2048), Some(Cut::Depth(256)));
+        assert_eq!(Cut::of(32, 2048, 64), Some(Cut::Cols(256)));
+        assert_eq!(Cut::of(64, 2048, 32), Some(Cut::Cols(256)));
+        // Its LSTM's input projection and its gradients.
+        assert_eq!(Cut::of(512, 128, 32), Some(Cut::Cols(64)));
+        assert_eq!(Cut::of(512, 32, 128), Some(Cut::Rows(128)));
+        assert_eq!(Cut::of(128, 32, 512), Some(Cut::Rows(32)));
+        assert_eq!(Cut::of(64, 64, 64), None);
+        assert_eq!(Cut::of(100, 100, 100), None);
+    }
+
+    /// Every cut gives the plain sums (f64), with and without adding to
+    /// dst, through strided views (a transposed left-hand side) and a
+    /// dst row stride wider than its columns; part sizes that do not
+    /// divide the axis leave a short last part.
+    #[test]
+    fn cut_products_equal_the_plain_sums() {
+        use super::{matmul, Cut, View};
+        for (m, k, n) in [
+            (32, 2048, 64),
+            (32, 70, 2000),
+            (520, 40, 60),
+            (40, 1000, 40),
+        ] {
+            let cut = Cut::of(m, n, k).expect("a cut product");
+            let a: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1)
+                .collect();
+            let b: Vec<f32> = (0..k * n)
+                .map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.1)
+                .collect();
+            // a stored transposed: element (r, c) at c·m + r.
+            let at = super::transposed(&a, m, k);
+            let lhs = View {
+                data: &at,
+                rows: m,
+                cols: k,
+                rs: 1,
+                cs: m,
+            };
+            let rhs = View {
+                data: &b,
+                rows: k,
+                cols: n,
+                rs: n,
+                cs: 1,
+            };
+            let rs = n + 3;
+            for read in [false, true] {
+                let mut dst = vec![0.5f32; m * rs];
+                matmul(&mut dst, rs, read, lhs, rhs);
+                for r in 0..m {
+                    for c in 0..n {
+                        let plain: f64 = (0..k)
+                            .map(|i| a[r * k + i] as f64 * b[i * n + c] as f64)
+                            .sum::<f64>()
+                            + if read { 0.5 } else { 0.0 };
+                        let got = dst[r * rs + c] as f64;
+                        assert!(
+                            (got - plain).abs() < 1e-3,
+                            "{cut:?} of {m}×{k}×{n}, read {read}: ({r}, {c}) = {got}, want {plain}"
+                        );
+                    }
+                    assert!(dst[r * rs + n..(r + 1) * rs].iter().all(|v| *v == 0.5));
                 }
             }
         }
