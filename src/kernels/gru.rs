@@ -10,7 +10,8 @@
 //! `models/fusions.mtl` (each step's ops allocate, and every per-step slice
 //! of a hoisted projection gets a zero-padded gradient of the whole sequence).
 
-use super::gemm::{matmul, transposed, View};
+use super::gemm::{transposed, View};
+use super::gemm_small::matmul_small;
 use super::host::{contiguous, host};
 use super::lanes::{lane_blocks, LANES};
 use super::lstm::{recurrent_weight_grad, row_block, sigmoid_slice, tanh_slice};
@@ -175,7 +176,7 @@ impl GruSeq {
                 rs: hu,
                 cs: 1,
             };
-            matmul(&mut hw, g3, true, hv, w_t);
+            matmul_small(&mut hw, g3, true, hv, w_t);
             for (bi, (h, hw)) in h.chunks_mut(hu).zip(hw.chunks(g3)).enumerate() {
                 let x = &xw[(bi * t + ts) * g3..][..g3];
                 let a = &mut acts[(bi * t + ts) * g4..][..g4];
@@ -261,7 +262,7 @@ impl GruSeq {
                 rs: t * g3,
                 cs: 1,
             };
-            matmul(&mut dh_next, hu, true, lhs, w_hh);
+            matmul_small(&mut dh_next, hu, true, lhs, w_hh);
         }
     }
 }

@@ -10,6 +10,7 @@
 //! dW_hh with one GEMM over all steps.
 
 use super::gemm::{matmul, transposed, View};
+use super::gemm_small::matmul_small;
 use super::host::{contiguous, host};
 use super::lanes::{lane_blocks, LANES};
 use super::math::exp_fast;
@@ -158,7 +159,7 @@ impl LstmSeq {
             // g = h·W_hhᵀ, then + the input projection in the activation pass
             // (without the copy of it into g first, `memmove` fell from 9% to 5%
             // of reviews' inference).
-            matmul(
+            matmul_small(
                 &mut g,
                 g4,
                 false,
@@ -280,7 +281,7 @@ impl LstmSeq {
                 rs: t * g4,
                 cs: 1,
             };
-            matmul(&mut dh_next, hu, false, lhs, w_hh);
+            matmul_small(&mut dh_next, hu, false, lhs, w_hh);
             for bi in (0..b).filter(|bi| Self::padded(valid, *bi, t, ts)) {
                 let r = bi * hu..(bi + 1) * hu;
                 dh_next[r.clone()].copy_from_slice(&carry[r]);

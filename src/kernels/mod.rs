@@ -16,6 +16,7 @@ pub mod cuda;
 mod direct;
 pub mod gelu;
 pub mod gemm;
+pub mod gemm_small;
 pub mod gru;
 pub mod gru_cell;
 pub mod host;
