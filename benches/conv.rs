@@ -112,15 +112,25 @@ fn main() {
         let (x, w, bias) = (rand(b * c * h * h), rand(f * c * 9), rand(f));
         let mut y = vec![0f32; b * op.out_len(&xd, &wd).unwrap()];
         let mut arg = vec![0u16; y.len()];
+        // The padded images the forward keeps for the backward, as the
+        // planned step does.
+        let mut grids = vec![0f32; op.grids_len(&xd, &wd).unwrap()];
         let gy = rand(y.len());
         let (mut dw, mut db, mut dxv) = (vec![0f32; w.len()], vec![0f32; f], vec![0f32; x.len()]);
         let fwd = fastest(|| {
-            op.forward_train_into((&x, &xd), (&w, &wd), &bias, &mut y, &mut arg)
-                .unwrap()
+            op.forward_train_into(
+                (&x, &xd),
+                (&w, &wd),
+                &bias,
+                &mut y,
+                (Some(&mut arg), Some(&mut grids)),
+            )
+            .unwrap()
         });
         let bwd = fastest(|| {
             let dx = dx.then_some(&mut dxv[..]);
-            op.backward_pooled_into((&x, &xd), (&w, &wd), (&gy, &arg), dx, &mut dw, &mut db)
+            let x = ((&x[..], &xd[..]), Some(&grids[..]));
+            op.backward_pooled_into(x, (&w, &wd), (&gy, &arg), dx, &mut dw, &mut db)
                 .unwrap()
         });
         println!("{name:<34} {:>9.3} {:>9.3}", fwd * 1e3, bwd * 1e3);

@@ -2,20 +2,25 @@
 //! a relu (the mask applied image by image on the direct path) or a relu
 //! and a 2×2 max pool (each window's gradient spread to its maximum).
 
-use super::conv::{check_backward, direct_grid, Conv2dIm2col, POOL};
+use super::conv::{check_backward, direct_grid, run_direct, Conv2dIm2col, POOL};
 use super::cpu_ops::{relu_mask, MaxPool2d};
-use super::direct::{self, Dy};
+use super::direct::Dy;
 use super::im2col::geom;
-use super::{par, scratch};
+use super::scratch;
 use candle_core::Result;
+
+/// A backward's input: the images and their shape, and the padded grids
+/// a training forward kept for them, if any.
+pub type Images<'a> = ((&'a [f32], &'a [usize]), Option<&'a [f32]>);
 
 impl Conv2dIm2col {
     /// [`Self::backward_into`] through a fused relu whose output is `y`:
     /// on the direct path the mask is applied image by image inside the
-    /// backward; elsewhere `dy` is masked in place first.
+    /// backward; elsewhere `dy` is masked in place first. `padded`: the
+    /// grids a training forward kept ([`Self::forward_train_into`]).
     pub fn backward_relu_into(
         &self,
-        x: (&[f32], &[usize]),
+        (x, padded): Images,
         w: (&[f32], &[usize]),
         (dy, y): (&mut [f32], &[f32]),
         dx: Option<&mut [f32]>,
@@ -33,10 +38,8 @@ impl Conv2dIm2col {
             Some(gr) => {
                 let b = x.1[0];
                 check_backward(&g, x, dy.len() == b * g.f * g.p(), dx.as_deref(), (dw, db))?;
-                let par = b * g.f * g.p() * g.ckk() >= par::MIN_MACS;
                 let dy = Dy::Relu { dy, y };
-                direct::backward(&gr, (x.0, w.0, dy), (dx, dw, db), (b, g.f), par);
-                Ok(())
+                run_direct(&gr, (&g, b), (x.0, padded, w.0, dy), (dx, dw, db))
             }
             None => {
                 relu_mask(dy, y);
@@ -53,7 +56,7 @@ impl Conv2dIm2col {
     /// [`Self::backward_into`].
     pub fn backward_pooled_into(
         &self,
-        x: (&[f32], &[usize]),
+        (x, padded): Images,
         w: (&[f32], &[usize]),
         (gy, arg): (&[f32], &[u16]),
         dx: Option<&mut [f32]>,
@@ -68,10 +71,8 @@ impl Conv2dIm2col {
         // Direct: each image's dy is spread from the pooled gradient while
         // in cache, with no batch-wide full-size buffer.
         if let Some(gr) = direct_grid(&g, dx.is_some()) {
-            let par = b * g.f * g.p() * g.ckk() >= par::MIN_MACS;
             let dy = Dy::Pooled { gy, arg, pool };
-            direct::backward(&gr, (x.0, w.0, dy), (dx, dw, db), (b, g.f), par);
-            return Ok(());
+            return run_direct(&gr, (&g, b), (x.0, padded, w.0, dy), (dx, dw, db));
         }
         scratch::with([b * g.f * g.p()], |[dy]| {
             dy.fill(0.0);

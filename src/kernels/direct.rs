@@ -429,7 +429,9 @@ pub(super) enum Dy<'a> {
 
 /// The backward of a direct convolution on `gr` from `dy` (relu already
 /// applied): dx (when given), dW and db added to, for a batch of `b` images
-/// and `f` output channels; on rayon's pool when `par`.
+/// and `f` output channels; on rayon's pool when `par`. `padded`: the
+/// images' grids as the forward padded them ([`Grid::padded_len`] each),
+/// read instead of padding `x` again.
 ///
 /// Per image, dy goes into each layout a product reads: transposed,
 /// [oh·ow, f], for dW; padded on the dx grid for dx. A pooled dy is first
@@ -442,7 +444,7 @@ pub(super) fn backward(
     (x, w, dy): (&[f32], &[f32], Dy),
     (dx, dw, db): (Option<&mut [f32]>, &mut [f32], &mut [f32]),
     (b, f): (usize, usize),
-    par: bool,
+    (padded, par): (Option<&[f32]>, bool),
 ) {
     let (in_len, p, pl) = (gr.c * gr.h * gr.w, gr.oh() * gr.ow(), gr.padded_len());
     // dx: dy padded by kh − 1 − pt (…) on a grid of its own, convolved with
@@ -463,11 +465,15 @@ pub(super) fn backward(
         } else {
             0
         };
-        let lens = [count * pl, count * p * f, bpl, gr.c * bq, spread_len];
+        let kept = padded.map(|p| &p[gi * per * pl..][..count * pl]);
+        let pads = if kept.is_some() { 0 } else { count * pl };
+        let lens = [pads, count * p * f, bpl, gr.c * bq, spread_len];
         scratch::with(lens, |[xps, dyts, dyp, dxw, spread]| {
             for k in 0..count {
                 let bi = gi * per + k;
-                gr.pad(&x[bi * in_len..(bi + 1) * in_len], &mut xps[k * pl..]);
+                if kept.is_none() {
+                    gr.pad(&x[bi * in_len..(bi + 1) * in_len], &mut xps[k * pl..]);
+                }
                 let dyt = &mut dyts[k * p * f..(k + 1) * p * f];
                 let (dyk, sums): (&[f32], &[f32]) = match &dy {
                     Dy::Full(dy) => {
@@ -511,6 +517,7 @@ pub(super) fn backward(
                     },
                 );
             }
+            let xps = kept.unwrap_or(xps);
             let pairs: Vec<(&[f32], &[f32])> = (0..count)
                 .map(|k| {
                     (

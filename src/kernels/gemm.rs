@@ -243,7 +243,10 @@ unsafe fn product(
 /// `shapes_mm`'s 2048 × 64 dense weight, packed every training step, was a
 /// quarter of the main thread's `memset`).
 pub fn transposed(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    assert!(m.len() >= rows * cols, "transpose: a matrix shorter than {rows} × {cols}");
+    assert!(
+        m.len() >= rows * cols,
+        "transpose: a matrix shorter than {rows} × {cols}"
+    );
     let mut t = Vec::with_capacity(rows * cols);
     // SAFETY: `t` has room for rows · cols floats, and `transpose_to`
     // writes each of them (through the pointer, never reading) before the
@@ -302,9 +305,10 @@ unsafe fn transpose_to(m: &[f32], rows: usize, cols: usize, t: *mut f32) {
             for r in r0..(r0 + TILE).min(rows) {
                 let row = &m[r * cols..(r + 1) * cols];
                 let from = if r < r16 { c0.max(c16) } else { c0 };
-                for c in from..(c0 + TILE).min(cols) {
+                let end = (c0 + TILE).min(cols);
+                for (c, v) in row.iter().enumerate().take(end).skip(from) {
                     // SAFETY: c · rows + r < rows · cols (the caller's promise).
-                    unsafe { t.add(c * rows + r).write(row[c]) };
+                    unsafe { t.add(c * rows + r).write(*v) };
                 }
             }
         }

@@ -128,12 +128,16 @@ impl Back<'_> {
                 let w = w.view()?;
                 let (mut dw, mut db) = (take(dense::WEIGHT, w.len()), take(dense::BIAS, wd[0]));
                 let (x, xd) = (self.value(0)?, [batch, xd[0], xd[1], xd[2]]);
+                // The padded images the forward kept, if it ran direct.
+                let kept = (!saved.grids.is_empty()).then_some(&saved.grids[..]);
                 if *pool {
                     let dy = (&gy[..], &saved.arg[..]);
-                    op.backward_pooled_into((x, &xd), (&w, wd), dy, self.dx(0), &mut dw, &mut db)
+                    let x = ((x, &xd[..]), kept);
+                    op.backward_pooled_into(x, (&w, wd), dy, self.dx(0), &mut dw, &mut db)
                 } else if *relu {
                     let dy = (&mut gy[..], self.out());
-                    op.backward_relu_into((x, &xd), (&w, wd), dy, self.dx(0), (&mut dw, &mut db))
+                    let x = ((x, &xd[..]), kept);
+                    op.backward_relu_into(x, (&w, wd), dy, self.dx(0), (&mut dw, &mut db))
                 } else {
                     op.backward_into((x, &xd), (&w, wd), gy, self.dx(0), &mut dw, &mut db)
                 }

@@ -32,6 +32,8 @@ pub(super) struct Saved {
     pub attn: Vec<Vec<f32>>,
     /// A batch norm's per-channel batch mean and biased variance.
     pub stats: (Vec<f32>, Vec<f32>),
+    /// A direct convolution's padded images (`Conv2dIm2col::grids_len`).
+    pub grids: Vec<f32>,
 }
 
 /// The batch size and each input's data, by index into `Program::inputs`.
@@ -259,10 +261,19 @@ fn step(
             let (w, b) = (w.view()?, b.view()?);
             let xd = [batch, xd[0], xd[1], xd[2]];
             match keep {
-                // Training: the fused pool's maxima, for the backward.
-                Some(saved) if *pool => {
-                    saved.arg.resize(out.len(), 0);
-                    op.forward_train_into((x, &xd), (&w, wd), &b, out, &mut saved.arg)
+                // Training: the fused pool's maxima and the padded images,
+                // for the backward.
+                Some(saved) if !*mean && (*pool || *relu) => {
+                    let arg = if *pool {
+                        saved.arg.resize(out.len(), 0);
+                        Some(&mut saved.arg[..])
+                    } else {
+                        None
+                    };
+                    let grids = op.grids_len(&xd, wd).map_err(|e| e.to_string())?;
+                    saved.grids.resize(grids, 0.0);
+                    let keep = (arg, Some(&mut saved.grids[..]));
+                    op.forward_train_into((x, &xd), (&w, wd), &b, out, keep)
                 }
                 _ => op.forward_into(x, &xd, &w, wd, &b, out),
             }
