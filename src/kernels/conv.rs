@@ -3,6 +3,7 @@
 //! batch. candle's CPU conv backward runs a direct transposed-convolution loop
 //! that dominated the training step of image models (see benches/README.md).
 
+use super::conv_fused::run_direct;
 use super::cpu_ops::{relu_grad, MaxPool2d};
 use super::direct::{self, Dy, Grid};
 use super::gemm::{matmul, transpose_into, transposed, View};
@@ -92,14 +93,6 @@ impl Conv2dIm2col {
             candle_core::bail!("conv op: padded grids of the wrong size")
         }
         self.forward_arg_into((x, xd), (w, wd), bias, out, (arg, padded))
-    }
-
-    /// The floats of the padded images a training forward keeps
-    /// ([`Self::forward_train_into`]): zero unless the convolution runs
-    /// direct.
-    pub fn grids_len(&self, xd: &[usize], wd: &[usize]) -> Result<usize> {
-        let g = geom(xd, wd, self.stride, self.dilation, self.pad)?;
-        Ok(direct_grid(&g, false).map_or(0, |gr| xd[0] * gr.padded_len()))
     }
 
     fn forward_arg_into(
@@ -538,22 +531,6 @@ impl Conv2dIm2col {
 pub(super) fn direct_grid(g: &Geom, want_dx: bool) -> Option<Grid> {
     let small = g.oh * g.ow <= 64;
     Grid::forward_of(g).filter(|gr| !small && (!want_dx || gr.backward_of(g.f).is_some()))
-}
-
-/// [`direct::backward`] of a checked convolution `g` over `b` images, from
-/// the images or the grids their forward kept (which must fit the grid).
-pub(super) fn run_direct(
-    gr: &Grid,
-    (g, b): (&Geom, usize),
-    (x, padded, w, dy): (&[f32], Option<&[f32]>, &[f32], Dy),
-    (dx, dw, db): (Option<&mut [f32]>, &mut [f32], &mut [f32]),
-) -> Result<()> {
-    if padded.is_some_and(|p| p.len() != b * gr.padded_len()) {
-        candle_core::bail!("conv backward: kept grids of the wrong size")
-    }
-    let par = b * g.f * g.p() * g.ckk() >= par::MIN_MACS;
-    direct::backward(gr, (x, w, dy), (dx, dw, db), (b, g.f), (padded, par));
-    Ok(())
 }
 
 /// An error unless the backward's buffers fit `g` (`dy_fits`: the output's

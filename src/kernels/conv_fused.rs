@@ -2,11 +2,11 @@
 //! a relu (the mask applied image by image on the direct path) or a relu
 //! and a 2×2 max pool (each window's gradient spread to its maximum).
 
-use super::conv::{check_backward, direct_grid, run_direct, Conv2dIm2col, POOL};
+use super::conv::{check_backward, direct_grid, Conv2dIm2col, POOL};
 use super::cpu_ops::{relu_mask, MaxPool2d};
-use super::direct::Dy;
-use super::im2col::geom;
-use super::scratch;
+use super::direct::{self, Dy, Grid};
+use super::im2col::{geom, Geom};
+use super::{par, scratch};
 use candle_core::Result;
 
 /// A backward's input: the images and their shape, and the padded grids
@@ -14,6 +14,14 @@ use candle_core::Result;
 pub type Images<'a> = ((&'a [f32], &'a [usize]), Option<&'a [f32]>);
 
 impl Conv2dIm2col {
+    /// The floats of the padded images a training forward keeps
+    /// ([`Self::forward_train_into`]): zero unless the convolution runs
+    /// direct.
+    pub fn grids_len(&self, xd: &[usize], wd: &[usize]) -> Result<usize> {
+        let g = geom(xd, wd, self.stride, self.dilation, self.pad)?;
+        Ok(direct_grid(&g, false).map_or(0, |gr| xd[0] * gr.padded_len()))
+    }
+
     /// [`Self::backward_into`] through a fused relu whose output is `y`:
     /// on the direct path the mask is applied image by image inside the
     /// backward; elsewhere `dy` is masked in place first. `padded`: the
@@ -80,4 +88,20 @@ impl Conv2dIm2col {
             self.backward_into(x, w, dy, dx, dw, db)
         })
     }
+}
+
+/// [`direct::backward`] of a checked convolution `g` over `b` images, from
+/// the images or the grids their forward kept (which must fit the grid).
+pub(super) fn run_direct(
+    gr: &Grid,
+    (g, b): (&Geom, usize),
+    (x, padded, w, dy): (&[f32], Option<&[f32]>, &[f32], Dy),
+    (dx, dw, db): (Option<&mut [f32]>, &mut [f32], &mut [f32]),
+) -> Result<()> {
+    if padded.is_some_and(|p| p.len() != b * gr.padded_len()) {
+        candle_core::bail!("conv backward: kept grids of the wrong size")
+    }
+    let par = b * g.f * g.p() * g.ckk() >= par::MIN_MACS;
+    direct::backward(gr, (x, w, dy), (dx, dw, db), (b, g.f), (padded, par));
+    Ok(())
 }
