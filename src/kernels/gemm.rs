@@ -443,24 +443,46 @@ mod tests {
                 rs: n,
                 cs: 1,
             };
-            let rs = n + 3;
-            for read in [false, true] {
-                let mut dst = vec![0.5f32; m * rs];
-                matmul(&mut dst, rs, read, lhs, rhs);
-                for r in 0..m {
-                    for c in 0..n {
-                        let plain: f64 = (0..k)
-                            .map(|i| a[r * k + i] as f64 * b[i * n + c] as f64)
-                            .sum::<f64>()
-                            + if read { 0.5 } else { 0.0 };
-                        let got = dst[r * rs + c] as f64;
-                        assert!(
-                            (got - plain).abs() < 1e-3,
-                            "{cut:?} of {m}×{k}×{n}, read {read}: ({r}, {c}) = {got}, want {plain}"
-                        );
-                    }
-                    assert!(dst[r * rs + n..(r + 1) * rs].iter().all(|v| *v == 0.5));
+            let what = format!("{cut:?} of {m}×{k}×{n}");
+            super::plain::check(lhs, rhs, (1e-3, &what), |dst, rs, read| {
+                matmul(dst, rs, read, lhs, rhs)
+            });
+        }
+    }
+}
+
+/// The tests' reference for a product: the plain f64 sums.
+#[cfg(test)]
+pub(crate) mod plain {
+    use super::View;
+
+    /// Runs `product(dst, rs, read)` into a dst of 0.5s whose row stride
+    /// is 3 wider than its columns, with and without adding to dst, and
+    /// asserts each value is the plain sum of lhs · rhs (+ 0.5 when
+    /// read) within `tol`, and the padding columns are untouched.
+    pub(crate) fn check(
+        lhs: View,
+        rhs: View,
+        (tol, what): (f64, &str),
+        product: impl Fn(&mut [f32], usize, bool),
+    ) {
+        let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+        let at = |v: &View, r: usize, c: usize| v.data[r * v.rs + c * v.cs] as f64;
+        let rs = n + 3;
+        for read in [false, true] {
+            let mut dst = vec![0.5f32; m * rs];
+            product(&mut dst, rs, read);
+            for r in 0..m {
+                for c in 0..n {
+                    let plain: f64 = (0..k).map(|i| at(&lhs, r, i) * at(&rhs, i, c)).sum::<f64>()
+                        + if read { 0.5 } else { 0.0 };
+                    let got = dst[r * rs + c] as f64;
+                    assert!(
+                        (got - plain).abs() < tol,
+                        "{what}, read {read}: ({r}, {c}) = {got}, want {plain}"
+                    );
                 }
+                assert!(dst[r * rs + n..(r + 1) * rs].iter().all(|v| *v == 0.5));
             }
         }
     }
