@@ -117,6 +117,84 @@ fn schedules_refuse_training_programs_masked_recurrences_and_attention_dropout()
     assert!(why.0.contains("attention probabilities"), "{why}");
 }
 
+/// An inference recurrence that alone reads an embedding reads its rows of a
+/// projected table (E·W_ihᵀ + b) instead of a GEMM over the embedded tokens:
+/// GRUs and LSTMs, one and two directions, sequences or the last state, with
+/// the outputs of the candle path; not where the embedding has another
+/// reader or the table would be too large; a token id outside the table is
+/// an error, not a read out of bounds.
+#[test]
+fn recurrences_read_projected_tables_with_the_outputs_of_the_gemm() {
+    let dev = Device::Cpu;
+    let model = |vocab: usize, body: &str| {
+        format!("model m {{\n  input t: tokens[7] vocab {vocab}\n  let e = t -> embedding(6)\n  {body}\n  head y = h -> dense(2) {{\n    loss: mse\n  }}\n}}\n")
+    };
+    let cases = [
+        (model(11, "let h = e -> gru(5, bidirectional = true)"), true),
+        (
+            model(
+                11,
+                "let h = e -> lstm(4, bidirectional = true, return_sequences = true) -> flatten",
+            ),
+            true,
+        ),
+        (
+            model(
+                11,
+                "let h = e -> gru(3, return_sequences = true) -> flatten",
+            ),
+            true,
+        ),
+        (
+            model(
+                11,
+                "let h = concat(e -> lstm(4), e -> global_avg_pool(axis = 1))",
+            ),
+            false,
+        ),
+        (model(300_000, "let h = e -> lstm(4)"), false),
+    ];
+    for (src, folds) in cases {
+        let c = mtl::compile_str("m.mtl", &src, &common::options(Mode::Infer));
+        let prog = lower(&common::graph(c), Mode::Infer).unwrap();
+        let plan = mtl::lower::planned::render(&prog);
+        assert_eq!(plan.contains("projected table"), folds, "{src}\n{plan}");
+        assert_eq!(plan.contains("= gather"), !folds, "{src}\n{plan}");
+        let params = init_params(&prog, 3, &dev).unwrap();
+        let mut pl = Planned::new(&prog, &params).unwrap();
+        for (batch, seed) in [(1, 1), (4, 2)] {
+            let x = common::random_inputs(&prog, batch, seed, -1.0);
+            let inputs = prog.prepare_inputs(&x, &dev).unwrap();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+            let want = prog.forward(&params, inputs.clone(), &mut rng).unwrap();
+            let got = pl.forward(&prog, &inputs).unwrap();
+            let slot = prog.heads[0].1;
+            let d = diff(got.get(slot).unwrap(), want.get(slot).unwrap());
+            assert!(d < 1e-5, "{src} (batch {batch}): {d}");
+        }
+    }
+    let c = mtl::compile_str(
+        "m.mtl",
+        &model(11, "let h = e -> lstm(4)"),
+        &common::options(Mode::Infer),
+    );
+    let prog = lower(&common::graph(c), Mode::Infer).unwrap();
+    let params = init_params(&prog, 3, &dev).unwrap();
+    let mut pl = Planned::new(&prog, &params).unwrap();
+    let ids = Tensor::new(&[[1u32, 2, 3, 4, 5, 6, 11]], &dev).unwrap();
+    let name = prog.inputs[0].0.clone();
+    let why = prog
+        .prepare_inputs(&[(name, ids)].into_iter().collect(), &dev)
+        .map_err(|e| e.to_string())
+        .and_then(|inputs| {
+            pl.forward(&prog, &inputs)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+        .unwrap_err();
+    assert!(why.contains("11"), "{why}");
+}
+
 /// The summed head losses (zero labels, as `mtl bench --train`) but head
 /// `skip`'s (as a batch without its labels), and the auxiliary losses (as
 /// training computes them). With `planned`, the heads' losses are its fused

@@ -12,6 +12,11 @@
 # Needs a release build of mtl, a Python with keras + jax (KERAS_PY) and one
 # with torch (TORCH_PY); MODELS picks models. Rows go to stdout, JSON lines to
 # $OUT (default /tmp/peers.jsonl).
+#
+# ROUNDS=R (default 1) measures each model's batch-32 rows R times, every
+# runner once a round in turn, and reports each runner's median (the rounds'
+# readings kept in the JSON as `rounds`): on a shared machine whose speed
+# moves within minutes, one reading of a 20-step window says little.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 KPY=${KERAS_PY:-python3}
@@ -38,18 +43,39 @@ print(json.dumps(d))' "$t"
   rm -f "$t"
 }
 printf '%-16s %-6s %9s %9s %9s %9s %9s %7s   %s\n' model mode mtl candle keras torch t.compile best "RSS MiB mtl/keras/torch/compile"
+ROUNDS=${ROUNDS:-1}
 for m in $MODELS; do
-  mt=$(measure target/release/mtl bench "${FILE[$m]}" --train --json)
-  mi=$(measure target/release/mtl bench "${FILE[$m]}" --infer --json)
-  ct=$(measure target/release/mtl bench "${FILE[$m]}" --train --json --executor candle)
-  ci=$(measure target/release/mtl bench "${FILE[$m]}" --infer --json --executor candle)
-  k=$(KERAS_BACKEND=jax measure "$KPY" benches/peers/keras_bench.py "$m")
-  te=$(measure "$TPY" benches/peers/torch_bench.py "$m" --mode eager)
-  tc=$(measure "$TPY" benches/peers/torch_bench.py "$m" --mode compile)
-  python3 - "$m" "$mt" "$mi" "$k" "$te" "$tc" "$ct" "$ci" "$OUT" <<'PY'
-import json, sys
-m, mt, mi, k, te, tc, ct, ci = sys.argv[1], *map(json.loads, sys.argv[2:9])
-with open(sys.argv[9], "a") as f:
+  runs=$(mktemp)
+  for _ in $(seq "$ROUNDS"); do
+    mt=$(measure target/release/mtl bench "${FILE[$m]}" --train --json)
+    mi=$(measure target/release/mtl bench "${FILE[$m]}" --infer --json)
+    ct=$(measure target/release/mtl bench "${FILE[$m]}" --train --json --executor candle)
+    ci=$(measure target/release/mtl bench "${FILE[$m]}" --infer --json --executor candle)
+    k=$(KERAS_BACKEND=jax measure "$KPY" benches/peers/keras_bench.py "$m")
+    te=$(measure "$TPY" benches/peers/torch_bench.py "$m" --mode eager)
+    tc=$(measure "$TPY" benches/peers/torch_bench.py "$m" --mode compile)
+    echo "[$mt, $mi, $k, $te, $tc, $ct, $ci]" >>"$runs"
+  done
+  python3 - "$m" "$runs" "$OUT" <<'PY'
+import json, statistics, sys
+m, out = sys.argv[1], sys.argv[3]
+rounds = [json.loads(line) for line in open(sys.argv[2])]
+def median(runs):
+    # The first round's record with each samples/s the rounds' median
+    # (readings under `rounds`) and the largest RSS.
+    d = dict(runs[0])
+    for key in [k for k in d if k.endswith("samples_per_sec")]:
+        vals = [r.get(key) for r in runs if isinstance(r.get(key), (int, float))]
+        if vals:
+            d[key] = statistics.median(vals)
+            if len(runs) > 1:
+                d.setdefault("rounds", {})[key] = vals
+    rss = [r["rss_mib"] for r in runs if "rss_mib" in r]
+    if rss:
+        d["rss_mib"] = max(rss)
+    return d
+mt, mi, k, te, tc, ct, ci = (median([r[i] for r in rounds]) for i in range(7))
+with open(out, "a") as f:
     f.write(json.dumps({"model": m, "batch": 32, "mtl_train": mt, "mtl_infer": mi, "mtl_candle_train": ct, "mtl_candle_infer": ci, "keras": k, "torch_eager": te, "torch_compile": tc}) + "\n")
 for mode, ours, cand in (("train", mt, ct), ("infer", mi, ci)):
     peers = [p.get(f"{mode}_samples_per_sec") or 0 for p in (k, te, tc)]
@@ -58,6 +84,7 @@ for mode, ours, cand in (("train", mt, ct), ("infer", mi, ci)):
     print(f"{m:<16} {mode:<6} {ours.get('samples_per_sec', 0):9.0f} {cand.get('samples_per_sec', 0):9.0f} " + " ".join(f"{p:9.0f}" for p in peers)
           + f" {ours.get('samples_per_sec', 0) / best:6.2f}x   {rss}")
 PY
+  rm -f "$runs"
 done
 for b in $INFER_BATCHES; do
   for m in $MODELS; do

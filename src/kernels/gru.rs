@@ -16,6 +16,7 @@ use super::host::{contiguous, host};
 use super::lanes::{lane_blocks, LANES};
 use super::lstm::{recurrent_weight_grad, row_block, sigmoid_slice, tanh_slice};
 use super::par;
+use super::projected::Projected;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use std::sync::Mutex;
 
@@ -66,6 +67,7 @@ impl GruSeq {
         // W_hhᵀ [H, 3H], copied out once for all steps.
         let wt = transposed(w, g3, hu);
         let (mut hs, mut acts) = (vec![0f32; b * t * hu], vec![0f32; b * t * 4 * hu]);
+        let xw = Projected::Rows(xw);
         self.forward_into(xw, &wt, bias, (b, t), &mut hs, &mut acts);
         (hs, acts)
     }
@@ -74,7 +76,7 @@ impl GruSeq {
     /// projections `xw` [B, T, 3H], `wt` = W_hhᵀ [H, 3H] and the recurrent bias.
     pub fn forward_into(
         &self,
-        xw: &[f32],
+        xw: Projected,
         wt: &[f32],
         bias: &[f32],
         (b, t): (usize, usize),
@@ -91,7 +93,7 @@ impl GruSeq {
             .collect();
         par::each(items, par, |(blk, (hs, acts))| {
             let n = hs.len() / (t * hu);
-            let xw = &xw[blk * rows * t * g3..][..n * t * g3];
+            let xw = xw.rows(blk * rows * t, n * t, g3);
             par::widest(
                 #[inline(always)]
                 || self.forward_rows(xw, wt, bias, n, t, hs, acts),
@@ -146,7 +148,7 @@ impl GruSeq {
     #[inline(always)]
     fn forward_rows(
         &self,
-        xw: &[f32],
+        xw: Projected,
         wt: &[f32],
         bias: &[f32],
         b: usize,
@@ -178,7 +180,7 @@ impl GruSeq {
             };
             matmul_small(&mut hw, g3, true, hv, w_t);
             for (bi, (h, hw)) in h.chunks_mut(hu).zip(hw.chunks(g3)).enumerate() {
-                let x = &xw[(bi * t + ts) * g3..][..g3];
+                let x = xw.row(bi * t + ts, g3);
                 let a = &mut acts[(bi * t + ts) * g4..][..g4];
                 // r and z: σ(x + hw); n: tanh(x_n + r·hw_n).
                 for j in 0..2 * hu {

@@ -15,6 +15,7 @@ use super::host::{contiguous, host};
 use super::lanes::{lane_blocks, LANES};
 use super::math::exp_fast;
 use super::par;
+use super::projected::Projected;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use std::sync::Mutex;
 
@@ -87,20 +88,21 @@ impl LstmSeq {
             (vec![0f32; b * t * hu], keep(b * t * hu), keep(b * t * g4));
         // W_hhᵀ [H, 4H], copied out once for all steps.
         let wt = transposed(w, g4, hu);
+        let xw = Projected::Rows(xw);
         self.run(xw, &wt, (b, t), &mut hs, &mut cs, &mut acts);
         (hs, acts, cs)
     }
 
     /// The inference forward: hidden states [B, T, H] into `hs` from the
     /// input projections `xw` [B, T, 4H] and `wt` = W_hhᵀ [H, 4H].
-    pub fn forward_into(&self, xw: &[f32], wt: &[f32], (b, t): (usize, usize), hs: &mut [f32]) {
+    pub fn forward_into(&self, xw: Projected, wt: &[f32], (b, t): (usize, usize), hs: &mut [f32]) {
         self.run(xw, wt, (b, t), hs, &mut [], &mut [])
     }
 
     /// The recurrence over row blocks; `cs` and `acts` empty when not kept.
     fn run(
         &self,
-        xw: &[f32],
+        xw: Projected,
         wt: &[f32],
         (b, t): (usize, usize),
         hs: &mut [f32],
@@ -122,7 +124,7 @@ impl LstmSeq {
             .collect();
         par::each(items, par, |(blk, (hs, cs, acts))| {
             let n = hs.len() / (t * hu);
-            let xw = &xw[blk * rows * t * g4..][..n * t * g4];
+            let xw = xw.rows(blk * rows * t, n * t, g4);
             let valid = self.valid.as_deref().map(|v| &v[blk * rows * t..][..n * t]);
             par::widest(
                 #[inline(always)]
@@ -137,7 +139,7 @@ impl LstmSeq {
     #[inline(always)]
     fn forward_rows(
         &self,
-        xw: &[f32],
+        xw: Projected,
         wt: &[f32],
         (b, t): (usize, usize),
         valid: Option<&[f32]>,
@@ -188,7 +190,7 @@ impl LstmSeq {
                     }
                     continue;
                 }
-                let x = &xw[(bi * t + ts) * g4..(bi * t + ts + 1) * g4];
+                let x = xw.row(bi * t + ts, g4);
                 row.iter_mut().zip(x).for_each(|(g, x)| *g += x);
                 sigmoid_slice(&mut row[..2 * hu]);
                 tanh_slice(&mut row[2 * hu..3 * hu]);
@@ -464,7 +466,7 @@ impl LstmSeq {
         acts: &mut [f32],
         cs: &mut [f32],
     ) {
-        self.run(xw, wt, (b, t), hs, cs, acts)
+        self.run(Projected::Rows(xw), wt, (b, t), hs, cs, acts)
     }
 }
 

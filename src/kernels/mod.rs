@@ -31,6 +31,7 @@ pub mod math;
 #[cfg(feature = "cuda")]
 mod max_pool_cuda;
 pub mod par;
+pub mod projected;
 #[cfg(feature = "cuda")]
 pub mod recurrence_cuda;
 pub mod scratch;

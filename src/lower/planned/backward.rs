@@ -205,6 +205,7 @@ impl Back<'_> {
                     sequences,
                     t,
                     i,
+                    ..
                 },
                 _,
             ) => {

@@ -56,6 +56,9 @@ pub(crate) enum Packed {
 
 #[derive(Debug, Clone)]
 pub(crate) struct RnnPacked {
+    /// W_ihᵀ [i, G]; for a recurrence reading a projected table
+    /// (`PKind::Rnn::table`), that table [vocab, G], b_ih folded in (and
+    /// `b_ih` empty).
     pub w_ih_t: Vec<f32>,
     pub b_ih: Vec<f32>,
     pub w_hh_t: Vec<f32>,
@@ -145,8 +148,13 @@ impl Planned {
             .iter()
             .map(|ps| {
                 let st = &prog.steps[ps.step];
-                pack(st, &ps.kind, params)
-                    .map_err(|e| Unplanned(format!("step `{}`: its weights: {e}", st.name)))
+                let packed = match (&ps.kind, pack(st, &ps.kind, params)) {
+                    (PKind::Rnn { table: Some(e), .. }, Ok(Packed::Rnn(dirs))) => {
+                        project(&prog.steps[*e], dirs, params)
+                    }
+                    (_, packed) => packed,
+                };
+                packed.map_err(|e| Unplanned(format!("step `{}`: its weights: {e}", st.name)))
             })
             .collect::<Result<_, _>>()?;
         Ok(Planned {
@@ -202,6 +210,40 @@ impl Planned {
     ) -> Result<Forward, RunError> {
         run::forward(self, prog, inputs, Some(times))
     }
+}
+
+/// A recurrence's packed directions with W_ihᵀ and b_ih replaced by the
+/// projected table E·W_ihᵀ + b of the embedding step `emb` it reads.
+fn project(
+    emb: &super::Step,
+    dirs: Vec<RnnPacked>,
+    params: &Params,
+) -> candle_core::Result<Packed> {
+    let e = params.get(&format!(
+        "{}.{}",
+        emb.params.as_deref().unwrap_or(""),
+        embedding::WEIGHT
+    ))?;
+    let (vocab, dim) = e.dims2()?;
+    let e = data(e)?;
+    let dirs = dirs.into_iter().map(|mut d| {
+        let g = d.b_ih.len();
+        if d.w_ih_t.len() != dim * g {
+            candle_core::bail!("a projected table of {dim} wide rows into {g}");
+        }
+        let mut table = vec![0f32; vocab * g];
+        crate::kernels::linear::forward_into(
+            &mut table,
+            &e,
+            &d.w_ih_t,
+            &d.b_ih,
+            (vocab, dim, g),
+            false,
+        );
+        (d.w_ih_t, d.b_ih) = (table, vec![]);
+        Ok(d)
+    });
+    Ok(Packed::Rnn(dirs.collect::<candle_core::Result<_>>()?))
 }
 
 /// Packs a step's weights for its planned kernel.

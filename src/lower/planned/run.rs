@@ -8,6 +8,7 @@ use crate::ir::ops::activation::Act;
 use crate::ir::{Ew, RnnCell};
 use crate::kernels::cpu_ops::{GlobalPool, MaxPool2d, Upsample2d};
 use crate::kernels::math::exp_fast;
+use crate::kernels::projected::Projected;
 use crate::kernels::{conv::Conv2dIm2col, gru::GruSeq, host, linear, lstm::LstmSeq};
 use crate::lower::{Forward, Program, RunError};
 use candle_core::{DType, Tensor};
@@ -224,9 +225,10 @@ fn step(
         // SAFETY: scratch of this step alone.
         unsafe { arena.get_mut(ps.temps[i]) }
     };
-    // Token ids are read by the embedding arm itself.
+    // Token ids are read by the embedding arm itself (and by a recurrence
+    // reading a projected table).
     let x = match ps.kind {
-        PKind::Embedding { .. } => &[][..],
+        PKind::Embedding { .. } | PKind::Rnn { table: Some(_), .. } => &[][..],
         _ => arg(0)?,
     };
     let bad = || format!("weights packed for another kernel than {}", ps.kind);
@@ -308,12 +310,7 @@ fn step(
             }
         }
         (PKind::Embedding { dim }, Packed::Table(table)) => {
-            let Some(Loc::Input(k)) = ps.args.first() else {
-                return Err("token ids that are not an input".into());
-            };
-            let Some(Input::Ids(ids)) = &held[*k] else {
-                return Err("an embedding of f32 values".into());
-            };
+            let ids = token_ids(ps, held)?;
             let table = table.view()?;
             for (o, id) in out.chunks_mut(*dim).zip(ids) {
                 let row = table
@@ -330,18 +327,39 @@ fn step(
                 sequences,
                 t,
                 i,
+                table,
             },
             Packed::Rnn(dirs),
         ) => {
             let (h, g) = (*units, if *cell == RnnCell::Lstm { 4 } else { 3 });
             let apart = !*sequences || *directions > 1;
             let valid = valid_steps(ps, held)?;
+            let ids = table.map(|_| token_ids(ps, held)).transpose()?;
             let mut keep = keep;
             for (d, w) in dirs.iter().enumerate() {
-                let xw = temp(0);
-                linear::forward_into(xw, x, &w.w_ih_t, &w.b_ih, (batch * t, *i, g * h), false);
+                let xw = match ids {
+                    Some(ids) => {
+                        let vocab = w.w_ih_t.len() / (g * h);
+                        if let Some(id) = ids.iter().find(|id| **id as usize >= vocab) {
+                            return Err(format!("token id {id} outside the table"));
+                        }
+                        Projected::Table {
+                            table: &w.w_ih_t,
+                            ids,
+                        }
+                    }
+                    None => {
+                        let xw = temp(0);
+                        let dims = (batch * t, *i, g * h);
+                        linear::forward_into(xw, x, &w.w_ih_t, &w.b_ih, dims, false);
+                        Projected::Rows(xw)
+                    }
+                };
                 let placing = (d, h, *directions, *sequences);
                 if let Some(saved) = keep.as_deref_mut() {
+                    let Projected::Rows(xw) = xw else {
+                        return Err("a projected table in training".into());
+                    };
                     // Training: every step's states kept for the backward
                     // (a GRU's activations are r, z, n and hw_n: 4H a step).
                     saved.rnn.resize_with(dirs.len(), Default::default);
@@ -354,8 +372,14 @@ fn step(
                         let op = LstmSeq::new(h, d == 1, true).with_valid(valid.clone());
                         op.forward_saved_into(xw, &w.w_hh_t, bt, hs, acts, cs);
                     } else {
-                        GruSeq::new(h, d == 1, true)
-                            .forward_into(xw, &w.w_hh_t, &w.b_hh, bt, hs, acts);
+                        GruSeq::new(h, d == 1, true).forward_into(
+                            Projected::Rows(xw),
+                            &w.w_hh_t,
+                            &w.b_hh,
+                            bt,
+                            hs,
+                            acts,
+                        );
                     }
                     place(hs, out, placing);
                     continue;
@@ -499,11 +523,22 @@ pub(super) fn place(
     }
 }
 
+/// The token ids of a step's first operand, an input.
+fn token_ids<'a>(ps: &PStep, held: &'a [Option<Input>]) -> Result<&'a [u32], String> {
+    let Some(Loc::Input(k)) = ps.args.first() else {
+        return Err("token ids that are not an input".into());
+    };
+    match &held[*k] {
+        Some(Input::Ids(ids)) => Ok(ids),
+        _ => Err("token ids given as f32 values".into()),
+    }
+}
+
 /// One direction's recurrence into `hs` [B, T, H] (`acts`: a GRU's scratch;
 /// `valid`: an LSTM's real steps, see [`valid_steps`]).
 fn recur(
     (cell, h, reverse, bt): (RnnCell, usize, bool, (usize, usize)),
-    xw: &[f32],
+    xw: Projected,
     w: &super::RnnPacked,
     valid: &Option<Vec<f32>>,
     hs: &mut [f32],

@@ -81,6 +81,10 @@ pub enum PKind {
         sequences: bool,
         t: usize,
         i: usize,
+        /// Inference only: the program step of the embedding it reads, whose
+        /// table is packed projected (E·W_ihᵀ + b per direction), the
+        /// embedding step and the projection GEMM gone ([`fold_tables`]).
+        table: Option<usize>,
     },
     Upsample {
         scale: usize,
@@ -168,12 +172,16 @@ impl fmt::Display for PKind {
             PKind::Narrow { .. } => f.write_str("narrow(copy)"),
             PKind::Concat { .. } => f.write_str("concat(copy)"),
             PKind::Embedding { .. } => f.write_str("gather"),
-            PKind::Rnn { cell, .. } => write!(
+            PKind::Rnn { cell, table, .. } => write!(
                 f,
-                "{}(projection gemm + fused recurrence)",
+                "{}({} + fused recurrence)",
                 match cell {
                     RnnCell::Lstm => "lstm",
                     RnnCell::Gru => "gru",
+                },
+                match table {
+                    None => "projection gemm",
+                    Some(_) => "projected table",
                 }
             ),
             PKind::Upsample { .. } => f.write_str("upsample"),
@@ -405,6 +413,9 @@ impl Schedule {
                 None => return Err(Unplanned(format!("value {slot} is never computed"))),
             }
         }
+        if prog.mode == Mode::Infer {
+            fold_tables(prog, &mut b);
+        }
         let assignment = assign(&b.bufs);
         Ok(Schedule {
             steps: b.steps,
@@ -445,6 +456,66 @@ impl Builder {
             self.bufs[b].last = self.bufs[b].last.max(at);
         }
     }
+}
+
+/// Projected tables at most this many floats (16 MiB), unless no larger
+/// than the embedding's own table.
+const TABLE_FLOATS: usize = 4 << 20;
+
+/// An inference recurrence that alone reads an embedding reads a projected
+/// table instead: row v of E·W_ihᵀ + b is token v's input projection, so the
+/// GEMM over all B·T tokens (`reviews`: 64 · 64 · 512 multiply-adds a
+/// sample, a fifth of its inference) becomes a row lookup per step, paid
+/// for once, when the weights are packed (vocab · dim · G). Where the table
+/// would outgrow both the embedding's and [`TABLE_FLOATS`], the GEMM stays.
+fn fold_tables(prog: &Program, b: &mut Builder) {
+    let mut gone = vec![];
+    for r in 0..b.steps.len() {
+        let PKind::Rnn {
+            cell,
+            units,
+            directions,
+            ..
+        } = b.steps[r].kind
+        else {
+            continue;
+        };
+        let Some(Loc::Buffer(x)) = b.steps[r].args.first().copied() else {
+            continue;
+        };
+        let Some(e) = b.steps.iter().position(|s| s.out == x) else {
+            continue;
+        };
+        let (PKind::Embedding { dim }, Op::Embedding(op)) =
+            (&b.steps[e].kind, &prog.steps[b.steps[e].step].op)
+        else {
+            continue;
+        };
+        let g = if cell == RnnCell::Lstm { 4 } else { 3 };
+        let floats = op.vocab * g * units * directions;
+        let readers = b.steps.iter().filter(|s| s.args.contains(&Loc::Buffer(x)));
+        if readers.count() != 1
+            || b.bufs[x].last != b.steps[r].step
+            || floats > (op.vocab * dim).max(TABLE_FLOATS)
+        {
+            continue;
+        }
+        let (ids, at) = (b.steps[e].args[0], b.steps[e].step);
+        let rnn = &mut b.steps[r];
+        rnn.args[0] = ids;
+        if let PKind::Rnn { table, .. } = &mut rnn.kind {
+            *table = Some(at);
+        }
+        // Neither the embedded tokens nor their projections are computed.
+        b.bufs[x].size = 0;
+        b.bufs[rnn.temps[0]].size = 0;
+        gone.push(e);
+    }
+    let mut k = 0;
+    b.steps.retain(|_| {
+        k += 1;
+        !gone.contains(&(k - 1))
+    });
 }
 
 /// The slots read after the forward: head values and auxiliary-loss operands.
@@ -537,6 +608,7 @@ fn kind_of(
                 sequences: r.return_sequences,
                 t: *t,
                 i: *i,
+                table: None,
             },
             _ => return Err("a recurrence over a non-sequence".into()),
         },
