@@ -167,7 +167,11 @@ impl GruSeq {
             rs: g3,
             cs: 1,
         };
-        for ts in self.order(t) {
+        let order = self.order(t);
+        for (k, &ts) in order.iter().enumerate() {
+            for bi in order.get(k + 1).map_or(0..0, |_| 0..b) {
+                xw.prefetch(bi * t + order[k + 1], g3);
+            }
             for row in hw.chunks_mut(g3) {
                 row.copy_from_slice(bias);
             }

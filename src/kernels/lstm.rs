@@ -157,7 +157,11 @@ impl LstmSeq {
             rs: g4,
             cs: 1,
         };
-        for ts in self.order(t) {
+        let order = self.order(t);
+        for (k, &ts) in order.iter().enumerate() {
+            for bi in order.get(k + 1).map_or(0..0, |_| 0..b) {
+                xw.prefetch(bi * t + order[k + 1], g4);
+            }
             // g = h·W_hhᵀ, then + the input projection in the activation pass
             // (without the copy of it into g first, `memmove` fell from 9% to 5%
             // of reviews' inference).

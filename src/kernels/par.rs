@@ -10,6 +10,20 @@ pub const MIN_ELEMENTS: usize = 1 << 17;
 /// Kernels with at least this many multiply-adds run in parallel.
 pub const MIN_MACS: usize = 1 << 20;
 
+/// Runs `f` on one of rayon's threads. Called from another thread, each
+/// parallel loop inside `f` would hand its work to the pool and put the
+/// caller to sleep until it is done: a wake-up and a sleep per loop, which
+/// with a training step's dozens of loops was 9% of `shapes_mm`'s step at
+/// one thread (`perf`: the scheduler's functions). From a pool thread the
+/// loops split where they run, and the caller sleeps once.
+pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        f()
+    } else {
+        rayon::scope(|_| f())
+    }
+}
+
 /// `f(i, chunk)` over the `size`-long chunks of `data`, in parallel when `par`.
 pub fn chunks_mut<T: Send>(
     data: &mut [T],

@@ -27,6 +27,23 @@ impl<'a> Projected<'a> {
         }
     }
 
+    /// Asks for row `r`'s lines in L2 ahead of their use: a recurrence knows
+    /// its next step's rows, but they lie a sequence apart (or anywhere in
+    /// a table), so the hardware's prefetchers, which follow streams, do
+    /// not. (L2, not L1: the step's product streams W_hh through L1 first.)
+    #[inline(always)]
+    pub fn prefetch(&self, r: usize, g: usize) {
+        #[cfg(target_arch = "x86_64")]
+        for line in self.row(r, g).chunks(16) {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+            // SAFETY: a prefetch reads nothing; the address is in the row.
+            #[allow(unused_unsafe)]
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T1>(line.as_ptr().cast())
+            };
+        }
+    }
+
     /// Row `r`.
     #[inline(always)]
     pub fn row(&self, r: usize, g: usize) -> &'a [f32] {

@@ -144,6 +144,15 @@ pub(super) fn forward(
     inputs: &[(usize, Tensor)],
     times: Option<&mut Vec<f64>>,
 ) -> Result<Forward, RunError> {
+    crate::kernels::par::on_pool(|| forward_here(pl, prog, inputs, times))
+}
+
+fn forward_here(
+    pl: &mut Planned,
+    prog: &Program,
+    inputs: &[(usize, Tensor)],
+    times: Option<&mut Vec<f64>>,
+) -> Result<Forward, RunError> {
     let (batch, held) = hold(prog, inputs)?;
     let arena = arena_for(&pl.schedule, &mut pl.arena, batch);
     let run = (held.as_slice(), batch);

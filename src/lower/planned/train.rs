@@ -223,6 +223,16 @@ impl PlannedTrain {
         inputs: Vec<(usize, Tensor)>,
         rng: &mut StdRng,
     ) -> Result<Forward, RunError> {
+        crate::kernels::par::on_pool(|| self.forward_here(prog, params, inputs, rng))
+    }
+
+    fn forward_here(
+        &mut self,
+        prog: &Program,
+        params: &Params,
+        inputs: Vec<(usize, Tensor)>,
+        rng: &mut StdRng,
+    ) -> Result<Forward, RunError> {
         // The last step's packing goes before this one's is made.
         self.packed.clear();
         self.packed = self
@@ -351,6 +361,18 @@ impl PlannedTrain {
     /// `store` (of `fwd`'s leaves): each weight's gradient added to its
     /// entry in `grads` (aligned with `vars`). Once per forward.
     pub fn backward(
+        &mut self,
+        prog: &Program,
+        params: &Params,
+        (fwd, store): (&Forward, &GradStore),
+        vars: &[(String, Var)],
+        grads: &mut [Option<Tensor>],
+    ) -> Result<(), RunError> {
+        let run = || self.backward_here(prog, params, (fwd, store), vars, grads);
+        crate::kernels::par::on_pool(run)
+    }
+
+    fn backward_here(
         &mut self,
         prog: &Program,
         params: &Params,
