@@ -24,6 +24,30 @@ pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     }
 }
 
+/// Calls shorter than this stay on their thread ([`Handover`]).
+pub const POOL_CALL: std::time::Duration = std::time::Duration::from_micros(500);
+
+/// Whether an executor's calls go [`on_pool`]. Handing a call over costs
+/// two wake-ups and moves it to another core's caches, which a short call
+/// has too few parallel loops to win back: on the pool, `digits_mt`'s and
+/// `siamese`'s inference (0.1–0.4 ms a batch) fell below the candle path's.
+/// So a call goes to the pool when the one before it took [`POOL_CALL`] or
+/// more. Which thread runs a kernel never changes its result.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Handover {
+    long: bool,
+}
+
+impl Handover {
+    /// `f`, on the pool when the last call was long; times this one.
+    pub fn run<R: Send>(&mut self, f: impl FnOnce() -> R + Send) -> R {
+        let t0 = std::time::Instant::now();
+        let r = if self.long { on_pool(f) } else { f() };
+        self.long = t0.elapsed() >= POOL_CALL;
+        r
+    }
+}
+
 /// `f(i, chunk)` over the `size`-long chunks of `data`, in parallel when `par`.
 pub fn chunks_mut<T: Send>(
     data: &mut [T],

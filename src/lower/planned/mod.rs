@@ -70,6 +70,7 @@ pub struct Planned {
     pub schedule: Schedule,
     packed: Vec<Packed>,
     arena: Vec<f32>,
+    handover: crate::kernels::par::Handover,
 }
 
 /// Weights a kernel reads as they are: the parameter's own tensor (its
@@ -161,6 +162,7 @@ impl Planned {
             schedule,
             packed,
             arena: vec![],
+            handover: Default::default(),
         })
     }
 

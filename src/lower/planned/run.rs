@@ -144,7 +144,10 @@ pub(super) fn forward(
     inputs: &[(usize, Tensor)],
     times: Option<&mut Vec<f64>>,
 ) -> Result<Forward, RunError> {
-    crate::kernels::par::on_pool(|| forward_here(pl, prog, inputs, times))
+    let mut handover = pl.handover;
+    let fwd = handover.run(|| forward_here(pl, prog, inputs, times));
+    pl.handover = handover;
+    fwd
 }
 
 fn forward_here(

@@ -56,6 +56,8 @@ pub struct PlannedTrain {
     pending: bool,
     /// The heads' losses of the last forward (buffers kept across steps).
     fused: Vec<Fused>,
+    /// The forward's and the backward's.
+    handovers: [crate::kernels::par::Handover; 2],
 }
 
 /// A head's loss computed by [`PlannedTrain::head_loss`]: the head's value
@@ -208,6 +210,7 @@ impl PlannedTrain {
             times: None,
             pending: false,
             fused: vec![],
+            handovers: Default::default(),
         })
     }
 
@@ -223,7 +226,10 @@ impl PlannedTrain {
         inputs: Vec<(usize, Tensor)>,
         rng: &mut StdRng,
     ) -> Result<Forward, RunError> {
-        crate::kernels::par::on_pool(|| self.forward_here(prog, params, inputs, rng))
+        let mut handover = self.handovers[0];
+        let fwd = handover.run(|| self.forward_here(prog, params, inputs, rng));
+        self.handovers[0] = handover;
+        fwd
     }
 
     fn forward_here(
@@ -368,8 +374,10 @@ impl PlannedTrain {
         vars: &[(String, Var)],
         grads: &mut [Option<Tensor>],
     ) -> Result<(), RunError> {
-        let run = || self.backward_here(prog, params, (fwd, store), vars, grads);
-        crate::kernels::par::on_pool(run)
+        let mut handover = self.handovers[1];
+        let done = handover.run(|| self.backward_here(prog, params, (fwd, store), vars, grads));
+        self.handovers[1] = handover;
+        done
     }
 
     fn backward_here(
