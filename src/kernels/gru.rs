@@ -169,8 +169,8 @@ impl GruSeq {
         };
         let order = self.order(t);
         for (k, &ts) in order.iter().enumerate() {
-            for bi in order.get(k + 1).map_or(0..0, |_| 0..b) {
-                xw.prefetch(bi * t + order[k + 1], g3);
+            if let Some(&next) = order.get(k + 1) {
+                (0..b).for_each(|bi| xw.prefetch(bi * t + next, g3));
             }
             for row in hw.chunks_mut(g3) {
                 row.copy_from_slice(bias);

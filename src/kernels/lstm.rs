@@ -159,8 +159,8 @@ impl LstmSeq {
         };
         let order = self.order(t);
         for (k, &ts) in order.iter().enumerate() {
-            for bi in order.get(k + 1).map_or(0..0, |_| 0..b) {
-                xw.prefetch(bi * t + order[k + 1], g4);
+            if let Some(&next) = order.get(k + 1) {
+                (0..b).for_each(|bi| xw.prefetch(bi * t + next, g4));
             }
             // g = h·W_hhᵀ, then + the input projection in the activation pass
             // (without the copy of it into g first, `memmove` fell from 9% to 5%

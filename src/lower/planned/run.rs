@@ -347,19 +347,18 @@ fn step(
             let apart = !*sequences || *directions > 1;
             let valid = valid_steps(ps, held)?;
             let ids = table.map(|_| token_ids(ps, held)).transpose()?;
+            // Every direction's table has the embedding's rows.
+            let vocab = dirs.first().map_or(0, |w| w.w_ih_t.len() / (g * h));
+            if let Some(id) = ids.into_iter().flatten().find(|id| **id as usize >= vocab) {
+                return Err(format!("token id {id} outside the table"));
+            }
             let mut keep = keep;
             for (d, w) in dirs.iter().enumerate() {
                 let xw = match ids {
-                    Some(ids) => {
-                        let vocab = w.w_ih_t.len() / (g * h);
-                        if let Some(id) = ids.iter().find(|id| **id as usize >= vocab) {
-                            return Err(format!("token id {id} outside the table"));
-                        }
-                        Projected::Table {
-                            table: &w.w_ih_t,
-                            ids,
-                        }
-                    }
+                    Some(ids) => Projected::Table {
+                        table: &w.w_ih_t,
+                        ids,
+                    },
                     None => {
                         let xw = temp(0);
                         let dims = (batch * t, *i, g * h);
