@@ -29,6 +29,14 @@ pub struct BenchArgs {
     steps: usize,
     #[arg(long, default_value_t = 5)]
     repeats: usize,
+    /// Untimed steps first: at least this many, and for at least
+    /// `--warmup-ms` (a fresh process's first ~100 ms of steps run up to 2×
+    /// slower on this kind of machine; the Python peers time after seconds
+    /// of imports and compiling and a pass of 20 warm-up batches).
+    #[arg(long, default_value_t = 20)]
+    warmup: usize,
+    #[arg(long, default_value_t = 300)]
+    warmup_ms: u64,
     #[arg(long)]
     no_opt: bool,
     #[command(flatten)]
@@ -215,8 +223,11 @@ pub fn bench(a: BenchArgs) -> Result<i32, Fail> {
         }
         Ok(())
     };
-    for _ in 0..2 {
+    let warm = Instant::now();
+    let mut warmed = 0;
+    while warmed < a.warmup || warm.elapsed().as_millis() < u128::from(a.warmup_ms) {
         step(false)?;
+        warmed += 1;
     }
     if a.memory && mode == Mode::Train {
         // The whole heap at its highest during a step: weights, optimizer
