@@ -30,6 +30,10 @@ pub struct Conv2dIm2col {
     pub pool: bool,
 }
 
+/// What a training forward keeps for the backward: a fused max pool's
+/// maxima (window offsets) and a direct convolution's padded images.
+type Keep<'a> = (Option<&'a mut [u16]>, Option<&'a mut [f32]>);
+
 /// The fused max pool's window and stride.
 pub(super) const POOL: ((usize, usize), (usize, usize)) = ((2, 2), (2, 2));
 
@@ -66,7 +70,25 @@ impl Conv2dIm2col {
         bias: &[f32],
         out: &mut [f32],
     ) -> Result<()> {
-        self.forward_arg_into((x, xd), (w, wd), bias, out, (None, None))
+        self.forward_arg_into((x, xd), (w, wd), bias, out, ((None, None), None))
+    }
+
+    /// As [`Self::forward_into`] (no fused pool), and each output plane's
+    /// mean into `means` ([N, F]) while the image's outputs are in cache: a
+    /// global average pool reading the output beside other readers (on
+    /// `seed_multitask_small` a pass of its own was 8% of the inference).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_with_means(
+        &self,
+        x: &[f32],
+        xd: &[usize],
+        w: &[f32],
+        wd: &[usize],
+        bias: &[f32],
+        out: &mut [f32],
+        means: &mut [f32],
+    ) -> Result<()> {
+        self.forward_arg_into((x, xd), (w, wd), bias, out, ((None, None), Some(means)))
     }
 
     /// The training forward: as [`Self::forward_into`], and with a fused
@@ -92,7 +114,7 @@ impl Conv2dIm2col {
         if padded.as_ref().is_some_and(|p| p.len() != grids) {
             candle_core::bail!("conv op: padded grids of the wrong size")
         }
-        self.forward_arg_into((x, xd), (w, wd), bias, out, (arg, padded))
+        self.forward_arg_into((x, xd), (w, wd), bias, out, ((arg, padded), None))
     }
 
     fn forward_arg_into(
@@ -101,7 +123,7 @@ impl Conv2dIm2col {
         (w, wd): (&[f32], &[usize]),
         bias: &[f32],
         out: &mut [f32],
-        (arg, padded): (Option<&mut [u16]>, Option<&mut [f32]>),
+        ((arg, padded), means): (Keep, Option<&mut [f32]>),
     ) -> Result<()> {
         let g = geom(xd, wd, self.stride, self.dilation, self.pad)?;
         let b = xd[0];
@@ -224,10 +246,7 @@ impl Conv2dIm2col {
         };
         let whole = !self.mean && !self.pool;
         let tmp_len = if whole { 0 } else { g.f * p };
-        type Image<'a> = (
-            &'a mut [f32],
-            (Option<&'a mut [u16]>, Option<&'a mut [f32]>),
-        );
+        type Image<'a> = (&'a mut [f32], Keep<'a>);
         let image = |(bi, (o, (arg, grid))): (usize, Image)| {
             if m > 1 {
                 return images(bi * m, o, arg);
@@ -296,17 +315,33 @@ impl Conv2dIm2col {
             }
             _ => (0..b.div_ceil(m)).map(|_| None).collect(),
         };
-        let args: Vec<_> = args.into_iter().zip(grids).collect();
+        if means.as_ref().is_some_and(|v| !whole || v.len() != b * g.f) {
+            candle_core::bail!("conv op: plane means of a pooled output, or of the wrong size")
+        }
+        let means: Vec<Option<&mut [f32]>> = match means {
+            Some(v) => v.chunks_mut(m * g.f).map(Some).collect(),
+            None => (0..b.div_ceil(m)).map(|_| None).collect(),
+        };
+        let args: Vec<_> = args.into_iter().zip(grids).zip(means).collect();
+        // A group of images, then its planes' means (when asked for) while
+        // they are in cache.
+        let group =
+            |(bi, (o, (keep, means))): (usize, (&mut [f32], (Keep, Option<&mut [f32]>)))| {
+                image((bi, (&mut *o, keep)));
+                for (v, plane) in means.into_iter().flatten().zip(o.chunks(p)) {
+                    *v = par::lane_sum(plane) / p as f32;
+                }
+            };
         if b * g.f * p * ckk >= par::MIN_MACS {
             out.par_chunks_mut(m * out_len)
                 .zip(args)
                 .enumerate()
-                .for_each(image);
+                .for_each(group);
         } else {
             out.chunks_mut(m * out_len)
                 .zip(args)
                 .enumerate()
-                .for_each(image);
+                .for_each(group);
         }
         Ok(())
     }
@@ -610,7 +645,8 @@ mod tests {
     use candle_core::{Device, Tensor, Var};
 
     /// The fused pools (inference) equal the convolution followed by the
-    /// pool: small images several to a GEMM, one image over several blocks,
+    /// pool, and the plane means beside the output the convolution then its
+    /// means: small images several to a GEMM, one image over several blocks,
     /// odd planes (the pool floors).
     #[test]
     fn fused_pools_equal_the_convolution_then_the_pool() {
@@ -649,6 +685,23 @@ mod tests {
             assert!(diff(&fused, &pooled) == 0.0, "max pool {b}×{h}×{w}");
             let mean = full.mean((2, 3)).unwrap();
             assert!(diff(&conv(true, false), &mean) < 1e-5, "mean {b}×{h}×{w}");
+            // The plane means beside the whole output.
+            let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let op = Conv2dIm2col {
+                stride: 1,
+                dilation: 1,
+                pad,
+                relu: true,
+                mean: false,
+                pool: false,
+            };
+            let (mut o, mut means) = (vec![0f32; full.elem_count()], vec![0f32; b * f]);
+            let (xd, wd) = ([b, c, h, w], [f, c, 3, 3]);
+            op.forward_with_means(&v(&x), &xd, &v(&k), &wd, &v(&bias), &mut o, &mut means)
+                .unwrap();
+            assert_eq!(o, v(&full), "beside the means {b}×{h}×{w}");
+            let far = means.iter().zip(v(&mean)).map(|(a, m)| (a - m).abs());
+            assert!(far.fold(0f32, f32::max) < 1e-5, "means {b}×{h}×{w}");
         }
     }
 

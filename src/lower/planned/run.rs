@@ -274,10 +274,10 @@ fn step(
             };
             let (w, b) = (w.view()?, b.view()?);
             let xd = [batch, xd[0], xd[1], xd[2]];
-            match keep {
+            match (keep, ps.side) {
                 // Training: the fused pool's maxima and the padded images,
                 // for the backward.
-                Some(saved) if !*mean && (*pool || *relu) => {
+                (Some(saved), None) if !*mean && (*pool || *relu) => {
                     let arg = if *pool {
                         saved.arg.resize(out.len(), 0);
                         Some(&mut saved.arg[..])
@@ -289,6 +289,13 @@ fn step(
                     let keep = (arg, Some(&mut saved.grids[..]));
                     op.forward_train_into((x, &xd), (&w, wd), &b, out, keep)
                 }
+                (None, Some(side)) => {
+                    // SAFETY: the folded pool's buffer, written only here.
+                    let means = unsafe { arena.get_mut(side) };
+                    op.forward_with_means(x, &xd, &w, wd, &b, out, means)
+                }
+                // Training folds no pool (its backward reads the output).
+                (Some(_), Some(_)) => return Err("plane means in a training step".into()),
                 _ => op.forward_into(x, &xd, &w, wd, &b, out),
             }
             .map_err(|e| e.to_string())?

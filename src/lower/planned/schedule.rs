@@ -214,6 +214,9 @@ pub struct PStep {
     /// Per operand, the input (index into `Program::inputs`) of the token
     /// ids whose zeros pad it.
     pub masks: Vec<Option<usize>>,
+    /// A second output: a convolution's plane means, the buffer of a global
+    /// average pool folded in ([`fold_means`]).
+    pub side: Option<usize>,
 }
 
 /// The whole plan of an inference program.
@@ -403,6 +406,7 @@ impl Schedule {
                 out,
                 temps,
                 masks,
+                side: None,
             });
         }
         // Head values and auxiliary-loss operands are read after the last step.
@@ -415,6 +419,7 @@ impl Schedule {
         }
         if prog.mode == Mode::Infer {
             fold_tables(prog, &mut b);
+            fold_means(&mut b);
         }
         let assignment = assign(&b.bufs);
         Ok(Schedule {
@@ -511,8 +516,52 @@ fn fold_tables(prog: &Program, b: &mut Builder) {
         b.bufs[rnn.temps[0]].size = 0;
         gone.push(e);
     }
+    drop_steps(&mut b.steps, &gone);
+}
+
+/// An inference global average pool of a convolution's whole output is
+/// taken by the convolution, each image's plane means while its outputs
+/// are in cache, into the pool's buffer (live from the convolution on).
+/// Where the pool was the output's only reader, lowering already fused it
+/// (`ConvKernel::mean`); this is the case of other readers beside it
+/// (`seed_multitask_small`'s segmentation head, `shapes`' mask and pool).
+fn fold_means(b: &mut Builder) {
+    let mut gone = vec![];
+    for a in 0..b.steps.len() {
+        let PKind::GlobalPool { max: false, s } = b.steps[a].kind else {
+            continue;
+        };
+        let Some(Loc::Buffer(x)) = b.steps[a].args.first().copied() else {
+            continue;
+        };
+        let Some(c) = b.steps.iter().position(|st| st.out == x) else {
+            continue;
+        };
+        let PKind::Conv {
+            mean: false,
+            pool: false,
+            w,
+            ..
+        } = b.steps[c].kind
+        else {
+            continue;
+        };
+        // The pool's planes are the convolution's output planes.
+        if b.steps[c].side.is_some() || b.bufs[x].size != w[0] * s {
+            continue;
+        }
+        let out = b.steps[a].out;
+        b.bufs[out].first = b.steps[c].step;
+        b.steps[c].side = Some(out);
+        gone.push(a);
+    }
+    drop_steps(&mut b.steps, &gone);
+}
+
+/// Removes the steps at indices `gone`, folded into others.
+fn drop_steps(steps: &mut Vec<PStep>, gone: &[usize]) {
     let mut k = 0;
-    b.steps.retain(|_| {
+    steps.retain(|_| {
         k += 1;
         !gone.contains(&(k - 1))
     });
@@ -754,6 +803,15 @@ pub fn render(prog: &Program) -> String {
         if !ps.temps.is_empty() {
             let t: Vec<String> = ps.temps.iter().map(|t| buf(*t)).collect();
             let _ = write!(out, "  scratch {}", t.join(", "));
+        }
+        if let Some(side) = ps.side {
+            // The folded pool's node: the value that lives there.
+            let node = prog
+                .steps
+                .iter()
+                .find(|st| s.loc[st.out] == Some(Loc::Buffer(side)))
+                .map_or("?", |st| st.name.as_str());
+            let _ = write!(out, "  plane means {} as {node}", buf(side));
         }
         out.push('\n');
     }
