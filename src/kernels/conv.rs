@@ -325,13 +325,13 @@ impl Conv2dIm2col {
         let args: Vec<_> = args.into_iter().zip(grids).zip(means).collect();
         // A group of images, then its planes' means (when asked for) while
         // they are in cache.
-        let group =
-            |(bi, (o, (keep, means))): (usize, (&mut [f32], (Keep, Option<&mut [f32]>)))| {
-                image((bi, (&mut *o, keep)));
-                for (v, plane) in means.into_iter().flatten().zip(o.chunks(p)) {
-                    *v = par::lane_sum(plane) / p as f32;
-                }
-            };
+        type Group<'a> = (&'a mut [f32], (Keep<'a>, Option<&'a mut [f32]>));
+        let group = |(bi, (o, (keep, means))): (usize, Group)| {
+            image((bi, (&mut *o, keep)));
+            for (v, plane) in means.into_iter().flatten().zip(o.chunks(p)) {
+                *v = par::lane_sum(plane) / p as f32;
+            }
+        };
         if b * g.f * p * ckk >= par::MIN_MACS {
             out.par_chunks_mut(m * out_len)
                 .zip(args)
