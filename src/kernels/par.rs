@@ -31,19 +31,36 @@ pub const POOL_CALL: std::time::Duration = std::time::Duration::from_micros(500)
 /// two wake-ups and moves it to another core's caches, which a short call
 /// has too few parallel loops to win back: on the pool, `digits_mt`'s and
 /// `siamese`'s inference (0.1–0.4 ms a batch) fell below the candle path's.
-/// So a call goes to the pool when the one before it took [`POOL_CALL`] or
-/// more. Which thread runs a kernel never changes its result.
+/// So a call goes to the pool when the two before it each took
+/// [`POOL_CALL`] or more. Two, not one: a first call is slow whatever the
+/// model (fresh buffers, cold caches), and every thread that runs a packed
+/// GEMM keeps the gemm crate's L2-sized slab (1 MiB here) for good, so one
+/// slow call sent the tiny models' steps to the pool and their training
+/// heap 1–2 MiB above the candle path's. Which thread runs a kernel never
+/// changes its result.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Handover {
-    long: bool,
+    /// Calls of [`POOL_CALL`] or more in a row, up to [`LONG_CALLS`].
+    long: u8,
 }
 
+/// Long calls in a row before the next goes to the pool.
+const LONG_CALLS: u8 = 2;
+
 impl Handover {
-    /// `f`, on the pool when the last call was long; times this one.
+    /// `f`, on the pool after [`LONG_CALLS`] long calls; times this one.
     pub fn run<R: Send>(&mut self, f: impl FnOnce() -> R + Send) -> R {
         let t0 = std::time::Instant::now();
-        let r = if self.long { on_pool(f) } else { f() };
-        self.long = t0.elapsed() >= POOL_CALL;
+        let r = if self.long >= LONG_CALLS {
+            on_pool(f)
+        } else {
+            f()
+        };
+        self.long = if t0.elapsed() >= POOL_CALL {
+            (self.long + 1).min(LONG_CALLS)
+        } else {
+            0
+        };
         r
     }
 }
