@@ -130,10 +130,8 @@ fn share_cores(size: usize) {
     .unwrap_or(size)
     .max(1);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // Fails only if the pool exists already; then it keeps its size.
-    let _ = rayon::ThreadPoolBuilder::new()
-        .num_threads((cores / local).max(1))
-        .build_global();
+    // Does nothing if the pool exists already; then it keeps its size.
+    mtl::kernels::par::adopt_caller(Some((cores / local).max(1)));
 }
 
 /// The NCCL collective for a GPU device (feature `nccl`); `None` on a CPU.
@@ -214,6 +212,7 @@ pub fn collective(mut a: CollectiveArgs) -> Result<i32, Fail> {
     a.device.per_rank(local_rank());
     let device = a.device.open()?;
     let ranks = Ranks::join(Duration::from_secs(a.timeout.max(1)), &device)?;
+    mtl::kernels::par::adopt_caller(None);
     collective_checks(&ranks, &a, &device).map_err(|f| ranks.fail(f))
 }
 

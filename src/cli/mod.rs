@@ -87,6 +87,12 @@ impl Fail {
 
 pub fn main() -> i32 {
     let cli = Cli::parse();
+    // The main thread computes as one of the pool's workers, except where
+    // it waits in tokio (`serve`) or the pool is sized after joining the
+    // ranks (`train` and `collective` adopt it then).
+    if !matches!(cli.cmd, Cmd::Serve(_) | Cmd::Train(_) | Cmd::Collective(_)) {
+        mtl::kernels::par::adopt_caller(None);
+    }
     let r = match cli.cmd {
         Cmd::Check(a) => compile::check(a),
         Cmd::Summary(a) => compile::summary(a),

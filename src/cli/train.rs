@@ -314,6 +314,8 @@ pub fn train(mut a: TrainArgs) -> Result<i32, Fail> {
     } else {
         Ranks::alone()
     };
+    // After the ranks have sized the pool (`share_cores`).
+    mtl::kernels::par::adopt_caller(None);
     train_ranks(a, &ranks).map_err(|f| ranks.fail(f))
 }
 
