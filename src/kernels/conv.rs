@@ -645,7 +645,7 @@ mod tests {
     use candle_core::{Device, Tensor, Var};
 
     /// The fused pools (inference) equal the convolution followed by the
-    /// pool, and the plane means beside the output the convolution then its
+    /// pool, and the plane means taken beside the output equal the output's
     /// means: small images several to a GEMM, one image over several blocks,
     /// odd planes (the pool floors).
     #[test]

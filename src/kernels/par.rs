@@ -27,10 +27,9 @@ pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 /// Makes the calling thread worker 0 of rayon's global pool, `threads` in
 /// all (by default `RAYON_NUM_THREADS` or the cores, as before: the caller
 /// takes one spawned worker's place). Its parallel loops then split where
-/// they run, with no hand-over and no sleep per loop, and no other thread
-/// runs its work ([`on_pool`] runs in place): in alternated A/Bs,
-/// `fusions` training 1.15× and `digits` inference 1.10×, and the training
-/// heap keeps one gemm slab fewer. For a thread that computes; not for one
+/// they run, with no hand-over and no sleep per loop ([`on_pool`] runs in
+/// place; the A/Bs are in benches/README.md, fifteenth session), and one
+/// thread fewer keeps a gemm slab. For a thread that computes; not for one
 /// that blocks in another runtime (`serve`'s), which would leave its share
 /// of the pool idle. Does nothing once the pool exists.
 pub fn adopt_caller(threads: Option<usize>) {
