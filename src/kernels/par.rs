@@ -53,7 +53,7 @@ pub const POOL_CALL: std::time::Duration = std::time::Duration::from_micros(500)
 /// model (fresh buffers, cold caches), and every thread that runs a packed
 /// GEMM keeps the gemm crate's L2-sized slab (1 MiB here) for good, so one
 /// slow call sent the tiny models' steps to the pool and their training
-/// heap 1–2 MiB above the candle path's. Which thread runs a kernel never
+/// heap up to 1.7 MiB above the candle path's. Which thread runs a kernel never
 /// changes its result.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Handover {
